@@ -1,0 +1,229 @@
+//! The operations API under `/api/v1`: install, inspect and uninstall modules; health.
+
+use std::{path::PathBuf, sync::Arc, time::Instant};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
+    response::Response,
+    routing::{delete, get},
+};
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{
+    error::{Error, Result},
+    instance::{Instance, State as InstanceState, Traffic, Transition},
+    loader,
+    registry::Registry,
+    traffic::read_body,
+};
+
+/// The operations API router. Requires `Authorization: Bearer <token>` when the registry's
+/// config has a token.
+pub fn router(registry: Arc<Registry>) -> Router {
+    let token = registry.config().admin_token.clone().filter(|t| !t.is_empty());
+    Router::new()
+        .route("/api/v1/modules", get(list).post(install))
+        .route("/api/v1/modules/{name}", get(describe))
+        .route("/api/v1/modules/{name}/{version}", delete(uninstall))
+        .route("/api/v1/health", get(health))
+        .fallback(|| async { Error::NotFound { what: "route".into() } })
+        .layer(middleware::from_fn_with_state(token, authorize))
+        .with_state(registry)
+}
+
+async fn authorize(State(token): State<Option<String>>, request: Request, next: Next) -> Result<Response> {
+    if let Some(token) = token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+            return Err(Error::Unauthorized);
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+struct InstallFromPath {
+    path: PathBuf,
+}
+
+/// What an install answers.
+#[derive(Serialize)]
+struct Installed {
+    name: String,
+    version: String,
+    interface_version: String,
+    sha256: String,
+    size: u64,
+    state: InstanceState,
+    install_ms: f64,
+}
+
+async fn install(
+    State(registry): State<Arc<Registry>>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<(StatusCode, Json<Installed>)> {
+    let limit = registry.config().max_upload_bytes;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|size| *size > limit) {
+        return Err(Error::PayloadTooLarge { size, limit });
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let body = read_body(request.into_body(), if is_json { 64 * 1024 } else { limit }).await?;
+    let bytes = if is_json {
+        let InstallFromPath { path } = serde_json::from_slice(&body)
+            .map_err(|e| Error::BadRequest { message: format!("expected {{\"path\": \"...\"}}: {e}") })?;
+        let size = std::fs::metadata(&path).map_err(Error::io(format!("reading {}", path.display())))?.len();
+        if size > limit {
+            return Err(Error::PayloadTooLarge { size, limit });
+        }
+        std::fs::read(&path).map_err(Error::io(format!("reading {}", path.display())))?.into()
+    } else {
+        body
+    };
+    let received = Instant::now();
+    let installing = Arc::clone(&registry);
+    let instance = tokio::task::spawn_blocking(move || installing.install(&bytes))
+        .await
+        .map_err(|e| Error::Io { context: "install task".into(), source: std::io::Error::other(e) })??;
+    let install_ms = received.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(module = %instance.id.name, version = %instance.id.version, sha256 = %instance.artifact.sha256, install_ms, "installed");
+    Ok((
+        StatusCode::CREATED,
+        Json(Installed {
+            name: instance.id.name.clone(),
+            version: instance.id.version.to_string(),
+            interface_version: instance.interface.to_string(),
+            sha256: instance.artifact.sha256.clone(),
+            size: instance.artifact.size,
+            state: instance.state(),
+            install_ms,
+        }),
+    ))
+}
+
+/// One instance as the API shows it.
+#[derive(Serialize)]
+struct InstanceView {
+    name: String,
+    version: String,
+    state: InstanceState,
+    active: bool,
+    sha256: String,
+    interface_version: String,
+    installed_at: String,
+    install_ms: f64,
+    heap: Option<HeapView>,
+    leaked_bytes: Option<u64>,
+    traffic: Traffic,
+    mapped: bool,
+    history: Vec<Transition>,
+}
+
+#[derive(Serialize)]
+struct HeapView {
+    live_bytes: u64,
+    allocated_bytes: u64,
+    allocations: u64,
+    frees: u64,
+}
+
+fn view(instance: &Instance, active: bool, with_history: bool) -> InstanceView {
+    InstanceView {
+        name: instance.id.name.clone(),
+        version: instance.id.version.to_string(),
+        state: instance.state(),
+        active,
+        sha256: instance.artifact.sha256.clone(),
+        interface_version: instance.interface.to_string(),
+        installed_at: humantime::format_rfc3339_millis(instance.installed_at).to_string(),
+        install_ms: instance.install_ms(),
+        heap: instance.heap().map(|h| HeapView {
+            live_bytes: h.live_bytes,
+            allocated_bytes: h.allocated_bytes,
+            allocations: h.allocations,
+            frees: h.frees,
+        }),
+        leaked_bytes: instance.heap_at_stop().map(|h| h.live_bytes),
+        traffic: instance.traffic(),
+        mapped: loader::is_mapped(&instance.load_path),
+        history: if with_history { instance.history() } else { Vec::new() },
+    }
+}
+
+async fn list(State(registry): State<Arc<Registry>>) -> Json<Value> {
+    let modules: Vec<_> = registry.all().iter().map(|(i, active)| view(i, *active, false)).collect();
+    Json(json!({ "modules": modules }))
+}
+
+async fn describe(State(registry): State<Arc<Registry>>, Path(name): Path<String>) -> Result<Json<Value>> {
+    let (instances, active) = registry.module(&name)?;
+    let versions: Vec<_> =
+        instances.iter().map(|i| view(i, active.as_ref() == Some(&i.id.version), true)).collect();
+    Ok(Json(json!({
+        "name": name,
+        "active_version": active.map(|v| v.to_string()),
+        "versions": versions,
+    })))
+}
+
+async fn uninstall(
+    State(registry): State<Arc<Registry>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<InstanceView>> {
+    let version = Version::parse(&version)
+        .map_err(|e| Error::BadRequest { message: format!("{version:?} is not a semver version: {e}") })?;
+    let stopping = Arc::clone(&registry);
+    let instance = tokio::task::spawn_blocking(move || stopping.uninstall(&name, &version))
+        .await
+        .map_err(|e| Error::Io { context: "uninstall task".into(), source: std::io::Error::other(e) })??;
+    Ok(Json(view(&instance, false, true)))
+}
+
+async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {
+    let all = registry.all();
+    let count = |state: InstanceState| all.iter().filter(|(i, _)| i.state() == state).count();
+    let troubled: Vec<_> = all
+        .iter()
+        .filter(|(i, _)| matches!(i.state(), InstanceState::Broken | InstanceState::Pinned))
+        .map(|(i, _)| {
+            let last = i.history().pop();
+            json!({
+                "module": i.id.to_string(),
+                "state": i.state(),
+                "reason": last.as_ref().map(|t| t.reason.clone()),
+                "message": last.map(|t| t.message),
+            })
+        })
+        .collect();
+    Json(json!({
+        "status": "ok",
+        "interface_version": pedestal_module_api::abi::INTERFACE_VERSION,
+        "modules": {
+            "active": count(InstanceState::Active),
+            "inactive": count(InstanceState::Inactive),
+            "broken": count(InstanceState::Broken),
+            "pinned": count(InstanceState::Pinned),
+            "stopped": count(InstanceState::Stopped),
+        },
+        "problems": troubled,
+    }))
+}

@@ -1,0 +1,90 @@
+//! The content-addressed artifact store: `<data-dir>/artifacts/<sha256>.so`.
+//!
+//! An artifact is written to a temporary name and renamed into place, so a reader never sees a
+//! half-written file. The name is the content's hash, so the same bytes are stored once and a
+//! path always means the same code (`dlopen` returns an already-loaded object for a known path).
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Where artifacts live.
+#[derive(Debug)]
+pub struct ArtifactStore {
+    dir: PathBuf,
+    copies: PathBuf,
+}
+
+/// One stored artifact.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// Lower-case hex sha256 of the bytes.
+    pub sha256: String,
+    /// Where the bytes are stored.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl ArtifactStore {
+    /// Opens (creating if needed) the store under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let dir = data_dir.join("artifacts");
+        let copies = data_dir.join("instances");
+        for d in [&dir, &copies] {
+            fs::create_dir_all(d).map_err(Error::io(format!("creating {}", d.display())))?;
+        }
+        // Per-instance copies only matter while their process lives.
+        if let Ok(entries) = fs::read_dir(&copies) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(Self { dir, copies })
+    }
+
+    /// Stores `bytes`, returning the artifact (a no-op write when the content is already there).
+    pub fn put(&self, bytes: &[u8]) -> Result<Artifact> {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let path = self.dir.join(format!("{sha256}.so"));
+        if !path.exists() {
+            write_atomically(&path, bytes)?;
+        }
+        Ok(Artifact { sha256, path, size: bytes.len() as u64 })
+    }
+
+    /// A fresh private copy of `artifact` for one instance, used when the artifact's own path is
+    /// still mapped by another instance (`dlopen` would hand back that instance's library).
+    pub fn private_copy(&self, artifact: &Artifact) -> Result<PathBuf> {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = self.copies.join(format!("{}-{}-{n}.so", artifact.sha256, std::process::id()));
+        let bytes =
+            fs::read(&artifact.path).map_err(Error::io(format!("reading {}", artifact.path.display())))?;
+        write_atomically(&path, &bytes)?;
+        Ok(path)
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = path.parent().expect("artifact paths have a parent");
+    let temp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        fs::rename(&temp, path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&temp);
+        Error::Io { context: format!("storing {}", path.display()), source: e }
+    })
+}

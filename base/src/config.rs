@@ -1,0 +1,63 @@
+//! The base's settings, with the defaults `pedestal serve` uses.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use pedestal_module_api::abi::LogLevel;
+
+use crate::error::{Error, Result};
+
+/// Everything the base needs to know to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where module traffic is served.
+    pub listen: SocketAddr,
+    /// Where the operations API is served.
+    pub admin_listen: SocketAddr,
+    /// Where artifacts (and, later, state) are kept.
+    pub data_dir: PathBuf,
+    /// Bearer token the operations API requires; mandatory beyond loopback.
+    pub admin_token: Option<String>,
+    /// Largest accepted module upload.
+    pub max_upload_bytes: u64,
+    /// Largest request body forwarded to a module.
+    pub max_request_body_bytes: u64,
+    /// How long loading plus a module's start hook may take.
+    pub start_timeout: Duration,
+    /// How long an uninstall waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// How long a module's thread gets to finish after stop is requested.
+    pub stop_timeout: Duration,
+    /// How long a request may take inside a module.
+    pub request_timeout: Duration,
+    /// The most verbose module log level forwarded to the base.
+    pub module_log_level: LogLevel,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 7070).into(),
+            admin_listen: ([127, 0, 0, 1], 7071).into(),
+            data_dir: PathBuf::from("pedestal-data"),
+            admin_token: None,
+            max_upload_bytes: 256 * 1024 * 1024,
+            max_request_body_bytes: 16 * 1024 * 1024,
+            start_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            module_log_level: LogLevel::Info,
+        }
+    }
+}
+
+impl Config {
+    /// Refuses settings that would be unsafe to run with.
+    pub fn validate(&self) -> Result<()> {
+        let has_token = self.admin_token.as_deref().is_some_and(|t| !t.is_empty());
+        if !self.admin_listen.ip().is_loopback() && !has_token {
+            return Err(Error::AdminTokenRequired { addr: self.admin_listen.to_string() });
+        }
+        Ok(())
+    }
+}

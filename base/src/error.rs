@@ -1,0 +1,250 @@
+//! The base's one error type, and how each variant looks at the HTTP edge.
+//!
+//! Every error leaves the base as JSON `{code, message, details}`. `code` is stable and
+//! machine-readable (documented in README.md); `message` is for people; `details` carries the
+//! variant's context (module, versions, limits).
+
+use std::path::PathBuf;
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+/// Result with the base's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the base, each with the context to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An upload with no bytes.
+    #[error("the upload is empty: send a module's .so file as the request body")]
+    EmptyUpload,
+    /// The bytes are not a loadable Pedestal module.
+    #[error("not a Pedestal module: {reason}")]
+    NotAModule {
+        /// What gave it away.
+        reason: String,
+    },
+    /// The module was built against an interface major version this base does not provide.
+    #[error(
+        "interface mismatch: the module was built against pedestal-module-api {module}, \
+         this base provides {base} (the major versions must match)"
+    )]
+    InterfaceMismatch {
+        /// The module's interface version.
+        module: String,
+        /// The base's interface version.
+        base: String,
+    },
+    /// The module's ABI layout does not match the base's.
+    #[error("ABI layout mismatch (module interface {module}, base interface {base}): {details}")]
+    AbiMismatch {
+        /// The module's interface version.
+        module: String,
+        /// The base's interface version.
+        base: String,
+        /// abi_stable's description of the difference.
+        details: String,
+    },
+    /// `dlopen` or the root-module constructor failed.
+    #[error("cannot load {path}: {message}")]
+    LoadFailed {
+        /// The library that failed.
+        path: PathBuf,
+        /// The loader's message.
+        message: String,
+    },
+    /// The identity `name@version` is already installed and live.
+    #[error("{id} is already installed")]
+    AlreadyInstalled {
+        /// `name@version`.
+        id: String,
+    },
+    /// Another operation on the same identity is running.
+    #[error("an operation on {id} is already in progress")]
+    OperationInProgress {
+        /// `name@version`.
+        id: String,
+    },
+    /// No such module or version.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// The module's start hook failed or panicked.
+    #[error("{id} failed to start: {message}")]
+    StartFailed {
+        /// `name@version`.
+        id: String,
+        /// The module's message.
+        message: String,
+    },
+    /// The module's start hook did not finish in time.
+    #[error("{id} did not start within {timeout_ms} ms; it was stopped ({outcome})")]
+    StartTimeout {
+        /// `name@version`.
+        id: String,
+        /// The start timeout.
+        timeout_ms: u64,
+        /// What became of the instance: `stopped` or `pinned`.
+        outcome: String,
+    },
+    /// A body over the configured limit.
+    #[error("the body is {size} bytes, over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The body's size, or the limit plus one when the size is unknown.
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// A malformed request.
+    #[error("bad request: {message}")]
+    BadRequest {
+        /// What is wrong.
+        message: String,
+    },
+    /// Missing or wrong bearer token on the operations API.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// The operations API would listen beyond loopback without a token.
+    #[error(
+        "the operations API listens on {addr}, which is not a loopback address: \
+         set --admin-token (or PEDESTAL_ADMIN_TOKEN)"
+    )]
+    AdminTokenRequired {
+        /// The configured admin address.
+        addr: String,
+    },
+    /// No module is mounted under the requested path.
+    #[error("no module is mounted at /{name}/")]
+    ModuleNotMounted {
+        /// The first path segment.
+        name: String,
+    },
+    /// The module stopped (or is stopping) before answering.
+    #[error("{id} is not serving: {reason}")]
+    ModuleUnavailable {
+        /// `name@version`.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The module did not answer in time.
+    #[error("{id} did not answer within {timeout_ms} ms")]
+    ModuleTimeout {
+        /// `name@version`.
+        id: String,
+        /// The request timeout.
+        timeout_ms: u64,
+    },
+    /// The module failed the request with its own code (for example `MODULE_PANICKED`).
+    #[error("{id}: {message}")]
+    ModuleFailed {
+        /// `name@version`.
+        id: String,
+        /// The stable code the module side reported.
+        code: String,
+        /// What happened.
+        message: String,
+    },
+    /// An I/O failure in the base itself.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the base was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with what the base was doing.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::EmptyUpload => "EMPTY_UPLOAD",
+            Self::NotAModule { .. } => "NOT_A_MODULE",
+            Self::InterfaceMismatch { .. } => "INTERFACE_MISMATCH",
+            Self::AbiMismatch { .. } => "ABI_MISMATCH",
+            Self::LoadFailed { .. } => "LOAD_FAILED",
+            Self::AlreadyInstalled { .. } => "ALREADY_INSTALLED",
+            Self::OperationInProgress { .. } => "OPERATION_IN_PROGRESS",
+            Self::NotFound { .. } => "NOT_FOUND",
+            Self::StartFailed { .. } => "START_FAILED",
+            Self::StartTimeout { .. } => "START_TIMEOUT",
+            Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::BadRequest { .. } => "BAD_REQUEST",
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::AdminTokenRequired { .. } => "ADMIN_TOKEN_REQUIRED",
+            Self::ModuleNotMounted { .. } => "MODULE_NOT_FOUND",
+            Self::ModuleUnavailable { .. } => "MODULE_UNAVAILABLE",
+            Self::ModuleTimeout { .. } => "MODULE_TIMEOUT",
+            Self::ModuleFailed { code, .. } => code,
+            Self::Io { .. } => "INTERNAL",
+        }
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::EmptyUpload
+            | Self::NotAModule { .. }
+            | Self::InterfaceMismatch { .. }
+            | Self::AbiMismatch { .. }
+            | Self::LoadFailed { .. }
+            | Self::BadRequest { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::AlreadyInstalled { .. } | Self::OperationInProgress { .. } => StatusCode::CONFLICT,
+            Self::NotFound { .. } | Self::ModuleNotMounted { .. } => StatusCode::NOT_FOUND,
+            Self::StartFailed { .. } | Self::StartTimeout { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::ModuleUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ModuleTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::ModuleFailed { code, .. } if code == "BAD_REQUEST" => StatusCode::BAD_REQUEST,
+            Self::ModuleFailed { .. } | Self::AdminTokenRequired { .. } | Self::Io { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    fn details(&self) -> Value {
+        match self {
+            Self::InterfaceMismatch { module, base } => {
+                json!({"module_interface": module, "base_interface": base})
+            }
+            Self::AbiMismatch { module, base, .. } => {
+                json!({"module_interface": module, "base_interface": base})
+            }
+            Self::LoadFailed { path, .. } => json!({"path": path}),
+            Self::AlreadyInstalled { id }
+            | Self::OperationInProgress { id }
+            | Self::StartFailed { id, .. }
+            | Self::ModuleUnavailable { id, .. }
+            | Self::ModuleFailed { id, .. } => json!({"module": id}),
+            Self::StartTimeout { id, timeout_ms, outcome } => {
+                json!({"module": id, "timeout_ms": timeout_ms, "outcome": outcome})
+            }
+            Self::ModuleTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
+            Self::PayloadTooLarge { size, limit } => json!({"size": size, "limit": limit}),
+            Self::ModuleNotMounted { name } => json!({"module": name}),
+            _ => json!({}),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let body = json!({"code": self.code(), "message": self.to_string(), "details": self.details()});
+        (self.status(), Json(body)).into_response()
+    }
+}

@@ -1,0 +1,254 @@
+//! The host side of the ABI: the callbacks a module calls, and the instance's `eventfd`.
+//!
+//! ABI glue: with `loader.rs`, the only place in the base with `unsafe`. Every callback runs
+//! base code on a module thread (allowed: the base is never unloaded), copies what it needs
+//! from the borrowed arguments before returning, and never lets a panic cross back into the
+//! module.
+
+use std::{
+    ffi::c_void,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::{Arc, OnceLock, atomic::Ordering},
+};
+
+use abi_stable::{
+    prefix_type::PrefixTypeTrait,
+    std_types::{RNone, ROption, RSlice, RSome, RStr},
+};
+use axum::{body::Body, response::Response};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use pedestal_module_api::abi::{
+    Header, Host, HostApi, HostApiRef, HostCtx, LogLevel, LogRecord, RequestView, ResponseView,
+};
+
+use crate::instance::{Outcome, QueuedRequest, Shared, lock};
+
+/// The request whose view a module currently holds, with the header table the view points to.
+pub(crate) struct CurrentRequest {
+    request: QueuedRequest,
+    headers: Vec<Header<'static>>,
+}
+
+/// The `Host` value passed to a module's `run`, pointing at `shared`.
+///
+/// The `HostCtx` is `shared`'s address. The caller keeps `shared` alive until the module's
+/// thread is joined, or forever if the instance is pinned.
+pub(crate) fn host_for(shared: &Arc<Shared>, max_log_level: LogLevel) -> Host {
+    Host {
+        api: host_api(),
+        ctx: HostCtx(Arc::as_ptr(shared).cast::<c_void>()),
+        wake_fd: shared.wake_fd.as_raw_fd(),
+        max_log_level,
+    }
+}
+
+fn host_api() -> HostApiRef {
+    static API: OnceLock<HostApiRef> = OnceLock::new();
+    *API.get_or_init(|| {
+        HostApi { log, started, ack_wake, stop_requested, next_request, respond, fail, panicked }
+            .leak_into_prefix()
+    })
+}
+
+/// A non-blocking, close-on-exec `eventfd`.
+pub(crate) fn new_eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: `eventfd` has no memory-safety preconditions.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by `eventfd` and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to the eventfd's counter, making it readable.
+pub(crate) fn signal_eventfd(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live `u64` to an open eventfd. A full counter (EAGAIN)
+    // means the fd is already readable, which is all a wake-up needs.
+    let _ = unsafe { libc::write(fd.as_raw_fd(), (&raw const one).cast::<c_void>(), 8) };
+}
+
+/// Reads (and so resets) the eventfd's counter; `false` when it was zero.
+fn consume_eventfd(fd: &OwnedFd) -> bool {
+    let mut count: u64 = 0;
+    // SAFETY: reads at most 8 bytes into a live `u64` from an open non-blocking eventfd.
+    let read = unsafe { libc::read(fd.as_raw_fd(), (&raw mut count).cast::<c_void>(), 8) };
+    read == 8
+}
+
+/// The instance state behind a module's context token.
+///
+/// # Safety
+/// `ctx` must come from [`host_for`], whose caller keeps the `Shared` alive while any module
+/// thread can still call back (see `Instance::teardown`).
+unsafe fn shared<'a>(ctx: HostCtx) -> &'a Shared {
+    // SAFETY: guaranteed by the caller, per this function's contract.
+    unsafe { &*ctx.0.cast::<Shared>() }
+}
+
+/// Runs a callback body, containing any panic in base code so it never reaches the module.
+fn guarded<R>(fallback: R, body: impl FnOnce() -> R) -> R {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
+        tracing::error!("a host callback panicked; the module sees a neutral answer");
+        fallback
+    })
+}
+
+extern "C" fn log(ctx: HostCtx, record: &LogRecord<'_>) {
+    guarded((), || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        emit_module_log(shared, record);
+    })
+}
+
+fn emit_module_log(shared: &Shared, record: &LogRecord<'_>) {
+    let (name, version) = match shared.tags.get() {
+        Some(id) => (id.name.as_str(), id.version.to_string()),
+        None => ("?", String::from("?")),
+    };
+    let target = record.target.as_str();
+    let message = record.message.as_str();
+    let fields = record.fields.as_str();
+    macro_rules! emit {
+        ($level:expr) => {
+            if fields.is_empty() {
+                tracing::event!(target: "module", $level, module = name, version = %version, module_target = target, "{message}")
+            } else {
+                tracing::event!(target: "module", $level, module = name, version = %version, module_target = target, "{message} {fields}")
+            }
+        };
+    }
+    match record.level {
+        LogLevel::Error => emit!(tracing::Level::ERROR),
+        LogLevel::Warn => emit!(tracing::Level::WARN),
+        LogLevel::Info => emit!(tracing::Level::INFO),
+        LogLevel::Debug => emit!(tracing::Level::DEBUG),
+        LogLevel::Trace => emit!(tracing::Level::TRACE),
+    }
+}
+
+extern "C" fn started(ctx: HostCtx, ok: bool, message: RStr<'_>) {
+    guarded((), || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        if let Some(reply) = lock(&shared.started).take() {
+            let _ = reply.send(if ok { Ok(()) } else { Err(message.as_str().to_owned()) });
+        }
+    })
+}
+
+extern "C" fn ack_wake(ctx: HostCtx) -> bool {
+    guarded(false, || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        if consume_eventfd(&shared.wake_fd) {
+            // Cleared after the read: a wake-up racing with this store writes the fd again.
+            shared.notified.store(false, Ordering::SeqCst);
+            true
+        } else {
+            false
+        }
+    })
+}
+
+extern "C" fn stop_requested(ctx: HostCtx) -> bool {
+    guarded(true, || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        unsafe { shared(ctx) }.stop.load(Ordering::SeqCst)
+    })
+}
+
+extern "C" fn next_request(ctx: HostCtx) -> ROption<RequestView<'static>> {
+    guarded(RNone, || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        let Some(request) = lock(&shared.queue).pop_front() else {
+            return RNone;
+        };
+        let mut current = lock(&shared.current);
+        let current = current.insert(CurrentRequest { request, headers: Vec::new() });
+        let headers: Vec<Header<'_>> = current
+            .request
+            .headers
+            .iter()
+            .map(|(name, value)| Header {
+                name: RStr::from_str(name.as_str()),
+                value: RSlice::from_slice(value.as_bytes()),
+            })
+            .collect();
+        // SAFETY: the views point into heap data owned by `current.request`, which stays in
+        // `shared.current`, unmoved and unmodified, until the module's next `next_request` on
+        // this instance (or until the instance is torn down after its thread was joined). The
+        // ABI documents exactly that lifetime for `RequestView`.
+        current.headers = unsafe { std::mem::transmute::<Vec<Header<'_>>, Vec<Header<'static>>>(headers) };
+        let request = &current.request;
+        let view = RequestView {
+            id: request.id,
+            method: RStr::from_str(request.method.as_str()),
+            path_and_query: RStr::from_str(&request.path_and_query),
+            headers: RSlice::from_slice(&current.headers),
+            body: RSlice::from_slice(&request.body),
+        };
+        // SAFETY: as above: every pointer in the view targets data kept alive and unmoved in
+        // `shared.current` for the lifetime the ABI promises.
+        RSome(unsafe { std::mem::transmute::<RequestView<'_>, RequestView<'static>>(view) })
+    })
+}
+
+extern "C" fn respond(ctx: HostCtx, view: &ResponseView<'_>) {
+    guarded((), || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        let reply = lock(&shared.pending).as_mut().and_then(|p| p.remove(&view.request_id));
+        let Some(reply) = reply else { return };
+        let mut response = Response::new(Body::from(Bytes::copy_from_slice(view.body.as_slice())));
+        *response.status_mut() =
+            StatusCode::from_u16(view.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = response.headers_mut();
+        for header in view.headers.iter() {
+            let name = HeaderName::from_bytes(header.name.as_str().as_bytes());
+            let value = HeaderValue::from_bytes(header.value.as_slice());
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.append(name, value);
+            }
+        }
+        let _ = reply.send(Outcome::Response(response));
+    })
+}
+
+extern "C" fn fail(ctx: HostCtx, request_id: u64, code: RStr<'_>, message: RStr<'_>) {
+    guarded((), || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        let reply = lock(&shared.pending).as_mut().and_then(|p| p.remove(&request_id));
+        if let Some(reply) = reply {
+            let outcome =
+                Outcome::Failed { code: code.as_str().to_owned(), message: message.as_str().to_owned() };
+            let _ = reply.send(outcome);
+        }
+    })
+}
+
+extern "C" fn panicked(ctx: HostCtx, message: RStr<'_>, location: RStr<'_>) {
+    guarded((), || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        shared.panics.fetch_add(1, Ordering::Relaxed);
+        let (name, version) = match shared.tags.get() {
+            Some(id) => (id.name.as_str(), id.version.to_string()),
+            None => ("?", String::from("?")),
+        };
+        tracing::error!(
+            target: "module",
+            module = name,
+            version = %version,
+            location = location.as_str(),
+            "module panicked: {}",
+            message.as_str()
+        );
+    })
+}

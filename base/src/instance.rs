@@ -1,0 +1,577 @@
+//! One running copy of a module: its thread, its request queue, its state history, and the
+//! exact sequence that starts it and unloads it.
+//!
+//! Architecture Invariant: no module code ever runs on a base thread. Each instance gets a
+//! thread of its own; the library is opened, initialised, started and run there. The base talks
+//! to it only through [`Shared`] (a queue plus an `eventfd`), and closes the library only after
+//! that thread has been joined and nothing the module made is still held.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    os::fd::OwnedFd,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        mpsc::{self, RecvTimeoutError},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant, SystemTime},
+};
+
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method};
+use pedestal_module_api::{HeapCounters, HeapSnapshot};
+use semver::Version;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::{
+    artifact::Artifact,
+    config::Config,
+    error::{Error, Result},
+    host,
+    loader::{self, Library, Manifest},
+};
+
+/// A module identity: `name@version`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModuleId {
+    /// The module's name.
+    pub name: String,
+    /// The module's own version.
+    pub version: Version,
+}
+
+impl fmt::Display for ModuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+/// Where an instance is in its life. See ARCHITECTURE.md for the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Loading and checking the library.
+    Installing,
+    /// Running the module's start hook.
+    Starting,
+    /// Started and receiving its module's traffic.
+    Active,
+    /// Started but another version of the module receives the traffic.
+    Inactive,
+    /// No new traffic; waiting for in-flight requests.
+    Draining,
+    /// Stop requested; waiting for the module's thread.
+    Stopping,
+    /// Stopped and unmapped.
+    Stopped,
+    /// Failed to start; cleaned up and unmapped.
+    Broken,
+    /// Could not be unloaded; the library (or a thread in it) stays in the process.
+    Pinned,
+}
+
+impl State {
+    /// Whether the instance still occupies its identity.
+    pub fn is_live(self) -> bool {
+        !matches!(self, Self::Stopped | Self::Broken | Self::Pinned)
+    }
+}
+
+/// One state change, with when and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transition {
+    /// The new state.
+    pub state: State,
+    /// RFC 3339 time of the change.
+    pub at: String,
+    /// A short machine-friendly reason, e.g. `install`, `start_failed`, `uninstall`.
+    pub reason: String,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+/// Request counters kept by the base at the boundary.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Traffic {
+    /// Requests handed to the module.
+    pub requests: u64,
+    /// Requests the module failed (including panics) or that timed out.
+    pub errors: u64,
+    /// Panics caught inside the module.
+    pub panics: u64,
+    /// Requests currently inside the module.
+    pub in_flight: usize,
+}
+
+/// A running (or formerly running) copy of a module.
+pub struct Instance {
+    /// `name@version`.
+    pub id: ModuleId,
+    /// The artifact it was installed from.
+    pub artifact: Artifact,
+    /// The interface version it was built against.
+    pub interface: Version,
+    /// The file the library was loaded from (the artifact, or a private copy of it).
+    pub load_path: PathBuf,
+    /// When the install began.
+    pub installed_at: SystemTime,
+    install_micros: AtomicU64,
+    shared: Arc<Shared>,
+    history: Mutex<Vec<Transition>>,
+    worker: Mutex<Option<Worker>>,
+    leaked: Mutex<Option<HeapSnapshot>>,
+    in_flight: AtomicUsize,
+    busy: AtomicBool,
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance").field("id", &self.id).field("state", &self.state()).finish()
+    }
+}
+
+/// The instance's thread and what the base may read while the library is open.
+struct Worker {
+    thread: JoinHandle<Option<Library>>,
+    done: mpsc::Receiver<()>,
+    /// Points into the library: read only while this `Worker` exists (it is dropped before the
+    /// library is closed, or kept forever when the instance is pinned).
+    heap: &'static HeapCounters,
+}
+
+/// What the base and the module's thread share: the target of the module's `HostCtx`.
+pub(crate) struct Shared {
+    pub(crate) tags: OnceLock<ModuleId>,
+    pub(crate) wake_fd: OwnedFd,
+    /// Set when a wake-up is written and not yet acknowledged; wake-ups coalesce while set.
+    pub(crate) notified: AtomicBool,
+    pub(crate) stop: AtomicBool,
+    pub(crate) queue: Mutex<VecDeque<QueuedRequest>>,
+    /// Repliers of requests handed over and not answered yet; `None` once the instance closed.
+    pub(crate) pending: Mutex<Option<HashMap<u64, oneshot::Sender<Outcome>>>>,
+    /// The request whose view the module holds (valid until its next `next_request`).
+    pub(crate) current: Mutex<Option<host::CurrentRequest>>,
+    pub(crate) started: Mutex<Option<mpsc::SyncSender<Result<(), String>>>>,
+    next_id: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) panics: AtomicU64,
+}
+
+/// A request waiting in an instance's queue.
+pub(crate) struct QueuedRequest {
+    pub(crate) id: u64,
+    pub(crate) method: Method,
+    pub(crate) path_and_query: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// How the module answered a request.
+pub(crate) enum Outcome {
+    Response(Response),
+    Failed { code: String, message: String },
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves its data consistent.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Sends `()` when the instance thread's closure ends, however it ends.
+struct DoneGuard(mpsc::SyncSender<()>);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+impl Instance {
+    /// Loads and starts a module from `load_path` on a new thread.
+    ///
+    /// `reserve` is called once the module's identity is known and before its start hook runs;
+    /// it registers the instance (or refuses it, for example when the identity is taken). On a
+    /// start failure the instance is torn down and left `broken` (or `pinned`), and the error
+    /// says why.
+    pub fn launch(
+        artifact: Artifact,
+        load_path: PathBuf,
+        config: &Config,
+        reserve: impl FnOnce(&Arc<Instance>) -> Result<()>,
+    ) -> Result<Arc<Instance>> {
+        let installed_at = SystemTime::now();
+        let began = Instant::now();
+        let shared = Arc::new(Shared::new()?);
+        let (manifest_tx, manifest_rx) = mpsc::sync_channel::<Result<(Manifest, HeapRef)>>(1);
+        let (go_tx, go_rx) = mpsc::sync_channel::<bool>(1);
+        let (done_tx, done_rx) = mpsc::sync_channel::<()>(1);
+        let (started_tx, started_rx) = mpsc::sync_channel(1);
+        *lock(&shared.started) = Some(started_tx);
+
+        let thread_shared = Arc::clone(&shared);
+        let thread_path = load_path.clone();
+        let max_level = config.module_log_level;
+        let thread = thread::Builder::new()
+            .name("pedestal-module".into())
+            .spawn(move || {
+                let _done = DoneGuard(done_tx);
+                let (library, manifest) = match loader::open(&thread_path) {
+                    Ok(opened) => opened,
+                    Err(e) => {
+                        let _ = manifest_tx.send(Err(e));
+                        return None;
+                    }
+                };
+                let _ = manifest_tx.send(Ok((manifest, HeapRef(library.heap()))));
+                if go_rx.recv() == Ok(true) {
+                    library.run(host::host_for(&thread_shared, max_level));
+                }
+                // Dropping the sender tells a waiting launcher that no start report will come.
+                lock(&thread_shared.started).take();
+                Some(library)
+            })
+            .map_err(Error::io("spawning a module thread"))?;
+
+        let (manifest, heap) = match manifest_rx.recv_timeout(config.start_timeout) {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                // A library constructor that never returns: its thread can never be joined.
+                std::mem::forget(shared);
+                return Err(Error::StartTimeout {
+                    id: load_path.display().to_string(),
+                    timeout_ms: config.start_timeout.as_millis() as u64,
+                    outcome: "pinned: the library's initialisation never returned".into(),
+                });
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let message = match thread.join() {
+                    Err(panic) => format!("the loader panicked: {}", panic_text(panic.as_ref())),
+                    Ok(_) => "the loader ended without reporting".into(),
+                };
+                return Err(Error::LoadFailed { path: load_path, message });
+            }
+        };
+
+        let id = ModuleId { name: manifest.name, version: manifest.version };
+        let _ = shared.tags.set(id.clone());
+        let instance = Arc::new(Instance {
+            id,
+            artifact,
+            interface: manifest.interface,
+            load_path,
+            installed_at,
+            install_micros: AtomicU64::new(0),
+            shared,
+            history: Mutex::new(Vec::new()),
+            worker: Mutex::new(Some(Worker { thread, done: done_rx, heap: heap.0 })),
+            leaked: Mutex::new(None),
+            in_flight: AtomicUsize::new(0),
+            busy: AtomicBool::new(true),
+        });
+        instance.transition(State::Installing, "install", "library loaded and checked");
+        if let Err(e) = reserve(&instance) {
+            let _ = go_tx.send(false);
+            instance.teardown(config.stop_timeout);
+            return Err(e);
+        }
+        instance.transition(State::Starting, "install", "running the start hook");
+        let _ = go_tx.send(true);
+
+        let failure = match started_rx.recv_timeout(config.start_timeout) {
+            Ok(Ok(())) => {
+                instance.install_micros.store(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+                instance.busy.store(false, Ordering::Release);
+                return Ok(instance);
+            }
+            Ok(Err(message)) => Error::StartFailed { id: instance.id.to_string(), message },
+            Err(RecvTimeoutError::Disconnected) => Error::StartFailed {
+                id: instance.id.to_string(),
+                message: "the module returned without reporting its start".into(),
+            },
+            Err(RecvTimeoutError::Timeout) => Error::StartTimeout {
+                id: instance.id.to_string(),
+                timeout_ms: config.start_timeout.as_millis() as u64,
+                outcome: String::new(),
+            },
+        };
+        let (state, message) = instance.teardown(config.stop_timeout);
+        let failure = match failure {
+            Error::StartTimeout { id, timeout_ms, .. } => {
+                Error::StartTimeout { id, timeout_ms, outcome: format!("{state:?}").to_lowercase() }
+            }
+            other => other,
+        };
+        let final_state = if state == State::Pinned { State::Pinned } else { State::Broken };
+        let message = if state == State::Pinned { message } else { failure.to_string() };
+        instance.transition(final_state, failure.code(), &message);
+        instance.busy.store(false, Ordering::Release);
+        Err(failure)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        lock(&self.history).last().map_or(State::Installing, |t| t.state)
+    }
+
+    /// Every state change so far, oldest first.
+    pub fn history(&self) -> Vec<Transition> {
+        lock(&self.history).clone()
+    }
+
+    /// Puts an earlier incarnation's history in front of this one's (same identity, reinstalled).
+    pub(crate) fn inherit_history(&self, earlier: Vec<Transition>) {
+        let mut history = lock(&self.history);
+        let mine = std::mem::replace(&mut *history, earlier);
+        history.extend(mine);
+    }
+
+    /// Records a state change.
+    pub(crate) fn transition(&self, state: State, reason: &str, message: &str) {
+        tracing::info!(module = %self.id.name, version = %self.id.version, ?state, reason, "{message}");
+        lock(&self.history).push(Transition {
+            state,
+            at: now(),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        });
+    }
+
+    /// Milliseconds from the start of the install to the module reporting it had started.
+    pub fn install_ms(&self) -> f64 {
+        self.install_micros.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// The module's heap right now, while its library is loaded.
+    pub fn heap(&self) -> Option<HeapSnapshot> {
+        lock(&self.worker).as_ref().map(|worker| worker.heap.snapshot())
+    }
+
+    /// The module's heap as it was when it stopped: bytes still live then are its leak.
+    pub fn heap_at_stop(&self) -> Option<HeapSnapshot> {
+        *lock(&self.leaked)
+    }
+
+    /// Request counters.
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            requests: self.shared.requests.load(Ordering::Relaxed),
+            errors: self.shared.errors.load(Ordering::Relaxed),
+            panics: self.shared.panics.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Claims the identity for an operation; `false` when another operation holds it.
+    pub(crate) fn try_begin_operation(&self) -> bool {
+        !self.busy.swap(true, Ordering::AcqRel)
+    }
+
+    /// Sends a request to the module and waits for its answer.
+    pub async fn call(
+        &self,
+        method: Method,
+        headers: HeaderMap,
+        path_and_query: String,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Response> {
+        let _in_flight = InFlight::enter(&self.in_flight);
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut pending = lock(&self.shared.pending);
+            let Some(pending) = pending.as_mut() else {
+                return Err(self.unavailable("the instance has stopped"));
+            };
+            pending.insert(id, reply);
+        }
+        self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        self.shared.enqueue(QueuedRequest { id, method, path_and_query, headers, body });
+        let outcome = tokio::time::timeout(timeout, answer).await;
+        let failed = |e: Error| {
+            self.shared.errors.fetch_add(1, Ordering::Relaxed);
+            Err(e)
+        };
+        match outcome {
+            Ok(Ok(Outcome::Response(mut response))) => {
+                let tag = HeaderValue::from_str(&self.id.to_string()).expect("identities are ASCII");
+                response.headers_mut().insert("x-pedestal-module", tag);
+                Ok(response)
+            }
+            Ok(Ok(Outcome::Failed { code, message })) => {
+                failed(Error::ModuleFailed { id: self.id.to_string(), code, message })
+            }
+            Ok(Err(_)) => failed(self.unavailable("the instance stopped before answering")),
+            Err(_) => {
+                if let Some(pending) = lock(&self.shared.pending).as_mut() {
+                    pending.remove(&id);
+                }
+                failed(Error::ModuleTimeout {
+                    id: self.id.to_string(),
+                    timeout_ms: timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    fn unavailable(&self, reason: &str) -> Error {
+        Error::ModuleUnavailable { id: self.id.to_string(), reason: reason.to_owned() }
+    }
+
+    /// Drains, stops and unloads the instance, recording each step. Returns the final state:
+    /// `stopped`, or `pinned` with the reason in the history.
+    pub(crate) fn stop(&self, config: &Config, reason: &str) -> State {
+        self.transition(State::Draining, reason, "no new requests; waiting for in-flight ones");
+        let deadline = Instant::now() + config.drain_timeout;
+        while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let left = self.in_flight.load(Ordering::Acquire);
+        let message = if left == 0 {
+            "drained; asking the module to stop".to_owned()
+        } else {
+            format!("drain timeout with {left} requests in flight; they get 503; asking the module to stop")
+        };
+        self.transition(State::Stopping, reason, &message);
+        let (state, message) = self.teardown(config.stop_timeout);
+        self.transition(state, reason, &message);
+        self.busy.store(false, Ordering::Release);
+        state
+    }
+
+    /// Stops the module's thread, closes the library and checks that it is gone.
+    /// Returns `Stopped` or `Pinned`, with a message.
+    fn teardown(&self, stop_timeout: Duration) -> (State, String) {
+        self.shared.request_stop();
+        let mut slot = lock(&self.worker);
+        let Some(worker) = slot.take() else {
+            return (self.state(), "already unloaded".into());
+        };
+        if let Err(RecvTimeoutError::Timeout) = worker.done.recv_timeout(stop_timeout) {
+            // Module code is still running: closing the library would pull the code out from
+            // under it. Keep everything, forever.
+            *slot = Some(worker);
+            std::mem::forget(Arc::clone(&self.shared));
+            return (
+                State::Pinned,
+                format!(
+                    "the module's thread was still running {} ms after stop was requested \
+                     (a start or stop hook that never returns, or a blocking call); \
+                     the library stays loaded",
+                    stop_timeout.as_millis()
+                ),
+            );
+        }
+        let heap = worker.heap.snapshot();
+        let library = worker.thread.join().ok().flatten();
+        *lock(&self.leaked) = Some(heap);
+        self.shared.close();
+        if let Some(library) = library {
+            library.close();
+        }
+        drop(slot);
+        if loader::is_mapped(&self.load_path) {
+            // The module's code may still be called from a thread it left running.
+            std::mem::forget(Arc::clone(&self.shared));
+            return (
+                State::Pinned,
+                "the library is still mapped after dlclose: a thread the module started is still \
+                 alive and holds a thread-local destructor in it (join module threads in the \
+                 stop hook)"
+                    .into(),
+            );
+        }
+        let message = format!(
+            "unloaded and unmapped; {} heap bytes in {} allocations were still live (leaked)",
+            heap.live_bytes,
+            heap.allocations.saturating_sub(heap.frees)
+        );
+        (State::Stopped, message)
+    }
+}
+
+impl Shared {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            tags: OnceLock::new(),
+            wake_fd: host::new_eventfd().map_err(Error::io("creating an eventfd"))?,
+            notified: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            queue: Mutex::new(VecDeque::new()),
+            pending: Mutex::new(Some(HashMap::new())),
+            current: Mutex::new(None),
+            started: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+        })
+    }
+
+    fn enqueue(&self, request: QueuedRequest) {
+        lock(&self.queue).push_back(request);
+        self.wake();
+    }
+
+    fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Writes the eventfd unless a wake-up is already pending: the module drains the whole
+    /// queue after each acknowledged wake-up, so one is enough.
+    fn wake(&self) {
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            host::signal_eventfd(&self.wake_fd);
+        }
+    }
+
+    /// Refuses new requests and answers queued and pending ones with `503`.
+    fn close(&self) {
+        let pending = lock(&self.pending).take();
+        drop(pending);
+        lock(&self.queue).clear();
+        lock(&self.current).take();
+    }
+}
+
+/// Counts a request as in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The heap counters' address, moved from the instance thread to the launcher.
+struct HeapRef(&'static HeapCounters);
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
+}

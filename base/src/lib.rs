@@ -1,0 +1,128 @@
+//! The Pedestal base: hosts native modules (Rust `cdylib`s) in one long-running process,
+//! routes HTTP to them, and unloads them for real.
+//!
+//! A library first, so a company can build its own base; the `pedestal` binary is the
+//! universal base built from the same API:
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use pedestal_base::{Base, Config};
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let native = Router::new().route("/status", get(|| async { "base is up\n" }));
+//! Base::new(Config::default())?.with_native_routes(native).serve().await
+//! # }
+//! ```
+//!
+//! Modules are installed through the operations API ([`Base::admin_app`]) and answer at
+//! `/<module name>/...` on the traffic server ([`Base::traffic_app`]).
+
+// Architecture Invariant: only the ABI glue (`loader` and `host`) uses `unsafe`; every other
+// module is checked by this lint (`forbid` could not be lifted for those two).
+#![deny(unsafe_code)]
+
+mod admin;
+mod artifact;
+mod config;
+mod elf;
+mod error;
+#[allow(unsafe_code)]
+mod host;
+mod instance;
+#[allow(unsafe_code)]
+mod loader;
+mod registry;
+mod traffic;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub use crate::{
+    artifact::Artifact,
+    config::Config,
+    error::{Error, Result},
+    instance::{Instance, ModuleId, State, Traffic, Transition},
+    registry::{Registry, RoutingTable},
+};
+
+/// A configured base, ready to serve.
+#[derive(Debug)]
+pub struct Base {
+    registry: Arc<Registry>,
+    native: Router,
+}
+
+impl Base {
+    /// A base with no modules yet. Refuses unsafe settings (an operations API beyond loopback
+    /// without a token).
+    pub fn new(config: Config) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { registry: Arc::new(Registry::new(config)?), native: Router::new() })
+    }
+
+    /// Routes compiled into the base itself, served on the traffic port before module routes.
+    pub fn with_native_routes(mut self, routes: Router) -> Self {
+        self.native = self.native.merge(routes);
+        self
+    }
+
+    /// The registry of modules.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The traffic application (native routes plus `/<module>/...`), usable without a socket.
+    pub fn traffic_app(&self) -> Router {
+        traffic::router(Arc::clone(&self.registry), self.native.clone())
+    }
+
+    /// The operations API application, usable without a socket.
+    pub fn admin_app(&self) -> Router {
+        admin::router(Arc::clone(&self.registry))
+    }
+
+    /// Binds both servers, prints one `pedestal ready:` line with the bound addresses on
+    /// stdout, serves until SIGTERM or SIGINT, then stops every module and returns.
+    pub async fn serve(self) -> anyhow::Result<()> {
+        let config = self.registry.config().clone();
+        let traffic = bind(config.listen, "traffic").await?;
+        let admin = bind(config.admin_listen, "operations API").await?;
+        let (traffic_addr, admin_addr) = (traffic.local_addr()?, admin.local_addr()?);
+        println!("pedestal ready: traffic http://{traffic_addr} operations http://{admin_addr}");
+        tracing::info!(%traffic_addr, %admin_addr, data_dir = %config.data_dir.display(), "pedestal ready");
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let traffic_server =
+            axum::serve(traffic, self.traffic_app()).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let admin_server = axum::serve(admin, self.admin_app()).with_graceful_shutdown(stopped(stop_rx));
+        let servers = tokio::spawn(async move {
+            tokio::try_join!(traffic_server.into_future(), admin_server.into_future())
+        });
+
+        shutdown_signal().await;
+        tracing::info!("shutting down: stopping every module");
+        let _ = stop_tx.send(true);
+        let registry = Arc::clone(&self.registry);
+        tokio::task::spawn_blocking(move || registry.stop_all()).await?;
+        servers.await??;
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,147 @@
+//! Opening, checking and closing module libraries. With `host.rs`, the only `unsafe` in the base.
+//!
+//! The sequence follows the facts recorded in DESIGN.md: `RawLibrary::load_at` (never
+//! abi_stable's leaking `RootModule::load_from*`), the interface stamp read as plain data, a
+//! semver check, a layout check with a fresh `CheckingGlobals` (abi_stable's process-wide cache
+//! points into unloaded libraries), and only then the root-module constructor.
+//!
+//! Architecture Invariant: everything in this file that runs module code (constructors, the
+//! root-module initializer) is called on the instance's own thread, never on a base thread.
+
+use std::{fs, path::Path};
+
+use abi_stable::{
+    StableAbi,
+    abi_stability::abi_checking::{CheckingGlobals, check_layout_compatibility_with_globals},
+    library::{RawLibrary, lib_header_from_raw_library},
+};
+use pedestal_module_api::{
+    HeapCounters,
+    abi::{Host, INTERFACE_VERSION, InterfaceStamp, ModuleRootRef},
+};
+use semver::Version;
+
+use crate::error::{Error, Result};
+
+/// What a module says about itself, read at load time.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The module's name (its package name).
+    pub name: String,
+    /// The module's own version.
+    pub version: Version,
+    /// The interface version it was built against.
+    pub interface: Version,
+}
+
+/// An open module library and its root module.
+///
+/// Field order matters: fields drop in declaration order, and the library handle must be the
+/// last thing dropped, after everything that points into it.
+pub struct Library {
+    root: ModuleRootRef,
+    raw: RawLibrary,
+}
+
+impl std::fmt::Debug for Library {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Library").finish_non_exhaustive()
+    }
+}
+
+/// The base's interface version.
+pub fn base_interface() -> Version {
+    Version::parse(INTERFACE_VERSION).expect("the crate version is semver")
+}
+
+/// Opens and checks the library at `path`. Call on the instance's thread: it runs the library's
+/// constructors and root-module initializer.
+pub fn open(path: &Path) -> Result<(Library, Manifest)> {
+    let raw = RawLibrary::load_at(path)
+        .map_err(|e| Error::LoadFailed { path: path.to_owned(), message: e.to_string() })?;
+    let interface = read_stamp(&raw)?;
+    let base = base_interface();
+    if interface.major != base.major {
+        return Err(Error::InterfaceMismatch { module: interface.to_string(), base: base.to_string() });
+    }
+
+    // SAFETY: the header is only used while `raw` is open: it is dropped at the end of this
+    // function, and the root module it yields is stored next to `raw` in `Library`.
+    let header = unsafe { lib_header_from_raw_library(&raw) }.map_err(|e| Error::NotAModule {
+        reason: format!("the abi_stable library header is missing or invalid: {e}"),
+    })?;
+    let module_layout = header.layout().ok_or_else(|| Error::NotAModule {
+        reason: "the library exports its root module without a layout to check".into(),
+    })?;
+    let base_layout = <ModuleRootRef as StableAbi>::LAYOUT;
+    // The checker expects the older side's layout first: a module built against an older minor
+    // has fewer prefix fields, and the base must accept it.
+    let (expected, found) =
+        if interface < base { (module_layout, base_layout) } else { (base_layout, module_layout) };
+    check_layout_compatibility_with_globals(expected, found, &CheckingGlobals::new()).map_err(|e| {
+        Error::AbiMismatch { module: interface.to_string(), base: base.to_string(), details: e.to_string() }
+    })?;
+    // SAFETY: the layout was checked just above, with a checker that keeps no state across
+    // libraries.
+    let root = unsafe { header.init_root_module_with_unchecked_layout::<ModuleRootRef>() }
+        .map_err(|e| Error::LoadFailed { path: path.to_owned(), message: e.to_string() })?;
+
+    let name = root.name().as_str().to_owned();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(Error::NotAModule { reason: format!("invalid module name {name:?}") });
+    }
+    let version = Version::parse(root.version().as_str()).map_err(|e| Error::NotAModule {
+        reason: format!("module version {:?} is not semver: {e}", root.version().as_str()),
+    })?;
+    Ok((Library { root, raw }, Manifest { name, version, interface }))
+}
+
+impl Library {
+    /// Runs the module until it stops. Call on the instance's thread.
+    pub fn run(&self, host: Host) {
+        (self.root.run())(host);
+    }
+
+    /// The module's heap counters.
+    ///
+    /// The reference is only valid while this `Library` is open; the caller keeps it no longer.
+    pub fn heap(&self) -> &'static HeapCounters {
+        self.root.heap()
+    }
+
+    /// Closes the library (`dlclose`). Whether it was really unmapped is for [`is_mapped`].
+    pub fn close(self) {
+        // `root` is a plain pointer into the library; nothing to drop before the handle.
+        let Library { raw, .. } = self;
+        drop(raw);
+    }
+}
+
+fn read_stamp(raw: &RawLibrary) -> Result<Version> {
+    // SAFETY: the symbol is read as the address of a `#[repr(C)]` plain-data static; it is only
+    // dereferenced after the null check, while `raw` is open, and copied out.
+    let stamp: Option<InterfaceStamp> = unsafe {
+        raw.get::<*const InterfaceStamp>(InterfaceStamp::SYMBOL)
+            .ok()
+            .and_then(|symbol| (*symbol).as_ref().copied())
+    };
+    let stamp = stamp.ok_or_else(|| Error::NotAModule {
+        reason: "the shared library does not export `pedestal_interface_stamp`: \
+                 it was not built with pedestal_module_api::export_module!"
+            .into(),
+    })?;
+    if stamp.magic != InterfaceStamp::MAGIC {
+        return Err(Error::NotAModule { reason: "the interface stamp has the wrong magic bytes".into() });
+    }
+    Ok(Version::new(stamp.major.into(), stamp.minor.into(), stamp.patch.into()))
+}
+
+/// Whether a file at `path` is still mapped into this process (after `dlclose`, a library may
+/// stay mapped: glibc keeps it while a live thread holds a thread-local destructor it registered).
+pub fn is_mapped(path: &Path) -> bool {
+    let Ok(maps) = fs::read_to_string("/proc/self/maps") else {
+        return false;
+    };
+    let needle = path.to_string_lossy();
+    maps.lines().any(|line| line.ends_with(needle.as_ref()))
+}

@@ -1,0 +1,85 @@
+//! `pedestal`: the universal base.
+//!
+//! Run with `cargo run -p pedestal-base -- serve` (or `cargo xtask demo` for a base with the
+//! example modules deployed).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+use pedestal_base::{Base, Config};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "pedestal", version, about = "Hosts native Rust modules in one long-running process")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a base: module traffic on --listen, the operations API on --admin-listen.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address for module traffic.
+    #[arg(long, env = "PEDESTAL_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Address for the operations API (`/api/v1`).
+    #[arg(long, env = "PEDESTAL_ADMIN_LISTEN", default_value = "127.0.0.1:7071")]
+    admin_listen: SocketAddr,
+    /// Directory for artifacts and state.
+    #[arg(long, env = "PEDESTAL_DATA_DIR", default_value = "pedestal-data")]
+    data_dir: PathBuf,
+    /// Bearer token for the operations API; required when it listens beyond loopback.
+    #[arg(long, env = "PEDESTAL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Largest accepted module upload, in bytes.
+    #[arg(long, env = "PEDESTAL_MAX_UPLOAD_BYTES", default_value_t = 256 * 1024 * 1024)]
+    max_upload_bytes: u64,
+    /// Largest request body forwarded to a module, in bytes.
+    #[arg(long, env = "PEDESTAL_MAX_REQUEST_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_request_body_bytes: u64,
+    /// How long loading and a module's start hook may take, in milliseconds.
+    #[arg(long, env = "PEDESTAL_START_TIMEOUT_MS", default_value_t = 10_000)]
+    start_timeout_ms: u64,
+    /// How long an uninstall waits for in-flight requests, in milliseconds.
+    #[arg(long, env = "PEDESTAL_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    drain_timeout_ms: u64,
+    /// How long a module's thread gets to finish after stop, in milliseconds.
+    #[arg(long, env = "PEDESTAL_STOP_TIMEOUT_MS", default_value_t = 10_000)]
+    stop_timeout_ms: u64,
+    /// How long a request may take inside a module, in milliseconds.
+    #[arg(long, env = "PEDESTAL_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    request_timeout_ms: u64,
+}
+
+impl From<ServeArgs> for Config {
+    fn from(args: ServeArgs) -> Self {
+        Config {
+            listen: args.listen,
+            admin_listen: args.admin_listen,
+            data_dir: args.data_dir,
+            admin_token: args.admin_token,
+            max_upload_bytes: args.max_upload_bytes,
+            max_request_body_bytes: args.max_request_body_bytes,
+            start_timeout: Duration::from_millis(args.start_timeout_ms),
+            drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+            stop_timeout: Duration::from_millis(args.stop_timeout_ms),
+            request_timeout: Duration::from_millis(args.request_timeout_ms),
+            ..Config::default()
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("PEDESTAL_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let Cli { command: Command::Serve(args) } = Cli::parse();
+    let base = Base::new(args.into())?;
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(base.serve())
+}
