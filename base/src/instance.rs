@@ -311,7 +311,8 @@ impl Instance {
         let (state, message) = instance.teardown(config.stop_timeout);
         let failure = match failure {
             Error::StartTimeout { id, timeout_ms, .. } => {
-                Error::StartTimeout { id, timeout_ms, outcome: format!("{state:?}").to_lowercase() }
+                let outcome = if state == State::Pinned { "pinned" } else { "broken, unloaded" };
+                Error::StartTimeout { id, timeout_ms, outcome: outcome.into() }
             }
             other => other,
         };

@@ -1,0 +1,282 @@
+//! The foundation, end to end: the real `pedestal` binary, real fixture `.so` files, real HTTP.
+
+use std::{
+    io::{Read, Write},
+    process::Command,
+    time::Duration,
+};
+
+use pedestal_tests::{TestBase, artifact_name, artifacts, read};
+
+#[test]
+fn a_module_installs_serves_logs_and_unloads_for_real() {
+    let base = TestBase::start();
+    let installed = base.install_ok(artifacts::GOOD);
+    assert_eq!(installed["name"], "fx-good");
+    assert_eq!(installed["version"], "0.1.0");
+    assert_eq!(installed["interface_version"], "1.0.0");
+    assert_eq!(installed["state"], "active");
+    let sha = installed["sha256"].as_str().unwrap().to_owned();
+    assert_eq!(sha.len(), 64);
+    assert!(installed["install_ms"].as_f64().unwrap() > 0.0);
+
+    let ping = base.get("/fx-good/ping");
+    assert_eq!((ping.status, ping.body.as_str()), (200, "pong"));
+    assert_eq!(ping.header("x-pedestal-module"), Some("fx-good@0.1.0"));
+    assert_eq!(base.post("/fx-good/echo", b"round trip").body, "round trip");
+    assert_eq!(base.get("/fx-good/sleep?ms=20").body, "slept 20");
+    assert_eq!(base.get("/fx-good/spawn").body, "task said 42");
+
+    assert_eq!(base.get("/fx-good/log").body, "logged");
+    let log = base.wait_for_log("fixture log line");
+    let tracing_line = log.lines().find(|l| l.contains("fixture tracing line")).expect("tracing line");
+    assert!(
+        tracing_line.contains("module=\"fx-good\"") && tracing_line.contains("version=0.1.0"),
+        "{tracing_line}"
+    );
+    assert!(tracing_line.contains("answer=42"), "{tracing_line}");
+    let log_line = log.lines().find(|l| l.contains("fixture log line")).unwrap();
+    assert!(log_line.contains("WARN") && log_line.contains("module=\"fx-good\""), "{log_line}");
+
+    let described = base.admin_get("/api/v1/modules/fx-good").json;
+    let version = &described["versions"][0];
+    assert_eq!(described["active_version"], "0.1.0");
+    assert!(version["heap"]["live_bytes"].as_u64().unwrap() > 0, "{version}");
+    assert_eq!(version["traffic"]["requests"], 5);
+    let states: Vec<_> = version["history"].as_array().unwrap().iter().map(|t| t["state"].clone()).collect();
+    assert_eq!(states, ["installing", "starting", "active"]);
+    assert!(base.maps_contain(&artifact_name(&sha)));
+
+    let removed = base.uninstall("fx-good", "0.1.0");
+    assert_eq!(removed.status, 200, "{removed:?}");
+    assert_eq!(removed.json["state"], "stopped", "{removed:?}");
+    assert!(removed.json["leaked_bytes"].is_u64());
+    assert!(!base.maps_contain(&artifact_name(&sha)), "the library is still mapped after uninstall");
+    assert_eq!(base.get("/fx-good/ping").code(), "MODULE_NOT_FOUND");
+    let described = base.admin_get("/api/v1/modules/fx-good").json;
+    assert_eq!(described["versions"][0]["state"], "stopped");
+}
+
+#[test]
+fn modules_with_timers_tasks_thread_locals_and_threads_unmap_and_reload() {
+    let base = TestBase::start();
+    let cases = [
+        (artifacts::GOOD, "fx-good", "/sleep?ms=5", "slept 5"),
+        (artifacts::GOOD, "fx-good", "/spawn", "task said 42"),
+        (artifacts::THREAD_LOCAL, "fx-thread-local", "/roll", "rolled"),
+        (artifacts::THREADS, "fx-threads", "/work", "sum 5050"),
+    ];
+    for (path, name, route, expected) in cases {
+        // Twice: a reinstall must load fresh code, which only happens if the first copy was unmapped.
+        for round in 0..2 {
+            let sha = base.install_ok(path)["sha256"].as_str().unwrap().to_owned();
+            let reply = base.get(&format!("/{name}{route}"));
+            assert!(reply.body.starts_with(expected), "{name}{route} round {round}: {reply:?}");
+            if name == "fx-thread-local" {
+                assert!(reply.body.ends_with("1 rolls so far"), "stale thread-local state: {reply:?}");
+            }
+            let removed = base.uninstall(name, "0.1.0");
+            assert_eq!(removed.json["state"], "stopped", "{name} round {round}: {removed:?}");
+            assert!(!base.maps_contain(&artifact_name(&sha)), "{name} still mapped");
+            base.uninstall(name, "0.1.0"); // forget the stopped record
+        }
+    }
+}
+
+#[test]
+fn a_module_thread_that_never_ends_pins_the_instance_without_harming_the_base() {
+    let base = TestBase::start();
+    base.install_ok(artifacts::GOOD);
+    let sha = base.install_ok(artifacts::THREAD_LEAK)["sha256"].as_str().unwrap().to_owned();
+    assert_eq!(base.get("/fx-thread-leak/ping").body, "pong");
+    let removed = base.uninstall("fx-thread-leak", "0.1.0");
+    assert_eq!(removed.json["state"], "pinned", "{removed:?}");
+    let reason =
+        removed.json["history"].as_array().unwrap().last().unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(reason.contains("still mapped"), "{reason}");
+    assert!(base.maps_contain(&artifact_name(&sha)));
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
+    let health = base.admin_get("/api/v1/health").json;
+    assert_eq!(health["modules"]["pinned"], 1, "{health}");
+    assert_eq!(health["problems"][0]["module"], "fx-thread-leak@0.1.0");
+
+    // The same artifact again: the pinned copy is still mapped, so the base loads a private copy.
+    base.install_ok(artifacts::THREAD_LEAK);
+    assert_eq!(base.get("/fx-thread-leak/ping").body, "pong");
+}
+
+#[test]
+fn a_panicking_handler_is_a_500_for_that_request_only() {
+    let base = TestBase::start();
+    base.install_ok(artifacts::GOOD);
+    base.install_ok(artifacts::PANICKING);
+    for _ in 0..3 {
+        let boom = base.get("/fx-panicking/boom");
+        assert_eq!((boom.status, boom.code()), (500, "MODULE_PANICKED"), "{boom:?}");
+        assert!(boom.json["message"].as_str().unwrap().contains("fixture handler exploded"));
+    }
+    assert_eq!(base.get("/fx-panicking/ok").body, "fine");
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
+    let log = base.wait_for_log("module panicked");
+    let line = log.lines().find(|l| l.contains("module panicked")).unwrap();
+    assert!(line.contains("module=\"fx-panicking\"") && line.contains("fixture handler exploded"), "{line}");
+    assert!(line.contains("fx-panicking/src/lib.rs"), "no location: {line}");
+    let version = &base.admin_get("/api/v1/modules/fx-panicking").json["versions"][0];
+    assert_eq!(version["traffic"]["panics"], 3);
+    assert_eq!(version["traffic"]["errors"], 3);
+}
+
+/// One bad upload: the status and code it must get, a phrase the message must contain, and
+/// the base must go on serving the module it had.
+fn check_refused(base: &TestBase, what: &str, bytes: &[u8], status: u16, code: &str, phrase: &str) {
+    let reply = base.install_bytes(bytes);
+    assert_eq!((reply.status, reply.code()), (status, code), "{what}: {reply:?}\nlog:\n{}", base.log());
+    let message = reply.json["message"].as_str().unwrap_or_default();
+    assert!(message.contains(phrase), "{what}: message {message:?} lacks {phrase:?}");
+    assert_eq!(base.get("/fx-good/ping").body, "pong", "after {what}");
+}
+
+#[test]
+fn bad_uploads_get_precise_codes_and_the_base_keeps_serving() {
+    let base = TestBase::start();
+    base.install_ok(artifacts::GOOD);
+    let good = read(artifacts::GOOD);
+    let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+
+    check_refused(&base, "empty body", b"", 422, "EMPTY_UPLOAD", "empty");
+    check_refused(&base, "random bytes", &random, 422, "NOT_A_MODULE", "ELF magic");
+    check_refused(&base, "shell script", b"#!/bin/sh\nrm -rf /\n", 422, "NOT_A_MODULE", "script");
+    check_refused(&base, "truncated module", &good[..good.len() / 3], 422, "NOT_A_MODULE", "truncated");
+    check_refused(
+        &base,
+        "plain cdylib",
+        &read(artifacts::PLAIN_CDYLIB),
+        422,
+        "NOT_A_MODULE",
+        "pedestal_interface_stamp",
+    );
+    let libz = ["/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("a system libz");
+    check_refused(&base, "system library", &read(libz), 422, "NOT_A_MODULE", "pedestal_interface_stamp");
+    check_refused(
+        &base,
+        "interface 2.0.0",
+        &read(artifacts::INTERFACE_V2),
+        422,
+        "INTERFACE_MISMATCH",
+        "2.0.0",
+    );
+    let mismatch = base.install(artifacts::INTERFACE_V2);
+    assert_eq!(mismatch.json["details"]["base_interface"], "1.0.0");
+    assert_eq!(mismatch.json["details"]["module_interface"], "2.0.0");
+    check_refused(
+        &base,
+        "start fails",
+        &read(artifacts::START_FAILS),
+        422,
+        "START_FAILED",
+        "database is unreachable",
+    );
+    check_refused(
+        &base,
+        "start panics",
+        &read(artifacts::START_PANICS),
+        422,
+        "START_FAILED",
+        "fixture start exploded",
+    );
+    check_refused(&base, "start hangs", &read(artifacts::START_HANGS), 422, "START_TIMEOUT", "broken");
+    check_refused(&base, "start blocks", &read(artifacts::START_BLOCKS), 422, "START_TIMEOUT", "pinned");
+    check_refused(&base, "same module again", &good, 409, "ALREADY_INSTALLED", "fx-good@0.1.0");
+
+    let states =
+        |name: &str| base.admin_get(&format!("/api/v1/modules/{name}")).json["versions"][0]["state"].clone();
+    assert_eq!(states("fx-start-fails"), "broken");
+    assert_eq!(states("fx-start-hangs"), "broken");
+    assert_eq!(states("fx-start-blocks"), "pinned");
+    let health = base.admin_get("/api/v1/health").json;
+    assert_eq!(health["modules"]["active"], 1, "{health}");
+}
+
+#[test]
+fn uploads_over_the_limit_are_refused_before_they_are_read() {
+    let base = TestBase::start_with(&["--max-upload-bytes", "100000"]);
+    let over = base.install_bytes(&vec![0x7f; 100_001]);
+    assert_eq!((over.status, over.code()), (413, "PAYLOAD_TOO_LARGE"), "{over:?}");
+    assert_eq!(over.json["details"]["limit"], 100_000);
+
+    // A client announcing 300 MB and waiting for `100 Continue` (as curl does) gets the 413
+    // without sending a byte of the body.
+    let addr = base.admin.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "POST /api/v1/modules HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: 300000000\r\nExpect: 100-continue\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = vec![0; 4096];
+    let n = stream.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("PAYLOAD_TOO_LARGE"), "{answer}");
+}
+
+#[test]
+fn a_module_built_against_a_newer_minor_interface_loads() {
+    let base = TestBase::start();
+    let installed = base.install_ok(artifacts::INTERFACE_NEWER_MINOR);
+    assert_eq!(installed["interface_version"], "1.4.0");
+    assert_eq!(base.get("/fx-interface-newer-minor/ping").body, "pong from 1.4");
+}
+
+#[test]
+fn install_from_a_path_and_unknown_names() {
+    let base = TestBase::start();
+    let body = serde_json::json!({ "path": artifacts::GOOD }).to_string();
+    let reply =
+        base.admin("POST", "/api/v1/modules", &[("content-type", "application/json")], Some(body.as_bytes()));
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
+    assert_eq!(base.get("/nobody/here").code(), "MODULE_NOT_FOUND");
+    assert_eq!(base.uninstall("nobody", "1.0.0").code(), "NOT_FOUND");
+    assert_eq!(base.uninstall("fx-good", "not-a-version").code(), "BAD_REQUEST");
+    let listed = base.admin_get("/api/v1/modules").json;
+    assert_eq!(listed["modules"][0]["name"], "fx-good");
+    assert_eq!(listed["modules"][0]["active"], true);
+}
+
+#[test]
+fn the_operations_api_requires_its_token() {
+    let base = TestBase::start_with(&["--admin-token", "s3cret"]);
+    let denied = base.admin_get("/api/v1/health");
+    assert_eq!((denied.status, denied.code()), (401, "UNAUTHORIZED"));
+    let wrong = base.admin("GET", "/api/v1/health", &[("authorization", "Bearer nope")], None);
+    assert_eq!(wrong.status, 401);
+    let allowed = base.admin("GET", "/api/v1/health", &[("authorization", "Bearer s3cret")], None);
+    assert_eq!(allowed.status, 200);
+
+    let refused = Command::new(artifacts::PEDESTAL)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0", "--data-dir"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .env_remove("PEDESTAL_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("not a loopback address") && stderr.contains("--admin-token"), "{stderr}");
+}
+
+#[test]
+fn sigterm_stops_every_module_and_exits_cleanly() {
+    let mut base = TestBase::start();
+    base.install_ok(artifacts::GOOD);
+    base.install_ok(artifacts::THREADS);
+    assert_eq!(base.terminate(Duration::from_secs(20)), Some(0), "log:\n{}", base.log());
+    let log = base.log();
+    assert!(log.matches("unloaded and unmapped").count() >= 2, "{log}");
+    assert!(!base.is_running());
+}
