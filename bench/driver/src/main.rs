@@ -1,0 +1,296 @@
+//! `pedestal-bench`: measures a real base process side by side. Run with `cargo xtask bench`
+//! (add `--quick` for a short smoke run).
+//!
+//! 1. Throughput and latency of the same handlers served natively by the base (`/native/...`)
+//!    and from a module (`/bench-module/...`), in alternating rounds under the same load.
+//! 2. Install latency: upload sent → first request served, plus the base's own install time.
+//! 3. Install/uninstall cycles: RSS growth of the base, and whether every cycle unmapped.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use serde_json::Value;
+
+struct Options {
+    base: PathBuf,
+    module: PathBuf,
+    round: Duration,
+    rounds: usize,
+    connections: usize,
+    installs: usize,
+    cycles: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let quick = args.iter().any(|a| a == "--quick");
+    let options = Options {
+        base: value("--base").context("--base PATH is required")?.into(),
+        module: value("--module").context("--module PATH is required")?.into(),
+        round: Duration::from_millis(if quick { 300 } else { 3000 }),
+        rounds: if quick { 1 } else { 3 },
+        connections: 16,
+        installs: if quick { 20 } else { 200 },
+        cycles: if quick { 30 } else { 1000 },
+    };
+    let base = BaseProcess::start(&options.base)?;
+    let module = std::fs::read(&options.module)?;
+    let mut report = String::new();
+    report += &throughput(&base, &module, &options)?;
+    report += &install_latency(&base, &module, &options)?;
+    report += &cycles(&base, &module, &options)?;
+    println!("{report}");
+    let out = options.module.parent().unwrap().join("bench-results.md");
+    std::fs::write(&out, &report)?;
+    eprintln!("(also written to {})", out.display());
+    Ok(())
+}
+
+/// The benchmark base, running as its own process.
+struct BaseProcess {
+    child: Child,
+    traffic: String,
+    admin: String,
+    data: PathBuf,
+}
+
+impl BaseProcess {
+    fn start(binary: &PathBuf) -> anyhow::Result<Self> {
+        let data = std::env::temp_dir().join(format!("pedestal-bench-{}", std::process::id()));
+        let mut child = Command::new(binary).arg(&data).stdout(Stdio::piped()).spawn()?;
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready)?;
+        let words: Vec<&str> = ready.split_whitespace().collect();
+        let after = |key: &str| {
+            words.iter().position(|w| *w == key).and_then(|i| words.get(i + 1)).map(|s| s.to_string())
+        };
+        let (Some(traffic), Some(admin)) = (after("traffic"), after("operations")) else {
+            bail!("unexpected ready line {ready:?}");
+        };
+        Ok(Self { child, traffic, admin, data })
+    }
+
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+        Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+    }
+
+    fn install(&self, module: &[u8]) -> anyhow::Result<Value> {
+        let response = ureq::post(&format!("{}/api/v1/modules", self.admin))
+            .set("content-type", "application/octet-stream")
+            .send_bytes(module)?;
+        Ok(response.into_json()?)
+    }
+
+    fn uninstall(&self, name: &str, version: &str) -> anyhow::Result<Value> {
+        Ok(ureq::delete(&format!("{}/api/v1/modules/{name}/{version}", self.admin)).call()?.into_json()?)
+    }
+}
+
+impl Drop for BaseProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+struct Run {
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    latency: Histogram<u64>,
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+/// Closed-loop load: `connections` keep-alive connections, each sending its next request as
+/// soon as the previous answer arrived, for `duration`. The client runs on one thread.
+fn load(url: &str, connections: usize, duration: Duration) -> anyhow::Result<Run> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client: Client<_, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).pool_max_idle_per_host(connections).build_http();
+        let uri: hyper::Uri = url.parse()?;
+        let started = Instant::now();
+        let deadline = started + duration;
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let (client, uri) = (client.clone(), uri.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut latency = Histogram::<u64>::new(3).expect("histogram");
+                let (mut requests, mut errors) = (0u64, 0u64);
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    let ok = match client.get(uri.clone()).await {
+                        Ok(response) => {
+                            let ok = response.status().is_success();
+                            ok && response.into_body().collect().await.is_ok()
+                        }
+                        Err(_) => false,
+                    };
+                    latency.saturating_record(sent.elapsed().as_micros() as u64);
+                    requests += 1;
+                    errors += u64::from(!ok);
+                }
+                (requests, errors, latency)
+            }));
+        }
+        let mut run = Run { requests: 0, errors: 0, seconds: 0.0, latency: Histogram::new(3)? };
+        for task in tasks {
+            let (requests, errors, latency) = task.await?;
+            run.requests += requests;
+            run.errors += errors;
+            run.latency.add(latency)?;
+        }
+        run.seconds = started.elapsed().as_secs_f64();
+        Ok(run)
+    })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn throughput(base: &BaseProcess, module: &[u8], options: &Options) -> anyhow::Result<String> {
+    let installed = base.install(module)?;
+    let name = installed["name"].as_str().unwrap_or("bench-module").to_owned();
+    let work_us = {
+        let mut samples: Vec<f64> = (0..2000)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(bench_handlers::work());
+                t.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2]
+    };
+    let mut out = format!(
+        "## Throughput: module vs the same handler compiled into the base\n\n\
+         {} keep-alive connections, closed loop, one client thread on the same machine; {} alternating \
+         rounds of {:.1} s per variant; medians of the rounds. `/work` computes for {work_us:.1} µs \
+         (median, measured natively).\n\n\
+         | handler | variant | req/s | p50 µs | p99 µs | errors | module/native req/s |\n|---|---|---|---|---|---|---|\n",
+        options.connections,
+        options.rounds,
+        options.round.as_secs_f64()
+    );
+    for handler in ["empty", "work"] {
+        let native_url = format!("{}/native/{handler}", base.traffic);
+        let module_url = format!("{}/{name}/{handler}", base.traffic);
+        load(&native_url, options.connections, Duration::from_millis(300))?;
+        load(&module_url, options.connections, Duration::from_millis(300))?;
+        let (mut native, mut moduled) = (Vec::new(), Vec::new());
+        for _ in 0..options.rounds {
+            native.push(load(&native_url, options.connections, options.round)?);
+            moduled.push(load(&module_url, options.connections, options.round)?);
+        }
+        let summary = |runs: &[Run]| {
+            (
+                median(runs.iter().map(Run::rps).collect()),
+                median(runs.iter().map(|r| r.latency.value_at_quantile(0.5) as f64).collect()),
+                median(runs.iter().map(|r| r.latency.value_at_quantile(0.99) as f64).collect()),
+                runs.iter().map(|r| r.errors).sum::<u64>(),
+            )
+        };
+        let (n_rps, n_p50, n_p99, n_err) = summary(&native);
+        let (m_rps, m_p50, m_p99, m_err) = summary(&moduled);
+        out += &format!("| `/{handler}` | native | {n_rps:.0} | {n_p50:.0} | {n_p99:.0} | {n_err} | |\n");
+        out += &format!(
+            "| `/{handler}` | module | {m_rps:.0} | {m_p50:.0} | {m_p99:.0} | {m_err} | **{:.2}** |\n",
+            m_rps / n_rps
+        );
+    }
+    base.uninstall(&name, installed["version"].as_str().unwrap_or("0.1.0"))?;
+    base.uninstall(&name, installed["version"].as_str().unwrap_or("0.1.0"))?;
+    Ok(out + "\n")
+}
+
+fn percentile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * q).round() as usize]
+}
+
+fn install_latency(base: &BaseProcess, module: &[u8], options: &Options) -> anyhow::Result<String> {
+    let (mut end_to_end, mut server) = (Vec::new(), Vec::new());
+    for _ in 0..options.installs {
+        let sent = Instant::now();
+        let installed = base.install(module)?;
+        let name = installed["name"].as_str().context("name")?.to_owned();
+        let version = installed["version"].as_str().context("version")?.to_owned();
+        loop {
+            if ureq::get(&format!("{}/{name}/empty", base.traffic)).call().is_ok() {
+                break;
+            }
+        }
+        end_to_end.push(sent.elapsed().as_secs_f64() * 1000.0);
+        server.push(installed["install_ms"].as_f64().context("install_ms")?);
+        base.uninstall(&name, &version)?;
+        base.uninstall(&name, &version)?;
+    }
+    Ok(format!(
+        "## Install latency ({} installs of a {:.1} MiB module)\n\n\
+         | measure | p50 ms | p99 ms |\n|---|---|---|\n\
+         | upload sent → first request served (client side, includes the upload over loopback) | {:.2} | {:.2} |\n\
+         | upload received → module started and routed (base side: hash, store, dlopen, checks, start) | {:.2} | {:.2} |\n\n",
+        options.installs,
+        module.len() as f64 / (1024.0 * 1024.0),
+        percentile(&mut end_to_end, 0.5),
+        percentile(&mut end_to_end, 0.99),
+        percentile(&mut server, 0.5),
+        percentile(&mut server, 0.99),
+    ))
+}
+
+fn cycles(base: &BaseProcess, module: &[u8], options: &Options) -> anyhow::Result<String> {
+    let cycle = || -> anyhow::Result<bool> {
+        let installed = base.install(module)?;
+        let name = installed["name"].as_str().context("name")?.to_owned();
+        let version = installed["version"].as_str().context("version")?.to_owned();
+        ureq::get(&format!("{}/{name}/empty", base.traffic)).call()?;
+        let removed = base.uninstall(&name, &version)?;
+        base.uninstall(&name, &version)?;
+        Ok(removed["state"] == "stopped" && removed["mapped"] == false)
+    };
+    for _ in 0..20 {
+        cycle()?;
+    }
+    let before = base.rss_kib()?;
+    let started = Instant::now();
+    let mut unmapped = 0;
+    for _ in 0..options.cycles {
+        unmapped += usize::from(cycle()?);
+    }
+    let elapsed = started.elapsed();
+    let after = base.rss_kib()?;
+    Ok(format!(
+        "## Install/uninstall cycles\n\n\
+         | cycles | unmapped every time | RSS before | RSS after | growth | per cycle |\n|---|---|---|---|---|---|\n\
+         | {} | {unmapped}/{} | {:.1} MiB | {:.1} MiB | {:.2} MiB | {:.2} ms |\n\n\
+         Each cycle installs the module, serves one request, uninstalls it and checks the reply says \
+         `stopped` and `mapped: false`; RSS is read from `/proc/<pid>/status` after 20 warm-up cycles.\n",
+        options.cycles,
+        options.cycles,
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        (after as f64 - before as f64) / 1024.0,
+        elapsed.as_secs_f64() * 1000.0 / options.cycles as f64,
+    ))
+}

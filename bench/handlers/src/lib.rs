@@ -1,0 +1,25 @@
+//! The benchmark's handlers. The same code is compiled into `bench-module` (a Pedestal module)
+//! and natively into `bench-base` (at `/native/...`), so the two can be compared side by side.
+
+use std::hint::black_box;
+
+use axum::{Router, routing::get};
+
+/// `/empty` answers at once; `/work` does about 20 µs of CPU work first.
+pub fn router() -> Router {
+    Router::new().route("/empty", get(|| async { "" })).route("/work", get(|| async { work().to_string() }))
+}
+
+/// Bytes hashed by [`work`]; sized for roughly 20 µs on the benchmark machine (the driver
+/// measures and reports the real figure).
+pub const WORK_BYTES: usize = 24 * 1024;
+
+/// FNV-1a over [`WORK_BYTES`] bytes: fixed, allocation-free CPU work.
+pub fn work() -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for i in 0..WORK_BYTES {
+        hash ^= black_box(i as u64 & 0xff);
+        hash = hash.wrapping_mul(0x100_0000_01b3);
+    }
+    hash
+}

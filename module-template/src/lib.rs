@@ -1,0 +1,40 @@
+//! {{project-name}}: a Pedestal module.
+//!
+//! Deploy it into a running base (`cargo xtask demo`, or `cargo run -p pedestal-base -- serve`)
+//! with `cargo xtask deploy modules/{{project-name}}`, then:
+//!
+//! ```text
+//! curl '127.0.0.1:7070/{{project-name}}/hello?name=you'
+//! ```
+
+use std::time::Duration;
+
+use axum::{Router, extract::Query, routing::get};
+use pedestal_module_api::{Module, export_module};
+use serde::Deserialize;
+
+/// The module. Add state here; `start` and `stop` hooks are optional (see `Module`).
+struct App;
+
+impl Module for App {
+    /// Routes are relative to the module's mount point, `/{{project-name}}/`.
+    fn router(&self) -> Router {
+        Router::new().route("/hello", get(hello))
+    }
+}
+
+export_module!(App);
+
+#[derive(Deserialize)]
+struct Hello {
+    name: Option<String>,
+}
+
+/// Ordinary axum, tokio and tracing: the SDK runs them on the module's own runtime and tags the
+/// log line with this module's name and version in the base's log.
+async fn hello(Query(query): Query<Hello>) -> String {
+    let name = query.name.unwrap_or_else(|| "world".into());
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    tracing::info!(%name, "said hello");
+    format!("hello, {name}, from {{project-name}}\n")
+}

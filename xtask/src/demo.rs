@@ -1,0 +1,65 @@
+//! `cargo xtask demo`: the main job. Builds the base and the example modules, starts the base on
+//! 127.0.0.1:7070 (traffic) and 127.0.0.1:7071 (operations), deploys the examples and prints
+//! what to try. Runs until Ctrl-C.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, bail};
+
+use crate::{cargo, deploy, exec, project_root};
+
+/// The example modules the demo deploys.
+const EXAMPLES: &[&str] = &["examples/greeter", "examples/notes"];
+
+pub fn run(_args: &[String]) -> anyhow::Result<()> {
+    exec(cargo().args(["build", "--release", "-p", "pedestal-base"]))?;
+    let libraries = EXAMPLES.iter().map(|e| deploy::build(e)).collect::<anyhow::Result<Vec<_>>>()?;
+
+    let root = project_root();
+    let data_dir = root.join("target").join("demo-data");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let mut base = Command::new(root.join("target/release/pedestal"))
+        .args(["serve", "--data-dir"])
+        .arg(&data_dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting pedestal")?;
+    let mut ready = String::new();
+    BufReader::new(base.stdout.take().unwrap()).read_line(&mut ready)?;
+    if !ready.starts_with("pedestal ready") {
+        let _ = base.kill();
+        bail!("the base did not start (is something else listening on 127.0.0.1:7070/7071?)");
+    }
+    for library in &libraries {
+        let reply = deploy::install("http://127.0.0.1:7071", None, library)?;
+        println!(
+            "deployed {}@{} in {:.2} ms",
+            reply["name"].as_str().unwrap_or("?"),
+            reply["version"].as_str().unwrap_or("?"),
+            reply["install_ms"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    println!(
+        "\n{}\nTry:\n  \
+         curl '127.0.0.1:7070/greeter/hello?name=Ada'\n  \
+         curl '127.0.0.1:7070/greeter/slow?ms=200'\n  \
+         curl -XPOST 127.0.0.1:7070/notes/notes -d 'buy milk'\n  \
+         curl 127.0.0.1:7070/notes/notes\n  \
+         curl 127.0.0.1:7071/api/v1/modules\n  \
+         curl 127.0.0.1:7071/api/v1/modules/greeter\n  \
+         curl -XDELETE 127.0.0.1:7071/api/v1/modules/notes/0.1.0\n  \
+         curl 127.0.0.1:7071/api/v1/health\n\
+         New module: cargo generate --path module-template --name hello --destination modules --vcs none\n             \
+         cargo xtask deploy modules/hello && curl 127.0.0.1:7070/hello/hello\n\
+         Module logs appear below, tagged module=... version=...; Ctrl-C stops the base.\n",
+        ready.trim()
+    );
+    let status = base.wait()?;
+    if !status.success() {
+        bail!("the base exited with {status}");
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! `cargo xtask <command>`: the project's developer commands.
+//!
+//! - `demo`   — build the base and the example modules, start the base, deploy the examples, print what to try.
+//! - `deploy` — build a module in release and install it into a running base.
+//! - `test`   — install the pinned tools the suite needs, then run fmt, clippy and every test (what CI runs).
+//! - `bench`  — run the benchmarks and print their tables (see BENCHMARKS.md).
+
+mod bench;
+mod demo;
+mod deploy;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match command.as_str() {
+        "demo" => demo::run(&rest),
+        "deploy" => deploy::run(&rest),
+        "test" => test::run(&rest),
+        "bench" => bench::run(&rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 demo                         start a base with the example modules deployed\n  \
+                 deploy <dir|package> [--admin URL] [--token T]\n                               \
+                 build a module (release) and install it into a running base\n  \
+                 test                         install pinned tools, run fmt, clippy and all tests (CI)\n  \
+                 bench                        run the benchmarks"
+            );
+            if command.is_empty() || command == "help" || command == "--help" {
+                Ok(())
+            } else {
+                bail!("unknown command {command:?}")
+            }
+        }
+    }
+}
+
+/// The workspace root.
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// The `cargo` that runs this xtask.
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(project_root());
+    command
+}
+
+/// Runs a command, failing with its name when it fails.
+fn exec(command: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{command:?}");
+    let status = command.status().with_context(|| format!("running {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Value of `--flag VALUE` in `args`, if present.
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
