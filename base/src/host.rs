@@ -47,7 +47,7 @@ pub(crate) fn host_for(shared: &Arc<Shared>, max_log_level: LogLevel) -> Host {
 fn host_api() -> HostApiRef {
     static API: OnceLock<HostApiRef> = OnceLock::new();
     *API.get_or_init(|| {
-        HostApi { log, started, ack_wake, stop_requested, next_request, respond, fail, panicked }
+        HostApi { log, started, ack_wake, idle, stop_requested, next_request, respond, fail, panicked }
             .leak_into_prefix()
     })
 }
@@ -145,13 +145,22 @@ extern "C" fn ack_wake(ctx: HostCtx) -> bool {
     guarded(false, || {
         // SAFETY: the module only holds tokens the base gave it through `host_for`.
         let shared = unsafe { shared(ctx) };
-        if consume_eventfd(&shared.wake_fd) {
-            // Cleared after the read: a wake-up racing with this store writes the fd again.
-            shared.notified.store(false, Ordering::SeqCst);
-            true
-        } else {
-            false
+        consume_eventfd(&shared.wake_fd)
+    })
+}
+
+extern "C" fn idle(ctx: HostCtx) -> bool {
+    guarded(true, || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        // From here on a producer writes the eventfd. Work queued before this store was not
+        // signalled, so look once more: if there is some, stay awake (and quiet the producers).
+        shared.notified.store(false, Ordering::SeqCst);
+        let more = !lock(&shared.queue).is_empty() || shared.stop.load(Ordering::SeqCst);
+        if more {
+            shared.notified.store(true, Ordering::SeqCst);
         }
+        !more
     })
 }
 

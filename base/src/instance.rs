@@ -148,7 +148,8 @@ struct Worker {
 pub(crate) struct Shared {
     pub(crate) tags: OnceLock<ModuleId>,
     pub(crate) wake_fd: OwnedFd,
-    /// Set when a wake-up is written and not yet acknowledged; wake-ups coalesce while set.
+    /// Clear only while the module sleeps (or is about to): a producer that flips it to set
+    /// writes the eventfd, every other producer knows the module will see its work.
     pub(crate) notified: AtomicBool,
     pub(crate) stop: AtomicBool,
     pub(crate) queue: Mutex<VecDeque<QueuedRequest>>,
@@ -533,8 +534,8 @@ impl Shared {
         self.wake();
     }
 
-    /// Writes the eventfd unless a wake-up is already pending: the module drains the whole
-    /// queue after each acknowledged wake-up, so one is enough.
+    /// Writes the eventfd only when the module said it is going to sleep: an awake module
+    /// looks at the queue again before it sleeps, so one write per sleep is enough.
     fn wake(&self) {
         if !self.notified.swap(true, Ordering::SeqCst) {
             host::signal_eventfd(&self.wake_fd);

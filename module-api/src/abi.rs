@@ -262,6 +262,12 @@ pub struct HostApi {
     /// Consumes a pending wake-up from `wake_fd`. Returns `false` when there was none
     /// (the module then clears its readiness and waits again).
     pub ack_wake: extern "C" fn(ctx: HostCtx) -> bool,
+    /// Tells the base the module found no queued work and wants to sleep on `wake_fd`.
+    /// Returns `true` when it may (the base will write `wake_fd` for the next work), `false`
+    /// when work arrived meanwhile and the module should look again. Until the module calls
+    /// this, the base assumes it is awake and does not write `wake_fd`, which keeps wake-ups
+    /// (system calls and thread switches) off the path of a busy module.
+    pub idle: extern "C" fn(ctx: HostCtx) -> bool,
     /// Whether the base has asked the module to stop.
     pub stop_requested: extern "C" fn(ctx: HostCtx) -> bool,
     /// Takes the next queued request, if any. Instance thread only; see [`RequestView`] for

@@ -98,11 +98,21 @@ async fn serve<M: Module>(host: &'static Host, make: fn() -> M) {
     report_started(host, Ok(()));
 
     loop {
-        if wait_for_work(host, &wake).await.is_err() || (host.api.stop_requested())(host.ctx) {
+        if (host.api.stop_requested())(host.ctx) {
             break;
         }
+        let mut took = false;
         while let Some(request) = next_request(host) {
             tokio::spawn(handle(host, router.clone(), request));
+            took = true;
+        }
+        if took {
+            // Let the handlers just spawned run, then look at the queue again before sleeping.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        if sleep_until_signalled(host, &wake).await.is_err() {
+            break;
         }
     }
     let _ = tokio::time::timeout(STOP_DEADLINE, module.stop()).await;
@@ -136,9 +146,20 @@ async fn wait_for_work(host: &Host, wake: &AsyncFd<WakeFd>) -> std::io::Result<(
     }
 }
 
+/// Tells the base the module is going idle and sleeps until it signals; returns at once if
+/// work arrived in the meantime.
+async fn sleep_until_signalled(host: &Host, wake: &AsyncFd<WakeFd>) -> std::io::Result<()> {
+    if (host.api.idle())(host.ctx) {
+        wait_for_work(host, wake).await
+    } else {
+        tokio::task::yield_now().await;
+        Ok(())
+    }
+}
+
 async fn stop_requested(host: &Host, wake: &AsyncFd<WakeFd>) {
-    loop {
-        if wait_for_work(host, wake).await.is_err() || (host.api.stop_requested())(host.ctx) {
+    while !(host.api.stop_requested())(host.ctx) {
+        if sleep_until_signalled(host, wake).await.is_err() {
             return;
         }
     }

@@ -34,6 +34,18 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let quick = args.iter().any(|a| a == "--quick");
+    if let Some(url) = value("--load") {
+        // Load only, for profiling a running base: `pedestal-bench --load URL [--seconds N]`.
+        let seconds = value("--seconds").map_or(Ok(5), |s| s.parse())?;
+        let run = load(&url, 16, Duration::from_secs(seconds))?;
+        println!(
+            "{:.0} req/s, p50 {} µs, errors {}",
+            run.rps(),
+            run.latency.value_at_quantile(0.5),
+            run.errors
+        );
+        return Ok(());
+    }
     let options = Options {
         base: value("--base").context("--base PATH is required")?.into(),
         module: value("--module").context("--module PATH is required")?.into(),
