@@ -142,6 +142,10 @@ struct Worker {
     /// Points into the library: read only while this `Worker` exists (it is dropped before the
     /// library is closed, or kept forever when the instance is pinned).
     heap: &'static HeapCounters,
+    /// The instance thread's unique name. Linux threads inherit their creator's name, so a
+    /// thread the module started (and did not name) carries it too: that is how the base finds
+    /// module threads that are still alive before it closes the library.
+    thread_name: String,
 }
 
 /// What the base and the module's thread share: the target of the module's `HostCtx`.
@@ -222,8 +226,9 @@ impl Instance {
         let thread_shared = Arc::clone(&shared);
         let thread_path = load_path.clone();
         let max_level = config.module_log_level;
+        let thread_name = next_thread_name();
         let thread = thread::Builder::new()
-            .name("pedestal-module".into())
+            .name(thread_name.clone())
             .spawn(move || {
                 let _done = DoneGuard(done_tx);
                 let (library, manifest) = match loader::open(&thread_path) {
@@ -278,7 +283,7 @@ impl Instance {
             install_micros: AtomicU64::new(0),
             shared,
             history: Mutex::new(Vec::new()),
-            worker: Mutex::new(Some(Worker { thread, done: done_rx, heap: heap.0 })),
+            worker: Mutex::new(Some(Worker { thread, done: done_rx, heap: heap.0, thread_name })),
             leaked: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             busy: AtomicBool::new(true),
@@ -482,6 +487,19 @@ impl Instance {
         let library = worker.thread.join().ok().flatten();
         *lock(&self.leaked) = Some(heap);
         self.shared.close();
+        let stragglers = threads_named(&worker.thread_name);
+        if stragglers > 0 {
+            // Closing now would unmap code those threads run (or are about to start running).
+            std::mem::forget(library);
+            std::mem::forget(Arc::clone(&self.shared));
+            return (
+                State::Pinned,
+                format!(
+                    "{stragglers} thread(s) the module started are still running, so the library \
+                     stays loaded (join module threads in the stop hook)"
+                ),
+            );
+        }
         if let Some(library) = library {
             library.close();
         }
@@ -549,6 +567,25 @@ impl Shared {
         lock(&self.queue).clear();
         lock(&self.current).take();
     }
+}
+
+/// A process-unique name for an instance thread (at most 15 bytes, the Linux limit).
+fn next_thread_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("pdl-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// How many live threads of this process are named `name`.
+fn threads_named(name: &str) -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .count()
 }
 
 /// Counts a request as in flight for as long as it lives.

@@ -58,7 +58,13 @@ pub fn run<M: Module>(host: Host, make: fn() -> M) {
 
 fn run_instance<M: Module>(host: &'static Host, make: fn() -> M) {
     logging::install(host.max_log_level);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // Blocking-pool threads take the instance thread's name, so the base can tell whether any
+    // of them outlived the runtime's shutdown.
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    if let Ok(name) = std::fs::read_to_string("/proc/thread-self/comm") {
+        builder.thread_name(name.trim_end());
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             report_started(host, Err(&format!("cannot build the module's tokio runtime: {e}")));

@@ -93,7 +93,7 @@ fn a_module_thread_that_never_ends_pins_the_instance_without_harming_the_base() 
     assert_eq!(removed.json["state"], "pinned", "{removed:?}");
     let reason =
         removed.json["history"].as_array().unwrap().last().unwrap()["message"].as_str().unwrap().to_owned();
-    assert!(reason.contains("still mapped"), "{reason}");
+    assert!(reason.contains("1 thread(s) the module started are still running"), "{reason}");
     assert!(base.maps_contain(&artifact_name(&sha)));
     assert_eq!(base.get("/fx-good/ping").body, "pong");
     let health = base.admin_get("/api/v1/health").json;
@@ -279,4 +279,33 @@ fn sigterm_stops_every_module_and_exits_cleanly() {
     let log = base.log();
     assert!(log.matches("unloaded and unmapped").count() >= 2, "{log}");
     assert!(!base.is_running());
+}
+
+#[test]
+fn a_request_past_its_timeout_gets_a_504_and_the_module_keeps_serving() {
+    let base = TestBase::start_with(&["--request-timeout-ms", "300"]);
+    base.install_ok(artifacts::GOOD);
+    let slow = base.get("/fx-good/sleep?ms=3000");
+    assert_eq!((slow.status, slow.code()), (504, "MODULE_TIMEOUT"), "{slow:?}");
+    assert_eq!(slow.json["details"]["timeout_ms"], 300);
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
+}
+
+#[test]
+fn uninstall_waits_for_in_flight_requests_before_stopping_the_module() {
+    let base = std::sync::Arc::new(TestBase::start());
+    base.install_ok(artifacts::GOOD);
+    let in_flight = {
+        let base = std::sync::Arc::clone(&base);
+        std::thread::spawn(move || base.get("/fx-good/sleep?ms=700"))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let removed = base.uninstall("fx-good", "0.1.0");
+    let answered = in_flight.join().unwrap();
+    assert_eq!((answered.status, answered.body.as_str()), (200, "slept 700"), "{answered:?}");
+    assert_eq!(removed.json["state"], "stopped", "{removed:?}");
+    let history = removed.json["history"].as_array().unwrap();
+    let draining = history.iter().find(|t| t["state"] == "draining").unwrap();
+    let stopping = history.iter().find(|t| t["state"] == "stopping").unwrap();
+    assert_eq!(stopping["message"], "drained; asking the module to stop", "{draining} {stopping}");
 }

@@ -17,7 +17,14 @@ use std::{
 
 use anyhow::{Context, bail};
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = dispatch() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let command = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();

@@ -1,7 +1,12 @@
 //! `cargo xtask test`: everything CI runs, on a fresh machine. Installs the pinned tools the
 //! suite needs, then checks formatting and lints and runs every test.
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, bail};
 
 use crate::{cargo, exec};
 
@@ -12,8 +17,39 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
     ensure_cargo_generate()?;
     exec(cargo().args(["fmt", "--all", "--check"]))?;
     exec(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    exec(cargo().args(["test", "--workspace"]).env("PEDESTAL_TEMPLATE_TEST", "1"))?;
+    let mut tests = cargo()
+        .args(["test", "--workspace"])
+        .env("PEDESTAL_TEMPLATE_TEST", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(tests.stdout.take().expect("piped stdout")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            passed += count(result, " passed");
+            failed += count(result, " failed");
+        }
+    }
+    let status = tests.wait()?;
+    // One closing line for the whole workspace, rather than the last crate's.
+    println!("summary: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
     Ok(())
+}
+
+/// The number before `label` in a `test result:` line (`ok. 12 passed; 0 failed; ...`).
+fn count(result: &str, label: &str) -> u64 {
+    result
+        .split(';')
+        .find_map(|part| {
+            part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(label)
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn ensure_cargo_generate() -> anyhow::Result<()> {

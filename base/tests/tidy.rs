@@ -1,0 +1,78 @@
+//! Tidy checks that keep the ABI and `unsafe` honest (in the spirit of rust-analyzer's tidy).
+
+use std::{fs, path::Path};
+
+use sha2::{Digest, Sha256};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// `module-api/src/abi.rs` is the ABI. ARCHITECTURE.md records its hash next to the interface
+/// version; changing the ABI means bumping `pedestal-module-api`'s version (minor for
+/// append-only changes, major otherwise), updating ARCHITECTURE.md, and recording the new hash.
+#[test]
+fn the_abi_file_matches_the_hash_and_version_recorded_in_architecture_md() {
+    let abi = fs::read(root().join("module-api/src/abi.rs")).unwrap();
+    let hash = hex::encode(Sha256::digest(&abi));
+    let doc = fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let recorded = |key: &str| {
+        doc.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().trim_matches('`').to_owned())
+            .unwrap_or_else(|| panic!("ARCHITECTURE.md has no line starting with {key:?}"))
+    };
+    let version = pedestal_module_api::abi::INTERFACE_VERSION;
+    assert_eq!(
+        recorded("ABI interface version:"),
+        version,
+        "ARCHITECTURE.md records another interface version than pedestal-module-api's"
+    );
+    assert_eq!(
+        recorded("ABI file sha256:"),
+        hash,
+        "module-api/src/abi.rs changed. Bump pedestal-module-api's version (minor for append-only \
+         changes, major otherwise), describe the change in ARCHITECTURE.md, and record the new hash"
+    );
+}
+
+/// Only the ABI glue uses `unsafe`, and every `unsafe` block says why it is sound.
+#[test]
+fn unsafe_lives_only_in_the_abi_glue_and_every_block_has_a_safety_comment() {
+    let allowed = [
+        "base/src/loader.rs",
+        "base/src/host.rs",
+        "module-api/src/abi.rs",
+        "module-api/src/alloc.rs",
+        "module-api/src/runtime.rs",
+        "module-api/src/lib.rs",
+    ];
+    let mut problems = Vec::new();
+    for dir in ["base/src", "module-api/src"] {
+        for entry in fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let relative = path.strip_prefix(root()).unwrap().to_string_lossy().into_owned();
+            let text = fs::read_to_string(&path).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                let opens_block = code.contains("unsafe {") || code.trim_end().ends_with("unsafe");
+                let is_unsafe = opens_block || code.contains("unsafe impl") || code.contains("unsafe fn");
+                if !is_unsafe {
+                    continue;
+                }
+                if !allowed.contains(&relative.as_str()) {
+                    problems.push(format!("{relative}:{}: unsafe outside the ABI glue", i + 1));
+                    continue;
+                }
+                let justified = lines[i.saturating_sub(6)..=i]
+                    .iter()
+                    .any(|l| l.contains("SAFETY:") || l.contains("# Safety"));
+                if (opens_block || code.contains("unsafe impl")) && !justified {
+                    problems.push(format!("{relative}:{}: unsafe without a `// SAFETY:` comment", i + 1));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
