@@ -217,6 +217,7 @@ async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {
     Json(json!({
         "status": "ok",
         "interface_version": pedestal_module_api::abi::INTERFACE_VERSION,
+        "tls_keys_reclaimable": crate::keys_are_reclaimable(),
         "modules": {
             "active": count(InstanceState::Active),
             "inactive": count(InstanceState::Inactive),

@@ -34,6 +34,7 @@ use crate::{
     error::{Error, Result},
     host,
     loader::{self, Library, Manifest},
+    tls_keys,
 };
 
 /// A module identity: `name@version`.
@@ -146,6 +147,8 @@ struct Worker {
     /// thread the module started (and did not name) carries it too: that is how the base finds
     /// module threads that are still alive before it closes the library.
     thread_name: String,
+    /// The `<n>` in `pdl-<n>`: how `tls_keys` attributes pthread keys to this instance.
+    thread_number: u64,
 }
 
 /// What the base and the module's thread share: the target of the module's `HostCtx`.
@@ -226,7 +229,7 @@ impl Instance {
         let thread_shared = Arc::clone(&shared);
         let thread_path = load_path.clone();
         let max_level = config.module_log_level;
-        let thread_name = next_thread_name();
+        let (thread_number, thread_name) = next_thread_name();
         let thread = thread::Builder::new()
             .name(thread_name.clone())
             .spawn(move || {
@@ -283,7 +286,13 @@ impl Instance {
             install_micros: AtomicU64::new(0),
             shared,
             history: Mutex::new(Vec::new()),
-            worker: Mutex::new(Some(Worker { thread, done: done_rx, heap: heap.0, thread_name })),
+            worker: Mutex::new(Some(Worker {
+                thread,
+                done: done_rx,
+                heap: heap.0,
+                thread_name,
+                thread_number,
+            })),
             leaked: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             busy: AtomicBool::new(true),
@@ -500,6 +509,8 @@ impl Instance {
                 ),
             );
         }
+        // No thread of the module is left to run their destructors: reclaim its pthread keys.
+        tls_keys::release(worker.thread_number);
         if let Some(library) = library {
             library.close();
         }
@@ -569,10 +580,11 @@ impl Shared {
     }
 }
 
-/// A process-unique name for an instance thread (at most 15 bytes, the Linux limit).
-fn next_thread_name() -> String {
+/// A process-unique number and name for an instance thread (at most 15 bytes, the Linux limit).
+fn next_thread_name() -> (u64, String) {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!("pdl-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+    let number = NEXT.fetch_add(1, Ordering::Relaxed);
+    (number, format!("pdl-{number}"))
 }
 
 /// How many live threads of this process are named `name`.

@@ -17,7 +17,7 @@
 //! Modules are installed through the operations API ([`Base::admin_app`]) and answer at
 //! `/<module name>/...` on the traffic server ([`Base::traffic_app`]).
 
-// Architecture Invariant: only the ABI glue (`loader` and `host`) uses `unsafe`; every other
+// Architecture Invariant: only the ABI glue (`loader`, `host`, `tls_keys`) uses `unsafe`; every other
 // module is checked by this lint (`forbid` could not be lifted for those two).
 #![deny(unsafe_code)]
 
@@ -32,6 +32,8 @@ mod instance;
 #[allow(unsafe_code)]
 mod loader;
 mod registry;
+#[allow(unsafe_code)]
+mod tls_keys;
 mod traffic;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -45,6 +47,7 @@ pub use crate::{
     error::{Error, Result},
     instance::{Instance, ModuleId, State, Traffic, Transition},
     registry::{Registry, RoutingTable},
+    tls_keys::keys_are_reclaimable,
 };
 
 /// A configured base, ready to serve.
@@ -59,6 +62,13 @@ impl Base {
     /// without a token).
     pub fn new(config: Config) -> Result<Self> {
         config.validate()?;
+        if !keys_are_reclaimable() {
+            tracing::warn!(
+                "this binary does not export pthread_key_create: every module load will leak a \
+                 pthread key and the process aborts after about a thousand loads; link it with \
+                 -Wl,--export-dynamic-symbol=pthread_key_create (see pedestal-base's build.rs)"
+            );
+        }
         Ok(Self { registry: Arc::new(Registry::new(config)?), native: Router::new() })
     }
 

@@ -309,3 +309,21 @@ fn uninstall_waits_for_in_flight_requests_before_stopping_the_module() {
     let stopping = history.iter().find(|t| t["state"] == "stopping").unwrap();
     assert_eq!(stopping["message"], "drained; asking the module to stop", "{draining} {stopping}");
 }
+
+#[test]
+fn a_base_survives_more_module_loads_than_the_process_has_pthread_keys() {
+    // Each load of a module's std creates a pthread key; glibc has 1024. Without the base
+    // reclaiming them, load number ~1000 aborted the process ("out of TLS keys").
+    let base = TestBase::start();
+    assert_eq!(base.admin_get("/api/v1/health").json["tls_keys_reclaimable"], true);
+    let module = read(artifacts::GOOD);
+    for cycle in 0..1100 {
+        let installed = base.install_bytes(&module);
+        assert_eq!(installed.status, 201, "cycle {cycle}: {installed:?}\n{}", base.log());
+        let removed = base.uninstall("fx-good", "0.1.0");
+        assert_eq!(removed.json["state"], "stopped", "cycle {cycle}: {removed:?}");
+    }
+    assert_eq!(base.get("/fx-good/ping").code(), "MODULE_NOT_FOUND");
+    base.install_ok(artifacts::GOOD);
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
+}
