@@ -20,6 +20,15 @@ const FIXTURES: &[&str] = &[
     "fx-plain-cdylib",
 ];
 
+/// A nested cargo must build, not lint: under `cargo clippy` the outer cargo sets a workspace
+/// wrapper and clippy's arguments, which would otherwise leak into this build.
+fn plain(command: &mut Command) -> &mut Command {
+    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTC_WORKSPACE_WRAPPER", "CLIPPY_ARGS", "CLIPPY_CONF_DIR"] {
+        command.env_remove(var);
+    }
+    command
+}
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
@@ -36,14 +45,14 @@ fn main() {
         "pedestal",
     ]);
     // `--bin` applies to every package selected alongside it, so build fixtures separately.
-    let status = build.env_remove("CARGO_ENCODED_RUSTFLAGS").status().expect("running cargo");
+    let status = plain(&mut build).status().expect("running cargo");
     assert!(status.success(), "building the pedestal binary failed");
     let mut fixtures = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     fixtures.current_dir(&root).args(["build", "--release", "--target-dir"]).arg(&target_dir);
     for fixture in FIXTURES {
         fixtures.args(["-p", fixture]);
     }
-    let status = fixtures.env_remove("CARGO_ENCODED_RUSTFLAGS").status().expect("running cargo");
+    let status = plain(&mut fixtures).status().expect("running cargo");
     assert!(status.success(), "building the fixture modules failed");
 
     let release = target_dir.join("release");

@@ -74,7 +74,7 @@ pub fn keys_are_reclaimable() -> bool {
     // SAFETY: `dlsym` with a NUL-terminated name and the default handle has no other
     // preconditions; the result is only compared, never called.
     let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"pthread_key_create".as_ptr()) };
-    found as usize == pthread_key_create as *const () as usize
+    std::ptr::eq(found.cast_const().cast::<()>(), pthread_key_create as *const ())
 }
 
 /// The `<n>` of the calling thread's `pdl-<n>` name, read without allocating (this runs inside
