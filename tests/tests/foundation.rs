@@ -317,6 +317,8 @@ fn a_base_survives_more_module_loads_than_the_process_has_pthread_keys() {
     let base = TestBase::start();
     assert_eq!(base.admin_get("/api/v1/health").json["tls_keys_reclaimable"], true);
     let module = read(artifacts::GOOD);
+    let open_fds = || std::fs::read_dir(format!("/proc/{}/fd", base.pid())).unwrap().count();
+    let fds_before = open_fds();
     for cycle in 0..1100 {
         let installed = base.install_bytes(&module);
         assert_eq!(installed.status, 201, "cycle {cycle}: {installed:?}\n{}", base.log());
@@ -324,6 +326,9 @@ fn a_base_survives_more_module_loads_than_the_process_has_pthread_keys() {
         assert_eq!(removed.json["state"], "stopped", "cycle {cycle}: {removed:?}");
     }
     assert_eq!(base.get("/fx-good/ping").code(), "MODULE_NOT_FOUND");
+    // Every eventfd and every descriptor a module opened is gone (a few HTTP sockets may linger).
+    let fds_after = open_fds();
+    assert!(fds_after <= fds_before + 4, "file descriptors leaked: {fds_before} before, {fds_after} after");
     base.install_ok(artifacts::GOOD);
     assert_eq!(base.get("/fx-good/ping").body, "pong");
 }

@@ -5,7 +5,10 @@
 use crate::{cargo, exec, project_root};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    exec(cargo().args(["build", "--release", "-p", "pedestal-bench", "-p", "bench-module"]))?;
+    exec(cargo().args(["build", "--release", "-p", "pedestal-bench"]))?;
+    // Separately: built together, cargo would unify the base's tokio features (`signal`) into
+    // the module, and every load would leak tokio's signal registry (see module-api runtime.rs).
+    exec(cargo().args(["build", "--release", "-p", "bench-module"]))?;
     let release = project_root().join("target/release");
     let mut driver = std::process::Command::new(release.join("pedestal-bench"));
     driver
