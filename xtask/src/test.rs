@@ -1,5 +1,5 @@
 //! `cargo xtask test`: everything CI runs, on a fresh machine. Installs the pinned tools the
-//! suite needs, then checks formatting and lints and runs every test.
+//! suite needs, then checks formatting and lints, runs every test and a quick benchmark.
 
 use std::{
     io::{BufRead, BufReader},
@@ -33,6 +33,10 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
         }
     }
     let status = tests.wait()?;
+    if status.success() {
+        // A short benchmark run, so the benchmark cannot rot (its numbers are not judged here).
+        crate::bench::run(&["--quick".to_owned()])?;
+    }
     // One closing line for the whole workspace, rather than the last crate's.
     println!("summary: {passed} passed, {failed} failed");
     if !status.success() {
