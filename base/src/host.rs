@@ -180,15 +180,7 @@ extern "C" fn next_request(ctx: HostCtx) -> ROption<RequestView<'static>> {
         };
         let mut current = lock(&shared.current);
         let current = current.insert(CurrentRequest { request, headers: Vec::new() });
-        let headers: Vec<Header<'_>> = current
-            .request
-            .headers
-            .iter()
-            .map(|(name, value)| Header {
-                name: RStr::from_str(name.as_str()),
-                value: RSlice::from_slice(value.as_bytes()),
-            })
-            .collect();
+        let headers = pedestal_module_api::header_views(&current.request.headers);
         // SAFETY: the views point into heap data owned by `current.request`, which stays in
         // `shared.current`, unmoved and unmodified, until the module's next `next_request` on
         // this instance (or until the instance is torn down after its thread was joined). The

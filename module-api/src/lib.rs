@@ -41,6 +41,18 @@ pub use axum;
 pub use tokio;
 pub use tracing;
 
+/// Borrowed ABI views of every header in `headers`, as [`abi::RequestView`] and
+/// [`abi::ResponseView`] carry them. The views live as long as the borrow of `headers`.
+pub fn header_views(headers: &http::HeaderMap) -> Vec<abi::Header<'_>> {
+    headers
+        .iter()
+        .map(|(name, value)| abi::Header {
+            name: abi_stable::std_types::RStr::from_str(name.as_str()),
+            value: abi_stable::std_types::RSlice::from_slice(value.as_bytes()),
+        })
+        .collect()
+}
+
 /// Why a start hook failed. Any error converts into it, and so does a string.
 pub type StartError = Box<dyn Error + Send + Sync>;
 

@@ -29,7 +29,7 @@ use tower_service::Service;
 
 use crate::{
     Module,
-    abi::{Header, Host, RequestView, ResponseView},
+    abi::{Host, RequestView, ResponseView},
     logging,
 };
 
@@ -218,14 +218,7 @@ async fn handle(host: &'static Host, mut router: Router, request: OwnedRequest) 
     .await;
     match response {
         Ok(Ok((parts, body))) => {
-            let headers: Vec<Header<'_>> = parts
-                .headers
-                .iter()
-                .map(|(name, value)| Header {
-                    name: RStr::from_str(name.as_str()),
-                    value: RSlice::from_slice(value.as_bytes()),
-                })
-                .collect();
+            let headers = crate::header_views(&parts.headers);
             let view = ResponseView {
                 request_id: id,
                 status: parts.status.as_u16(),
