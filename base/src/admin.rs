@@ -32,6 +32,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/api/v1/modules/{name}/{version}", delete(uninstall))
         .route("/api/v1/health", get(health))
         .fallback(|| async { Error::NotFound { what: "route".into() } })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(token, authorize))
         .with_state(registry)
 }
@@ -91,11 +92,15 @@ async fn install(
     let bytes = if is_json {
         let InstallFromPath { path } = serde_json::from_slice(&body)
             .map_err(|e| Error::BadRequest { message: format!("expected {{\"path\": \"...\"}}: {e}") })?;
-        let size = std::fs::metadata(&path).map_err(Error::io(format!("reading {}", path.display())))?.len();
+        let unreadable = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound { what: format!("file {}", path.display()) },
+            _ => Error::BadRequest { message: format!("cannot read {}: {e}", path.display()) },
+        };
+        let size = std::fs::metadata(&path).map_err(unreadable)?.len();
         if size > limit {
             return Err(Error::PayloadTooLarge { size, limit });
         }
-        std::fs::read(&path).map_err(Error::io(format!("reading {}", path.display())))?.into()
+        std::fs::read(&path).map_err(unreadable)?.into()
     } else {
         body
     };

@@ -38,6 +38,9 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 impl ArtifactStore {
     /// Opens (creating if needed) the store under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        fs::create_dir_all(data_dir).map_err(Error::io(format!("creating {}", data_dir.display())))?;
+        let data_dir =
+            data_dir.canonicalize().map_err(Error::io(format!("resolving {}", data_dir.display())))?;
         let dir = data_dir.join("artifacts");
         let copies = data_dir.join("instances");
         for d in [&dir, &copies] {

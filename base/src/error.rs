@@ -107,6 +107,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The route exists but not with this method.
+    #[error("this route does not accept that method")]
+    MethodNotAllowed,
     /// Missing or wrong bearer token on the operations API.
     #[error("missing or invalid bearer token")]
     Unauthorized,
@@ -185,6 +188,7 @@ impl Error {
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::BadRequest { .. } => "BAD_REQUEST",
             Self::Unauthorized => "UNAUTHORIZED",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::AdminTokenRequired { .. } => "ADMIN_TOKEN_REQUIRED",
             Self::ModuleNotMounted { .. } => "MODULE_NOT_FOUND",
             Self::ModuleUnavailable { .. } => "MODULE_UNAVAILABLE",
@@ -208,6 +212,7 @@ impl Error {
             Self::StartFailed { .. } | Self::StartTimeout { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ModuleUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ModuleTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ModuleFailed { code, .. } if code == "BAD_REQUEST" => StatusCode::BAD_REQUEST,

@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use axum::response::Response;
+use axum::{body::Body, response::Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
 use pedestal_module_api::{HeapCounters, HeapSnapshot};
@@ -35,6 +35,7 @@ use crate::{
     host,
     loader::{self, Library, Manifest},
     tls_keys,
+    traffic::read_body,
 };
 
 /// A module identity: `name@version`.
@@ -147,8 +148,6 @@ struct Worker {
     /// thread the module started (and did not name) carries it too: that is how the base finds
     /// module threads that are still alive before it closes the library.
     thread_name: String,
-    /// The `<n>` in `pdl-<n>`: how `tls_keys` attributes pthread keys to this instance.
-    thread_number: u64,
 }
 
 /// What the base and the module's thread share: the target of the module's `HostCtx`.
@@ -229,7 +228,7 @@ impl Instance {
         let thread_shared = Arc::clone(&shared);
         let thread_path = load_path.clone();
         let max_level = config.module_log_level;
-        let (thread_number, thread_name) = next_thread_name();
+        let thread_name = next_thread_name();
         let thread = thread::Builder::new()
             .name(thread_name.clone())
             .spawn(move || {
@@ -258,7 +257,9 @@ impl Instance {
                 return Err(e);
             }
             Err(RecvTimeoutError::Timeout) => {
-                // A library constructor that never returns: its thread can never be joined.
+                // A library constructor that never returns: its thread can never be joined,
+                // and it holds the dynamic loader's lock.
+                loader::mark_wedged(&load_path);
                 std::mem::forget(shared);
                 return Err(Error::StartTimeout {
                     id: load_path.display().to_string(),
@@ -286,13 +287,7 @@ impl Instance {
             install_micros: AtomicU64::new(0),
             shared,
             history: Mutex::new(Vec::new()),
-            worker: Mutex::new(Some(Worker {
-                thread,
-                done: done_rx,
-                heap: heap.0,
-                thread_name,
-                thread_number,
-            })),
+            worker: Mutex::new(Some(Worker { thread, done: done_rx, heap: heap.0, thread_name })),
             leaked: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             busy: AtomicBool::new(true),
@@ -309,7 +304,7 @@ impl Instance {
         let failure = match started_rx.recv_timeout(config.start_timeout) {
             Ok(Ok(())) => {
                 instance.install_micros.store(began.elapsed().as_micros() as u64, Ordering::Relaxed);
-                instance.busy.store(false, Ordering::Release);
+                // Still `busy`: the registry ends the install once it has routed the instance.
                 return Ok(instance);
             }
             Ok(Err(message)) => Error::StartFailed { id: instance.id.to_string(), message },
@@ -396,16 +391,30 @@ impl Instance {
         !self.busy.swap(true, Ordering::AcqRel)
     }
 
-    /// Sends a request to the module and waits for its answer.
+    /// Ends the operation that holds the identity.
+    pub(crate) fn end_operation(&self) {
+        self.busy.store(false, Ordering::Release);
+    }
+
+    /// Whether an operation (install, uninstall) holds the identity right now.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// Reads the request body (at most `max_body` bytes), sends the request to the module and
+    /// waits (at most `timeout`) for its answer. The request counts as in flight from the start,
+    /// so an uninstall's drain waits for bodies still being uploaded too.
     pub async fn call(
         &self,
         method: Method,
         headers: HeaderMap,
         path_and_query: String,
-        body: Bytes,
+        body: Body,
+        max_body: u64,
         timeout: Duration,
     ) -> Result<Response> {
         let _in_flight = InFlight::enter(&self.in_flight);
+        let body = read_body(body, max_body).await?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         {
@@ -436,6 +445,8 @@ impl Instance {
                 if let Some(pending) = lock(&self.shared.pending).as_mut() {
                     pending.remove(&id);
                 }
+                // Not taken by the module yet: drop it (and its body) now.
+                lock(&self.shared.queue).retain(|queued| queued.id != id);
                 failed(Error::ModuleTimeout {
                     id: self.id.to_string(),
                     timeout_ms: timeout.as_millis() as u64,
@@ -465,7 +476,7 @@ impl Instance {
         self.transition(State::Stopping, reason, &message);
         let (state, message) = self.teardown(config.stop_timeout);
         self.transition(state, reason, &message);
-        self.busy.store(false, Ordering::Release);
+        self.end_operation();
         state
     }
 
@@ -473,14 +484,14 @@ impl Instance {
     /// Returns `Stopped` or `Pinned`, with a message.
     fn teardown(&self, stop_timeout: Duration) -> (State, String) {
         self.shared.request_stop();
-        let mut slot = lock(&self.worker);
-        let Some(worker) = slot.take() else {
-            return (self.state(), "already unloaded".into());
+        // Out of the mutex for the whole stop, so readers (the API's heap view) never wait on it.
+        let Some(worker) = lock(&self.worker).take() else {
+            return (State::Stopped, "already unloaded".into());
         };
         if let Err(RecvTimeoutError::Timeout) = worker.done.recv_timeout(stop_timeout) {
             // Module code is still running: closing the library would pull the code out from
             // under it. Keep everything, forever.
-            *slot = Some(worker);
+            *lock(&self.worker) = Some(worker);
             std::mem::forget(Arc::clone(&self.shared));
             return (
                 State::Pinned,
@@ -492,37 +503,51 @@ impl Instance {
                 ),
             );
         }
-        let heap = worker.heap.snapshot();
         let library = worker.thread.join().ok().flatten();
+        // After the join, so what the thread's exit-time destructors free is not counted.
+        let heap = worker.heap.snapshot();
         *lock(&self.leaked) = Some(heap);
         self.shared.close();
-        let stragglers = threads_named(&worker.thread_name);
-        if stragglers > 0 {
-            // Closing now would unmap code those threads run (or are about to start running).
+        let pinned = |library: Option<Library>, reason: String| {
+            // Closing now would unmap code that may still run: keep the library and the state
+            // its callbacks use, forever.
             std::mem::forget(library);
             std::mem::forget(Arc::clone(&self.shared));
-            return (
-                State::Pinned,
+            (State::Pinned, reason)
+        };
+        let stragglers = threads_named(&worker.thread_name);
+        if stragglers > 0 {
+            return pinned(
+                library,
                 format!(
                     "{stragglers} thread(s) the module started are still running, so the library \
                      stays loaded (join module threads in the stop hook)"
                 ),
             );
         }
-        // No thread of the module is left to run their destructors: reclaim its pthread keys.
-        tls_keys::release(worker.thread_number);
-        if let Some(library) = library {
-            library.close();
+        if let Some(wedged) = loader::wedged() {
+            return pinned(
+                library,
+                format!(
+                    "not closed: the initialisation of {} never returned and holds the dynamic \
+                     loader's lock, so dlclose would block; restart the base",
+                    wedged.display()
+                ),
+            );
         }
-        drop(slot);
+        if let Some(library) = library {
+            // No thread of the module is left to run their destructors: reclaim its keys.
+            tls_keys::release(&library);
+            library.close_off_base_threads();
+        }
         if loader::is_mapped(&self.load_path) {
             // The module's code may still be called from a thread it left running.
             std::mem::forget(Arc::clone(&self.shared));
             return (
                 State::Pinned,
-                "the library is still mapped after dlclose: a thread the module started is still \
-                 alive and holds a thread-local destructor in it (join module threads in the \
-                 stop hook)"
+                "the library is still mapped after dlclose: a thread the module started (and \
+                 renamed) is still alive and holds a thread-local destructor in it (join module \
+                 threads in the stop hook)"
                     .into(),
             );
         }
@@ -580,11 +605,10 @@ impl Shared {
     }
 }
 
-/// A process-unique number and name for an instance thread (at most 15 bytes, the Linux limit).
-fn next_thread_name() -> (u64, String) {
+/// A process-unique name for an instance thread (at most 15 bytes, the Linux limit).
+fn next_thread_name() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    let number = NEXT.fetch_add(1, Ordering::Relaxed);
-    (number, format!("pdl-{number}"))
+    format!("pdl-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// How many live threads of this process are named `name`.

@@ -8,7 +8,11 @@
 //! Architecture Invariant: everything in this file that runs module code (constructors, the
 //! root-module initializer) is called on the instance's own thread, never on a base thread.
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
 
 use abi_stable::{
     StableAbi,
@@ -21,7 +25,10 @@ use pedestal_module_api::{
 };
 use semver::Version;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    instance::lock,
+};
 
 /// What a module says about itself, read at load time.
 #[derive(Debug, Clone)]
@@ -109,11 +116,26 @@ impl Library {
         self.root.heap()
     }
 
-    /// Closes the library (`dlclose`). Whether it was really unmapped is for [`is_mapped`].
-    pub fn close(self) {
+    /// The library's load address.
+    pub fn load_base(&self) -> usize {
+        object_base(std::ptr::from_ref(self.root.heap()) as usize)
+            .expect("the heap counters are in the library")
+    }
+
+    /// Closes the library (`dlclose`) on a short-lived thread of its own, so the library's ELF
+    /// destructors (rare in Rust) never run on a base thread. Whether it was really unmapped is
+    /// for [`is_mapped`].
+    pub fn close_off_base_threads(self) {
         // `root` is a plain pointer into the library; nothing to drop before the handle.
         let Library { raw, .. } = self;
-        drop(raw);
+        match std::thread::Builder::new().name("pedestal-close".into()).spawn(move || drop(raw)) {
+            Ok(closer) => {
+                let _ = closer.join();
+            }
+            Err(e) => {
+                tracing::warn!("cannot start a thread to close a module library ({e}); leaving it open")
+            }
+        }
     }
 }
 
@@ -136,12 +158,48 @@ fn read_stamp(raw: &RawLibrary) -> Result<Version> {
     Ok(Version::new(stamp.major.into(), stamp.minor.into(), stamp.patch.into()))
 }
 
-/// Whether a file at `path` is still mapped into this process (after `dlclose`, a library may
+/// Whether the file at `path` is still mapped into this process (after `dlclose`, a library may
 /// stay mapped: glibc keeps it while a live thread holds a thread-local destructor it registered).
+///
+/// Compares device and inode, not path text: a relative or symlinked data directory, or a file
+/// replaced since, would fool a string match.
 pub fn is_mapped(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(path) else {
+        return false;
+    };
+    let device = format!("{:02x}:{:02x}", libc::major(meta.dev()), libc::minor(meta.dev()));
+    let inode = meta.ino().to_string();
     let Ok(maps) = fs::read_to_string("/proc/self/maps") else {
         return false;
     };
-    let needle = path.to_string_lossy();
-    maps.lines().any(|line| line.ends_with(needle.as_ref()))
+    maps.lines().any(|line| {
+        let mut fields = line.split_ascii_whitespace().skip(3);
+        fields.next() == Some(device.as_str()) && fields.next() == Some(inode.as_str())
+    })
+}
+
+/// The library whose initialisation never returned, if any: it holds glibc's loader lock, so
+/// every later `dlopen` and `dlclose` in the process would block.
+pub fn wedged() -> Option<PathBuf> {
+    lock(&WEDGED).clone()
+}
+
+/// Records that the initialisation of `path` never returned.
+pub fn mark_wedged(path: &Path) {
+    *lock(&WEDGED) = Some(path.to_owned());
+}
+
+static WEDGED: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// The load address of the shared object containing `address`, if any.
+pub fn object_base(address: usize) -> Option<usize> {
+    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::uninit();
+    // SAFETY: `dladdr` only inspects the address and writes `info` on success.
+    let found = unsafe { libc::dladdr(address as *const libc::c_void, info.as_mut_ptr()) };
+    if found == 0 {
+        return None;
+    }
+    // SAFETY: `dladdr` returned non-zero, so it initialised `info`.
+    Some(unsafe { info.assume_init() }.dli_fbase as usize)
 }

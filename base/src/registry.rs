@@ -74,6 +74,14 @@ impl Registry {
         if bytes.is_empty() {
             return Err(Error::EmptyUpload);
         }
+        if let Some(wedged) = loader::wedged() {
+            return Err(Error::LoadFailed {
+                path: wedged,
+                message: "the initialisation of this library never returned and still holds the \
+                          dynamic loader's lock, so no module can be loaded; restart the base"
+                    .into(),
+            });
+        }
         if bytes.len() as u64 > self.config.max_upload_bytes {
             return Err(Error::PayloadTooLarge {
                 size: bytes.len() as u64,
@@ -109,6 +117,8 @@ impl Registry {
             instance.transition(State::Active, "install", "started and receiving traffic");
             self.publish(&modules);
         }
+        // Only now, with the instance routed, may another operation (an uninstall) take it.
+        instance.end_operation();
         Ok(instance)
     }
 
@@ -120,7 +130,10 @@ impl Registry {
         if !instance.state().is_live() {
             let mut modules = lock(&self.modules);
             if let Some(versions) = modules.get_mut(name) {
-                versions.instances.remove(version);
+                // Only this record: a concurrent reinstall may have put a new instance here.
+                if versions.instances.get(version).is_some_and(|current| Arc::ptr_eq(current, &instance)) {
+                    versions.instances.remove(version);
+                }
                 if versions.instances.is_empty() {
                     modules.remove(name);
                 }
@@ -139,7 +152,7 @@ impl Registry {
                     .instances
                     .iter()
                     .rev()
-                    .find(|(v, i)| *v != version && i.state() == State::Inactive)
+                    .find(|(v, i)| *v != version && i.state() == State::Inactive && !i.is_busy())
                     .map(|(v, i)| (v.clone(), Arc::clone(i)));
                 versions.active = successor.as_ref().map(|(v, _)| v.clone());
                 if let Some((_, next)) = successor {

@@ -6,21 +6,25 @@
 //! keys per process, so after about a thousand module loads the next one aborted the base with
 //! "fatal runtime error: out of TLS keys".
 //!
-//! So the base defines `pthread_key_create` itself. A dynamically exported definition in the
-//! executable comes first in symbol lookup, so module libraries bind to it (the binary must
-//! export the symbol: `pedestal-base`'s build script does it for `pedestal`; a custom base adds
-//! `-Wl,--export-dynamic-symbol=pthread_key_create` to its link arguments, see
-//! [`keys_are_reclaimable`]). It forwards to glibc's `__pthread_key_create` and remembers each
-//! key created on an instance thread or a thread it started (they carry the instance thread's
-//! `pdl-<n>` name). Once every one of those threads is gone, [`release`] deletes the keys: no
-//! thread is left to run their destructors.
+//! So the base defines `pthread_key_create` and `pthread_key_delete` itself. Dynamically
+//! exported definitions in the executable come first in symbol lookup, so module libraries bind
+//! to them (the binary must export the symbols: `pedestal-base`'s build script does it for
+//! `pedestal`; a custom base adds the same link arguments, see [`keys_are_reclaimable`]). They
+//! forward to glibc and keep a table of live keys with their destructors. When a module is
+//! unloaded, after every one of its threads is gone, [`release`] deletes the keys whose
+//! destructor is code *inside that library*: nobody else can use such a key (its destructor is
+//! about to be unmapped), and no thread is left to run it. Keys of shared libraries a module
+//! happened to initialise first (their destructors live elsewhere) are left alone.
 //!
 //! ABI glue: one of the base's three `unsafe` files.
 
 use std::{
+    collections::HashMap,
     ffi::{c_int, c_void},
-    sync::{Mutex, PoisonError},
+    sync::{Mutex, OnceLock, PoisonError},
 };
+
+use crate::loader::{Library, object_base};
 
 type Destructor = Option<unsafe extern "C" fn(*mut c_void)>;
 
@@ -29,10 +33,10 @@ unsafe extern "C" {
     fn __pthread_key_create(key: *mut libc::pthread_key_t, destructor: Destructor) -> c_int;
 }
 
-/// Keys created on module threads, with the instance number of their thread name.
-static MODULE_KEYS: Mutex<Vec<(u64, libc::pthread_key_t)>> = Mutex::new(Vec::new());
+/// Live keys created through [`pthread_key_create`] that have a destructor, with its address.
+static KEYS: Mutex<Option<HashMap<libc::pthread_key_t, usize>>> = Mutex::new(None);
 
-/// The process's `pthread_key_create`: glibc's, plus bookkeeping for keys made by module code.
+/// The process's `pthread_key_create`: glibc's, plus a record of the key's destructor.
 ///
 /// # Safety
 /// Same contract as POSIX `pthread_key_create`: `key` must be valid for a write.
@@ -41,57 +45,77 @@ pub unsafe extern "C" fn pthread_key_create(key: *mut libc::pthread_key_t, destr
     // SAFETY: forwarded unchanged under the caller's contract.
     let result = unsafe { __pthread_key_create(key, destructor) };
     if result == 0
-        && let Some(instance) = current_instance_thread()
+        && let Some(destructor) = destructor
     {
         // SAFETY: glibc just wrote the new key through `key`.
         let created = unsafe { *key };
-        MODULE_KEYS.lock().unwrap_or_else(PoisonError::into_inner).push((instance, created));
+        let mut keys = KEYS.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.get_or_insert_with(HashMap::new).insert(created, destructor as usize);
     }
     result
 }
 
-/// Deletes the keys created by the threads of instance thread `pdl-<instance>`. Call only once
-/// none of those threads is alive.
-pub(crate) fn release(instance: u64) -> usize {
-    let mut keys = MODULE_KEYS.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut released = 0;
-    keys.retain(|&(owner, key)| {
-        if owner != instance {
-            return true;
-        }
-        // SAFETY: the key was created by `pthread_key_create` above and every thread that could
-        // hold a value for it has exited, so no destructor call can be pending.
-        unsafe { libc::pthread_key_delete(key) };
-        released += 1;
-        false
-    });
-    released
-}
-
-/// Whether module libraries bind to the base's `pthread_key_create` (so their keys can be
-/// reclaimed). False when the base binary was linked without exporting the symbol.
-pub fn keys_are_reclaimable() -> bool {
-    // SAFETY: `dlsym` with a NUL-terminated name and the default handle has no other
-    // preconditions; the result is only compared, never called.
-    let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"pthread_key_create".as_ptr()) };
-    std::ptr::eq(found.cast_const().cast::<()>(), pthread_key_create as *const ())
-}
-
-/// The `<n>` of the calling thread's `pdl-<n>` name, read without allocating (this runs inside
-/// the key allocator, possibly while a thread is being set up).
-fn current_instance_thread() -> Option<u64> {
-    let mut name = [0u8; 32];
-    // SAFETY: a NUL-terminated path; the descriptor is closed below.
-    let fd = unsafe { libc::open(c"/proc/thread-self/comm".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return None;
+/// The process's `pthread_key_delete`: glibc's, and the key leaves the table (so a key number
+/// reused later is never mistaken for the old one).
+///
+/// # Safety
+/// Same contract as POSIX `pthread_key_delete`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pthread_key_delete(key: libc::pthread_key_t) -> c_int {
+    if let Some(keys) = KEYS.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+        keys.remove(&key);
     }
-    // SAFETY: reads at most `name.len()` bytes into `name`, from the descriptor opened above.
-    let read = unsafe { libc::read(fd, name.as_mut_ptr().cast(), name.len()) };
-    // SAFETY: `fd` is open and owned here.
-    unsafe { libc::close(fd) };
-    let name = name.get(..usize::try_from(read).ok()?)?;
-    let digits = name.strip_prefix(b"pdl-")?;
-    let digits = digits.strip_suffix(b"\n").unwrap_or(digits);
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    // SAFETY: forwarded unchanged under the caller's contract.
+    unsafe { real_delete()(key) }
+}
+
+/// Deletes the keys whose destructor lies in `library`. Call only once none of the module's
+/// threads is alive, and before the library is closed.
+pub(crate) fn release(library: &Library) -> usize {
+    let base = library.load_base();
+    let mut keys = KEYS.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(keys) = keys.as_mut() else { return 0 };
+    let owned: Vec<_> = keys
+        .iter()
+        .filter(|(_, destructor)| object_base(**destructor) == Some(base))
+        .map(|(k, _)| *k)
+        .collect();
+    for key in &owned {
+        keys.remove(key);
+        // SAFETY: a live key (it is in the table), whose destructor is in a library no thread
+        // can run any more; deleting it calls no destructor.
+        unsafe { real_delete()(*key) };
+    }
+    owned.len()
+}
+
+/// Whether module libraries bind to the base's key functions (so their keys can be reclaimed).
+/// False when the base binary was linked without exporting the symbols.
+pub fn keys_are_reclaimable() -> bool {
+    // SAFETY: `dlsym` with NUL-terminated names and the default handle has no other
+    // preconditions; the results are only compared, never called.
+    let (create, delete) = unsafe {
+        (
+            libc::dlsym(libc::RTLD_DEFAULT, c"pthread_key_create".as_ptr()),
+            libc::dlsym(libc::RTLD_DEFAULT, c"pthread_key_delete".as_ptr()),
+        )
+    };
+    std::ptr::eq(create.cast_const().cast::<()>(), pthread_key_create as *const ())
+        && std::ptr::eq(delete.cast_const().cast::<()>(), pthread_key_delete as *const ())
+}
+
+type Delete = unsafe extern "C" fn(libc::pthread_key_t) -> c_int;
+
+/// glibc's `pthread_key_delete` (the next definition after the executable's).
+fn real_delete() -> Delete {
+    static REAL: OnceLock<Delete> = OnceLock::new();
+    *REAL.get_or_init(|| {
+        // SAFETY: a NUL-terminated name; glibc defines the symbol, so the result is non-null
+        // and has this type.
+        unsafe {
+            let found = libc::dlsym(libc::RTLD_NEXT, c"pthread_key_delete".as_ptr());
+            assert!(!found.is_null(), "glibc exports pthread_key_delete");
+            std::mem::transmute::<*mut c_void, Delete>(found)
+        }
+    })
 }

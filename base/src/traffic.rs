@@ -48,8 +48,8 @@ async fn forward(registry: &Registry, request: Request) -> Result<Response> {
     };
     let config = registry.config();
     let (parts, body) = request.into_parts();
-    let body = read_body(body, config.max_request_body_bytes).await?;
-    instance.call(parts.method, parts.headers, path_and_query, body, config.request_timeout).await
+    let (max_body, timeout) = (config.max_request_body_bytes, config.request_timeout);
+    instance.call(parts.method, parts.headers, path_and_query, body, max_body, timeout).await
 }
 
 /// Reads a whole body, refusing one over `limit` bytes with `PAYLOAD_TOO_LARGE`.

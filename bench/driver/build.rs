@@ -2,5 +2,7 @@
 //! `pedestal-base`'s `src/tls_keys.rs`).
 
 fn main() {
-    println!("cargo:rustc-link-arg-bins=-Wl,--export-dynamic-symbol=pthread_key_create");
+    println!(
+        "cargo:rustc-link-arg-bins=-Wl,--export-dynamic-symbol=pthread_key_create,--export-dynamic-symbol=pthread_key_delete"
+    );
 }

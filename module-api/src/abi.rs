@@ -50,8 +50,10 @@ pub const INTERFACE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// A data-only symbol every module exports as `pedestal_interface_stamp`.
 ///
-/// The base reads it with `dlsym` *before* running any module code, to tell a Pedestal module
-/// from any other shared library and to compare interface versions before the layout check.
+/// The base reads it with `dlsym` before it calls into the library (only the library's ELF
+/// constructors have run, as part of `dlopen`, on the instance's thread), to tell a Pedestal
+/// module from any other shared library and to compare interface versions before the layout
+/// check.
 /// Owned by the module's library; valid while the library is loaded.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +123,9 @@ pub enum LogLevel {
 pub struct HostCtx(pub *const c_void);
 
 // SAFETY: `HostCtx` is an opaque token: the module never dereferences it, and the base's state
-// behind it is `Sync` and outlives every thread that can hold the token.
+// behind it is `Sync` and outlives every module thread the base can see: the instance thread is
+// joined first, threads it started are found by their inherited name, and threads that keep the
+// library mapped are found after `dlclose`; in each of those cases the state is kept forever.
 unsafe impl Send for HostCtx {}
 // SAFETY: see the `Send` impl above.
 unsafe impl Sync for HostCtx {}

@@ -79,9 +79,19 @@ impl TestBase {
     /// Starts a base with extra `serve` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(artifacts::PEDESTAL)
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path())
+        let mut command = Command::new(artifacts::PEDESTAL);
+        command.current_dir(data.path()).args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]);
+        // The data directory is the temporary one, unless the test names another (relative to it).
+        if !extra.contains(&"--data-dir") {
+            command.arg("--data-dir").arg(data.path());
+        }
+        let mut child = command
             .args(["--start-timeout-ms", "2000", "--stop-timeout-ms", "2000", "--drain-timeout-ms", "2000"])
             .args(extra)
             .env("PEDESTAL_LOG", "info")

@@ -335,3 +335,39 @@ fn a_base_survives_more_module_loads_than_the_process_has_pthread_keys() {
     base.install_ok(artifacts::GOOD);
     assert_eq!(base.get("/fx-good/ping").body, "pong");
 }
+
+#[test]
+fn a_relative_data_directory_still_unloads_for_real() {
+    // The unmap check compares device and inode, so the form of the data path does not matter.
+    let base = TestBase::start_with(&["--data-dir", "./data/../data"]);
+    for _ in 0..2 {
+        let sha = base.install_ok(artifacts::THREAD_LOCAL)["sha256"].as_str().unwrap().to_owned();
+        assert!(base.get("/fx-thread-local/roll").body.ends_with("1 rolls so far"));
+        let removed = base.uninstall("fx-thread-local", "0.1.0");
+        assert_eq!(
+            (removed.json["state"].as_str(), removed.json["mapped"].as_bool()),
+            (Some("stopped"), Some(false))
+        );
+        assert!(!base.maps_contain(&artifact_name(&sha)));
+        base.uninstall("fx-thread-local", "0.1.0");
+    }
+}
+
+#[test]
+fn the_operations_api_answers_every_mistake_in_json() {
+    let base = TestBase::start();
+    let wrong_method = base.admin("PUT", "/api/v1/modules", &[], Some(b""));
+    assert_eq!((wrong_method.status, wrong_method.code()), (405, "METHOD_NOT_ALLOWED"), "{wrong_method:?}");
+    let no_route = base.admin_get("/api/v2/everything");
+    assert_eq!((no_route.status, no_route.code()), (404, "NOT_FOUND"));
+    let missing = serde_json::json!({ "path": "/nonexistent/module.so" }).to_string();
+    let reply = base.admin(
+        "POST",
+        "/api/v1/modules",
+        &[("content-type", "application/json")],
+        Some(missing.as_bytes()),
+    );
+    assert_eq!((reply.status, reply.code()), (404, "NOT_FOUND"), "{reply:?}");
+    let garbled = base.admin("POST", "/api/v1/modules", &[("content-type", "application/json")], Some(b"{"));
+    assert_eq!((garbled.status, garbled.code()), (422, "BAD_REQUEST"), "{garbled:?}");
+}
