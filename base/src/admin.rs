@@ -4,7 +4,7 @@ use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
-    extract::{Path, Request, State},
+    extract::{Path, Query, Request, State},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::Response,
@@ -61,10 +61,17 @@ struct InstallFromPath {
     path: PathBuf,
 }
 
+#[derive(Deserialize)]
+struct InstallOptions {
+    /// Install under this name instead of the package's (one artifact, many tenants).
+    name: Option<String>,
+}
+
 /// What an install answers.
 #[derive(Serialize)]
 struct Installed {
     name: String,
+    package: String,
     version: String,
     interface_version: String,
     sha256: String,
@@ -75,6 +82,7 @@ struct Installed {
 
 async fn install(
     State(registry): State<Arc<Registry>>,
+    Query(options): Query<InstallOptions>,
     headers: HeaderMap,
     request: Request,
 ) -> Result<(StatusCode, Json<Installed>)> {
@@ -106,7 +114,7 @@ async fn install(
     };
     let received = Instant::now();
     let installing = Arc::clone(&registry);
-    let instance = tokio::task::spawn_blocking(move || installing.install(&bytes))
+    let instance = tokio::task::spawn_blocking(move || installing.install(&bytes, options.name.as_deref()))
         .await
         .map_err(|e| Error::Io { context: "install task".into(), source: std::io::Error::other(e) })??;
     let install_ms = received.elapsed().as_secs_f64() * 1000.0;
@@ -115,6 +123,7 @@ async fn install(
         StatusCode::CREATED,
         Json(Installed {
             name: instance.id.name.clone(),
+            package: instance.package.clone(),
             version: instance.id.version.to_string(),
             interface_version: instance.interface.to_string(),
             sha256: instance.artifact.sha256.clone(),
@@ -129,6 +138,7 @@ async fn install(
 #[derive(Serialize)]
 struct InstanceView {
     name: String,
+    package: String,
     version: String,
     state: InstanceState,
     active: bool,
@@ -154,6 +164,7 @@ struct HeapView {
 fn view(instance: &Instance, active: bool, with_history: bool) -> InstanceView {
     InstanceView {
         name: instance.id.name.clone(),
+        package: instance.package.clone(),
         version: instance.id.version.to_string(),
         state: instance.state(),
         active,

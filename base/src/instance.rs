@@ -114,6 +114,9 @@ pub struct Traffic {
 pub struct Instance {
     /// `name@version`.
     pub id: ModuleId,
+    /// The module's package name: the same as `id.name` unless it was installed under another
+    /// name.
+    pub package: String,
     /// The artifact it was installed from.
     pub artifact: Artifact,
     /// The interface version it was built against.
@@ -213,6 +216,7 @@ impl Instance {
     pub fn launch(
         artifact: Artifact,
         load_path: PathBuf,
+        name: Option<&str>,
         config: &Config,
         reserve: impl FnOnce(&Arc<Instance>) -> Result<()>,
     ) -> Result<Arc<Instance>> {
@@ -276,10 +280,14 @@ impl Instance {
             }
         };
 
-        let id = ModuleId { name: manifest.name, version: manifest.version };
+        let id = ModuleId {
+            name: name.map_or_else(|| manifest.name.clone(), str::to_owned),
+            version: manifest.version,
+        };
         let _ = shared.tags.set(id.clone());
         let instance = Arc::new(Instance {
             id,
+            package: manifest.name,
             artifact,
             interface: manifest.interface,
             load_path,
@@ -539,6 +547,7 @@ impl Instance {
             // No thread of the module is left to run their destructors: reclaim its keys.
             tls_keys::release(&library);
             library.close_off_base_threads();
+            loader::return_freed_memory();
         }
         if loader::is_mapped(&self.load_path) {
             // The module's code may still be called from a thread it left running.

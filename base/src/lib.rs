@@ -62,6 +62,11 @@ impl Base {
     /// without a token).
     pub fn new(config: Config) -> Result<Self> {
         config.validate()?;
+        // Each instance holds a few descriptors (its eventfd, its runtime's epoll and waker):
+        // take the hard limit rather than the often-low soft one.
+        if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+            tracing::warn!("cannot raise the open-file limit: {e}");
+        }
         if !keys_are_reclaimable() {
             tracing::warn!(
                 "this binary does not export pthread_key_create: every module load will leak a \

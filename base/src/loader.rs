@@ -56,6 +56,12 @@ impl std::fmt::Debug for Library {
     }
 }
 
+/// Whether `name` can name a module (and its mount point `/<name>/`).
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// The base's interface version.
 pub fn base_interface() -> Version {
     Version::parse(INTERFACE_VERSION).expect("the crate version is semver")
@@ -94,7 +100,7 @@ pub fn open(path: &Path) -> Result<(Library, Manifest)> {
         .map_err(|e| Error::LoadFailed { path: path.to_owned(), message: e.to_string() })?;
 
     let name = root.name().as_str().to_owned();
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if !is_valid_name(&name) {
         return Err(Error::NotAModule { reason: format!("invalid module name {name:?}") });
     }
     let version = Version::parse(root.version().as_str()).map_err(|e| Error::NotAModule {
@@ -177,6 +183,13 @@ pub fn is_mapped(path: &Path) -> bool {
         let mut fields = line.split_ascii_whitespace().skip(3);
         fields.next() == Some(device.as_str()) && fields.next() == Some(inode.as_str())
     })
+}
+
+/// Hands memory the unloaded module freed back to the system. glibc keeps freed memory of its
+/// per-thread arenas for reuse; after an unload most of it would sit there unused.
+pub fn return_freed_memory() {
+    // SAFETY: `malloc_trim` only releases free memory; any thread may call it at any time.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// The library whose initialisation never returned, if any: it holds glibc's loader lock, so

@@ -70,9 +70,18 @@ impl Registry {
 
     /// Installs a module from its `.so` bytes and starts it. Blocking: call it off the async
     /// runtime. The first version of a module becomes active; later ones install inactive.
-    pub fn install(&self, bytes: &[u8]) -> Result<Arc<Instance>> {
+    ///
+    /// `name` installs the module under another name than its package's (mounted at `/<name>/`,
+    /// logged and accounted as `<name>`): the same artifact can serve many tenants, each its own
+    /// instance.
+    pub fn install(&self, bytes: &[u8], name: Option<&str>) -> Result<Arc<Instance>> {
         if bytes.is_empty() {
             return Err(Error::EmptyUpload);
+        }
+        if let Some(name) = name.filter(|n| !loader::is_valid_name(n)) {
+            return Err(Error::BadRequest {
+                message: format!("{name:?} is not a module name (letters, digits, '-' and '_', at most 64)"),
+            });
         }
         if let Some(wedged) = loader::wedged() {
             return Err(Error::LoadFailed {
@@ -90,12 +99,13 @@ impl Registry {
         }
         elf::check_shared_object(bytes).map_err(|reason| Error::NotAModule { reason })?;
         let artifact = self.store.put(bytes)?;
-        if let Some(existing) = self.live_instance_with_sha(&artifact.sha256) {
+        if let Some(existing) = self.live_instance_of(&artifact.sha256, name) {
             return Err(Error::AlreadyInstalled { id: existing.id.to_string() });
         }
         let load_path = self.claim_load_path(&artifact)?;
-        let launched =
-            Instance::launch(artifact, load_path.clone(), &self.config, |instance| self.reserve(instance));
+        let launched = Instance::launch(artifact, load_path.clone(), name, &self.config, |instance| {
+            self.reserve(instance)
+        });
         let instance = match launched {
             Ok(instance) => instance,
             Err(e) => {
@@ -221,8 +231,12 @@ impl Registry {
         Ok(())
     }
 
-    fn live_instance_with_sha(&self, sha256: &str) -> Option<Arc<Instance>> {
-        self.all().into_iter().map(|(i, _)| i).find(|i| i.artifact.sha256 == sha256 && i.state().is_live())
+    /// A live instance of the artifact `sha256` under the name an install would give it (the
+    /// package name unless `name` says otherwise), found without loading anything.
+    fn live_instance_of(&self, sha256: &str, name: Option<&str>) -> Option<Arc<Instance>> {
+        self.all().into_iter().map(|(i, _)| i).find(|i| {
+            i.artifact.sha256 == sha256 && i.id.name == name.unwrap_or(&i.package) && i.state().is_live()
+        })
     }
 
     fn claim_load_path(&self, artifact: &crate::artifact::Artifact) -> Result<PathBuf> {

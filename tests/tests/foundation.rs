@@ -371,3 +371,44 @@ fn the_operations_api_answers_every_mistake_in_json() {
     let garbled = base.admin("POST", "/api/v1/modules", &[("content-type", "application/json")], Some(b"{"));
     assert_eq!((garbled.status, garbled.code()), (422, "BAD_REQUEST"), "{garbled:?}");
 }
+
+#[test]
+fn one_artifact_serves_many_tenants_each_its_own_instance() {
+    let base = TestBase::start();
+    let install_as = |name: &str| {
+        let reply = base.admin(
+            "POST",
+            &format!("/api/v1/modules?name={name}"),
+            &[("content-type", "application/octet-stream")],
+            Some(&read(artifacts::GOOD)),
+        );
+        assert_eq!(reply.status, 201, "{name}: {reply:?}");
+        reply.json
+    };
+    let a = install_as("tenant-a");
+    assert_eq!((a["name"].as_str(), a["package"].as_str()), (Some("tenant-a"), Some("fx-good")));
+    install_as("tenant-b");
+    base.install_ok(artifacts::GOOD); // and under its own name
+    for name in ["tenant-a", "tenant-b", "fx-good"] {
+        let reply = base.get(&format!("/{name}/ping"));
+        assert_eq!(reply.body, "pong");
+        assert_eq!(reply.header("x-pedestal-module"), Some(format!("{name}@0.1.0").as_str()));
+    }
+    assert_eq!(base.get("/tenant-a/log").body, "logged");
+    let line = base.wait_for_log("fixture tracing line");
+    let line = line.lines().find(|l| l.contains("fixture tracing line")).unwrap();
+    assert!(line.contains("module=\"tenant-a\""), "{line}");
+    let b = base.admin_get("/api/v1/modules/tenant-b").json;
+    assert_eq!(b["versions"][0]["package"], "fx-good");
+    assert_eq!(b["versions"][0]["traffic"]["requests"], 1, "accounting is per instance: {b}");
+
+    let twice = base.admin("POST", "/api/v1/modules?name=tenant-b", &[], Some(&read(artifacts::GOOD)));
+    assert_eq!((twice.status, twice.code()), (409, "ALREADY_INSTALLED"));
+    let bad = base.admin("POST", "/api/v1/modules?name=no/slashes", &[], Some(&read(artifacts::GOOD)));
+    assert_eq!((bad.status, bad.code()), (422, "BAD_REQUEST"));
+
+    assert_eq!(base.uninstall("tenant-a", "0.1.0").json["state"], "stopped");
+    assert_eq!(base.get("/tenant-a/ping").code(), "MODULE_NOT_FOUND");
+    assert_eq!(base.get("/tenant-b/ping").body, "pong");
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
+}

@@ -1,6 +1,7 @@
-//! `cargo xtask bench [--quick]`: builds the benchmark base, the benchmark module and the
-//! driver in release, then runs the driver (see `bench/driver`). Results go to stdout and to
-//! `target/release/bench-results.md`; BENCHMARKS.md records them with the machine.
+//! `cargo xtask bench [density] [--quick]`: builds the benchmark base, the benchmark module, the
+//! stand-alone native service and the driver in release, then runs the driver (see
+//! `bench/driver`). Results go to stdout and to `target/release/bench-*results.md`;
+//! BENCHMARKS.md records them with the machine.
 
 use crate::{cargo, exec, project_root};
 
@@ -16,6 +17,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .arg(release.join("bench-base"))
         .arg("--module")
         .arg(release.join("libbench_module.so"));
+    if args.iter().any(|a| a == "density") {
+        driver.arg("--density").arg("--native").arg(release.join("bench-native"));
+    }
     if args.iter().any(|a| a == "--quick") {
         driver.arg("--quick");
     }

@@ -6,6 +6,8 @@
 //! 2. Install latency: upload sent → first request served, plus the base's own install time.
 //! 3. Install/uninstall cycles: RSS growth of the base, and whether every cycle unmapped.
 
+mod density;
+
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
@@ -34,6 +36,22 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let quick = args.iter().any(|a| a == "--quick");
+    if args.iter().any(|a| a == "--density") {
+        let options = density::Density {
+            base: value("--base").context("--base PATH is required")?.into(),
+            native: value("--native").context("--native PATH is required")?.into(),
+            module: value("--module").context("--module PATH is required")?.into(),
+            instances: if quick { 50 } else { 1000 },
+            merged: if quick { vec![3] } else { vec![10, 50] },
+            round: Duration::from_millis(if quick { 300 } else { 3000 }),
+        };
+        let report = density::run(&options)?;
+        println!("{report}");
+        let out = options.module.parent().unwrap().join("bench-density-results.md");
+        std::fs::write(&out, &report)?;
+        eprintln!("(also written to {})", out.display());
+        return Ok(());
+    }
     if let Some(url) = value("--load") {
         // Load only, for profiling a running base: `pedestal-bench --load URL [--seconds N]`.
         let seconds = value("--seconds").map_or(Ok(5), |s| s.parse())?;
@@ -69,15 +87,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The benchmark base, running as its own process.
-struct BaseProcess {
+pub(crate) struct BaseProcess {
     child: Child,
-    traffic: String,
+    pub(crate) traffic: String,
     admin: String,
     data: PathBuf,
 }
 
 impl BaseProcess {
-    fn start(binary: &PathBuf) -> anyhow::Result<Self> {
+    pub(crate) fn start(binary: &PathBuf) -> anyhow::Result<Self> {
         let data = std::env::temp_dir().join(format!("pedestal-bench-{}", std::process::id()));
         let mut child = Command::new(binary).arg(&data).stdout(Stdio::piped()).spawn()?;
         let mut ready = String::new();
@@ -92,7 +110,25 @@ impl BaseProcess {
         Ok(Self { child, traffic, admin, data })
     }
 
-    fn rss_kib(&self) -> anyhow::Result<u64> {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How many entries `/proc/<pid>/<kind>` has (`task`: threads, `fd`: open descriptors).
+    pub(crate) fn count(&self, kind: &str) -> anyhow::Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/{kind}", self.child.id()))?.count())
+    }
+
+    /// Installs the module file at `path` (read by the base) under `name`.
+    pub(crate) fn install_path_as(&self, path: &std::path::Path, name: &str) -> anyhow::Result<Value> {
+        let body = serde_json::json!({ "path": path }).to_string();
+        let response = ureq::post(&format!("{}/api/v1/modules?name={name}", self.admin))
+            .set("content-type", "application/json")
+            .send_string(&body)?;
+        Ok(response.into_json()?)
+    }
+
+    pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
         Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
@@ -105,7 +141,7 @@ impl BaseProcess {
         Ok(response.into_json()?)
     }
 
-    fn uninstall(&self, name: &str, version: &str) -> anyhow::Result<Value> {
+    pub(crate) fn uninstall(&self, name: &str, version: &str) -> anyhow::Result<Value> {
         Ok(ureq::delete(&format!("{}/api/v1/modules/{name}/{version}", self.admin)).call()?.into_json()?)
     }
 }
@@ -118,38 +154,47 @@ impl Drop for BaseProcess {
     }
 }
 
-struct Run {
+pub(crate) struct Run {
     requests: u64,
     errors: u64,
     seconds: f64,
-    latency: Histogram<u64>,
+    pub(crate) latency: Histogram<u64>,
 }
 
 impl Run {
-    fn rps(&self) -> f64 {
+    pub(crate) fn rps(&self) -> f64 {
         self.requests as f64 / self.seconds
     }
 }
 
-/// Closed-loop load: `connections` keep-alive connections, each sending its next request as
-/// soon as the previous answer arrived, for `duration`. The client runs on one thread.
+/// Closed-loop load on one URL (see [`load_many`]).
 fn load(url: &str, connections: usize, duration: Duration) -> anyhow::Result<Run> {
+    load_many(&[url.to_owned()], connections, duration)
+}
+
+/// Closed-loop load: `connections` keep-alive connections, each sending its next request as
+/// soon as the previous answer arrived, for `duration`, walking round-robin over `urls`. The
+/// client runs on one thread.
+pub(crate) fn load_many(urls: &[String], connections: usize, duration: Duration) -> anyhow::Result<Run> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let client: Client<_, Empty<Bytes>> =
             Client::builder(TokioExecutor::new()).pool_max_idle_per_host(connections).build_http();
-        let uri: hyper::Uri = url.parse()?;
+        let uris = urls.iter().map(|u| u.parse::<hyper::Uri>()).collect::<Result<Vec<_>, _>>()?;
         let started = Instant::now();
         let deadline = started + duration;
         let mut tasks = Vec::new();
-        for _ in 0..connections {
-            let (client, uri) = (client.clone(), uri.clone());
+        for connection in 0..connections {
+            let (client, uris) = (client.clone(), uris.clone());
             tasks.push(tokio::spawn(async move {
                 let mut latency = Histogram::<u64>::new(3).expect("histogram");
                 let (mut requests, mut errors) = (0u64, 0u64);
+                let mut next = connection;
                 while Instant::now() < deadline {
+                    let uri = uris[next % uris.len()].clone();
+                    next += 1;
                     let sent = Instant::now();
-                    let ok = match client.get(uri.clone()).await {
+                    let ok = match client.get(uri).await {
                         Ok(response) => {
                             let ok = response.status().is_success();
                             ok && response.into_body().collect().await.is_ok()
