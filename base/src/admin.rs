@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 use crate::{
     error::{Error, Result},
     instance::{Instance, State as InstanceState, Traffic, Transition},
-    loader,
     registry::Registry,
     traffic::read_body,
 };
@@ -180,7 +179,7 @@ fn view(instance: &Instance, active: bool, with_history: bool) -> InstanceView {
         }),
         leaked_bytes: instance.heap_at_stop().map(|h| h.live_bytes),
         traffic: instance.traffic(),
-        mapped: loader::is_mapped(&instance.load_path),
+        mapped: instance.is_mapped(),
         history: if with_history { instance.history() } else { Vec::new() },
     }
 }

@@ -7,7 +7,7 @@
 //! that thread has been joined and nothing the module made is still held.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     fmt,
     os::fd::OwnedFd,
     path::PathBuf,
@@ -237,6 +237,7 @@ impl Instance {
             .name(thread_name.clone())
             .spawn(move || {
                 let _done = DoneGuard(done_tx);
+                let _tid = InstanceThread::register();
                 let (library, manifest) = match loader::open(&thread_path) {
                     Ok(opened) => opened,
                     Err(e) => {
@@ -372,6 +373,12 @@ impl Instance {
     /// Milliseconds from the start of the install to the module reporting it had started.
     pub fn install_ms(&self) -> f64 {
         self.install_micros.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// Whether the library is (or may still be) mapped: true until the unload verified in
+    /// `/proc/self/maps` that it is gone (`stopped`, `broken`), and forever when `pinned`.
+    pub fn is_mapped(&self) -> bool {
+        !matches!(self.state(), State::Stopped | State::Broken)
     }
 
     /// The module's heap right now, while its library is loaded.
@@ -549,7 +556,7 @@ impl Instance {
             library.close_off_base_threads();
             loader::return_freed_memory();
         }
-        if loader::is_mapped(&self.load_path) {
+        if loader::is_loaded(&self.load_path) {
             // The module's code may still be called from a thread it left running.
             std::mem::forget(Arc::clone(&self.shared));
             return (
@@ -620,17 +627,50 @@ fn next_thread_name() -> String {
     format!("pdl-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// How many live threads of this process are named `name`.
+/// How many live threads of this process are named `name`. Instance threads are skipped
+/// without reading their names (they are known), so this stays cheap with many instances.
 fn threads_named(name: &str) -> usize {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
     };
+    let instance_threads = lock(&INSTANCE_THREADS);
     tasks
         .flatten()
+        .filter(|task| {
+            let tid = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok());
+            !tid.is_some_and(|tid| instance_threads.contains(&tid))
+        })
         .filter(|task| {
             std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name)
         })
         .count()
+}
+
+/// Thread ids of the live instance threads.
+static INSTANCE_THREADS: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+/// Keeps the calling instance thread's id in [`INSTANCE_THREADS`] while it lives.
+struct InstanceThread(Option<u32>);
+
+impl InstanceThread {
+    fn register() -> Self {
+        // `/proc/thread-self` links to `<pid>/task/<tid>`.
+        let tid = std::fs::read_link("/proc/thread-self")
+            .ok()
+            .and_then(|link| link.file_name()?.to_str()?.parse::<u32>().ok());
+        if let Some(tid) = tid {
+            lock(&INSTANCE_THREADS).insert(tid);
+        }
+        Self(tid)
+    }
+}
+
+impl Drop for InstanceThread {
+    fn drop(&mut self) {
+        if let Some(tid) = self.0 {
+            lock(&INSTANCE_THREADS).remove(&tid);
+        }
+    }
 }
 
 /// Counts a request as in flight for as long as it lives.

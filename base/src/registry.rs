@@ -109,7 +109,10 @@ impl Registry {
         let instance = match launched {
             Ok(instance) => instance,
             Err(e) => {
-                self.release_load_path(&load_path);
+                // No instance to ask (it failed before or during start): look at the mappings.
+                if !loader::is_mapped(&load_path) {
+                    self.release_load_path(&load_path);
+                }
                 return Err(e);
             }
         };
@@ -172,7 +175,9 @@ impl Registry {
             self.publish(&modules);
         }
         instance.stop(&self.config, "uninstall");
-        self.release_load_path(&instance.load_path);
+        if !instance.is_mapped() {
+            self.release_load_path(&instance.load_path);
+        }
         Ok(instance)
     }
 
@@ -249,11 +254,9 @@ impl Registry {
         Ok(copy)
     }
 
-    /// Frees a load path for reuse, unless the library is still mapped (a pinned instance).
+    /// Frees a load path for reuse (call only once its library is known to be unmapped).
     fn release_load_path(&self, path: &Path) {
-        if !loader::is_mapped(path) {
-            lock(&self.loaded_paths).remove(path);
-        }
+        lock(&self.loaded_paths).remove(path);
     }
 
     fn publish(&self, modules: &BTreeMap<String, Versions>) {

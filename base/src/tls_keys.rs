@@ -33,8 +33,14 @@ unsafe extern "C" {
     fn __pthread_key_create(key: *mut libc::pthread_key_t, destructor: Destructor) -> c_int;
 }
 
-/// Live keys created through [`pthread_key_create`] that have a destructor, with its address.
-static KEYS: Mutex<Option<HashMap<libc::pthread_key_t, usize>>> = Mutex::new(None);
+/// Live keys created through [`pthread_key_create`] that have a destructor.
+static KEYS: Mutex<Option<HashMap<libc::pthread_key_t, KeyOwner>>> = Mutex::new(None);
+
+/// A key's destructor, and (once looked up) the load address of the object it lives in.
+struct KeyOwner {
+    destructor: usize,
+    object: Option<Option<usize>>,
+}
 
 /// The process's `pthread_key_create`: glibc's, plus a record of the key's destructor.
 ///
@@ -50,7 +56,8 @@ pub unsafe extern "C" fn pthread_key_create(key: *mut libc::pthread_key_t, destr
         // SAFETY: glibc just wrote the new key through `key`.
         let created = unsafe { *key };
         let mut keys = KEYS.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.get_or_insert_with(HashMap::new).insert(created, destructor as usize);
+        keys.get_or_insert_with(HashMap::new)
+            .insert(created, KeyOwner { destructor: destructor as usize, object: None });
     }
     result
 }
@@ -75,10 +82,14 @@ pub(crate) fn release(library: &Library) -> usize {
     let base = library.load_base();
     let mut keys = KEYS.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(keys) = keys.as_mut() else { return 0 };
+    // Each key's object is looked up once (`dladdr` walks every loaded object) and remembered:
+    // while a key lives, its destructor's library stays loaded, so the answer cannot change.
     let owned: Vec<_> = keys
-        .iter()
-        .filter(|(_, destructor)| object_base(**destructor) == Some(base))
-        .map(|(k, _)| *k)
+        .iter_mut()
+        .filter_map(|(key, owner)| {
+            let object = *owner.object.get_or_insert_with(|| object_base(owner.destructor));
+            (object == Some(base)).then_some(*key)
+        })
         .collect();
     for key in &owned {
         keys.remove(key);
