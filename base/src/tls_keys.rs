@@ -78,24 +78,35 @@ pub unsafe extern "C" fn pthread_key_delete(key: libc::pthread_key_t) -> c_int {
 
 /// Deletes the keys whose destructor lies in `library`. Call only once none of the module's
 /// threads is alive, and before the library is closed.
+///
+/// Lock order: `dladdr` and `dlsym` take glibc's loader lock, and a library constructor running
+/// under `dlopen` (which holds that lock) may call `pthread_key_create` (which takes `KEYS`). So
+/// nothing here calls into the loader while holding `KEYS`.
 pub(crate) fn release(library: &Library) -> usize {
+    let delete = real_delete();
     let base = library.load_base();
+    let unknown: Vec<(libc::pthread_key_t, usize)> = {
+        let keys = KEYS.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(keys) = keys.as_ref() else { return 0 };
+        keys.iter().filter(|(_, owner)| owner.object.is_none()).map(|(k, o)| (*k, o.destructor)).collect()
+    };
+    // Each key's object is looked up once and remembered: while a key lives, its destructor's
+    // library stays loaded, so the answer cannot change.
+    let looked_up: Vec<_> = unknown.into_iter().map(|(k, d)| (k, d, object_base(d))).collect();
     let mut keys = KEYS.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(keys) = keys.as_mut() else { return 0 };
-    // Each key's object is looked up once (`dladdr` walks every loaded object) and remembered:
-    // while a key lives, its destructor's library stays loaded, so the answer cannot change.
-    let owned: Vec<_> = keys
-        .iter_mut()
-        .filter_map(|(key, owner)| {
-            let object = *owner.object.get_or_insert_with(|| object_base(owner.destructor));
-            (object == Some(base)).then_some(*key)
-        })
-        .collect();
+    for (key, destructor, object) in looked_up {
+        if let Some(owner) = keys.get_mut(&key).filter(|owner| owner.destructor == destructor) {
+            owner.object = Some(object);
+        }
+    }
+    let owned: Vec<_> =
+        keys.iter().filter(|(_, owner)| owner.object == Some(Some(base))).map(|(key, _)| *key).collect();
     for key in &owned {
         keys.remove(key);
         // SAFETY: a live key (it is in the table), whose destructor is in a library no thread
-        // can run any more; deleting it calls no destructor.
-        unsafe { real_delete()(*key) };
+        // can run any more; deleting it calls no destructor and takes no loader lock.
+        unsafe { delete(*key) };
     }
     owned.len()
 }
@@ -111,6 +122,8 @@ pub fn keys_are_reclaimable() -> bool {
             libc::dlsym(libc::RTLD_DEFAULT, c"pthread_key_delete".as_ptr()),
         )
     };
+    // Resolve glibc's delete now, outside any lock (see `release`).
+    real_delete();
     std::ptr::eq(create.cast_const().cast::<()>(), pthread_key_create as *const ())
         && std::ptr::eq(delete.cast_const().cast::<()>(), pthread_key_delete as *const ())
 }
