@@ -77,6 +77,15 @@ impl ArtifactStore {
     }
 }
 
+impl ArtifactStore {
+    /// Deletes `path` if it is one of this store's private copies (artifacts themselves stay).
+    pub fn remove_private_copy(&self, path: &Path) {
+        if path.parent() == Some(self.copies.as_path()) {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let dir = path.parent().expect("artifact paths have a parent");

@@ -33,8 +33,7 @@ use crate::{
     config::Config,
     error::{Error, Result},
     host,
-    loader::{self, Library, Manifest},
-    tls_keys,
+    loader::{self, Library, Manifest, Unload},
     traffic::read_body,
 };
 
@@ -376,7 +375,7 @@ impl Instance {
     }
 
     /// Whether the library is (or may still be) mapped: true until the unload verified in
-    /// `/proc/self/maps` that it is gone (`stopped`, `broken`), and forever when `pinned`.
+    /// dynamic loader that it is gone (`stopped`, `broken`), and forever when `pinned`.
     pub fn is_mapped(&self) -> bool {
         !matches!(self.state(), State::Stopped | State::Broken)
     }
@@ -501,7 +500,7 @@ impl Instance {
         self.shared.request_stop();
         // Out of the mutex for the whole stop, so readers (the API's heap view) never wait on it.
         let Some(worker) = lock(&self.worker).take() else {
-            return (State::Stopped, "already unloaded".into());
+            return (self.state(), "already unloaded".into());
         };
         if let Err(RecvTimeoutError::Timeout) = worker.done.recv_timeout(stop_timeout) {
             // Module code is still running: closing the library would pull the code out from
@@ -550,22 +549,38 @@ impl Instance {
                 ),
             );
         }
-        if let Some(library) = library {
-            // No thread of the module is left to run their destructors: reclaim its keys.
-            tls_keys::release(&library);
-            library.close_off_base_threads();
-            loader::return_freed_memory();
-        }
-        if loader::is_loaded(&self.load_path) {
-            // The module's code may still be called from a thread it left running.
-            std::mem::forget(Arc::clone(&self.shared));
-            return (
-                State::Pinned,
-                "the library is still mapped after dlclose: a thread the module started (and \
-                 renamed) is still alive and holds a thread-local destructor in it (join module \
-                 threads in the stop hook)"
-                    .into(),
-            );
+        let Some(library) = library else {
+            // The thread unwound: the library was dropped (closed) on its way out.
+            if loader::is_loaded(&self.load_path) {
+                std::mem::forget(Arc::clone(&self.shared));
+                return (State::Pinned, "the module's thread failed and its library is still loaded".into());
+            }
+            return (State::Stopped, "the module's thread failed; its library was closed".into());
+        };
+        match library.unload(&self.load_path, stop_timeout) {
+            Unload::Unmapped => loader::return_freed_memory(),
+            Unload::StillLoaded => {
+                // The module's code may still be called from a thread it left running.
+                std::mem::forget(Arc::clone(&self.shared));
+                return (
+                    State::Pinned,
+                    "the library is still loaded after dlclose: a thread the module started (and \
+                     renamed) is still alive and holds a thread-local destructor in it (join module \
+                     threads in the stop hook)"
+                        .into(),
+                );
+            }
+            Unload::LoaderBusy => {
+                std::mem::forget(Arc::clone(&self.shared));
+                return (
+                    State::Pinned,
+                    format!(
+                        "the dynamic loader did not answer within {} ms (another library's \
+                         initialisation holds its lock); the library may stay loaded",
+                        stop_timeout.as_millis()
+                    ),
+                );
+            }
         }
         let message = format!(
             "unloaded and unmapped; {} heap bytes in {} allocations were still live (leaked)",
@@ -641,7 +656,12 @@ fn threads_named(name: &str) -> usize {
             !tid.is_some_and(|tid| instance_threads.contains(&tid))
         })
         .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name)
+            // `pid (comm) state ppid pgrp session tty tpgid flags ...`; a thread already exiting
+            // (PF_EXITING, 0x4; `pthread_join` returns before the task is gone) does not count.
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { return false };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+            let flags = stat[close + 1..].split_whitespace().nth(6).and_then(|f| f.parse::<u64>().ok());
+            &stat[open + 1..close] == name && flags.is_some_and(|flags| flags & 0x4 == 0)
         })
         .count()
 }

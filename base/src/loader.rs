@@ -11,7 +11,8 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Mutex, mpsc},
+    time::Duration,
 };
 
 use abi_stable::{
@@ -28,6 +29,7 @@ use semver::Version;
 use crate::{
     error::{Error, Result},
     instance::lock,
+    tls_keys,
 };
 
 /// What a module says about itself, read at load time.
@@ -128,21 +130,55 @@ impl Library {
             .expect("the heap counters are in the library")
     }
 
-    /// Closes the library (`dlclose`) on a short-lived thread of its own, so the library's ELF
-    /// destructors (rare in Rust) never run on a base thread. Whether it was really unmapped is
-    /// for [`is_mapped`].
-    pub fn close_off_base_threads(self) {
-        // `root` is a plain pointer into the library; nothing to drop before the handle.
-        let Library { raw, .. } = self;
-        match std::thread::Builder::new().name("pedestal-close".into()).spawn(move || drop(raw)) {
-            Ok(closer) => {
-                let _ = closer.join();
+    /// Unloads the library on a short-lived thread of its own and reports what became of it.
+    ///
+    /// Everything that takes glibc's loader lock happens there — finding the pthread keys whose
+    /// destructors live in the library, `dlclose` (which runs the library's ELF destructors, so
+    /// never on a base thread), the `RTLD_NOLOAD` check — and the caller waits at most
+    /// `timeout`: a library initialiser stuck in another thread holds that lock, and the base
+    /// must answer rather than hang. The keys are deleted only once the library is gone.
+    pub fn unload(self, path: &Path, timeout: Duration) -> Unload {
+        let (done, outcome) = mpsc::sync_channel(1);
+        let path = path.to_owned();
+        let (hand_over, library) = mpsc::sync_channel::<Library>(1);
+        let closer = std::thread::Builder::new().name("pedestal-close".into()).spawn(move || {
+            let Ok(library) = library.recv() else { return };
+            let keys = tls_keys::owned_by(library.load_base());
+            // `root` is a plain pointer into the library; nothing to drop before the handle.
+            drop(library.raw);
+            let still_loaded = is_loaded(&path);
+            if !still_loaded {
+                tls_keys::delete_unchanged(&keys);
             }
-            Err(e) => {
-                tracing::warn!("cannot start a thread to close a module library ({e}); leaving it open")
-            }
+            let _ = done.send(still_loaded);
+        });
+        // If no closer can take the library, keep it open rather than close it on this base
+        // thread.
+        if closer.is_err() {
+            std::mem::forget(self);
+            return Unload::StillLoaded;
+        }
+        if let Err(mpsc::SendError(library)) = hand_over.send(self) {
+            std::mem::forget(library);
+            return Unload::StillLoaded;
+        }
+        match outcome.recv_timeout(timeout) {
+            Ok(false) => Unload::Unmapped,
+            Ok(true) => Unload::StillLoaded,
+            Err(_) => Unload::LoaderBusy,
         }
     }
+}
+
+/// What became of a library after [`Library::unload`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unload {
+    /// Closed and forgotten by the dynamic loader (so unmapped).
+    Unmapped,
+    /// Still loaded: a thread holds a thread-local destructor in it, or it could not be closed.
+    StillLoaded,
+    /// The dynamic loader did not answer in time: another library's initialiser holds its lock.
+    LoaderBusy,
 }
 
 fn read_stamp(raw: &RawLibrary) -> Result<Version> {

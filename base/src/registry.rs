@@ -254,9 +254,11 @@ impl Registry {
         Ok(copy)
     }
 
-    /// Frees a load path for reuse (call only once its library is known to be unmapped).
+    /// Frees a load path for reuse (call only once its library is known to be unmapped), and
+    /// deletes it when it was a private copy.
     fn release_load_path(&self, path: &Path) {
         lock(&self.loaded_paths).remove(path);
+        self.store.remove_private_copy(path);
     }
 
     fn publish(&self, modules: &BTreeMap<String, Versions>) {

@@ -24,7 +24,7 @@ use std::{
     sync::{Mutex, OnceLock, PoisonError},
 };
 
-use crate::loader::{Library, object_base};
+use crate::loader::object_base;
 
 type Destructor = Option<unsafe extern "C" fn(*mut c_void)>;
 
@@ -39,7 +39,7 @@ static KEYS: Mutex<Option<HashMap<libc::pthread_key_t, KeyOwner>>> = Mutex::new(
 /// A key's destructor, and (once looked up) the load address of the object it lives in.
 struct KeyOwner {
     destructor: usize,
-    object: Option<Option<usize>>,
+    object: Option<usize>,
 }
 
 /// The process's `pthread_key_create`: glibc's, plus a record of the key's destructor.
@@ -76,44 +76,63 @@ pub unsafe extern "C" fn pthread_key_delete(key: libc::pthread_key_t) -> c_int {
     unsafe { real_delete()(key) }
 }
 
-/// Deletes the keys whose destructor lies in `library`. Call only once none of the module's
-/// threads is alive, and before the library is closed.
+/// The live keys whose destructor is code in the object loaded at `base`, with their
+/// destructors. Call before that library is closed.
 ///
 /// Lock order: `dladdr` and `dlsym` take glibc's loader lock, and a library constructor running
 /// under `dlopen` (which holds that lock) may call `pthread_key_create` (which takes `KEYS`). So
 /// nothing here calls into the loader while holding `KEYS`.
-pub(crate) fn release(library: &Library) -> usize {
-    let delete = real_delete();
-    let base = library.load_base();
+pub(crate) fn owned_by(base: usize) -> Vec<(libc::pthread_key_t, usize)> {
     let unknown: Vec<(libc::pthread_key_t, usize)> = {
         let keys = KEYS.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(keys) = keys.as_ref() else { return 0 };
+        let Some(keys) = keys.as_ref() else { return Vec::new() };
         keys.iter().filter(|(_, owner)| owner.object.is_none()).map(|(k, o)| (*k, o.destructor)).collect()
     };
     // Each key's object is looked up once and remembered: while a key lives, its destructor's
-    // library stays loaded, so the answer cannot change.
+    // library stays loaded, so the answer cannot change. (A failed lookup is not remembered.)
     let looked_up: Vec<_> = unknown.into_iter().map(|(k, d)| (k, d, object_base(d))).collect();
     let mut keys = KEYS.lock().unwrap_or_else(PoisonError::into_inner);
-    let Some(keys) = keys.as_mut() else { return 0 };
+    let Some(keys) = keys.as_mut() else { return Vec::new() };
     for (key, destructor, object) in looked_up {
-        if let Some(owner) = keys.get_mut(&key).filter(|owner| owner.destructor == destructor) {
+        if let (Some(owner), Some(object)) = (keys.get_mut(&key), object)
+            && owner.destructor == destructor
+        {
             owner.object = Some(object);
         }
     }
-    let owned: Vec<_> =
-        keys.iter().filter(|(_, owner)| owner.object == Some(Some(base))).map(|(key, _)| *key).collect();
-    for key in &owned {
-        keys.remove(key);
-        // SAFETY: a live key (it is in the table), whose destructor is in a library no thread
-        // can run any more; deleting it calls no destructor and takes no loader lock.
-        unsafe { delete(*key) };
+    keys.iter()
+        .filter(|(_, owner)| owner.object == Some(base))
+        .map(|(key, owner)| (*key, owner.destructor))
+        .collect()
+}
+
+/// Deletes the given keys, each only if it is still live with the same destructor (a library
+/// may have deleted its own key while it was closed, and the number may have been reused).
+/// Call once the library they belong to is gone and none of its threads is alive.
+pub(crate) fn delete_unchanged(owned: &[(libc::pthread_key_t, usize)]) {
+    let delete = real_delete();
+    let mut keys = KEYS.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(keys) = keys.as_mut() else { return };
+    for (key, destructor) in owned {
+        if keys.get(key).is_some_and(|owner| owner.destructor == *destructor) {
+            keys.remove(key);
+            // SAFETY: a live key (it is in the table), whose destructor was in a library that is
+            // gone and whose threads have all exited; deleting it calls no destructor and takes
+            // no loader lock.
+            unsafe { delete(*key) };
+        }
     }
-    owned.len()
 }
 
 /// Whether module libraries bind to the base's key functions (so their keys can be reclaimed).
 /// False when the base binary was linked without exporting the symbols.
 pub fn keys_are_reclaimable() -> bool {
+    static ANSWER: OnceLock<bool> = OnceLock::new();
+    *ANSWER.get_or_init(look_up_key_functions)
+}
+
+/// Looked up once: `dlsym` takes the loader lock, which a stuck library initialiser may hold.
+fn look_up_key_functions() -> bool {
     // SAFETY: `dlsym` with NUL-terminated names and the default handle has no other
     // preconditions; the results are only compared, never called.
     let (create, delete) = unsafe {

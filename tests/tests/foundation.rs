@@ -286,11 +286,11 @@ fn sigterm_stops_every_module_and_exits_cleanly() {
 
 #[test]
 fn a_request_past_its_timeout_gets_a_504_and_the_module_keeps_serving() {
-    let base = TestBase::start_with(&["--request-timeout-ms", "300"]);
+    let base = TestBase::start_with(&["--request-timeout-ms", "1500"]);
     base.install_ok(artifacts::GOOD);
-    let slow = base.get("/fx-good/sleep?ms=3000");
+    let slow = base.get("/fx-good/sleep?ms=10000");
     assert_eq!((slow.status, slow.code()), (504, "MODULE_TIMEOUT"), "{slow:?}");
-    assert_eq!(slow.json["details"]["timeout_ms"], 300);
+    assert_eq!(slow.json["details"]["timeout_ms"], 1500);
     assert_eq!(base.get("/fx-good/ping").body, "pong");
 }
 
@@ -302,7 +302,14 @@ fn uninstall_waits_for_in_flight_requests_before_stopping_the_module() {
         let base = std::sync::Arc::clone(&base);
         std::thread::spawn(move || base.get("/fx-good/sleep?ms=700"))
     };
-    std::thread::sleep(Duration::from_millis(200));
+    // Uninstall only once the request is inside the module.
+    let in_flight_now =
+        || base.admin_get("/api/v1/modules/fx-good").json["versions"][0]["traffic"]["in_flight"].clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while in_flight_now() != 1 {
+        assert!(std::time::Instant::now() < deadline, "the request never reached the module");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let removed = base.uninstall("fx-good", "0.1.0");
     let answered = in_flight.join().unwrap();
     assert_eq!((answered.status, answered.body.as_str()), (200, "slept 700"), "{answered:?}");
