@@ -18,6 +18,8 @@ const FIXTURES: &[&str] = &[
     "fx-interface-v2",
     "fx-interface-newer-minor",
     "fx-plain-cdylib",
+    "fx-cpu-burner",
+    "fx-leaky",
 ];
 
 /// A nested cargo must build, not lint: under `cargo clippy` the outer cargo sets a workspace

@@ -1,13 +1,13 @@
 //! The operations API under `/api/v1`: install, inspect and uninstall modules; health.
 
-use std::{path::PathBuf, sync::Arc, time::Instant};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
     extract::{Path, Query, Request, State},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     routing::{delete, get},
 };
 use semver::Version;
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
+    accounting::{CpuTime, cpu_by_thread_name},
     error::{Error, Result},
     instance::{Instance, State as InstanceState, Traffic, Transition},
     registry::Registry,
@@ -30,6 +31,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/api/v1/modules/{name}", get(describe))
         .route("/api/v1/modules/{name}/{version}", delete(uninstall))
         .route("/api/v1/health", get(health))
+        .route("/metrics", get(metrics))
         .fallback(|| async { Error::NotFound { what: "route".into() } })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(token, authorize))
@@ -146,7 +148,11 @@ struct InstanceView {
     installed_at: String,
     install_ms: f64,
     heap: Option<HeapView>,
+    heap_peak_bytes: u64,
     leaked_bytes: Option<u64>,
+    cpu: CpuTime,
+    load_ms: f64,
+    start_ms: f64,
     traffic: Traffic,
     mapped: bool,
     history: Vec<Transition>,
@@ -160,7 +166,13 @@ struct HeapView {
     frees: u64,
 }
 
-fn view(instance: &Instance, active: bool, with_history: bool) -> InstanceView {
+/// One instance as the API shows it; `cpu` is one [`cpu_by_thread_name`] scan shared by a listing.
+fn view(
+    instance: &Instance,
+    active: bool,
+    with_history: bool,
+    cpu: &HashMap<String, CpuTime>,
+) -> InstanceView {
     InstanceView {
         name: instance.id.name.clone(),
         package: instance.package.clone(),
@@ -177,7 +189,11 @@ fn view(instance: &Instance, active: bool, with_history: bool) -> InstanceView {
             allocations: h.allocations,
             frees: h.frees,
         }),
+        heap_peak_bytes: instance.heap_peak(),
         leaked_bytes: instance.heap_at_stop().map(|h| h.live_bytes),
+        cpu: instance.cpu_from(cpu),
+        load_ms: instance.load_ms(),
+        start_ms: instance.start_ms(),
         traffic: instance.traffic(),
         mapped: instance.is_mapped(),
         history: if with_history { instance.history() } else { Vec::new() },
@@ -185,14 +201,16 @@ fn view(instance: &Instance, active: bool, with_history: bool) -> InstanceView {
 }
 
 async fn list(State(registry): State<Arc<Registry>>) -> Json<Value> {
-    let modules: Vec<_> = registry.all().iter().map(|(i, active)| view(i, *active, false)).collect();
+    let cpu = cpu_by_thread_name();
+    let modules: Vec<_> = registry.all().iter().map(|(i, active)| view(i, *active, false, &cpu)).collect();
     Json(json!({ "modules": modules }))
 }
 
 async fn describe(State(registry): State<Arc<Registry>>, Path(name): Path<String>) -> Result<Json<Value>> {
     let (instances, active) = registry.module(&name)?;
+    let cpu = cpu_by_thread_name();
     let versions: Vec<_> =
-        instances.iter().map(|i| view(i, active.as_ref() == Some(&i.id.version), true)).collect();
+        instances.iter().map(|i| view(i, active.as_ref() == Some(&i.id.version), true, &cpu)).collect();
     Ok(Json(json!({
         "name": name,
         "active_version": active.map(|v| v.to_string()),
@@ -210,7 +228,14 @@ async fn uninstall(
     let instance = tokio::task::spawn_blocking(move || stopping.uninstall(&name, &version))
         .await
         .map_err(|e| Error::Io { context: "uninstall task".into(), source: std::io::Error::other(e) })??;
-    Ok(Json(view(&instance, false, true)))
+    Ok(Json(view(&instance, false, true, &HashMap::new())))
+}
+
+async fn metrics(State(registry): State<Arc<Registry>>) -> Result<Response> {
+    let text = tokio::task::spawn_blocking(move || registry.render_metrics())
+        .await
+        .map_err(|e| Error::Io { context: "metrics task".into(), source: std::io::Error::other(e) })?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {

@@ -29,6 +29,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::{
+    accounting::{CpuTime, Latency, LatencySummary, Metrics, cpu_by_thread_name},
     artifact::Artifact,
     config::Config,
     error::{Error, Result},
@@ -101,12 +102,17 @@ pub struct Transition {
 pub struct Traffic {
     /// Requests handed to the module.
     pub requests: u64,
-    /// Requests the module failed (including panics) or that timed out.
-    pub errors: u64,
+    /// Answers with a 4xx status.
+    pub client_errors: u64,
+    /// Answers with a 5xx status, including requests the module failed (a panic) and requests
+    /// that timed out or found the instance stopped.
+    pub server_errors: u64,
     /// Panics caught inside the module.
     pub panics: u64,
     /// Requests currently inside the module.
     pub in_flight: usize,
+    /// Latency of answered requests, as the base saw it.
+    pub latency: Option<LatencySummary>,
 }
 
 /// A running (or formerly running) copy of a module.
@@ -125,6 +131,12 @@ pub struct Instance {
     /// When the install began.
     pub installed_at: SystemTime,
     install_micros: AtomicU64,
+    load_micros: u64,
+    start_micros: AtomicU64,
+    thread_name: String,
+    heap_peak: AtomicU64,
+    latency: Latency,
+    duration: metrics::Histogram,
     shared: Arc<Shared>,
     history: Mutex<Vec<Transition>>,
     worker: Mutex<Option<Worker>>,
@@ -168,7 +180,8 @@ pub(crate) struct Shared {
     pub(crate) started: Mutex<Option<mpsc::SyncSender<Result<(), String>>>>,
     next_id: AtomicU64,
     pub(crate) requests: AtomicU64,
-    pub(crate) errors: AtomicU64,
+    pub(crate) client_errors: AtomicU64,
+    pub(crate) server_errors: AtomicU64,
     pub(crate) panics: AtomicU64,
 }
 
@@ -217,6 +230,7 @@ impl Instance {
         load_path: PathBuf,
         name: Option<&str>,
         config: &Config,
+        metrics: &Metrics,
         reserve: impl FnOnce(&Arc<Instance>) -> Result<()>,
     ) -> Result<Arc<Instance>> {
         let installed_at = SystemTime::now();
@@ -286,6 +300,7 @@ impl Instance {
         };
         let _ = shared.tags.set(id.clone());
         let instance = Arc::new(Instance {
+            duration: metrics.request_duration(&id),
             id,
             package: manifest.name,
             artifact,
@@ -293,6 +308,11 @@ impl Instance {
             load_path,
             installed_at,
             install_micros: AtomicU64::new(0),
+            load_micros: began.elapsed().as_micros() as u64,
+            start_micros: AtomicU64::new(0),
+            thread_name: thread_name.clone(),
+            heap_peak: AtomicU64::new(0),
+            latency: Latency::new(),
             shared,
             history: Mutex::new(Vec::new()),
             worker: Mutex::new(Some(Worker { thread, done: done_rx, heap: heap.0, thread_name })),
@@ -311,7 +331,10 @@ impl Instance {
 
         let failure = match started_rx.recv_timeout(config.start_timeout) {
             Ok(Ok(())) => {
-                instance.install_micros.store(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let total = began.elapsed().as_micros() as u64;
+                instance.install_micros.store(total, Ordering::Relaxed);
+                instance.start_micros.store(total.saturating_sub(instance.load_micros), Ordering::Relaxed);
+                instance.sample_heap();
                 // Still `busy`: the registry ends the install once it has routed the instance.
                 return Ok(instance);
             }
@@ -380,9 +403,41 @@ impl Instance {
         !matches!(self.state(), State::Stopped | State::Broken)
     }
 
-    /// The module's heap right now, while its library is loaded.
+    /// Milliseconds the library took to open, check and initialise (on its thread).
+    pub fn load_ms(&self) -> f64 {
+        self.load_micros as f64 / 1000.0
+    }
+
+    /// Milliseconds the module's start hook took.
+    pub fn start_ms(&self) -> f64 {
+        self.start_micros.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// The module's heap right now, while its library is loaded. Also updates the peak.
     pub fn heap(&self) -> Option<HeapSnapshot> {
-        lock(&self.worker).as_ref().map(|worker| worker.heap.snapshot())
+        let heap = lock(&self.worker).as_ref().map(|worker| worker.heap.snapshot())?;
+        self.heap_peak.fetch_max(heap.live_bytes, Ordering::Relaxed);
+        Some(heap)
+    }
+
+    /// Reads the heap so the peak stays current (the registry samples every instance).
+    pub(crate) fn sample_heap(&self) {
+        let _ = self.heap();
+    }
+
+    /// The highest live heap seen (sampled: a spike between samples can be missed).
+    pub fn heap_peak(&self) -> u64 {
+        self.heap_peak.load(Ordering::Relaxed)
+    }
+
+    /// CPU time of this instance's live threads, from a [`cpu_by_thread_name`] scan.
+    pub fn cpu_from(&self, by_name: &HashMap<String, CpuTime>) -> CpuTime {
+        by_name.get(&self.thread_name).copied().unwrap_or_default()
+    }
+
+    /// CPU time of this instance's live threads.
+    pub fn cpu(&self) -> CpuTime {
+        self.cpu_from(&cpu_by_thread_name())
     }
 
     /// The module's heap as it was when it stopped: bytes still live then are its leak.
@@ -394,9 +449,11 @@ impl Instance {
     pub fn traffic(&self) -> Traffic {
         Traffic {
             requests: self.shared.requests.load(Ordering::Relaxed),
-            errors: self.shared.errors.load(Ordering::Relaxed),
+            client_errors: self.shared.client_errors.load(Ordering::Relaxed),
+            server_errors: self.shared.server_errors.load(Ordering::Relaxed),
             panics: self.shared.panics.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
+            latency: self.latency.summary(),
         }
     }
 
@@ -428,6 +485,7 @@ impl Instance {
         timeout: Duration,
     ) -> Result<Response> {
         let _in_flight = InFlight::enter(&self.in_flight);
+        let began = Instant::now();
         let body = read_body(body, max_body).await?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
@@ -441,12 +499,21 @@ impl Instance {
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         self.shared.enqueue(QueuedRequest { id, method, path_and_query, headers, body });
         let outcome = tokio::time::timeout(timeout, answer).await;
+        let elapsed = began.elapsed();
+        self.latency.record(elapsed);
+        self.duration.record(elapsed.as_secs_f64());
         let failed = |e: Error| {
-            self.shared.errors.fetch_add(1, Ordering::Relaxed);
+            self.shared.server_errors.fetch_add(1, Ordering::Relaxed);
             Err(e)
         };
         match outcome {
             Ok(Ok(Outcome::Response(mut response))) => {
+                let status = response.status();
+                if status.is_client_error() {
+                    self.shared.client_errors.fetch_add(1, Ordering::Relaxed);
+                } else if status.is_server_error() {
+                    self.shared.server_errors.fetch_add(1, Ordering::Relaxed);
+                }
                 let tag = HeaderValue::from_str(&self.id.to_string()).expect("identities are ASCII");
                 response.headers_mut().insert("x-pedestal-module", tag);
                 Ok(response)
@@ -604,7 +671,8 @@ impl Shared {
             started: Mutex::new(None),
             next_id: AtomicU64::new(1),
             requests: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
+            client_errors: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
             panics: AtomicU64::new(0),
         })
     }

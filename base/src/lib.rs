@@ -21,6 +21,7 @@
 // module is checked by this lint (`forbid` could not be lifted for those two).
 #![deny(unsafe_code)]
 
+mod accounting;
 mod admin;
 mod artifact;
 mod config;
@@ -42,6 +43,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 pub use crate::{
+    accounting::{CpuTime, LatencySummary},
     artifact::Artifact,
     config::Config,
     error::{Error, Result},
@@ -74,7 +76,9 @@ impl Base {
                  -Wl,--export-dynamic-symbol=pthread_key_create (see pedestal-base's build.rs)"
             );
         }
-        Ok(Self { registry: Arc::new(Registry::new(config)?), native: Router::new() })
+        let registry = Arc::new(Registry::new(config)?);
+        spawn_heap_sampler(Arc::downgrade(&registry));
+        Ok(Self { registry, native: Router::new() })
     }
 
     /// Routes compiled into the base itself, served on the traffic port before module routes.
@@ -126,6 +130,21 @@ impl Base {
         tokio::task::spawn_blocking(move || registry.stop_all()).await?;
         servers.await??;
         Ok(())
+    }
+}
+
+/// Samples every instance's heap ten times a second so peaks are seen between API reads; ends
+/// with the registry.
+fn spawn_heap_sampler(registry: std::sync::Weak<Registry>) {
+    let sampler = std::thread::Builder::new().name("pedestal-heap".into()).spawn(move || {
+        while let Some(registry) = registry.upgrade() {
+            registry.sample_heaps();
+            drop(registry);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+    if let Err(e) = sampler {
+        tracing::warn!("cannot start the heap sampler ({e}); peaks are sampled on reads only");
     }
 }
 

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use semver::Version;
 
 use crate::{
+    accounting::Metrics,
     artifact::ArtifactStore,
     config::Config,
     elf,
@@ -31,6 +32,7 @@ pub type RoutingTable = HashMap<String, Arc<Instance>>;
 #[derive(Debug)]
 pub struct Registry {
     config: Config,
+    metrics: Metrics,
     store: ArtifactStore,
     modules: Mutex<BTreeMap<String, Versions>>,
     routes: ArcSwap<RoutingTable>,
@@ -51,6 +53,7 @@ impl Registry {
         let store = ArtifactStore::open(&config.data_dir)?;
         Ok(Self {
             config,
+            metrics: Metrics::new(),
             store,
             modules: Mutex::new(BTreeMap::new()),
             routes: ArcSwap::from_pointee(RoutingTable::new()),
@@ -61,6 +64,18 @@ impl Registry {
     /// The settings the registry runs with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Every live instance's metrics in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.all())
+    }
+
+    /// Samples every live instance's heap, keeping peaks current.
+    pub fn sample_heaps(&self) {
+        for (instance, _) in self.all() {
+            instance.sample_heap();
+        }
     }
 
     /// The current routing table.
@@ -103,9 +118,10 @@ impl Registry {
             return Err(Error::AlreadyInstalled { id: existing.id.to_string() });
         }
         let load_path = self.claim_load_path(&artifact)?;
-        let launched = Instance::launch(artifact, load_path.clone(), name, &self.config, |instance| {
-            self.reserve(instance)
-        });
+        let launched =
+            Instance::launch(artifact, load_path.clone(), name, &self.config, &self.metrics, |instance| {
+                self.reserve(instance)
+            });
         let instance = match launched {
             Ok(instance) => instance,
             Err(e) => {

@@ -123,7 +123,7 @@ fn a_panicking_handler_is_a_500_for_that_request_only() {
     assert!(line.contains("fx-panicking/src/lib.rs"), "no location: {line}");
     let version = &base.admin_get("/api/v1/modules/fx-panicking").json["versions"][0];
     assert_eq!(version["traffic"]["panics"], 3);
-    assert_eq!(version["traffic"]["errors"], 3);
+    assert_eq!(version["traffic"]["server_errors"], 3);
 }
 
 /// One bad upload: the status and code it must get, a phrase the message must contain, and

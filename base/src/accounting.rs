@@ -1,0 +1,232 @@
+//! What the base measures per module instance besides the module's own heap counters: CPU time
+//! of its threads, request latency, and the Prometheus export of everything.
+//!
+//! CPU time is read from `/proc/self/task/<tid>/stat` for the threads carrying the instance
+//! thread's `pdl-<n>` name (the instance thread, the threads it started without naming them, and
+//! its runtime's blocking pool): one pass over the process's threads serves every instance.
+//! Threads that have already exited no longer appear there, so their CPU time is not counted.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
+
+use metrics::{Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_util::MetricKindMask;
+use serde::Serialize;
+
+use crate::instance::{Instance, ModuleId};
+
+/// User and system CPU time of a group of threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CpuTime {
+    /// Milliseconds in user mode.
+    pub user_ms: u64,
+    /// Milliseconds in the kernel.
+    pub system_ms: u64,
+    /// Live threads counted.
+    pub threads: u64,
+}
+
+/// CPU time of the process's live threads, grouped by thread name (one pass over
+/// `/proc/self/task`).
+pub fn cpu_by_thread_name() -> HashMap<String, CpuTime> {
+    // `/proc` reports in USER_HZ ticks, which Linux fixes at 100 per second for user space.
+    const MS_PER_TICK: u64 = 10;
+    let mut by_name: HashMap<String, CpuTime> = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        // After the name: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime ...
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let entry = by_name.entry(stat[open + 1..close].to_owned()).or_default();
+        entry.user_ms += tick(11) * MS_PER_TICK;
+        entry.system_ms += tick(12) * MS_PER_TICK;
+        entry.threads += 1;
+    }
+    by_name
+}
+
+/// Request latencies in power-of-two microsecond buckets: lock-free to record, precise enough
+/// for p50 and p99 in the API (Prometheus gets its own summary).
+#[derive(Debug)]
+pub struct Latency {
+    buckets: [AtomicU64; 40],
+}
+
+/// Latency quantiles, in microseconds (each the upper bound of its bucket).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LatencySummary {
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+}
+
+impl Latency {
+    /// No samples yet.
+    pub const fn new() -> Self {
+        Self { buckets: [const { AtomicU64::new(0) }; 40] }
+    }
+
+    /// Records one request.
+    pub fn record(&self, elapsed: Duration) {
+        let micros = elapsed.as_micros().max(1) as u64;
+        let bucket = (64 - micros.leading_zeros() as usize).min(39);
+        self.buckets[bucket].fetch_add(1, Relaxed);
+    }
+
+    /// p50 and p99, or `None` before the first request.
+    pub fn summary(&self) -> Option<LatencySummary> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let quantile = |q: f64| {
+            let rank = (total as f64 * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (bucket, count) in counts.iter().enumerate() {
+                seen += count;
+                if seen >= rank {
+                    return 1u64 << bucket;
+                }
+            }
+            1u64 << 39
+        };
+        Some(LatencySummary { p50_us: quantile(0.5), p99_us: quantile(0.99) })
+    }
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The base's Prometheus registry. A recorder of its own rather than the global one, so a custom
+/// base keeps its global `metrics` recorder for itself.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+static METADATA: Metadata<'static> = Metadata::new("pedestal", Level::INFO, Some(module_path!()));
+
+fn labels(id: &ModuleId) -> Vec<Label> {
+    vec![Label::new("module", id.name.clone()), Label::new("version", id.version.to_string())]
+}
+
+impl Metrics {
+    /// An empty registry. Series of instances that stopped disappear after ten minutes.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .idle_timeout(MetricKindMask::ALL, Some(Duration::from_secs(600)))
+            .build_recorder();
+        let handle = recorder.handle();
+        Self { recorder, handle }
+    }
+
+    /// The request-duration histogram of one instance (registered once, recorded per request).
+    pub fn request_duration(&self, id: &ModuleId) -> Histogram {
+        let key = Key::from_parts("pedestal_module_request_duration_seconds", labels(id));
+        self.recorder.register_histogram(&key, &METADATA)
+    }
+
+    /// Updates every instance's series and renders the Prometheus text format.
+    pub fn render(&self, instances: &[(std::sync::Arc<Instance>, bool)]) -> String {
+        let cpu = cpu_by_thread_name();
+        for (instance, active) in instances {
+            if !instance.state().is_live() {
+                continue;
+            }
+            let labels = labels(&instance.id);
+            let gauge = |name: &'static str, value: f64| {
+                self.recorder.register_gauge(&Key::from_parts(name, labels.clone()), &METADATA).set(value)
+            };
+            let counter = |name: &'static str, value: u64| {
+                self.recorder
+                    .register_counter(&Key::from_parts(name, labels.clone()), &METADATA)
+                    .absolute(value)
+            };
+            let heap = instance.heap().unwrap_or_default();
+            gauge("pedestal_module_heap_live_bytes", heap.live_bytes as f64);
+            gauge("pedestal_module_heap_peak_bytes", instance.heap_peak() as f64);
+            counter("pedestal_module_allocations_total", heap.allocations);
+            let traffic = instance.traffic();
+            counter("pedestal_module_requests_total", traffic.requests);
+            counter("pedestal_module_responses_4xx_total", traffic.client_errors);
+            counter("pedestal_module_responses_5xx_total", traffic.server_errors);
+            counter("pedestal_module_panics_total", traffic.panics);
+            gauge("pedestal_module_requests_in_flight", traffic.in_flight as f64);
+            let cpu = instance.cpu_from(&cpu);
+            gauge("pedestal_module_cpu_user_seconds", cpu.user_ms as f64 / 1000.0);
+            gauge("pedestal_module_cpu_system_seconds", cpu.system_ms as f64 / 1000.0);
+            gauge("pedestal_module_threads", cpu.threads as f64);
+            gauge("pedestal_module_active", if *active { 1.0 } else { 0.0 });
+            gauge("pedestal_module_load_seconds", instance.load_ms() / 1000.0);
+            gauge("pedestal_module_start_seconds", instance.start_ms() / 1000.0);
+        }
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_quantiles_land_in_the_right_bucket() {
+        let latency = Latency::new();
+        assert!(latency.summary().is_none());
+        for _ in 0..98 {
+            latency.record(Duration::from_micros(100));
+        }
+        latency.record(Duration::from_millis(5));
+        latency.record(Duration::from_millis(5));
+        let summary = latency.summary().unwrap();
+        assert_eq!(summary.p50_us, 128);
+        assert_eq!(summary.p99_us, 8192);
+    }
+
+    #[test]
+    fn this_threads_cpu_time_is_found_by_its_name() {
+        let name = "acct-probe".to_owned();
+        let found = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let mut x = 0u64;
+                while started.elapsed() < Duration::from_millis(60) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                cpu_by_thread_name().remove(&name)
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+            .expect("the thread is listed under its name");
+        assert_eq!(found.threads, 1);
+        assert!(found.user_ms + found.system_ms >= 20, "{found:?}");
+    }
+}
