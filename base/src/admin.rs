@@ -14,10 +14,18 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use std::convert::Infallible;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::{StreamExt, stream};
+use pedestal_module_api::abi::LogLevel;
+use tokio::sync::broadcast::error::RecvError;
+
 use crate::{
     accounting::{CpuTime, cpu_by_thread_name},
     error::{Error, Result},
     instance::{Instance, State as InstanceState, Traffic, Transition},
+    logs::{LogLine, RECENT_LINES, parse_level},
     registry::Registry,
     traffic::read_body,
 };
@@ -30,6 +38,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/api/v1/modules", get(list).post(install))
         .route("/api/v1/modules/{name}", get(describe))
         .route("/api/v1/modules/{name}/{version}", delete(uninstall))
+        .route("/api/v1/modules/{name}/logs", get(module_logs))
         .route("/api/v1/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { Error::NotFound { what: "route".into() } })
@@ -229,6 +238,50 @@ async fn uninstall(
         .await
         .map_err(|e| Error::Io { context: "uninstall task".into(), source: std::io::Error::other(e) })??;
     Ok(Json(view(&instance, false, true, &HashMap::new())))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    /// How many recent lines (default 100, at most [`RECENT_LINES`]).
+    tail: Option<usize>,
+    /// The least severe level to show (`error`, `warn`, `info`, `debug`, `trace`).
+    level: Option<String>,
+    /// Keep the response open and stream new lines as server-sent events.
+    follow: Option<bool>,
+}
+
+/// A module's recent log lines, or with `?follow=true` a stream of them (server-sent events,
+/// event name `log`, data = the line as JSON), starting with the requested tail.
+async fn module_logs(
+    State(registry): State<Arc<Registry>>,
+    Path(name): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response> {
+    let log =
+        registry.existing_log(&name).ok_or_else(|| Error::NotFound { what: format!("module {name}") })?;
+    let min = match query.level.as_deref() {
+        Some(level) => parse_level(level)
+            .ok_or_else(|| Error::BadRequest { message: format!("unknown log level {level:?}") })?,
+        None => LogLevel::Trace,
+    };
+    // Subscribe before reading the tail, so no line falls between the two.
+    let live = query.follow.unwrap_or(false).then(|| log.follow());
+    let recent = log.tail(query.tail.unwrap_or(100).min(RECENT_LINES), min);
+    let Some(live) = live else {
+        return Ok(Json(json!({ "module": name, "file": log.path(), "lines": recent })).into_response());
+    };
+    let event = |line: &LogLine| Event::default().event("log").json_data(line).unwrap_or_default();
+    let head = stream::iter(recent.iter().map(event).map(Ok::<_, Infallible>).collect::<Vec<_>>());
+    let new_lines = stream::unfold(live, move |mut live| async move {
+        loop {
+            match live.recv().await {
+                Ok(line) if line.at_least(min) => return Some((Ok(event(&line)), live)),
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(head.chain(new_lines)).keep_alive(KeepAlive::default()).into_response())
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> Result<Response> {

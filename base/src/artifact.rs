@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 /// Where artifacts live.
 #[derive(Debug)]
 pub struct ArtifactStore {
+    root: PathBuf,
     dir: PathBuf,
     copies: PathBuf,
 }
@@ -52,7 +53,7 @@ impl ArtifactStore {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        Ok(Self { dir, copies })
+        Ok(Self { root: data_dir, dir, copies })
     }
 
     /// Stores `bytes`, returning the artifact (a no-op write when the content is already there).
@@ -78,6 +79,11 @@ impl ArtifactStore {
 }
 
 impl ArtifactStore {
+    /// The (absolute) data directory the store lives in.
+    pub fn data_dir(&self) -> &Path {
+        &self.root
+    }
+
     /// Deletes `path` if it is one of this store's private copies (artifacts themselves stay).
     pub fn remove_private_copy(&self, path: &Path) {
         if path.parent() == Some(self.copies.as_path()) {

@@ -4,7 +4,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use pedestal_module_api::abi::LogLevel;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    logs::LogFormat,
+};
 
 /// Everything the base needs to know to run.
 #[derive(Debug, Clone)]
@@ -31,6 +34,10 @@ pub struct Config {
     pub request_timeout: Duration,
     /// The most verbose module log level forwarded to the base.
     pub module_log_level: LogLevel,
+    /// How module log files are written.
+    pub module_log_format: LogFormat,
+    /// Size at which a module's log file is rotated (three rotated files are kept).
+    pub module_log_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -47,6 +54,8 @@ impl Default for Config {
             stop_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             module_log_level: LogLevel::Info,
+            module_log_format: LogFormat::Text,
+            module_log_max_bytes: 10 * 1024 * 1024,
         }
     }
 }

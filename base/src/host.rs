@@ -23,7 +23,10 @@ use pedestal_module_api::abi::{
     Header, Host, HostApi, HostApiRef, HostCtx, LogLevel, LogRecord, RequestView, ResponseView,
 };
 
-use crate::instance::{Outcome, QueuedRequest, Shared, lock};
+use crate::{
+    instance::{Outcome, QueuedRequest, Shared, lock},
+    logs::LogLine,
+};
 
 /// The request whose view a module currently holds, with the header table the view points to.
 pub(crate) struct CurrentRequest {
@@ -121,6 +124,9 @@ fn emit_module_log(shared: &Shared, record: &LogRecord<'_>) {
                 tracing::event!(target: "module", $level, module = name, version = %version, module_target = target, "{message} {fields}")
             }
         };
+    }
+    if let Some(log) = shared.log.get() {
+        log.write(LogLine::new(record.level, name, &version, target, message, fields));
     }
     match record.level {
         LogLevel::Error => emit!(tracing::Level::ERROR),
@@ -251,5 +257,10 @@ extern "C" fn panicked(ctx: HostCtx, message: RStr<'_>, location: RStr<'_>) {
             "module panicked: {}",
             message.as_str()
         );
+        if let Some(log) = shared.log.get() {
+            let text = format!("module panicked: {}", message.as_str());
+            let fields = format!("location={}", location.as_str());
+            log.write(LogLine::new(LogLevel::Error, name, &version, "panic", &text, &fields));
+        }
     })
 }

@@ -35,6 +35,7 @@ use crate::{
     error::{Error, Result},
     host,
     loader::{self, Library, Manifest, Unload},
+    logs::ModuleLog,
     traffic::read_body,
 };
 
@@ -167,6 +168,8 @@ struct Worker {
 /// What the base and the module's thread share: the target of the module's `HostCtx`.
 pub(crate) struct Shared {
     pub(crate) tags: OnceLock<ModuleId>,
+    /// The module's own log; set with `tags`, before any module code beyond the loader runs.
+    pub(crate) log: OnceLock<Arc<ModuleLog>>,
     pub(crate) wake_fd: OwnedFd,
     /// Clear only while the module sleeps (or is about to): a producer that flips it to set
     /// writes the eventfd, every other producer knows the module will see its work.
@@ -231,6 +234,7 @@ impl Instance {
         name: Option<&str>,
         config: &Config,
         metrics: &Metrics,
+        log_of: &dyn Fn(&str) -> Arc<ModuleLog>,
         reserve: impl FnOnce(&Arc<Instance>) -> Result<()>,
     ) -> Result<Arc<Instance>> {
         let installed_at = SystemTime::now();
@@ -299,6 +303,7 @@ impl Instance {
             version: manifest.version,
         };
         let _ = shared.tags.set(id.clone());
+        let _ = shared.log.set(log_of(&id.name));
         let instance = Arc::new(Instance {
             duration: metrics.request_duration(&id),
             id,
@@ -662,6 +667,7 @@ impl Shared {
     fn new() -> Result<Self> {
         Ok(Self {
             tags: OnceLock::new(),
+            log: OnceLock::new(),
             wake_fd: host::new_eventfd().map_err(Error::io("creating an eventfd"))?,
             notified: AtomicBool::new(false),
             stop: AtomicBool::new(false),

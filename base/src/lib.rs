@@ -32,6 +32,7 @@ mod host;
 mod instance;
 #[allow(unsafe_code)]
 mod loader;
+mod logs;
 mod registry;
 #[allow(unsafe_code)]
 mod tls_keys;
@@ -48,6 +49,7 @@ pub use crate::{
     config::Config,
     error::{Error, Result},
     instance::{Instance, ModuleId, State, Traffic, Transition},
+    logs::{LogFormat, LogLine, ModuleLog},
     registry::{Registry, RoutingTable},
     tls_keys::keys_are_reclaimable,
 };

@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
-use pedestal_base::{Base, Config};
+use pedestal_base::{Base, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -54,6 +54,15 @@ struct ServeArgs {
     /// How long a request may take inside a module, in milliseconds.
     #[arg(long, env = "PEDESTAL_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     request_timeout_ms: u64,
+    /// Format of the base's own output on stderr: `text` or `json`.
+    #[arg(long, env = "PEDESTAL_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// Format of each module's log file under `<data-dir>/logs/`: `text` or `json`.
+    #[arg(long, env = "PEDESTAL_MODULE_LOG_FORMAT", default_value = "text")]
+    module_log_format: LogFormat,
+    /// Size at which a module's log file is rotated, in bytes (three rotated files are kept).
+    #[arg(long, env = "PEDESTAL_MODULE_LOG_MAX_BYTES", default_value_t = 10 * 1024 * 1024)]
+    module_log_max_bytes: u64,
 }
 
 impl From<ServeArgs> for Config {
@@ -69,17 +78,21 @@ impl From<ServeArgs> for Config {
             drain_timeout: Duration::from_millis(args.drain_timeout_ms),
             stop_timeout: Duration::from_millis(args.stop_timeout_ms),
             request_timeout: Duration::from_millis(args.request_timeout_ms),
+            module_log_format: args.module_log_format,
+            module_log_max_bytes: args.module_log_max_bytes,
             ..Config::default()
         }
     }
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("PEDESTAL_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
     let Cli { command: Command::Serve(args) } = Cli::parse();
+    let filter = EnvFilter::try_from_env("PEDESTAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let output = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => output.init(),
+        LogFormat::Json => output.json().init(),
+    }
     let base = Base::new(args.into())?;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(base.serve())
 }

@@ -23,6 +23,7 @@ use crate::{
     error::{Error, Result},
     instance::{Instance, State, lock},
     loader,
+    logs::ModuleLog,
 };
 
 /// Module name → the instance that serves `/<name>/`.
@@ -36,6 +37,8 @@ pub struct Registry {
     store: ArtifactStore,
     modules: Mutex<BTreeMap<String, Versions>>,
     routes: ArcSwap<RoutingTable>,
+    /// Each module name's log (shared by its versions and kept after they stop).
+    logs: Mutex<HashMap<String, Arc<ModuleLog>>>,
     /// Library paths loaded by a live or pinned instance: a second `dlopen` of one of them
     /// would return the first instance's library, so a new instance gets a private copy.
     loaded_paths: Mutex<HashSet<PathBuf>>,
@@ -54,6 +57,7 @@ impl Registry {
         Ok(Self {
             config,
             metrics: Metrics::new(),
+            logs: Mutex::new(HashMap::new()),
             store,
             modules: Mutex::new(BTreeMap::new()),
             routes: ArcSwap::from_pointee(RoutingTable::new()),
@@ -64,6 +68,25 @@ impl Registry {
     /// The settings the registry runs with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The log of module `name` (created on first use).
+    pub fn log(&self, name: &str) -> Arc<ModuleLog> {
+        let mut logs = lock(&self.logs);
+        Arc::clone(logs.entry(name.to_owned()).or_insert_with(|| {
+            let dir = self.store.data_dir().join("logs");
+            Arc::new(ModuleLog::new(
+                dir,
+                name,
+                self.config.module_log_format,
+                self.config.module_log_max_bytes,
+            ))
+        }))
+    }
+
+    /// The log of module `name`, if it ever had an instance.
+    pub fn existing_log(&self, name: &str) -> Option<Arc<ModuleLog>> {
+        lock(&self.logs).get(name).cloned()
     }
 
     /// Every live instance's metrics in the Prometheus text format.
@@ -118,10 +141,15 @@ impl Registry {
             return Err(Error::AlreadyInstalled { id: existing.id.to_string() });
         }
         let load_path = self.claim_load_path(&artifact)?;
-        let launched =
-            Instance::launch(artifact, load_path.clone(), name, &self.config, &self.metrics, |instance| {
-                self.reserve(instance)
-            });
+        let launched = Instance::launch(
+            artifact,
+            load_path.clone(),
+            name,
+            &self.config,
+            &self.metrics,
+            &|name| self.log(name),
+            |instance| self.reserve(instance),
+        );
         let instance = match launched {
             Ok(instance) => instance,
             Err(e) => {

@@ -1,0 +1,252 @@
+//! Each module's own log: a rotated file under `<data-dir>/logs/`, the recent lines in memory
+//! for `?tail=`, and a broadcast of new lines for `?follow=true`.
+//!
+//! Lines are written by the host callbacks on the module's own threads, tagged from the
+//! instance's context token: a module can only ever write to its own log.
+
+use std::{
+    collections::VecDeque,
+    fs::{self, File, OpenOptions},
+    io::{BufWriter, Write},
+    path::PathBuf,
+    str::FromStr,
+    sync::Mutex,
+};
+
+use pedestal_module_api::abi::LogLevel;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::instance::lock;
+
+/// How lines are written to module log files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `time LEVEL name@version target: message fields`
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("unknown log format {other:?} (expected text or json)")),
+        }
+    }
+}
+
+/// One line a module logged.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    /// RFC 3339 time.
+    pub at: String,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub level: &'static str,
+    /// The module's name (as installed).
+    pub module: String,
+    /// The module's version.
+    pub version: String,
+    /// The module-side target.
+    pub target: String,
+    /// The message.
+    pub message: String,
+    /// Other fields, `key=value` separated by spaces.
+    pub fields: String,
+    #[serde(skip)]
+    severity: LogLevel,
+}
+
+impl LogLine {
+    /// A line stamped now.
+    pub fn new(
+        level: LogLevel,
+        module: &str,
+        version: &str,
+        target: &str,
+        message: &str,
+        fields: &str,
+    ) -> Self {
+        Self {
+            at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            level: level_name(level),
+            module: module.to_owned(),
+            version: version.to_owned(),
+            target: target.to_owned(),
+            message: message.to_owned(),
+            fields: fields.to_owned(),
+            severity: level,
+        }
+    }
+
+    /// Whether the line is at least as severe as `min`.
+    pub fn at_least(&self, min: LogLevel) -> bool {
+        self.severity <= min
+    }
+}
+
+/// Parses `error`, `warn`, `info`, `debug` or `trace`.
+pub fn parse_level(level: &str) -> Option<LogLevel> {
+    Some(match level.to_ascii_lowercase().as_str() {
+        "error" => LogLevel::Error,
+        "warn" | "warning" => LogLevel::Warn,
+        "info" => LogLevel::Info,
+        "debug" => LogLevel::Debug,
+        "trace" => LogLevel::Trace,
+        _ => return None,
+    })
+}
+
+fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Error => "error",
+        LogLevel::Warn => "warn",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+        LogLevel::Trace => "trace",
+    }
+}
+
+/// Lines kept in memory for `?tail=`.
+pub const RECENT_LINES: usize = 1000;
+/// Rotated files kept besides the current one.
+const KEEP_ROTATED: usize = 3;
+
+/// One module's log.
+#[derive(Debug)]
+pub struct ModuleLog {
+    path: PathBuf,
+    format: LogFormat,
+    max_bytes: u64,
+    file: Mutex<Option<(BufWriter<File>, u64)>>,
+    recent: Mutex<VecDeque<LogLine>>,
+    live: broadcast::Sender<LogLine>,
+}
+
+impl ModuleLog {
+    /// The log of module `name`, in `dir/<name>.log`, rotated past `max_bytes`.
+    pub fn new(dir: PathBuf, name: &str, format: LogFormat, max_bytes: u64) -> Self {
+        let (live, _) = broadcast::channel(1024);
+        Self {
+            path: dir.join(format!("{name}.log")),
+            format,
+            max_bytes,
+            file: Mutex::new(None),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_LINES)),
+            live,
+        }
+    }
+
+    /// The current file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Appends a line to the file, the recent lines and the followers.
+    pub fn write(&self, line: LogLine) {
+        let text = match self.format {
+            LogFormat::Text => {
+                let mut text = format!(
+                    "{} {:>5} {}@{} {}: {}",
+                    line.at,
+                    line.level.to_uppercase(),
+                    line.module,
+                    line.version,
+                    line.target,
+                    line.message
+                );
+                if !line.fields.is_empty() {
+                    text.push(' ');
+                    text.push_str(&line.fields);
+                }
+                text
+            }
+            LogFormat::Json => serde_json::to_string(&line).unwrap_or_default(),
+        };
+        if let Err(e) = self.append(&text) {
+            tracing::warn!(path = %self.path.display(), "cannot write a module log line: {e}");
+        }
+        {
+            let mut recent = lock(&self.recent);
+            if recent.len() == RECENT_LINES {
+                recent.pop_front();
+            }
+            recent.push_back(line.clone());
+        }
+        let _ = self.live.send(line);
+    }
+
+    /// The last `n` lines (at most [`RECENT_LINES`]) at least as severe as `min`, oldest first.
+    pub fn tail(&self, n: usize, min: LogLevel) -> Vec<LogLine> {
+        let recent = lock(&self.recent);
+        let mut lines: Vec<LogLine> =
+            recent.iter().rev().filter(|l| l.at_least(min)).take(n).cloned().collect();
+        lines.reverse();
+        lines
+    }
+
+    /// New lines as they are written.
+    pub fn follow(&self) -> broadcast::Receiver<LogLine> {
+        self.live.subscribe()
+    }
+
+    fn append(&self, text: &str) -> std::io::Result<()> {
+        let mut file = lock(&self.file);
+        if file.as_ref().is_some_and(|(_, written)| *written + text.len() as u64 + 1 > self.max_bytes) {
+            if let Some((mut writer, _)) = file.take() {
+                writer.flush()?;
+            }
+            self.rotate()?;
+        }
+        if file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            let opened = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let written = opened.metadata()?.len();
+            *file = Some((BufWriter::new(opened), written));
+        }
+        let (writer, written) = file.as_mut().expect("opened above");
+        writeln!(writer, "{text}")?;
+        // Flushed per line: a crash must not lose what a module said last.
+        writer.flush()?;
+        *written += text.len() as u64 + 1;
+        Ok(())
+    }
+
+    /// `<name>.log` → `<name>.log.1` → … → `<name>.log.<KEEP_ROTATED>` (the oldest is dropped).
+    fn rotate(&self) -> std::io::Result<()> {
+        let numbered = |n: usize| PathBuf::from(format!("{}.{n}", self.path.display()));
+        let _ = fs::remove_file(numbered(KEEP_ROTATED));
+        for n in (1..KEEP_ROTATED).rev() {
+            let _ = fs::rename(numbered(n), numbered(n + 1));
+        }
+        fs::rename(&self.path, numbered(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotates_keeps_recent_lines_and_filters_by_level() {
+        let dir = std::env::temp_dir().join(format!("pedestal-logs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let log = ModuleLog::new(dir.clone(), "m", LogFormat::Text, 200);
+        for i in 0..20 {
+            let level = if i % 5 == 0 { LogLevel::Warn } else { LogLevel::Info };
+            log.write(LogLine::new(level, "m", "1.0.0", "t", &format!("line {i}"), ""));
+        }
+        assert!(dir.join("m.log.1").exists() && dir.join("m.log").exists());
+        assert!(!dir.join("m.log.4").exists(), "keeps at most {KEEP_ROTATED} rotated files");
+        let warnings: Vec<_> = log.tail(10, LogLevel::Warn).into_iter().map(|l| l.message).collect();
+        assert_eq!(warnings, ["line 0", "line 5", "line 10", "line 15"]);
+        assert_eq!(log.tail(2, LogLevel::Trace).last().unwrap().message, "line 19");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
