@@ -175,6 +175,18 @@ impl TestBase {
         self.install_bytes(&std::fs::read(path).unwrap_or_else(|e| panic!("reading {path}: {e}")))
     }
 
+    /// Uploads a file under another name (`?name=`), and insists it installs.
+    pub fn install_as(&self, path: &str, name: &str) -> Value {
+        let reply = self.admin(
+            "POST",
+            &format!("/api/v1/modules?name={name}"),
+            &[("content-type", "application/octet-stream")],
+            Some(&read(path)),
+        );
+        assert_eq!(reply.status, 201, "installing {path} as {name}: {reply:?}");
+        reply.json
+    }
+
     /// Uploads a file and insists it installs.
     pub fn install_ok(&self, path: &str) -> Value {
         let reply = self.install(path);

@@ -382,19 +382,9 @@ fn the_operations_api_answers_every_mistake_in_json() {
 #[test]
 fn one_artifact_serves_many_tenants_each_its_own_instance() {
     let base = TestBase::start();
-    let install_as = |name: &str| {
-        let reply = base.admin(
-            "POST",
-            &format!("/api/v1/modules?name={name}"),
-            &[("content-type", "application/octet-stream")],
-            Some(&read(artifacts::GOOD)),
-        );
-        assert_eq!(reply.status, 201, "{name}: {reply:?}");
-        reply.json
-    };
-    let a = install_as("tenant-a");
+    let a = base.install_as(artifacts::GOOD, "tenant-a");
     assert_eq!((a["name"].as_str(), a["package"].as_str()), (Some("tenant-a"), Some("fx-good")));
-    install_as("tenant-b");
+    base.install_as(artifacts::GOOD, "tenant-b");
     base.install_ok(artifacts::GOOD); // and under its own name
     for name in ["tenant-a", "tenant-b", "fx-good"] {
         let reply = base.get(&format!("/{name}/ping"));

@@ -6,23 +6,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pedestal_tests::{TestBase, artifacts, read};
-
-fn install_as(base: &TestBase, name: &str) {
-    let reply = base.admin(
-        "POST",
-        &format!("/api/v1/modules?name={name}"),
-        &[("content-type", "application/octet-stream")],
-        Some(&read(artifacts::GOOD)),
-    );
-    assert_eq!(reply.status, 201, "{reply:?}");
-}
+use pedestal_tests::{TestBase, artifacts};
 
 #[test]
 fn two_modules_logging_at_once_never_get_each_others_lines() {
     let base = std::sync::Arc::new(TestBase::start());
-    install_as(&base, "tenant-a");
-    install_as(&base, "tenant-b");
+    base.install_as(artifacts::GOOD, "tenant-a");
+    base.install_as(artifacts::GOOD, "tenant-b");
     let hammer = |name: &'static str| {
         let base = std::sync::Arc::clone(&base);
         std::thread::spawn(move || {
