@@ -30,25 +30,55 @@ pub struct CpuTime {
     pub threads: u64,
 }
 
+/// One thread of this process, as `/proc/self/task/<tid>/stat` describes it.
+pub(crate) struct TaskStat {
+    /// The thread's name (`comm`).
+    pub name: String,
+    /// Kernel flags; `PF_EXITING` (0x4) once the thread is on its way out.
+    pub flags: u64,
+    /// User and system time, in USER_HZ ticks.
+    pub ticks: (u64, u64),
+}
+
+impl TaskStat {
+    /// Whether the thread has started exiting (`pthread_join` returns before the task is gone).
+    pub fn exiting(&self) -> bool {
+        self.flags & 0x4 != 0
+    }
+}
+
+/// Parses the `stat` of thread `tid` of this process.
+pub(crate) fn task_stat(tid: &str) -> Option<TaskStat> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    // After the name: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+    // utime stime ...
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    Some(TaskStat {
+        name: stat[open + 1..close].to_owned(),
+        flags: number(6),
+        ticks: (number(11), number(12)),
+    })
+}
+
+/// The ids of this process's threads.
+pub(crate) fn task_ids() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| tasks.flatten().filter_map(|t| t.file_name().into_string().ok()).collect())
+        .unwrap_or_default()
+}
+
 /// CPU time of the process's live threads, grouped by thread name (one pass over
 /// `/proc/self/task`).
 pub fn cpu_by_thread_name() -> HashMap<String, CpuTime> {
     // `/proc` reports in USER_HZ ticks, which Linux fixes at 100 per second for user space.
     const MS_PER_TICK: u64 = 10;
     let mut by_name: HashMap<String, CpuTime> = HashMap::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return by_name;
-    };
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        // After the name: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
-        // utime stime ...
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-        let entry = by_name.entry(stat[open + 1..close].to_owned()).or_default();
-        entry.user_ms += tick(11) * MS_PER_TICK;
-        entry.system_ms += tick(12) * MS_PER_TICK;
+    for stat in task_ids().iter().filter_map(|tid| task_stat(tid)) {
+        let entry = by_name.entry(stat.name).or_default();
+        entry.user_ms += stat.ticks.0 * MS_PER_TICK;
+        entry.system_ms += stat.ticks.1 * MS_PER_TICK;
         entry.threads += 1;
     }
     by_name

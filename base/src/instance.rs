@@ -29,7 +29,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::{
-    accounting::{CpuTime, Latency, LatencySummary, Metrics, cpu_by_thread_name},
+    accounting::{CpuTime, Latency, LatencySummary, Metrics, cpu_by_thread_name, task_ids, task_stat},
     artifact::Artifact,
     config::Config,
     error::{Error, Result},
@@ -719,24 +719,13 @@ fn next_thread_name() -> String {
 /// How many live threads of this process are named `name`. Instance threads are skipped
 /// without reading their names (they are known), so this stays cheap with many instances.
 fn threads_named(name: &str) -> usize {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
     let instance_threads = lock(&INSTANCE_THREADS);
-    tasks
-        .flatten()
-        .filter(|task| {
-            let tid = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok());
-            !tid.is_some_and(|tid| instance_threads.contains(&tid))
-        })
-        .filter(|task| {
-            // `pid (comm) state ppid pgrp session tty tpgid flags ...`; a thread already exiting
-            // (PF_EXITING, 0x4; `pthread_join` returns before the task is gone) does not count.
-            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { return false };
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
-            let flags = stat[close + 1..].split_whitespace().nth(6).and_then(|f| f.parse::<u64>().ok());
-            &stat[open + 1..close] == name && flags.is_some_and(|flags| flags & 0x4 == 0)
-        })
+    task_ids()
+        .iter()
+        .filter(|tid| !tid.parse::<u32>().is_ok_and(|tid| instance_threads.contains(&tid)))
+        .filter_map(|tid| task_stat(tid))
+        // A thread already exiting does not count: `pthread_join` returns before it is gone.
+        .filter(|task| task.name == name && !task.exiting())
         .count()
 }
 
