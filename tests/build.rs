@@ -20,6 +20,7 @@ const FIXTURES: &[&str] = &[
     "fx-plain-cdylib",
     "fx-cpu-burner",
     "fx-leaky",
+    "fx-limited",
 ];
 
 /// A nested cargo must build, not lint: under `cargo clippy` the outer cargo sets a workspace

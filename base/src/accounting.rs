@@ -8,8 +8,11 @@
 
 use std::{
     collections::HashMap,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
-    time::Duration,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
 };
 
 use metrics::{Histogram, Key, Label, Level, Metadata, Recorder};
@@ -141,6 +144,92 @@ impl Default for Latency {
     }
 }
 
+/// Requests and 5xx answers of the last [`RecentRate::WINDOW_SECONDS`] seconds, in one-second
+/// slots: lock-free to record. A record racing with a slot's reset for a new second can be lost,
+/// which a health signal tolerates.
+#[derive(Debug)]
+pub struct RecentRate {
+    slots: [RateSlot; RecentRate::WINDOW_SECONDS as usize],
+}
+
+#[derive(Debug)]
+struct RateSlot {
+    second: AtomicU64,
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Requests and server errors over the recent window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RecentWindow {
+    /// The window's length.
+    pub seconds: u64,
+    /// Requests answered in it.
+    pub requests: u64,
+    /// Of those, answers with a 5xx status (module failures, panics, timeouts).
+    pub server_errors: u64,
+}
+
+impl RecentWindow {
+    /// The share of requests that failed, or 0 without requests.
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 { 0.0 } else { self.server_errors as f64 / self.requests as f64 }
+    }
+}
+
+/// Whole seconds since the base started (plus one, so no slot's `0` is a real second).
+fn second_now() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_secs() + 1
+}
+
+impl RecentRate {
+    /// The window's length in seconds.
+    pub const WINDOW_SECONDS: u64 = 60;
+
+    /// No requests yet.
+    pub const fn new() -> Self {
+        Self {
+            slots: [const {
+                RateSlot { second: AtomicU64::new(0), requests: AtomicU64::new(0), errors: AtomicU64::new(0) }
+            }; Self::WINDOW_SECONDS as usize],
+        }
+    }
+
+    /// Records one answered request.
+    pub fn record(&self, server_error: bool) {
+        let now = second_now();
+        let slot = &self.slots[(now % Self::WINDOW_SECONDS) as usize];
+        if slot.second.load(Relaxed) != now && slot.second.swap(now, Relaxed) != now {
+            slot.requests.store(0, Relaxed);
+            slot.errors.store(0, Relaxed);
+        }
+        slot.requests.fetch_add(1, Relaxed);
+        if server_error {
+            slot.errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The counts of the last [`Self::WINDOW_SECONDS`] seconds.
+    pub fn window(&self) -> RecentWindow {
+        let now = second_now();
+        let mut window = RecentWindow { seconds: Self::WINDOW_SECONDS, ..RecentWindow::default() };
+        for slot in &self.slots {
+            if now - slot.second.load(Relaxed).min(now) < Self::WINDOW_SECONDS {
+                window.requests += slot.requests.load(Relaxed);
+                window.server_errors += slot.errors.load(Relaxed);
+            }
+        }
+        window
+    }
+}
+
+impl Default for RecentRate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The base's Prometheus registry. A recorder of its own rather than the global one, so a custom
 /// base keeps its global `metrics` recorder for itself.
 pub struct Metrics {
@@ -201,6 +290,19 @@ impl Metrics {
             counter("pedestal_module_responses_4xx_total", traffic.client_errors);
             counter("pedestal_module_responses_5xx_total", traffic.server_errors);
             counter("pedestal_module_panics_total", traffic.panics);
+            counter("pedestal_module_rejected_total", traffic.rejected);
+            counter("pedestal_module_runaway_requests_total", instance.runaways_total());
+            counter("pedestal_module_memory_limit_crossings_total", instance.memory_limit_crossings());
+            if let Some(tasks) = instance.tasks() {
+                gauge("pedestal_module_tasks", tasks as f64);
+            }
+            let limits = instance.limits();
+            if let Some(limit) = limits.max_concurrent_requests {
+                gauge("pedestal_module_concurrency_limit", limit as f64);
+            }
+            if let Some(limit) = limits.memory_soft_limit_bytes {
+                gauge("pedestal_module_memory_soft_limit_bytes", limit as f64);
+            }
             gauge("pedestal_module_requests_in_flight", traffic.in_flight as f64);
             let cpu = instance.cpu_from(&cpu);
             gauge("pedestal_module_cpu_user_seconds", cpu.user_ms as f64 / 1000.0);
@@ -237,6 +339,18 @@ mod tests {
         let summary = latency.summary().unwrap();
         assert_eq!(summary.p50_us, 128);
         assert_eq!(summary.p99_us, 8192);
+    }
+
+    #[test]
+    fn the_recent_window_counts_requests_and_errors() {
+        let rate = RecentRate::new();
+        assert_eq!(rate.window().requests, 0);
+        for i in 0..10 {
+            rate.record(i % 5 == 0);
+        }
+        let window = rate.window();
+        assert_eq!((window.requests, window.server_errors), (10, 2));
+        assert!((window.error_rate() - 0.2).abs() < 1e-9);
     }
 
     #[test]

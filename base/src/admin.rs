@@ -8,7 +8,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{delete, get},
+    routing::{delete, get, put},
 };
 use semver::Version;
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,8 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::{
     accounting::{CpuTime, cpu_by_thread_name},
     error::{Error, Result},
-    instance::{Instance, State as InstanceState, Traffic, Transition},
+    instance::{HookHealth, Instance, ModuleHealth, Runaway, State as InstanceState, Traffic, Transition},
+    limits::{LimitOverrides, Limits},
     logs::{LogLine, RECENT_LINES, parse_level},
     registry::Registry,
     traffic::read_body,
@@ -39,6 +40,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/api/v1/modules/{name}", get(describe))
         .route("/api/v1/modules/{name}/{version}", delete(uninstall))
         .route("/api/v1/modules/{name}/logs", get(module_logs))
+        .route("/api/v1/modules/{name}/limits", put(set_limits).get(get_limits))
         .route("/api/v1/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { Error::NotFound { what: "route".into() } })
@@ -160,6 +162,10 @@ struct InstanceView {
     heap_peak_bytes: u64,
     leaked_bytes: Option<u64>,
     cpu: CpuTime,
+    tasks: Option<u64>,
+    limits: Limits,
+    over_memory_limit: bool,
+    runaway_requests: Vec<Runaway>,
     load_ms: f64,
     start_ms: f64,
     traffic: Traffic,
@@ -201,6 +207,10 @@ fn view(
         heap_peak_bytes: instance.heap_peak(),
         leaked_bytes: instance.heap_at_stop().map(|h| h.live_bytes),
         cpu: instance.cpu_from(cpu),
+        tasks: instance.tasks(),
+        limits: instance.limits(),
+        over_memory_limit: instance.over_memory_limit(),
+        runaway_requests: instance.runaways(),
         load_ms: instance.load_ms(),
         start_ms: instance.start_ms(),
         traffic: instance.traffic(),
@@ -291,9 +301,114 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> Result<Response> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
+/// `GET /api/v1/modules/{name}/limits`: the API's overrides and each version's effective limits.
+async fn get_limits(State(registry): State<Arc<Registry>>, Path(name): Path<String>) -> Result<Json<Value>> {
+    let (instances, _) = registry.module(&name)?;
+    Ok(Json(limits_view(&name, registry.limit_overrides(&name), &instances)))
+}
+
+/// `PUT /api/v1/modules/{name}/limits`: replaces the API's overrides of the module's limits
+/// (a field left out or `null` falls back to the config file, the manifest, then the default;
+/// `0` lifts a count or size limit) and applies them to every version at once.
+async fn set_limits(
+    State(registry): State<Arc<Registry>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>> {
+    let overrides: LimitOverrides = serde_json::from_slice(&body).map_err(|e| Error::BadRequest {
+        message: format!(
+            "expected a JSON object with any of max_concurrent_requests, request_timeout_ms, \
+             max_request_body_bytes, memory_soft_limit_bytes, memory_action: {e}"
+        ),
+    })?;
+    let instances = registry.set_limit_overrides(&name, overrides)?;
+    tracing::info!(module = %name, ?overrides, "limits overridden through the API");
+    Ok(Json(limits_view(&name, overrides, &instances)))
+}
+
+fn limits_view(name: &str, overrides: LimitOverrides, instances: &[Arc<Instance>]) -> Value {
+    let versions: Vec<_> = instances
+        .iter()
+        .filter(|i| i.state().is_live())
+        .map(|i| json!({"version": i.id.version.to_string(), "declared": i.declared_limits.is_some(), "limits": i.limits()}))
+        .collect();
+    json!({ "module": name, "overrides": overrides, "versions": versions })
+}
+
+/// A module is degraded when this share of its recent requests failed (with at least
+/// [`MIN_REQUESTS_FOR_RATE`] requests), and unhealthy at [`UNHEALTHY_ERROR_RATE`].
+const DEGRADED_ERROR_RATE: f64 = 0.1;
+const UNHEALTHY_ERROR_RATE: f64 = 0.5;
+const MIN_REQUESTS_FOR_RATE: u64 = 10;
+
+/// One running instance's health: its hook's answer, its recent error rate, its limits.
+async fn instance_health(instance: Arc<Instance>, active: bool, timeout: std::time::Duration) -> Value {
+    let hook = instance.check_health(timeout).await;
+    let recent = instance.traffic().recent;
+    let runaways = instance.runaways();
+    let mut status = ModuleHealth::Healthy;
+    let mut reasons = Vec::new();
+    let mut worsen = |to: ModuleHealth, reason: String| {
+        status = status.max(to);
+        reasons.push(reason);
+    };
+    match &hook {
+        HookHealth::Answered { status, message, .. } if *status != ModuleHealth::Healthy => {
+            worsen(*status, format!("health hook: {message}"));
+        }
+        HookHealth::NoAnswer { timeout_ms } => worsen(
+            ModuleHealth::Unhealthy,
+            format!(
+                "the health hook did not answer within {timeout_ms} ms (the module's thread is blocked or the hook hangs)"
+            ),
+        ),
+        _ => {}
+    }
+    let rate = recent.error_rate();
+    if recent.requests >= MIN_REQUESTS_FOR_RATE && rate >= DEGRADED_ERROR_RATE {
+        let to = if rate >= UNHEALTHY_ERROR_RATE { ModuleHealth::Unhealthy } else { ModuleHealth::Degraded };
+        worsen(
+            to,
+            format!(
+                "{} of {} requests in the last {} s failed with 5xx ({:.0}%)",
+                recent.server_errors,
+                recent.requests,
+                recent.seconds,
+                rate * 100.0
+            ),
+        );
+    }
+    if !runaways.is_empty() {
+        worsen(ModuleHealth::Degraded, format!("{} runaway request(s) still running", runaways.len()));
+    }
+    if instance.over_memory_limit() {
+        worsen(ModuleHealth::Degraded, "over its memory soft limit".into());
+    }
+    json!({
+        "module": instance.id.name,
+        "version": instance.id.version.to_string(),
+        "state": instance.state(),
+        "active": active,
+        "status": status,
+        "reasons": reasons,
+        "hook": hook,
+        "recent": { "seconds": recent.seconds, "requests": recent.requests, "server_errors": recent.server_errors, "error_rate": rate },
+        "runaway_requests": runaways,
+        "tasks": instance.tasks(),
+    })
+}
+
+/// `GET /api/v1/health`: the base, each running instance's health (its hook plus its recent
+/// error rate), and the instances that need an operator (broken, pinned) with their reasons.
 async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {
     let all = registry.all();
+    let timeout = registry.config().health_timeout;
     let count = |state: InstanceState| all.iter().filter(|(i, _)| i.state() == state).count();
+    let running = all
+        .iter()
+        .filter(|(i, _)| matches!(i.state(), InstanceState::Active | InstanceState::Inactive))
+        .map(|(i, active)| instance_health(Arc::clone(i), *active, timeout));
+    let modules = futures_util::future::join_all(running).await;
     let troubled: Vec<_> = all
         .iter()
         .filter(|(i, _)| matches!(i.state(), InstanceState::Broken | InstanceState::Pinned))
@@ -307,17 +422,19 @@ async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {
             })
         })
         .collect();
+    let all_healthy = modules.iter().all(|m| m["status"] == "healthy");
     Json(json!({
-        "status": "ok",
+        "status": if all_healthy && troubled.is_empty() { "ok" } else { "degraded" },
         "interface_version": pedestal_module_api::abi::INTERFACE_VERSION,
         "tls_keys_reclaimable": crate::keys_are_reclaimable(),
-        "modules": {
+        "counts": {
             "active": count(InstanceState::Active),
             "inactive": count(InstanceState::Inactive),
             "broken": count(InstanceState::Broken),
             "pinned": count(InstanceState::Pinned),
             "stopped": count(InstanceState::Stopped),
         },
+        "modules": modules,
         "problems": troubled,
     }))
 }

@@ -1,11 +1,18 @@
 //! The base's settings, with the defaults `pedestal serve` uses.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use pedestal_module_api::abi::LogLevel;
+use serde::Deserialize;
 
 use crate::{
     error::{Error, Result},
+    limits::LimitOverrides,
     logs::LogFormat,
 };
 
@@ -38,6 +45,13 @@ pub struct Config {
     pub module_log_format: LogFormat,
     /// Size at which a module's log file is rotated (three rotated files are kept).
     pub module_log_max_bytes: u64,
+    /// How long `/api/v1/health` waits for a module's health hook.
+    pub health_timeout: Duration,
+    /// Whether the base records per-request accounting (latency histograms, the recent error
+    /// rate). Off only to measure what it costs (`cargo xtask bench`).
+    pub request_accounting: bool,
+    /// Limit overrides per module name, from the config file.
+    pub module_limits: BTreeMap<String, LimitOverrides>,
 }
 
 impl Default for Config {
@@ -56,6 +70,9 @@ impl Default for Config {
             module_log_level: LogLevel::Info,
             module_log_format: LogFormat::Text,
             module_log_max_bytes: 10 * 1024 * 1024,
+            health_timeout: Duration::from_secs(1),
+            request_accounting: true,
+            module_limits: BTreeMap::new(),
         }
     }
 }
@@ -68,5 +85,45 @@ impl Config {
             return Err(Error::AdminTokenRequired { addr: self.admin_listen.to_string() });
         }
         Ok(())
+    }
+}
+
+/// The config file (`pedestal serve --config FILE`, TOML). Today it holds per-module sections:
+///
+/// ```toml
+/// [modules.search.limits]
+/// max_concurrent_requests = 64
+/// request_timeout_ms = 500
+/// max_request_body_bytes = 1048576
+/// memory_soft_limit_bytes = 268435456
+/// memory_action = "restart"   # or "log", "deactivate"
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    modules: BTreeMap<String, ModuleSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModuleSection {
+    #[serde(default)]
+    limits: LimitOverrides,
+}
+
+impl Config {
+    /// Applies the config file at `path` on top of these settings.
+    pub fn with_file(mut self, path: &Path) -> Result<Self> {
+        let invalid = |message: String| Error::ConfigInvalid { path: path.to_owned(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+        let file: ConfigFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        for (name, section) in file.modules {
+            if !crate::loader::is_valid_name(&name) {
+                return Err(invalid(format!("{name:?} is not a module name")));
+            }
+            self.module_limits.insert(name, section.limits);
+        }
+        Ok(self)
     }
 }

@@ -136,6 +136,22 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The module already has as many requests in flight as its limit allows.
+    #[error("{id} is at its limit of {limit} concurrent requests; retry later")]
+    ModuleOverloaded {
+        /// `name@version`.
+        id: String,
+        /// The concurrency limit.
+        limit: u32,
+    },
+    /// The config file cannot be read or has an error.
+    #[error("invalid config file {path}: {message}")]
+    ConfigInvalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The module did not answer in time.
     #[error("{id} did not answer within {timeout_ms} ms")]
     ModuleTimeout {
@@ -193,6 +209,8 @@ impl Error {
             Self::ModuleNotMounted { .. } => "MODULE_NOT_FOUND",
             Self::ModuleUnavailable { .. } => "MODULE_UNAVAILABLE",
             Self::ModuleTimeout { .. } => "MODULE_TIMEOUT",
+            Self::ModuleOverloaded { .. } => "MODULE_OVERLOADED",
+            Self::ConfigInvalid { .. } => "CONFIG_INVALID",
             Self::ModuleFailed { code, .. } => code,
             Self::Io { .. } => "INTERNAL",
         }
@@ -213,12 +231,13 @@ impl Error {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::ModuleUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ModuleUnavailable { .. } | Self::ModuleOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ModuleTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ModuleFailed { code, .. } if code == "BAD_REQUEST" => StatusCode::BAD_REQUEST,
-            Self::ModuleFailed { .. } | Self::AdminTokenRequired { .. } | Self::Io { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Self::ModuleFailed { .. }
+            | Self::AdminTokenRequired { .. }
+            | Self::ConfigInvalid { .. }
+            | Self::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -240,6 +259,8 @@ impl Error {
                 json!({"module": id, "timeout_ms": timeout_ms, "outcome": outcome})
             }
             Self::ModuleTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
+            Self::ModuleOverloaded { id, limit } => json!({"module": id, "limit": limit}),
+            Self::ConfigInvalid { path, .. } => json!({"path": path}),
             Self::PayloadTooLarge { size, limit } => json!({"size": size, "limit": limit}),
             Self::ModuleNotMounted { name } => json!({"module": name}),
             _ => json!({}),

@@ -20,11 +20,11 @@ use axum::{body::Body, response::Response};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pedestal_module_api::abi::{
-    Header, Host, HostApi, HostApiRef, HostCtx, LogLevel, LogRecord, RequestView, ResponseView,
+    Header, HealthStatus, Host, HostApi, HostApiRef, HostCtx, LogLevel, LogRecord, RequestView, ResponseView,
 };
 
 use crate::{
-    instance::{Outcome, QueuedRequest, Shared, lock},
+    instance::{HookAnswer, Outcome, QueuedRequest, Shared, lock},
     logs::LogLine,
 };
 
@@ -50,8 +50,20 @@ pub(crate) fn host_for(shared: &Arc<Shared>, max_log_level: LogLevel) -> Host {
 fn host_api() -> HostApiRef {
     static API: OnceLock<HostApiRef> = OnceLock::new();
     *API.get_or_init(|| {
-        HostApi { log, started, ack_wake, idle, stop_requested, next_request, respond, fail, panicked }
-            .leak_into_prefix()
+        HostApi {
+            log,
+            started,
+            ack_wake,
+            idle,
+            stop_requested,
+            next_request,
+            respond,
+            fail,
+            panicked,
+            take_health_check,
+            report_health,
+        }
+        .leak_into_prefix()
     })
 }
 
@@ -162,7 +174,9 @@ extern "C" fn idle(ctx: HostCtx) -> bool {
         // From here on a producer writes the eventfd. Work queued before this store was not
         // signalled, so look once more: if there is some, stay awake (and quiet the producers).
         shared.notified.store(false, Ordering::SeqCst);
-        let more = !lock(&shared.queue).is_empty() || shared.stop.load(Ordering::SeqCst);
+        let more = !lock(&shared.queue).is_empty()
+            || shared.stop.load(Ordering::SeqCst)
+            || shared.health_wanted.load(Ordering::SeqCst) > shared.health_taken.load(Ordering::SeqCst);
         if more {
             shared.notified.store(true, Ordering::SeqCst);
         }
@@ -211,7 +225,10 @@ extern "C" fn respond(ctx: HostCtx, view: &ResponseView<'_>) {
         // SAFETY: the module only holds tokens the base gave it through `host_for`.
         let shared = unsafe { shared(ctx) };
         let reply = lock(&shared.pending).as_mut().and_then(|p| p.remove(&view.request_id));
-        let Some(reply) = reply else { return };
+        let Some(reply) = reply else {
+            finished_late(shared, view.request_id);
+            return;
+        };
         let mut response = Response::new(Body::from(Bytes::copy_from_slice(view.body.as_slice())));
         *response.status_mut() =
             StatusCode::from_u16(view.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -236,6 +253,8 @@ extern "C" fn fail(ctx: HostCtx, request_id: u64, code: RStr<'_>, message: RStr<
             let outcome =
                 Outcome::Failed { code: code.as_str().to_owned(), message: message.as_str().to_owned() };
             let _ = reply.send(outcome);
+        } else {
+            finished_late(shared, request_id);
         }
     })
 }
@@ -262,5 +281,43 @@ extern "C" fn panicked(ctx: HostCtx, message: RStr<'_>, location: RStr<'_>) {
             let fields = format!("location={}", location.as_str());
             log.write(LogLine::new(LogLevel::Error, name, &version, "panic", &text, &fields));
         }
+    })
+}
+
+/// A request whose caller already got `504` has finished: stop watching it, and say so when it
+/// had been reported as runaway.
+fn finished_late(shared: &Shared, request_id: u64) {
+    let Some(late) = lock(&shared.timed_out).remove(&request_id) else { return };
+    if late.runaway {
+        let ms = late.sent.elapsed().as_millis();
+        let (name, version) = match shared.tags.get() {
+            Some(id) => (id.name.as_str(), id.version.to_string()),
+            None => ("?", String::from("?")),
+        };
+        tracing::warn!(module = name, version = %version, request = %late.what, running_ms = ms, "runaway request finished");
+    }
+}
+
+extern "C" fn take_health_check(ctx: HostCtx) -> u64 {
+    guarded(0, || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        let wanted = shared.health_wanted.load(Ordering::SeqCst);
+        if shared.health_taken.swap(wanted, Ordering::SeqCst) < wanted { wanted } else { 0 }
+    })
+}
+
+extern "C" fn report_health(ctx: HostCtx, check: u64, status: HealthStatus, message: RStr<'_>) {
+    guarded((), || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        {
+            let mut health = lock(&shared.health);
+            if health.as_ref().is_some_and(|answer| answer.check >= check) {
+                return;
+            }
+            *health = Some(HookAnswer { check, status, message: message.as_str().to_owned() });
+        }
+        shared.health_answered.notify_waiters();
     })
 }

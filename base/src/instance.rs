@@ -20,20 +20,25 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use arc_swap::ArcSwap;
 use axum::{body::Body, response::Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
-use pedestal_module_api::{HeapCounters, HeapSnapshot};
+use pedestal_module_api::{HealthStatus, HeapCounters, HeapSnapshot, ModuleLimits, abi::TaskCounters};
 use semver::Version;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use crate::{
-    accounting::{CpuTime, Latency, LatencySummary, Metrics, cpu_by_thread_name, task_ids, task_stat},
+    accounting::{
+        CpuTime, Latency, LatencySummary, Metrics, RecentRate, RecentWindow, cpu_by_thread_name, task_ids,
+        task_stat,
+    },
     artifact::Artifact,
     config::Config,
     error::{Error, Result},
     host,
+    limits::{Action, Limits},
     loader::{self, Library, Manifest, Unload},
     logs::ModuleLog,
     traffic::read_body,
@@ -110,8 +115,13 @@ pub struct Traffic {
     pub server_errors: u64,
     /// Panics caught inside the module.
     pub panics: u64,
+    /// Requests refused with `503 MODULE_OVERLOADED` (over the concurrency limit); not handed
+    /// to the module, so not in `requests`.
+    pub rejected: u64,
     /// Requests currently inside the module.
     pub in_flight: usize,
+    /// Requests and 5xx answers of the last minute.
+    pub recent: RecentWindow,
     /// Latency of answered requests, as the base saw it.
     pub latency: Option<LatencySummary>,
 }
@@ -127,6 +137,8 @@ pub struct Instance {
     pub artifact: Artifact,
     /// The interface version it was built against.
     pub interface: Version,
+    /// The limits the module declares (`None`: built against an interface older than 1.1).
+    pub declared_limits: Option<ModuleLimits>,
     /// The file the library was loaded from (the artifact, or a private copy of it).
     pub load_path: PathBuf,
     /// When the install began.
@@ -144,6 +156,12 @@ pub struct Instance {
     leaked: Mutex<Option<HeapSnapshot>>,
     in_flight: AtomicUsize,
     busy: AtomicBool,
+    limits: ArcSwap<Limits>,
+    /// Whether the live heap is above the memory soft limit (the action fires on the crossing).
+    over_memory: AtomicBool,
+    memory_limit_crossings: AtomicU64,
+    recent: RecentRate,
+    request_accounting: bool,
 }
 
 impl fmt::Debug for Instance {
@@ -159,6 +177,8 @@ struct Worker {
     /// Points into the library: read only while this `Worker` exists (it is dropped before the
     /// library is closed, or kept forever when the instance is pinned).
     heap: &'static HeapCounters,
+    /// Like `heap`; `None` for modules built against an interface older than 1.1.
+    tasks: Option<&'static TaskCounters>,
     /// The instance thread's unique name. Linux threads inherit their creator's name, so a
     /// thread the module started (and did not name) carries it too: that is how the base finds
     /// module threads that are still alive before it closes the library.
@@ -186,6 +206,102 @@ pub(crate) struct Shared {
     pub(crate) client_errors: AtomicU64,
     pub(crate) server_errors: AtomicU64,
     pub(crate) panics: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    /// The newest health check the base asked for, and the newest the module took.
+    pub(crate) health_wanted: AtomicU64,
+    pub(crate) health_taken: AtomicU64,
+    /// The module's latest health answer, and a wake-up for those waiting on it.
+    pub(crate) health: Mutex<Option<HookAnswer>>,
+    pub(crate) health_answered: Notify,
+    /// Requests whose caller got a timeout while the module was running them, by id.
+    pub(crate) timed_out: Mutex<HashMap<u64, TimedOut>>,
+    pub(crate) runaways_total: AtomicU64,
+}
+
+/// A module's answer to a health check.
+#[derive(Debug, Clone)]
+pub(crate) struct HookAnswer {
+    pub(crate) check: u64,
+    pub(crate) status: HealthStatus,
+    pub(crate) message: String,
+}
+
+/// A request the module is still running after its caller got `504`.
+#[derive(Debug, Clone)]
+pub(crate) struct TimedOut {
+    pub(crate) sent: Instant,
+    pub(crate) what: String,
+    /// Reported as runaway already.
+    pub(crate) runaway: bool,
+}
+
+/// At most this many timed-out requests are tracked per instance (the rest are only counted).
+const MAX_TRACKED_TIMEOUTS: usize = 1024;
+
+/// A request that ran far past its timeout, as health and the API show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Runaway {
+    /// The request's method and path.
+    pub request: String,
+    /// How long ago it was sent, in milliseconds.
+    pub running_ms: u64,
+}
+
+/// What a health check of one instance found out from its hook.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum HookHealth {
+    /// The module answered.
+    Answered {
+        /// Its status.
+        status: ModuleHealth,
+        /// Its message (empty when healthy).
+        message: String,
+        /// How long it took to answer.
+        ms: f64,
+    },
+    /// The module did not answer in time: its thread is blocked or its hook hangs.
+    NoAnswer {
+        /// How long the base waited.
+        timeout_ms: u64,
+    },
+    /// Built against an interface older than 1.1, which has no health hook.
+    Unsupported,
+    /// Not running (starting, draining, stopped...).
+    NotRunning,
+}
+
+/// A health status, as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleHealth {
+    /// Working normally.
+    Healthy,
+    /// Working, but something needs attention.
+    Degraded,
+    /// Not working.
+    Unhealthy,
+}
+
+impl From<HealthStatus> for ModuleHealth {
+    fn from(status: HealthStatus) -> Self {
+        match status {
+            HealthStatus::Healthy => Self::Healthy,
+            HealthStatus::Degraded => Self::Degraded,
+            HealthStatus::Unhealthy => Self::Unhealthy,
+        }
+    }
+}
+
+/// The memory soft limit was crossed (upwards).
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryCrossing {
+    /// Live heap bytes when it was seen.
+    pub live_bytes: u64,
+    /// The soft limit.
+    pub limit: u64,
+    /// What to do about it.
+    pub action: Action,
 }
 
 /// A request waiting in an instance's queue.
@@ -240,7 +356,7 @@ impl Instance {
         let installed_at = SystemTime::now();
         let began = Instant::now();
         let shared = Arc::new(Shared::new()?);
-        let (manifest_tx, manifest_rx) = mpsc::sync_channel::<Result<(Manifest, HeapRef)>>(1);
+        let (manifest_tx, manifest_rx) = mpsc::sync_channel::<Result<(Manifest, LibraryRefs)>>(1);
         let (go_tx, go_rx) = mpsc::sync_channel::<bool>(1);
         let (done_tx, done_rx) = mpsc::sync_channel::<()>(1);
         let (started_tx, started_rx) = mpsc::sync_channel(1);
@@ -262,7 +378,7 @@ impl Instance {
                         return None;
                     }
                 };
-                let _ = manifest_tx.send(Ok((manifest, HeapRef(library.heap()))));
+                let _ = manifest_tx.send(Ok((manifest, LibraryRefs(library.heap(), library.tasks()))));
                 if go_rx.recv() == Ok(true) {
                     library.run(host::host_for(&thread_shared, max_level));
                 }
@@ -272,7 +388,7 @@ impl Instance {
             })
             .map_err(Error::io("spawning a module thread"))?;
 
-        let (manifest, heap) = match manifest_rx.recv_timeout(config.start_timeout) {
+        let (manifest, refs) = match manifest_rx.recv_timeout(config.start_timeout) {
             Ok(Ok(loaded)) => loaded,
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -310,6 +426,7 @@ impl Instance {
             package: manifest.name,
             artifact,
             interface: manifest.interface,
+            declared_limits: manifest.limits,
             load_path,
             installed_at,
             install_micros: AtomicU64::new(0),
@@ -320,10 +437,21 @@ impl Instance {
             latency: Latency::new(),
             shared,
             history: Mutex::new(Vec::new()),
-            worker: Mutex::new(Some(Worker { thread, done: done_rx, heap: heap.0, thread_name })),
+            worker: Mutex::new(Some(Worker {
+                thread,
+                done: done_rx,
+                heap: refs.0,
+                tasks: refs.1,
+                thread_name,
+            })),
             leaked: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             busy: AtomicBool::new(true),
+            limits: ArcSwap::from_pointee(Limits::resolve(manifest.limits.as_ref(), None, None, config)),
+            over_memory: AtomicBool::new(false),
+            memory_limit_crossings: AtomicU64::new(0),
+            recent: RecentRate::new(),
+            request_accounting: config.request_accounting,
         });
         instance.transition(State::Installing, "install", "library loaded and checked");
         if let Err(e) = reserve(&instance) {
@@ -445,6 +573,110 @@ impl Instance {
         self.cpu_from(&cpu_by_thread_name())
     }
 
+    /// Tasks alive on the module's runtime, while its library is loaded (`None` for modules built
+    /// against an interface older than 1.1).
+    pub fn tasks(&self) -> Option<u64> {
+        lock(&self.worker).as_ref().and_then(|worker| worker.tasks).map(|t| t.alive.load(Ordering::Relaxed))
+    }
+
+    /// The limits the base enforces on this instance.
+    pub fn limits(&self) -> Limits {
+        **self.limits.load()
+    }
+
+    /// Replaces the enforced limits (the next request sees them).
+    pub(crate) fn set_limits(&self, limits: Limits) {
+        self.limits.store(Arc::new(limits));
+        // Re-arm the memory action against the new limit.
+        self.over_memory.store(false, Ordering::Relaxed);
+    }
+
+    /// Checks the live heap against the memory soft limit: `Some` once per upward crossing
+    /// (re-armed when the heap falls back under the limit).
+    pub(crate) fn check_memory(&self) -> Option<MemoryCrossing> {
+        let limits = self.limits.load();
+        let limit = limits.memory_soft_limit_bytes?;
+        let live = self.heap()?.live_bytes;
+        if live <= limit {
+            self.over_memory.store(false, Ordering::Relaxed);
+            return None;
+        }
+        if self.over_memory.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        self.memory_limit_crossings.fetch_add(1, Ordering::Relaxed);
+        Some(MemoryCrossing { live_bytes: live, limit, action: limits.memory_action })
+    }
+
+    /// Whether the live heap is above the memory soft limit (as last checked).
+    pub fn over_memory_limit(&self) -> bool {
+        self.over_memory.load(Ordering::Relaxed)
+    }
+
+    /// How many times the live heap crossed the memory soft limit.
+    pub fn memory_limit_crossings(&self) -> u64 {
+        self.memory_limit_crossings.load(Ordering::Relaxed)
+    }
+
+    /// Requests the module is still running though their caller got `504` long ago: more than
+    /// `runaway_after_ms` since they were sent. Returns the newly found ones (and marks them).
+    pub(crate) fn find_runaways(&self) -> Vec<Runaway> {
+        let after = Duration::from_millis(self.limits.load().runaway_after_ms);
+        let mut found = Vec::new();
+        for request in lock(&self.shared.timed_out).values_mut() {
+            let running = request.sent.elapsed();
+            if running >= after && !request.runaway {
+                request.runaway = true;
+                self.shared.runaways_total.fetch_add(1, Ordering::Relaxed);
+                found.push(Runaway { request: request.what.clone(), running_ms: running.as_millis() as u64 });
+            }
+        }
+        found
+    }
+
+    /// Requests running far past their timeout right now.
+    pub fn runaways(&self) -> Vec<Runaway> {
+        lock(&self.shared.timed_out)
+            .values()
+            .filter(|request| request.runaway)
+            .map(|r| Runaway { request: r.what.clone(), running_ms: r.sent.elapsed().as_millis() as u64 })
+            .collect()
+    }
+
+    /// How many requests were ever reported as runaway.
+    pub fn runaways_total(&self) -> u64 {
+        self.shared.runaways_total.load(Ordering::Relaxed)
+    }
+
+    /// Asks the module's health hook, waiting at most `timeout`.
+    pub async fn check_health(&self, timeout: Duration) -> HookHealth {
+        if !matches!(self.state(), State::Active | State::Inactive) {
+            return HookHealth::NotRunning;
+        }
+        if self.declared_limits.is_none() {
+            return HookHealth::Unsupported;
+        }
+        let began = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let check = self.shared.health_wanted.fetch_add(1, Ordering::SeqCst) + 1;
+        self.shared.wake();
+        loop {
+            let answered = self.shared.health_answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if let Some(answer) = lock(&self.shared.health).as_ref().filter(|a| a.check >= check) {
+                return HookHealth::Answered {
+                    status: answer.status.into(),
+                    message: answer.message.clone(),
+                    ms: began.elapsed().as_secs_f64() * 1000.0,
+                };
+            }
+            if tokio::time::timeout_at(deadline, answered).await.is_err() {
+                return HookHealth::NoAnswer { timeout_ms: timeout.as_millis() as u64 };
+            }
+        }
+    }
+
     /// The module's heap as it was when it stopped: bytes still live then are its leak.
     pub fn heap_at_stop(&self) -> Option<HeapSnapshot> {
         *lock(&self.leaked)
@@ -457,7 +689,9 @@ impl Instance {
             client_errors: self.shared.client_errors.load(Ordering::Relaxed),
             server_errors: self.shared.server_errors.load(Ordering::Relaxed),
             panics: self.shared.panics.load(Ordering::Relaxed),
+            rejected: self.shared.rejected.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
+            recent: self.recent.window(),
             latency: self.latency.summary(),
         }
     }
@@ -477,21 +711,28 @@ impl Instance {
         self.busy.load(Ordering::Acquire)
     }
 
-    /// Reads the request body (at most `max_body` bytes), sends the request to the module and
-    /// waits (at most `timeout`) for its answer. The request counts as in flight from the start,
-    /// so an uninstall's drain waits for bodies still being uploaded too.
+    /// Reads the request body, sends the request to the module and waits for its answer, within
+    /// the instance's limits (concurrency, body size, timeout). The request counts as in flight
+    /// from the start, so an uninstall's drain waits for bodies still being uploaded too.
     pub async fn call(
         &self,
         method: Method,
         headers: HeaderMap,
         path_and_query: String,
         body: Body,
-        max_body: u64,
-        timeout: Duration,
     ) -> Result<Response> {
-        let _in_flight = InFlight::enter(&self.in_flight);
+        let limits = self.limits();
+        let (_in_flight, in_flight) = InFlight::enter(&self.in_flight);
+        if let Some(limit) = limits.max_concurrent_requests
+            && in_flight > limit as usize
+        {
+            self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::ModuleOverloaded { id: self.id.to_string(), limit });
+        }
         let began = Instant::now();
-        let body = read_body(body, max_body).await?;
+        let timeout = limits.request_timeout();
+        let body = read_body(body, limits.max_request_body_bytes).await?;
+        let what = format!("{method} {path_and_query}");
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         {
@@ -505,10 +746,18 @@ impl Instance {
         self.shared.enqueue(QueuedRequest { id, method, path_and_query, headers, body });
         let outcome = tokio::time::timeout(timeout, answer).await;
         let elapsed = began.elapsed();
-        self.latency.record(elapsed);
-        self.duration.record(elapsed.as_secs_f64());
+        if self.request_accounting {
+            self.latency.record(elapsed);
+            self.duration.record(elapsed.as_secs_f64());
+        }
+        let record = |server_error: bool| {
+            if self.request_accounting {
+                self.recent.record(server_error);
+            }
+        };
         let failed = |e: Error| {
             self.shared.server_errors.fetch_add(1, Ordering::Relaxed);
+            record(true);
             Err(e)
         };
         match outcome {
@@ -519,6 +768,7 @@ impl Instance {
                 } else if status.is_server_error() {
                     self.shared.server_errors.fetch_add(1, Ordering::Relaxed);
                 }
+                record(status.is_server_error());
                 let tag = HeaderValue::from_str(&self.id.to_string()).expect("identities are ASCII");
                 response.headers_mut().insert("x-pedestal-module", tag);
                 Ok(response)
@@ -531,8 +781,19 @@ impl Instance {
                 if let Some(pending) = lock(&self.shared.pending).as_mut() {
                     pending.remove(&id);
                 }
-                // Not taken by the module yet: drop it (and its body) now.
-                lock(&self.shared.queue).retain(|queued| queued.id != id);
+                // Not taken by the module yet: drop it (and its body) now. Taken: the module is
+                // still running it; watch it for running away.
+                let mut queue = lock(&self.shared.queue);
+                let queued = queue.len();
+                queue.retain(|queued| queued.id != id);
+                let taken = queue.len() == queued;
+                drop(queue);
+                if taken {
+                    let mut timed_out = lock(&self.shared.timed_out);
+                    if timed_out.len() < MAX_TRACKED_TIMEOUTS {
+                        timed_out.insert(id, TimedOut { sent: began, what, runaway: false });
+                    }
+                }
                 failed(Error::ModuleTimeout {
                     id: self.id.to_string(),
                     timeout_ms: timeout.as_millis() as u64,
@@ -548,7 +809,9 @@ impl Instance {
     /// Drains, stops and unloads the instance, recording each step. Returns the final state:
     /// `stopped`, or `pinned` with the reason in the history.
     pub(crate) fn stop(&self, config: &Config, reason: &str) -> State {
-        self.transition(State::Draining, reason, "no new requests; waiting for in-flight ones");
+        if self.state() != State::Draining {
+            self.transition(State::Draining, reason, "no new requests; waiting for in-flight ones");
+        }
         let deadline = Instant::now() + config.drain_timeout;
         while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(1));
@@ -680,6 +943,13 @@ impl Shared {
             client_errors: AtomicU64::new(0),
             server_errors: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            health_wanted: AtomicU64::new(0),
+            health_taken: AtomicU64::new(0),
+            health: Mutex::new(None),
+            health_answered: Notify::new(),
+            timed_out: Mutex::new(HashMap::new()),
+            runaways_total: AtomicU64::new(0),
         })
     }
 
@@ -695,7 +965,7 @@ impl Shared {
 
     /// Writes the eventfd only when the module said it is going to sleep: an awake module
     /// looks at the queue again before it sleeps, so one write per sleep is enough.
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         if !self.notified.swap(true, Ordering::SeqCst) {
             host::signal_eventfd(&self.wake_fd);
         }
@@ -707,6 +977,7 @@ impl Shared {
         drop(pending);
         lock(&self.queue).clear();
         lock(&self.current).take();
+        lock(&self.timed_out).clear();
     }
 }
 
@@ -760,9 +1031,10 @@ impl Drop for InstanceThread {
 struct InFlight<'a>(&'a AtomicUsize);
 
 impl<'a> InFlight<'a> {
-    fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::AcqRel);
-        Self(counter)
+    /// Enters, returning the guard and the number in flight including this one.
+    fn enter(counter: &'a AtomicUsize) -> (Self, usize) {
+        let now = counter.fetch_add(1, Ordering::AcqRel) + 1;
+        (Self(counter), now)
     }
 }
 
@@ -772,8 +1044,8 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The heap counters' address, moved from the instance thread to the launcher.
-struct HeapRef(&'static HeapCounters);
+/// The heap and task counters' addresses, moved from the instance thread to the launcher.
+struct LibraryRefs(&'static HeapCounters, Option<&'static TaskCounters>);
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload

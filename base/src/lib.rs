@@ -30,6 +30,7 @@ mod error;
 #[allow(unsafe_code)]
 mod host;
 mod instance;
+mod limits;
 #[allow(unsafe_code)]
 mod loader;
 mod logs;
@@ -49,6 +50,7 @@ pub use crate::{
     config::Config,
     error::{Error, Result},
     instance::{Instance, ModuleId, State, Traffic, Transition},
+    limits::{Action, LimitOverrides, Limits, Source, Sources},
     logs::{LogFormat, LogLine, ModuleLog},
     registry::{Registry, RoutingTable},
     tls_keys::keys_are_reclaimable,
@@ -135,12 +137,12 @@ impl Base {
     }
 }
 
-/// Samples every instance's heap ten times a second so peaks are seen between API reads; ends
-/// with the registry.
+/// Ten times a second, samples every instance's heap (so peaks are seen between API reads) and
+/// watches the memory soft limits and runaway requests; ends with the registry.
 fn spawn_heap_sampler(registry: std::sync::Weak<Registry>) {
     let sampler = std::thread::Builder::new().name("pedestal-heap".into()).spawn(move || {
         while let Some(registry) = registry.upgrade() {
-            registry.sample_heaps();
+            registry.watch_limits();
             drop(registry);
             std::thread::sleep(std::time::Duration::from_millis(100));
         }

@@ -22,7 +22,7 @@ use abi_stable::{
 };
 use pedestal_module_api::{
     HeapCounters,
-    abi::{Host, INTERFACE_VERSION, InterfaceStamp, ModuleRootRef},
+    abi::{Host, INTERFACE_VERSION, InterfaceStamp, ModuleLimits, ModuleRootRef, TaskCounters},
 };
 use semver::Version;
 
@@ -41,6 +41,8 @@ pub struct Manifest {
     pub version: Version,
     /// The interface version it was built against.
     pub interface: Version,
+    /// The limits it declares (`None` when built against an interface older than 1.1).
+    pub limits: Option<ModuleLimits>,
 }
 
 /// An open module library and its root module.
@@ -108,7 +110,8 @@ pub fn open(path: &Path) -> Result<(Library, Manifest)> {
     let version = Version::parse(root.version().as_str()).map_err(|e| Error::NotAModule {
         reason: format!("module version {:?} is not semver: {e}", root.version().as_str()),
     })?;
-    Ok((Library { root, raw }, Manifest { name, version, interface }))
+    let limits = root.limits();
+    Ok((Library { root, raw }, Manifest { name, version, interface, limits }))
 }
 
 impl Library {
@@ -122,6 +125,13 @@ impl Library {
     /// The reference is only valid while this `Library` is open; the caller keeps it no longer.
     pub fn heap(&self) -> &'static HeapCounters {
         self.root.heap()
+    }
+
+    /// The module's task counters (`None` when built against an interface older than 1.1).
+    ///
+    /// The reference is only valid while this `Library` is open; the caller keeps it no longer.
+    pub fn tasks(&self) -> Option<&'static TaskCounters> {
+        self.root.tasks()
     }
 
     /// The library's load address.

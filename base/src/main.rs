@@ -63,6 +63,16 @@ struct ServeArgs {
     /// Size at which a module's log file is rotated, in bytes (three rotated files are kept).
     #[arg(long, env = "PEDESTAL_MODULE_LOG_MAX_BYTES", default_value_t = 10 * 1024 * 1024)]
     module_log_max_bytes: u64,
+    /// How long `/api/v1/health` waits for each module's health hook, in milliseconds.
+    #[arg(long, env = "PEDESTAL_HEALTH_TIMEOUT_MS", default_value_t = 1_000)]
+    health_timeout_ms: u64,
+    /// Per-request accounting (latency histograms, recent error rates): `on` or `off`. Off only
+    /// to measure its cost.
+    #[arg(long, env = "PEDESTAL_REQUEST_ACCOUNTING", default_value = "on", value_parser = ["on", "off"])]
+    request_accounting: String,
+    /// A TOML config file with per-module sections (`[modules.<name>.limits]`, see README.md).
+    #[arg(long, env = "PEDESTAL_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 impl From<ServeArgs> for Config {
@@ -80,6 +90,8 @@ impl From<ServeArgs> for Config {
             request_timeout: Duration::from_millis(args.request_timeout_ms),
             module_log_format: args.module_log_format,
             module_log_max_bytes: args.module_log_max_bytes,
+            health_timeout: Duration::from_millis(args.health_timeout_ms),
+            request_accounting: args.request_accounting == "on",
             ..Config::default()
         }
     }
@@ -93,6 +105,11 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => output.init(),
         LogFormat::Json => output.json().init(),
     }
-    let base = Base::new(args.into())?;
+    let file = args.config.clone();
+    let mut config = Config::from(args);
+    if let Some(file) = file {
+        config = config.with_file(&file)?;
+    }
+    let base = Base::new(config)?;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(base.serve())
 }

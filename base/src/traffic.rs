@@ -37,19 +37,15 @@ async fn forward(registry: &Registry, request: Request) -> Result<Response> {
         Some(slash) => (&path[..slash], &path[slash..]),
         None => (path, "/"),
     };
-    let instance = registry
-        .routes()
-        .get(name)
-        .cloned()
-        .ok_or_else(|| Error::ModuleNotMounted { name: name.to_owned() })?;
+    let Some(instance) = registry.routes().get(name).cloned() else {
+        return Err(registry.why_unrouted(name));
+    };
     let path_and_query = match uri.query() {
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_owned(),
     };
-    let config = registry.config();
     let (parts, body) = request.into_parts();
-    let (max_body, timeout) = (config.max_request_body_bytes, config.request_timeout);
-    instance.call(parts.method, parts.headers, path_and_query, body, max_body, timeout).await
+    instance.call(parts.method, parts.headers, path_and_query, body).await
 }
 
 /// Reads a whole body, refusing one over `limit` bytes with `PAYLOAD_TOO_LARGE`.

@@ -29,7 +29,7 @@
 //! *borrowed* for the duration of a call (or, for [`RequestView`], until the next
 //! [`HostApi::next_request`]); the receiver copies what it keeps.
 
-use std::ffi::c_void;
+use std::{ffi::c_void, sync::atomic::AtomicU64};
 
 use abi_stable::{
     StableAbi, declare_root_module_statics,
@@ -111,6 +111,101 @@ pub enum LogLevel {
     Debug = 4,
     /// Very fine detail.
     Trace = 5,
+}
+
+/// A module's own view of its health, as its health hook reports it. Exhaustive: it never grows.
+/// Since 1.1.0.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HealthStatus {
+    /// Working normally.
+    Healthy = 1,
+    /// Working, but something needs attention.
+    Degraded = 2,
+    /// Not working.
+    Unhealthy = 3,
+}
+
+/// What the base does when a module's live heap crosses its memory soft limit. Exhaustive: it
+/// never grows. Since 1.1.0.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemoryAction {
+    /// Not declared: the base's default applies.
+    #[default]
+    Unset = 0,
+    /// Log a warning and count it in a metric.
+    Log = 1,
+    /// Stop routing traffic to the instance (it stays loaded, `inactive`).
+    Deactivate = 2,
+    /// Stop the instance and start a fresh one from the same artifact.
+    Restart = 3,
+}
+
+/// The limits a module declares for itself: the resource section of its manifest. The base reads
+/// them at load time (before the start hook runs); its configuration and operations API can
+/// override each one. Zero (or [`MemoryAction::Unset`]) means "not declared". Frozen since 1.1.0.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModuleLimits {
+    /// Most requests inside the module at once; the excess is refused with `503`.
+    pub max_concurrent_requests: u32,
+    /// What crossing `memory_soft_limit_bytes` triggers.
+    pub memory_action: MemoryAction,
+    /// How long a request may take before the caller gets `504`.
+    pub request_timeout_ms: u64,
+    /// Largest request body the module accepts; a larger one gets `413`.
+    pub max_request_body_bytes: u64,
+    /// Live heap bytes above which `memory_action` is taken.
+    pub memory_soft_limit_bytes: u64,
+}
+
+impl ModuleLimits {
+    /// No limits declared.
+    pub const fn new() -> Self {
+        Self {
+            max_concurrent_requests: 0,
+            memory_action: MemoryAction::Unset,
+            request_timeout_ms: 0,
+            max_request_body_bytes: 0,
+            memory_soft_limit_bytes: 0,
+        }
+    }
+
+    /// Declares the most requests the module handles at once.
+    pub const fn max_concurrent_requests(mut self, requests: u32) -> Self {
+        self.max_concurrent_requests = requests;
+        self
+    }
+
+    /// Declares how long a request may take, in milliseconds.
+    pub const fn request_timeout_ms(mut self, ms: u64) -> Self {
+        self.request_timeout_ms = ms;
+        self
+    }
+
+    /// Declares the largest request body the module accepts, in bytes.
+    pub const fn max_request_body_bytes(mut self, bytes: u64) -> Self {
+        self.max_request_body_bytes = bytes;
+        self
+    }
+
+    /// Declares a memory soft limit (live heap bytes) and what crossing it triggers.
+    pub const fn memory_soft_limit(mut self, bytes: u64, action: MemoryAction) -> Self {
+        self.memory_soft_limit_bytes = bytes;
+        self.memory_action = action;
+        self
+    }
+}
+
+/// Task counters of one module library, kept by the SDK's runtime in the library's static
+/// memory; the base only reads them (atomic loads). Frozen since 1.1.0.
+#[repr(C)]
+#[derive(StableAbi, Debug, Default)]
+pub struct TaskCounters {
+    /// Tasks alive on the module's runtime (request handlers and the module's own tasks),
+    /// updated each time the module's request loop turns and each time a request finishes.
+    pub alive: AtomicU64,
 }
 
 /// An opaque pointer to the base's state for one module instance.
@@ -212,6 +307,10 @@ pub struct ModuleRoot {
     /// base created for this instance. Never unwinds: panics are caught inside.
     #[sabi(last_prefix_field)]
     pub run: extern "C" fn(host: Host),
+    /// The limits the module declares. Since 1.1.0 (absent from older modules).
+    pub limits: ModuleLimits,
+    /// The module's task counters, maintained by its runtime. Since 1.1.0.
+    pub tasks: &'static TaskCounters,
 }
 
 impl RootModule for ModuleRootRef {
@@ -284,4 +383,11 @@ pub struct HostApi {
     /// Reports a panic caught inside the module (message and `file:line:column`).
     #[sabi(last_prefix_field)]
     pub panicked: extern "C" fn(ctx: HostCtx, message: RStr<'_>, location: RStr<'_>),
+    /// Takes the health check the base asked for, if any: returns its id (never 0), or 0 when
+    /// there is none. The base writes `wake_fd` when it asks, and `idle` returns `false` while
+    /// one is waiting. The module runs its health hook on its runtime and answers with
+    /// [`HostApi::report_health`]. Instance thread only. Since 1.1.0.
+    pub take_health_check: extern "C" fn(ctx: HostCtx) -> u64,
+    /// Answers health check `check` (a stale id is ignored). Since 1.1.0.
+    pub report_health: extern "C" fn(ctx: HostCtx, check: u64, status: HealthStatus, message: RStr<'_>),
 }

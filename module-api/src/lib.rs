@@ -36,6 +36,7 @@ mod runtime;
 
 use std::{error::Error, future::Future};
 
+pub use abi::{HealthStatus, MemoryAction, ModuleLimits};
 pub use alloc::{HeapCounters, HeapSnapshot};
 pub use axum;
 pub use tokio;
@@ -55,6 +56,32 @@ pub fn header_views(headers: &http::HeaderMap) -> Vec<abi::Header<'_>> {
 
 /// Why a start hook failed. Any error converts into it, and so does a string.
 pub type StartError = Box<dyn Error + Send + Sync>;
+
+/// A module's answer to a health check: a status and, unless healthy, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The status.
+    pub status: HealthStatus,
+    /// What is wrong (empty when healthy).
+    pub message: String,
+}
+
+impl Health {
+    /// Working normally.
+    pub fn healthy() -> Self {
+        Self { status: HealthStatus::Healthy, message: String::new() }
+    }
+
+    /// Working, but something needs attention.
+    pub fn degraded(message: impl Into<String>) -> Self {
+        Self { status: HealthStatus::Degraded, message: message.into() }
+    }
+
+    /// Not working.
+    pub fn unhealthy(message: impl Into<String>) -> Self {
+        Self { status: HealthStatus::Unhealthy, message: message.into() }
+    }
+}
 
 /// A Pedestal module: what the base mounts at `/<name>/`.
 ///
@@ -77,19 +104,38 @@ pub trait Module: 'static {
     fn stop(&self) -> impl Future<Output = ()> {
         async {}
     }
+
+    /// Answers a health check; the base shows the answer in `/api/v1/health`. Runs on the
+    /// module's runtime next to its requests, and must answer within the base's health-check
+    /// timeout (one second by default) or the module is reported unresponsive. A panic counts
+    /// as unhealthy.
+    fn health(&self) -> impl Future<Output = Health> {
+        async { Health::healthy() }
+    }
 }
 
 /// Exports a [`Module`] from a `cdylib` crate: the only thing a module needs besides its code.
 ///
-/// Takes an expression that builds the module (a unit struct's name is enough). It installs
-/// the counting allocator as the library's global allocator and exports the interface stamp and
-/// the root module the base loads. The module's name and version are its Cargo package's.
+/// Takes an expression that builds the module (a unit struct's name is enough) and, optionally,
+/// the limits the module declares for itself (its manifest; the base's configuration and
+/// operations API can override them):
+///
+/// ```ignore
+/// export_module!(Search, limits = ModuleLimits::new().max_concurrent_requests(64).request_timeout_ms(500));
+/// ```
+///
+/// It installs the counting allocator as the library's global allocator and exports the
+/// interface stamp and the root module the base loads. The module's name and version are its
+/// Cargo package's.
 #[macro_export]
 macro_rules! export_module {
-    ($module:expr $(,)?) => {
-        $crate::export_module!(@stamp $crate::abi::InterfaceStamp::CURRENT, $module);
+    ($module:expr, limits = $limits:expr $(,)?) => {
+        $crate::export_module!(@stamp $crate::abi::InterfaceStamp::CURRENT, $module, $limits);
     };
-    (@stamp $stamp:expr, $module:expr) => {
+    ($module:expr $(,)?) => {
+        $crate::export_module!(@stamp $crate::abi::InterfaceStamp::CURRENT, $module, $crate::ModuleLimits::new());
+    };
+    (@stamp $stamp:expr, $module:expr, $limits:expr) => {
         #[global_allocator]
         static __PEDESTAL_ALLOCATOR: $crate::__private::CountingAllocator =
             $crate::__private::CountingAllocator;
@@ -107,10 +153,12 @@ macro_rules! export_module {
         }
 
         fn __pedestal_root_module() -> $crate::abi::ModuleRootRef {
+            const LIMITS: $crate::ModuleLimits = $limits;
             $crate::__private::root_module(
                 env!("CARGO_PKG_NAME"),
                 env!("CARGO_PKG_VERSION"),
                 __pedestal_run,
+                LIMITS,
             )
         }
 
@@ -131,7 +179,7 @@ pub mod __private {
 
     pub use abi_stable::library::{LibHeader, RootModuleResult};
 
-    use crate::abi::{Host, ModuleRoot, ModuleRootRef};
+    use crate::abi::{Host, ModuleLimits, ModuleRoot, ModuleRootRef};
     pub use crate::{alloc::CountingAllocator, runtime::run};
     use abi_stable::{library::CheckTypeLayout, prefix_type::PrefixTypeTrait, std_types::RStr};
 
@@ -148,13 +196,21 @@ pub mod __private {
         abi_stable::library::__call_root_module_loader(make)
     }
 
-    /// The root module of a library: its identity, heap counters and run entry point.
-    pub fn root_module(name: &'static str, version: &'static str, run: extern "C" fn(Host)) -> ModuleRootRef {
+    /// The root module of a library: its identity, heap counters, run entry point, declared
+    /// limits and task counters.
+    pub fn root_module(
+        name: &'static str,
+        version: &'static str,
+        run: extern "C" fn(Host),
+        limits: ModuleLimits,
+    ) -> ModuleRootRef {
         ModuleRoot {
             name: RStr::from_str(name),
             version: RStr::from_str(version),
             heap: &crate::alloc::HEAP,
             run,
+            limits,
+            tasks: &crate::runtime::TASKS,
         }
         .leak_into_prefix()
     }

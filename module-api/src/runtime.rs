@@ -28,8 +28,8 @@ use tokio::io::{Interest, unix::AsyncFd};
 use tower_service::Service;
 
 use crate::{
-    Module,
-    abi::{Host, RequestView, ResponseView},
+    Health, Module,
+    abi::{HealthStatus, Host, RequestView, ResponseView, TaskCounters},
     logging,
 };
 
@@ -39,6 +39,8 @@ const STOP_DEADLINE: Duration = Duration::from_secs(5);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 static HOST: OnceLock<Host> = OnceLock::new();
+/// This library's task counters (one copy per loaded module library), read by the base.
+pub(crate) static TASKS: TaskCounters = TaskCounters { alive: std::sync::atomic::AtomicU64::new(0) };
 static STARTED_REPORTED: AtomicBool = AtomicBool::new(false);
 
 /// The host this library was started by, once `run` has begun.
@@ -107,6 +109,10 @@ async fn serve<M: Module>(host: &'static Host, make: fn() -> M) {
     let router = module.router();
     report_started(host, Ok(()));
 
+    let metrics = tokio::runtime::Handle::current().metrics();
+    // The health check in progress: it runs here, next to the request loop, because the
+    // module is borrowed (not `Send`, not `'static`).
+    let mut check: Option<(u64, HealthCheck<'_>)> = None;
     loop {
         if (host.api.stop_requested())(host.ctx) {
             break;
@@ -116,16 +122,55 @@ async fn serve<M: Module>(host: &'static Host, make: fn() -> M) {
             tokio::spawn(handle(host, router.clone(), request));
             took = true;
         }
+        if let Some(id) = take_health_check(host) {
+            match check.as_mut() {
+                // A hook still running answers the newer check too.
+                Some((running, _)) => *running = id,
+                None => check = Some((id, Box::pin(CatchUnwind(Box::pin(module.health()))))),
+            }
+        }
+        TASKS.alive.store(metrics.num_alive_tasks() as u64, Ordering::Relaxed);
         if took {
             // Let the handlers just spawned run, then look at the queue again before sleeping.
             tokio::task::yield_now().await;
             continue;
         }
-        if sleep_until_signalled(host, &wake).await.is_err() {
+        let signalled = match check.as_mut() {
+            None => sleep_until_signalled(host, &wake).await,
+            Some((id, health)) => tokio::select! {
+                biased;
+                answer = health => {
+                    report_health(host, *id, answer);
+                    check = None;
+                    Ok(())
+                }
+                signalled = sleep_until_signalled(host, &wake) => signalled,
+            },
+        };
+        if signalled.is_err() {
             break;
         }
     }
+    drop(check);
     let _ = tokio::time::timeout(STOP_DEADLINE, module.stop()).await;
+}
+
+/// A running health hook, with the panic firewall around it.
+type HealthCheck<'a> = Pin<Box<dyn Future<Output = Result<Health, String>> + 'a>>;
+
+/// The id of a health check the base asked for, when the base is new enough to ask.
+fn take_health_check(host: &Host) -> Option<u64> {
+    let take = host.api.take_health_check()?;
+    let id = take(host.ctx);
+    (id != 0).then_some(id)
+}
+
+fn report_health(host: &Host, id: u64, answer: Result<Health, String>) {
+    let Some(report) = host.api.report_health() else { return };
+    let health =
+        answer.unwrap_or_else(|panic| Health::unhealthy(format!("the health hook panicked: {panic}")));
+    let status: HealthStatus = health.status;
+    report(host.ctx, id, status, RStr::from_str(&health.message));
 }
 
 fn report_started(host: &Host, outcome: Result<(), &str>) {
@@ -230,6 +275,9 @@ async fn handle(host: &'static Host, mut router: Router, request: OwnedRequest) 
         Ok(Err(e)) => fail(host, id, "MODULE_BODY_ERROR", &e.to_string()),
         Err(message) => fail(host, id, "MODULE_PANICKED", &format!("the handler panicked: {message}")),
     }
+    // This handler's task is still alive until it returns.
+    let alive = tokio::runtime::Handle::current().metrics().num_alive_tasks().saturating_sub(1);
+    TASKS.alive.store(alive as u64, Ordering::Relaxed);
 }
 
 fn fail(host: &Host, id: u64, code: &str, message: &str) {

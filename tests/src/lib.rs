@@ -194,6 +194,28 @@ impl TestBase {
         reply.json
     }
 
+    /// `PUT /api/v1/modules/{name}/limits` with a JSON body.
+    pub fn put_limits(&self, name: &str, limits: &Value) -> Reply {
+        let body = limits.to_string();
+        let headers = [("content-type", "application/json")];
+        self.admin("PUT", &format!("/api/v1/modules/{name}/limits"), &headers, Some(body.as_bytes()))
+    }
+
+    /// `GET /api/v1/modules/{name}`: the first version's view.
+    pub fn module(&self, name: &str) -> Value {
+        self.admin_get(&format!("/api/v1/modules/{name}")).json["versions"][0].clone()
+    }
+
+    /// The health entry of `name` in `GET /api/v1/health`, and the whole answer.
+    pub fn health_of(&self, name: &str) -> (Value, Value) {
+        let health = self.admin_get("/api/v1/health").json;
+        let entry = health["modules"]
+            .as_array()
+            .and_then(|modules| modules.iter().find(|m| m["module"] == name).cloned())
+            .unwrap_or(Value::Null);
+        (entry, health)
+    }
+
     /// `DELETE /api/v1/modules/{name}/{version}`.
     pub fn uninstall(&self, name: &str, version: &str) -> Reply {
         self.admin("DELETE", &format!("/api/v1/modules/{name}/{version}"), &[], None)
@@ -251,6 +273,19 @@ impl Drop for TestBase {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`; panics naming
+/// `what` otherwise.
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -14,7 +14,7 @@ fn a_module_installs_serves_logs_and_unloads_for_real() {
     let installed = base.install_ok(artifacts::GOOD);
     assert_eq!(installed["name"], "fx-good");
     assert_eq!(installed["version"], "0.1.0");
-    assert_eq!(installed["interface_version"], "1.0.0");
+    assert_eq!(installed["interface_version"], "1.1.0");
     assert_eq!(installed["state"], "active");
     let sha = installed["sha256"].as_str().unwrap().to_owned();
     assert_eq!(sha.len(), 64);
@@ -97,7 +97,7 @@ fn a_module_thread_that_never_ends_pins_the_instance_without_harming_the_base() 
     assert!(base.maps_contain(&artifact_name(&sha)));
     assert_eq!(base.get("/fx-good/ping").body, "pong");
     let health = base.admin_get("/api/v1/health").json;
-    assert_eq!(health["modules"]["pinned"], 1, "{health}");
+    assert_eq!(health["counts"]["pinned"], 1, "{health}");
     assert_eq!(health["problems"][0]["module"], "fx-thread-leak@0.1.0");
 
     // The same artifact again: the pinned copy is still mapped, so the base loads a private copy.
@@ -169,7 +169,7 @@ fn bad_uploads_get_precise_codes_and_the_base_keeps_serving() {
         "2.0.0",
     );
     let mismatch = base.install(artifacts::INTERFACE_V2);
-    assert_eq!(mismatch.json["details"]["base_interface"], "1.0.0");
+    assert_eq!(mismatch.json["details"]["base_interface"], "1.1.0");
     assert_eq!(mismatch.json["details"]["module_interface"], "2.0.0");
     check_refused(
         &base,
@@ -197,7 +197,7 @@ fn bad_uploads_get_precise_codes_and_the_base_keeps_serving() {
     assert_eq!(states("fx-start-hangs"), "broken");
     assert_eq!(states("fx-start-blocks"), "pinned");
     let health = base.admin_get("/api/v1/health").json;
-    assert_eq!(health["modules"]["active"], 1, "{health}");
+    assert_eq!(health["counts"]["active"], 1, "{health}");
 }
 
 #[test]

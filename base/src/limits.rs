@@ -1,0 +1,222 @@
+//! Per-module limits: what a module declares in its manifest, what the base's config file and
+//! operations API override, and the effective values the base enforces.
+//!
+//! Precedence, per limit: operations API, then config file, then the module's manifest, then the
+//! base's defaults. What each limit can and cannot do from inside one process is in
+//! ARCHITECTURE.md ("Limits").
+
+use std::time::Duration;
+
+use pedestal_module_api::{MemoryAction, ModuleLimits};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+/// What the base does when an instance's live heap crosses its memory soft limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Log a warning (base and module log) and count it.
+    Log,
+    /// Stop routing traffic to the instance; it stays loaded, `inactive`.
+    Deactivate,
+    /// Stop the instance and start a fresh one from the same artifact.
+    Restart,
+}
+
+/// Overrides of a module's limits, from the config file or the operations API. `None` leaves a
+/// limit to the next source; `0` for a count or size means "no limit".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    /// Most requests inside the module at once.
+    pub max_concurrent_requests: Option<u32>,
+    /// How long a request may take.
+    pub request_timeout_ms: Option<u64>,
+    /// Largest request body.
+    pub max_request_body_bytes: Option<u64>,
+    /// Live heap bytes above which `memory_action` is taken.
+    pub memory_soft_limit_bytes: Option<u64>,
+    /// What crossing the memory soft limit triggers.
+    pub memory_action: Option<Action>,
+}
+
+impl LimitOverrides {
+    /// `self`, with every limit `newer` sets taken from `newer`.
+    pub fn merged(self, newer: Self) -> Self {
+        Self {
+            max_concurrent_requests: newer.max_concurrent_requests.or(self.max_concurrent_requests),
+            request_timeout_ms: newer.request_timeout_ms.or(self.request_timeout_ms),
+            max_request_body_bytes: newer.max_request_body_bytes.or(self.max_request_body_bytes),
+            memory_soft_limit_bytes: newer.memory_soft_limit_bytes.or(self.memory_soft_limit_bytes),
+            memory_action: newer.memory_action.or(self.memory_action),
+        }
+    }
+}
+
+/// Where an effective limit came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The base's default.
+    Default,
+    /// The module's manifest (`export_module!(.., limits = ..)`).
+    Manifest,
+    /// The base's config file.
+    Config,
+    /// The operations API (`PUT /api/v1/modules/{name}/limits`).
+    Api,
+}
+
+/// The limits the base enforces on one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Most requests inside the module at once (`None`: no limit).
+    pub max_concurrent_requests: Option<u32>,
+    /// How long a request may take before the caller gets `504`.
+    pub request_timeout_ms: u64,
+    /// Largest request body; a larger one gets `413`.
+    pub max_request_body_bytes: u64,
+    /// Live heap bytes above which `memory_action` is taken (`None`: no limit).
+    pub memory_soft_limit_bytes: Option<u64>,
+    /// What crossing the memory soft limit triggers.
+    pub memory_action: Action,
+    /// A request the module still runs this long after it was sent is reported as runaway.
+    pub runaway_after_ms: u64,
+    /// Where each limit came from.
+    pub sources: Sources,
+}
+
+/// The source of each limit in [`Limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Sources {
+    /// Of `max_concurrent_requests`.
+    pub max_concurrent_requests: Source,
+    /// Of `request_timeout_ms`.
+    pub request_timeout_ms: Source,
+    /// Of `max_request_body_bytes`.
+    pub max_request_body_bytes: Source,
+    /// Of `memory_soft_limit_bytes`.
+    pub memory_soft_limit_bytes: Source,
+    /// Of `memory_action`.
+    pub memory_action: Source,
+}
+
+/// Picks the first source that sets a value: API, config, manifest, default.
+fn pick<T>(api: Option<T>, config: Option<T>, manifest: Option<T>, default: T) -> (T, Source) {
+    match (api, config, manifest) {
+        (Some(v), _, _) => (v, Source::Api),
+        (None, Some(v), _) => (v, Source::Config),
+        (None, None, Some(v)) => (v, Source::Manifest),
+        (None, None, None) => (default, Source::Default),
+    }
+}
+
+impl Limits {
+    /// The effective limits of an instance whose module declared `manifest` (`None`: built
+    /// against an interface older than 1.1, which cannot declare any).
+    pub fn resolve(
+        manifest: Option<&ModuleLimits>,
+        config_overrides: Option<&LimitOverrides>,
+        api_overrides: Option<&LimitOverrides>,
+        config: &Config,
+    ) -> Self {
+        let nonzero32 = |v: u32| (v != 0).then_some(v);
+        let nonzero = |v: u64| (v != 0).then_some(v);
+        let declared = manifest.copied().unwrap_or_default();
+        let (config_o, api_o) =
+            (config_overrides.copied().unwrap_or_default(), api_overrides.copied().unwrap_or_default());
+        let (max_concurrent_requests, concurrency_source) = pick(
+            api_o.max_concurrent_requests,
+            config_o.max_concurrent_requests,
+            nonzero32(declared.max_concurrent_requests),
+            0,
+        );
+        let (request_timeout_ms, timeout_source) = pick(
+            api_o.request_timeout_ms.and_then(nonzero),
+            config_o.request_timeout_ms.and_then(nonzero),
+            nonzero(declared.request_timeout_ms),
+            config.request_timeout.as_millis() as u64,
+        );
+        let (max_request_body_bytes, body_source) = pick(
+            api_o.max_request_body_bytes.and_then(nonzero),
+            config_o.max_request_body_bytes.and_then(nonzero),
+            nonzero(declared.max_request_body_bytes),
+            config.max_request_body_bytes,
+        );
+        let (memory_soft_limit_bytes, memory_source) = pick(
+            api_o.memory_soft_limit_bytes,
+            config_o.memory_soft_limit_bytes,
+            nonzero(declared.memory_soft_limit_bytes),
+            0,
+        );
+        let declared_action = match declared.memory_action {
+            MemoryAction::Unset => None,
+            MemoryAction::Log => Some(Action::Log),
+            MemoryAction::Deactivate => Some(Action::Deactivate),
+            MemoryAction::Restart => Some(Action::Restart),
+        };
+        let (memory_action, action_source) =
+            pick(api_o.memory_action, config_o.memory_action, declared_action, Action::Log);
+        Self {
+            max_concurrent_requests: nonzero32(max_concurrent_requests),
+            request_timeout_ms,
+            max_request_body_bytes,
+            memory_soft_limit_bytes: nonzero(memory_soft_limit_bytes),
+            memory_action,
+            runaway_after_ms: runaway_after(Duration::from_millis(request_timeout_ms)).as_millis() as u64,
+            sources: Sources {
+                max_concurrent_requests: concurrency_source,
+                request_timeout_ms: timeout_source,
+                max_request_body_bytes: body_source,
+                memory_soft_limit_bytes: memory_source,
+                memory_action: action_source,
+            },
+        }
+    }
+
+    /// The request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// When a request that timed out counts as runaway: twice its timeout, and at least one second
+/// past it. The caller got its `504` at the timeout; the module is still running it.
+pub fn runaway_after(timeout: Duration) -> Duration {
+    (timeout * 2).max(timeout + Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_beats_config_beats_manifest_beats_default() {
+        let config = Config::default();
+        let manifest = ModuleLimits::new()
+            .max_concurrent_requests(4)
+            .request_timeout_ms(500)
+            .memory_soft_limit(1 << 20, MemoryAction::Restart);
+        let from_config = LimitOverrides { request_timeout_ms: Some(700), ..Default::default() };
+        let from_api = LimitOverrides { max_concurrent_requests: Some(0), ..Default::default() };
+
+        let declared = Limits::resolve(Some(&manifest), None, None, &config);
+        assert_eq!(declared.max_concurrent_requests, Some(4));
+        assert_eq!(declared.request_timeout_ms, 500);
+        assert_eq!(declared.memory_action, Action::Restart);
+        assert_eq!(declared.sources.max_request_body_bytes, Source::Default);
+        assert_eq!(declared.max_request_body_bytes, config.max_request_body_bytes);
+
+        let all = Limits::resolve(Some(&manifest), Some(&from_config), Some(&from_api), &config);
+        assert_eq!(all.request_timeout_ms, 700);
+        assert_eq!(all.sources.request_timeout_ms, Source::Config);
+        assert_eq!(all.max_concurrent_requests, None, "0 from the API lifts the limit");
+        assert_eq!(all.sources.max_concurrent_requests, Source::Api);
+        assert_eq!(all.runaway_after_ms, 1700);
+
+        let old_module = Limits::resolve(None, None, None, &config);
+        assert_eq!(old_module.memory_soft_limit_bytes, None);
+        assert_eq!(old_module.memory_action, Action::Log);
+    }
+}
