@@ -35,7 +35,7 @@ fn plain(command: &mut Command) -> &mut Command {
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
-    for watched in ["module-api/src", "base/src", "tests/fixtures", "Cargo.lock"] {
+    for watched in ["module-api/src", "base/src", "tests/fixtures", "tests/compat", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let target_dir = root.join("target").join("fixtures");
@@ -58,13 +58,23 @@ fn main() {
     let status = plain(&mut fixtures).status().expect("running cargo");
     assert!(status.success(), "building the fixture modules failed");
 
+    // Modules built against frozen older interfaces live in a workspace of their own.
+    let mut compat = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    compat
+        .current_dir(root.join("tests/compat"))
+        .args(["build", "--release", "--locked", "--target-dir"])
+        .arg(&target_dir)
+        .args(["-p", "fx-interface-1-0"]);
+    let status = plain(&mut compat).status().expect("running cargo");
+    assert!(status.success(), "building the compatibility fixtures failed");
+
     let release = target_dir.join("release");
     let mut out = String::new();
     out.push_str(&format!(
         "/// The real `pedestal` binary.\npub const PEDESTAL: &str = {:?};\n",
         release.join("pedestal")
     ));
-    for fixture in FIXTURES {
+    for fixture in FIXTURES.iter().chain(&["fx-interface-1-0"]) {
         let constant = fixture.trim_start_matches("fx-").replace('-', "_").to_uppercase();
         let file = release.join(format!("lib{}.so", fixture.replace('-', "_")));
         assert!(file.exists(), "{} was not built", file.display());

@@ -5,6 +5,10 @@
 //! [`HEAP`] (one copy per loaded library) see that module's allocations and nothing else.
 //! Counting is sharded over 16 cache-line-sized slots chosen per thread, which measured
 //! 8–9 ns per allocation and free against 59–71 ns for one shared atomic (see DESIGN.md).
+//!
+//! With the crate feature `bench-no-heap-accounting` (off by default) the allocator forwards to
+//! the system allocator without counting and [`HEAP`] stays at zero. It exists only so that
+//! `cargo xtask bench` can measure what counting costs; never ship a module built with it.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -98,11 +102,15 @@ impl Default for HeapCounters {
     }
 }
 
+/// Whether allocations are counted: always, except in the benchmark build that measures what
+/// counting costs (feature `bench-no-heap-accounting`).
+const COUNTING: bool = !cfg!(feature = "bench-no-heap-accounting");
+
 /// This library's heap counters (each loaded module library has its own copy of this static).
 pub static HEAP: HeapCounters = HeapCounters::new();
 
 /// The allocator [`export_module!`](crate::export_module) installs: the system allocator plus
-/// counting into [`HEAP`].
+/// counting into [`HEAP`] (no counting with the `bench-no-heap-accounting` feature).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CountingAllocator;
 
@@ -112,7 +120,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::alloc`'s contract.
         let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
+        if COUNTING && !ptr.is_null() {
             HEAP.record_alloc(layout.size());
         }
         ptr
@@ -121,7 +129,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::alloc_zeroed`'s contract.
         let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
+        if COUNTING && !ptr.is_null() {
             HEAP.record_alloc(layout.size());
         }
         ptr
@@ -130,13 +138,15 @@ unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded unchanged; `ptr` came from this allocator with `layout`.
         unsafe { System.dealloc(ptr, layout) };
-        HEAP.record_free(layout.size());
+        if COUNTING {
+            HEAP.record_free(layout.size());
+        }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::realloc`'s contract.
         let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
+        if COUNTING && !new.is_null() {
             HEAP.record_free(layout.size());
             HEAP.record_alloc(new_size);
         }

@@ -3,15 +3,20 @@
 //!
 //! 1. Throughput and latency of the same handlers served natively by the base (`/native/...`)
 //!    and from a module (`/bench-module/...`), in alternating rounds under the same load.
+//! 1b. The cost of accounting: the module's throughput with accounting on (heap counting in the
+//!    module, per-request accounting in the base) against a base and module with both off, in
+//!    alternating rounds (`--unaccounted-module PATH`, see `accounting.rs`).
 //! 2. Install latency: upload sent → first request served, plus the base's own install time.
 //! 3. Install/uninstall cycles: RSS growth of the base, and whether every cycle unmapped.
 
+mod accounting;
 mod density;
 
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -25,8 +30,12 @@ use serde_json::Value;
 struct Options {
     base: PathBuf,
     module: PathBuf,
+    /// The same module built without heap accounting (feature `bench-no-heap-accounting`).
+    unaccounted: Option<PathBuf>,
     round: Duration,
     rounds: usize,
+    accounting_round: Duration,
+    accounting_rounds: usize,
     connections: usize,
     installs: usize,
     cycles: usize,
@@ -67,8 +76,11 @@ fn main() -> anyhow::Result<()> {
     let options = Options {
         base: value("--base").context("--base PATH is required")?.into(),
         module: value("--module").context("--module PATH is required")?.into(),
+        unaccounted: value("--unaccounted-module").map(PathBuf::from),
         round: Duration::from_millis(if quick { 300 } else { 3000 }),
         rounds: if quick { 1 } else { 3 },
+        accounting_round: Duration::from_millis(if quick { 300 } else { 2000 }),
+        accounting_rounds: if quick { 2 } else { 7 },
         connections: 16,
         installs: if quick { 20 } else { 200 },
         cycles: if quick { 30 } else { 1000 },
@@ -77,6 +89,9 @@ fn main() -> anyhow::Result<()> {
     let module = std::fs::read(&options.module)?;
     let mut report = String::new();
     report += &throughput(&base, &module, &options)?;
+    if let Some(unaccounted) = &options.unaccounted {
+        report += &accounting::run(&options, &module, &std::fs::read(unaccounted)?)?;
+    }
     report += &install_latency(&base, &module, &options)?;
     report += &cycles(&base, &module, &options)?;
     println!("{report}");
@@ -96,8 +111,15 @@ pub(crate) struct BaseProcess {
 
 impl BaseProcess {
     pub(crate) fn start(binary: &PathBuf) -> anyhow::Result<Self> {
-        let data = std::env::temp_dir().join(format!("pedestal-bench-{}", std::process::id()));
-        let mut child = Command::new(binary).arg(&data).stdout(Stdio::piped()).spawn()?;
+        Self::start_with(binary, &[])
+    }
+
+    /// Starts `binary DATA_DIR ARGS...` with a data directory of its own.
+    pub(crate) fn start_with(binary: &PathBuf, args: &[&str]) -> anyhow::Result<Self> {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let data = std::env::temp_dir().join(format!("pedestal-bench-{}-{n}", std::process::id()));
+        let mut child = Command::new(binary).arg(&data).args(args).stdout(Stdio::piped()).spawn()?;
         let mut ready = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready)?;
         let words: Vec<&str> = ready.split_whitespace().collect();
@@ -132,6 +154,16 @@ impl BaseProcess {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
         Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+    }
+
+    /// CPU time the process has used so far (user + system, all threads), in seconds.
+    pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name; utime and stime are fields 14 and 15 of the whole line.
+        let fields: Vec<&str> = stat.rsplit_once(')').context("stat format")?.1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        // USER_HZ, 100 on every Linux the benchmark runs on.
+        Ok(ticks as f64 / 100.0)
     }
 
     fn install(&self, module: &[u8]) -> anyhow::Result<Value> {

@@ -1,5 +1,8 @@
 //! A custom base built with the `pedestal-base` library: the universal base plus the benchmark
 //! handlers compiled natively at `/native/...`. Started by `pedestal-bench`.
+//!
+//! `bench-base DATA_DIR [--request-accounting off]`: the flag turns off the base's per-request
+//! accounting (latency histograms, the recent error rate), to measure what it costs.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -7,12 +10,16 @@ use pedestal_base::{Base, Config};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
-    let data_dir = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| "bench-data".into());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let data_dir =
+        args.first().filter(|a| !a.starts_with("--")).map_or_else(|| "bench-data".into(), PathBuf::from);
+    let request_accounting = !args.windows(2).any(|w| w[0] == "--request-accounting" && w[1] == "off");
     let config = Config {
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: ([127, 0, 0, 1], 0).into(),
         data_dir,
         drain_timeout: Duration::from_secs(5),
+        request_accounting,
         ..Config::default()
     };
     let native = axum::Router::new().nest("/native", bench_handlers::router());

@@ -1,0 +1,287 @@
+//! The Pedestal ABI: every type that crosses between the base and a module, in one place.
+//!
+//! Read this file the way you would read Envoy's `abi.h`. It is grouped as
+//! **types**, **module entry points** (the root module the base loads) and **host callbacks**
+//! (functions the base gives the module).
+//!
+//! # Trust
+//! A module runs inside the base process with the base's privileges. The ABI protects the base
+//! from *mistakes* (wrong version, a panic, a stuck start), not from malice: a module can do
+//! anything the base can.
+//!
+//! # Versioning
+//! The interface version is this crate's version ([`INTERFACE_VERSION`]). The base loads a module
+//! built against the same major version and any minor version, older or newer. Changes within a
+//! major version are append-only: new host callbacks and new root-module fields go *after* the
+//! `#[sabi(last_prefix_field)]` field of their prefix type and are read as `Option`s; plain
+//! structs and enums in this file never change within a major version. The tidy test in
+//! `base/tests/tidy.rs` records a hash of this file: changing it without updating that hash
+//! (and this crate's version, and ARCHITECTURE.md) fails `cargo test`.
+//!
+//! # Threads
+//! The base calls [`ModuleRoot::run`] exactly once per loaded library, on a thread the base
+//! created for that module instance; all module code runs on that thread or on threads the
+//! module itself starts from it and joins before `run` returns. Host callbacks may be called
+//! from any module thread unless their documentation says otherwise.
+//!
+//! # Ownership
+//! Nothing allocated on one side is ever freed on the other. Data passed in either direction is
+//! *borrowed* for the duration of a call (or, for [`RequestView`], until the next
+//! [`HostApi::next_request`]); the receiver copies what it keeps.
+
+use std::ffi::c_void;
+
+use abi_stable::{
+    StableAbi, declare_root_module_statics,
+    library::RootModule,
+    package_version_strings,
+    sabi_types::VersionStrings,
+    std_types::{ROption, RSlice, RStr},
+};
+
+use crate::alloc::HeapCounters;
+
+// ---------------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------------
+
+/// The interface version this crate defines, `major.minor.patch`.
+pub const INTERFACE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A data-only symbol every module exports as `pedestal_interface_stamp`.
+///
+/// The base reads it with `dlsym` before it calls into the library (only the library's ELF
+/// constructors have run, as part of `dlopen`, on the instance's thread), to tell a Pedestal
+/// module from any other shared library and to compare interface versions before the layout
+/// check.
+/// Owned by the module's library; valid while the library is loaded.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterfaceStamp {
+    /// Always [`InterfaceStamp::MAGIC`].
+    pub magic: [u8; 8],
+    /// Major interface version the module was built against.
+    pub major: u32,
+    /// Minor interface version the module was built against.
+    pub minor: u32,
+    /// Patch interface version the module was built against.
+    pub patch: u32,
+}
+
+impl InterfaceStamp {
+    /// The magic bytes that open every stamp.
+    pub const MAGIC: [u8; 8] = *b"PEDESTAL";
+    /// The NUL-terminated symbol name the stamp is exported under.
+    pub const SYMBOL: &'static [u8] = b"pedestal_interface_stamp\0";
+    /// The stamp of the interface this crate defines.
+    pub const CURRENT: Self = Self::new(
+        parse_u32(env!("CARGO_PKG_VERSION_MAJOR")),
+        parse_u32(env!("CARGO_PKG_VERSION_MINOR")),
+        parse_u32(env!("CARGO_PKG_VERSION_PATCH")),
+    );
+
+    /// A stamp for the given version (tests use it to build modules that claim other versions).
+    pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
+        Self { magic: Self::MAGIC, major, minor, patch }
+    }
+}
+
+const fn parse_u32(digits: &str) -> u32 {
+    let bytes = digits.as_bytes();
+    let mut value = 0u32;
+    let mut i = 0;
+    while i < bytes.len() {
+        value = value * 10 + (bytes[i] - b'0') as u32;
+        i += 1;
+    }
+    value
+}
+
+/// Severity of a forwarded log record. Exhaustive: it never grows.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Something failed.
+    Error = 1,
+    /// Something looks wrong.
+    Warn = 2,
+    /// Normal operation.
+    Info = 3,
+    /// Detail for developers.
+    Debug = 4,
+    /// Very fine detail.
+    Trace = 5,
+}
+
+/// An opaque pointer to the base's state for one module instance.
+///
+/// Owned by the base; valid from the moment `run` is called until the base has joined the
+/// instance's thread (and forever if the instance ends up pinned). Only ever passed back to
+/// host callbacks; a module never dereferences it.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostCtx(pub *const c_void);
+
+// SAFETY: `HostCtx` is an opaque token: the module never dereferences it, and the base's state
+// behind it is `Sync` and outlives every module thread the base can see: the instance thread is
+// joined first, threads it started are found by their inherited name, and threads that keep the
+// library mapped are found after `dlclose`; in each of those cases the state is kept forever.
+unsafe impl Send for HostCtx {}
+// SAFETY: see the `Send` impl above.
+unsafe impl Sync for HostCtx {}
+
+/// One HTTP header. Borrowed from whoever built the surrounding view.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct Header<'a> {
+    /// Lower-case header name.
+    pub name: RStr<'a>,
+    /// Raw header value.
+    pub value: RSlice<'a, u8>,
+}
+
+/// A request handed to the module by [`HostApi::next_request`].
+///
+/// Owned by the base. Valid until the module's next call to `next_request` on the same
+/// instance, and only on the thread that made the call: the module copies it at once.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// Identifies the request in [`HostApi::respond`] and [`HostApi::fail`].
+    pub id: u64,
+    /// The HTTP method, e.g. `GET`.
+    pub method: RStr<'a>,
+    /// Path (with the module's mount prefix removed) and query, e.g. `/hello?name=x`.
+    pub path_and_query: RStr<'a>,
+    /// Request headers.
+    pub headers: RSlice<'a, Header<'a>>,
+    /// The whole request body.
+    pub body: RSlice<'a, u8>,
+}
+
+/// A response passed to [`HostApi::respond`]. Owned by the module, borrowed by the base for the
+/// duration of the call (the base copies it).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct ResponseView<'a> {
+    /// The id from the [`RequestView`] being answered.
+    pub request_id: u64,
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: RSlice<'a, Header<'a>>,
+    /// The whole response body.
+    pub body: RSlice<'a, u8>,
+}
+
+/// A log record forwarded from the module's `tracing` or `log` output. Borrowed for the call.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct LogRecord<'a> {
+    /// Severity.
+    pub level: LogLevel,
+    /// The module-side target (usually the Rust module path).
+    pub target: RStr<'a>,
+    /// The formatted message.
+    pub message: RStr<'a>,
+    /// The event's other fields, formatted as `key=value` pairs separated by spaces.
+    pub fields: RStr<'a>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Module entry points
+// ---------------------------------------------------------------------------------------------
+
+/// The root module every Pedestal module exports (through [`export_module!`](crate::export_module)).
+///
+/// Owned by the module's library; every `'static` here means "while the library is loaded".
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = ModuleRootRef)))]
+pub struct ModuleRoot {
+    /// The module's name: its Cargo package name.
+    pub name: RStr<'static>,
+    /// The module's own semver version: its Cargo package version.
+    pub version: RStr<'static>,
+    /// The module's heap counters, maintained by its global allocator. The base only reads
+    /// them (atomic loads); it never calls module code to do so.
+    pub heap: &'static HeapCounters,
+    /// Runs the module: builds its async runtime, calls its start hook, reports the outcome
+    /// through [`HostApi::started`], serves requests until the base asks it to stop, calls its
+    /// stop hook and returns once every module thread is done. Called once, on a thread the
+    /// base created for this instance. Never unwinds: panics are caught inside.
+    #[sabi(last_prefix_field)]
+    pub run: extern "C" fn(host: Host),
+}
+
+impl RootModule for ModuleRootRef {
+    declare_root_module_statics! {ModuleRootRef}
+    const BASE_NAME: &'static str = "pedestal_module";
+    const NAME: &'static str = "pedestal_module";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// What the base passes to [`ModuleRoot::run`]. Copied by value; never changes shape.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct Host {
+    /// The host callbacks.
+    pub api: HostApiRef,
+    /// The token to pass back to every callback.
+    pub ctx: HostCtx,
+    /// A non-blocking `eventfd` owned by the base. It becomes readable when there is work
+    /// (requests or a stop request); the module waits on it with its own reactor and
+    /// acknowledges with [`HostApi::ack_wake`]. The module never closes it.
+    pub wake_fd: i32,
+    /// The most verbose level the base wants forwarded.
+    pub max_log_level: LogLevel,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("ctx", &self.ctx)
+            .field("wake_fd", &self.wake_fd)
+            .field("max_log_level", &self.max_log_level)
+            .finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host callbacks
+// ---------------------------------------------------------------------------------------------
+
+/// Functions the base offers the module. Owned by the base (a `'static` table).
+///
+/// Host code running on a module thread is fine: the base is never unloaded. Every callback
+/// copies what it needs before returning and never panics across the boundary.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = HostApiRef)))]
+pub struct HostApi {
+    /// Forwards one log record; the base re-emits it tagged with the module and its version.
+    pub log: extern "C" fn(ctx: HostCtx, record: &LogRecord<'_>),
+    /// Reports the outcome of the start hook, once: `ok` or a message saying why not.
+    pub started: extern "C" fn(ctx: HostCtx, ok: bool, message: RStr<'_>),
+    /// Consumes a pending wake-up from `wake_fd`. Returns `false` when there was none
+    /// (the module then clears its readiness and waits again).
+    pub ack_wake: extern "C" fn(ctx: HostCtx) -> bool,
+    /// Tells the base the module found no queued work and wants to sleep on `wake_fd`.
+    /// Returns `true` when it may (the base will write `wake_fd` for the next work), `false`
+    /// when work arrived meanwhile and the module should look again. Until the module calls
+    /// this, the base assumes it is awake and does not write `wake_fd`, which keeps wake-ups
+    /// (system calls and thread switches) off the path of a busy module.
+    pub idle: extern "C" fn(ctx: HostCtx) -> bool,
+    /// Whether the base has asked the module to stop.
+    pub stop_requested: extern "C" fn(ctx: HostCtx) -> bool,
+    /// Takes the next queued request, if any. Instance thread only; see [`RequestView`] for
+    /// how long the view lives.
+    pub next_request: extern "C" fn(ctx: HostCtx) -> ROption<RequestView<'static>>,
+    /// Answers a request. Answering an unknown or already answered id is ignored.
+    pub respond: extern "C" fn(ctx: HostCtx, response: &ResponseView<'_>),
+    /// Fails a request with a stable error code; the base answers with its JSON error body.
+    pub fail: extern "C" fn(ctx: HostCtx, request_id: u64, code: RStr<'_>, message: RStr<'_>),
+    /// Reports a panic caught inside the module (message and `file:line:column`).
+    #[sabi(last_prefix_field)]
+    pub panicked: extern "C" fn(ctx: HostCtx, message: RStr<'_>, location: RStr<'_>),
+}

@@ -1,0 +1,161 @@
+//! The one crate both the Pedestal base and its modules link.
+//!
+//! For **module authors** it is the whole SDK: implement [`Module`] (a router plus optional
+//! start and stop hooks) and export it with [`export_module!`]. Ordinary `axum` handlers,
+//! `tokio` timers and tasks, and `tracing`/`log` calls work as usual; the SDK runs the module on
+//! its own tokio runtime, forwards its logs to the base tagged with the module's name and
+//! version, turns panics into `500` responses, and counts its heap.
+//!
+//! ```no_run
+//! use pedestal_module_api::{Module, export_module};
+//! use axum::{Router, routing::get};
+//!
+//! struct Greeter;
+//!
+//! impl Module for Greeter {
+//!     fn router(&self) -> Router {
+//!         Router::new().route("/hello", get(|| async { "hello\n" }))
+//!     }
+//! }
+//!
+//! export_module!(Greeter);
+//! ```
+//!
+//! Build it as a `cdylib` and deploy it with `cargo xtask deploy`; it answers at
+//! `/<package name>/hello`.
+//!
+//! For **the base**, [`abi`] is the stable interface: the types, the module entry points and the
+//! host callbacks, with their ownership and threading rules.
+
+#![deny(missing_docs)]
+
+pub mod abi;
+mod alloc;
+mod logging;
+mod runtime;
+
+use std::{error::Error, future::Future};
+
+pub use alloc::{HeapCounters, HeapSnapshot};
+pub use axum;
+pub use tokio;
+pub use tracing;
+
+/// Borrowed ABI views of every header in `headers`, as [`abi::RequestView`] and
+/// [`abi::ResponseView`] carry them. The views live as long as the borrow of `headers`.
+pub fn header_views(headers: &http::HeaderMap) -> Vec<abi::Header<'_>> {
+    headers
+        .iter()
+        .map(|(name, value)| abi::Header {
+            name: abi_stable::std_types::RStr::from_str(name.as_str()),
+            value: abi_stable::std_types::RSlice::from_slice(value.as_bytes()),
+        })
+        .collect()
+}
+
+/// Why a start hook failed. Any error converts into it, and so does a string.
+pub type StartError = Box<dyn Error + Send + Sync>;
+
+/// A Pedestal module: what the base mounts at `/<name>/`.
+///
+/// Only [`Module::router`] is required. The hooks run on the module's own tokio runtime, so they
+/// may await timers, spawn tasks and do I/O.
+pub trait Module: 'static {
+    /// The module's HTTP routes, relative to its mount point (`/hello` answers `/<name>/hello`).
+    /// Called once, after [`Module::start`] succeeded.
+    fn router(&self) -> axum::Router;
+
+    /// Runs before the module receives traffic. An error (or a panic) fails the install with
+    /// `START_FAILED` and the message; the base bounds how long it may take.
+    fn start(&self) -> impl Future<Output = Result<(), StartError>> {
+        async { Ok(()) }
+    }
+
+    /// Runs after the base stopped routing traffic to the module and drained it; bounded by a
+    /// deadline. Join any thread the module started here: a thread still running module code
+    /// keeps the library mapped (the base then reports the instance as `pinned`).
+    fn stop(&self) -> impl Future<Output = ()> {
+        async {}
+    }
+}
+
+/// Exports a [`Module`] from a `cdylib` crate: the only thing a module needs besides its code.
+///
+/// Takes an expression that builds the module (a unit struct's name is enough). It installs
+/// the counting allocator as the library's global allocator and exports the interface stamp and
+/// the root module the base loads. The module's name and version are its Cargo package's.
+#[macro_export]
+macro_rules! export_module {
+    ($module:expr $(,)?) => {
+        $crate::export_module!(@stamp $crate::abi::InterfaceStamp::CURRENT, $module);
+    };
+    (@stamp $stamp:expr, $module:expr) => {
+        #[global_allocator]
+        static __PEDESTAL_ALLOCATOR: $crate::__private::CountingAllocator =
+            $crate::__private::CountingAllocator;
+
+        #[unsafe(no_mangle)]
+        #[allow(non_upper_case_globals)]
+        pub static pedestal_interface_stamp: $crate::abi::InterfaceStamp = $stamp;
+
+        fn __pedestal_make_module() -> impl $crate::Module {
+            $module
+        }
+
+        extern "C" fn __pedestal_run(host: $crate::abi::Host) {
+            $crate::__private::run(host, __pedestal_make_module)
+        }
+
+        fn __pedestal_root_module() -> $crate::abi::ModuleRootRef {
+            $crate::__private::root_module(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+                __pedestal_run,
+            )
+        }
+
+        extern "C" fn __pedestal_load_root_module() -> $crate::__private::RootModuleResult {
+            $crate::__private::call_root_module_loader(__pedestal_root_module)
+        }
+
+        /// abi_stable's library header, under the symbol name abi_stable 0.11 looks up.
+        #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
+        pub static __PEDESTAL_LIB_HEADER: $crate::__private::LibHeader =
+            $crate::__private::lib_header(__pedestal_load_root_module);
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    //! Support for [`export_module!`](crate::export_module); not part of the public API.
+
+    pub use abi_stable::library::{LibHeader, RootModuleResult};
+
+    use crate::abi::{Host, ModuleRoot, ModuleRootRef};
+    pub use crate::{alloc::CountingAllocator, runtime::run};
+    use abi_stable::{library::CheckTypeLayout, prefix_type::PrefixTypeTrait, std_types::RStr};
+
+    /// Builds the library header that points abi_stable at the module's root-module loader.
+    pub const fn lib_header(loader: extern "C" fn() -> RootModuleResult) -> LibHeader {
+        // SAFETY: `loader` is `__pedestal_load_root_module`, which returns the erased
+        // `PrefixRef` of a `ModuleRootRef`, exactly what `from_constructor::<ModuleRootRef>`
+        // requires.
+        unsafe { LibHeader::from_constructor::<ModuleRootRef>(loader, CheckTypeLayout::Yes) }
+    }
+
+    /// Calls the root-module constructor with abi_stable's panic handling.
+    pub fn call_root_module_loader(make: fn() -> ModuleRootRef) -> RootModuleResult {
+        abi_stable::library::__call_root_module_loader(make)
+    }
+
+    /// The root module of a library: its identity, heap counters and run entry point.
+    pub fn root_module(name: &'static str, version: &'static str, run: extern "C" fn(Host)) -> ModuleRootRef {
+        ModuleRoot {
+            name: RStr::from_str(name),
+            version: RStr::from_str(version),
+            heap: &crate::alloc::HEAP,
+            run,
+        }
+        .leak_into_prefix()
+    }
+}
