@@ -1,4 +1,5 @@
-//! A notes module: state shared by handlers, start and stop hooks, a background tokio task.
+//! A notes module: state shared by handlers, start, stop and health hooks, a background tokio
+//! task, and limits declared in its manifest.
 //!
 //! Run with `cargo xtask demo` (or `cargo xtask deploy examples/notes` into a running base),
 //! then:
@@ -17,7 +18,7 @@ use axum::{
     http::StatusCode,
     routing::get,
 };
-use pedestal_module_api::{Module, StartError, export_module};
+use pedestal_module_api::{Health, MemoryAction, Module, ModuleLimits, StartError, export_module};
 use serde::Serialize;
 use tokio::sync::{Mutex, watch};
 
@@ -63,9 +64,26 @@ impl Module for Notes {
         let notes = self.store.lock().await.len();
         tracing::info!(notes, "notes stopping; notes are in memory only");
     }
+
+    /// Notes live in memory: past a thousand, say so (shown in `/api/v1/health`).
+    async fn health(&self) -> Health {
+        match self.store.lock().await.len() {
+            n if n > MAX_NOTES => Health::degraded(format!("{n} notes held in memory")),
+            _ => Health::healthy(),
+        }
+    }
 }
 
-export_module!(Notes::default());
+const MAX_NOTES: usize = 1000;
+
+export_module!(
+    Notes::default(),
+    limits = ModuleLimits::new()
+        .max_concurrent_requests(128)
+        .request_timeout_ms(2_000)
+        .max_request_body_bytes(64 * 1024)
+        .memory_soft_limit(64 * 1024 * 1024, MemoryAction::Log)
+);
 
 #[derive(Serialize)]
 struct Note {
