@@ -68,6 +68,8 @@ fn main() {
     let status = plain(&mut compat).status().expect("running cargo");
     assert!(status.success(), "building the compatibility fixtures failed");
 
+    let versioned = build_versioned(&root, &target_dir);
+
     let release = target_dir.join("release");
     let mut out = String::new();
     out.push_str(&format!(
@@ -80,5 +82,54 @@ fn main() {
         assert!(file.exists(), "{} was not built", file.display());
         out.push_str(&format!("/// The `{fixture}` fixture (see tests/fixtures/README.md).\npub const {constant}: &str = {:?};\n", file));
     }
+    for (version, file) in versioned {
+        let constant = format!("VERSIONED_{}", version.replace('.', "_"));
+        out.push_str(&format!("/// `fx-versioned` at version {version} (see tests/versioned/lib.rs).\npub const {constant}: &str = {file:?};\n"));
+    }
     fs::write(PathBuf::from(env::var("OUT_DIR").unwrap()).join("artifacts.rs"), out).unwrap();
+}
+
+/// Versions of `fx-versioned` to build.
+const VERSIONS: &[&str] = &["1.0.0", "1.1.0", "2.0.0"];
+
+/// Builds `tests/versioned/lib.rs` once per version in [`VERSIONS`] (a package of its own per
+/// version under `target/fixtures/versioned/`, sharing the fixtures' target directory and the
+/// workspace's lock file), copying each library out as `fx-versioned-<version>.so`.
+fn build_versioned(root: &std::path::Path, target_dir: &std::path::Path) -> Vec<(String, PathBuf)> {
+    println!("cargo:rerun-if-changed={}", root.join("tests/versioned").display());
+    let source = root.join("tests/versioned/lib.rs");
+    let mut built = Vec::new();
+    for version in VERSIONS {
+        let package = target_dir.join("versioned").join(version);
+        fs::create_dir_all(package.join("src")).unwrap();
+        let manifest = format!(
+            "[package]\nname = \"fx-versioned\"\nversion = \"{version}\"\nedition = \"2024\"\npublish = false\n\n\
+             [lib]\ncrate-type = [\"cdylib\"]\npath = {source:?}\n\n\
+             [dependencies]\npedestal-module-api = {{ path = {api:?} }}\n\
+             axum = {{ version = \"0.8\", default-features = false, features = [\"query\"] }}\n\
+             serde = {{ version = \"1\", features = [\"derive\"] }}\n\
+             tokio = {{ version = \"1\", default-features = false, features = [\"time\"] }}\n\n\
+             [workspace]\n\n[profile.release]\nstrip = \"debuginfo\"\n",
+            api = root.join("module-api"),
+        );
+        write_if_changed(&package.join("Cargo.toml"), &manifest);
+        if !package.join("Cargo.lock").exists() {
+            fs::copy(root.join("Cargo.lock"), package.join("Cargo.lock")).unwrap();
+        }
+        let mut build = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build.current_dir(&package).args(["build", "--release", "--target-dir"]).arg(target_dir);
+        let status = plain(&mut build).status().expect("running cargo");
+        assert!(status.success(), "building fx-versioned {version} failed");
+        let file = target_dir.join(format!("fx-versioned-{version}.so"));
+        fs::copy(target_dir.join("release/libfx_versioned.so"), &file).unwrap();
+        built.push((version.to_string(), file));
+    }
+    built
+}
+
+/// Writes `contents` unless the file already holds them (so cargo sees no change).
+fn write_if_changed(path: &std::path::Path, contents: &str) {
+    if fs::read_to_string(path).ok().as_deref() != Some(contents) {
+        fs::write(path, contents).unwrap();
+    }
 }

@@ -8,7 +8,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{delete, get, put},
+    routing::{delete, get, post, put},
 };
 use semver::Version;
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,8 @@ use crate::{
     instance::{HookHealth, Instance, ModuleHealth, Runaway, State as InstanceState, Traffic, Transition},
     limits::{LimitOverrides, Limits},
     logs::{LogLine, RECENT_LINES, parse_level},
-    registry::Registry,
+    operations::Operation,
+    registry::{InstallOptions as Options, Registry, Strategy},
     traffic::read_body,
 };
 
@@ -41,6 +42,9 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/api/v1/modules/{name}/{version}", delete(uninstall))
         .route("/api/v1/modules/{name}/logs", get(module_logs))
         .route("/api/v1/modules/{name}/limits", put(set_limits).get(get_limits))
+        .route("/api/v1/modules/{name}/switch", post(switch))
+        .route("/api/v1/modules/{name}/traffic", put(set_traffic).get(get_traffic))
+        .route("/api/v1/operations/{id}", get(operation))
         .route("/api/v1/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { Error::NotFound { what: "route".into() } })
@@ -77,6 +81,119 @@ struct InstallFromPath {
 struct InstallOptions {
     /// Install under this name instead of the package's (one artifact, many tenants).
     name: Option<String>,
+    /// Make the new version active even when another one is.
+    #[serde(default)]
+    activate: bool,
+    /// `install` (default) or `replace`.
+    #[serde(default)]
+    strategy: Strategy,
+    /// Answer `202` with an operation id at once instead of waiting.
+    #[serde(default, rename = "async")]
+    run_async: bool,
+}
+
+#[derive(Deserialize)]
+struct AsyncOption {
+    #[serde(default, rename = "async")]
+    run_async: bool,
+}
+
+/// Runs a blocking registry operation: waits for it and answers `ok` with its result, or with
+/// `run_async` answers `202 {operation, status_url}` at once and records the outcome for
+/// `GET /api/v1/operations/{id}`.
+async fn run_operation(
+    registry: &Arc<Registry>,
+    kind: &str,
+    target: &str,
+    run_async: bool,
+    ok: StatusCode,
+    work: impl FnOnce(&Registry) -> Result<Value> + Send + 'static,
+) -> Result<Response> {
+    let running = Arc::clone(registry);
+    if run_async {
+        let id = registry.operations.begin(kind, target);
+        tokio::task::spawn_blocking(move || {
+            let outcome = work(&running);
+            running.operations.finish(id, outcome);
+        });
+        let body = json!({"operation": id, "status_url": format!("/api/v1/operations/{id}")});
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
+    let result = tokio::task::spawn_blocking(move || work(&running))
+        .await
+        .map_err(|e| Error::Io { context: format!("{kind} task"), source: std::io::Error::other(e) })??;
+    Ok((ok, Json(result)).into_response())
+}
+
+/// `GET /api/v1/operations/{id}`.
+async fn operation(State(registry): State<Arc<Registry>>, Path(id): Path<u64>) -> Result<Json<Operation>> {
+    registry.operations.get(id).map(Json).ok_or_else(|| Error::NotFound { what: format!("operation {id}") })
+}
+
+fn parse_version(version: &str) -> Result<Version> {
+    Version::parse(version)
+        .map_err(|e| Error::BadRequest { message: format!("{version:?} is not a semver version: {e}") })
+}
+
+#[derive(Deserialize)]
+struct SwitchTo {
+    version: String,
+}
+
+/// `POST /api/v1/modules/{name}/switch {"version": "..."}`: one routing-table swap.
+async fn switch(
+    State(registry): State<Arc<Registry>>,
+    Path(name): Path<String>,
+    Query(options): Query<AsyncOption>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    let SwitchTo { version } = serde_json::from_slice(&body)
+        .map_err(|e| Error::BadRequest { message: format!("expected {{\"version\": \"...\"}}: {e}") })?;
+    let version = parse_version(&version)?;
+    let target = format!("{name}@{version}");
+    run_operation(&registry, "switch", &target, options.run_async, StatusCode::OK, move |registry| {
+        let began = Instant::now();
+        let (active, previous) = registry.switch(&name, &version)?;
+        let switch_ms = began.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(module = %name, version = %version, switch_ms, "switched");
+        Ok(json!({
+            "name": name,
+            "active_version": active.id.version.to_string(),
+            "previous_version": previous.map(|p| p.id.version.to_string()),
+            "switch_ms": switch_ms,
+        }))
+    })
+    .await
+}
+
+/// `PUT /api/v1/modules/{name}/traffic {"1.0.0": 90, "1.1.0": 10}`: a weighted split across
+/// running versions (`{}` goes back to the active version alone).
+async fn set_traffic(
+    State(registry): State<Arc<Registry>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>> {
+    let weights: std::collections::BTreeMap<String, u32> = serde_json::from_slice(&body).map_err(|e| {
+        Error::BadRequest { message: format!("expected {{\"<version>\": <weight>, ...}}: {e}") }
+    })?;
+    let weights = weights
+        .into_iter()
+        .map(|(v, w)| Ok((parse_version(&v)?, w)))
+        .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
+    registry.set_weights(&name, weights)?;
+    Ok(traffic_view(&registry, &name))
+}
+
+async fn get_traffic(State(registry): State<Arc<Registry>>, Path(name): Path<String>) -> Result<Json<Value>> {
+    registry.module(&name)?;
+    Ok(traffic_view(&registry, &name))
+}
+
+fn traffic_view(registry: &Registry, name: &str) -> Json<Value> {
+    let weights: Option<std::collections::BTreeMap<String, u32>> =
+        registry.weights(name).map(|w| w.into_iter().map(|(v, w)| (v.to_string(), w)).collect());
+    let active = registry.module(name).ok().and_then(|(_, active)| active).map(|v| v.to_string());
+    Json(json!({ "module": name, "active_version": active, "weights": weights }))
 }
 
 /// What an install answers.
@@ -90,6 +207,8 @@ struct Installed {
     size: u64,
     state: InstanceState,
     install_ms: f64,
+    /// With `strategy=replace`: the version that was active, now unloaded.
+    replaced: Option<Value>,
 }
 
 async fn install(
@@ -97,7 +216,8 @@ async fn install(
     Query(options): Query<InstallOptions>,
     headers: HeaderMap,
     request: Request,
-) -> Result<(StatusCode, Json<Installed>)> {
+) -> Result<Response> {
+    let query_async = options.run_async;
     let limit = registry.config().max_upload_bytes;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -125,15 +245,15 @@ async fn install(
         body
     };
     let received = Instant::now();
-    let installing = Arc::clone(&registry);
-    let instance = tokio::task::spawn_blocking(move || installing.install(&bytes, options.name.as_deref()))
-        .await
-        .map_err(|e| Error::Io { context: "install task".into(), source: std::io::Error::other(e) })??;
-    let install_ms = received.elapsed().as_secs_f64() * 1000.0;
-    tracing::info!(module = %instance.id.name, version = %instance.id.version, sha256 = %instance.artifact.sha256, install_ms, "installed");
-    Ok((
-        StatusCode::CREATED,
-        Json(Installed {
+    let options = Options { name: options.name, activate: options.activate, strategy: options.strategy };
+    let run_async = query_async;
+    let target = format!("upload of {} bytes", bytes.len());
+    run_operation(&registry, "install", &target, run_async, StatusCode::CREATED, move |registry| {
+        let done = registry.install_with(&bytes, &options)?;
+        let instance = &done.instance;
+        let install_ms = received.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(module = %instance.id.name, version = %instance.id.version, sha256 = %instance.artifact.sha256, install_ms, "installed");
+        let installed = Installed {
             name: instance.id.name.clone(),
             package: instance.package.clone(),
             version: instance.id.version.to_string(),
@@ -142,8 +262,11 @@ async fn install(
             size: instance.artifact.size,
             state: instance.state(),
             install_ms,
-        }),
-    ))
+            replaced: done.replaced.map(|r| json!({"version": r.id.version.to_string(), "state": r.state()})),
+        };
+        Ok(serde_json::to_value(installed).unwrap_or_default())
+    })
+    .await
 }
 
 /// One instance as the API shows it.
@@ -240,14 +363,16 @@ async fn describe(State(registry): State<Arc<Registry>>, Path(name): Path<String
 async fn uninstall(
     State(registry): State<Arc<Registry>>,
     Path((name, version)): Path<(String, String)>,
-) -> Result<Json<InstanceView>> {
-    let version = Version::parse(&version)
-        .map_err(|e| Error::BadRequest { message: format!("{version:?} is not a semver version: {e}") })?;
-    let stopping = Arc::clone(&registry);
-    let instance = tokio::task::spawn_blocking(move || stopping.uninstall(&name, &version))
-        .await
-        .map_err(|e| Error::Io { context: "uninstall task".into(), source: std::io::Error::other(e) })??;
-    Ok(Json(view(&instance, false, true, &HashMap::new())))
+    Query(options): Query<AsyncOption>,
+) -> Result<Response> {
+    let version = parse_version(&version)?;
+    let target = format!("{name}@{version}");
+    run_operation(&registry, "uninstall", &target, options.run_async, StatusCode::OK, move |registry| {
+        let instance = registry.uninstall(&name, &version)?;
+        let view = view(&instance, false, true, &HashMap::new());
+        Ok(serde_json::to_value(view).unwrap_or_default())
+    })
+    .await
 }
 
 #[derive(Deserialize)]

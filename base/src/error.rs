@@ -144,6 +144,34 @@ pub enum Error {
         /// The concurrency limit.
         limit: u32,
     },
+    /// A request pinned a version (`x-pedestal-version`) that is not running.
+    #[error("{name} has no running version {version:?} (running: {running:?})")]
+    VersionNotFound {
+        /// The module.
+        name: String,
+        /// The pinned version.
+        version: String,
+        /// The versions that are running.
+        running: Vec<String>,
+    },
+    /// The operation needs a running (active or inactive) instance.
+    #[error("{id} is {state}, not running")]
+    NotRunning {
+        /// `name@version`.
+        id: String,
+        /// Its state.
+        state: String,
+    },
+    /// The instance was stopped at the end of its drain timeout while this request ran.
+    #[error(
+        "{id} was stopped after its drain timeout of {timeout_ms} ms while this request was still running"
+    )]
+    DrainTimeout {
+        /// `name@version`.
+        id: String,
+        /// The drain timeout.
+        timeout_ms: u64,
+    },
     /// The config file cannot be read or has an error.
     #[error("invalid config file {path}: {message}")]
     ConfigInvalid {
@@ -211,6 +239,9 @@ impl Error {
             Self::ModuleTimeout { .. } => "MODULE_TIMEOUT",
             Self::ModuleOverloaded { .. } => "MODULE_OVERLOADED",
             Self::ConfigInvalid { .. } => "CONFIG_INVALID",
+            Self::VersionNotFound { .. } => "VERSION_NOT_FOUND",
+            Self::NotRunning { .. } => "NOT_RUNNING",
+            Self::DrainTimeout { .. } => "DRAIN_TIMEOUT",
             Self::ModuleFailed { code, .. } => code,
             Self::Io { .. } => "INTERNAL",
         }
@@ -231,7 +262,11 @@ impl Error {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::ModuleUnavailable { .. } | Self::ModuleOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ModuleUnavailable { .. } | Self::ModuleOverloaded { .. } | Self::DrainTimeout { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::VersionNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::NotRunning { .. } => StatusCode::CONFLICT,
             Self::ModuleTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ModuleFailed { code, .. } if code == "BAD_REQUEST" => StatusCode::BAD_REQUEST,
             Self::ModuleFailed { .. }
@@ -261,6 +296,11 @@ impl Error {
             Self::ModuleTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
             Self::ModuleOverloaded { id, limit } => json!({"module": id, "limit": limit}),
             Self::ConfigInvalid { path, .. } => json!({"path": path}),
+            Self::VersionNotFound { name, version, running } => {
+                json!({"module": name, "version": version, "running": running})
+            }
+            Self::NotRunning { id, state } => json!({"module": id, "state": state}),
+            Self::DrainTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
             Self::PayloadTooLarge { size, limit } => json!({"size": size, "limit": limit}),
             Self::ModuleNotMounted { name } => json!({"module": name}),
             _ => json!({}),
@@ -268,9 +308,16 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The error as the API shows it: `{code, message, details}`.
+    pub fn to_json(&self) -> Value {
+        json!({"code": self.code(), "message": self.to_string(), "details": self.details()})
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let body = json!({"code": self.code(), "message": self.to_string(), "details": self.details()});
+        let body = self.to_json();
         (self.status(), Json(body)).into_response()
     }
 }

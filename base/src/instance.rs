@@ -162,6 +162,11 @@ pub struct Instance {
     memory_limit_crossings: AtomicU64,
     recent: RecentRate,
     request_accounting: bool,
+    /// Taken out of traffic by the base (memory limit): not routed even by a pinned version.
+    deactivated: AtomicBool,
+    /// Set when a stop's drain timed out: requests cut off then get `DRAIN_TIMEOUT`.
+    drain_expired: AtomicBool,
+    drain_timeout_ms: AtomicU64,
 }
 
 impl fmt::Debug for Instance {
@@ -452,6 +457,9 @@ impl Instance {
             memory_limit_crossings: AtomicU64::new(0),
             recent: RecentRate::new(),
             request_accounting: config.request_accounting,
+            deactivated: AtomicBool::new(false),
+            drain_expired: AtomicBool::new(false),
+            drain_timeout_ms: AtomicU64::new(0),
         });
         instance.transition(State::Installing, "install", "library loaded and checked");
         if let Err(e) = reserve(&instance) {
@@ -606,6 +614,15 @@ impl Instance {
         }
         self.memory_limit_crossings.fetch_add(1, Ordering::Relaxed);
         Some(MemoryCrossing { live_bytes: live, limit, action: limits.memory_action })
+    }
+
+    /// Whether the base took this instance out of traffic (it is not routed, even when pinned).
+    pub fn is_deactivated(&self) -> bool {
+        self.deactivated.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_deactivated(&self, deactivated: bool) {
+        self.deactivated.store(deactivated, Ordering::Relaxed);
     }
 
     /// Whether the live heap is above the memory soft limit (as last checked).
@@ -771,11 +788,18 @@ impl Instance {
                 record(status.is_server_error());
                 let tag = HeaderValue::from_str(&self.id.to_string()).expect("identities are ASCII");
                 response.headers_mut().insert("x-pedestal-module", tag);
+                let version =
+                    HeaderValue::from_str(&self.id.version.to_string()).expect("versions are ASCII");
+                response.headers_mut().insert(crate::routing::VERSION_HEADER, version);
                 Ok(response)
             }
             Ok(Ok(Outcome::Failed { code, message })) => {
                 failed(Error::ModuleFailed { id: self.id.to_string(), code, message })
             }
+            Ok(Err(_)) if self.drain_expired.load(Ordering::Acquire) => failed(Error::DrainTimeout {
+                id: self.id.to_string(),
+                timeout_ms: self.drain_timeout_ms.load(Ordering::Relaxed),
+            }),
             Ok(Err(_)) => failed(self.unavailable("the instance stopped before answering")),
             Err(_) => {
                 if let Some(pending) = lock(&self.shared.pending).as_mut() {
@@ -817,6 +841,10 @@ impl Instance {
             thread::sleep(Duration::from_millis(1));
         }
         let left = self.in_flight.load(Ordering::Acquire);
+        if left > 0 {
+            self.drain_timeout_ms.store(config.drain_timeout.as_millis() as u64, Ordering::Relaxed);
+            self.drain_expired.store(true, Ordering::Release);
+        }
         let message = if left == 0 {
             "drained; asking the module to stop".to_owned()
         } else {

@@ -34,7 +34,9 @@ mod limits;
 #[allow(unsafe_code)]
 mod loader;
 mod logs;
+mod operations;
 mod registry;
+mod routing;
 #[allow(unsafe_code)]
 mod tls_keys;
 mod traffic;
@@ -52,7 +54,9 @@ pub use crate::{
     instance::{Instance, ModuleId, State, Traffic, Transition},
     limits::{Action, LimitOverrides, Limits, Source, Sources},
     logs::{LogFormat, LogLine, ModuleLog},
-    registry::{Registry, RoutingTable},
+    operations::{Operation, Operations, Status as OperationStatus},
+    registry::{InstallOptions, Installed, Registry, Strategy},
+    routing::{Route, RoutingTable, Split, VERSION_HEADER},
     tls_keys::keys_are_reclaimable,
 };
 

@@ -10,11 +10,14 @@ use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     thread,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use arc_swap::ArcSwap;
 use semver::Version;
+use serde::{Deserialize, Serialize};
+
+mod watch;
 
 use crate::{
     accounting::Metrics,
@@ -22,14 +25,44 @@ use crate::{
     config::Config,
     elf,
     error::{Error, Result},
-    instance::{Instance, MemoryCrossing, State, lock},
-    limits::{Action, LimitOverrides, Limits},
+    instance::{Instance, State, lock},
+    limits::{LimitOverrides, Limits},
     loader,
     logs::ModuleLog,
+    routing::{Route, RoutingTable, Split},
 };
 
-/// Module name → the instance that serves `/<name>/`.
-pub type RoutingTable = HashMap<String, Arc<Instance>>;
+/// How an install treats the versions of the module already installed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Add the version next to the others (Koupleless's "install").
+    #[default]
+    Install,
+    /// Install the new version, switch the traffic to it, then drain and unload the version that
+    /// was active. No request fails when the versions differ; the same version is stopped first.
+    Replace,
+}
+
+/// What an install is asked to do besides loading the module.
+#[derive(Debug, Clone, Default)]
+pub struct InstallOptions {
+    /// Install under this name instead of the package's (one artifact, many tenants).
+    pub name: Option<String>,
+    /// Make the new version active even when another one is.
+    pub activate: bool,
+    /// How to treat the versions already installed.
+    pub strategy: Strategy,
+}
+
+/// What an install did.
+#[derive(Debug)]
+pub struct Installed {
+    /// The new instance.
+    pub instance: Arc<Instance>,
+    /// The version a replace took the traffic from and unloaded.
+    pub replaced: Option<Arc<Instance>>,
+}
 
 /// The base's modules and routing.
 #[derive(Debug)]
@@ -48,17 +81,16 @@ pub struct Registry {
     limit_overrides: Mutex<HashMap<String, LimitOverrides>>,
     /// Recent memory-limit restarts per module name, to stop a restart loop.
     restarts: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Operations run in the background for the API.
+    pub(crate) operations: crate::operations::Operations,
 }
-
-/// At most this many memory-limit restarts of one module in [`RESTART_WINDOW`]; beyond that
-/// the instance is deactivated instead.
-const MAX_RESTARTS: usize = 3;
-const RESTART_WINDOW: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Default)]
 struct Versions {
     instances: BTreeMap<Version, Arc<Instance>>,
     active: Option<Version>,
+    /// Traffic weights across versions (a canary), when set.
+    weights: Option<BTreeMap<Version, u32>>,
 }
 
 impl Registry {
@@ -75,6 +107,7 @@ impl Registry {
             loaded_paths: Mutex::new(HashSet::new()),
             limit_overrides: Mutex::new(HashMap::new()),
             restarts: Mutex::new(HashMap::new()),
+            operations: crate::operations::Operations::default(),
         })
     }
 
@@ -105,143 +138,6 @@ impl Registry {
     /// Every live instance's metrics in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
         self.metrics.render(&self.all())
-    }
-
-    /// Samples every live instance's heap (keeping peaks current) and enforces the limits that
-    /// are watched rather than checked per request: the memory soft limit and runaway requests.
-    /// The base calls it ten times a second.
-    pub fn watch_limits(self: &Arc<Self>) {
-        for (instance, _) in self.all() {
-            instance.sample_heap();
-            if !matches!(instance.state(), State::Active | State::Inactive) {
-                continue;
-            }
-            for runaway in instance.find_runaways() {
-                let message = format!(
-                    "runaway request: {} is still running {} ms after it was sent, far past its {} ms \
-                     timeout (its caller got 504); the base cannot stop it, the module must",
-                    runaway.request,
-                    runaway.running_ms,
-                    instance.limits().request_timeout_ms
-                );
-                self.warn(&instance, "runaway", &message);
-            }
-            if let Some(crossing) = instance.check_memory() {
-                self.memory_limit_crossed(&instance, crossing);
-            }
-        }
-    }
-
-    /// Warns in the base's output and in the module's own log.
-    fn warn(&self, instance: &Instance, target: &str, message: &str) {
-        let (name, version) = (&instance.id.name, instance.id.version.to_string());
-        tracing::warn!(module = %name, version = %version, "{message}");
-        let line = crate::logs::LogLine::new(
-            pedestal_module_api::abi::LogLevel::Warn,
-            name,
-            &version,
-            target,
-            message,
-            "",
-        );
-        self.log(name).write(line);
-    }
-
-    fn memory_limit_crossed(self: &Arc<Self>, instance: &Arc<Instance>, crossing: MemoryCrossing) {
-        let MemoryCrossing { live_bytes, limit, action } = crossing;
-        let action = if action == Action::Restart && !self.may_restart(&instance.id.name) {
-            self.warn(
-                instance,
-                "limits",
-                &format!(
-                    "memory soft limit: {MAX_RESTARTS} restarts in {} s already; deactivating instead",
-                    RESTART_WINDOW.as_secs()
-                ),
-            );
-            Action::Deactivate
-        } else {
-            action
-        };
-        let taken = match action {
-            Action::Log => "logged",
-            Action::Deactivate => "deactivating the instance",
-            Action::Restart => "restarting the instance",
-        };
-        let message = format!(
-            "memory soft limit crossed: {live_bytes} live heap bytes, over the limit of {limit}; {taken}"
-        );
-        self.warn(instance, "limits", &message);
-        match action {
-            Action::Log => {}
-            Action::Deactivate => self.deactivate(instance, "memory_limit", &message),
-            Action::Restart => {
-                let registry = Arc::clone(self);
-                let instance = Arc::clone(instance);
-                let restarter = thread::Builder::new().name("pedestal-restart".into()).spawn(move || {
-                    if let Err(e) = registry.restart(&instance, "memory_limit", &message) {
-                        registry.warn(&instance, "limits", &format!("restart failed: {e}"));
-                    }
-                });
-                if let Err(e) = restarter {
-                    tracing::error!("cannot start a restart thread: {e}");
-                }
-            }
-        }
-    }
-
-    /// Records a restart of module `name` unless it already restarted [`MAX_RESTARTS`] times in
-    /// [`RESTART_WINDOW`].
-    fn may_restart(&self, name: &str) -> bool {
-        let mut restarts = lock(&self.restarts);
-        let recent = restarts.entry(name.to_owned()).or_default();
-        recent.retain(|at| at.elapsed() < RESTART_WINDOW);
-        if recent.len() >= MAX_RESTARTS {
-            return false;
-        }
-        recent.push_back(Instant::now());
-        true
-    }
-
-    /// Takes an instance out of traffic (it stays loaded, `inactive`). Requests to its module
-    /// get `503 MODULE_UNAVAILABLE` until a version is active again.
-    pub fn deactivate(&self, instance: &Arc<Instance>, reason: &str, message: &str) {
-        if !instance.try_begin_operation() {
-            return;
-        }
-        let mut modules = lock(&self.modules);
-        if instance.state() == State::Active {
-            if let Some(versions) = modules.get_mut(&instance.id.name)
-                && versions.active.as_ref() == Some(&instance.id.version)
-            {
-                versions.active = None;
-            }
-            instance.transition(State::Inactive, reason, message);
-            self.publish(&modules);
-        }
-        drop(modules);
-        instance.end_operation();
-    }
-
-    /// Stops an instance and starts a fresh one from the same artifact under the same identity;
-    /// it takes the traffic back if the old one had it. Blocking.
-    pub fn restart(&self, instance: &Arc<Instance>, reason: &str, message: &str) -> Result<Arc<Instance>> {
-        if !instance.try_begin_operation() {
-            return Err(Error::OperationInProgress { id: instance.id.to_string() });
-        }
-        {
-            // Keep `active` pointing at this version: the fresh instance takes it over.
-            let modules = lock(&self.modules);
-            instance.transition(State::Draining, reason, message);
-            self.publish(&modules);
-        }
-        instance.stop(&self.config, reason);
-        if !instance.is_mapped() {
-            self.release_load_path(&instance.load_path);
-        }
-        let bytes = std::fs::read(&instance.artifact.path)
-            .map_err(Error::io(format!("reading {}", instance.artifact.path.display())))?;
-        let name = (instance.id.name != instance.package).then_some(instance.id.name.as_str());
-        self.install(&bytes, name)
     }
 
     /// The limit overrides set through the API for module `name`.
@@ -298,13 +194,22 @@ impl Registry {
         self.routes.load_full()
     }
 
+    /// Installs a module from its `.so` bytes and starts it, with the default options. Blocking:
+    /// call it off the async runtime. See [`Registry::install_with`].
+    pub fn install(&self, bytes: &[u8], name: Option<&str>) -> Result<Arc<Instance>> {
+        let options = InstallOptions { name: name.map(str::to_owned), ..InstallOptions::default() };
+        Ok(self.install_with(bytes, &options)?.instance)
+    }
+
     /// Installs a module from its `.so` bytes and starts it. Blocking: call it off the async
-    /// runtime. The first version of a module becomes active; later ones install inactive.
+    /// runtime. The first version of a module becomes active; later ones install inactive unless
+    /// `activate` (or the `replace` strategy) says otherwise.
     ///
     /// `name` installs the module under another name than its package's (mounted at `/<name>/`,
     /// logged and accounted as `<name>`): the same artifact can serve many tenants, each its own
     /// instance.
-    pub fn install(&self, bytes: &[u8], name: Option<&str>) -> Result<Arc<Instance>> {
+    pub fn install_with(&self, bytes: &[u8], options: &InstallOptions) -> Result<Installed> {
+        let name = options.name.as_deref();
         if bytes.is_empty() {
             return Err(Error::EmptyUpload);
         }
@@ -333,6 +238,7 @@ impl Registry {
             return Err(Error::AlreadyInstalled { id: existing.id.to_string() });
         }
         let load_path = self.claim_load_path(&artifact)?;
+        let replace = options.strategy == Strategy::Replace;
         let launched = Instance::launch(
             artifact,
             load_path.clone(),
@@ -340,7 +246,7 @@ impl Registry {
             &self.config,
             &self.metrics,
             &|name| self.log(name),
-            |instance| self.reserve(instance),
+            |instance| self.reserve(instance, replace),
         );
         let instance = match launched {
             Ok(instance) => instance,
@@ -352,23 +258,123 @@ impl Registry {
                 return Err(e);
             }
         };
-        let mut modules = lock(&self.modules);
-        let versions = modules.entry(instance.id.name.clone()).or_default();
-        let active_is_live = versions
-            .active
-            .as_ref()
-            .and_then(|v| versions.instances.get(v))
-            .is_some_and(|i| matches!(i.state(), State::Active));
-        if active_is_live {
-            instance.transition(State::Inactive, "install", "started; another version is active");
-        } else {
-            versions.active = Some(instance.id.version.clone());
-            instance.transition(State::Active, "install", "started and receiving traffic");
+        let previous = {
+            let mut modules = lock(&self.modules);
+            let versions = modules.entry(instance.id.name.clone()).or_default();
+            let current = versions
+                .active
+                .as_ref()
+                .and_then(|v| versions.instances.get(v))
+                .filter(|i| i.state() == State::Active && i.id.version != instance.id.version)
+                .cloned();
+            let previous = match current {
+                Some(_) if !options.activate && !replace => {
+                    instance.transition(State::Inactive, "install", "started; another version is active");
+                    None
+                }
+                current => {
+                    if let Some(current) = &current {
+                        current.transition(
+                            State::Inactive,
+                            "switch",
+                            &format!("{} took the traffic", instance.id),
+                        );
+                    }
+                    versions.active = Some(instance.id.version.clone());
+                    versions.weights = None;
+                    instance.transition(State::Active, "install", "started and receiving traffic");
+                    current
+                }
+            };
             self.publish(&modules);
-        }
+            previous
+        };
         // Only now, with the instance routed, may another operation (an uninstall) take it.
         instance.end_operation();
-        Ok(instance)
+        let replaced = match previous.filter(|_| replace) {
+            Some(previous) => match self.uninstall(&previous.id.name, &previous.id.version) {
+                Ok(replaced) => Some(replaced),
+                // Someone else is already unloading it: the replace is still done.
+                Err(Error::OperationInProgress { .. }) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        Ok(Installed { instance, replaced })
+    }
+
+    /// Makes `name@version` (started, inactive) the active version: one routing-table swap.
+    /// Requests already inside the previous version finish there. Clears traffic weights.
+    pub fn switch(&self, name: &str, version: &Version) -> Result<(Arc<Instance>, Option<Arc<Instance>>)> {
+        let target = self.find(name, version)?;
+        if !target.try_begin_operation() {
+            return Err(Error::OperationInProgress { id: target.id.to_string() });
+        }
+        let switched = (|| {
+            let mut modules = lock(&self.modules);
+            let state = target.state();
+            if !matches!(state, State::Active | State::Inactive) {
+                return Err(Error::NotRunning {
+                    id: target.id.to_string(),
+                    state: format!("{state:?}").to_lowercase(),
+                });
+            }
+            let versions =
+                modules.get_mut(name).ok_or_else(|| Error::NotFound { what: format!("module {name}") })?;
+            let previous = versions
+                .active
+                .as_ref()
+                .filter(|v| *v != version)
+                .and_then(|v| versions.instances.get(v))
+                .filter(|i| i.state() == State::Active)
+                .cloned();
+            if let Some(previous) = &previous {
+                previous.transition(State::Inactive, "switch", &format!("switched to {}", target.id));
+            }
+            target.set_deactivated(false);
+            versions.active = Some(version.clone());
+            versions.weights = None;
+            if state != State::Active {
+                target.transition(State::Active, "switch", "switched to; receiving the traffic");
+            }
+            self.publish(&modules);
+            Ok(previous)
+        })();
+        target.end_operation();
+        Ok((target, switched?))
+    }
+
+    /// Splits module `name`'s traffic across running versions by weight (`{"1.0.0": 90,
+    /// "1.1.0": 10}`); an empty map goes back to the active version alone. Requests pinned with
+    /// `x-pedestal-version` are not affected.
+    pub fn set_weights(&self, name: &str, weights: BTreeMap<Version, u32>) -> Result<()> {
+        let mut modules = lock(&self.modules);
+        let versions =
+            modules.get_mut(name).ok_or_else(|| Error::NotFound { what: format!("module {name}") })?;
+        for version in weights.keys() {
+            let instance = versions
+                .instances
+                .get(version)
+                .ok_or_else(|| Error::NotFound { what: format!("{name}@{version}") })?;
+            let state = instance.state();
+            if !matches!(state, State::Active | State::Inactive) || instance.is_deactivated() {
+                return Err(Error::NotRunning {
+                    id: instance.id.to_string(),
+                    state: format!("{state:?}").to_lowercase(),
+                });
+            }
+        }
+        if !weights.is_empty() && weights.values().all(|w| *w == 0) {
+            return Err(Error::BadRequest { message: "at least one weight must be above zero".into() });
+        }
+        versions.weights = (!weights.is_empty()).then_some(weights);
+        self.publish(&modules);
+        Ok(())
+    }
+
+    /// Module `name`'s traffic weights, if set.
+    pub fn weights(&self, name: &str) -> Option<BTreeMap<Version, u32>> {
+        lock(&self.modules).get(name).and_then(|v| v.weights.clone())
     }
 
     /// Stops and unloads `name@version`. A live instance is drained, stopped and unloaded; an
@@ -394,6 +400,9 @@ impl Registry {
         }
         {
             let mut modules = lock(&self.modules);
+            if let Some(weights) = modules.get_mut(name).and_then(|v| v.weights.as_mut()) {
+                weights.remove(version);
+            }
             if let Some(versions) = modules.get_mut(name)
                 && versions.active.as_ref() == Some(version)
             {
@@ -401,13 +410,17 @@ impl Registry {
                     .instances
                     .iter()
                     .rev()
-                    .find(|(v, i)| *v != version && i.state() == State::Inactive && !i.is_busy())
+                    .find(|(v, i)| {
+                        *v != version && i.state() == State::Inactive && !i.is_busy() && !i.is_deactivated()
+                    })
                     .map(|(v, i)| (v.clone(), Arc::clone(i)));
                 versions.active = successor.as_ref().map(|(v, _)| v.clone());
                 if let Some((_, next)) = successor {
                     next.transition(State::Active, "uninstall", &format!("took over from {}", instance.id));
                 }
             }
+            // Out of the routing table (including pinned versions) from this swap on.
+            instance.transition(State::Draining, "uninstall", "no new requests; waiting for in-flight ones");
             self.publish(&modules);
         }
         instance.stop(&self.config, "uninstall");
@@ -458,8 +471,16 @@ impl Registry {
             .ok_or_else(|| Error::NotFound { what: format!("{name}@{version}") })
     }
 
-    /// Registers a freshly loaded instance under its identity, unless a live one holds it.
-    fn reserve(&self, instance: &Arc<Instance>) -> Result<()> {
+    /// Registers a freshly loaded instance under its identity, unless a live one holds it (with
+    /// `replace`, a live one of the same identity is drained and unloaded first).
+    fn reserve(&self, instance: &Arc<Instance>, replace: bool) -> Result<()> {
+        if replace {
+            let same =
+                self.find(&instance.id.name, &instance.id.version).ok().filter(|i| i.state().is_live());
+            if let Some(same) = same {
+                self.uninstall(&same.id.name, &same.id.version)?;
+            }
+        }
         let mut modules = lock(&self.modules);
         let versions = modules.entry(instance.id.name.clone()).or_default();
         if let Some(existing) = versions.instances.get(&instance.id.version) {
@@ -503,8 +524,29 @@ impl Registry {
         let table: RoutingTable = modules
             .iter()
             .filter_map(|(name, versions)| {
-                let instance = versions.instances.get(versions.active.as_ref()?)?;
-                (instance.state() == State::Active).then(|| (name.clone(), Arc::clone(instance)))
+                let routable = |i: &&Arc<Instance>| {
+                    matches!(i.state(), State::Active | State::Inactive) && !i.is_deactivated()
+                };
+                let running: Vec<_> = versions.instances.values().filter(routable).cloned().collect();
+                if running.is_empty() {
+                    return None;
+                }
+                let active = versions
+                    .active
+                    .as_ref()
+                    .and_then(|v| versions.instances.get(v))
+                    .filter(|i| i.state() == State::Active && !i.is_deactivated())
+                    .cloned();
+                let split = versions.weights.as_ref().and_then(|weights| {
+                    let weighted = weights
+                        .iter()
+                        .filter_map(|(v, w)| {
+                            Some((Arc::clone(versions.instances.get(v).filter(routable)?), *w))
+                        })
+                        .collect();
+                    Split::new(weighted)
+                });
+                Some((name.clone(), Route { active, running, split }))
             })
             .collect();
         self.routes.store(Arc::new(table));

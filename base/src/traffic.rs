@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use crate::{
     error::{Error, Result},
     registry::Registry,
+    routing::VERSION_HEADER,
 };
 
 /// The traffic router: the `native` routes compiled into the base first, then every module
@@ -37,9 +38,13 @@ async fn forward(registry: &Registry, request: Request) -> Result<Response> {
         Some(slash) => (&path[..slash], &path[slash..]),
         None => (path, "/"),
     };
-    let Some(instance) = registry.routes().get(name).cloned() else {
+    let routes = registry.routes();
+    let Some(route) = routes.get(name) else {
         return Err(registry.why_unrouted(name));
     };
+    let pinned = request.headers().get(VERSION_HEADER).map(|v| v.to_str().unwrap_or("(not text)"));
+    let instance = route.pick(name, pinned)?;
+    drop(routes);
     let path_and_query = match uri.query() {
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_owned(),

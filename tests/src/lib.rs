@@ -91,8 +91,14 @@ impl TestBase {
         if !extra.contains(&"--data-dir") {
             command.arg("--data-dir").arg(data.path());
         }
+        for (flag, value) in
+            [("--start-timeout-ms", "2000"), ("--stop-timeout-ms", "2000"), ("--drain-timeout-ms", "2000")]
+        {
+            if !extra.contains(&flag) {
+                command.args([flag, value]);
+            }
+        }
         let mut child = command
-            .args(["--start-timeout-ms", "2000", "--stop-timeout-ms", "2000", "--drain-timeout-ms", "2000"])
             .args(extra)
             .env("PEDESTAL_LOG", "info")
             .env("NO_COLOR", "1")
@@ -144,6 +150,27 @@ impl TestBase {
     /// `GET` on the traffic server.
     pub fn get(&self, path: &str) -> Reply {
         self.send(self.agent.get(&format!("{}{path}", self.traffic)), None)
+    }
+
+    /// `GET` on the traffic server with extra headers.
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.agent.get(&format!("{}{path}", self.traffic));
+        for (name, value) in headers {
+            request = request.set(name, value);
+        }
+        self.send(request, None)
+    }
+
+    /// An operations-API request with a JSON body.
+    pub fn admin_json(&self, method: &str, path: &str, body: &Value) -> Reply {
+        let body = body.to_string();
+        self.admin(method, path, &[("content-type", "application/json")], Some(body.as_bytes()))
+    }
+
+    /// Uploads the file at `path` with a query string (`activate=true&strategy=replace`...).
+    pub fn install_query(&self, path: &str, query: &str) -> Reply {
+        let headers = [("content-type", "application/octet-stream")];
+        self.admin("POST", &format!("/api/v1/modules?{query}"), &headers, Some(&read(path)))
     }
 
     /// `POST` on the traffic server.

@@ -1,0 +1,157 @@
+//! The limits the registry watches rather than checks per request: each instance's memory soft
+//! limit (and its action: log, deactivate, restart) and runaway requests. The base's sampler
+//! thread calls [`Registry::watch_limits`] ten times a second.
+
+use std::{
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use pedestal_module_api::abi::LogLevel;
+
+use super::Registry;
+use crate::{
+    error::{Error, Result},
+    instance::{Instance, MemoryCrossing, State, lock},
+    limits::Action,
+    logs::LogLine,
+};
+
+/// At most this many memory-limit restarts of one module in [`RESTART_WINDOW`]; beyond that
+/// the instance is deactivated instead.
+const MAX_RESTARTS: usize = 3;
+const RESTART_WINDOW: Duration = Duration::from_secs(600);
+
+impl Registry {
+    /// Samples every live instance's heap (keeping peaks current) and enforces the limits that
+    /// are watched rather than checked per request: the memory soft limit and runaway requests.
+    /// The base calls it ten times a second.
+    pub fn watch_limits(self: &Arc<Self>) {
+        for (instance, _) in self.all() {
+            instance.sample_heap();
+            if !matches!(instance.state(), State::Active | State::Inactive) {
+                continue;
+            }
+            for runaway in instance.find_runaways() {
+                let message = format!(
+                    "runaway request: {} is still running {} ms after it was sent, far past its {} ms \
+                     timeout (its caller got 504); the base cannot stop it, the module must",
+                    runaway.request,
+                    runaway.running_ms,
+                    instance.limits().request_timeout_ms
+                );
+                self.warn(&instance, "runaway", &message);
+            }
+            if let Some(crossing) = instance.check_memory() {
+                self.memory_limit_crossed(&instance, crossing);
+            }
+        }
+    }
+
+    /// Warns in the base's output and in the module's own log.
+    fn warn(&self, instance: &Instance, target: &str, message: &str) {
+        let (name, version) = (&instance.id.name, instance.id.version.to_string());
+        tracing::warn!(module = %name, version = %version, "{message}");
+        let line = LogLine::new(LogLevel::Warn, name, &version, target, message, "");
+        self.log(name).write(line);
+    }
+
+    fn memory_limit_crossed(self: &Arc<Self>, instance: &Arc<Instance>, crossing: MemoryCrossing) {
+        let MemoryCrossing { live_bytes, limit, action } = crossing;
+        let action = if action == Action::Restart && !self.may_restart(&instance.id.name) {
+            self.warn(
+                instance,
+                "limits",
+                &format!(
+                    "memory soft limit: {MAX_RESTARTS} restarts in {} s already; deactivating instead",
+                    RESTART_WINDOW.as_secs()
+                ),
+            );
+            Action::Deactivate
+        } else {
+            action
+        };
+        let taken = match action {
+            Action::Log => "logged",
+            Action::Deactivate => "deactivating the instance",
+            Action::Restart => "restarting the instance",
+        };
+        let message = format!(
+            "memory soft limit crossed: {live_bytes} live heap bytes, over the limit of {limit}; {taken}"
+        );
+        self.warn(instance, "limits", &message);
+        match action {
+            Action::Log => {}
+            Action::Deactivate => self.deactivate(instance, "memory_limit", &message),
+            Action::Restart => {
+                let registry = Arc::clone(self);
+                let instance = Arc::clone(instance);
+                let restarter = thread::Builder::new().name("pedestal-restart".into()).spawn(move || {
+                    if let Err(e) = registry.restart(&instance, "memory_limit", &message) {
+                        registry.warn(&instance, "limits", &format!("restart failed: {e}"));
+                    }
+                });
+                if let Err(e) = restarter {
+                    tracing::error!("cannot start a restart thread: {e}");
+                }
+            }
+        }
+    }
+
+    /// Records a restart of module `name` unless it already restarted [`MAX_RESTARTS`] times in
+    /// [`RESTART_WINDOW`].
+    fn may_restart(&self, name: &str) -> bool {
+        let mut restarts = lock(&self.restarts);
+        let recent = restarts.entry(name.to_owned()).or_default();
+        recent.retain(|at| at.elapsed() < RESTART_WINDOW);
+        if recent.len() >= MAX_RESTARTS {
+            return false;
+        }
+        recent.push_back(Instant::now());
+        true
+    }
+
+    /// Takes an instance out of traffic (it stays loaded, `inactive`). Requests to its module
+    /// get `503 MODULE_UNAVAILABLE` until a version is active again.
+    pub fn deactivate(&self, instance: &Arc<Instance>, reason: &str, message: &str) {
+        if !instance.try_begin_operation() {
+            return;
+        }
+        let mut modules = lock(&self.modules);
+        instance.set_deactivated(true);
+        if instance.state() == State::Active {
+            if let Some(versions) = modules.get_mut(&instance.id.name)
+                && versions.active.as_ref() == Some(&instance.id.version)
+            {
+                versions.active = None;
+            }
+            instance.transition(State::Inactive, reason, message);
+        }
+        self.publish(&modules);
+        drop(modules);
+        instance.end_operation();
+    }
+
+    /// Stops an instance and starts a fresh one from the same artifact under the same identity;
+    /// it takes the traffic back if the old one had it. Blocking.
+    pub fn restart(&self, instance: &Arc<Instance>, reason: &str, message: &str) -> Result<Arc<Instance>> {
+        if !instance.try_begin_operation() {
+            return Err(Error::OperationInProgress { id: instance.id.to_string() });
+        }
+        {
+            // Keep `active` pointing at this version: the fresh instance takes it over.
+            let modules = lock(&self.modules);
+            instance.transition(State::Draining, reason, message);
+            self.publish(&modules);
+        }
+        instance.stop(&self.config, reason);
+        if !instance.is_mapped() {
+            self.release_load_path(&instance.load_path);
+        }
+        let bytes = std::fs::read(&instance.artifact.path)
+            .map_err(Error::io(format!("reading {}", instance.artifact.path.display())))?;
+        let name = (instance.id.name != instance.package).then_some(instance.id.name.as_str());
+        self.install(&bytes, name)
+    }
+}

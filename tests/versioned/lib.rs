@@ -1,0 +1,34 @@
+//! Fixture `fx-versioned`: one module source that `tests/build.rs` builds at several package
+//! versions (1.0.0, 1.1.0, 2.0.0), so tests can install versions side by side, switch between
+//! them and replace one with another.
+//!
+//! `/version` answers the version that served it; `/sleep?ms=N` answers it after N ms (to show
+//! that a request finishes on the version it started on).
+
+use std::time::Duration;
+
+use axum::{Router, extract::Query, routing::get};
+use pedestal_module_api::{Module, export_module};
+use serde::Deserialize;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+struct Versioned;
+
+impl Module for Versioned {
+    fn router(&self) -> Router {
+        Router::new().route("/version", get(|| async { VERSION })).route("/sleep", get(sleep))
+    }
+}
+
+export_module!(Versioned);
+
+#[derive(Deserialize)]
+struct Millis {
+    ms: u64,
+}
+
+async fn sleep(Query(Millis { ms }): Query<Millis>) -> &'static str {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    VERSION
+}
