@@ -104,24 +104,39 @@ fn build_versioned(root: &std::path::Path, target_dir: &std::path::Path) -> Vec<
         fs::create_dir_all(package.join("src")).unwrap();
         let manifest = format!(
             "[package]\nname = \"fx-versioned\"\nversion = \"{version}\"\nedition = \"2024\"\npublish = false\n\n\
-             [lib]\ncrate-type = [\"cdylib\"]\npath = {source:?}\n\n\
+             [lib]\nname = \"fx_versioned_{lib}\"\ncrate-type = [\"cdylib\"]\npath = {source:?}\n\n\
              [dependencies]\npedestal-module-api = {{ path = {api:?} }}\n\
              axum = {{ version = \"0.8\", default-features = false, features = [\"query\"] }}\n\
              serde = {{ version = \"1\", features = [\"derive\"] }}\n\
              tokio = {{ version = \"1\", default-features = false, features = [\"time\"] }}\n\n\
              [workspace]\n\n[profile.release]\nstrip = \"debuginfo\"\n",
             api = root.join("module-api"),
+            // A library name per version: cdylibs carry no hash in their file name, so versions
+            // sharing a target directory would overwrite each other's library.
+            lib = version.replace('.', "_"),
         );
         write_if_changed(&package.join("Cargo.toml"), &manifest);
         if !package.join("Cargo.lock").exists() {
             fs::copy(root.join("Cargo.lock"), package.join("Cargo.lock")).unwrap();
         }
         let mut build = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        build.current_dir(&package).args(["build", "--release", "--target-dir"]).arg(target_dir);
-        let status = plain(&mut build).status().expect("running cargo");
-        assert!(status.success(), "building fx-versioned {version} failed");
+        build
+            .current_dir(&package)
+            .args(["build", "--release", "--message-format=json-render-diagnostics", "--target-dir"])
+            .arg(target_dir)
+            .stderr(std::process::Stdio::inherit());
+        let output = plain(&mut build).output().expect("running cargo");
+        assert!(output.status.success(), "building fx-versioned {version} failed");
+        let built_file = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| line.contains("\"compiler-artifact\"") && line.contains("fx-versioned"))
+            .find_map(|line| {
+                let start = line.find("\"filenames\":[\"")? + "\"filenames\":[\"".len();
+                Some(line[start..][..line[start..].find('"')?].to_owned())
+            })
+            .expect("cargo names the library it built");
         let file = target_dir.join(format!("fx-versioned-{version}.so"));
-        fs::copy(target_dir.join("release/libfx_versioned.so"), &file).unwrap();
+        fs::copy(&built_file, &file).unwrap();
         built.push((version.to_string(), file));
     }
     built

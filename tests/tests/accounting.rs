@@ -32,7 +32,9 @@ fn a_leaking_module_shows_growing_live_bytes_and_its_leak_at_unload() {
     assert_eq!(base.get("/fx-leaky/leak?kib=1024").body, "leaked 1024 KiB");
     let after_two = live();
     assert!(after_one >= before + 1024 * 1024, "{before} -> {after_one}");
-    assert!(after_two >= after_one + 1024 * 1024, "{after_one} -> {after_two}");
+    // Against `before`, not `after_one`: a reading can include a response buffer the module
+    // frees only after the base has answered.
+    assert!(after_two >= before + 2 * 1024 * 1024, "{before} -> {after_one} -> {after_two}");
     let peak =
         base.admin_get("/api/v1/modules/fx-leaky").json["versions"][0]["heap_peak_bytes"].as_u64().unwrap();
     assert!(peak >= after_two, "peak {peak} below live {after_two}");
