@@ -21,6 +21,7 @@ const FIXTURES: &[&str] = &[
     "fx-cpu-burner",
     "fx-leaky",
     "fx-limited",
+    "fx-start-aborts",
 ];
 
 /// A nested cargo must build, not lint: under `cargo clippy` the outer cargo sets a workspace

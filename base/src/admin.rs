@@ -45,6 +45,8 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/api/v1/modules/{name}/switch", post(switch))
         .route("/api/v1/modules/{name}/traffic", put(set_traffic).get(get_traffic))
         .route("/api/v1/operations/{id}", get(operation))
+        .route("/api/v1/modules/{name}/{version}/retry", post(retry))
+        .route("/api/v1/ready", get(ready))
         .route("/api/v1/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { Error::NotFound { what: "route".into() } })
@@ -100,6 +102,28 @@ struct AsyncOption {
 
 /// Runs a blocking registry operation: waits for it and answers `ok` with its result, or with
 /// `run_async` answers `202 {operation, status_url}` at once and records the outcome for
+/// `GET /api/v1/ready`: `200 {"ready": true}` once the base restored its state (and, with
+/// `--ready-requires-modules`, installed every boot module); `503 {"ready": false}` before.
+async fn ready(State(registry): State<Arc<Registry>>) -> Response {
+    let ready = registry.is_ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+/// `POST /api/v1/modules/{name}/{version}/retry`: loads a quarantined module again.
+async fn retry(
+    State(registry): State<Arc<Registry>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response> {
+    let version = parse_version(&version)?;
+    let target = format!("{name}@{version}");
+    run_operation(&registry, "retry", &target, false, StatusCode::OK, move |registry| {
+        let instance = registry.retry(&name, &version)?;
+        Ok(serde_json::to_value(view(&instance, true, false, &HashMap::new())).unwrap_or_default())
+    })
+    .await
+}
+
 /// `GET /api/v1/operations/{id}`.
 async fn run_operation(
     registry: &Arc<Registry>,
@@ -345,11 +369,19 @@ fn view(
 async fn list(State(registry): State<Arc<Registry>>) -> Json<Value> {
     let cpu = cpu_by_thread_name();
     let modules: Vec<_> = registry.all().iter().map(|(i, active)| view(i, *active, false, &cpu)).collect();
-    Json(json!({ "modules": modules }))
+    Json(json!({ "modules": modules, "quarantined": registry.quarantined() }))
 }
 
 async fn describe(State(registry): State<Arc<Registry>>, Path(name): Path<String>) -> Result<Json<Value>> {
-    let (instances, active) = registry.module(&name)?;
+    let quarantined: Vec<_> = registry
+        .quarantined()
+        .into_iter()
+        .filter(|q| q.name.as_deref() == Some(&name) || q.install_name.as_deref() == Some(&name))
+        .collect();
+    let (instances, active) = match registry.module(&name) {
+        Err(Error::NotFound { .. }) if !quarantined.is_empty() => (Vec::new(), None),
+        other => other?,
+    };
     let cpu = cpu_by_thread_name();
     let versions: Vec<_> =
         instances.iter().map(|i| view(i, active.as_ref() == Some(&i.id.version), true, &cpu)).collect();
@@ -357,6 +389,7 @@ async fn describe(State(registry): State<Arc<Registry>>, Path(name): Path<String
         "name": name,
         "active_version": active.map(|v| v.to_string()),
         "versions": versions,
+        "quarantined": quarantined,
     })))
 }
 
@@ -547,6 +580,16 @@ async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {
             })
         })
         .collect();
+    let mut troubled = troubled;
+    for q in registry.quarantined() {
+        let id = match (&q.name, &q.version) {
+            (Some(name), Some(version)) => format!("{name}@{version}"),
+            _ => format!("artifact {}", q.sha256),
+        };
+        troubled.push(
+            json!({"module": id, "state": "quarantined", "reason": "quarantined", "message": q.reason}),
+        );
+    }
     let all_healthy = modules.iter().all(|m| m["status"] == "healthy");
     Json(json!({
         "status": if all_healthy && troubled.is_empty() { "ok" } else { "degraded" },
@@ -558,7 +601,9 @@ async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {
             "broken": count(InstanceState::Broken),
             "pinned": count(InstanceState::Pinned),
             "stopped": count(InstanceState::Stopped),
+            "quarantined": registry.quarantined().len(),
         },
+        "ready": registry.is_ready(),
         "modules": modules,
         "problems": troubled,
     }))

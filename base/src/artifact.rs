@@ -1,7 +1,7 @@
 //! The content-addressed artifact store: `<data-dir>/artifacts/<sha256>.so`.
 //!
-//! An artifact is written to a temporary name and renamed into place, so a reader never sees a
-//! half-written file. The name is the content's hash, so the same bytes are stored once and a
+//! An artifact is written to a temporary name, flushed to disk and renamed into place, so a
+//! reader (or a base restarted after a crash) never sees a half-written file. The name is the content's hash, so the same bytes are stored once and a
 //! path always means the same code (`dlopen` returns an already-loaded object for a known path).
 
 use std::{
@@ -47,9 +47,15 @@ impl ArtifactStore {
         for d in [&dir, &copies] {
             fs::create_dir_all(d).map_err(Error::io(format!("creating {}", d.display())))?;
         }
-        // Per-instance copies only matter while their process lives.
+        // Per-instance copies only matter while their process lives; temporary files are writes
+        // a crash interrupted.
         if let Ok(entries) = fs::read_dir(&copies) {
             for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-")) {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -61,9 +67,31 @@ impl ArtifactStore {
         let sha256 = hex::encode(Sha256::digest(bytes));
         let path = self.dir.join(format!("{sha256}.so"));
         if !path.exists() {
-            write_atomically(&path, bytes)?;
+            write_atomically(&path, bytes, true)?;
         }
         Ok(Artifact { sha256, path, size: bytes.len() as u64 })
+    }
+
+    /// The stored artifact with this hash, if there is one.
+    pub fn get(&self, sha256: &str) -> Option<Artifact> {
+        let path = self.dir.join(format!("{sha256}.so"));
+        let size = fs::metadata(&path).ok()?.len();
+        Some(Artifact { sha256: sha256.to_owned(), path, size })
+    }
+
+    /// The hashes of every stored artifact.
+    pub fn hashes(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".so").map(str::to_owned))
+            .filter(|name| !name.starts_with('.'))
+            .collect()
+    }
+
+    /// Deletes the artifact with this hash.
+    pub fn remove(&self, sha256: &str) {
+        let _ = fs::remove_file(self.dir.join(format!("{sha256}.so")));
     }
 
     /// A fresh private copy of `artifact` for one instance, used when the artifact's own path is
@@ -73,7 +101,8 @@ impl ArtifactStore {
         let path = self.copies.join(format!("{}-{}-{n}.so", artifact.sha256, std::process::id()));
         let bytes =
             fs::read(&artifact.path).map_err(Error::io(format!("reading {}", artifact.path.display())))?;
-        write_atomically(&path, &bytes)?;
+        // Not flushed: a private copy only matters while this process lives.
+        write_atomically(&path, &bytes, false)?;
         Ok(path)
     }
 }
@@ -92,14 +121,24 @@ impl ArtifactStore {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `path` so that a reader never sees part of them: temporary file, rename.
+/// `durable` adds `fsync`s (of the file before the rename, of the directory after), so after a
+/// crash of the machine too `path` holds either nothing or all of the bytes.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let dir = path.parent().expect("artifact paths have a parent");
     let temp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut file = fs::File::create(&temp)?;
         file.write_all(bytes)?;
-        fs::rename(&temp, path)
+        if durable {
+            file.sync_all()?;
+        }
+        fs::rename(&temp, path)?;
+        if durable {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&temp);

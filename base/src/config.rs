@@ -52,6 +52,12 @@ pub struct Config {
     pub request_accounting: bool,
     /// Limit overrides per module name, from the config file.
     pub module_limits: BTreeMap<String, LimitOverrides>,
+    /// Modules installed at boot, in this order (the config file's `[boot] modules`).
+    pub boot_modules: Vec<PathBuf>,
+    /// A directory whose `*.so` files are installed at boot, in name order, after `boot_modules`.
+    pub modules_dir: Option<PathBuf>,
+    /// Readiness waits until every boot module is installed (and stays false if one fails).
+    pub ready_requires_modules: bool,
 }
 
 impl Default for Config {
@@ -73,6 +79,9 @@ impl Default for Config {
             health_timeout: Duration::from_secs(1),
             request_accounting: true,
             module_limits: BTreeMap::new(),
+            boot_modules: Vec::new(),
+            modules_dir: None,
+            ready_requires_modules: false,
         }
     }
 }
@@ -88,9 +97,13 @@ impl Config {
     }
 }
 
-/// The config file (`pedestal serve --config FILE`, TOML). Today it holds per-module sections:
+/// The config file (`pedestal serve --config FILE`, TOML): modules to install at boot, and
+/// per-module sections.
 ///
 /// ```toml
+/// [boot]
+/// modules = ["/srv/modules/search.so", "/srv/modules/rank.so"]   # installed in this order
+///
 /// [modules.search.limits]
 /// max_concurrent_requests = 64
 /// request_timeout_ms = 500
@@ -102,7 +115,16 @@ impl Config {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     #[serde(default)]
+    boot: BootSection,
+    #[serde(default)]
     modules: BTreeMap<String, ModuleSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootSection {
+    #[serde(default)]
+    modules: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +140,9 @@ impl Config {
         let invalid = |message: String| Error::ConfigInvalid { path: path.to_owned(), message };
         let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
         let file: ConfigFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        // Relative boot paths are relative to the config file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        self.boot_modules.extend(file.boot.modules.into_iter().map(|m| base.join(m)));
         for (name, section) in file.modules {
             if !crate::loader::is_valid_name(&name) {
                 return Err(invalid(format!("{name:?} is not a module name")));

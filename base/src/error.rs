@@ -144,6 +144,22 @@ pub enum Error {
         /// The concurrency limit.
         limit: u32,
     },
+    /// The module is quarantined: the base died loading or starting it.
+    #[error("{what} is quarantined: {reason}")]
+    Quarantined {
+        /// The module (or file).
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// `state.json` cannot be read.
+    #[error("the base's state file {path} is unreadable: {message}; move it aside to start empty")]
+    StateInvalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// A request pinned a version (`x-pedestal-version`) that is not running.
     #[error("{name} has no running version {version:?} (running: {running:?})")]
     VersionNotFound {
@@ -240,6 +256,8 @@ impl Error {
             Self::ModuleOverloaded { .. } => "MODULE_OVERLOADED",
             Self::ConfigInvalid { .. } => "CONFIG_INVALID",
             Self::VersionNotFound { .. } => "VERSION_NOT_FOUND",
+            Self::StateInvalid { .. } => "STATE_INVALID",
+            Self::Quarantined { .. } => "QUARANTINED",
             Self::NotRunning { .. } => "NOT_RUNNING",
             Self::DrainTimeout { .. } => "DRAIN_TIMEOUT",
             Self::ModuleFailed { code, .. } => code,
@@ -266,12 +284,13 @@ impl Error {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::VersionNotFound { .. } => StatusCode::NOT_FOUND,
-            Self::NotRunning { .. } => StatusCode::CONFLICT,
+            Self::NotRunning { .. } | Self::Quarantined { .. } => StatusCode::CONFLICT,
             Self::ModuleTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ModuleFailed { code, .. } if code == "BAD_REQUEST" => StatusCode::BAD_REQUEST,
             Self::ModuleFailed { .. }
             | Self::AdminTokenRequired { .. }
             | Self::ConfigInvalid { .. }
+            | Self::StateInvalid { .. }
             | Self::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -295,11 +314,12 @@ impl Error {
             }
             Self::ModuleTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
             Self::ModuleOverloaded { id, limit } => json!({"module": id, "limit": limit}),
-            Self::ConfigInvalid { path, .. } => json!({"path": path}),
+            Self::ConfigInvalid { path, .. } | Self::StateInvalid { path, .. } => json!({"path": path}),
             Self::VersionNotFound { name, version, running } => {
                 json!({"module": name, "version": version, "running": running})
             }
             Self::NotRunning { id, state } => json!({"module": id, "state": state}),
+            Self::Quarantined { what, .. } => json!({"module": what}),
             Self::DrainTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
             Self::PayloadTooLarge { size, limit } => json!({"size": size, "limit": limit}),
             Self::ModuleNotMounted { name } => json!({"module": name}),

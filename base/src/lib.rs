@@ -55,7 +55,7 @@ pub use crate::{
     limits::{Action, LimitOverrides, Limits, Source, Sources},
     logs::{LogFormat, LogLine, ModuleLog},
     operations::{Operation, Operations, Status as OperationStatus},
-    registry::{InstallOptions, Installed, Registry, Strategy},
+    registry::{InstallOptions, Installed, Quarantined, Registry, Restored, Strategy},
     routing::{Route, RoutingTable, Split, VERSION_HEADER},
     tls_keys::keys_are_reclaimable,
 };
@@ -110,15 +110,15 @@ impl Base {
         admin::router(Arc::clone(&self.registry))
     }
 
-    /// Binds both servers, prints one `pedestal ready:` line with the bound addresses on
-    /// stdout, serves until SIGTERM or SIGINT, then stops every module and returns.
+    /// Binds both servers, restores the recorded state and installs the boot modules (the
+    /// operations API answers meanwhile, with `GET /api/v1/ready` false), prints one
+    /// `pedestal ready:` line with the bound addresses on stdout, serves until SIGTERM or SIGINT,
+    /// then stops every module and returns.
     pub async fn serve(self) -> anyhow::Result<()> {
         let config = self.registry.config().clone();
         let traffic = bind(config.listen, "traffic").await?;
         let admin = bind(config.admin_listen, "operations API").await?;
         let (traffic_addr, admin_addr) = (traffic.local_addr()?, admin.local_addr()?);
-        println!("pedestal ready: traffic http://{traffic_addr} operations http://{admin_addr}");
-        tracing::info!(%traffic_addr, %admin_addr, data_dir = %config.data_dir.display(), "pedestal ready");
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -130,6 +130,28 @@ impl Base {
         let servers = tokio::spawn(async move {
             tokio::try_join!(traffic_server.into_future(), admin_server.into_future())
         });
+
+        let registry = Arc::clone(&self.registry);
+        let restored = tokio::task::spawn_blocking(move || registry.restore()).await??;
+        tracing::info!(
+            started = restored.started,
+            quarantined = restored.quarantined.len(),
+            ms = restored.ms,
+            "state restored"
+        );
+        let registry = Arc::clone(&self.registry);
+        let booting = tokio::task::spawn_blocking(move || registry.install_boot_modules());
+        if config.ready_requires_modules {
+            let all_started = booting.await?;
+            if !all_started {
+                tracing::error!("not ready: a boot module failed to install (--ready-requires-modules)");
+            }
+            self.registry.set_ready(all_started);
+        } else {
+            self.registry.set_ready(true);
+        }
+        println!("pedestal ready: traffic http://{traffic_addr} operations http://{admin_addr}");
+        tracing::info!(%traffic_addr, %admin_addr, data_dir = %config.data_dir.display(), "pedestal ready");
 
         shutdown_signal().await;
         tracing::info!("shutting down: stopping every module");

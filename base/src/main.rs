@@ -70,9 +70,16 @@ struct ServeArgs {
     /// to measure its cost.
     #[arg(long, env = "PEDESTAL_REQUEST_ACCOUNTING", default_value = "on", value_parser = ["on", "off"])]
     request_accounting: String,
-    /// A TOML config file with per-module sections (`[modules.<name>.limits]`, see README.md).
+    /// A TOML config file: boot modules (`[boot] modules = [...]`) and per-module sections
+    /// (`[modules.<name>.limits]`), see README.md.
     #[arg(long, env = "PEDESTAL_CONFIG")]
     config: Option<PathBuf>,
+    /// Install every `*.so` in this directory at boot, in name order (static merged deployment).
+    #[arg(long, env = "PEDESTAL_MODULES_DIR")]
+    modules_dir: Option<PathBuf>,
+    /// Report ready only once every boot module is installed (`GET /api/v1/ready`).
+    #[arg(long, env = "PEDESTAL_READY_REQUIRES_MODULES")]
+    ready_requires_modules: bool,
 }
 
 impl From<ServeArgs> for Config {
@@ -92,6 +99,8 @@ impl From<ServeArgs> for Config {
             module_log_max_bytes: args.module_log_max_bytes,
             health_timeout: Duration::from_millis(args.health_timeout_ms),
             request_accounting: args.request_accounting == "on",
+            modules_dir: args.modules_dir,
+            ready_requires_modules: args.ready_requires_modules,
             ..Config::default()
         }
     }

@@ -8,7 +8,10 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::Instant,
 };
@@ -17,7 +20,10 @@ use arc_swap::ArcSwap;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
+mod durable;
 mod watch;
+
+pub use durable::{Quarantined, Restored};
 
 use crate::{
     accounting::Metrics,
@@ -83,6 +89,15 @@ pub struct Registry {
     restarts: Mutex<HashMap<String, VecDeque<Instant>>>,
     /// Operations run in the background for the API.
     pub(crate) operations: crate::operations::Operations,
+    /// Serializes writes of `state.json`.
+    persisting: Mutex<()>,
+    /// Modules not loaded because the base died loading them (or they failed to restore).
+    quarantined: Mutex<Vec<Quarantined>>,
+    /// Installs hold it shared from storing their artifact until it is loaded; garbage
+    /// collection holds it exclusively, so it never deletes an artifact about to be loaded.
+    artifacts_in_use: RwLock<()>,
+    /// Whether the base restored its state (and installed its boot modules).
+    ready: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -108,7 +123,21 @@ impl Registry {
             limit_overrides: Mutex::new(HashMap::new()),
             restarts: Mutex::new(HashMap::new()),
             operations: crate::operations::Operations::default(),
+            persisting: Mutex::new(()),
+            quarantined: Mutex::new(Vec::new()),
+            artifacts_in_use: RwLock::new(()),
+            ready: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the base is ready: its state restored and its boot modules installed.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the base ready (or not).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
     }
 
     /// The settings the registry runs with.
@@ -153,6 +182,7 @@ impl Registry {
         for instance in &instances {
             instance.set_limits(self.resolve_limits(instance));
         }
+        self.persist_or_warn();
         Ok(instances)
     }
 
@@ -233,12 +263,26 @@ impl Registry {
             });
         }
         elf::check_shared_object(bytes).map_err(|reason| Error::NotAModule { reason })?;
+        let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let artifact = self.store.put(bytes)?;
+        self.launch_artifact(artifact, options, true)
+    }
+
+    /// Loads, starts and routes a stored artifact. `acknowledge` records the outcome in
+    /// `state.json` (and lifts a quarantine); a restore records everything once at its end.
+    pub(crate) fn launch_artifact(
+        &self,
+        artifact: crate::artifact::Artifact,
+        options: &InstallOptions,
+        acknowledge: bool,
+    ) -> Result<Installed> {
+        let name = options.name.as_deref();
         if let Some(existing) = self.live_instance_of(&artifact.sha256, name) {
             return Err(Error::AlreadyInstalled { id: existing.id.to_string() });
         }
         let load_path = self.claim_load_path(&artifact)?;
         let replace = options.strategy == Strategy::Replace;
+        let mut loading = self.loading(&artifact.sha256, name);
         let launched = Instance::launch(
             artifact,
             load_path.clone(),
@@ -246,8 +290,12 @@ impl Registry {
             &self.config,
             &self.metrics,
             &|name| self.log(name),
-            |instance| self.reserve(instance, replace),
+            |instance| {
+                loading.identify(instance);
+                self.reserve(instance, replace)
+            },
         );
+        drop(loading);
         let instance = match launched {
             Ok(instance) => instance,
             Err(e) => {
@@ -300,6 +348,10 @@ impl Registry {
             },
             None => None,
         };
+        if acknowledge {
+            self.lift_quarantine(&instance.artifact.sha256, &instance.id.name);
+            self.persist_or_warn();
+        }
         Ok(Installed { instance, replaced })
     }
 
@@ -341,7 +393,9 @@ impl Registry {
             Ok(previous)
         })();
         target.end_operation();
-        Ok((target, switched?))
+        let previous = switched?;
+        self.persist_or_warn();
+        Ok((target, previous))
     }
 
     /// Splits module `name`'s traffic across running versions by weight (`{"1.0.0": 90,
@@ -369,6 +423,8 @@ impl Registry {
         }
         versions.weights = (!weights.is_empty()).then_some(weights);
         self.publish(&modules);
+        drop(modules);
+        self.persist_or_warn();
         Ok(())
     }
 
@@ -427,6 +483,8 @@ impl Registry {
         if !instance.is_mapped() {
             self.release_load_path(&instance.load_path);
         }
+        self.persist_or_warn();
+        self.collect_garbage();
         Ok(instance)
     }
 

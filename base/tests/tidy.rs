@@ -50,8 +50,7 @@ fn unsafe_lives_only_in_the_abi_glue_and_every_block_has_a_safety_comment() {
     ];
     let mut problems = Vec::new();
     for dir in ["base/src", "module-api/src"] {
-        for entry in fs::read_dir(root().join(dir)).unwrap() {
-            let path = entry.unwrap().path();
+        for path in rust_files(&root().join(dir)) {
             let relative = path.strip_prefix(root()).unwrap().to_string_lossy().into_owned();
             let text = fs::read_to_string(&path).unwrap();
             let lines: Vec<&str> = text.lines().collect();
@@ -76,4 +75,18 @@ fn unsafe_lives_only_in_the_abi_glue_and_every_block_has_a_safety_comment() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Every `.rs` file under `dir`, recursively.
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
 }

@@ -78,7 +78,26 @@ impl TestBase {
 
     /// Starts a base with extra `serve` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
-        let data = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), extra)
+    }
+
+    /// Kills the base with SIGKILL (no shutdown at all) and starts a new one on the same data
+    /// directory, with `extra` arguments; returns once it reports ready.
+    pub fn kill_and_restart(mut self, extra: &[&str]) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data = std::mem::replace(&mut self._data, tempfile::tempdir().expect("temp dir"));
+        drop(self);
+        Self::start_in(data, extra)
+    }
+
+    /// The base's data directory (also its working directory).
+    pub fn data_dir(&self) -> &Path {
+        self._data.path()
+    }
+
+    /// Starts a base on an existing data directory.
+    pub fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Self {
         let mut command = Command::new(artifacts::PEDESTAL);
         command.current_dir(data.path()).args([
             "serve",

@@ -131,6 +131,7 @@ impl Registry {
         self.publish(&modules);
         drop(modules);
         instance.end_operation();
+        self.persist_or_warn();
     }
 
     /// Stops an instance and starts a fresh one from the same artifact under the same identity;

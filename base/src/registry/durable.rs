@@ -1,0 +1,420 @@
+//! What the base hosts, kept on disk so a restarted base restores it before it reports ready.
+//!
+//! `<data-dir>/state.json` records every running instance (identity, artifact hash, the name it
+//! was installed under), the active version and traffic weights of each module, the API's limit
+//! overrides and the quarantined modules. It is rewritten whole after every acknowledged change
+//! (temporary file, `fsync`, rename, `fsync` of the directory), so after `kill -9` — or a power
+//! cut — at any moment it holds either the state before a change or after it.
+//!
+//! Crash-loop quarantine: before a library is loaded, a marker naming it is written under
+//! `<data-dir>/loading/`, and removed once its start hook finished (either way). A marker found at
+//! boot means the base process died while loading or starting that module (a segfault or an
+//! abort in its constructor or start hook): it is not loaded again but marked `quarantined`,
+//! until an operator retries it.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fs,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
+
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{InstallOptions, Registry};
+use crate::{
+    artifact::write_atomically,
+    error::{Error, Result},
+    instance::{Instance, State, lock},
+    limits::LimitOverrides,
+};
+
+const STATE_FILE: &str = "state.json";
+const FORMAT: u32 = 1;
+
+/// The contents of `state.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    format: u32,
+    modules: Vec<Record>,
+    #[serde(default)]
+    weights: BTreeMap<String, BTreeMap<String, u32>>,
+    #[serde(default)]
+    limit_overrides: BTreeMap<String, LimitOverrides>,
+    #[serde(default)]
+    quarantined: Vec<Quarantined>,
+}
+
+/// One running instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    name: String,
+    version: String,
+    sha256: String,
+    /// Installed under `name` rather than its package's name.
+    renamed: bool,
+    active: bool,
+    #[serde(default)]
+    deactivated: bool,
+}
+
+/// A module the base will not load until an operator retries it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Quarantined {
+    /// Its name, when it was known (a crash inside the library's constructors comes before it).
+    pub name: Option<String>,
+    /// Its version, when it was known.
+    pub version: Option<String>,
+    /// The artifact.
+    pub sha256: String,
+    /// The name it was being installed under (`?name=`), if any.
+    pub install_name: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// RFC 3339 time it was quarantined.
+    pub at: String,
+}
+
+/// What a marker under `loading/` says.
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    sha256: String,
+    install_name: Option<String>,
+    name: Option<String>,
+    version: Option<String>,
+}
+
+/// A marker file, removed when dropped.
+pub(crate) struct Loading {
+    path: PathBuf,
+    marker: Marker,
+}
+
+impl Loading {
+    /// Records which identity the library turned out to be.
+    pub(crate) fn identify(&mut self, instance: &Instance) {
+        self.marker.name = Some(instance.id.name.clone());
+        self.marker.version = Some(instance.id.version.to_string());
+        let _ = fs::write(&self.path, serde_json::to_vec(&self.marker).unwrap_or_default());
+    }
+}
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Default, Serialize)]
+pub struct Restored {
+    /// Instances started again.
+    pub started: usize,
+    /// Modules quarantined (now or earlier), with the reason.
+    pub quarantined: Vec<Quarantined>,
+    /// Milliseconds the restore took.
+    pub ms: f64,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+impl Registry {
+    fn state_path(&self) -> PathBuf {
+        self.store.data_dir().join(STATE_FILE)
+    }
+
+    fn loading_dir(&self) -> PathBuf {
+        self.store.data_dir().join("loading")
+    }
+
+    /// Writes a marker saying `sha256` is being loaded; it is removed when the result is dropped.
+    pub(crate) fn loading(&self, sha256: &str, install_name: Option<&str>) -> Loading {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = self.loading_dir();
+        let _ = fs::create_dir_all(&dir);
+        let path = dir.join(format!("{}-{}.json", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let marker = Marker {
+            sha256: sha256.to_owned(),
+            install_name: install_name.map(str::to_owned),
+            name: None,
+            version: None,
+        };
+        let _ = fs::write(&path, serde_json::to_vec(&marker).unwrap_or_default());
+        Loading { path, marker }
+    }
+
+    /// Records the current state in `state.json`. Call after every acknowledged change, before
+    /// answering.
+    pub(crate) fn persist(&self) -> Result<()> {
+        let _one_writer = lock(&self.persisting);
+        let mut file = StateFile { format: FORMAT, ..StateFile::default() };
+        {
+            let modules = lock(&self.modules);
+            for (name, versions) in modules.iter() {
+                for (version, instance) in &versions.instances {
+                    if !matches!(instance.state(), State::Active | State::Inactive) {
+                        continue;
+                    }
+                    file.modules.push(Record {
+                        name: name.clone(),
+                        version: version.to_string(),
+                        sha256: instance.artifact.sha256.clone(),
+                        renamed: instance.id.name != instance.package,
+                        active: versions.active.as_ref() == Some(version)
+                            && instance.state() == State::Active,
+                        deactivated: instance.is_deactivated(),
+                    });
+                }
+                if let Some(weights) = &versions.weights {
+                    let weights = weights.iter().map(|(v, w)| (v.to_string(), *w)).collect();
+                    file.weights.insert(name.clone(), weights);
+                }
+            }
+        }
+        file.limit_overrides = lock(&self.limit_overrides).iter().map(|(k, v)| (k.clone(), *v)).collect();
+        file.quarantined = lock(&self.quarantined).clone();
+        let bytes = serde_json::to_vec_pretty(&file).expect("the state serializes");
+        write_atomically(&self.state_path(), &bytes, true)
+    }
+
+    /// Persists, logging (rather than failing the operation) when the disk refuses.
+    pub(crate) fn persist_or_warn(&self) {
+        if let Err(e) = self.persist() {
+            tracing::error!("cannot record the base's state (it will not survive a restart): {e}");
+        }
+    }
+
+    /// Restores what `state.json` records, quarantining modules whose load or start the previous
+    /// base process died in. Call once, before the base reports ready.
+    pub fn restore(&self) -> Result<Restored> {
+        let began = std::time::Instant::now();
+        let crashed = self.take_crash_markers();
+        let file = match fs::read(self.state_path()) {
+            Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes)
+                .map_err(|e| Error::StateInvalid { path: self.state_path(), message: e.to_string() })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
+            Err(e) => return Err(Error::io(format!("reading {}", self.state_path().display()))(e)),
+        };
+        if file.format > FORMAT {
+            return Err(Error::StateInvalid {
+                path: self.state_path(),
+                message: format!(
+                    "written by a newer base (format {}, this base reads {FORMAT})",
+                    file.format
+                ),
+            });
+        }
+        *lock(&self.limit_overrides) = file.limit_overrides.into_iter().collect();
+        let mut quarantined = file.quarantined;
+        let mut restored = Restored::default();
+        for marker in crashed {
+            let known = quarantined
+                .iter()
+                .any(|q| q.sha256 == marker.sha256 && q.install_name == marker.install_name);
+            if !known {
+                let what = match (&marker.name, &marker.version) {
+                    (Some(name), Some(version)) => format!("{name}@{version}"),
+                    _ => format!("artifact {}", marker.sha256),
+                };
+                tracing::error!(
+                    "quarantined {what}: the previous base process died while loading or starting it"
+                );
+                quarantined.push(Quarantined {
+                    name: marker.name,
+                    version: marker.version,
+                    sha256: marker.sha256,
+                    install_name: marker.install_name,
+                    reason: "the base process died while loading or starting it (a crash in its \
+                             constructors or start hook); retry with POST /api/v1/modules/{name}/{version}/retry"
+                        .into(),
+                    at: now(),
+                });
+            }
+        }
+        let is_quarantined = |record: &Record| {
+            quarantined.iter().any(|q| {
+                q.sha256 == record.sha256
+                    && (q.name.as_deref() == Some(&record.name)
+                        || q.install_name.as_deref() == Some(&record.name))
+            })
+        };
+        let to_start: Vec<&Record> = file.modules.iter().filter(|r| !is_quarantined(r)).collect();
+        for record in to_start {
+            let options = InstallOptions {
+                name: record.renamed.then(|| record.name.clone()),
+                ..InstallOptions::default()
+            };
+            let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let outcome = match self.store.get(&record.sha256) {
+                Some(artifact) => self.launch_artifact(artifact, &options, false).map(|done| done.instance),
+                None => Err(Error::NotFound { what: format!("artifact {}", record.sha256) }),
+            };
+            match outcome {
+                Ok(_) => restored.started += 1,
+                Err(e) => {
+                    tracing::error!(module = %record.name, version = %record.version, "cannot restore: {e}");
+                    quarantined.push(Quarantined {
+                        name: Some(record.name.clone()),
+                        version: Some(record.version.clone()),
+                        sha256: record.sha256.clone(),
+                        install_name: record.renamed.then(|| record.name.clone()),
+                        reason: format!("restoring it failed: {e}"),
+                        at: now(),
+                    });
+                }
+            }
+        }
+        *lock(&self.quarantined) = quarantined.clone();
+        // The recorded active versions, deactivations and weights.
+        for record in &file.modules {
+            let Ok(version) = Version::parse(&record.version) else { continue };
+            if record.active {
+                let _ = self.switch(&record.name, &version);
+            }
+            if record.deactivated
+                && let Ok(instance) = self.find(&record.name, &version)
+            {
+                self.deactivate(&instance, "restore", "deactivated before the restart");
+            }
+        }
+        for (name, weights) in file.weights {
+            let weights = weights.iter().filter_map(|(v, w)| Some((Version::parse(v).ok()?, *w))).collect();
+            let _ = self.set_weights(&name, weights);
+        }
+        self.persist()?;
+        self.collect_garbage();
+        restored.quarantined = quarantined;
+        restored.ms = began.elapsed().as_secs_f64() * 1000.0;
+        Ok(restored)
+    }
+
+    /// Installs the boot modules (`[boot] modules` of the config file, then the `*.so` files of
+    /// `--modules-dir` in name order). One already running (restored) counts as installed.
+    /// Returns whether all of them are running.
+    pub fn install_boot_modules(&self) -> bool {
+        let mut files = self.config.boot_modules.clone();
+        if let Some(dir) = &self.config.modules_dir {
+            match fs::read_dir(dir) {
+                Ok(entries) => {
+                    let mut found: Vec<PathBuf> = entries
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|e| e == "so"))
+                        .collect();
+                    found.sort();
+                    files.extend(found);
+                }
+                Err(e) => {
+                    tracing::error!("cannot read --modules-dir {}: {e}", dir.display());
+                    return false;
+                }
+            }
+        }
+        let mut all = true;
+        for file in files {
+            let outcome = fs::read(&file)
+                .map_err(|e| Error::io(format!("reading {}", file.display()))(e))
+                .and_then(|bytes| {
+                    // A boot module the base died loading would kill every boot: skip it.
+                    let sha256 = hex::encode(Sha256::digest(&bytes));
+                    if let Some(q) = self.quarantined().into_iter().find(|q| q.sha256 == sha256) {
+                        return Err(Error::Quarantined {
+                            what: file.display().to_string(),
+                            reason: q.reason,
+                        });
+                    }
+                    self.install_with(&bytes, &InstallOptions::default())
+                });
+            match outcome {
+                Ok(done) => {
+                    tracing::info!(module = %done.instance.id, file = %file.display(), "boot module installed")
+                }
+                Err(Error::AlreadyInstalled { id }) => {
+                    tracing::info!(module = %id, file = %file.display(), "boot module already running")
+                }
+                Err(e) => {
+                    all = false;
+                    tracing::error!(file = %file.display(), "boot module failed: {e}");
+                }
+            }
+        }
+        all
+    }
+
+    /// Reads and deletes the markers a previous base process left under `loading/`.
+    fn take_crash_markers(&self) -> Vec<Marker> {
+        let Ok(entries) = fs::read_dir(self.loading_dir()) else { return Vec::new() };
+        let mut markers = Vec::new();
+        for entry in entries.flatten() {
+            if let Some(marker) = fs::read(entry.path()).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+                markers.push(marker);
+            }
+            let _ = fs::remove_file(entry.path());
+        }
+        markers
+    }
+
+    /// The quarantined modules.
+    pub fn quarantined(&self) -> Vec<Quarantined> {
+        lock(&self.quarantined).clone()
+    }
+
+    /// Tries a quarantined `name@version` again: loads it from its artifact, and lifts the
+    /// quarantine if it starts.
+    pub fn retry(&self, name: &str, version: &Version) -> Result<Arc<Instance>> {
+        let entry = lock(&self.quarantined)
+            .iter()
+            .find(|q| q.name.as_deref() == Some(name) && q.version.as_deref() == Some(&version.to_string()))
+            .cloned()
+            .ok_or_else(|| Error::NotFound { what: format!("quarantined {name}@{version}") })?;
+        let artifact = self
+            .store
+            .get(&entry.sha256)
+            .ok_or_else(|| Error::NotFound { what: format!("artifact {}", entry.sha256) })?;
+        let options = InstallOptions { name: entry.install_name.clone(), ..InstallOptions::default() };
+        let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let installed = self.launch_artifact(artifact, &options, true)?;
+        Ok(installed.instance)
+    }
+
+    /// Lifts the quarantine of an artifact that just started under `name` (and of entries of
+    /// that artifact whose name was never known).
+    pub(crate) fn lift_quarantine(&self, sha256: &str, name: &str) {
+        let before = lock(&self.quarantined).len();
+        lock(&self.quarantined).retain(|q| {
+            let same_name = q.name.is_none()
+                || q.name.as_deref() == Some(name)
+                || q.install_name.as_deref() == Some(name);
+            !(q.sha256 == sha256 && same_name)
+        });
+        if lock(&self.quarantined).len() != before {
+            tracing::info!(module = name, sha256, "quarantine lifted: it started");
+        }
+    }
+
+    /// Deletes stored artifacts nothing refers to: no running or pinned instance, no record, no
+    /// quarantined module. Skipped (until the next call) while an install is in progress.
+    pub(crate) fn collect_garbage(&self) {
+        // While an install is between storing and loading its artifact, collect next time.
+        let Ok(_no_install_between) = self.artifacts_in_use.try_write() else { return };
+        let mut keep: HashSet<String> = lock(&self.quarantined).iter().map(|q| q.sha256.clone()).collect();
+        for (instance, _) in self.all() {
+            if instance.is_mapped() || instance.state().is_live() {
+                keep.insert(instance.artifact.sha256.clone());
+            }
+        }
+        for sha256 in self.store.hashes() {
+            if !keep.contains(&sha256) {
+                self.store.remove(&sha256);
+            }
+        }
+    }
+}
