@@ -58,6 +58,8 @@ pub struct Config {
     pub modules_dir: Option<PathBuf>,
     /// Readiness waits until every boot module is installed (and stays false if one fails).
     pub ready_requires_modules: bool,
+    /// A hot-reload directory (`--watch`).
+    pub watch_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -82,6 +84,7 @@ impl Default for Config {
             boot_modules: Vec::new(),
             modules_dir: None,
             ready_requires_modules: false,
+            watch_dir: None,
         }
     }
 }

@@ -29,6 +29,7 @@ mod elf;
 mod error;
 #[allow(unsafe_code)]
 mod host;
+mod hot_reload;
 mod instance;
 mod limits;
 #[allow(unsafe_code)]
@@ -149,6 +150,9 @@ impl Base {
             self.registry.set_ready(all_started);
         } else {
             self.registry.set_ready(true);
+        }
+        if let Some(dir) = &config.watch_dir {
+            hot_reload::spawn(Arc::clone(&self.registry), dir.clone())?;
         }
         println!("pedestal ready: traffic http://{traffic_addr} operations http://{admin_addr}");
         tracing::info!(%traffic_addr, %admin_addr, data_dir = %config.data_dir.display(), "pedestal ready");

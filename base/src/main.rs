@@ -80,6 +80,10 @@ struct ServeArgs {
     /// Report ready only once every boot module is installed (`GET /api/v1/ready`).
     #[arg(long, env = "PEDESTAL_READY_REQUIRES_MODULES")]
     ready_requires_modules: bool,
+    /// A hot-reload directory: a `.so` dropped here is installed, and a newer version of a
+    /// running module takes its traffic.
+    #[arg(long, env = "PEDESTAL_WATCH")]
+    watch: Option<PathBuf>,
 }
 
 impl From<ServeArgs> for Config {
@@ -101,6 +105,7 @@ impl From<ServeArgs> for Config {
             request_accounting: args.request_accounting == "on",
             modules_dir: args.modules_dir,
             ready_requires_modules: args.ready_requires_modules,
+            watch_dir: args.watch,
             ..Config::default()
         }
     }

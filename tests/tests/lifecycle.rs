@@ -233,3 +233,36 @@ fn one_operation_at_a_time_per_identity_and_async_operations_report_their_outcom
     );
     assert_eq!(base.admin_get("/api/v1/operations/999999").code(), "NOT_FOUND");
 }
+
+#[test]
+fn a_watched_directory_installs_dropped_modules_and_switches_to_newer_versions() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let base = TestBase::start_with(&["--watch", dir.path().to_str().unwrap()]);
+    // Written in two halves with a pause longer than the quiet period: the first half must not
+    // be loaded.
+    let bytes = pedestal_tests::read(artifacts::VERSIONED_1_0_0);
+    let mut file = std::fs::File::create(dir.path().join("versioned.so")).unwrap();
+    file.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    file.flush().unwrap();
+    base.wait_for_log("not loaded (incomplete or not a module");
+    assert_eq!(base.get("/fx-versioned/version").code(), "MODULE_NOT_FOUND");
+    file.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    drop(file);
+    eventually("1.0.0 installed from the directory", Duration::from_secs(10), || {
+        (base.get("/fx-versioned/version").body == "1.0.0").then_some(())
+    });
+
+    // A newer version, renamed into place: installed and switched to.
+    std::fs::copy(artifacts::VERSIONED_1_1_0, dir.path().join("incoming.tmp")).unwrap();
+    std::fs::rename(dir.path().join("incoming.tmp"), dir.path().join("versioned-1.1.0.so")).unwrap();
+    eventually("traffic on 1.1.0", Duration::from_secs(10), || {
+        (base.get("/fx-versioned/version").body == "1.1.0").then_some(())
+    });
+    let module = base.admin_get("/api/v1/modules/fx-versioned").json;
+    assert_eq!(
+        module["versions"].as_array().unwrap().len(),
+        2,
+        "the older version stays, inactive: {module}"
+    );
+}

@@ -34,7 +34,7 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
         bail!("the base did not start (is something else listening on 127.0.0.1:7070/7071?)");
     }
     for library in &libraries {
-        let reply = deploy::install("http://127.0.0.1:7071", None, library)?;
+        let reply = deploy::install("http://127.0.0.1:7071", None, library, "")?;
         println!(
             "deployed {}@{} in {:.2} ms",
             reply["name"].as_str().unwrap_or("?"),
@@ -53,7 +53,7 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
          curl -XDELETE 127.0.0.1:7071/api/v1/modules/notes/0.1.0\n  \
          curl 127.0.0.1:7071/api/v1/health\n  \
          curl 127.0.0.1:7071/api/v1/modules/notes/limits\n  \
-         curl -XPUT 127.0.0.1:7071/api/v1/modules/greeter/limits -d '{\"max_concurrent_requests\": 1}'\n\
+         curl -XPUT 127.0.0.1:7071/api/v1/modules/greeter/limits -d '{{\"max_concurrent_requests\": 1}}'\n\
          New module: cargo generate --path module-template --name hello --destination modules --vcs none\n             \
          cargo xtask deploy modules/hello && curl 127.0.0.1:7070/hello/hello\n\
          Module logs appear below, tagged module=... version=...; Ctrl-C stops the base.\n",

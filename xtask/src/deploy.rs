@@ -1,11 +1,18 @@
-//! `cargo xtask deploy <module dir or package> [--admin URL] [--token TOKEN]`
+//! `cargo xtask deploy <module dir or package> [--admin URL] [--token TOKEN] [--watch]`
+//!
+//! With `--watch`, keeps running: every change under the module's directory rebuilds it and
+//! deploys it again with `strategy=replace` (a new version takes the traffic and the old one is
+//! unloaded; the same version is stopped and started again).
 
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::Stdio,
-    time::Instant,
+    sync::mpsc,
+    time::{Duration, Instant},
 };
+
+use notify::{EventKind, RecursiveMode, Watcher};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
@@ -14,12 +21,20 @@ use crate::{cargo, flag};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let Some(target) = args.first().filter(|a| !a.starts_with("--")) else {
-        bail!("usage: cargo xtask deploy <module dir or package> [--admin URL] [--token TOKEN]");
+        bail!("usage: cargo xtask deploy <module dir or package> [--admin URL] [--token TOKEN] [--watch]");
     };
     let admin = flag(args, "--admin").unwrap_or_else(|| "http://127.0.0.1:7071".into());
     let token = flag(args, "--token").or_else(|| std::env::var("PEDESTAL_ADMIN_TOKEN").ok());
+    if args.iter().any(|a| a == "--watch") {
+        return watch(target, &admin, token.as_deref());
+    }
     let library = build(target)?;
-    let reply = install(&admin, token.as_deref(), &library)?;
+    let reply = install(&admin, token.as_deref(), &library, "")?;
+    report(&reply);
+    Ok(())
+}
+
+fn report(reply: &Value) {
     println!(
         "deployed {}@{} sha256 {} in {:.2} ms (interface {})",
         reply["name"].as_str().unwrap_or("?"),
@@ -28,7 +43,60 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         reply["install_ms"].as_f64().unwrap_or(f64::NAN),
         reply["interface_version"].as_str().unwrap_or("?"),
     );
-    Ok(())
+    if let Some(replaced) = reply["replaced"]["version"].as_str() {
+        println!("  replaced {replaced} (drained and unloaded)");
+    }
+}
+
+/// Deploys `target` now and again after every change to its sources, until interrupted.
+fn watch(target: &str, admin: &str, token: Option<&str>) -> anyhow::Result<()> {
+    let dir = source_dir(target)?;
+    let (events, changes) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let _ = events.send(event);
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::Recursive)?;
+    println!("watching {} (Ctrl-C stops)", dir.display());
+    let target_dir = dir.join("target");
+    loop {
+        let deployed = build(target).and_then(|library| install(admin, token, &library, "strategy=replace"));
+        match deployed {
+            Ok(reply) => report(&reply),
+            Err(e) if e.to_string().contains("ALREADY_INSTALLED") => println!("unchanged: already running"),
+            Err(e) => eprintln!("not deployed: {e:#}"),
+        }
+        // Wait for a change to a source (not to build output), then for the editor to finish.
+        loop {
+            let event = changes.recv()?;
+            let relevant =
+                matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_))
+                    && event.paths.iter().any(|p| !p.starts_with(&target_dir));
+            if relevant {
+                break;
+            }
+        }
+        while changes.recv_timeout(Duration::from_millis(300)).is_ok() {}
+    }
+}
+
+/// The directory holding `target`'s sources: the directory itself, or the package's.
+fn source_dir(target: &str) -> anyhow::Result<PathBuf> {
+    let dir = Path::new(target);
+    if dir.join("Cargo.toml").exists() {
+        return Ok(dir.canonicalize()?);
+    }
+    let output = cargo().args(["metadata", "--format-version", "1", "--no-deps"]).output()?;
+    let metadata: Value = serde_json::from_slice(&output.stdout)?;
+    let manifest = metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == target)
+        .and_then(|p| p["manifest_path"].as_str())
+        .with_context(|| format!("no package named {target} in this workspace"))?;
+    Ok(Path::new(manifest).parent().unwrap().to_owned())
 }
 
 /// Builds the module in release and returns the path of its `.so`.
@@ -68,11 +136,12 @@ pub fn build(target: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("{target} did not produce a cdylib (is `crate-type = [\"cdylib\"]` set?)"))
 }
 
-/// Uploads a built module to a base's operations API.
-pub fn install(admin: &str, token: Option<&str>, library: &Path) -> anyhow::Result<Value> {
+/// Uploads a built module to a base's operations API, with an optional query string
+/// (`strategy=replace`...).
+pub fn install(admin: &str, token: Option<&str>, library: &Path, query: &str) -> anyhow::Result<Value> {
     let bytes = std::fs::read(library).with_context(|| format!("reading {}", library.display()))?;
-    let mut request =
-        ureq::post(&format!("{admin}/api/v1/modules")).set("content-type", "application/octet-stream");
+    let mut request = ureq::post(&format!("{admin}/api/v1/modules?{query}"))
+        .set("content-type", "application/octet-stream");
     if let Some(token) = token {
         request = request.set("authorization", &format!("Bearer {token}"));
     }
