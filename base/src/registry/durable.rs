@@ -276,7 +276,8 @@ impl Registry {
         // The recorded active versions, deactivations and weights.
         for record in &file.modules {
             let Ok(version) = Version::parse(&record.version) else { continue };
-            if record.active {
+            let active = self.module(&record.name).ok().and_then(|(_, active)| active);
+            if record.active && active.as_ref() != Some(&version) {
                 let _ = self.switch(&record.name, &version);
             }
             if record.deactivated
