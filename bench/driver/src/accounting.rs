@@ -97,8 +97,8 @@ pub(crate) fn run(options: &Options, module: &[u8], unaccounted: &[u8]) -> anyho
          `--request-accounting off`). Request counters and CPU/heap sampling stay on in both. \
          {} keep-alive connections, closed loop; {rounds} alternating rounds of {:.1} s per side \
          (order alternating within each pair); medians of the rounds. Base CPU is user + system \
-         time of the base process per request. Overhead = 1 − on/off req/s; the range is that of \
-         the paired rounds' ratios.\n\n\
+         time of the base process (which runs the module too) per request. Overhead = 1 − on/off \
+         req/s, the median over pairs of neighbouring rounds, with the range over the pairs.\n\n\
          | handler | accounting | req/s | p50 µs | p99 µs | base CPU µs/req | errors | overhead |\n\
          |---|---|---|---|---|---|---|---|\n",
         options.connections,
@@ -118,11 +118,12 @@ pub(crate) fn run(options: &Options, module: &[u8], unaccounted: &[u8]) -> anyho
                 on_runs.push(on.round(handler, options, round)?);
             }
         }
+        // Paired: each "on" round against the "off" round next to it in time.
         let mut ratios: Vec<f64> =
             on_runs.iter().zip(&off_runs).map(|(a, b)| a.0.rps() / b.0.rps()).collect();
         ratios.sort_by(f64::total_cmp);
         let (a, b) = (summarize(&on_runs), summarize(&off_runs));
-        let overhead = 1.0 - a.rps / b.rps;
+        let overhead = 1.0 - median(ratios.clone());
         let (low, high) = (1.0 - ratios[ratios.len() - 1], 1.0 - ratios[0]);
         out += &format!(
             "| `/{handler}` | off | {:.0} | {:.0} | {:.0} | {:.1} | {} | |\n",
@@ -143,18 +144,24 @@ pub(crate) fn run(options: &Options, module: &[u8], unaccounted: &[u8]) -> anyho
     }
     let (on_heap, on_recent, on_latency, on_requests) = on.accounted()?;
     let (off_heap, off_recent, off_latency, off_requests) = off.accounted()?;
+    let (on_rss, off_rss) = (on.base.rss_kib()? as f64 / 1024.0, off.base.rss_kib()? as f64 / 1024.0);
     let verdict = if overheads.iter().all(|(_, o, _)| *o <= 0.05) { "met" } else { "not met" };
+    let list = |f: &dyn Fn(f64, f64) -> f64| {
+        let each: Vec<String> =
+            overheads.iter().map(|(h, o, c)| format!("`/{h}` {:+.1}%", f(*o, *c) * 100.0)).collect();
+        each.join(", ")
+    };
     out += &format!(
         "\nTarget ≤ 5% throughput overhead: **{verdict}** in this run ({}). Base CPU per request, \
          on vs off: {}.\n\n\
-         Check that the switch worked (as the bases report it): accounting on counted {on_heap} \
-         heap allocations, {on_recent} requests in the recent window and {} a latency summary \
-         over {on_requests} requests; off counted {off_heap}, {off_recent} and {} over \
-         {off_requests} requests.\n\n",
-        overheads.iter().map(|(h, o, _)| format!("`/{h}` {:.1}%", o * 100.0)).collect::<Vec<_>>().join(", "),
-        overheads.iter().map(|(h, _, c)| format!("`/{h}` {:+.1}%", c * 100.0)).collect::<Vec<_>>().join(", "),
-        if on_latency { "has" } else { "has no" },
-        if off_latency { "has" } else { "has no" },
+         The switch worked, as the bases report it: with accounting on, {on_heap} heap allocations \
+         counted, {on_recent} requests in the recent error-rate window, latency summary {}, over \
+         {on_requests} requests; off: {off_heap}, {off_recent}, {}, over {off_requests} requests. \
+         Base RSS after the rounds: on {on_rss:.1} MiB, off {off_rss:.1} MiB.\n\n",
+        list(&|o, _| o),
+        list(&|_, c| c),
+        if on_latency { "present" } else { "absent" },
+        if off_latency { "present" } else { "absent" },
     );
     Ok(out)
 }

@@ -3,11 +3,11 @@
 //!
 //! 1. Throughput and latency of the same handlers served natively by the base (`/native/...`)
 //!    and from a module (`/bench-module/...`), in alternating rounds under the same load.
-//! 1b. The cost of accounting: the module's throughput with accounting on (heap counting in the
+//! 2. The cost of accounting: the module's throughput with accounting on (heap counting in the
 //!    module, per-request accounting in the base) against a base and module with both off, in
 //!    alternating rounds (`--unaccounted-module PATH`, see `accounting.rs`).
-//! 2. Install latency: upload sent → first request served, plus the base's own install time.
-//! 3. Install/uninstall cycles: RSS growth of the base, and whether every cycle unmapped.
+//! 3. Install latency: upload sent → first request served, plus the base's own install time.
+//! 4. Install/uninstall cycles: RSS growth of the base, and whether every cycle unmapped.
 
 mod accounting;
 mod density;
@@ -79,8 +79,8 @@ fn main() -> anyhow::Result<()> {
         unaccounted: value("--unaccounted-module").map(PathBuf::from),
         round: Duration::from_millis(if quick { 300 } else { 3000 }),
         rounds: if quick { 1 } else { 3 },
-        accounting_round: Duration::from_millis(if quick { 300 } else { 2000 }),
-        accounting_rounds: if quick { 2 } else { 7 },
+        accounting_round: Duration::from_millis(if quick { 300 } else { 1000 }),
+        accounting_rounds: if quick { 2 } else { 15 },
         connections: 16,
         installs: if quick { 20 } else { 200 },
         cycles: if quick { 30 } else { 1000 },
