@@ -265,6 +265,13 @@ impl Metrics {
         self.recorder.register_histogram(&key, &METADATA)
     }
 
+    /// Folds recorded samples into the exporter's summaries. Without it, every recorded request
+    /// duration stays buffered until the next render: call it periodically (the base does, every
+    /// few seconds), not only on scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
     /// Updates every instance's series and renders the Prometheus text format.
     pub fn render(&self, instances: &[(std::sync::Arc<Instance>, bool)]) -> String {
         let cpu = cpu_by_thread_name();

@@ -98,6 +98,10 @@ pub struct Registry {
     artifacts_in_use: RwLock<()>,
     /// Whether the base restored its state (and installed its boot modules).
     ready: AtomicBool,
+    /// Turns of the limit watcher (it runs housekeeping every so many).
+    ticks: std::sync::atomic::AtomicU64,
+    /// Since when each stored artifact nothing refers to has been unreferenced.
+    unreferenced: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Debug, Default)]
@@ -127,6 +131,8 @@ impl Registry {
             quarantined: Mutex::new(Vec::new()),
             artifacts_in_use: RwLock::new(()),
             ready: AtomicBool::new(false),
+            ticks: std::sync::atomic::AtomicU64::new(0),
+            unreferenced: Mutex::new(HashMap::new()),
         })
     }
 

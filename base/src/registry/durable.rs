@@ -20,7 +20,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use semver::Version;
@@ -36,6 +36,8 @@ use crate::{
 };
 
 const STATE_FILE: &str = "state.json";
+/// How long an artifact nothing refers to is kept (for a quick reinstall or rollback).
+const ARTIFACT_GRACE: Duration = Duration::from_secs(600);
 const FORMAT: u32 = 1;
 
 /// The contents of `state.json`.
@@ -291,7 +293,7 @@ impl Registry {
             let _ = self.set_weights(&name, weights);
         }
         self.persist()?;
-        self.collect_garbage();
+        self.collect_unreferenced(Duration::ZERO);
         restored.quarantined = quarantined;
         restored.ms = began.elapsed().as_secs_f64() * 1000.0;
         Ok(restored)
@@ -401,9 +403,15 @@ impl Registry {
         }
     }
 
-    /// Deletes stored artifacts nothing refers to: no running or pinned instance, no record, no
-    /// quarantined module. Skipped (until the next call) while an install is in progress.
+    /// Deletes stored artifacts nothing has referred to (no running or pinned instance, no
+    /// record, no quarantined module) for [`ARTIFACT_GRACE`], so a quick reinstall or rollback
+    /// finds its artifact still there; [`Registry::restore`] collects without grace. Skipped
+    /// (until the next call) while an install is in progress.
     pub(crate) fn collect_garbage(&self) {
+        self.collect_unreferenced(ARTIFACT_GRACE);
+    }
+
+    fn collect_unreferenced(&self, grace: Duration) {
         // While an install is between storing and loading its artifact, collect next time.
         let Ok(_no_install_between) = self.artifacts_in_use.try_write() else { return };
         let mut keep: HashSet<String> = lock(&self.quarantined).iter().map(|q| q.sha256.clone()).collect();
@@ -412,9 +420,14 @@ impl Registry {
                 keep.insert(instance.artifact.sha256.clone());
             }
         }
-        for sha256 in self.store.hashes() {
-            if !keep.contains(&sha256) {
+        let mut unreferenced = lock(&self.unreferenced);
+        let stored = self.store.hashes();
+        unreferenced.retain(|sha256, _| !keep.contains(sha256) && stored.contains(sha256));
+        for sha256 in stored.into_iter().filter(|s| !keep.contains(s)) {
+            let since = *unreferenced.entry(sha256.clone()).or_insert_with(Instant::now);
+            if since.elapsed() >= grace {
                 self.store.remove(&sha256);
+                unreferenced.remove(&sha256);
             }
         }
     }

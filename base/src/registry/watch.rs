@@ -28,6 +28,16 @@ impl Registry {
     /// are watched rather than checked per request: the memory soft limit and runaway requests.
     /// The base calls it ten times a second.
     pub fn watch_limits(self: &Arc<Self>) {
+        let tick = self.ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Every 5 s: fold buffered request durations into the exporter's summaries (they would
+        // otherwise grow until someone scrapes `/metrics`). Every minute: collect artifacts that
+        // have been unreferenced for the grace period.
+        if tick.is_multiple_of(50) {
+            self.metrics.upkeep();
+        }
+        if tick % 600 == 599 {
+            self.collect_garbage();
+        }
         for (instance, _) in self.all() {
             instance.sample_heap();
             if !matches!(instance.state(), State::Active | State::Inactive) {

@@ -11,6 +11,7 @@
 
 mod accounting;
 mod density;
+mod lifecycle;
 
 use std::{
     io::{BufRead, BufReader},
@@ -61,6 +62,22 @@ fn main() -> anyhow::Result<()> {
         eprintln!("(also written to {})", out.display());
         return Ok(());
     }
+    if args.iter().any(|a| a == "--lifecycle") {
+        let options = lifecycle::Lifecycle {
+            base: value("--base").context("--base PATH is required")?.into(),
+            old: value("--module").context("--module PATH is required")?.into(),
+            new: value("--new-module").context("--new-module PATH is required")?.into(),
+            switches: if quick { 20 } else { 100 },
+            modules: if quick { 10 } else { 100 },
+            windows: if quick { 2 } else { 10 },
+        };
+        let report = lifecycle::run(&options)?;
+        println!("{report}");
+        let out = options.old.parent().unwrap().join("bench-lifecycle-results.md");
+        std::fs::write(&out, &report)?;
+        eprintln!("(also written to {})", out.display());
+        return Ok(());
+    }
     if let Some(url) = value("--load") {
         // Load only, for profiling a running base: `pedestal-bench --load URL [--seconds N]`.
         let seconds = value("--seconds").map_or(Ok(5), |s| s.parse())?;
@@ -107,6 +124,7 @@ pub(crate) struct BaseProcess {
     pub(crate) traffic: String,
     admin: String,
     data: PathBuf,
+    program: PathBuf,
 }
 
 impl BaseProcess {
@@ -119,6 +137,12 @@ impl BaseProcess {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let data = std::env::temp_dir().join(format!("pedestal-bench-{}-{n}", std::process::id()));
+        Self::start_at(binary, &data, args)
+    }
+
+    /// Starts `binary DATA_DIR ARGS...` on the given data directory (it may hold a base's state).
+    pub(crate) fn start_at(binary: &PathBuf, data: &std::path::Path, args: &[&str]) -> anyhow::Result<Self> {
+        let data = data.to_owned();
         let mut child = Command::new(binary).arg(&data).args(args).stdout(Stdio::piped()).spawn()?;
         let mut ready = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready)?;
@@ -129,7 +153,7 @@ impl BaseProcess {
         let (Some(traffic), Some(admin)) = (after("traffic"), after("operations")) else {
             bail!("unexpected ready line {ready:?}");
         };
-        Ok(Self { child, traffic, admin, data })
+        Ok(Self { child, traffic, admin, data, program: binary.clone() })
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -182,7 +206,9 @@ impl Drop for BaseProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data);
+        if !self.data.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.data);
+        }
     }
 }
 
@@ -196,6 +222,15 @@ pub(crate) struct Run {
 impl Run {
     pub(crate) fn rps(&self) -> f64 {
         self.requests as f64 / self.seconds
+    }
+
+    /// Adds another run's requests, errors, time and latencies to this one.
+    pub(crate) fn absorb(&mut self, other: Run) -> anyhow::Result<()> {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.seconds += other.seconds;
+        self.latency.add(other.latency)?;
+        Ok(())
     }
 }
 
@@ -312,7 +347,7 @@ fn throughput(base: &BaseProcess, module: &[u8], options: &Options) -> anyhow::R
     Ok(out + "\n")
 }
 
-fn percentile(values: &mut [f64], q: f64) -> f64 {
+pub(crate) fn percentile(values: &mut [f64], q: f64) -> f64 {
     values.sort_by(f64::total_cmp);
     values[((values.len() - 1) as f64 * q).round() as usize]
 }
