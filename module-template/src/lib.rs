@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use axum::{Router, extract::Query, routing::get};
-use pedestal_module_api::{Module, export_module};
+use pedestal_module_api::{Health, Module, ModuleLimits, export_module};
 use serde::Deserialize;
 
 /// The module. Add state here; `start` and `stop` hooks are optional (see `Module`).
@@ -21,9 +21,15 @@ impl Module for App {
     fn router(&self) -> Router {
         Router::new().route("/hello", get(hello))
     }
+
+    /// What `/api/v1/health` shows for this module: report what your module depends on.
+    async fn health(&self) -> Health {
+        Health::healthy()
+    }
 }
 
-export_module!(App);
+// The limits this module declares; the base's config file and operations API can override them.
+export_module!(App, limits = ModuleLimits::new().max_concurrent_requests(256).request_timeout_ms(5_000));
 
 #[derive(Deserialize)]
 struct Hello {

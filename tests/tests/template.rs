@@ -62,6 +62,18 @@ fn a_generated_module_builds_deploys_and_answers() {
     let log = base.wait_for_log("said hello");
     let line = log.lines().find(|l| l.contains("said hello")).unwrap();
     assert!(line.contains("module=\"smoke-mod\"") && line.contains("version=0.1.0"), "{line}");
+    let (health, all) = base.health_of("smoke-mod");
+    assert_eq!(
+        (health["status"].as_str(), health["hook"]["outcome"].as_str()),
+        (Some("healthy"), Some("answered")),
+        "{all}"
+    );
+    let limits = &base.module("smoke-mod")["limits"];
+    assert_eq!(
+        (limits["max_concurrent_requests"].as_u64(), limits["sources"]["max_concurrent_requests"].as_str()),
+        (Some(256), Some("manifest")),
+        "{limits}"
+    );
     assert_eq!(base.uninstall("smoke-mod", "0.1.0").json["state"], "stopped");
 }
 
