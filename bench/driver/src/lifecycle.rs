@@ -100,6 +100,8 @@ fn switching(options: &Lifecycle, old: &[u8], new: &[u8]) -> anyhow::Result<Stri
             let reply = post_json(&switch_url, &json!({ "version": to }))?;
             client.push(sent.elapsed().as_secs_f64() * 1000.0);
             server.push(reply["switch_ms"].as_f64().context("switch_ms")?);
+            // Spread the switches over the load (a switch alone takes well under a millisecond).
+            thread::sleep(Duration::from_millis(5));
         }
         Ok((client, server))
     })?;
@@ -126,7 +128,7 @@ fn switching(options: &Lifecycle, old: &[u8], new: &[u8]) -> anyhow::Result<Stri
     Ok(format!(
         "### Switching under load\n\n\
          8 keep-alive connections on `/{name}/empty` throughout; {n} switches between two running \
-         versions, then {n} replace-deploys (install the other version with `strategy=replace`: \
+         versions, 5 ms apart, then {n} replace-deploys (install the other version with `strategy=replace`: \
          switch to it, drain and unload the old one).\n\n\
          | measure | p50 | p99 |\n|---|---|---|\n\
          | switch, client round trip (ms) | {:.3} | {:.3} |\n\
