@@ -51,6 +51,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { Error::NotFound { what: "route".into() } })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(Arc::clone(&registry), refuse_changes_until_restored))
         .layer(middleware::from_fn_with_state(token, authorize))
         .with_state(registry)
 }
@@ -66,6 +67,19 @@ async fn authorize(State(token): State<Option<String>>, request: Request, next: 
         if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
             return Err(Error::Unauthorized);
         }
+    }
+    Ok(next.run(request).await)
+}
+
+/// Changes wait for the recorded state to be back: made earlier, they would be overwritten (or
+/// would overwrite what is being restored).
+async fn refuse_changes_until_restored(
+    State(registry): State<Arc<Registry>>,
+    request: Request,
+    next: Next,
+) -> Result<Response> {
+    if request.method() != axum::http::Method::GET && !registry.is_restored() {
+        return Err(Error::NotReady);
     }
     Ok(next.run(request).await)
 }
@@ -204,7 +218,11 @@ async fn set_traffic(
         .into_iter()
         .map(|(v, w)| Ok((parse_version(&v)?, w)))
         .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
-    registry.set_weights(&name, weights)?;
+    let setting = Arc::clone(&registry);
+    let target = name.clone();
+    tokio::task::spawn_blocking(move || setting.set_weights(&target, weights))
+        .await
+        .map_err(|e| Error::Io { context: "traffic task".into(), source: std::io::Error::other(e) })??;
     Ok(traffic_view(&registry, &name))
 }
 
@@ -479,7 +497,11 @@ async fn set_limits(
              max_request_body_bytes, memory_soft_limit_bytes, memory_action: {e}"
         ),
     })?;
-    let instances = registry.set_limit_overrides(&name, overrides)?;
+    let setting = Arc::clone(&registry);
+    let target = name.clone();
+    let instances = tokio::task::spawn_blocking(move || setting.set_limit_overrides(&target, overrides))
+        .await
+        .map_err(|e| Error::Io { context: "limits task".into(), source: std::io::Error::other(e) })??;
     tracing::info!(module = %name, ?overrides, "limits overridden through the API");
     Ok(Json(limits_view(&name, overrides, &instances)))
 }

@@ -144,6 +144,9 @@ pub enum Error {
         /// The concurrency limit.
         limit: u32,
     },
+    /// The base is still restoring its recorded state and accepts no changes yet.
+    #[error("the base is restoring its recorded state; retry once GET /api/v1/ready says ready")]
+    NotReady,
     /// The module is quarantined: the base died loading or starting it.
     #[error("{what} is quarantined: {reason}")]
     Quarantined {
@@ -258,6 +261,7 @@ impl Error {
             Self::VersionNotFound { .. } => "VERSION_NOT_FOUND",
             Self::StateInvalid { .. } => "STATE_INVALID",
             Self::Quarantined { .. } => "QUARANTINED",
+            Self::NotReady => "NOT_READY",
             Self::NotRunning { .. } => "NOT_RUNNING",
             Self::DrainTimeout { .. } => "DRAIN_TIMEOUT",
             Self::ModuleFailed { code, .. } => code,
@@ -280,9 +284,10 @@ impl Error {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::ModuleUnavailable { .. } | Self::ModuleOverloaded { .. } | Self::DrainTimeout { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::ModuleUnavailable { .. }
+            | Self::ModuleOverloaded { .. }
+            | Self::DrainTimeout { .. }
+            | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::VersionNotFound { .. } => StatusCode::NOT_FOUND,
             Self::NotRunning { .. } | Self::Quarantined { .. } => StatusCode::CONFLICT,
             Self::ModuleTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,

@@ -625,6 +625,11 @@ impl Instance {
         self.deactivated.store(deactivated, Ordering::Relaxed);
     }
 
+    /// Lets the memory action fire again at the next sample (its first firing could not act).
+    pub(crate) fn rearm_memory_limit(&self) {
+        self.over_memory.store(false, Ordering::Relaxed);
+    }
+
     /// Whether the live heap is above the memory soft limit (as last checked).
     pub fn over_memory_limit(&self) -> bool {
         self.over_memory.load(Ordering::Relaxed)
@@ -728,18 +733,28 @@ impl Instance {
         self.busy.load(Ordering::Acquire)
     }
 
+    /// Counts a request as in flight, if the instance still takes requests. `None` means it
+    /// started draining after the request picked it from the routing table: pick again. (A
+    /// stop reads the in-flight count only after it moved the state to `draining`, so a request
+    /// admitted here is always waited for.)
+    pub fn admit(&self) -> Option<Admission<'_>> {
+        let (in_flight, count) = InFlight::enter(&self.in_flight);
+        matches!(self.state(), State::Active | State::Inactive).then_some(Admission { in_flight, count })
+    }
+
     /// Reads the request body, sends the request to the module and waits for its answer, within
     /// the instance's limits (concurrency, body size, timeout). The request counts as in flight
     /// from the start, so an uninstall's drain waits for bodies still being uploaded too.
     pub async fn call(
         &self,
+        admission: Admission<'_>,
         method: Method,
         headers: HeaderMap,
         path_and_query: String,
         body: Body,
     ) -> Result<Response> {
         let limits = self.limits();
-        let (_in_flight, in_flight) = InFlight::enter(&self.in_flight);
+        let Admission { in_flight: _in_flight, count: in_flight } = admission;
         if let Some(limit) = limits.max_concurrent_requests
             && in_flight > limit as usize
         {
@@ -802,22 +817,24 @@ impl Instance {
             }),
             Ok(Err(_)) => failed(self.unavailable("the instance stopped before answering")),
             Err(_) => {
-                if let Some(pending) = lock(&self.shared.pending).as_mut() {
-                    pending.remove(&id);
-                }
-                // Not taken by the module yet: drop it (and its body) now. Taken: the module is
-                // still running it; watch it for running away.
+                // Under the `pending` lock, so an answer arriving now is either taken by us or
+                // (once we let go) finds the request among the timed-out ones.
+                let mut pending = lock(&self.shared.pending);
+                let unanswered = pending.as_mut().and_then(|p| p.remove(&id)).is_some();
+                // Not taken by the module yet: drop it (and its body) now. Taken and still
+                // unanswered: the module is running it; watch it for running away.
                 let mut queue = lock(&self.shared.queue);
                 let queued = queue.len();
                 queue.retain(|queued| queued.id != id);
                 let taken = queue.len() == queued;
                 drop(queue);
-                if taken {
+                if unanswered && taken {
                     let mut timed_out = lock(&self.shared.timed_out);
                     if timed_out.len() < MAX_TRACKED_TIMEOUTS {
                         timed_out.insert(id, TimedOut { sent: began, what, runaway: false });
                     }
                 }
+                drop(pending);
                 failed(Error::ModuleTimeout {
                     id: self.id.to_string(),
                     timeout_ms: timeout.as_millis() as u64,
@@ -1053,6 +1070,12 @@ impl Drop for InstanceThread {
             lock(&INSTANCE_THREADS).remove(&tid);
         }
     }
+}
+
+/// A request counted as in flight on an instance that takes requests (see [`Instance::admit`]).
+pub struct Admission<'a> {
+    in_flight: InFlight<'a>,
+    count: usize,
 }
 
 /// Counts a request as in flight for as long as it lives.

@@ -120,6 +120,9 @@ impl Base {
         let traffic = bind(config.listen, "traffic").await?;
         let admin = bind(config.admin_listen, "operations API").await?;
         let (traffic_addr, admin_addr) = (traffic.local_addr()?, admin.local_addr()?);
+        // Before the restore: a SIGTERM while modules load must stop the base cleanly, not kill
+        // it mid-load (which would quarantine the module being loaded).
+        let shutdown = shutdown_signal()?;
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -157,7 +160,7 @@ impl Base {
         println!("pedestal ready: traffic http://{traffic_addr} operations http://{admin_addr}");
         tracing::info!(%traffic_addr, %admin_addr, data_dir = %config.data_dir.display(), "pedestal ready");
 
-        shutdown_signal().await;
+        shutdown.await;
         tracing::info!("shutting down: stopping every module");
         let _ = stop_tx.send(true);
         let registry = Arc::clone(&self.registry);
@@ -186,11 +189,15 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future ends at the first signal.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

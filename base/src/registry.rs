@@ -98,6 +98,11 @@ pub struct Registry {
     artifacts_in_use: RwLock<()>,
     /// Whether the base restored its state (and installed its boot modules).
     ready: AtomicBool,
+    /// Set by `stop_all`: from then on nothing is recorded in `state.json`.
+    shutting_down: AtomicBool,
+    /// Set once `restore` has run: before, `state.json` is not rewritten (it still holds what
+    /// is being restored) and the operations API refuses changes.
+    restored: AtomicBool,
     /// Turns of the limit watcher (it runs housekeeping every so many).
     ticks: std::sync::atomic::AtomicU64,
     /// Since when each stored artifact nothing refers to has been unreferenced.
@@ -131,6 +136,8 @@ impl Registry {
             quarantined: Mutex::new(Vec::new()),
             artifacts_in_use: RwLock::new(()),
             ready: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            restored: AtomicBool::new(false),
             ticks: std::sync::atomic::AtomicU64::new(0),
             unreferenced: Mutex::new(HashMap::new()),
         })
@@ -139,6 +146,11 @@ impl Registry {
     /// Whether the base is ready: its state restored and its boot modules installed.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Whether the recorded state has been restored (changes are accepted from then on).
+    pub fn is_restored(&self) -> bool {
+        self.restored.load(Ordering::Acquire)
     }
 
     /// Marks the base ready (or not).
@@ -274,8 +286,9 @@ impl Registry {
         self.launch_artifact(artifact, options, true)
     }
 
-    /// Loads, starts and routes a stored artifact. `acknowledge` records the outcome in
-    /// `state.json` (and lifts a quarantine); a restore records everything once at its end.
+    /// Loads, starts and routes a stored artifact, records it in `state.json` and lifts a
+    /// quarantine of it. Without `acknowledge` (a restore) it only loads and starts it, leaving
+    /// it `inactive`: the restore routes and records everything at its end.
     pub(crate) fn launch_artifact(
         &self,
         artifact: crate::artifact::Artifact,
@@ -289,6 +302,8 @@ impl Registry {
         let load_path = self.claim_load_path(&artifact)?;
         let replace = options.strategy == Strategy::Replace;
         let mut loading = self.loading(&artifact.sha256, name);
+        // A replace of the same version unloads the running one before the new one starts.
+        let mut replaced_same = None;
         let launched = Instance::launch(
             artifact,
             load_path.clone(),
@@ -298,7 +313,8 @@ impl Registry {
             &|name| self.log(name),
             |instance| {
                 loading.identify(instance);
-                self.reserve(instance, replace)
+                replaced_same = self.reserve(instance, replace)?;
+                Ok(())
             },
         );
         drop(loading);
@@ -312,6 +328,12 @@ impl Registry {
                 return Err(e);
             }
         };
+        if !acknowledge {
+            // Restoring: `restore` sets the recorded active versions and weights in one step.
+            instance.transition(State::Inactive, "restore", "started; restoring the recorded routing");
+            instance.end_operation();
+            return Ok(Installed { instance, replaced: None });
+        }
         let previous = {
             let mut modules = lock(&self.modules);
             let versions = modules.entry(instance.id.name.clone()).or_default();
@@ -333,9 +355,11 @@ impl Registry {
                             "switch",
                             &format!("{} took the traffic", instance.id),
                         );
+                        // Moving the traffic clears a split; taking an empty seat (a restart, a
+                        // same-version replace) keeps it.
+                        versions.weights = None;
                     }
                     versions.active = Some(instance.id.version.clone());
-                    versions.weights = None;
                     instance.transition(State::Active, "install", "started and receiving traffic");
                     current
                 }
@@ -345,19 +369,17 @@ impl Registry {
         };
         // Only now, with the instance routed, may another operation (an uninstall) take it.
         instance.end_operation();
-        let replaced = match previous.filter(|_| replace) {
+        let replaced = match previous.filter(|_| replace && replaced_same.is_none()) {
             Some(previous) => match self.uninstall(&previous.id.name, &previous.id.version) {
                 Ok(replaced) => Some(replaced),
-                // Someone else is already unloading it: the replace is still done.
-                Err(Error::OperationInProgress { .. }) => None,
+                // Someone else is already unloading (or forgot) it: the replace is still done.
+                Err(Error::OperationInProgress { .. } | Error::NotFound { .. }) => None,
                 Err(e) => return Err(e),
             },
-            None => None,
+            None => replaced_same,
         };
-        if acknowledge {
-            self.lift_quarantine(&instance.artifact.sha256, &instance.id.name);
-            self.persist_or_warn();
-        }
+        self.lift_quarantine(&instance.artifact.sha256, &instance.id.name);
+        self.persist_or_warn();
         Ok(Installed { instance, replaced })
     }
 
@@ -417,7 +439,7 @@ impl Registry {
                 .get(version)
                 .ok_or_else(|| Error::NotFound { what: format!("{name}@{version}") })?;
             let state = instance.state();
-            if !matches!(state, State::Active | State::Inactive) || instance.is_deactivated() {
+            if !matches!(state, State::Active | State::Inactive) {
                 return Err(Error::NotRunning {
                     id: instance.id.to_string(),
                     state: format!("{state:?}").to_lowercase(),
@@ -443,6 +465,12 @@ impl Registry {
     /// instance that already ended (stopped, broken) is forgotten. If it was the active version,
     /// the newest other running version takes the traffic.
     pub fn uninstall(&self, name: &str, version: &Version) -> Result<Arc<Instance>> {
+        self.uninstall_with(name, version, true)
+    }
+
+    /// [`Registry::uninstall`]; `hand_over` says whether another version takes the traffic of an
+    /// active one.
+    fn uninstall_with(&self, name: &str, version: &Version, hand_over: bool) -> Result<Arc<Instance>> {
         let instance = self.find(name, version)?;
         if !instance.state().is_live() {
             let mut modules = lock(&self.modules);
@@ -460,6 +488,11 @@ impl Registry {
         if !instance.try_begin_operation() {
             return Err(Error::OperationInProgress { id: instance.id.to_string() });
         }
+        if !instance.state().is_live() {
+            // A concurrent uninstall finished between the check above and taking the lock.
+            instance.end_operation();
+            return Ok(instance);
+        }
         {
             let mut modules = lock(&self.modules);
             if let Some(weights) = modules.get_mut(name).and_then(|v| v.weights.as_mut()) {
@@ -472,6 +505,7 @@ impl Registry {
                     .instances
                     .iter()
                     .rev()
+                    .filter(|_| hand_over)
                     .find(|(v, i)| {
                         *v != version && i.state() == State::Inactive && !i.is_busy() && !i.is_deactivated()
                     })
@@ -514,13 +548,19 @@ impl Registry {
 
     /// Stops every live instance (in parallel), for shutdown.
     pub fn stop_all(&self) {
+        // What is recorded is what the next start restores: shutdown stops are not changes.
+        self.shutting_down.store(true, Ordering::SeqCst);
         self.routes.store(Arc::new(RoutingTable::new()));
         let live: Vec<_> = self.all().into_iter().map(|(i, _)| i).filter(|i| i.state().is_live()).collect();
         thread::scope(|scope| {
             for instance in &live {
                 scope.spawn(move || {
                     if instance.try_begin_operation() {
-                        instance.stop(&self.config, "shutdown");
+                        if instance.state().is_live() {
+                            instance.stop(&self.config, "shutdown");
+                        } else {
+                            instance.end_operation();
+                        }
                     }
                 });
             }
@@ -536,13 +576,16 @@ impl Registry {
     }
 
     /// Registers a freshly loaded instance under its identity, unless a live one holds it (with
-    /// `replace`, a live one of the same identity is drained and unloaded first).
-    fn reserve(&self, instance: &Arc<Instance>, replace: bool) -> Result<()> {
+    /// `replace`, a live one of the same identity is drained and unloaded first, and returned).
+    fn reserve(&self, instance: &Arc<Instance>, replace: bool) -> Result<Option<Arc<Instance>>> {
+        let mut replaced = None;
         if replace {
             let same =
                 self.find(&instance.id.name, &instance.id.version).ok().filter(|i| i.state().is_live());
             if let Some(same) = same {
-                self.uninstall(&same.id.name, &same.id.version)?;
+                // The new instance takes this version's seat: no other version takes the traffic
+                // in between (requests meanwhile get 503 MODULE_UNAVAILABLE).
+                replaced = Some(self.uninstall_with(&same.id.name, &same.id.version, false)?);
             }
         }
         let mut modules = lock(&self.modules);
@@ -556,7 +599,7 @@ impl Registry {
         versions.instances.insert(instance.id.version.clone(), Arc::clone(instance));
         drop(modules);
         instance.set_limits(self.resolve_limits(instance));
-        Ok(())
+        Ok(replaced)
     }
 
     /// A live instance of the artifact `sha256` under the name an install would give it (the
@@ -585,6 +628,7 @@ impl Registry {
     }
 
     fn publish(&self, modules: &BTreeMap<String, Versions>) {
+        let previous = self.routes.load();
         let table: RoutingTable = modules
             .iter()
             .filter_map(|(name, versions)| {
@@ -608,7 +652,7 @@ impl Registry {
                             Some((Arc::clone(versions.instances.get(v).filter(routable)?), *w))
                         })
                         .collect();
-                    Split::new(weighted)
+                    Split::new(weighted, previous.get(name).and_then(|route| route.split.as_ref()))
                 });
                 Some((name.clone(), Route { active, running, split }))
             })

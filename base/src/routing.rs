@@ -44,8 +44,10 @@ pub struct Split {
 }
 
 impl Split {
-    /// A split over `weighted` (zero weights dropped); `None` when nothing is left.
-    pub fn new(weighted: Vec<(Arc<Instance>, u32)>) -> Option<Self> {
+    /// A split over `weighted` (zero weights dropped); `None` when nothing is left. `resume`
+    /// continues the request count of the split it replaces, so republishing the table (for any
+    /// module) does not restart the cycle at the first version.
+    pub fn new(weighted: Vec<(Arc<Instance>, u32)>, resume: Option<&Split>) -> Option<Self> {
         let mut total = 0u64;
         let mut targets = Vec::new();
         // Interleave: spread each version's share over the cycle instead of sending runs.
@@ -53,7 +55,8 @@ impl Split {
             total += u64::from(weight);
             targets.push((instance, total));
         }
-        (total > 0).then(|| Self { targets, total, next: AtomicU64::new(0) })
+        let next = resume.map_or(0, |split| split.next.load(Ordering::Relaxed));
+        (total > 0).then(|| Self { targets, total, next: AtomicU64::new(next) })
     }
 
     fn pick(&self) -> &Arc<Instance> {

@@ -38,19 +38,31 @@ async fn forward(registry: &Registry, request: Request) -> Result<Response> {
         Some(slash) => (&path[..slash], &path[slash..]),
         None => (path, "/"),
     };
-    let routes = registry.routes();
-    let Some(route) = routes.get(name) else {
-        return Err(registry.why_unrouted(name));
-    };
-    let pinned = request.headers().get(VERSION_HEADER).map(|v| v.to_str().unwrap_or("(not text)"));
-    let instance = route.pick(name, pinned)?;
-    drop(routes);
     let path_and_query = match uri.query() {
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_owned(),
     };
+    let name = name.to_owned();
     let (parts, body) = request.into_parts();
-    instance.call(parts.method, parts.headers, path_and_query, body).await
+    let pinned = parts.headers.get(VERSION_HEADER).map(|v| v.to_str().unwrap_or("(not text)").to_owned());
+    // A request can pick an instance just as a switch or uninstall drains it: then pick again
+    // from the new table (a few times at most; the table changes only through operations).
+    for _ in 0..8 {
+        let instance = {
+            let routes = registry.routes();
+            let Some(route) = routes.get(&name) else {
+                return Err(registry.why_unrouted(&name));
+            };
+            route.pick(&name, pinned.as_deref())?
+        };
+        if let Some(admission) = instance.admit() {
+            return instance.call(admission, parts.method, parts.headers, path_and_query, body).await;
+        }
+    }
+    Err(Error::ModuleUnavailable {
+        id: name,
+        reason: "its versions kept changing while this request was being routed".into(),
+    })
 }
 
 /// Reads a whole body, refusing one over `limit` bytes with `PAYLOAD_TOO_LARGE`.

@@ -131,6 +131,15 @@ async fn serve<M: Module>(host: &'static Host, make: fn() -> M) {
         }
         TASKS.alive.store(metrics.num_alive_tasks() as u64, Ordering::Relaxed);
         if took {
+            // A busy module still answers health checks: give the hook one poll per turn.
+            if let Some((id, health)) = check.as_mut() {
+                let id = *id;
+                let answer = std::future::poll_fn(|cx| Poll::Ready(health.as_mut().poll(cx))).await;
+                if let Poll::Ready(answer) = answer {
+                    report_health(host, id, answer);
+                    check = None;
+                }
+            }
             // Let the handlers just spawned run, then look at the queue again before sleeping.
             tokio::task::yield_now().await;
             continue;

@@ -266,3 +266,43 @@ fn a_watched_directory_installs_dropped_modules_and_switches_to_newer_versions()
         "the older version stays, inactive: {module}"
     );
 }
+
+#[test]
+fn replacing_a_version_with_a_rebuild_of_itself_leaves_the_other_versions_alone() {
+    let base = TestBase::start();
+    base.install_ok(artifacts::VERSIONED_1_0_0);
+    base.install_ok(artifacts::VERSIONED_1_1_0);
+    assert_eq!(switch(&base, "1.1.0").status, 200);
+    // Other bytes, same module and version (a rebuild): trailing bytes do not change the code.
+    let mut rebuilt = pedestal_tests::read(artifacts::VERSIONED_1_1_0);
+    rebuilt.extend_from_slice(b"rebuilt");
+    let headers = [("content-type", "application/octet-stream")];
+    let replaced = base.admin("POST", "/api/v1/modules?strategy=replace", &headers, Some(&rebuilt));
+    assert_eq!(replaced.status, 201, "{replaced:?}");
+    assert_eq!(replaced.json["replaced"]["version"], "1.1.0", "{replaced:?}");
+    assert_ne!(replaced.json["sha256"], base.module("fx-versioned")["sha256"].clone(), "a new artifact");
+    let module = base.admin_get("/api/v1/modules/fx-versioned").json;
+    assert_eq!(module["active_version"], "1.1.0", "{module}");
+    assert_eq!(module["versions"][0]["state"], "inactive", "1.0.0 stays installed: {module}");
+    let history = module["versions"][0]["history"].to_string();
+    assert!(!history.contains("took over"), "1.0.0 never took the traffic in between: {history}");
+    assert_eq!(served_by(&base.get("/fx-versioned/version")), "1.1.0");
+}
+
+#[test]
+fn a_sigterm_during_an_uninstall_does_not_lose_the_other_modules() {
+    let mut base = TestBase::start();
+    base.install_ok(artifacts::GOOD);
+    base.install_ok(artifacts::VERSIONED_1_0_0);
+    let url = format!("{}/fx-versioned/sleep?ms=1500", base.traffic);
+    let slow = thread::spawn(move || ureq::get(&url).call().map(|r| r.status()).ok());
+    thread::sleep(Duration::from_millis(100));
+    let draining = base.admin("DELETE", "/api/v1/modules/fx-versioned/1.0.0?async=true", &[], None);
+    assert_eq!(draining.status, 202);
+    thread::sleep(Duration::from_millis(100));
+    // The uninstall is still draining the slow request; shutdown stops everything else meanwhile.
+    assert_eq!(base.terminate(Duration::from_secs(10)), Some(0));
+    let _ = slow.join();
+    let base = base.kill_and_restart(&[]);
+    assert_eq!(base.get("/fx-good/ping").body, "pong", "{}", base.log());
+}

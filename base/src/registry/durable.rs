@@ -157,6 +157,11 @@ impl Registry {
     /// answering.
     pub(crate) fn persist(&self) -> Result<()> {
         let _one_writer = lock(&self.persisting);
+        // Before the restore, the file still holds what is being restored; during shutdown,
+        // stopping everything is not a change to record.
+        if !self.is_restored() || self.shutting_down.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let mut file = StateFile { format: FORMAT, ..StateFile::default() };
         {
             let modules = lock(&self.modules);
@@ -183,7 +188,11 @@ impl Registry {
         }
         file.limit_overrides = lock(&self.limit_overrides).iter().map(|(k, v)| (k.clone(), *v)).collect();
         file.quarantined = lock(&self.quarantined).clone();
-        let bytes = serde_json::to_vec_pretty(&file).expect("the state serializes");
+        self.write_state(&file)
+    }
+
+    fn write_state(&self, file: &StateFile) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(file).expect("the state serializes");
         write_atomically(&self.state_path(), &bytes, true)
     }
 
@@ -198,7 +207,6 @@ impl Registry {
     /// base process died in. Call once, before the base reports ready.
     pub fn restore(&self) -> Result<Restored> {
         let began = std::time::Instant::now();
-        let crashed = self.take_crash_markers();
         let file = match fs::read(self.state_path()) {
             Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes)
                 .map_err(|e| Error::StateInvalid { path: self.state_path(), message: e.to_string() })?,
@@ -214,42 +222,54 @@ impl Registry {
                 ),
             });
         }
-        *lock(&self.limit_overrides) = file.limit_overrides.into_iter().collect();
-        let mut quarantined = file.quarantined;
-        let mut restored = Restored::default();
+        let mut file = file;
+        file.format = FORMAT;
+        *lock(&self.limit_overrides) = file.limit_overrides.clone().into_iter().collect();
+        let (markers, crashed) = self.crash_markers();
         for marker in crashed {
-            let known = quarantined
+            let known = file
+                .quarantined
                 .iter()
                 .any(|q| q.sha256 == marker.sha256 && q.install_name == marker.install_name);
-            if !known {
-                let what = match (&marker.name, &marker.version) {
-                    (Some(name), Some(version)) => format!("{name}@{version}"),
-                    _ => format!("artifact {}", marker.sha256),
-                };
-                tracing::error!(
-                    "quarantined {what}: the previous base process died while loading or starting it"
-                );
-                quarantined.push(Quarantined {
-                    name: marker.name,
-                    version: marker.version,
-                    sha256: marker.sha256,
-                    install_name: marker.install_name,
-                    reason: "the base process died while loading or starting it (a crash in its \
-                             constructors or start hook); retry with POST /api/v1/modules/{name}/{version}/retry"
-                        .into(),
-                    at: now(),
-                });
+            if known {
+                continue;
             }
+            let what = match (&marker.name, &marker.version) {
+                (Some(name), Some(version)) => format!("{name}@{version}"),
+                _ => format!("artifact {}", marker.sha256),
+            };
+            tracing::error!(
+                "quarantined {what}: the previous base process died while loading or starting it"
+            );
+            file.quarantined.push(Quarantined {
+                name: marker.name,
+                version: marker.version,
+                sha256: marker.sha256,
+                install_name: marker.install_name,
+                reason: "the base process died while loading or starting it (a crash in its \
+                         constructors or start hook); retry with POST /api/v1/modules/{name}/{version}/retry"
+                    .into(),
+                at: now(),
+            });
         }
+        // Record the quarantine before the markers go: a crash during this restore must not
+        // forget it (and loop on the same module).
+        self.write_state(&file)?;
+        for marker in markers {
+            let _ = fs::remove_file(marker);
+        }
+        let mut quarantined = file.quarantined.clone();
         let is_quarantined = |record: &Record| {
             quarantined.iter().any(|q| {
                 q.sha256 == record.sha256
-                    && (q.name.as_deref() == Some(&record.name)
+                    && (q.name.is_none()
+                        || q.name.as_deref() == Some(&record.name)
                         || q.install_name.as_deref() == Some(&record.name))
             })
         };
-        let to_start: Vec<&Record> = file.modules.iter().filter(|r| !is_quarantined(r)).collect();
-        for record in to_start {
+        let to_start: Vec<Record> = file.modules.iter().filter(|r| !is_quarantined(r)).cloned().collect();
+        let mut restored = Restored::default();
+        for record in &to_start {
             let options = InstallOptions {
                 name: record.renamed.then(|| record.name.clone()),
                 ..InstallOptions::default()
@@ -275,28 +295,46 @@ impl Registry {
             }
         }
         *lock(&self.quarantined) = quarantined.clone();
-        // The recorded active versions, deactivations and weights.
-        for record in &file.modules {
-            let Ok(version) = Version::parse(&record.version) else { continue };
-            let active = self.module(&record.name).ok().and_then(|(_, active)| active);
-            if record.active && active.as_ref() != Some(&version) {
-                let _ = self.switch(&record.name, &version);
-            }
-            if record.deactivated
-                && let Ok(instance) = self.find(&record.name, &version)
-            {
-                self.deactivate(&instance, "restore", "deactivated before the restart");
-            }
-        }
-        for (name, weights) in file.weights {
-            let weights = weights.iter().filter_map(|(v, w)| Some((Version::parse(v).ok()?, *w))).collect();
-            let _ = self.set_weights(&name, weights);
-        }
-        self.persist()?;
+        self.apply_recorded_routing(&file);
+        self.restored.store(true, Ordering::Release);
+        self.persist_or_warn();
         self.collect_unreferenced(Duration::ZERO);
         restored.quarantined = quarantined;
         restored.ms = began.elapsed().as_secs_f64() * 1000.0;
         Ok(restored)
+    }
+
+    /// Sets the recorded active versions, deactivations and weights of the restored (inactive)
+    /// instances in one step, then publishes the routing table once.
+    fn apply_recorded_routing(&self, file: &StateFile) {
+        let mut modules = lock(&self.modules);
+        for record in &file.modules {
+            let Ok(version) = Version::parse(&record.version) else { continue };
+            let Some(versions) = modules.get_mut(&record.name) else { continue };
+            let Some(instance) = versions.instances.get(&version).filter(|i| i.state() == State::Inactive)
+            else {
+                continue;
+            };
+            if record.deactivated {
+                instance.set_deactivated(true);
+            }
+            if record.active {
+                instance.transition(State::Active, "restore", "active before the restart");
+                versions.active = Some(version);
+            }
+        }
+        for (name, weights) in &file.weights {
+            let Some(versions) = modules.get_mut(name) else { continue };
+            let weights: BTreeMap<Version, u32> = weights
+                .iter()
+                .filter_map(|(v, w)| Some((Version::parse(v).ok()?, *w)))
+                .filter(|(v, _)| versions.instances.contains_key(v))
+                .collect();
+            if !weights.is_empty() {
+                versions.weights = Some(weights);
+            }
+        }
+        self.publish(&modules);
     }
 
     /// Installs the boot modules (`[boot] modules` of the config file, then the `*.so` files of
@@ -352,17 +390,23 @@ impl Registry {
         all
     }
 
-    /// Reads and deletes the markers a previous base process left under `loading/`.
-    fn take_crash_markers(&self) -> Vec<Marker> {
-        let Ok(entries) = fs::read_dir(self.loading_dir()) else { return Vec::new() };
+    /// The markers earlier base processes left under `loading/` (their paths, to delete once
+    /// the quarantine is recorded, and what they say).
+    fn crash_markers(&self) -> (Vec<PathBuf>, Vec<Marker>) {
+        let Ok(entries) = fs::read_dir(self.loading_dir()) else { return (Vec::new(), Vec::new()) };
+        let own = format!("{}-", std::process::id());
+        let mut paths = Vec::new();
         let mut markers = Vec::new();
         for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&own) {
+                continue;
+            }
             if let Some(marker) = fs::read(entry.path()).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
                 markers.push(marker);
             }
-            let _ = fs::remove_file(entry.path());
+            paths.push(entry.path());
         }
-        markers
+        (paths, markers)
     }
 
     /// The quarantined modules.

@@ -28,6 +28,13 @@ impl Registry {
     /// are watched rather than checked per request: the memory soft limit and runaway requests.
     /// The base calls it ten times a second.
     pub fn watch_limits(self: &Arc<Self>) {
+        if !self.is_restored() {
+            // No actions (they change what is recorded) before the recorded state is back.
+            for (instance, _) in self.all() {
+                instance.sample_heap();
+            }
+            return;
+        }
         let tick = self.ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Every 5 s: fold buffered request durations into the exporter's summaries (they would
         // otherwise grow until someone scrapes `/metrics`). Every minute: collect artifacts that
@@ -126,6 +133,8 @@ impl Registry {
     /// get `503 MODULE_UNAVAILABLE` until a version is active again.
     pub fn deactivate(&self, instance: &Arc<Instance>, reason: &str, message: &str) {
         if !instance.try_begin_operation() {
+            // Busy with another operation: take the action on the next sample instead.
+            instance.rearm_memory_limit();
             return;
         }
         let mut modules = lock(&self.modules);
@@ -148,7 +157,12 @@ impl Registry {
     /// it takes the traffic back if the old one had it. Blocking.
     pub fn restart(&self, instance: &Arc<Instance>, reason: &str, message: &str) -> Result<Arc<Instance>> {
         if !instance.try_begin_operation() {
+            instance.rearm_memory_limit();
             return Err(Error::OperationInProgress { id: instance.id.to_string() });
+        }
+        if !instance.state().is_live() {
+            instance.end_operation();
+            return Err(Error::NotRunning { id: instance.id.to_string(), state: "stopped".into() });
         }
         {
             // Keep `active` pointing at this version: the fresh instance takes it over.
