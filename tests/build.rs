@@ -22,6 +22,7 @@ const FIXTURES: &[&str] = &[
     "fx-leaky",
     "fx-limited",
     "fx-start-aborts",
+    "fx-echo",
 ];
 
 /// A nested cargo must build, not lint: under `cargo clippy` the outer cargo sets a workspace

@@ -47,6 +47,8 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/api/v1/operations/{id}", get(operation))
         .route("/api/v1/modules/{name}/{version}/retry", post(retry))
         .route("/api/v1/ready", get(ready))
+        .route("/api/v1/spis", get(list_spis))
+        .route("/api/v1/spis/{spi}/{method}", post(call_spi))
         .route("/api/v1/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { Error::NotFound { what: "route".into() } })
@@ -116,6 +118,81 @@ struct AsyncOption {
 
 /// Runs a blocking registry operation: waits for it and answers `ok` with its result, or with
 /// `run_async` answers `202 {operation, status_url}` at once and records the outcome for
+/// `GET /api/v1/spis`: the SPIs the base declares, and which running modules implement what.
+async fn list_spis(State(registry): State<Arc<Registry>>) -> Json<Value> {
+    let declared: std::collections::BTreeMap<String, String> =
+        registry.declared_spis().into_iter().map(|(n, v)| (n, v.to_string())).collect();
+    let mut implemented: std::collections::BTreeMap<String, Vec<Value>> = std::collections::BTreeMap::new();
+    for (instance, active) in registry.all() {
+        if !matches!(instance.state(), InstanceState::Active | InstanceState::Inactive) {
+            continue;
+        }
+        for (spi, version) in &instance.provides {
+            implemented.entry(spi.clone()).or_default().push(json!({
+                "module": instance.id.to_string(),
+                "spi_version": version.to_string(),
+                "active": active,
+            }));
+        }
+    }
+    Json(json!({ "declared": declared, "implemented": implemented }))
+}
+
+#[derive(Deserialize)]
+struct SpiTarget {
+    /// Only this module's implementation (default: every implementation).
+    module: Option<String>,
+}
+
+/// `POST /api/v1/spis/{spi}/{method}[?module=NAME]` with the arguments as a JSON array: calls
+/// the method on one module's implementation, or on every implementation (fan-out, answered in
+/// module order). Errors are the SPI's typed errors (`MODULE_GONE`, `SPI_PANICKED`, the
+/// implementation's own code...).
+async fn call_spi(
+    State(registry): State<Arc<Registry>>,
+    Path((spi, method)): Path<(String, String)>,
+    Query(target): Query<SpiTarget>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>> {
+    let payload = if body.is_empty() { b"[]".to_vec() } else { body.to_vec() };
+    let mut targets = registry.implementors(&spi);
+    if let Some(module) = &target.module {
+        targets.retain(|i| &i.id.name == module);
+    }
+    if targets.is_empty() {
+        return Err(Error::Spi(pedestal_module_api::SpiError::new(
+            pedestal_module_api::SpiError::NOT_IMPLEMENTED,
+            format!(
+                "no running module implements {spi}{}",
+                target.module.map(|m| format!(" as {m}")).unwrap_or_default()
+            ),
+        )));
+    }
+    let calls = targets.iter().map(|instance| {
+        let (spi, method, payload) = (spi.clone(), method.clone(), payload.clone());
+        async move {
+            let timeout = instance.limits().request_timeout();
+            let outcome = instance.call_spi(spi, method, payload, timeout).await;
+            (instance.id.to_string(), outcome)
+        }
+    });
+    let outcomes = futures_util::future::join_all(calls).await;
+    let decode = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null);
+    if target.module.is_some() {
+        let (module, outcome) = outcomes.into_iter().next().expect("one target");
+        let result = outcome.map_err(Error::Spi)?;
+        return Ok(Json(json!({ "module": module, "result": decode(&result) })));
+    }
+    let results: Vec<Value> = outcomes
+        .into_iter()
+        .map(|(module, outcome)| match outcome {
+            Ok(result) => json!({ "module": module, "result": decode(&result) }),
+            Err(e) => json!({ "module": module, "error": e }),
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
 /// `GET /api/v1/ready`: `200 {"ready": true}` once the base restored its state (and, with
 /// `--ready-requires-modules`, installed every boot module); `503 {"ready": false}` before.
 async fn ready(State(registry): State<Arc<Registry>>) -> Response {

@@ -60,6 +60,9 @@ pub struct Config {
     pub ready_requires_modules: bool,
     /// A hot-reload directory (`--watch`).
     pub watch_dir: Option<PathBuf>,
+    /// SPIs the base declares (name → version): implementations of another major are refused.
+    /// A custom base adds its own with `BaseBuilder::spi`.
+    pub spis: BTreeMap<String, semver::Version>,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             modules_dir: None,
             ready_requires_modules: false,
             watch_dir: None,
+            spis: BTreeMap::new(),
         }
     }
 }
@@ -107,6 +111,9 @@ impl Config {
 /// [boot]
 /// modules = ["/srv/modules/search.so", "/srv/modules/rank.so"]   # installed in this order
 ///
+/// [spis]
+/// ranker = "1.1.0"   # implementations of another major version are refused at install
+///
 /// [modules.search.limits]
 /// max_concurrent_requests = 64
 /// request_timeout_ms = 500
@@ -121,6 +128,8 @@ struct ConfigFile {
     boot: BootSection,
     #[serde(default)]
     modules: BTreeMap<String, ModuleSection>,
+    #[serde(default)]
+    spis: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +155,11 @@ impl Config {
         // Relative boot paths are relative to the config file.
         let base = path.parent().unwrap_or(Path::new("."));
         self.boot_modules.extend(file.boot.modules.into_iter().map(|m| base.join(m)));
+        for (spi, version) in file.spis {
+            let version = semver::Version::parse(&version)
+                .map_err(|e| invalid(format!("SPI {spi}: {version:?} is not a semver version: {e}")))?;
+            self.spis.insert(spi, version);
+        }
         for (name, section) in file.modules {
             if !crate::loader::is_valid_name(&name) {
                 return Err(invalid(format!("{name:?} is not a module name")));

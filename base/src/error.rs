@@ -144,6 +144,23 @@ pub enum Error {
         /// The concurrency limit.
         limit: u32,
     },
+    /// The module implements an SPI the base declares, in an incompatible version.
+    #[error(
+        "{id} implements SPI {spi} {module}, which this base ({spi} {base}) cannot call: the major versions differ"
+    )]
+    SpiIncompatible {
+        /// `name@version`.
+        id: String,
+        /// The SPI.
+        spi: String,
+        /// The module's version of it.
+        module: String,
+        /// The base's version of it.
+        base: String,
+    },
+    /// An SPI call failed (the implementation's error, a panic, a gone module...).
+    #[error("{0}")]
+    Spi(pedestal_module_api::SpiError),
     /// The base is still restoring its recorded state and accepts no changes yet.
     #[error("the base is restoring its recorded state; retry once GET /api/v1/ready says ready")]
     NotReady,
@@ -262,6 +279,8 @@ impl Error {
             Self::StateInvalid { .. } => "STATE_INVALID",
             Self::Quarantined { .. } => "QUARANTINED",
             Self::NotReady => "NOT_READY",
+            Self::SpiIncompatible { .. } => "SPI_INCOMPATIBLE",
+            Self::Spi(e) => &e.code,
             Self::NotRunning { .. } => "NOT_RUNNING",
             Self::DrainTimeout { .. } => "DRAIN_TIMEOUT",
             Self::ModuleFailed { code, .. } => code,
@@ -280,7 +299,17 @@ impl Error {
             | Self::BadRequest { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::AlreadyInstalled { .. } | Self::OperationInProgress { .. } => StatusCode::CONFLICT,
             Self::NotFound { .. } | Self::ModuleNotMounted { .. } => StatusCode::NOT_FOUND,
-            Self::StartFailed { .. } | Self::StartTimeout { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::StartFailed { .. } | Self::StartTimeout { .. } | Self::SpiIncompatible { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::Spi(e) => match e.code.as_str() {
+                pedestal_module_api::SpiError::MODULE_GONE
+                | pedestal_module_api::SpiError::NOT_IMPLEMENTED => StatusCode::SERVICE_UNAVAILABLE,
+                pedestal_module_api::SpiError::TIMEOUT => StatusCode::GATEWAY_TIMEOUT,
+                pedestal_module_api::SpiError::UNKNOWN_METHOD => StatusCode::NOT_IMPLEMENTED,
+                pedestal_module_api::SpiError::BAD_PAYLOAD => StatusCode::BAD_REQUEST,
+                _ => StatusCode::BAD_GATEWAY,
+            },
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -324,6 +353,9 @@ impl Error {
                 json!({"module": name, "version": version, "running": running})
             }
             Self::NotRunning { id, state } => json!({"module": id, "state": state}),
+            Self::SpiIncompatible { id, spi, module, base } => {
+                json!({"module": id, "spi": spi, "module_spi_version": module, "base_spi_version": base})
+            }
             Self::Quarantined { what, .. } => json!({"module": what}),
             Self::DrainTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
             Self::PayloadTooLarge { size, limit } => json!({"size": size, "limit": limit}),

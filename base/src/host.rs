@@ -21,10 +21,11 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pedestal_module_api::abi::{
     Header, HealthStatus, Host, HostApi, HostApiRef, HostCtx, LogLevel, LogRecord, RequestView, ResponseView,
+    SpiCallView, SpiStatus,
 };
 
 use crate::{
-    instance::{HookAnswer, Outcome, QueuedRequest, Shared, lock},
+    instance::{HookAnswer, Outcome, QueuedRequest, Shared, SpiOutcome, lock},
     logs::LogLine,
 };
 
@@ -62,6 +63,8 @@ fn host_api() -> HostApiRef {
             panicked,
             take_health_check,
             report_health,
+            next_spi_call,
+            spi_reply,
         }
         .leak_into_prefix()
     })
@@ -175,6 +178,7 @@ extern "C" fn idle(ctx: HostCtx) -> bool {
         // signalled, so look once more: if there is some, stay awake (and quiet the producers).
         shared.notified.store(false, Ordering::SeqCst);
         let more = !lock(&shared.queue).is_empty()
+            || !lock(&shared.spi_queue).is_empty()
             || shared.stop.load(Ordering::SeqCst)
             || shared.health_wanted.load(Ordering::SeqCst) > shared.health_taken.load(Ordering::SeqCst);
         if more {
@@ -319,5 +323,39 @@ extern "C" fn report_health(ctx: HostCtx, check: u64, status: HealthStatus, mess
             *health = Some(HookAnswer { check, status, message: message.as_str().to_owned() });
         }
         shared.health_answered.notify_waiters();
+    })
+}
+
+extern "C" fn next_spi_call(ctx: HostCtx) -> ROption<SpiCallView<'static>> {
+    guarded(RNone, || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        let Some(call) = lock(&shared.spi_queue).pop_front() else {
+            return RNone;
+        };
+        let mut current = lock(&shared.spi_current);
+        let call = current.insert(call);
+        let view = SpiCallView {
+            id: call.id,
+            spi: RStr::from_str(&call.spi),
+            method: RStr::from_str(&call.method),
+            payload: RSlice::from_slice(&call.payload),
+        };
+        // SAFETY: the names and the payload live in `shared.spi_current` (heap data, unmoved
+        // and unmodified) until the module's next `next_spi_call` on this instance (or until
+        // the instance is torn down after its thread was joined). The ABI documents exactly
+        // that lifetime for `SpiCallView`.
+        RSome(unsafe { std::mem::transmute::<SpiCallView<'_>, SpiCallView<'static>>(view) })
+    })
+}
+
+extern "C" fn spi_reply(ctx: HostCtx, id: u64, status: SpiStatus, payload: RSlice<'_, u8>) {
+    guarded((), || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        let reply = lock(&shared.spi_pending).as_mut().and_then(|p| p.remove(&id));
+        if let Some(reply) = reply {
+            let _ = reply.send(SpiOutcome { status, payload: payload.as_slice().to_vec() });
+        }
     })
 }

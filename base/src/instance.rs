@@ -24,7 +24,9 @@ use arc_swap::ArcSwap;
 use axum::{body::Body, response::Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
-use pedestal_module_api::{HealthStatus, HeapCounters, HeapSnapshot, ModuleLimits, abi::TaskCounters};
+use pedestal_module_api::{
+    HealthStatus, HeapCounters, HeapSnapshot, ModuleLimits, SpiError, abi::TaskCounters,
+};
 use semver::Version;
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
@@ -139,6 +141,8 @@ pub struct Instance {
     pub interface: Version,
     /// The limits the module declares (`None`: built against an interface older than 1.1).
     pub declared_limits: Option<ModuleLimits>,
+    /// The SPIs the module implements, with their declaration versions.
+    pub provides: Vec<(String, Version)>,
     /// The file the library was loaded from (the artifact, or a private copy of it).
     pub load_path: PathBuf,
     /// When the install began.
@@ -221,6 +225,25 @@ pub(crate) struct Shared {
     /// Requests whose caller got a timeout while the module was running them, by id.
     pub(crate) timed_out: Mutex<HashMap<u64, TimedOut>>,
     pub(crate) runaways_total: AtomicU64,
+    /// SPI calls waiting for the module, the one whose view it holds, and the repliers of those
+    /// handed over (`None` once the instance closed).
+    pub(crate) spi_queue: Mutex<VecDeque<QueuedSpiCall>>,
+    pub(crate) spi_current: Mutex<Option<QueuedSpiCall>>,
+    pub(crate) spi_pending: Mutex<Option<HashMap<u64, oneshot::Sender<SpiOutcome>>>>,
+}
+
+/// An SPI call waiting in an instance's queue.
+pub(crate) struct QueuedSpiCall {
+    pub(crate) id: u64,
+    pub(crate) spi: std::borrow::Cow<'static, str>,
+    pub(crate) method: std::borrow::Cow<'static, str>,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// How a module answered an SPI call.
+pub(crate) struct SpiOutcome {
+    pub(crate) status: pedestal_module_api::abi::SpiStatus,
+    pub(crate) payload: Vec<u8>,
 }
 
 /// A module's answer to a health check.
@@ -432,6 +455,7 @@ impl Instance {
             artifact,
             interface: manifest.interface,
             declared_limits: manifest.limits,
+            provides: manifest.provides,
             load_path,
             installed_at,
             install_micros: AtomicU64::new(0),
@@ -847,6 +871,67 @@ impl Instance {
         Error::ModuleUnavailable { id: self.id.to_string(), reason: reason.to_owned() }
     }
 
+    /// Whether the module implements SPI `name` (any version).
+    pub fn provides(&self, name: &str) -> bool {
+        self.provides.iter().any(|(spi, _)| spi == name)
+    }
+
+    /// Calls `method` of SPI `spi` on the module with serialized arguments and waits (at most
+    /// `timeout`) for the serialized result. Counted as in flight, so an uninstall drains it;
+    /// an instance that is not running answers `MODULE_GONE`.
+    pub async fn call_spi(
+        &self,
+        spi: impl Into<std::borrow::Cow<'static, str>>,
+        method: impl Into<std::borrow::Cow<'static, str>>,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> std::result::Result<Vec<u8>, SpiError> {
+        let (spi, method) = (spi.into(), method.into());
+        let gone = || SpiError::new(SpiError::MODULE_GONE, format!("{} is no longer running", self.id));
+        let Some(_admission) = self.admit() else { return Err(gone()) };
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        match lock(&self.shared.spi_pending).as_mut() {
+            Some(pending) => pending.insert(id, reply),
+            None => return Err(gone()),
+        };
+        let call = QueuedSpiCall { id, spi: spi.clone(), method: method.clone(), payload };
+        lock(&self.shared.spi_queue).push_back(call);
+        self.shared.wake();
+        let outcome = match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => return Err(gone()),
+            Err(_) => {
+                if let Some(pending) = lock(&self.shared.spi_pending).as_mut() {
+                    pending.remove(&id);
+                }
+                lock(&self.shared.spi_queue).retain(|call| call.id != id);
+                return Err(SpiError::new(
+                    SpiError::TIMEOUT,
+                    format!("{} did not answer {spi}.{method} within {} ms", self.id, timeout.as_millis()),
+                ));
+            }
+        };
+        use pedestal_module_api::abi::SpiStatus;
+        match outcome.status {
+            SpiStatus::Ok => Ok(outcome.payload),
+            SpiStatus::Error => Err(pedestal_module_api::spi::decode(&outcome.payload).unwrap_or_else(|e| e)),
+            SpiStatus::Unknown => Err(SpiError::new(
+                SpiError::UNKNOWN_METHOD,
+                format!("{} does not implement {spi}.{method}", self.id),
+            )),
+            // The module's panic hook already counted and logged it.
+            SpiStatus::Panicked => Err(SpiError::new(
+                SpiError::PANICKED,
+                format!(
+                    "{spi}.{method} panicked in {}: {}",
+                    self.id,
+                    String::from_utf8_lossy(&outcome.payload)
+                ),
+            )),
+        }
+    }
+
     /// Drains, stops and unloads the instance, recording each step. Returns the final state:
     /// `stopped`, or `pinned` with the reason in the history.
     pub(crate) fn stop(&self, config: &Config, reason: &str) -> State {
@@ -995,6 +1080,9 @@ impl Shared {
             health_answered: Notify::new(),
             timed_out: Mutex::new(HashMap::new()),
             runaways_total: AtomicU64::new(0),
+            spi_queue: Mutex::new(VecDeque::new()),
+            spi_current: Mutex::new(None),
+            spi_pending: Mutex::new(Some(HashMap::new())),
         })
     }
 
@@ -1023,6 +1111,9 @@ impl Shared {
         lock(&self.queue).clear();
         lock(&self.current).take();
         lock(&self.timed_out).clear();
+        lock(&self.spi_pending).take();
+        lock(&self.spi_queue).clear();
+        lock(&self.spi_current).take();
     }
 }
 

@@ -90,6 +90,28 @@ impl Base {
         Ok(Self { registry, native: Router::new() })
     }
 
+    /// A builder for a base of your own: its routes (which may call module SPIs through the
+    /// registry) and the SPIs it declares.
+    ///
+    /// ```no_run
+    /// # use pedestal_base::{Base, Config, Registry};
+    /// # use std::sync::Arc;
+    /// # async fn run() -> anyhow::Result<()> {
+    /// let base = Base::builder(Config::default())
+    ///     .routes_with(|registry: Arc<Registry>| {
+    ///         axum::Router::new().route(
+    ///             "/modules",
+    ///             axum::routing::get(move || async move { registry.all().len().to_string() }),
+    ///         )
+    ///     })
+    ///     .build()?;
+    /// base.serve().await
+    /// # }
+    /// ```
+    pub fn builder(config: Config) -> BaseBuilder {
+        BaseBuilder { config, routes: Vec::new(), spis: Vec::new() }
+    }
+
     /// Routes compiled into the base itself, served on the traffic port before module routes.
     pub fn with_native_routes(mut self, routes: Router) -> Self {
         self.native = self.native.merge(routes);
@@ -167,6 +189,53 @@ impl Base {
         tokio::task::spawn_blocking(move || registry.stop_all()).await?;
         servers.await??;
         Ok(())
+    }
+}
+
+/// Builds a [`Base`]: see [`Base::builder`].
+pub struct BaseBuilder {
+    config: Config,
+    routes: Vec<Box<dyn FnOnce(Arc<Registry>) -> Router>>,
+    /// SPIs declared: name and version.
+    spis: Vec<(&'static str, &'static str)>,
+}
+
+impl std::fmt::Debug for BaseBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BaseBuilder").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl BaseBuilder {
+    /// Routes of the base's own, served on the traffic port before module routes.
+    pub fn routes(self, routes: Router) -> Self {
+        self.routes_with(move |_| routes)
+    }
+
+    /// Routes built with the registry in hand, to call module SPIs
+    /// ([`Registry::implementations`], [`Registry::implementation`], [`Registry::select`]).
+    pub fn routes_with(mut self, routes: impl FnOnce(Arc<Registry>) -> Router + 'static) -> Self {
+        self.routes.push(Box::new(routes));
+        self
+    }
+
+    /// Declares an SPI this base calls: modules implementing another major version of it are
+    /// refused at install with `SPI_INCOMPATIBLE`.
+    pub fn spi<S: pedestal_module_api::Spi>(mut self) -> Self {
+        self.spis.push((S::NAME, S::VERSION));
+        self
+    }
+
+    /// The base, ready to [`serve`](Base::serve).
+    pub fn build(self) -> Result<Base> {
+        let mut base = Base::new(self.config)?;
+        for (name, version) in self.spis {
+            base.registry.declare_spi_version(name, version);
+        }
+        for routes in self.routes {
+            base.native = base.native.merge(routes(Arc::clone(&base.registry)));
+        }
+        Ok(base)
     }
 }
 

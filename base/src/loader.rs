@@ -43,6 +43,9 @@ pub struct Manifest {
     pub interface: Version,
     /// The limits it declares (`None` when built against an interface older than 1.1).
     pub limits: Option<ModuleLimits>,
+    /// The SPIs it implements, with the version of the declaration it was built against (none
+    /// before interface 1.2).
+    pub provides: Vec<(String, Version)>,
 }
 
 /// An open module library and its root module.
@@ -111,7 +114,18 @@ pub fn open(path: &Path) -> Result<(Library, Manifest)> {
         reason: format!("module version {:?} is not semver: {e}", root.version().as_str()),
     })?;
     let limits = root.limits();
-    Ok((Library { root, raw }, Manifest { name, version, interface, limits }))
+    let mut provides = Vec::new();
+    for spi in root.provides().map(|p| p.as_slice()).unwrap_or_default() {
+        let spi_version = Version::parse(spi.version.as_str()).map_err(|e| Error::NotAModule {
+            reason: format!(
+                "SPI {} has a version {:?} that is not semver: {e}",
+                spi.name,
+                spi.version.as_str()
+            ),
+        })?;
+        provides.push((spi.name.as_str().to_owned(), spi_version));
+    }
+    Ok((Library { root, raw }, Manifest { name, version, interface, limits, provides }))
 }
 
 impl Library {

@@ -21,6 +21,7 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 
 mod durable;
+mod spis;
 mod watch;
 
 pub use durable::{Quarantined, Restored};
@@ -107,6 +108,8 @@ pub struct Registry {
     ticks: std::sync::atomic::AtomicU64,
     /// Since when each stored artifact nothing refers to has been unreferenced.
     unreferenced: Mutex<HashMap<String, Instant>>,
+    /// The SPIs this base calls, with the version it was built against.
+    declared_spis: Mutex<BTreeMap<String, Version>>,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +123,7 @@ struct Versions {
 impl Registry {
     /// An empty registry keeping artifacts under `config.data_dir`.
     pub fn new(config: Config) -> Result<Self> {
+        let declared_spis = config.spis.clone();
         let store = ArtifactStore::open(&config.data_dir)?;
         Ok(Self {
             config,
@@ -140,6 +144,7 @@ impl Registry {
             restored: AtomicBool::new(false),
             ticks: std::sync::atomic::AtomicU64::new(0),
             unreferenced: Mutex::new(HashMap::new()),
+            declared_spis: Mutex::new(declared_spis),
         })
     }
 
@@ -578,6 +583,7 @@ impl Registry {
     /// Registers a freshly loaded instance under its identity, unless a live one holds it (with
     /// `replace`, a live one of the same identity is drained and unloaded first, and returned).
     fn reserve(&self, instance: &Arc<Instance>, replace: bool) -> Result<Option<Arc<Instance>>> {
+        self.check_spis(instance)?;
         let mut replaced = None;
         if replace {
             let same =

@@ -208,6 +208,55 @@ pub struct TaskCounters {
     pub alive: AtomicU64,
 }
 
+/// One SPI a module implements: its name and the semver version of its declaration. Frozen
+/// since 1.2.0.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct SpiDecl {
+    /// The SPI's name, e.g. `ranker`.
+    pub name: RStr<'static>,
+    /// The version of the SPI declaration the module was built against, e.g. `1.1.0`.
+    pub version: RStr<'static>,
+}
+
+impl SpiDecl {
+    /// A declaration.
+    pub const fn new(name: &'static str, version: &'static str) -> Self {
+        Self { name: RStr::from_str(name), version: RStr::from_str(version) }
+    }
+}
+
+/// How a module answered an SPI call. Exhaustive: it never grows. Since 1.2.0.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpiStatus {
+    /// The payload is the method's serialized `Ok` value.
+    Ok = 0,
+    /// The payload is a serialized `SpiError` (the implementation's error, or a bad payload).
+    Error = 1,
+    /// The module does not implement that SPI or method (the caller may fall back to the
+    /// method's default).
+    Unknown = 2,
+    /// The implementation panicked; the payload is the panic message.
+    Panicked = 3,
+}
+
+/// An SPI call handed to the module by [`HostApi::next_spi_call`]. Owned by the base; valid
+/// until the module's next call to `next_spi_call` on the same instance, and only on the thread
+/// that made the call: the module copies it at once. Since 1.2.0.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct SpiCallView<'a> {
+    /// Identifies the call in [`HostApi::spi_reply`].
+    pub id: u64,
+    /// The SPI's name.
+    pub spi: RStr<'a>,
+    /// The method's name.
+    pub method: RStr<'a>,
+    /// The serialized arguments.
+    pub payload: RSlice<'a, u8>,
+}
+
 /// An opaque pointer to the base's state for one module instance.
 ///
 /// Owned by the base; valid from the moment `run` is called until the base has joined the
@@ -311,6 +360,8 @@ pub struct ModuleRoot {
     pub limits: ModuleLimits,
     /// The module's task counters, maintained by its runtime. Since 1.1.0.
     pub tasks: &'static TaskCounters,
+    /// The SPIs the module implements. Since 1.2.0.
+    pub provides: RSlice<'static, SpiDecl>,
 }
 
 impl RootModule for ModuleRootRef {
@@ -390,4 +441,11 @@ pub struct HostApi {
     pub take_health_check: extern "C" fn(ctx: HostCtx) -> u64,
     /// Answers health check `check` (a stale id is ignored). Since 1.1.0.
     pub report_health: extern "C" fn(ctx: HostCtx, check: u64, status: HealthStatus, message: RStr<'_>),
+    /// Takes the next queued SPI call, if any (the base writes `wake_fd` for it, and `idle`
+    /// returns `false` while one is queued). Instance thread only; see [`SpiCallView`] for how
+    /// long the view lives. Since 1.2.0.
+    pub next_spi_call: extern "C" fn(ctx: HostCtx) -> ROption<SpiCallView<'static>>,
+    /// Answers SPI call `id` (an unknown or already answered id is ignored); the base copies the
+    /// payload. Since 1.2.0.
+    pub spi_reply: extern "C" fn(ctx: HostCtx, id: u64, status: SpiStatus, payload: RSlice<'_, u8>),
 }

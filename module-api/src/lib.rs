@@ -33,12 +33,15 @@ pub mod abi;
 mod alloc;
 mod logging;
 mod runtime;
+pub mod spi;
 
 use std::{error::Error, future::Future};
 
 pub use abi::{HealthStatus, MemoryAction, ModuleLimits};
 pub use alloc::{HeapCounters, HeapSnapshot};
 pub use axum;
+pub use serde;
+pub use spi::{Remote, Spi, SpiError};
 pub use tokio;
 pub use tracing;
 
@@ -118,10 +121,15 @@ pub trait Module: 'static {
 ///
 /// Takes an expression that builds the module (a unit struct's name is enough) and, optionally,
 /// the limits the module declares for itself (its manifest; the base's configuration and
-/// operations API can override them):
+/// operations API can override them) and the SPIs it implements (their `id` markers, see
+/// [`spi!`]):
 ///
 /// ```ignore
-/// export_module!(Search, limits = ModuleLimits::new().max_concurrent_requests(64).request_timeout_ms(500));
+/// export_module!(
+///     Search,
+///     limits = ModuleLimits::new().max_concurrent_requests(64).request_timeout_ms(500),
+///     provides = [ranker_spi::RankerSpi],
+/// );
 /// ```
 ///
 /// It installs the counting allocator as the library's global allocator and exports the
@@ -129,13 +137,10 @@ pub trait Module: 'static {
 /// Cargo package's.
 #[macro_export]
 macro_rules! export_module {
-    ($module:expr, limits = $limits:expr $(,)?) => {
-        $crate::export_module!(@stamp $crate::abi::InterfaceStamp::CURRENT, $module, $limits);
-    };
-    ($module:expr $(,)?) => {
-        $crate::export_module!(@stamp $crate::abi::InterfaceStamp::CURRENT, $module, $crate::ModuleLimits::new());
-    };
     (@stamp $stamp:expr, $module:expr, $limits:expr) => {
+        $crate::export_module!(@stamp $stamp, $module, $limits, []);
+    };
+    (@stamp $stamp:expr, $module:expr, $limits:expr, [$($spi:path),*]) => {
         #[global_allocator]
         static __PEDESTAL_ALLOCATOR: $crate::__private::CountingAllocator =
             $crate::__private::CountingAllocator;
@@ -144,13 +149,22 @@ macro_rules! export_module {
         #[allow(non_upper_case_globals)]
         pub static pedestal_interface_stamp: $crate::abi::InterfaceStamp = $stamp;
 
-        fn __pedestal_make_module() -> impl $crate::Module {
-            $module
+        extern "C" fn __pedestal_run(host: $crate::abi::Host) {
+            // Closures, so the module's own type (not `impl Module`) meets the SPI traits.
+            $crate::__private::run(host, || $module, |module, spi, method, payload| {
+                $(
+                    if spi == <$spi as $crate::spi::Spi>::NAME {
+                        return <$spi as $crate::spi::Provide<_>>::dispatch(module, method, payload);
+                    }
+                )*
+                let _ = (module, method, payload);
+                None
+            })
         }
 
-        extern "C" fn __pedestal_run(host: $crate::abi::Host) {
-            $crate::__private::run(host, __pedestal_make_module)
-        }
+        const __PEDESTAL_PROVIDES: &[$crate::abi::SpiDecl] = &[
+            $($crate::abi::SpiDecl::new(<$spi as $crate::spi::Spi>::NAME, <$spi as $crate::spi::Spi>::VERSION)),*
+        ];
 
         fn __pedestal_root_module() -> $crate::abi::ModuleRootRef {
             const LIMITS: $crate::ModuleLimits = $limits;
@@ -159,6 +173,7 @@ macro_rules! export_module {
                 env!("CARGO_PKG_VERSION"),
                 __pedestal_run,
                 LIMITS,
+                __PEDESTAL_PROVIDES,
             )
         }
 
@@ -171,6 +186,25 @@ macro_rules! export_module {
         pub static __PEDESTAL_LIB_HEADER: $crate::__private::LibHeader =
             $crate::__private::lib_header(__pedestal_load_root_module);
     };
+    ($module:expr $(, limits = $limits:expr)? $(, provides = [$($spi:path),* $(,)?])? $(,)?) => {
+        $crate::export_module!(
+            @stamp $crate::abi::InterfaceStamp::CURRENT,
+            $module,
+            $crate::__limits_or_none!($($limits)?),
+            [$($($spi),*)?]
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __limits_or_none {
+    () => {
+        $crate::ModuleLimits::new()
+    };
+    ($limits:expr) => {
+        $limits
+    };
 }
 
 #[doc(hidden)]
@@ -179,9 +213,13 @@ pub mod __private {
 
     pub use abi_stable::library::{LibHeader, RootModuleResult};
 
-    use crate::abi::{Host, ModuleLimits, ModuleRoot, ModuleRootRef};
+    use crate::abi::{Host, ModuleLimits, ModuleRoot, ModuleRootRef, SpiDecl};
     pub use crate::{alloc::CountingAllocator, runtime::run};
-    use abi_stable::{library::CheckTypeLayout, prefix_type::PrefixTypeTrait, std_types::RStr};
+    use abi_stable::{
+        library::CheckTypeLayout,
+        prefix_type::PrefixTypeTrait,
+        std_types::{RSlice, RStr},
+    };
 
     /// Builds the library header that points abi_stable at the module's root-module loader.
     pub const fn lib_header(loader: extern "C" fn() -> RootModuleResult) -> LibHeader {
@@ -197,12 +235,13 @@ pub mod __private {
     }
 
     /// The root module of a library: its identity, heap counters, run entry point, declared
-    /// limits and task counters.
+    /// limits, task counters and the SPIs it implements.
     pub fn root_module(
         name: &'static str,
         version: &'static str,
         run: extern "C" fn(Host),
         limits: ModuleLimits,
+        provides: &'static [SpiDecl],
     ) -> ModuleRootRef {
         ModuleRoot {
             name: RStr::from_str(name),
@@ -211,6 +250,7 @@ pub mod __private {
             run,
             limits,
             tasks: &crate::runtime::TASKS,
+            provides: RSlice::from_slice(provides),
         }
         .leak_into_prefix()
     }
