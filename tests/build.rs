@@ -25,6 +25,9 @@ const FIXTURES: &[&str] = &[
     "fx-echo",
 ];
 
+/// The search-platform example's ranker modules.
+const RANKERS: &[&str] = &["ranker-keyword", "ranker-recency", "ranker-popularity"];
+
 /// A nested cargo must build, not lint: under `cargo clippy` the outer cargo sets a workspace
 /// wrapper and clippy's arguments, which would otherwise leak into this build.
 fn plain(command: &mut Command) -> &mut Command {
@@ -37,7 +40,14 @@ fn plain(command: &mut Command) -> &mut Command {
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
-    for watched in ["module-api/src", "base/src", "tests/fixtures", "tests/compat", "Cargo.lock"] {
+    for watched in [
+        "module-api/src",
+        "base/src",
+        "tests/fixtures",
+        "tests/compat",
+        "examples/search-platform",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let target_dir = root.join("target").join("fixtures");
@@ -52,9 +62,18 @@ fn main() {
     // `--bin` applies to every package selected alongside it, so build fixtures separately.
     let status = plain(&mut build).status().expect("running cargo");
     assert!(status.success(), "building the pedestal binary failed");
+    // The search-platform example's custom base (a base binary: built apart from modules).
+    let mut search_base = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    search_base
+        .current_dir(&root)
+        .args(["build", "--release", "--target-dir"])
+        .arg(&target_dir)
+        .args(["-p", "search-base"]);
+    let status = plain(&mut search_base).status().expect("running cargo");
+    assert!(status.success(), "building the search-platform base failed");
     let mut fixtures = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     fixtures.current_dir(&root).args(["build", "--release", "--target-dir"]).arg(&target_dir);
-    for fixture in FIXTURES {
+    for fixture in FIXTURES.iter().chain(RANKERS) {
         fixtures.args(["-p", fixture]);
     }
     let status = plain(&mut fixtures).status().expect("running cargo");
@@ -78,7 +97,11 @@ fn main() {
         "/// The real `pedestal` binary.\npub const PEDESTAL: &str = {:?};\n",
         release.join("pedestal")
     ));
-    for fixture in FIXTURES.iter().chain(&["fx-interface-1-0"]) {
+    out.push_str(&format!(
+        "/// The search-platform example's base.\npub const SEARCH_BASE: &str = {:?};\n",
+        release.join("search-base")
+    ));
+    for fixture in FIXTURES.iter().chain(&["fx-interface-1-0"]).chain(RANKERS) {
         let constant = fixture.trim_start_matches("fx-").replace('-', "_").to_uppercase();
         let file = release.join(format!("lib{}.so", fixture.replace('-', "_")));
         assert!(file.exists(), "{} was not built", file.display());

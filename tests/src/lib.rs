@@ -98,7 +98,17 @@ impl TestBase {
 
     /// Starts a base on an existing data directory.
     pub fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Self {
-        let mut command = Command::new(artifacts::PEDESTAL);
+        Self::start_binary(artifacts::PEDESTAL, data, extra)
+    }
+
+    /// Starts another base binary built with `pedestal-base` (it takes the same flags) on a
+    /// fresh data directory.
+    pub fn start_custom(binary: &str, extra: &[&str]) -> Self {
+        Self::start_binary(binary, tempfile::tempdir().expect("temp dir"), extra)
+    }
+
+    fn start_binary(binary: &str, data: tempfile::TempDir, extra: &[&str]) -> Self {
+        let mut command = Command::new(binary);
         command.current_dir(data.path()).args([
             "serve",
             "--listen",
