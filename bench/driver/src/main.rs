@@ -3,15 +3,18 @@
 //!
 //! 1. Throughput and latency of the same handlers served natively by the base (`/native/...`)
 //!    and from a module (`/bench-module/...`), in alternating rounds under the same load.
-//! 2. The cost of accounting: the module's throughput with accounting on (heap counting in the
+//! 2. SPI round trips: base → module → base against a direct in-process call, and a fan-out to
+//!    10 modules (see `spi.rs`).
+//! 3. The cost of accounting: the module's throughput with accounting on (heap counting in the
 //!    module, per-request accounting in the base) against a base and module with both off, in
 //!    alternating rounds (`--unaccounted-module PATH`, see `accounting.rs`).
-//! 3. Install latency: upload sent → first request served, plus the base's own install time.
-//! 4. Install/uninstall cycles: RSS growth of the base, and whether every cycle unmapped.
+//! 4. Install latency: upload sent → first request served, plus the base's own install time.
+//! 5. Install/uninstall cycles: RSS growth of the base, and whether every cycle unmapped.
 
 mod accounting;
 mod density;
 mod lifecycle;
+mod spi;
 
 use std::{
     io::{BufRead, BufReader},
@@ -106,6 +109,7 @@ fn main() -> anyhow::Result<()> {
     let module = std::fs::read(&options.module)?;
     let mut report = String::new();
     report += &throughput(&base, &module, &options)?;
+    report += &spi::run(&base, &options.module, if quick { 500 } else { 20_000 })?;
     if let Some(unaccounted) = &options.unaccounted {
         report += &accounting::run(&options, &module, &std::fs::read(unaccounted)?)?;
     }

@@ -4,6 +4,27 @@
 use std::hint::black_box;
 
 use axum::{Router, routing::get};
+use pedestal_module_api::SpiError;
+
+pedestal_module_api::spi! {
+    /// What the SPI benchmark calls: the payload back.
+    #[spi(name = "bench", version = "1.0.0", id = BenchSpi)]
+    pub trait Bench {
+        /// Answers `payload`.
+        async fn echo(&self, payload: String) -> Result<String, SpiError>;
+    }
+}
+
+/// The [`Bench`] implementation: inside `bench-module`, and in the base itself for the direct,
+/// in-process comparison.
+#[derive(Debug, Clone, Copy)]
+pub struct Echo;
+
+impl Bench for Echo {
+    async fn echo(&self, payload: String) -> Result<String, SpiError> {
+        Ok(payload)
+    }
+}
 
 /// `/empty` answers at once; `/work` does about 20 µs of CPU work first.
 pub fn router() -> Router {

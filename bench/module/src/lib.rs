@@ -1,7 +1,8 @@
 //! The benchmark handlers as a module, mounted at `/bench-module/`. Run with `cargo xtask bench`.
 
 use axum::Router;
-use pedestal_module_api::{Module, export_module};
+use bench_handlers::{Bench as BenchSpiTrait, BenchSpi, Echo};
+use pedestal_module_api::{Module, SpiError, export_module};
 
 struct Bench;
 
@@ -11,4 +12,10 @@ impl Module for Bench {
     }
 }
 
-export_module!(Bench);
+impl BenchSpiTrait for Bench {
+    async fn echo(&self, payload: String) -> Result<String, SpiError> {
+        Echo.echo(payload).await
+    }
+}
+
+export_module!(Bench, provides = [BenchSpi]);
