@@ -257,6 +257,13 @@ impl TestBase {
         self.admin("PUT", &format!("/api/v1/modules/{name}/limits"), &headers, Some(body.as_bytes()))
     }
 
+    /// The value of Prometheus series `metric` for module `module` in `GET /metrics`.
+    pub fn metric(&self, metric: &str, module: &str) -> Option<f64> {
+        let prefix = format!("{metric}{{module=\"{module}\"");
+        let metrics = self.admin_get("/metrics").body;
+        metrics.lines().find(|l| l.starts_with(&prefix))?.rsplit(' ').next()?.parse().ok()
+    }
+
     /// `GET /api/v1/modules/{name}`: the first version's view.
     pub fn module(&self, name: &str) -> Value {
         self.admin_get(&format!("/api/v1/modules/{name}")).json["versions"][0].clone()
