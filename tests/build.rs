@@ -64,11 +64,12 @@ fn main() {
     assert!(status.success(), "building the pedestal binary failed");
     // The search-platform example's custom base (a base binary: built apart from modules).
     let mut search_base = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    search_base
-        .current_dir(&root)
-        .args(["build", "--release", "--target-dir"])
-        .arg(&target_dir)
-        .args(["-p", "search-base"]);
+    search_base.current_dir(&root).args(["build", "--release", "--target-dir"]).arg(&target_dir).args([
+        "-p",
+        "search-base",
+        "-p",
+        "echo-base",
+    ]);
     let status = plain(&mut search_base).status().expect("running cargo");
     assert!(status.success(), "building the search-platform base failed");
     let mut fixtures = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -85,7 +86,7 @@ fn main() {
         .current_dir(root.join("tests/compat"))
         .args(["build", "--release", "--locked", "--target-dir"])
         .arg(&target_dir)
-        .args(["-p", "fx-interface-1-0"]);
+        .args(["-p", "fx-interface-1-0", "-p", "fx-echo-1-0"]);
     let status = plain(&mut compat).status().expect("running cargo");
     assert!(status.success(), "building the compatibility fixtures failed");
 
@@ -101,7 +102,11 @@ fn main() {
         "/// The search-platform example's base.\npub const SEARCH_BASE: &str = {:?};\n",
         release.join("search-base")
     ));
-    for fixture in FIXTURES.iter().chain(&["fx-interface-1-0"]).chain(RANKERS) {
+    out.push_str(&format!(
+        "/// A test base calling the echo SPI 1.1.0 with typed handles.\npub const ECHO_BASE: &str = {:?};\n",
+        release.join("echo-base")
+    ));
+    for fixture in FIXTURES.iter().chain(&["fx-interface-1-0", "fx-echo-1-0"]).chain(RANKERS) {
         let constant = fixture.trim_start_matches("fx-").replace('-', "_").to_uppercase();
         let file = release.join(format!("lib{}.so", fixture.replace('-', "_")));
         assert!(file.exists(), "{} was not built", file.display());

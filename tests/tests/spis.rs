@@ -92,3 +92,48 @@ fn a_module_implementing_another_major_version_of_a_declared_spi_is_refused() {
     let older_minor = TestBase::start_with(&["--config", file.to_str().unwrap()]);
     older_minor.install_ok(artifacts::ECHO);
 }
+
+#[test]
+fn a_newer_caller_calls_a_module_built_against_the_older_spi_and_gets_the_default() {
+    // echo-base calls with echo-spi 1.1.0; fx-echo-1-0 was built against echo-spi 1.0.0.
+    let base = TestBase::start_custom(artifacts::ECHO_BASE, &[]);
+    base.install_ok(artifacts::ECHO_1_0);
+    base.install_ok(artifacts::ECHO);
+    let old = base.get("/typed/fx-echo-1-0/echo?text=hi").json;
+    assert_eq!(
+        old["ok"],
+        json!({"text": "hi", "by": "fx-echo-1-0", "length": null}),
+        "the new optional field defaults: {old}"
+    );
+    let new = base.get("/typed/fx-echo/echo?text=hi").json;
+    assert_eq!(new["ok"]["length"], 2, "{new}");
+    // `describe` is new in 1.1.0: the old module does not know it, the default runs in the caller
+    // (and itself calls the module's `echo` through the same handle).
+    let described = base.get("/typed/fx-echo-1-0/describe").json;
+    assert_eq!(described["ok"], "an echo by fx-echo-1-0 (default description)", "{described}");
+    let own = base.get("/typed/fx-echo/describe").json;
+    assert_eq!(own["ok"], "fx-echo, built against echo 1.1.0", "{own}");
+    let listed = base.admin_get("/api/v1/spis").json;
+    assert_eq!(listed["declared"], json!({"echo": "1.1.0"}), "{listed}");
+    let versions: Vec<&str> = listed["implemented"]["echo"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["spi_version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["1.1.0", "1.0.0"], "{listed}");
+}
+
+#[test]
+fn a_handle_held_across_an_uninstall_answers_module_gone_and_never_calls_into_the_unloaded_library() {
+    let base = TestBase::start_custom(artifacts::ECHO_BASE, &[]);
+    let installed = base.install_ok(artifacts::ECHO);
+    thread::scope(|scope| {
+        let held = scope.spawn(|| base.get("/typed/fx-echo/held?wait_ms=500"));
+        thread::sleep(Duration::from_millis(100));
+        assert_eq!(base.uninstall("fx-echo", "0.1.0").json["state"], "stopped");
+        let held = held.join().unwrap().json;
+        assert_eq!(held["error"]["code"], "MODULE_GONE", "{held}");
+    });
+    assert!(!base.maps_contain(&pedestal_tests::artifact_name(installed["sha256"].as_str().unwrap())));
+}
