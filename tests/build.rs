@@ -23,6 +23,8 @@ const FIXTURES: &[&str] = &[
     "fx-limited",
     "fx-start-aborts",
     "fx-echo",
+    "fx-echo-caller",
+    "fx-services",
 ];
 
 /// The search-platform example's ranker modules.
@@ -86,7 +88,7 @@ fn main() {
         .current_dir(root.join("tests/compat"))
         .args(["build", "--release", "--locked", "--target-dir"])
         .arg(&target_dir)
-        .args(["-p", "fx-interface-1-0", "-p", "fx-echo-1-0"]);
+        .args(["-p", "fx-interface-1-0", "-p", "fx-echo-1-0", "-p", "fx-echo-caller-1-0"]);
     let status = plain(&mut compat).status().expect("running cargo");
     assert!(status.success(), "building the compatibility fixtures failed");
 
@@ -106,7 +108,9 @@ fn main() {
         "/// A test base calling the echo SPI 1.1.0 with typed handles.\npub const ECHO_BASE: &str = {:?};\n",
         release.join("echo-base")
     ));
-    for fixture in FIXTURES.iter().chain(&["fx-interface-1-0", "fx-echo-1-0"]).chain(RANKERS) {
+    for fixture in
+        FIXTURES.iter().chain(&["fx-interface-1-0", "fx-echo-1-0", "fx-echo-caller-1-0"]).chain(RANKERS)
+    {
         let constant = fixture.trim_start_matches("fx-").replace('-', "_").to_uppercase();
         let file = release.join(format!("lib{}.so", fixture.replace('-', "_")));
         assert!(file.exists(), "{} was not built", file.display());

@@ -18,6 +18,7 @@ use std::{
 use metrics::{Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use metrics_util::MetricKindMask;
+use pedestal_module_api::abi::MetricKind;
 use serde::Serialize;
 
 use crate::instance::{Instance, ModuleId};
@@ -235,6 +236,44 @@ impl Default for RecentRate {
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The kind of each metric name modules registered: one name, one kind, across modules.
+    module_kinds: std::sync::Mutex<HashMap<String, MetricKind>>,
+}
+
+/// A metric a module registered, recorded through the `record_metric` host callback.
+pub(crate) struct ModuleMetric {
+    pub(crate) name: String,
+    pub(crate) kind: MetricKind,
+    handle: ModuleMetricHandle,
+}
+
+enum ModuleMetricHandle {
+    Counter(metrics::Counter),
+    Gauge(metrics::Gauge),
+    Histogram(Histogram),
+}
+
+impl ModuleMetric {
+    /// Records a value: a counter adds it (whole units; negative values are ignored), a gauge
+    /// takes it, a histogram observes it.
+    pub(crate) fn record(&self, value: f64) {
+        match &self.handle {
+            ModuleMetricHandle::Counter(counter) if value > 0.0 => counter.increment(value.round() as u64),
+            ModuleMetricHandle::Counter(_) => {}
+            ModuleMetricHandle::Gauge(gauge) => gauge.set(value),
+            ModuleMetricHandle::Histogram(histogram) => histogram.record(value),
+        }
+    }
+}
+
+/// Whether `name` is a Prometheus metric name a module may use.
+fn is_module_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':');
+    first_ok
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        && name.len() <= 200
+        && !name.starts_with("pedestal_")
 }
 
 impl std::fmt::Debug for Metrics {
@@ -256,7 +295,48 @@ impl Metrics {
             .idle_timeout(MetricKindMask::ALL, Some(Duration::from_secs(600)))
             .build_recorder();
         let handle = recorder.handle();
-        Self { recorder, handle }
+        Self { recorder, handle, module_kinds: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// Registers module metric `name` for instance `id`; `None` when the name is not a
+    /// Prometheus name, is reserved (`pedestal_`), or is registered with another kind.
+    pub(crate) fn module_metric(
+        &self,
+        id: &ModuleId,
+        kind: MetricKind,
+        name: &str,
+        help: &str,
+    ) -> Option<ModuleMetric> {
+        if !is_module_metric_name(name) {
+            return None;
+        }
+        {
+            let mut kinds = self.module_kinds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match kinds.get(name) {
+                Some(known) if *known != kind => return None,
+                Some(_) => {}
+                None => {
+                    kinds.insert(name.to_owned(), kind);
+                    let (key, help) = (name.to_owned().into(), help.to_owned().into());
+                    match kind {
+                        MetricKind::Counter => self.recorder.describe_counter(key, None, help),
+                        MetricKind::Gauge => self.recorder.describe_gauge(key, None, help),
+                        MetricKind::Histogram => self.recorder.describe_histogram(key, None, help),
+                    }
+                }
+            }
+        }
+        let key = Key::from_parts(name.to_owned(), labels(id));
+        let handle = match kind {
+            MetricKind::Counter => {
+                ModuleMetricHandle::Counter(self.recorder.register_counter(&key, &METADATA))
+            }
+            MetricKind::Gauge => ModuleMetricHandle::Gauge(self.recorder.register_gauge(&key, &METADATA)),
+            MetricKind::Histogram => {
+                ModuleMetricHandle::Histogram(self.recorder.register_histogram(&key, &METADATA))
+            }
+        };
+        Some(ModuleMetric { name: name.to_owned(), kind, handle })
     }
 
     /// The request-duration histogram of one instance (registered once, recorded per request).

@@ -1,6 +1,11 @@
 //! The operations API under `/api/v1`: install, inspect and uninstall modules; health.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+    time::Instant,
+};
 
 use axum::{
     Json, Router,
@@ -47,6 +52,11 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/api/v1/operations/{id}", get(operation))
         .route("/api/v1/modules/{name}/{version}/retry", post(retry))
         .route("/api/v1/ready", get(ready))
+        .route("/api/v1/modules/{name}/config", get(module_config))
+        .route("/api/v1/modules/{name}/kv", get(module_kv))
+        .route("/api/v1/config/reload", post(reload_config))
+        .route("/api/v1/events", get(list_events))
+        .route("/api/v1/events/{topic}", post(publish_event))
         .route("/api/v1/spis", get(list_spis))
         .route("/api/v1/spis/{spi}/{method}", post(call_spi))
         .route("/api/v1/health", get(health))
@@ -105,6 +115,9 @@ struct InstallOptions {
     /// `install` (default) or `replace`.
     #[serde(default)]
     strategy: Strategy,
+    /// Install even when a required SPI has no implementation running.
+    #[serde(default)]
+    force: bool,
     /// Answer `202` with an operation id at once instead of waiting.
     #[serde(default, rename = "async")]
     run_async: bool,
@@ -116,13 +129,23 @@ struct AsyncOption {
     run_async: bool,
 }
 
+#[derive(Deserialize)]
+struct UninstallOptions {
+    #[serde(default, rename = "async")]
+    run_async: bool,
+    /// Unload even the last implementation of an SPI running modules require.
+    #[serde(default)]
+    force: bool,
+}
+
 /// Runs a blocking registry operation: waits for it and answers `ok` with its result, or with
 /// `run_async` answers `202 {operation, status_url}` at once and records the outcome for
 /// `GET /api/v1/spis`: the SPIs the base declares, and which running modules implement what.
 async fn list_spis(State(registry): State<Arc<Registry>>) -> Json<Value> {
-    let declared: std::collections::BTreeMap<String, String> =
+    let declared: BTreeMap<String, String> =
         registry.declared_spis().into_iter().map(|(n, v)| (n, v.to_string())).collect();
-    let mut implemented: std::collections::BTreeMap<String, Vec<Value>> = std::collections::BTreeMap::new();
+    let mut implemented: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut required: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for (instance, active) in registry.all() {
         if !matches!(instance.state(), InstanceState::Active | InstanceState::Inactive) {
             continue;
@@ -134,8 +157,61 @@ async fn list_spis(State(registry): State<Arc<Registry>>) -> Json<Value> {
                 "active": active,
             }));
         }
+        for (spi, version) in &instance.requires {
+            required.entry(spi.clone()).or_default().push(json!({
+                "module": instance.id.to_string(),
+                "spi_version": version.to_string(),
+            }));
+        }
     }
-    Json(json!({ "declared": declared, "implemented": implemented }))
+    Json(json!({ "declared": declared, "implemented": implemented, "required": required }))
+}
+
+/// `GET /api/v1/modules/{name}/config`: the values module `name` reads (the config file's
+/// section with the environment's on top), and where the file is.
+async fn module_config(State(registry): State<Arc<Registry>>, Path(name): Path<String>) -> Json<Value> {
+    let configs = registry.module_configs();
+    Json(json!({
+        "module": name,
+        "values": Value::Object(configs.of(&name)),
+        "file": configs.file(),
+    }))
+}
+
+/// `GET /api/v1/modules/{name}/kv`: how much of its key-value quota module `name` uses.
+async fn module_kv(State(registry): State<Arc<Registry>>, Path(name): Path<String>) -> Result<Json<Value>> {
+    let usage = registry.kv().usage(&name, registry.kv_quota(&name))?;
+    Ok(Json(json!({ "module": name, "usage": usage })))
+}
+
+/// `POST /api/v1/config/reload`: re-reads the config file now (it is also watched) and hands
+/// the modules whose values changed their new values.
+async fn reload_config(State(registry): State<Arc<Registry>>) -> Result<Json<Value>> {
+    let changed = tokio::task::spawn_blocking(move || registry.reload_config())
+        .await
+        .map_err(|e| Error::BadRequest { message: e.to_string() })??;
+    Ok(Json(json!({ "changed": changed })))
+}
+
+/// `GET /api/v1/events`: the topics with subscribers, and totals.
+async fn list_events(State(registry): State<Arc<Registry>>) -> Json<Value> {
+    let events = registry.events();
+    let topics: BTreeMap<String, usize> = events.topics().into_iter().collect();
+    let (published, delivered) = events.totals();
+    Json(json!({ "topics": topics, "published": published, "delivered": delivered }))
+}
+
+/// `POST /api/v1/events/{topic}` with a JSON body: publishes it as `base`.
+async fn publish_event(
+    State(registry): State<Arc<Registry>>,
+    Path(topic): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>> {
+    crate::services::events::check_topic(&topic).map_err(|message| Error::BadRequest { message })?;
+    let data: Value = serde_json::from_slice(&body)
+        .map_err(|e| Error::BadRequest { message: format!("the body must be JSON: {e}") })?;
+    let queued = registry.events().publish(&topic, "base", data);
+    Ok(Json(json!({ "topic": topic, "queued": queued })))
 }
 
 #[derive(Deserialize)]
@@ -288,13 +364,11 @@ async fn set_traffic(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>> {
-    let weights: std::collections::BTreeMap<String, u32> = serde_json::from_slice(&body).map_err(|e| {
-        Error::BadRequest { message: format!("expected {{\"<version>\": <weight>, ...}}: {e}") }
+    let weights: BTreeMap<String, u32> = serde_json::from_slice(&body).map_err(|e| Error::BadRequest {
+        message: format!("expected {{\"<version>\": <weight>, ...}}: {e}"),
     })?;
-    let weights = weights
-        .into_iter()
-        .map(|(v, w)| Ok((parse_version(&v)?, w)))
-        .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
+    let weights =
+        weights.into_iter().map(|(v, w)| Ok((parse_version(&v)?, w))).collect::<Result<BTreeMap<_, _>>>()?;
     let setting = Arc::clone(&registry);
     let target = name.clone();
     tokio::task::spawn_blocking(move || setting.set_weights(&target, weights))
@@ -309,7 +383,7 @@ async fn get_traffic(State(registry): State<Arc<Registry>>, Path(name): Path<Str
 }
 
 fn traffic_view(registry: &Registry, name: &str) -> Json<Value> {
-    let weights: Option<std::collections::BTreeMap<String, u32>> =
+    let weights: Option<BTreeMap<String, u32>> =
         registry.weights(name).map(|w| w.into_iter().map(|(v, w)| (v.to_string(), w)).collect());
     let active = registry.module(name).ok().and_then(|(_, active)| active).map(|v| v.to_string());
     Json(json!({ "module": name, "active_version": active, "weights": weights }))
@@ -364,7 +438,12 @@ async fn install(
         body
     };
     let received = Instant::now();
-    let options = Options { name: options.name, activate: options.activate, strategy: options.strategy };
+    let options = Options {
+        name: options.name,
+        activate: options.activate,
+        strategy: options.strategy,
+        force: options.force,
+    };
     let run_async = query_async;
     let target = format!("upload of {} bytes", bytes.len());
     run_operation(&registry, "install", &target, run_async, StatusCode::CREATED, move |registry| {
@@ -398,6 +477,10 @@ struct InstanceView {
     active: bool,
     sha256: String,
     interface_version: String,
+    /// The SPIs it implements, `name` → declaration version.
+    provides: BTreeMap<String, String>,
+    /// The SPIs it calls, `name` → declaration version.
+    requires: BTreeMap<String, String>,
     installed_at: String,
     install_ms: f64,
     heap: Option<HeapView>,
@@ -438,6 +521,8 @@ fn view(
         active,
         sha256: instance.artifact.sha256.clone(),
         interface_version: instance.interface.to_string(),
+        provides: instance.provides.iter().map(|(n, v)| (n.clone(), v.to_string())).collect(),
+        requires: instance.requires.iter().map(|(n, v)| (n.clone(), v.to_string())).collect(),
         installed_at: humantime::format_rfc3339_millis(instance.installed_at).to_string(),
         install_ms: instance.install_ms(),
         heap: instance.heap().map(|h| HeapView {
@@ -491,12 +576,13 @@ async fn describe(State(registry): State<Arc<Registry>>, Path(name): Path<String
 async fn uninstall(
     State(registry): State<Arc<Registry>>,
     Path((name, version)): Path<(String, String)>,
-    Query(options): Query<AsyncOption>,
+    Query(options): Query<UninstallOptions>,
 ) -> Result<Response> {
     let version = parse_version(&version)?;
     let target = format!("{name}@{version}");
+    let force = options.force;
     run_operation(&registry, "uninstall", &target, options.run_async, StatusCode::OK, move |registry| {
-        let instance = registry.uninstall(&name, &version)?;
+        let instance = registry.uninstall_checked(&name, &version, force)?;
         let view = view(&instance, false, true, &HashMap::new());
         Ok(serde_json::to_value(view).unwrap_or_default())
     })

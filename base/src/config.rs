@@ -63,6 +63,15 @@ pub struct Config {
     /// SPIs the base declares (name → version): implementations of another major are refused.
     /// A custom base adds its own with `BaseBuilder::spi`.
     pub spis: BTreeMap<String, semver::Version>,
+    /// The config file the settings came from (`--config`): its `[modules.NAME.config]`
+    /// sections are watched and handed to the modules again when it changes.
+    pub config_file: Option<PathBuf>,
+    /// Each module's configuration values (`[modules.NAME.config]`), before the environment's.
+    pub module_config: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+    /// How many bytes (keys plus values) a module may keep in its key-value store.
+    pub kv_quota_bytes: u64,
+    /// Per-module quotas (`[modules.NAME] kv_quota_bytes`), overriding `kv_quota_bytes`.
+    pub module_kv_quota: BTreeMap<String, u64>,
 }
 
 impl Default for Config {
@@ -89,6 +98,10 @@ impl Default for Config {
             ready_requires_modules: false,
             watch_dir: None,
             spis: BTreeMap::new(),
+            config_file: None,
+            module_config: BTreeMap::new(),
+            kv_quota_bytes: 64 * 1024 * 1024,
+            module_kv_quota: BTreeMap::new(),
         }
     }
 }
@@ -113,6 +126,13 @@ impl Config {
 ///
 /// [spis]
 /// ranker = "1.1.0"   # implementations of another major version are refused at install
+///
+/// [modules.search]
+/// kv_quota_bytes = 1048576   # its key-value store's quota
+///
+/// [modules.search.config]    # read by the module with pedestal_module_api::config
+/// index = "products"
+/// db = { pool_size = 8 }
 ///
 /// [modules.search.limits]
 /// max_concurrent_requests = 64
@@ -144,14 +164,43 @@ struct BootSection {
 struct ModuleSection {
     #[serde(default)]
     limits: LimitOverrides,
+    #[serde(default)]
+    config: toml::Table,
+    kv_quota_bytes: Option<u64>,
+}
+
+fn read_file(path: &Path) -> Result<ConfigFile> {
+    let invalid = |message: String| Error::ConfigInvalid { path: path.to_owned(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+    toml::from_str(&text).map_err(|e| invalid(e.to_string()))
+}
+
+fn module_config(path: &Path, table: toml::Table) -> Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::to_value(table) {
+        Ok(serde_json::Value::Object(values)) => Ok(values),
+        Ok(_) => unreachable!("a TOML table is a JSON object"),
+        Err(e) => Err(Error::ConfigInvalid { path: path.to_owned(), message: e.to_string() }),
+    }
+}
+
+/// The `[modules.NAME.config]` sections of the config file at `path` (re-read when it changes).
+pub(crate) fn read_module_configs(
+    path: &Path,
+) -> Result<BTreeMap<String, serde_json::Map<String, serde_json::Value>>> {
+    let file = read_file(path)?;
+    file.modules
+        .into_iter()
+        .filter(|(_, section)| !section.config.is_empty())
+        .map(|(name, section)| Ok((name, module_config(path, section.config)?)))
+        .collect()
 }
 
 impl Config {
     /// Applies the config file at `path` on top of these settings.
     pub fn with_file(mut self, path: &Path) -> Result<Self> {
         let invalid = |message: String| Error::ConfigInvalid { path: path.to_owned(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
-        let file: ConfigFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let file = read_file(path)?;
+        self.config_file = Some(path.to_owned());
         // Relative boot paths are relative to the config file.
         let base = path.parent().unwrap_or(Path::new("."));
         self.boot_modules.extend(file.boot.modules.into_iter().map(|m| base.join(m)));
@@ -163,6 +212,12 @@ impl Config {
         for (name, section) in file.modules {
             if !crate::loader::is_valid_name(&name) {
                 return Err(invalid(format!("{name:?} is not a module name")));
+            }
+            if let Some(quota) = section.kv_quota_bytes {
+                self.module_kv_quota.insert(name.clone(), quota);
+            }
+            if !section.config.is_empty() {
+                self.module_config.insert(name.clone(), module_config(path, section.config)?);
             }
             self.module_limits.insert(name, section.limits);
         }

@@ -158,6 +158,42 @@ pub enum Error {
         /// The base's version of it.
         base: String,
     },
+    /// The module requires an SPI no running module implements compatibly.
+    #[error(
+        "{id} requires SPI {spi} {version}, which no running module implements in a compatible \
+         version; install an implementation first (or force the install with ?force=true)"
+    )]
+    SpiMissing {
+        /// `name@version`.
+        id: String,
+        /// The SPI.
+        spi: String,
+        /// The version of it the module was built against.
+        version: String,
+    },
+    /// The module is the last implementation of an SPI running modules require.
+    #[error(
+        "{id} is the last implementation of SPI {spi}, which {} require; uninstall them first \
+         (or force it with ?force=true)", dependents.join(", ")
+    )]
+    ModuleRequired {
+        /// `name@version`.
+        id: String,
+        /// The SPI.
+        spi: String,
+        /// The modules (`name@version`) that require it.
+        dependents: Vec<String>,
+    },
+    /// A module's key-value store refused a write: it would exceed the module's quota.
+    #[error("{module}'s key-value store would hold {would_use} bytes, over its quota of {quota} bytes")]
+    KvQuotaExceeded {
+        /// The module.
+        module: String,
+        /// Bytes it would use.
+        would_use: u64,
+        /// Its quota.
+        quota: u64,
+    },
     /// An SPI call failed (the implementation's error, a panic, a gone module...).
     #[error("{0}")]
     Spi(pedestal_module_api::SpiError),
@@ -280,6 +316,9 @@ impl Error {
             Self::Quarantined { .. } => "QUARANTINED",
             Self::NotReady => "NOT_READY",
             Self::SpiIncompatible { .. } => "SPI_INCOMPATIBLE",
+            Self::SpiMissing { .. } => "SPI_MISSING",
+            Self::ModuleRequired { .. } => "MODULE_REQUIRED",
+            Self::KvQuotaExceeded { .. } => "KV_QUOTA_EXCEEDED",
             Self::Spi(e) => &e.code,
             Self::NotRunning { .. } => "NOT_RUNNING",
             Self::DrainTimeout { .. } => "DRAIN_TIMEOUT",
@@ -318,7 +357,11 @@ impl Error {
             | Self::DrainTimeout { .. }
             | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::VersionNotFound { .. } => StatusCode::NOT_FOUND,
-            Self::NotRunning { .. } | Self::Quarantined { .. } => StatusCode::CONFLICT,
+            Self::NotRunning { .. } | Self::Quarantined { .. } | Self::ModuleRequired { .. } => {
+                StatusCode::CONFLICT
+            }
+            Self::SpiMissing { .. } => StatusCode::FAILED_DEPENDENCY,
+            Self::KvQuotaExceeded { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Self::ModuleTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ModuleFailed { code, .. } if code == "BAD_REQUEST" => StatusCode::BAD_REQUEST,
             Self::ModuleFailed { .. }
@@ -357,6 +400,15 @@ impl Error {
                 json!({"module": id, "spi": spi, "module_spi_version": module, "base_spi_version": base})
             }
             Self::Quarantined { what, .. } => json!({"module": what}),
+            Self::SpiMissing { id, spi, version } => {
+                json!({"module": id, "spi": spi, "spi_version": version})
+            }
+            Self::ModuleRequired { id, spi, dependents } => {
+                json!({"module": id, "spi": spi, "dependents": dependents})
+            }
+            Self::KvQuotaExceeded { module, would_use, quota } => {
+                json!({"module": module, "would_use_bytes": would_use, "quota_bytes": quota})
+            }
             Self::DrainTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
             Self::PayloadTooLarge { size, limit } => json!({"size": size, "limit": limit}),
             Self::ModuleNotMounted { name } => json!({"module": name}),

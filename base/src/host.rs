@@ -20,8 +20,8 @@ use axum::{body::Body, response::Response};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pedestal_module_api::abi::{
-    Header, HealthStatus, Host, HostApi, HostApiRef, HostCtx, LogLevel, LogRecord, RequestView, ResponseView,
-    SpiCallView, SpiStatus,
+    Completion, Header, HealthStatus, Host, HostApi, HostApiRef, HostCtx, LogLevel, LogRecord, MetricKind,
+    RequestView, ResponseView, ServiceCall, SpiCallView, SpiStatus,
 };
 
 use crate::{
@@ -65,6 +65,10 @@ fn host_api() -> HostApiRef {
             report_health,
             next_spi_call,
             spi_reply,
+            call,
+            next_completion,
+            register_metric,
+            record_metric,
         }
         .leak_into_prefix()
     })
@@ -179,6 +183,7 @@ extern "C" fn idle(ctx: HostCtx) -> bool {
         shared.notified.store(false, Ordering::SeqCst);
         let more = !lock(&shared.queue).is_empty()
             || !lock(&shared.spi_queue).is_empty()
+            || !lock(&shared.completions).is_empty()
             || shared.stop.load(Ordering::SeqCst)
             || shared.health_wanted.load(Ordering::SeqCst) > shared.health_taken.load(Ordering::SeqCst);
         if more {
@@ -356,6 +361,79 @@ extern "C" fn spi_reply(ctx: HostCtx, id: u64, status: SpiStatus, payload: RSlic
         let reply = lock(&shared.spi_pending).as_mut().and_then(|p| p.remove(&id));
         if let Some(reply) = reply {
             let _ = reply.send(SpiOutcome { status, payload: payload.as_slice().to_vec() });
+        }
+    })
+}
+
+extern "C" fn call(ctx: HostCtx, call: &ServiceCall<'_>) {
+    guarded((), || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        let Some(caller) = shared.me.get().and_then(std::sync::Weak::upgrade) else { return };
+        let owned = crate::services::OwnedCall {
+            id: call.id,
+            service: call.service.as_str().to_owned(),
+            version: call.version.as_str().to_owned(),
+            method: call.method.as_str().to_owned(),
+            target: call.target.as_str().to_owned(),
+            payload: call.payload.as_slice().to_vec(),
+        };
+        match shared.registry.get().and_then(std::sync::Weak::upgrade) {
+            Some(registry) => registry.start_call(caller, owned),
+            None => crate::services::refuse(&caller, owned.id, "the base is not ready for calls yet"),
+        }
+    })
+}
+
+extern "C" fn next_completion(ctx: HostCtx) -> ROption<Completion<'static>> {
+    guarded(RNone, || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        let Some(done) = lock(&shared.completions).pop_front() else {
+            return RNone;
+        };
+        let mut current = lock(&shared.completion_current);
+        let done = current.insert(done);
+        let view =
+            Completion { id: done.id, status: done.status, payload: RSlice::from_slice(&done.payload) };
+        // SAFETY: the payload lives in `shared.completion_current` (heap data, unmoved and
+        // unmodified) until the module's next `next_completion` on this instance (or until the
+        // instance is torn down after its thread was joined). The ABI documents exactly that
+        // lifetime for `Completion`.
+        RSome(unsafe { std::mem::transmute::<Completion<'_>, Completion<'static>>(view) })
+    })
+}
+
+extern "C" fn register_metric(ctx: HostCtx, kind: MetricKind, name: RStr<'_>, help: RStr<'_>) -> u64 {
+    guarded(0, || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        let (Some(id), Some(registry)) =
+            (shared.tags.get(), shared.registry.get().and_then(std::sync::Weak::upgrade))
+        else {
+            return 0;
+        };
+        let mut metrics = lock(&shared.module_metrics);
+        if let Some(at) = metrics.iter().position(|m| m.name == name.as_str()) {
+            return if metrics[at].kind == kind { at as u64 + 1 } else { 0 };
+        }
+        match registry.metrics().module_metric(id, kind, name.as_str(), help.as_str()) {
+            Some(metric) => {
+                metrics.push(metric);
+                metrics.len() as u64
+            }
+            None => 0,
+        }
+    })
+}
+
+extern "C" fn record_metric(ctx: HostCtx, metric: u64, value: f64) {
+    guarded((), || {
+        // SAFETY: the module only holds tokens the base gave it through `host_for`.
+        let shared = unsafe { shared(ctx) };
+        let metrics = lock(&shared.module_metrics);
+        if let Some(metric) = metric.checked_sub(1).and_then(|at| metrics.get(at as usize)) {
+            metric.record(value);
         }
     })
 }

@@ -143,6 +143,8 @@ pub struct Instance {
     pub declared_limits: Option<ModuleLimits>,
     /// The SPIs the module implements, with their declaration versions.
     pub provides: Vec<(String, Version)>,
+    /// The SPIs the module calls, with the declaration versions it was built against.
+    pub requires: Vec<(String, Version)>,
     /// The file the library was loaded from (the artifact, or a private copy of it).
     pub load_path: PathBuf,
     /// When the install began.
@@ -230,6 +232,23 @@ pub(crate) struct Shared {
     pub(crate) spi_queue: Mutex<VecDeque<QueuedSpiCall>>,
     pub(crate) spi_current: Mutex<Option<QueuedSpiCall>>,
     pub(crate) spi_pending: Mutex<Option<HashMap<u64, oneshot::Sender<SpiOutcome>>>>,
+    /// The registry, for the module's calls to the base; set before the start hook runs.
+    pub(crate) registry: OnceLock<std::sync::Weak<crate::registry::Registry>>,
+    /// The instance itself, for the module's calls (set right after it is built).
+    pub(crate) me: OnceLock<std::sync::Weak<Instance>>,
+    /// Answers to the module's calls, waiting for `next_completion`.
+    pub(crate) completions: Mutex<VecDeque<SpiCompletion>>,
+    /// The completion whose view the module currently holds.
+    pub(crate) completion_current: Mutex<Option<SpiCompletion>>,
+    /// The metrics the module registered; a handle is an index plus one.
+    pub(crate) module_metrics: Mutex<Vec<crate::accounting::ModuleMetric>>,
+}
+
+/// The answer to one of the module's calls.
+pub(crate) struct SpiCompletion {
+    pub(crate) id: u64,
+    pub(crate) status: pedestal_module_api::abi::SpiStatus,
+    pub(crate) payload: Vec<u8>,
 }
 
 /// An SPI call waiting in an instance's queue.
@@ -456,6 +475,7 @@ impl Instance {
             interface: manifest.interface,
             declared_limits: manifest.limits,
             provides: manifest.provides,
+            requires: manifest.requires,
             load_path,
             installed_at,
             install_micros: AtomicU64::new(0),
@@ -485,6 +505,7 @@ impl Instance {
             drain_expired: AtomicBool::new(false),
             drain_timeout_ms: AtomicU64::new(0),
         });
+        let _ = instance.shared.me.set(Arc::downgrade(&instance));
         instance.transition(State::Installing, "install", "library loaded and checked");
         if let Err(e) = reserve(&instance) {
             let _ = go_tx.send(false);
@@ -876,6 +897,51 @@ impl Instance {
         self.provides.iter().any(|(spi, _)| spi == name)
     }
 
+    /// Whether the module calls SPI `name`.
+    pub fn requires(&self, name: &str) -> bool {
+        self.requires.iter().any(|(spi, _)| spi == name)
+    }
+
+    /// The version of SPI `name` the module implements.
+    pub fn provided_version(&self, name: &str) -> Option<&Version> {
+        self.provides.iter().find(|(spi, _)| spi == name).map(|(_, v)| v)
+    }
+
+    /// Whether the base may queue messages of its own (configuration, events) for the module:
+    /// built against interface 1.3 or later (older ones do not take them), and not stopping.
+    pub(crate) fn accepts_notifications(&self) -> bool {
+        self.interface >= Version::new(1, 3, 0)
+            && self.state().is_live()
+            && !self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// Queues a message of the base's (`pedestal.config`, `pedestal.events`) for the module,
+    /// without waiting for its answer. Returns whether it was queued.
+    pub(crate) fn notify(&self, spi: &'static str, method: &'static str, payload: Vec<u8>) -> bool {
+        if !self.accepts_notifications() {
+            return false;
+        }
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let call = QueuedSpiCall { id, spi: spi.into(), method: method.into(), payload };
+        lock(&self.shared.spi_queue).push_back(call);
+        self.shared.wake();
+        true
+    }
+
+    /// Queues the answer to the module's call `id` (dropped once the instance stopped).
+    pub(crate) fn complete(&self, id: u64, status: pedestal_module_api::abi::SpiStatus, payload: Vec<u8>) {
+        if self.shared.stop.load(Ordering::SeqCst) && !self.state().is_live() {
+            return;
+        }
+        lock(&self.shared.completions).push_back(SpiCompletion { id, status, payload });
+        self.shared.wake();
+    }
+
+    /// Lets the module's calls reach `registry`. Called before the start hook runs.
+    pub(crate) fn attach(&self, registry: std::sync::Weak<crate::registry::Registry>) {
+        let _ = self.shared.registry.set(registry);
+    }
+
     /// Calls `method` of SPI `spi` on the module with serialized arguments and waits (at most
     /// `timeout`) for the serialized result. Counted as in flight, so an uninstall drains it;
     /// an instance that is not running answers `MODULE_GONE`.
@@ -1083,6 +1149,11 @@ impl Shared {
             spi_queue: Mutex::new(VecDeque::new()),
             spi_current: Mutex::new(None),
             spi_pending: Mutex::new(Some(HashMap::new())),
+            registry: OnceLock::new(),
+            me: OnceLock::new(),
+            completions: Mutex::new(VecDeque::new()),
+            completion_current: Mutex::new(None),
+            module_metrics: Mutex::new(Vec::new()),
         })
     }
 
@@ -1114,6 +1185,8 @@ impl Shared {
         lock(&self.spi_pending).take();
         lock(&self.spi_queue).clear();
         lock(&self.spi_current).take();
+        lock(&self.completions).clear();
+        lock(&self.completion_current).take();
     }
 }
 

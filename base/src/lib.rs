@@ -38,6 +38,7 @@ mod logs;
 mod operations;
 mod registry;
 mod routing;
+mod services;
 #[allow(unsafe_code)]
 mod tls_keys;
 mod traffic;
@@ -58,6 +59,11 @@ pub use crate::{
     operations::{Operation, Operations, Status as OperationStatus},
     registry::{InstallOptions, Installed, Quarantined, Registry, Restored, Strategy},
     routing::{Route, RoutingTable, Split, VERSION_HEADER},
+    services::{
+        events::Events,
+        kv::{Kv, Usage as KvUsage},
+        module_config::ModuleConfigs,
+    },
     tls_keys::keys_are_reclaimable,
 };
 
@@ -85,7 +91,7 @@ impl Base {
                  -Wl,--export-dynamic-symbol=pthread_key_create (see pedestal-base's build.rs)"
             );
         }
-        let registry = Arc::new(Registry::new(config)?);
+        let registry = Registry::new(config)?;
         spawn_heap_sampler(Arc::downgrade(&registry));
         Ok(Self { registry, native: Router::new() })
     }
@@ -145,6 +151,10 @@ impl Base {
         // Before the restore: a SIGTERM while modules load must stop the base cleanly, not kill
         // it mid-load (which would quarantine the module being loaded).
         let shutdown = shutdown_signal()?;
+        self.registry.set_runtime(tokio::runtime::Handle::current());
+        if let Some(file) = &config.config_file {
+            services::module_config::watch(Arc::downgrade(&self.registry), file.clone())?;
+        }
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

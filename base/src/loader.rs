@@ -22,7 +22,10 @@ use abi_stable::{
 };
 use pedestal_module_api::{
     HeapCounters,
-    abi::{Host, INTERFACE_VERSION, InterfaceStamp, ModuleLimits, ModuleRootRef, TaskCounters},
+    abi::{
+        Host, INTERFACE_VERSION, InterfaceStamp, ModuleLimits, ModuleRootRef, RESERVED_SPI_PREFIX, SpiDecl,
+        TaskCounters,
+    },
 };
 use semver::Version;
 
@@ -46,6 +49,8 @@ pub struct Manifest {
     /// The SPIs it implements, with the version of the declaration it was built against (none
     /// before interface 1.2).
     pub provides: Vec<(String, Version)>,
+    /// The SPIs it calls, with the versions it was built against.
+    pub requires: Vec<(String, Version)>,
 }
 
 /// An open module library and its root module.
@@ -114,18 +119,31 @@ pub fn open(path: &Path) -> Result<(Library, Manifest)> {
         reason: format!("module version {:?} is not semver: {e}", root.version().as_str()),
     })?;
     let limits = root.limits();
-    let mut provides = Vec::new();
-    for spi in root.provides().map(|p| p.as_slice()).unwrap_or_default() {
-        let spi_version = Version::parse(spi.version.as_str()).map_err(|e| Error::NotAModule {
-            reason: format!(
-                "SPI {} has a version {:?} that is not semver: {e}",
-                spi.name,
-                spi.version.as_str()
-            ),
-        })?;
-        provides.push((spi.name.as_str().to_owned(), spi_version));
-    }
-    Ok((Library { root, raw }, Manifest { name, version, interface, limits, provides }))
+    let provides = spi_decls(root.provides().map(|p| p.as_slice()).unwrap_or_default(), "implements")?;
+    let requires = spi_decls(root.requires().map(|p| p.as_slice()).unwrap_or_default(), "requires")?;
+    Ok((Library { root, raw }, Manifest { name, version, interface, limits, provides, requires }))
+}
+
+/// SPI declarations read from a root module, checked: semver versions, no reserved names.
+fn spi_decls(decls: &[SpiDecl], what: &str) -> Result<Vec<(String, Version)>> {
+    decls
+        .iter()
+        .map(|spi| {
+            let name = spi.name.as_str();
+            if name.starts_with(RESERVED_SPI_PREFIX) {
+                return Err(Error::NotAModule {
+                    reason: format!("it {what} SPI {name:?}, a name reserved for the base's own services"),
+                });
+            }
+            let version = Version::parse(spi.version.as_str()).map_err(|e| Error::NotAModule {
+                reason: format!(
+                    "SPI {name} has a version {:?} that is not semver: {e}",
+                    spi.version.as_str()
+                ),
+            })?;
+            Ok((name.to_owned(), version))
+        })
+        .collect()
 }
 
 impl Library {

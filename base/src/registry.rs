@@ -25,6 +25,7 @@ mod spis;
 mod watch;
 
 pub use durable::{Quarantined, Restored};
+pub use spis::compatible;
 
 use crate::{
     accounting::Metrics,
@@ -60,6 +61,8 @@ pub struct InstallOptions {
     pub activate: bool,
     /// How to treat the versions already installed.
     pub strategy: Strategy,
+    /// Install even when an SPI the module requires has no compatible implementation running.
+    pub force: bool,
 }
 
 /// What an install did.
@@ -110,6 +113,16 @@ pub struct Registry {
     unreferenced: Mutex<HashMap<String, Instant>>,
     /// The SPIs this base calls, with the version it was built against.
     declared_spis: Mutex<BTreeMap<String, Version>>,
+    /// This registry, for the calls of its modules' instances.
+    me: std::sync::Weak<Registry>,
+    /// The base's runtime, where module calls that wait run.
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// The modules' key-value store.
+    kv: crate::services::kv::Kv,
+    /// Publish and subscribe.
+    events: crate::services::events::Events,
+    /// The modules' configuration values.
+    module_configs: crate::services::module_config::ModuleConfigs,
 }
 
 #[derive(Debug, Default)]
@@ -121,11 +134,24 @@ struct Versions {
 }
 
 impl Registry {
-    /// An empty registry keeping artifacts under `config.data_dir`.
-    pub fn new(config: Config) -> Result<Self> {
+    /// An empty registry keeping artifacts (and the modules' key-value store) under
+    /// `config.data_dir`. Module calls that wait run on the current tokio runtime, if any (see
+    /// [`Registry::set_runtime`]).
+    pub fn new(config: Config) -> Result<Arc<Self>> {
         let declared_spis = config.spis.clone();
         let store = ArtifactStore::open(&config.data_dir)?;
-        Ok(Self {
+        let kv = crate::services::kv::Kv::open(&config.data_dir.join("kv.redb"))?;
+        let module_configs = crate::services::module_config::ModuleConfigs::new(&config);
+        let runtime = std::sync::OnceLock::new();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let _ = runtime.set(handle);
+        }
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            runtime,
+            kv,
+            events: crate::services::events::Events::default(),
+            module_configs,
             config,
             metrics: Metrics::new(),
             logs: Mutex::new(HashMap::new()),
@@ -145,7 +171,35 @@ impl Registry {
             ticks: std::sync::atomic::AtomicU64::new(0),
             unreferenced: Mutex::new(HashMap::new()),
             declared_spis: Mutex::new(declared_spis),
-        })
+        }))
+    }
+
+    /// Sets the runtime module calls that wait run on (the base's own, at `serve`).
+    pub fn set_runtime(&self, handle: tokio::runtime::Handle) {
+        let _ = self.runtime.set(handle);
+    }
+
+    pub(crate) fn runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.runtime.get()
+    }
+
+    /// The modules' key-value store.
+    pub fn kv(&self) -> &crate::services::kv::Kv {
+        &self.kv
+    }
+
+    /// Publish and subscribe, for the base's own code too.
+    pub fn events(&self) -> &crate::services::events::Events {
+        &self.events
+    }
+
+    /// The modules' configuration values.
+    pub fn module_configs(&self) -> &crate::services::module_config::ModuleConfigs {
+        &self.module_configs
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Whether the base is ready: its state restored and its boot modules installed.
@@ -318,7 +372,8 @@ impl Registry {
             &|name| self.log(name),
             |instance| {
                 loading.identify(instance);
-                replaced_same = self.reserve(instance, replace)?;
+                // A restore loads everything first and routes at the end: no check then.
+                replaced_same = self.reserve(instance, replace, acknowledge && !options.force)?;
                 Ok(())
             },
         );
@@ -473,6 +528,18 @@ impl Registry {
         self.uninstall_with(name, version, true)
     }
 
+    /// [`Registry::uninstall`], refused (`MODULE_REQUIRED`) unless `force` when the instance is
+    /// the last implementation of an SPI other running modules require.
+    pub fn uninstall_checked(&self, name: &str, version: &Version, force: bool) -> Result<Arc<Instance>> {
+        if !force {
+            let instance = self.find(name, version)?;
+            if instance.state().is_live() {
+                self.check_dependents(&instance)?;
+            }
+        }
+        self.uninstall(name, version)
+    }
+
     /// [`Registry::uninstall`]; `hand_over` says whether another version takes the traffic of an
     /// active one.
     fn uninstall_with(&self, name: &str, version: &Version, hand_over: bool) -> Result<Arc<Instance>> {
@@ -582,8 +649,16 @@ impl Registry {
 
     /// Registers a freshly loaded instance under its identity, unless a live one holds it (with
     /// `replace`, a live one of the same identity is drained and unloaded first, and returned).
-    fn reserve(&self, instance: &Arc<Instance>, replace: bool) -> Result<Option<Arc<Instance>>> {
+    fn reserve(
+        &self,
+        instance: &Arc<Instance>,
+        replace: bool,
+        check_requires: bool,
+    ) -> Result<Option<Arc<Instance>>> {
         self.check_spis(instance)?;
+        if check_requires {
+            self.check_requires(instance)?;
+        }
         let mut replaced = None;
         if replace {
             let same =
@@ -605,6 +680,9 @@ impl Registry {
         versions.instances.insert(instance.id.version.clone(), Arc::clone(instance));
         drop(modules);
         instance.set_limits(self.resolve_limits(instance));
+        // Before the start hook runs: the module may call, and reads its configuration.
+        instance.attach(self.me.clone());
+        self.send_config(instance);
         Ok(replaced)
     }
 

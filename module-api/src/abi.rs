@@ -257,6 +257,65 @@ pub struct SpiCallView<'a> {
     pub payload: RSlice<'a, u8>,
 }
 
+/// A call from a module to the base, handed to [`HostApi::call`]: a method of an SPI another
+/// module implements, or of one of the base's own services. Borrowed for the duration of the
+/// call (the base copies it). Since 1.3.0.
+///
+/// The base's services are reached like SPIs under reserved names (see
+/// [`RESERVED_SPI_PREFIX`]): `pedestal.kv` (the module's key-value namespace), `pedestal.events`
+/// (publish and subscribe) and `pedestal.spis` (which modules implement an SPI). Their methods
+/// and payloads are private to this crate's SDK and the base, which are released together.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct ServiceCall<'a> {
+    /// Chosen by the module, unique among its calls in flight; the completion carries it back.
+    pub id: u64,
+    /// The SPI's name, or a base service's.
+    pub service: RStr<'a>,
+    /// The version of the SPI declaration the caller was built against (empty for the base's
+    /// services): the base refuses an implementation of another major version.
+    pub version: RStr<'a>,
+    /// The method's name.
+    pub method: RStr<'a>,
+    /// The implementing module's name; empty for the one the base picks (the first, by module
+    /// name, of the compatible implementations).
+    pub target: RStr<'a>,
+    /// The serialized arguments.
+    pub payload: RSlice<'a, u8>,
+}
+
+/// The answer to a [`ServiceCall`], handed to the module by [`HostApi::next_completion`]. Owned
+/// by the base; valid until the module's next call to `next_completion` on the same instance,
+/// and only on the thread that made the call: the module copies it at once. Since 1.3.0.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    /// The id of the [`ServiceCall`] answered.
+    pub id: u64,
+    /// How it went; `Error` carries a serialized `SpiError`.
+    pub status: SpiStatus,
+    /// The serialized result (or error).
+    pub payload: RSlice<'a, u8>,
+}
+
+/// SPI names starting with this are the base's own: modules cannot declare them, and the base
+/// uses them to reach modules (as [`SpiCallView`]s: `pedestal.config`/`changed` with the
+/// module's configuration, `pedestal.events`/`deliver` with an event) and modules to reach the
+/// base's services (as [`ServiceCall`]s). Since 1.3.0.
+pub const RESERVED_SPI_PREFIX: &str = "pedestal.";
+
+/// What a module metric measures. Exhaustive: it never grows. Since 1.3.0.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// A monotonic total: each record adds its value.
+    Counter = 1,
+    /// A level: each record sets it.
+    Gauge = 2,
+    /// A distribution: each record is one observation.
+    Histogram = 3,
+}
+
 /// An opaque pointer to the base's state for one module instance.
 ///
 /// Owned by the base; valid from the moment `run` is called until the base has joined the
@@ -362,6 +421,9 @@ pub struct ModuleRoot {
     pub tasks: &'static TaskCounters,
     /// The SPIs the module implements. Since 1.2.0.
     pub provides: RSlice<'static, SpiDecl>,
+    /// The SPIs the module calls: the base installs it only when a compatible implementation
+    /// runs, and refuses to unload the last implementation while it runs. Since 1.3.0.
+    pub requires: RSlice<'static, SpiDecl>,
 }
 
 impl RootModule for ModuleRootRef {
@@ -448,4 +510,19 @@ pub struct HostApi {
     /// Answers SPI call `id` (an unknown or already answered id is ignored); the base copies the
     /// payload. Since 1.2.0.
     pub spi_reply: extern "C" fn(ctx: HostCtx, id: u64, status: SpiStatus, payload: RSlice<'_, u8>),
+    /// Starts a call of another module's SPI or of a base service. Never blocks: the answer
+    /// comes later as a [`Completion`] with the call's id (the base writes `wake_fd`, and `idle`
+    /// returns `false` while one is queued). Any module thread. Since 1.3.0.
+    pub call: extern "C" fn(ctx: HostCtx, call: &ServiceCall<'_>),
+    /// Takes the next completed [`ServiceCall`], if any. Instance thread only; see [`Completion`]
+    /// for how long the view lives. Since 1.3.0.
+    pub next_completion: extern "C" fn(ctx: HostCtx) -> ROption<Completion<'static>>,
+    /// Registers a metric the base exports with the instance's `module` and `version` labels;
+    /// returns its handle, or 0 when refused (a name that is not a Prometheus name, starts with
+    /// `pedestal_`, or is already registered with another kind). Registering a name again
+    /// returns the same series. Any module thread. Since 1.3.0.
+    pub register_metric: extern "C" fn(ctx: HostCtx, kind: MetricKind, name: RStr<'_>, help: RStr<'_>) -> u64,
+    /// Records `value` on metric `metric` (a counter adds it, a gauge takes it, a histogram
+    /// observes it); an unknown handle is ignored. Any module thread. Since 1.3.0.
+    pub record_metric: extern "C" fn(ctx: HostCtx, metric: u64, value: f64),
 }

@@ -31,7 +31,12 @@
 
 pub mod abi;
 mod alloc;
+mod calls;
+pub mod config;
+pub mod events;
+pub mod kv;
 mod logging;
+pub mod metrics;
 mod runtime;
 pub mod spi;
 
@@ -41,6 +46,7 @@ pub use abi::{HealthStatus, MemoryAction, ModuleLimits};
 pub use alloc::{HeapCounters, HeapSnapshot};
 pub use axum;
 pub use serde;
+pub use serde_json;
 pub use spi::{Remote, Spi, SpiError};
 pub use tokio;
 pub use tracing;
@@ -121,16 +127,21 @@ pub trait Module: 'static {
 ///
 /// Takes an expression that builds the module (a unit struct's name is enough) and, optionally,
 /// the limits the module declares for itself (its manifest; the base's configuration and
-/// operations API can override them) and the SPIs it implements (their `id` markers, see
-/// [`spi!`]):
+/// operations API can override them), the SPIs it implements and the SPIs it calls (their `id`
+/// markers, see [`spi!`]):
 ///
 /// ```ignore
 /// export_module!(
 ///     Search,
 ///     limits = ModuleLimits::new().max_concurrent_requests(64).request_timeout_ms(500),
 ///     provides = [ranker_spi::RankerSpi],
+///     requires = [tokenizer_spi::TokenizerSpi],
 /// );
 /// ```
+///
+/// A module is installed only while a compatible implementation of each SPI it `requires` runs
+/// (`SPI_MISSING` otherwise, unless the install is forced), and the base refuses to unload the
+/// last implementation of an SPI a running module requires (`MODULE_REQUIRED`, unless forced).
 ///
 /// It installs the counting allocator as the library's global allocator and exports the
 /// interface stamp and the root module the base loads. The module's name and version are its
@@ -138,9 +149,12 @@ pub trait Module: 'static {
 #[macro_export]
 macro_rules! export_module {
     (@stamp $stamp:expr, $module:expr, $limits:expr) => {
-        $crate::export_module!(@stamp $stamp, $module, $limits, []);
+        $crate::export_module!(@stamp $stamp, $module, $limits, [], []);
     };
     (@stamp $stamp:expr, $module:expr, $limits:expr, [$($spi:path),*]) => {
+        $crate::export_module!(@stamp $stamp, $module, $limits, [$($spi),*], []);
+    };
+    (@stamp $stamp:expr, $module:expr, $limits:expr, [$($spi:path),*], [$($required:path),*]) => {
         #[global_allocator]
         static __PEDESTAL_ALLOCATOR: $crate::__private::CountingAllocator =
             $crate::__private::CountingAllocator;
@@ -166,6 +180,10 @@ macro_rules! export_module {
             $($crate::abi::SpiDecl::new(<$spi as $crate::spi::Spi>::NAME, <$spi as $crate::spi::Spi>::VERSION)),*
         ];
 
+        const __PEDESTAL_REQUIRES: &[$crate::abi::SpiDecl] = &[
+            $($crate::abi::SpiDecl::new(<$required as $crate::spi::Spi>::NAME, <$required as $crate::spi::Spi>::VERSION)),*
+        ];
+
         fn __pedestal_root_module() -> $crate::abi::ModuleRootRef {
             const LIMITS: $crate::ModuleLimits = $limits;
             $crate::__private::root_module(
@@ -174,6 +192,7 @@ macro_rules! export_module {
                 __pedestal_run,
                 LIMITS,
                 __PEDESTAL_PROVIDES,
+                __PEDESTAL_REQUIRES,
             )
         }
 
@@ -186,12 +205,19 @@ macro_rules! export_module {
         pub static __PEDESTAL_LIB_HEADER: $crate::__private::LibHeader =
             $crate::__private::lib_header(__pedestal_load_root_module);
     };
-    ($module:expr $(, limits = $limits:expr)? $(, provides = [$($spi:path),* $(,)?])? $(,)?) => {
+    (
+        $module:expr
+        $(, limits = $limits:expr)?
+        $(, provides = [$($spi:path),* $(,)?])?
+        $(, requires = [$($required:path),* $(,)?])?
+        $(,)?
+    ) => {
         $crate::export_module!(
             @stamp $crate::abi::InterfaceStamp::CURRENT,
             $module,
             $crate::__limits_or_none!($($limits)?),
-            [$($($spi),*)?]
+            [$($($spi),*)?],
+            [$($($required),*)?]
         );
     };
 }
@@ -235,13 +261,14 @@ pub mod __private {
     }
 
     /// The root module of a library: its identity, heap counters, run entry point, declared
-    /// limits, task counters and the SPIs it implements.
+    /// limits, task counters, and the SPIs it implements and calls.
     pub fn root_module(
         name: &'static str,
         version: &'static str,
         run: extern "C" fn(Host),
         limits: ModuleLimits,
         provides: &'static [SpiDecl],
+        requires: &'static [SpiDecl],
     ) -> ModuleRootRef {
         ModuleRoot {
             name: RStr::from_str(name),
@@ -251,6 +278,7 @@ pub mod __private {
             limits,
             tasks: &crate::runtime::TASKS,
             provides: RSlice::from_slice(provides),
+            requires: RSlice::from_slice(requires),
         }
         .leak_into_prefix()
     }

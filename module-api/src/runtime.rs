@@ -101,20 +101,13 @@ async fn serve<M: Module>(host: &'static Host, make: fn() -> M, dispatch: Dispat
         }
     };
     let module = std::rc::Rc::new(make());
-    let start = tokio::select! {
-        biased;
-        _ = stop_requested(host, &wake) => {
-            report_started(host, Err("the base stopped the module before its start hook finished"));
-            return;
-        }
-        result = module.start() => result,
-    };
-    if let Err(e) = start {
-        report_started(host, Err(&e.to_string()));
-        return;
-    }
-    let router = module.router();
-    report_started(host, Ok(()));
+    // What the base queued before the start: the module's configuration.
+    take_spi_calls(host, &module, dispatch);
+    let mut starting: Option<LocalBoxFuture<'static, Result<(), crate::StartError>>> = Some({
+        let module = std::rc::Rc::clone(&module);
+        Box::pin(async move { module.start().await })
+    });
+    let mut router: Option<Router> = None;
 
     let metrics = tokio::runtime::Handle::current().metrics();
     // The health check in progress: it runs here, next to the request loop, because the
@@ -122,22 +115,22 @@ async fn serve<M: Module>(host: &'static Host, make: fn() -> M, dispatch: Dispat
     let mut check: Option<(u64, HealthCheck<'_>)> = None;
     loop {
         if (host.api.stop_requested())(host.ctx) {
+            if starting.is_some() {
+                report_started(host, Err("the base stopped the module before its start hook finished"));
+                finish();
+                return;
+            }
             break;
         }
-        let mut took = false;
-        while let Some(request) = next_request(host) {
-            tokio::spawn(handle(host, router.clone(), request));
-            took = true;
-        }
-        while let Some(call) = next_spi_call(host) {
-            match dispatch(std::rc::Rc::clone(&module), &call.spi, &call.method, &call.payload) {
-                Some(running) => {
-                    tokio::task::spawn_local(answer_spi_call(host, call.id, running));
-                }
-                None => spi_reply(host, call.id, SpiStatus::Unknown, b""),
+        // Completions first: the start hook (or a handler) may be waiting for one.
+        let mut took = crate::calls::complete_all(host);
+        if let Some(router) = &router {
+            while let Some(request) = next_request(host) {
+                tokio::spawn(handle(host, router.clone(), request));
+                took = true;
             }
-            took = true;
         }
+        took |= take_spi_calls(host, &module, dispatch);
         if let Some(id) = take_health_check(host) {
             match check.as_mut() {
                 // A hook still running answers the newer check too.
@@ -147,37 +140,144 @@ async fn serve<M: Module>(host: &'static Host, make: fn() -> M, dispatch: Dispat
         }
         TASKS.alive.store(metrics.num_alive_tasks() as u64, Ordering::Relaxed);
         if took {
-            // A busy module still answers health checks: give the hook one poll per turn.
-            if let Some((id, health)) = check.as_mut() {
-                let id = *id;
-                let answer = std::future::poll_fn(|cx| Poll::Ready(health.as_mut().poll(cx))).await;
-                if let Poll::Ready(answer) = answer {
+            // A busy module still answers health checks and finishes its start: one poll each
+            // per turn.
+            let polled =
+                std::future::poll_fn(|cx| Poll::Ready(poll_hooks(&mut starting, &mut check, cx))).await;
+            match polled {
+                Some(Woke::Started(outcome)) => {
+                    if !started(host, &*module, &mut router, outcome) {
+                        finish();
+                        return;
+                    }
+                }
+                Some(Woke::Health(id, answer)) => {
                     report_health(host, id, answer);
                     check = None;
                 }
+                Some(Woke::Signalled(_)) | None => {}
             }
             // Let the handlers just spawned run, then look at the queue again before sleeping.
             tokio::task::yield_now().await;
             continue;
         }
-        let signalled = match check.as_mut() {
-            None => sleep_until_signalled(host, &wake).await,
-            Some((id, health)) => tokio::select! {
-                biased;
-                answer = health => {
-                    report_health(host, *id, answer);
-                    check = None;
-                    Ok(())
-                }
-                signalled = sleep_until_signalled(host, &wake) => signalled,
-            },
+        let woke = {
+            let sleep = sleep_until_signalled(host, &wake);
+            tokio::pin!(sleep);
+            std::future::poll_fn(|cx| match poll_hooks(&mut starting, &mut check, cx) {
+                Some(woke) => Poll::Ready(woke),
+                None => sleep.as_mut().poll(cx).map(Woke::Signalled),
+            })
+            .await
         };
-        if signalled.is_err() {
-            break;
+        match woke {
+            Woke::Started(outcome) => {
+                if !started(host, &*module, &mut router, outcome) {
+                    finish();
+                    return;
+                }
+            }
+            Woke::Health(id, answer) => {
+                report_health(host, id, answer);
+                check = None;
+            }
+            Woke::Signalled(Ok(())) => {}
+            Woke::Signalled(Err(_)) => break,
         }
     }
     drop(check);
     let _ = tokio::time::timeout(STOP_DEADLINE, module.stop()).await;
+    finish();
+}
+
+/// What woke the instance loop.
+enum Woke {
+    /// The start hook finished.
+    Started(Result<(), crate::StartError>),
+    /// The health hook answered check `id`.
+    Health(u64, Result<Health, String>),
+    /// The base signalled work (or the wake-up fd failed).
+    Signalled(std::io::Result<()>),
+}
+
+/// Polls the start hook (while it runs) and the health hook (while a check is pending) once.
+fn poll_hooks(
+    starting: &mut Option<LocalBoxFuture<'static, Result<(), crate::StartError>>>,
+    check: &mut Option<(u64, HealthCheck<'_>)>,
+    cx: &mut Context<'_>,
+) -> Option<Woke> {
+    if let Some(start) = starting.as_mut()
+        && let Poll::Ready(outcome) = start.as_mut().poll(cx)
+    {
+        *starting = None;
+        return Some(Woke::Started(outcome));
+    }
+    if let Some((id, health)) = check.as_mut()
+        && let Poll::Ready(answer) = health.as_mut().poll(cx)
+    {
+        return Some(Woke::Health(*id, answer));
+    }
+    None
+}
+
+/// Reports the start hook's outcome; on success builds the router. Returns whether to serve.
+fn started<M: Module>(
+    host: &Host,
+    module: &M,
+    router: &mut Option<Router>,
+    outcome: Result<(), crate::StartError>,
+) -> bool {
+    match outcome {
+        Ok(()) => {
+            *router = Some(module.router());
+            report_started(host, Ok(()));
+            true
+        }
+        Err(e) => {
+            report_started(host, Err(&e.to_string()));
+            false
+        }
+    }
+}
+
+/// Leaves nothing of the instance's in the library's statics: calls still waiting answer
+/// `MODULE_GONE`, subscriptions end, the configuration is forgotten.
+fn finish() {
+    crate::calls::abandon_all();
+    crate::events::close_all();
+    crate::config::clear();
+}
+
+/// Takes every queued SPI call: the base's own (configuration, events) are handled here, the
+/// module's run as local tasks. Returns whether there was any.
+fn take_spi_calls<M: Module>(host: &'static Host, module: &std::rc::Rc<M>, dispatch: Dispatch<M>) -> bool {
+    let mut took = false;
+    while let Some(call) = next_spi_call(host) {
+        took = true;
+        if call.spi.starts_with(crate::abi::RESERVED_SPI_PREFIX) {
+            let handled = match (call.spi.as_str(), call.method.as_str()) {
+                ("pedestal.config", "changed") => Some(crate::config::apply(&call.payload)),
+                ("pedestal.events", "deliver") => Some(crate::events::deliver(&call.payload)),
+                _ => None,
+            };
+            match handled {
+                Some(Ok(())) => spi_reply(host, call.id, SpiStatus::Ok, b"null"),
+                Some(Err(error)) => {
+                    let payload = crate::spi::encode(&error).unwrap_or_default();
+                    spi_reply(host, call.id, SpiStatus::Error, &payload);
+                }
+                None => spi_reply(host, call.id, SpiStatus::Unknown, b""),
+            }
+            continue;
+        }
+        match dispatch(std::rc::Rc::clone(module), &call.spi, &call.method, &call.payload) {
+            Some(running) => {
+                tokio::task::spawn_local(answer_spi_call(host, call.id, running));
+            }
+            None => spi_reply(host, call.id, SpiStatus::Unknown, b""),
+        }
+    }
+    took
 }
 
 /// A running health hook, with the panic firewall around it.
@@ -234,14 +334,6 @@ async fn sleep_until_signalled(host: &Host, wake: &AsyncFd<WakeFd>) -> std::io::
     } else {
         tokio::task::yield_now().await;
         Ok(())
-    }
-}
-
-async fn stop_requested(host: &Host, wake: &AsyncFd<WakeFd>) {
-    while !(host.api.stop_requested())(host.ctx) {
-        if sleep_until_signalled(host, wake).await.is_err() {
-            return;
-        }
     }
 }
 

@@ -98,16 +98,21 @@ impl TestBase {
 
     /// Starts a base on an existing data directory.
     pub fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Self {
-        Self::start_binary(artifacts::PEDESTAL, data, extra)
+        Self::start_binary(artifacts::PEDESTAL, data, extra, &[])
+    }
+
+    /// Starts a base with extra `serve` arguments and environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_binary(artifacts::PEDESTAL, tempfile::tempdir().expect("temp dir"), extra, env)
     }
 
     /// Starts another base binary built with `pedestal-base` (it takes the same flags) on a
     /// fresh data directory.
     pub fn start_custom(binary: &str, extra: &[&str]) -> Self {
-        Self::start_binary(binary, tempfile::tempdir().expect("temp dir"), extra)
+        Self::start_binary(binary, tempfile::tempdir().expect("temp dir"), extra, &[])
     }
 
-    fn start_binary(binary: &str, data: tempfile::TempDir, extra: &[&str]) -> Self {
+    fn start_binary(binary: &str, data: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(binary);
         command.current_dir(data.path()).args([
             "serve",
@@ -129,6 +134,7 @@ impl TestBase {
         }
         let mut child = command
             .args(extra)
+            .envs(env.iter().copied())
             .env("PEDESTAL_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

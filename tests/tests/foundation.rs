@@ -14,7 +14,7 @@ fn a_module_installs_serves_logs_and_unloads_for_real() {
     let installed = base.install_ok(artifacts::GOOD);
     assert_eq!(installed["name"], "fx-good");
     assert_eq!(installed["version"], "0.1.0");
-    assert_eq!(installed["interface_version"], "1.2.0");
+    assert_eq!(installed["interface_version"], "1.3.0");
     assert_eq!(installed["state"], "active");
     let sha = installed["sha256"].as_str().unwrap().to_owned();
     assert_eq!(sha.len(), 64);
@@ -169,7 +169,7 @@ fn bad_uploads_get_precise_codes_and_the_base_keeps_serving() {
         "2.0.0",
     );
     let mismatch = base.install(artifacts::INTERFACE_V2);
-    assert_eq!(mismatch.json["details"]["base_interface"], "1.2.0");
+    assert_eq!(mismatch.json["details"]["base_interface"], "1.3.0");
     assert_eq!(mismatch.json["details"]["module_interface"], "2.0.0");
     check_refused(
         &base,

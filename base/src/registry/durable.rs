@@ -64,6 +64,29 @@ struct Record {
     active: bool,
     #[serde(default)]
     deactivated: bool,
+    /// The SPIs it implements and calls: the restore starts implementations first.
+    #[serde(default)]
+    provides: Vec<String>,
+    #[serde(default)]
+    requires: Vec<String>,
+}
+
+/// `records` with every module after the implementations of the SPIs it requires (a stable
+/// topological order; a cycle, or an SPI nobody implements, keeps the recorded order).
+fn dependency_order(records: Vec<Record>) -> Vec<Record> {
+    let mut left = records;
+    let mut ordered: Vec<Record> = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let ready = left.iter().position(|record| {
+            record.requires.iter().all(|spi| {
+                // Satisfied when no other waiting record implements it.
+                !left.iter().any(|other| !std::ptr::eq(other, record) && other.provides.contains(spi))
+            })
+        });
+        // A cycle: take the first as recorded.
+        ordered.push(left.remove(ready.unwrap_or(0)));
+    }
+    ordered
 }
 
 /// A module the base will not load until an operator retries it.
@@ -178,6 +201,8 @@ impl Registry {
                         active: versions.active.as_ref() == Some(version)
                             && instance.state() == State::Active,
                         deactivated: instance.is_deactivated(),
+                        provides: instance.provides.iter().map(|(spi, _)| spi.clone()).collect(),
+                        requires: instance.requires.iter().map(|(spi, _)| spi.clone()).collect(),
                     });
                 }
                 if let Some(weights) = &versions.weights {
@@ -267,7 +292,8 @@ impl Registry {
                         || q.install_name.as_deref() == Some(&record.name))
             })
         };
-        let to_start: Vec<Record> = file.modules.iter().filter(|r| !is_quarantined(r)).cloned().collect();
+        let to_start: Vec<Record> =
+            dependency_order(file.modules.iter().filter(|r| !is_quarantined(r)).cloned().collect());
         let mut restored = Restored::default();
         for record in &to_start {
             let options = InstallOptions {
@@ -338,8 +364,9 @@ impl Registry {
     }
 
     /// Installs the boot modules (`[boot] modules` of the config file, then the `*.so` files of
-    /// `--modules-dir` in name order). One already running (restored) counts as installed.
-    /// Returns whether all of them are running.
+    /// `--modules-dir` in name order), each after the implementations of the SPIs it requires.
+    /// One already running (restored) counts as installed. Returns whether all of them are
+    /// running.
     pub fn install_boot_modules(&self) -> bool {
         let mut files = self.config.boot_modules.clone();
         if let Some(dir) = &self.config.modules_dir {
@@ -359,35 +386,61 @@ impl Registry {
                 }
             }
         }
+        // In dependency order: a module whose required SPI is not running yet waits for the
+        // others and is tried again after each round that installed something.
+        let mut waiting = files;
         let mut all = true;
-        for file in files {
-            let outcome = fs::read(&file)
-                .map_err(|e| Error::io(format!("reading {}", file.display()))(e))
-                .and_then(|bytes| {
-                    // A boot module the base died loading would kill every boot: skip it.
-                    let sha256 = hex::encode(Sha256::digest(&bytes));
-                    if let Some(q) = self.quarantined().into_iter().find(|q| q.sha256 == sha256) {
-                        return Err(Error::Quarantined {
-                            what: file.display().to_string(),
-                            reason: q.reason,
-                        });
+        loop {
+            let mut missing = Vec::new();
+            let mut progress = false;
+            let round = std::mem::take(&mut waiting);
+            for file in round {
+                match self.install_boot_module(&file) {
+                    Ok(()) => progress = true,
+                    Err(e @ Error::SpiMissing { .. }) => missing.push((file, e)),
+                    Err(e) => {
+                        all = false;
+                        tracing::error!(file = %file.display(), "boot module failed: {e}");
                     }
-                    self.install_with(&bytes, &InstallOptions::default())
-                });
-            match outcome {
-                Ok(done) => {
-                    tracing::info!(module = %done.instance.id, file = %file.display(), "boot module installed")
                 }
-                Err(Error::AlreadyInstalled { id }) => {
-                    tracing::info!(module = %id, file = %file.display(), "boot module already running")
-                }
-                Err(e) => {
+            }
+            if missing.is_empty() {
+                break;
+            }
+            if !progress {
+                for (file, e) in missing {
                     all = false;
                     tracing::error!(file = %file.display(), "boot module failed: {e}");
                 }
+                break;
             }
+            waiting = missing.into_iter().map(|(file, _)| file).collect();
         }
         all
+    }
+
+    fn install_boot_module(&self, file: &std::path::Path) -> Result<()> {
+        let outcome = fs::read(file)
+            .map_err(|e| Error::io(format!("reading {}", file.display()))(e))
+            .and_then(|bytes| {
+                // A boot module the base died loading would kill every boot: skip it.
+                let sha256 = hex::encode(Sha256::digest(&bytes));
+                if let Some(q) = self.quarantined().into_iter().find(|q| q.sha256 == sha256) {
+                    return Err(Error::Quarantined { what: file.display().to_string(), reason: q.reason });
+                }
+                self.install_with(&bytes, &InstallOptions::default())
+            });
+        match outcome {
+            Ok(done) => {
+                tracing::info!(module = %done.instance.id, file = %file.display(), "boot module installed");
+                Ok(())
+            }
+            Err(Error::AlreadyInstalled { id }) => {
+                tracing::info!(module = %id, file = %file.display(), "boot module already running");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The markers earlier base processes left under `loading/` (their paths, to delete once
