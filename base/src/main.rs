@@ -66,12 +66,17 @@ struct ServeArgs {
     /// How long `/api/v1/health` waits for each module's health hook, in milliseconds.
     #[arg(long, env = "PEDESTAL_HEALTH_TIMEOUT_MS", default_value_t = 1_000)]
     health_timeout_ms: u64,
+    /// How many bytes (keys plus values) each module may keep in its key-value store; a config
+    /// file's `[modules.<name>] kv_quota_bytes` overrides it per module.
+    #[arg(long, env = "PEDESTAL_KV_QUOTA_BYTES", default_value_t = 64 * 1024 * 1024)]
+    kv_quota_bytes: u64,
     /// Per-request accounting (latency histograms, recent error rates): `on` or `off`. Off only
     /// to measure its cost.
     #[arg(long, env = "PEDESTAL_REQUEST_ACCOUNTING", default_value = "on", value_parser = ["on", "off"])]
     request_accounting: String,
     /// A TOML config file: boot modules (`[boot] modules = [...]`) and per-module sections
-    /// (`[modules.<name>.limits]`), see README.md.
+    /// (`[modules.<name>.limits]`, `[modules.<name>.config]`), see README.md. Watched: module
+    /// configuration changes reach the modules without a restart.
     #[arg(long, env = "PEDESTAL_CONFIG")]
     config: Option<PathBuf>,
     /// Install every `*.so` in this directory at boot, in name order (static merged deployment).
@@ -106,6 +111,7 @@ impl From<ServeArgs> for Config {
             modules_dir: args.modules_dir,
             ready_requires_modules: args.ready_requires_modules,
             watch_dir: args.watch,
+            kv_quota_bytes: args.kv_quota_bytes,
             ..Config::default()
         }
     }

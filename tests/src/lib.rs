@@ -213,6 +213,15 @@ impl TestBase {
         self.send(self.agent.post(&format!("{}{path}", self.traffic)), Some(body))
     }
 
+    /// Any method on the traffic server, with a body (sent as `application/json`).
+    pub fn traffic(&self, method: &str, path: &str, body: &[u8]) -> Reply {
+        let request = self
+            .agent
+            .request(method, &format!("{}{path}", self.traffic))
+            .set("content-type", "application/json");
+        self.send(request, Some(body))
+    }
+
     /// `GET` on the operations API.
     pub fn admin_get(&self, path: &str) -> Reply {
         self.send(self.agent.get(&format!("{}{path}", self.admin)), None)
