@@ -11,6 +11,13 @@ use anyhow::{Context, bail};
 
 use crate::{cargo, deploy, exec, project_root};
 
+/// The demo base's config file.
+const DEMO_CONFIG: &str = "\
+[modules.notes.config]
+title = \"Pedestal demo notes\"
+max_notes = 100
+";
+
 /// The example modules the demo deploys.
 const EXAMPLES: &[&str] = &["examples/greeter", "examples/notes"];
 
@@ -21,9 +28,16 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
     let root = project_root();
     let data_dir = root.join("target").join("demo-data");
     let _ = std::fs::remove_dir_all(&data_dir);
+    std::fs::create_dir_all(&data_dir)?;
+    // The modules' configuration; edit it while the demo runs: the base hands the new values
+    // to the modules without a restart.
+    let config = data_dir.join("pedestal.toml");
+    std::fs::write(&config, DEMO_CONFIG)?;
     let mut base = Command::new(root.join("target/release/pedestal"))
         .args(["serve", "--data-dir"])
         .arg(&data_dir)
+        .arg("--config")
+        .arg(&config)
         .stdout(Stdio::piped())
         .spawn()
         .context("starting pedestal")?;
@@ -48,6 +62,10 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
          curl '127.0.0.1:7070/greeter/slow?ms=200'\n  \
          curl -XPOST 127.0.0.1:7070/notes/notes -d 'buy milk'\n  \
          curl 127.0.0.1:7070/notes/notes\n  \
+         curl 127.0.0.1:7070/notes/title   (then edit {} and ask again)\n  \
+         curl 127.0.0.1:7071/api/v1/modules/notes/kv\n  \
+         curl -XPOST 127.0.0.1:7071/api/v1/events/notes.added -d '{{\"from\": \"curl\"}}'\n  \
+         curl -s 127.0.0.1:7071/metrics | grep notes_added_total\n  \
          curl 127.0.0.1:7071/api/v1/modules\n  \
          curl 127.0.0.1:7071/api/v1/modules/greeter\n  \
          curl -XDELETE 127.0.0.1:7071/api/v1/modules/notes/0.1.0\n  \
@@ -57,7 +75,8 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
          New module: cargo generate --path module-template --name hello --destination modules --vcs none\n             \
          cargo xtask deploy modules/hello && curl 127.0.0.1:7070/hello/hello\n\
          Module logs appear below, tagged module=... version=...; Ctrl-C stops the base.\n",
-        ready.trim()
+        ready.trim(),
+        config.display()
     );
     let status = base.wait()?;
     if !status.success() {
