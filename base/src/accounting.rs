@@ -254,6 +254,18 @@ enum ModuleMetricHandle {
 }
 
 impl ModuleMetric {
+    /// Keeps the series from expiring while its instance lives (the exporter drops series
+    /// that did not change for ten minutes, and a handle the module keeps would then record
+    /// into nothing). A histogram cannot be touched without an observation: one that observes
+    /// nothing for ten minutes is dropped and comes back with its next registration.
+    pub(crate) fn touch(&self) {
+        match &self.handle {
+            ModuleMetricHandle::Counter(counter) => counter.increment(0),
+            ModuleMetricHandle::Gauge(gauge) => gauge.increment(0.0),
+            ModuleMetricHandle::Histogram(_) => {}
+        }
+    }
+
     /// Records a value: a counter adds it (whole units; negative values are ignored), a gauge
     /// takes it, a histogram observes it.
     pub(crate) fn record(&self, value: f64) {

@@ -378,9 +378,16 @@ extern "C" fn call(ctx: HostCtx, call: &ServiceCall<'_>) {
             target: call.target.as_str().to_owned(),
             payload: call.payload.as_slice().to_vec(),
         };
+        let id = owned.id;
         match shared.registry.get().and_then(std::sync::Weak::upgrade) {
-            Some(registry) => registry.start_call(caller, owned),
-            None => crate::services::refuse(&caller, owned.id, "the base is not ready for calls yet"),
+            Some(registry) => {
+                let answered = Arc::clone(&caller);
+                if catch_unwind(AssertUnwindSafe(|| registry.start_call(caller, owned))).is_err() {
+                    tracing::error!("a module call panicked in the base; the module gets an error");
+                    crate::services::refuse(&answered, id, "the base failed while handling the call");
+                }
+            }
+            None => crate::services::refuse(&caller, id, "the base is not ready for calls yet"),
         }
     })
 }

@@ -937,6 +937,13 @@ impl Instance {
         self.shared.wake();
     }
 
+    /// Keeps the module's metrics from expiring (see `ModuleMetric::touch`).
+    pub(crate) fn touch_metrics(&self) {
+        for metric in lock(&self.shared.module_metrics).iter() {
+            metric.touch();
+        }
+    }
+
     /// Lets the module's calls reach `registry`. Called before the start hook runs.
     pub(crate) fn attach(&self, registry: std::sync::Weak<crate::registry::Registry>) {
         let _ = self.shared.registry.set(registry);

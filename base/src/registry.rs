@@ -116,7 +116,7 @@ pub struct Registry {
     /// This registry, for the calls of its modules' instances.
     me: std::sync::Weak<Registry>,
     /// The base's runtime, where module calls that wait run.
-    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    runtime: Mutex<Option<tokio::runtime::Handle>>,
     /// The modules' key-value store.
     kv: crate::services::kv::Kv,
     /// Publish and subscribe.
@@ -126,9 +126,9 @@ pub struct Registry {
 }
 
 #[derive(Debug, Default)]
-struct Versions {
-    instances: BTreeMap<Version, Arc<Instance>>,
-    active: Option<Version>,
+pub(crate) struct Versions {
+    pub(crate) instances: BTreeMap<Version, Arc<Instance>>,
+    pub(crate) active: Option<Version>,
     /// Traffic weights across versions (a canary), when set.
     weights: Option<BTreeMap<Version, u32>>,
 }
@@ -142,10 +142,7 @@ impl Registry {
         let store = ArtifactStore::open(&config.data_dir)?;
         let kv = crate::services::kv::Kv::open(&config.data_dir.join("kv.redb"))?;
         let module_configs = crate::services::module_config::ModuleConfigs::new(&config);
-        let runtime = std::sync::OnceLock::new();
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let _ = runtime.set(handle);
-        }
+        let runtime = Mutex::new(tokio::runtime::Handle::try_current().ok());
         Ok(Arc::new_cyclic(|me| Self {
             me: me.clone(),
             runtime,
@@ -176,11 +173,11 @@ impl Registry {
 
     /// Sets the runtime module calls that wait run on (the base's own, at `serve`).
     pub fn set_runtime(&self, handle: tokio::runtime::Handle) {
-        let _ = self.runtime.set(handle);
+        *lock(&self.runtime) = Some(handle);
     }
 
-    pub(crate) fn runtime(&self) -> Option<&tokio::runtime::Handle> {
-        self.runtime.get()
+    pub(crate) fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        lock(&self.runtime).clone()
     }
 
     /// The modules' key-value store.
@@ -525,24 +522,27 @@ impl Registry {
     /// instance that already ended (stopped, broken) is forgotten. If it was the active version,
     /// the newest other running version takes the traffic.
     pub fn uninstall(&self, name: &str, version: &Version) -> Result<Arc<Instance>> {
-        self.uninstall_with(name, version, true)
+        self.uninstall_with(name, version, true, false)
     }
 
     /// [`Registry::uninstall`], refused (`MODULE_REQUIRED`) unless `force` when the instance is
     /// the last implementation of an SPI other running modules require.
     pub fn uninstall_checked(&self, name: &str, version: &Version, force: bool) -> Result<Arc<Instance>> {
-        if !force {
-            let instance = self.find(name, version)?;
-            if instance.state().is_live() {
-                self.check_dependents(&instance)?;
-            }
-        }
-        self.uninstall(name, version)
+        self.uninstall_with(name, version, true, !force)
     }
 
     /// [`Registry::uninstall`]; `hand_over` says whether another version takes the traffic of an
     /// active one.
-    fn uninstall_with(&self, name: &str, version: &Version, hand_over: bool) -> Result<Arc<Instance>> {
+    /// With `check_dependents`, refuses (`MODULE_REQUIRED`) to remove the last implementation of
+    /// an SPI another running module requires; checked under the registry's lock, with the
+    /// version that would take over, so two concurrent uninstalls cannot both pass.
+    fn uninstall_with(
+        &self,
+        name: &str,
+        version: &Version,
+        hand_over: bool,
+        check_dependents: bool,
+    ) -> Result<Arc<Instance>> {
         let instance = self.find(name, version)?;
         if !instance.state().is_live() {
             let mut modules = lock(&self.modules);
@@ -567,21 +567,28 @@ impl Registry {
         }
         {
             let mut modules = lock(&self.modules);
+            let successor = modules
+                .get(name)
+                .filter(|versions| versions.active.as_ref() == Some(version))
+                .and_then(|versions| {
+                    versions.instances.iter().rev().filter(|_| hand_over).find(|(v, i)| {
+                        *v != version && i.state() == State::Inactive && !i.is_busy() && !i.is_deactivated()
+                    })
+                })
+                .map(|(v, i)| (v.clone(), Arc::clone(i)));
+            if check_dependents
+                && let Err(e) =
+                    Self::check_dependents(&modules, &instance, successor.as_ref().map(|(_, i)| i))
+            {
+                instance.end_operation();
+                return Err(e);
+            }
             if let Some(weights) = modules.get_mut(name).and_then(|v| v.weights.as_mut()) {
                 weights.remove(version);
             }
             if let Some(versions) = modules.get_mut(name)
                 && versions.active.as_ref() == Some(version)
             {
-                let successor = versions
-                    .instances
-                    .iter()
-                    .rev()
-                    .filter(|_| hand_over)
-                    .find(|(v, i)| {
-                        *v != version && i.state() == State::Inactive && !i.is_busy() && !i.is_deactivated()
-                    })
-                    .map(|(v, i)| (v.clone(), Arc::clone(i)));
                 versions.active = successor.as_ref().map(|(v, _)| v.clone());
                 if let Some((_, next)) = successor {
                     next.transition(State::Active, "uninstall", &format!("took over from {}", instance.id));
@@ -666,7 +673,7 @@ impl Registry {
             if let Some(same) = same {
                 // The new instance takes this version's seat: no other version takes the traffic
                 // in between (requests meanwhile get 503 MODULE_UNAVAILABLE).
-                replaced = Some(self.uninstall_with(&same.id.name, &same.id.version, false)?);
+                replaced = Some(self.uninstall_with(&same.id.name, &same.id.version, false, false)?);
             }
         }
         let mut modules = lock(&self.modules);

@@ -10,7 +10,7 @@ pub mod events;
 pub mod kv;
 pub mod module_config;
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use pedestal_module_api::{
     SpiError,
@@ -22,7 +22,7 @@ use semver::Version;
 use crate::{
     error::Error,
     instance::{Instance, State},
-    registry::{Registry, compatible},
+    registry::{Registry, Versions, compatible},
 };
 
 /// A module's call, copied out of the module's view.
@@ -80,7 +80,7 @@ impl Registry {
     /// A call of another module's SPI: resolved now, answered when the implementation answers.
     fn module_call(self: Arc<Self>, caller: Arc<Instance>, call: OwnedCall) {
         let id = call.id;
-        let Some(runtime) = self.runtime().cloned() else {
+        let Some(runtime) = self.runtime() else {
             return refuse(&caller, id, "the base's runtime is not running");
         };
         let target = match self.resolve_for_module(&call) {
@@ -229,7 +229,7 @@ impl Registry {
                 self.kv().usage(&module, self.kv_quota(&module)).map_err(spi_error).and_then(|u| encode(&u))
             }
             "put" | "delete" => {
-                let Some(runtime) = self.runtime().cloned() else {
+                let Some(runtime) = self.runtime() else {
                     return refuse(&caller, id, "the base's runtime is not running");
                 };
                 runtime.spawn_blocking(move || {
@@ -284,22 +284,10 @@ impl Registry {
 
     /// Queues `instance`'s configuration for it (before its start hook, and after changes).
     pub(crate) fn send_config(&self, instance: &Instance) {
-        let values = serde_json::Value::Object(self.module_configs().of(&instance.id.name));
-        instance.notify("pedestal.config", "changed", values.to_string().into_bytes());
-    }
-
-    /// The running modules (`name@version`) that require SPI `spi`, other than `except`'s
-    /// module.
-    pub(crate) fn dependents(&self, spi: &str, except: &str) -> Vec<String> {
-        let mut found: Vec<String> = self
-            .all()
-            .into_iter()
-            .map(|(i, _)| i)
-            .filter(|i| i.id.name != except && i.state().is_live() && i.requires(spi))
-            .map(|i| i.id.to_string())
-            .collect();
-        found.sort();
-        found
+        self.module_configs().send(&instance.id.name, |values| {
+            let values = serde_json::Value::Object(values);
+            instance.notify("pedestal.config", "changed", values.to_string().into_bytes());
+        });
     }
 
     /// Refuses to install `instance` while an SPI it requires has no compatible implementation
@@ -322,27 +310,48 @@ impl Registry {
         Ok(())
     }
 
-    /// Refuses to uninstall `instance` when it is the last running implementation of an SPI
-    /// another running module requires (`MODULE_REQUIRED`). Other versions of the same module
-    /// count as implementations (one takes over).
-    pub(crate) fn check_dependents(&self, instance: &Instance) -> crate::error::Result<()> {
-        for (spi, _) in &instance.provides {
-            let dependents = self.dependents(spi, &instance.id.name);
-            if dependents.is_empty() {
-                continue;
-            }
-            let others = self.all().into_iter().any(|(other, active)| {
-                !std::ptr::eq(Arc::as_ptr(&other), instance)
-                    && other.provides(spi)
-                    && matches!(other.state(), State::Active | State::Inactive)
-                    && (active || other.id.name == instance.id.name)
-            });
-            if !others {
-                return Err(Error::ModuleRequired {
-                    id: instance.id.to_string(),
-                    spi: spi.clone(),
-                    dependents,
-                });
+    /// Refuses to uninstall `instance` when a running module requires an SPI it implements and
+    /// no other compatible implementation would remain (`MODULE_REQUIRED`): the active version
+    /// of another module, or the version of this module that takes over (`successor`).
+    pub(crate) fn check_dependents(
+        modules: &BTreeMap<String, Versions>,
+        instance: &Instance,
+        successor: Option<&Arc<Instance>>,
+    ) -> crate::error::Result<()> {
+        let serving =
+            |i: &&Arc<Instance>| matches!(i.state(), State::Active | State::Inactive) && !i.is_deactivated();
+        // What implements what after the uninstall: every other module's active version, and
+        // this module's remaining active version (or its successor).
+        let remaining: Vec<Arc<Instance>> = modules
+            .values()
+            .filter_map(|versions| versions.active.as_ref().and_then(|v| versions.instances.get(v)))
+            .filter(|i| !std::ptr::eq(Arc::as_ptr(i), instance) && serving(i))
+            .chain(successor.filter(|i| serving(i)))
+            .cloned()
+            .collect();
+        let live = modules.values().flat_map(|versions| versions.instances.values());
+        for dependent in live.filter(|d| d.id.name != instance.id.name && d.state().is_live()) {
+            for (spi, wanted) in &dependent.requires {
+                let provided_here = instance.provided_version(spi).is_some_and(|v| compatible(v, wanted));
+                if !provided_here {
+                    continue;
+                }
+                let elsewhere =
+                    remaining.iter().any(|i| i.provided_version(spi).is_some_and(|v| compatible(v, wanted)));
+                if !elsewhere {
+                    let mut dependents: Vec<String> = modules
+                        .values()
+                        .flat_map(|versions| versions.instances.values())
+                        .filter(|d| d.id.name != instance.id.name && d.state().is_live() && d.requires(spi))
+                        .map(|d| d.id.to_string())
+                        .collect();
+                    dependents.sort();
+                    return Err(Error::ModuleRequired {
+                        id: instance.id.to_string(),
+                        spi: spi.clone(),
+                        dependents,
+                    });
+                }
             }
         }
         Ok(())

@@ -60,7 +60,8 @@ impl Counter {
         record(self.0, 1.0);
     }
 
-    /// Adds `value` (a negative value is ignored).
+    /// Adds `value`, rounded to a whole number (counters count whole units; a negative value
+    /// is ignored).
     pub fn add(&self, value: f64) {
         record(self.0, value);
     }
@@ -83,6 +84,7 @@ impl Gauge {
 }
 
 /// A distribution of observations (exported as a summary with quantiles, a sum and a count).
+/// A histogram that observes nothing for ten minutes leaves the export until registered again.
 #[derive(Debug, Clone, Copy)]
 pub struct Histogram(u64);
 

@@ -62,6 +62,8 @@ pub fn run<M: Module>(host: Host, make: fn() -> M, dispatch: Dispatch<M>) {
         let message = logging::panic_message(payload.as_ref());
         report_started(host, Err(&format!("the module panicked: {message}")));
     }
+    // However the instance ended (a hook may have panicked), nothing of it stays behind.
+    finish();
 }
 
 fn run_instance<M: Module>(host: &'static Host, make: fn() -> M, dispatch: Dispatch<M>) {
@@ -182,12 +184,33 @@ async fn serve<M: Module>(host: &'static Host, make: fn() -> M, dispatch: Dispat
                 check = None;
             }
             Woke::Signalled(Ok(())) => {}
-            Woke::Signalled(Err(_)) => break,
+            Woke::Signalled(Err(e)) => {
+                if starting.is_some() {
+                    report_started(host, Err(&format!("the base's wake-up fd failed: {e}")));
+                    return;
+                }
+                break;
+            }
         }
     }
     drop(check);
-    let _ = tokio::time::timeout(STOP_DEADLINE, module.stop()).await;
-    finish();
+    stop_module(host, &*module).await;
+}
+
+/// Runs the stop hook, bounded by [`STOP_DEADLINE`], passing completions to its calls (a stop
+/// hook may save state or tell other modules). The base has asked the module to stop, so it no
+/// longer signals work: completions are looked for every millisecond.
+async fn stop_module<M: Module>(host: &Host, module: &M) {
+    let stopping = tokio::time::timeout(STOP_DEADLINE, module.stop());
+    tokio::pin!(stopping);
+    loop {
+        crate::calls::complete_all(host);
+        tokio::select! {
+            biased;
+            _ = &mut stopping => return,
+            _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
+    }
 }
 
 /// What woke the instance loop.

@@ -42,6 +42,7 @@ fn each_module_has_its_own_persistent_key_value_namespace() {
     assert_eq!(base.uninstall("shop", "0.1.0").status, 200);
     base.install_as(artifacts::SERVICES, "shop");
     assert_eq!(base.get("/shop/kv/greeting").body, "hello");
+    assert_eq!(base.get("/shop/kv/last-stop").body, "clean", "the stop hook's write was answered");
 }
 
 #[test]

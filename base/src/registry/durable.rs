@@ -72,7 +72,8 @@ struct Record {
 }
 
 /// `records` with every module after the implementations of the SPIs it requires (a stable
-/// topological order; a cycle, or an SPI nobody implements, keeps the recorded order).
+/// topological order; an SPI nobody implements is no constraint, and a cycle is broken at one
+/// of its implementations).
 fn dependency_order(records: Vec<Record>) -> Vec<Record> {
     let mut left = records;
     let mut ordered: Vec<Record> = Vec::with_capacity(left.len());
@@ -83,8 +84,14 @@ fn dependency_order(records: Vec<Record>) -> Vec<Record> {
                 !left.iter().any(|other| !std::ptr::eq(other, record) && other.provides.contains(spi))
             })
         });
-        // A cycle: take the first as recorded.
-        ordered.push(left.remove(ready.unwrap_or(0)));
+        // A cycle: start one of its members (an implementation someone waits for), not a
+        // dependent outside it; failing that, the first as recorded.
+        let in_cycle = || {
+            left.iter().position(|record| {
+                record.provides.iter().any(|spi| left.iter().any(|other| other.requires.contains(spi)))
+            })
+        };
+        ordered.push(left.remove(ready.or_else(in_cycle).unwrap_or(0)));
     }
     ordered
 }

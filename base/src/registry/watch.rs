@@ -40,6 +40,11 @@ impl Registry {
         // otherwise grow until someone scrapes `/metrics`). Every minute: collect artifacts that
         // have been unreferenced for the grace period.
         if tick.is_multiple_of(50) {
+            for (instance, _) in self.all() {
+                if instance.state().is_live() {
+                    instance.touch_metrics();
+                }
+            }
             self.metrics.upkeep();
         }
         if tick % 600 == 599 {

@@ -121,6 +121,9 @@ impl Events {
                 }
                 Subscriber::Base(_) => true,
             });
+            if subscribers.is_empty() {
+                topics.remove(topic);
+            }
         }
     }
 

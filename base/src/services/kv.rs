@@ -78,7 +78,7 @@ impl Kv {
             let old =
                 table.get(key).map_err(|e| self.failed(e))?.map(|v| (key.len() + v.value().len()) as u64);
             let new = (key.len() + value.len()) as u64;
-            let would_use = used - old.unwrap_or(0) + new;
+            let would_use = used.saturating_sub(old.unwrap_or(0)) + new;
             if would_use > quota && new > old.unwrap_or(0) {
                 return Err(Error::KvQuotaExceeded { module: module.to_owned(), would_use, quota });
             }

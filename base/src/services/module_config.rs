@@ -36,7 +36,8 @@ fn env_name(module: &str) -> String {
 impl ModuleConfigs {
     /// The values of `config` (read from its file at start), and the environment's.
     pub fn new(config: &Config) -> Self {
-        let env = std::env::vars()
+        let env = std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
             .filter_map(|(name, value)| {
                 let rest = name.strip_prefix(ENV_PREFIX)?;
                 let mut parts = rest.split("__");
@@ -58,7 +59,19 @@ impl ModuleConfigs {
 
     /// Module `module`'s values.
     pub fn of(&self, module: &str) -> Map<String, Value> {
-        let mut values = lock(&self.from_file).get(module).cloned().unwrap_or_default();
+        let from_file = lock(&self.from_file);
+        self.merged(&from_file, module)
+    }
+
+    /// Hands module `module`'s values to `send` while no reload can change them, so values
+    /// sent at an install and after a concurrent reload arrive in order.
+    pub(crate) fn send(&self, module: &str, send: impl FnOnce(Map<String, Value>)) {
+        let from_file = lock(&self.from_file);
+        send(self.merged(&from_file, module));
+    }
+
+    fn merged(&self, from_file: &BTreeMap<String, Map<String, Value>>, module: &str) -> Map<String, Value> {
+        let mut values = from_file.get(module).cloned().unwrap_or_default();
         let name = env_name(module);
         for env in self.env.iter().filter(|e| e.module == name) {
             let (last, parents) = env.path.split_last().expect("an environment key has a path");
