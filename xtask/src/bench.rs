@@ -52,7 +52,8 @@ fn build_second_version() -> anyhow::Result<std::path::PathBuf> {
         "[package]\nname = \"bench-module\"\nversion = \"0.2.0\"\nedition = \"2024\"\npublish = false\n\n\
          [lib]\nname = \"bench_module_v2\"\ncrate-type = [\"cdylib\"]\npath = {:?}\n\n\
          [dependencies]\npedestal-module-api = {{ path = {:?} }}\nbench-handlers = {{ path = {:?} }}\n\
-         axum = {{ version = \"0.8\", default-features = false }}\n\n[workspace]\n\n\
+         axum = {{ version = \"0.8\", default-features = false, features = [\"query\", \"json\"] }}\n\
+         serde = {{ version = \"1\", features = [\"derive\"] }}\n\n[workspace]\n\n\
          [profile.release]\nstrip = \"debuginfo\"\n",
         root.join("bench/module/src/lib.rs"),
         root.join("module-api"),
