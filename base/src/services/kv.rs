@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -142,13 +142,6 @@ impl Kv {
             Err(e) => return Err(self.failed(e)),
         };
         Ok(Usage { used_bytes, quota_bytes: quota, keys })
-    }
-
-    /// The module names with a namespace.
-    pub fn modules(&self) -> Result<Vec<String>> {
-        let read = self.db.begin_read().map_err(|e| self.failed(e))?;
-        let tables = read.list_tables().map_err(|e| self.failed(e))?;
-        Ok(tables.filter_map(|t| t.name().strip_prefix("module/").map(str::to_owned)).collect())
     }
 }
 
