@@ -25,6 +25,7 @@ const FIXTURES: &[&str] = &[
     "fx-echo",
     "fx-echo-caller",
     "fx-services",
+    "fx-crashy",
 ];
 
 /// The search-platform example's ranker modules.
