@@ -118,14 +118,15 @@ fn main() {
         out.push_str(&format!("/// The `{fixture}` fixture (see tests/fixtures/README.md).\npub const {constant}: &str = {:?};\n", file));
     }
     for (version, file) in versioned {
-        let constant = format!("VERSIONED_{}", version.replace('.', "_"));
+        let constant = format!("VERSIONED_{}", version.replace(['.', '-'], "_").to_uppercase());
         out.push_str(&format!("/// `fx-versioned` at version {version} (see tests/versioned/lib.rs).\npub const {constant}: &str = {file:?};\n"));
     }
     fs::write(PathBuf::from(env::var("OUT_DIR").unwrap()).join("artifacts.rs"), out).unwrap();
 }
 
-/// Versions of `fx-versioned` to build.
-const VERSIONS: &[&str] = &["1.0.0", "1.1.0", "2.0.0"];
+/// Builds of `fx-versioned`: its version, and a suffix for a second build of one version (the
+/// same identity with other bytes, for same-version replaces).
+const VERSIONS: &[(&str, &str)] = &[("1.0.0", ""), ("1.1.0", ""), ("2.0.0", ""), ("1.0.0", "b")];
 
 /// Builds `tests/versioned/lib.rs` once per version in [`VERSIONS`] (a package of its own per
 /// version under `target/fixtures/versioned/`, sharing the fixtures' target directory and the
@@ -134,8 +135,9 @@ fn build_versioned(root: &std::path::Path, target_dir: &std::path::Path) -> Vec<
     println!("cargo:rerun-if-changed={}", root.join("tests/versioned").display());
     let source = root.join("tests/versioned/lib.rs");
     let mut built = Vec::new();
-    for version in VERSIONS {
-        let package = target_dir.join("versioned").join(version);
+    for (version, build) in VERSIONS {
+        let key = if build.is_empty() { version.to_string() } else { format!("{version}-{build}") };
+        let package = target_dir.join("versioned").join(&key);
         fs::create_dir_all(package.join("src")).unwrap();
         let manifest = format!(
             "[package]\nname = \"fx-versioned\"\nversion = \"{version}\"\nedition = \"2024\"\npublish = false\n\n\
@@ -148,7 +150,7 @@ fn build_versioned(root: &std::path::Path, target_dir: &std::path::Path) -> Vec<
             api = root.join("module-api"),
             // A library name per version: cdylibs carry no hash in their file name, so versions
             // sharing a target directory would overwrite each other's library.
-            lib = version.replace('.', "_"),
+            lib = key.replace(['.', '-'], "_"),
         );
         write_if_changed(&package.join("Cargo.toml"), &manifest);
         if !package.join("Cargo.lock").exists() {
@@ -170,9 +172,9 @@ fn build_versioned(root: &std::path::Path, target_dir: &std::path::Path) -> Vec<
                 Some(line[start..][..line[start..].find('"')?].to_owned())
             })
             .expect("cargo names the library it built");
-        let file = target_dir.join(format!("fx-versioned-{version}.so"));
+        let file = target_dir.join(format!("fx-versioned-{key}.so"));
         fs::copy(&built_file, &file).unwrap();
-        built.push((version.to_string(), file));
+        built.push((key, file));
     }
     built
 }

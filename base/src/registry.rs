@@ -97,6 +97,8 @@ pub struct Registry {
     persisting: Mutex<()>,
     /// Modules not loaded because the base died loading them (or they failed to restore).
     quarantined: Mutex<Vec<Quarantined>>,
+    /// Records kept in `state.json` while a same-version replace swaps their instance.
+    held: durable::HeldRecords,
     /// Installs hold it shared from storing their artifact until it is loaded; garbage
     /// collection holds it exclusively, so it never deletes an artifact about to be loaded.
     artifacts_in_use: RwLock<()>,
@@ -161,6 +163,7 @@ impl Registry {
             operations: crate::operations::Operations::default(),
             persisting: Mutex::new(()),
             quarantined: Mutex::new(Vec::new()),
+            held: durable::HeldRecords::default(),
             artifacts_in_use: RwLock::new(()),
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
@@ -357,7 +360,8 @@ impl Registry {
         }
         let load_path = self.claim_load_path(&artifact)?;
         let replace = options.strategy == Strategy::Replace;
-        let mut loading = self.loading(&artifact.sha256, name);
+        let during = if acknowledge { durable::Load::Install } else { durable::Load::Restore };
+        let mut loading = self.loading(&artifact.sha256, name, during);
         // A replace of the same version unloads the running one before the new one starts.
         let mut replaced_same = None;
         let launched = Instance::launch(
@@ -381,6 +385,12 @@ impl Registry {
                 // No instance to ask (it failed before or during start): look at the mappings.
                 if !loader::is_mapped(&load_path) {
                     self.release_load_path(&load_path);
+                }
+                if let Some(replaced) = &replaced_same
+                    && self.release_record(&replaced.id)
+                {
+                    // The replaced build is gone and its successor failed: that is the state now.
+                    self.persist_or_warn();
                 }
                 return Err(e);
             }
@@ -424,6 +434,11 @@ impl Registry {
             self.publish(&modules);
             previous
         };
+        // The new build is routed: from now on `state.json` records it instead of the one it
+        // replaced (the next write below).
+        if replaced_same.is_some() {
+            self.release_record(&instance.id);
+        }
         // Only now, with the instance routed, may another operation (an uninstall) take it.
         instance.end_operation();
         let replaced = match previous.filter(|_| replace && replaced_same.is_none()) {
@@ -435,7 +450,7 @@ impl Registry {
             },
             None => replaced_same,
         };
-        self.lift_quarantine(&instance.artifact.sha256, &instance.id.name);
+        self.lift_quarantine(&instance.artifact.sha256, &instance.id.name, name);
         self.persist_or_warn();
         Ok(Installed { instance, replaced })
     }
@@ -672,8 +687,16 @@ impl Registry {
                 self.find(&instance.id.name, &instance.id.version).ok().filter(|i| i.state().is_live());
             if let Some(same) = same {
                 // The new instance takes this version's seat: no other version takes the traffic
-                // in between (requests meanwhile get 503 MODULE_UNAVAILABLE).
-                replaced = Some(self.uninstall_with(&same.id.name, &same.id.version, false, false)?);
+                // in between (requests meanwhile get 503 MODULE_UNAVAILABLE). `state.json` keeps
+                // the old build until the new one is routed (or failed).
+                self.hold_record(&same);
+                match self.uninstall_with(&same.id.name, &same.id.version, false, false) {
+                    Ok(same) => replaced = Some(same),
+                    Err(e) => {
+                        self.release_record(&same.id);
+                        return Err(e);
+                    }
+                }
             }
         }
         let mut modules = lock(&self.modules);

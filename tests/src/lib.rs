@@ -112,18 +112,31 @@ impl TestBase {
         Self::start_binary(binary, tempfile::tempdir().expect("temp dir"), extra, &[])
     }
 
-    fn start_binary(binary: &str, data: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Self {
+    /// Kills the base with SIGKILL, starts another on the same data directory and kills that
+    /// one too `after` its start (while it restores, when `after` is short), then starts a third
+    /// and returns it once it reports ready.
+    pub fn kill_and_restart_killing_restore(mut self, after: Duration, extra: &[&str]) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data = std::mem::replace(&mut self._data, tempfile::tempdir().expect("temp dir"));
+        drop(self);
+        let mut interrupted = Self::command(artifacts::PEDESTAL, data.path(), extra, &[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning pedestal");
+        thread::sleep(after);
+        let _ = interrupted.kill();
+        let _ = interrupted.wait();
+        Self::start_in(data, extra)
+    }
+
+    fn command(binary: &str, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
         let mut command = Command::new(binary);
-        command.current_dir(data.path()).args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ]);
+        command.current_dir(data).args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
         // The data directory is the temporary one, unless the test names another (relative to it).
         if !extra.contains(&"--data-dir") {
-            command.arg("--data-dir").arg(data.path());
+            command.arg("--data-dir").arg(data);
         }
         for (flag, value) in
             [("--start-timeout-ms", "2000"), ("--stop-timeout-ms", "2000"), ("--drain-timeout-ms", "2000")]
@@ -132,12 +145,17 @@ impl TestBase {
                 command.args([flag, value]);
             }
         }
-        let mut child = command
+        command
             .args(extra)
             .envs(env.iter().copied())
             .env("PEDESTAL_LOG", "info")
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn start_binary(binary: &str, data: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Self::command(binary, data.path(), extra, env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -71,6 +71,43 @@ struct Record {
     requires: Vec<String>,
 }
 
+impl Record {
+    /// The record of a running instance; `active` when it is its module's active version.
+    fn of(instance: &Instance, active: bool) -> Self {
+        Record {
+            name: instance.id.name.clone(),
+            version: instance.id.version.to_string(),
+            sha256: instance.artifact.sha256.clone(),
+            renamed: instance.id.name != instance.package,
+            active: active && instance.state() == State::Active,
+            deactivated: instance.is_deactivated(),
+            provides: instance.provides.iter().map(|(spi, _)| spi.clone()).collect(),
+            requires: instance.requires.iter().map(|(spi, _)| spi.clone()).collect(),
+        }
+    }
+
+    /// The name it was installed under when that is not its package's name.
+    fn install_name(&self) -> Option<&str> {
+        self.renamed.then_some(self.name.as_str())
+    }
+}
+
+/// Records `state.json` keeps while the instance they describe is being replaced.
+#[derive(Debug, Default)]
+pub(super) struct HeldRecords(std::sync::Mutex<Vec<Record>>);
+
+/// Whether quarantine entry `q` covers the recorded instance `record`. An entry whose module name
+/// was never known (the base died inside the library's constructors) covers only the install
+/// it was made for — the same artifact under the same install name — never the other tenants of
+/// that artifact.
+fn covers(q: &Quarantined, sha256: &str, name: &str, install_name: Option<&str>) -> bool {
+    q.sha256 == sha256
+        && match &q.name {
+            Some(quarantined) => quarantined == name || q.install_name.as_deref() == Some(name),
+            None => q.install_name.as_deref() == install_name,
+        }
+}
+
 /// `records` with every module after the implementations of the SPIs it requires (a stable
 /// topological order; an SPI nobody implements is no constraint, and a cycle is broken at one
 /// of its implementations).
@@ -120,6 +157,25 @@ struct Marker {
     install_name: Option<String>,
     name: Option<String>,
     version: Option<String>,
+    /// Whether an operation or the base's own restore was loading it.
+    #[serde(default)]
+    during: Load,
+    /// The base process that was loading it.
+    #[serde(default)]
+    pid: u32,
+}
+
+/// What a load is part of, as its marker records it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Load {
+    /// An install, replace or retry: the base died in a load someone asked for, which is
+    /// indistinguishable from the module crashing it, so the module is quarantined.
+    #[default]
+    Install,
+    /// The restore at boot: being killed while restoring (an operator's `kill -9`, a power cut)
+    /// is not the fault of the module being restored, so the marker alone quarantines nothing.
+    Restore,
 }
 
 /// A marker file, removed when dropped.
@@ -168,7 +224,7 @@ impl Registry {
     }
 
     /// Writes a marker saying `sha256` is being loaded; it is removed when the result is dropped.
-    pub(crate) fn loading(&self, sha256: &str, install_name: Option<&str>) -> Loading {
+    pub(crate) fn loading(&self, sha256: &str, install_name: Option<&str>, during: Load) -> Loading {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = self.loading_dir();
         let _ = fs::create_dir_all(&dir);
@@ -178,6 +234,8 @@ impl Registry {
             install_name: install_name.map(str::to_owned),
             name: None,
             version: None,
+            during,
+            pid: std::process::id(),
         };
         let _ = fs::write(&path, serde_json::to_vec(&marker).unwrap_or_default());
         Loading { path, marker }
@@ -200,17 +258,7 @@ impl Registry {
                     if !matches!(instance.state(), State::Active | State::Inactive) {
                         continue;
                     }
-                    file.modules.push(Record {
-                        name: name.clone(),
-                        version: version.to_string(),
-                        sha256: instance.artifact.sha256.clone(),
-                        renamed: instance.id.name != instance.package,
-                        active: versions.active.as_ref() == Some(version)
-                            && instance.state() == State::Active,
-                        deactivated: instance.is_deactivated(),
-                        provides: instance.provides.iter().map(|(spi, _)| spi.clone()).collect(),
-                        requires: instance.requires.iter().map(|(spi, _)| spi.clone()).collect(),
-                    });
+                    file.modules.push(Record::of(instance, versions.active.as_ref() == Some(version)));
                 }
                 if let Some(weights) = &versions.weights {
                     let weights = weights.iter().map(|(v, w)| (v.to_string(), *w)).collect();
@@ -218,9 +266,37 @@ impl Registry {
                 }
             }
         }
+        // A same-version replace in progress: until the new build is routed, the file keeps the
+        // build it replaces (a kill meanwhile restores that one, the state before the change).
+        for held in lock(&self.held.0).iter() {
+            if !file.modules.iter().any(|r| r.name == held.name && r.version == held.version) {
+                file.modules.push(held.clone());
+            }
+        }
         file.limit_overrides = lock(&self.limit_overrides).iter().map(|(k, v)| (k.clone(), *v)).collect();
         file.quarantined = lock(&self.quarantined).clone();
         self.write_state(&file)
+    }
+
+    /// Keeps `instance`'s record in `state.json` while a same-version replace unloads it and
+    /// starts its successor, until [`Registry::release_record`]: the removal is part of the
+    /// replace, and the file must never hold part of a change.
+    pub(crate) fn hold_record(&self, instance: &Instance) {
+        let active = lock(&self.modules)
+            .get(&instance.id.name)
+            .is_some_and(|versions| versions.active.as_ref() == Some(&instance.id.version));
+        let record = Record::of(instance, active);
+        let mut held = lock(&self.held.0);
+        held.retain(|r| !(r.name == record.name && r.version == record.version));
+        held.push(record);
+    }
+
+    /// Ends [`Registry::hold_record`] for `id`: its successor is routed, or failed to start.
+    pub(crate) fn release_record(&self, id: &crate::instance::ModuleId) -> bool {
+        let mut held = lock(&self.held.0);
+        let before = held.len();
+        held.retain(|r| !(r.name == id.name && r.version == id.version.to_string()));
+        held.len() != before
     }
 
     fn write_state(&self, file: &StateFile) -> Result<()> {
@@ -259,6 +335,16 @@ impl Registry {
         *lock(&self.limit_overrides) = file.limit_overrides.clone().into_iter().collect();
         let (markers, crashed) = self.crash_markers();
         for marker in crashed {
+            if marker.during == Load::Restore {
+                // Killed while restoring (by an operator, the OOM killer, a power cut): not a
+                // crash of the module it was restoring, which is restored again now.
+                tracing::warn!(
+                    sha256 = %marker.sha256,
+                    module = marker.name.as_deref().unwrap_or("?"),
+                    "the previous base process ended while restoring this module; restoring it again"
+                );
+                continue;
+            }
             let known = file
                 .quarantined
                 .iter()
@@ -292,12 +378,7 @@ impl Registry {
         }
         let mut quarantined = file.quarantined.clone();
         let is_quarantined = |record: &Record| {
-            quarantined.iter().any(|q| {
-                q.sha256 == record.sha256
-                    && (q.name.is_none()
-                        || q.name.as_deref() == Some(&record.name)
-                        || q.install_name.as_deref() == Some(&record.name))
-            })
+            quarantined.iter().any(|q| covers(q, &record.sha256, &record.name, record.install_name()))
         };
         let to_start: Vec<Record> =
             dependency_order(file.modules.iter().filter(|r| !is_quarantined(r)).cloned().collect());
@@ -353,6 +434,29 @@ impl Registry {
             }
             if record.active {
                 instance.transition(State::Active, "restore", "active before the restart");
+                versions.active = Some(version);
+            }
+        }
+        // A recorded active version that did not come back (quarantined, or its restore failed):
+        // hand the traffic to the newest running version rather than leave the module unrouted.
+        for record in file.modules.iter().filter(|r| r.active) {
+            let Some(versions) = modules.get_mut(&record.name) else { continue };
+            if versions.active.is_some() {
+                continue;
+            }
+            let successor = versions
+                .instances
+                .iter()
+                .rev()
+                .find(|(_, i)| i.state() == State::Inactive && !i.is_deactivated())
+                .map(|(v, i)| (v.clone(), Arc::clone(i)));
+            if let Some((version, instance)) = successor {
+                let message = format!(
+                    "{}@{} was active before the restart and is not running",
+                    record.name, record.version
+                );
+                tracing::warn!(module = %record.name, version = %version, "{message}; this version takes the traffic");
+                instance.transition(State::Active, "restore", &message);
                 versions.active = Some(version);
             }
         }
@@ -479,7 +583,14 @@ impl Registry {
     pub fn retry(&self, name: &str, version: &Version) -> Result<Arc<Instance>> {
         let entry = lock(&self.quarantined)
             .iter()
-            .find(|q| q.name.as_deref() == Some(name) && q.version.as_deref() == Some(&version.to_string()))
+            .find(|q| match &q.name {
+                Some(quarantined) => {
+                    quarantined == name && q.version.as_deref() == Some(&version.to_string())
+                }
+                // Died in its constructors, before its identity was known: found by the name it
+                // was being installed under, whatever the version asked for.
+                None => q.install_name.as_deref() == Some(name),
+            })
             .cloned()
             .ok_or_else(|| Error::NotFound { what: format!("quarantined {name}@{version}") })?;
         let artifact = self
@@ -493,15 +604,10 @@ impl Registry {
     }
 
     /// Lifts the quarantine of an artifact that just started under `name` (and of entries of
-    /// that artifact whose name was never known).
-    pub(crate) fn lift_quarantine(&self, sha256: &str, name: &str) {
+    /// that install of it whose module name was never known).
+    pub(crate) fn lift_quarantine(&self, sha256: &str, name: &str, install_name: Option<&str>) {
         let before = lock(&self.quarantined).len();
-        lock(&self.quarantined).retain(|q| {
-            let same_name = q.name.is_none()
-                || q.name.as_deref() == Some(name)
-                || q.install_name.as_deref() == Some(name);
-            !(q.sha256 == sha256 && same_name)
-        });
+        lock(&self.quarantined).retain(|q| !covers(q, sha256, name, install_name));
         if lock(&self.quarantined).len() != before {
             tracing::info!(module = name, sha256, "quarantine lifted: it started");
         }
@@ -534,5 +640,49 @@ impl Registry {
                 unreferenced.remove(&sha256);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Quarantined, covers};
+
+    fn entry(name: Option<&str>, install_name: Option<&str>) -> Quarantined {
+        Quarantined {
+            name: name.map(str::to_owned),
+            version: name.map(|_| "0.1.0".to_owned()),
+            sha256: "aa".into(),
+            install_name: install_name.map(str::to_owned),
+            reason: String::new(),
+            at: String::new(),
+        }
+    }
+
+    /// Whether `q` covers an instance of artifact `sha256` named `name`, installed under
+    /// `install_name` (`None`: under its package's name).
+    fn check(q: Quarantined, sha256: &str, name: &str, install_name: Option<&str>, expected: bool) {
+        assert_eq!(
+            covers(&q, sha256, name, install_name),
+            expected,
+            "{q:?} vs {sha256} {name} {install_name:?}"
+        );
+    }
+
+    #[test]
+    fn quarantine_entries_cover_only_their_own_install() {
+        // Known identity.
+        check(entry(Some("notes"), None), "aa", "notes", None, true);
+        check(entry(Some("notes"), None), "bb", "notes", None, false);
+        check(entry(Some("notes"), None), "aa", "tenant-1", Some("tenant-1"), false);
+        check(entry(Some("tenant-1"), Some("tenant-1")), "aa", "tenant-1", Some("tenant-1"), true);
+        check(entry(Some("tenant-1"), Some("tenant-1")), "aa", "tenant-2", Some("tenant-2"), false);
+        // Died in the constructors of tenant-3's load: only tenant-3, never its siblings.
+        check(entry(None, Some("tenant-3")), "aa", "tenant-3", Some("tenant-3"), true);
+        check(entry(None, Some("tenant-3")), "aa", "tenant-1", Some("tenant-1"), false);
+        check(entry(None, Some("tenant-3")), "aa", "notes", None, false);
+        // Died in the constructors of an install under the package's name.
+        check(entry(None, None), "aa", "notes", None, true);
+        check(entry(None, None), "aa", "tenant-1", Some("tenant-1"), false);
+        check(entry(None, None), "bb", "notes", None, false);
     }
 }
