@@ -395,6 +395,10 @@ impl Registry {
                 return Err(e);
             }
         };
+        // It started: lift a quarantine of it now, before the first write that records it (a
+        // replace writes once more when it unloads the old version), so no file can name the
+        // instance and still quarantine it.
+        self.lift_quarantine(&instance.artifact.sha256, &instance.id.name, name);
         if !acknowledge {
             // Restoring: `restore` sets the recorded active versions and weights in one step.
             instance.transition(State::Inactive, "restore", "started; restoring the recorded routing");
@@ -450,7 +454,6 @@ impl Registry {
             },
             None => replaced_same,
         };
-        self.lift_quarantine(&instance.artifact.sha256, &instance.id.name, name);
         self.persist_or_warn();
         Ok(Installed { instance, replaced })
     }

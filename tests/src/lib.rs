@@ -190,14 +190,35 @@ impl TestBase {
     }
 
     fn send(&self, request: ureq::Request, body: Option<&[u8]>) -> Reply {
+        Self::try_send(request, body)
+            .unwrap_or_else(|e| panic!("HTTP transport error: {e}; base log:\n{}", self.log()))
+    }
+
+    fn try_send(request: ureq::Request, body: Option<&[u8]>) -> Result<Reply, String> {
         let result = match body {
             Some(bytes) => request.send_bytes(bytes),
             None => request.call(),
         };
         match result {
-            Ok(response) | Err(ureq::Error::Status(_, response)) => Reply::from_response(response),
-            Err(e) => panic!("HTTP transport error: {e}; base log:\n{}", self.log()),
+            Ok(response) | Err(ureq::Error::Status(_, response)) => Ok(Reply::from_response(response)),
+            Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// An operations-API request that may meet a dead base: `Err` with the transport error
+    /// instead of a panic.
+    pub fn try_admin(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Reply, String> {
+        let mut request = self.agent.request(method, &format!("{}{path}", self.admin));
+        for (name, value) in headers {
+            request = request.set(name, value);
+        }
+        Self::try_send(request, body)
     }
 
     /// `GET` on the traffic server.
