@@ -189,7 +189,9 @@ pub(crate) fn register(thread_name: &str, sha256: &str, install_name: Option<&st
         }
     }
     if !TABLE_FULL_WARNED.swap(true, Ordering::Relaxed) {
-        tracing::warn!("the crash table is full ({SLOTS} instances): crashes of newer instances are not attributed");
+        tracing::warn!(
+            "the crash table is full ({SLOTS} instances): crashes of newer instances are not attributed"
+        );
     }
     CrashSlot(None)
 }
@@ -250,7 +252,11 @@ fn library_range(load_base: usize) -> Option<(usize, usize)> {
         base: usize,
         found: Option<(usize, usize)>,
     }
-    unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: libc::size_t, data: *mut c_void) -> libc::c_int {
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut c_void,
+    ) -> libc::c_int {
         // SAFETY: `dl_iterate_phdr` passes a valid `info` for the duration of the call, and
         // `data` is the `Search` handed to it below, which outlives the iteration.
         let (info, search) = unsafe { (&*info, &mut *data.cast::<Search>()) };
@@ -548,7 +554,11 @@ impl AlternateStack {
         // overflows this stack faults instead of writing below it.
         unsafe { libc::mprotect(map, page, libc::PROT_NONE) };
         // SAFETY: the stack starts above the guard page and lies inside the mapping.
-        let stack = libc::stack_t { ss_sp: unsafe { map.cast::<u8>().add(page) }.cast(), ss_flags: 0, ss_size: ALT_STACK_BYTES };
+        let stack = libc::stack_t {
+            ss_sp: unsafe { map.cast::<u8>().add(page) }.cast(),
+            ss_flags: 0,
+            ss_size: ALT_STACK_BYTES,
+        };
         let mut previous = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: 0, ss_size: 0 };
         // SAFETY: `stack` describes memory this value owns until it restores `previous` in
         // `drop`, on the same thread (the value is not `Send`).
@@ -586,7 +596,8 @@ pub(crate) fn read_new(data_dir: &Path, ledger: &Ledger) -> (Vec<CrashRecord>, u
     let path = data_dir.join(LOG_FILE);
     let Ok(bytes) = fs::read(&path) else { return (Vec::new(), 0, 0) };
     let inode = fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
-    let offset = if ledger.inode == inode && ledger.offset <= bytes.len() as u64 { ledger.offset as usize } else { 0 };
+    let offset =
+        if ledger.inode == inode && ledger.offset <= bytes.len() as u64 { ledger.offset as usize } else { 0 };
     let complete = bytes[offset..].iter().rposition(|b| *b == b'\n').map_or(offset, |i| offset + i + 1);
     let records = record::parse_all(&String::from_utf8_lossy(&bytes[offset..complete]));
     (records, complete as u64, inode)
@@ -605,8 +616,13 @@ pub fn read_all(data_dir: &Path) -> Vec<CrashRecord> {
 /// to have been running, say a marker file's modification time), only a record of the process
 /// that was running then, so a reused pid is not mistaken for it. A process killed with SIGKILL
 /// (or by the OOM killer) records nothing.
-pub fn crash_of_process(data_dir: &Path, pid: u32, alive_at: Option<std::time::SystemTime>) -> Option<CrashRecord> {
-    let alive_ms = alive_at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
+pub fn crash_of_process(
+    data_dir: &Path,
+    pid: u32,
+    alive_at: Option<std::time::SystemTime>,
+) -> Option<CrashRecord> {
+    let alive_ms =
+        alive_at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
     read_all(data_dir)
         .into_iter()
         .filter(|r| r.pid == pid)

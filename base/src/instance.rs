@@ -418,7 +418,7 @@ impl Instance {
         let thread_name = next_thread_name();
         // Before the thread exists, so a crash in the library's constructors is attributed too.
         let crash_slot = crash::register(&thread_name, &artifact.sha256, name);
-        let spawned = thread::Builder::new()
+        let thread = thread::Builder::new()
             .name(thread_name.clone())
             .spawn(move || {
                 let _done = DoneGuard(done_tx);
@@ -440,14 +440,9 @@ impl Instance {
                 // Dropping the sender tells a waiting launcher that no start report will come.
                 lock(&thread_shared.started).take();
                 Some(library)
-            });
-        let thread = match spawned {
-            Ok(thread) => thread,
-            Err(e) => {
-                crash_slot.release();
-                return Err(Error::io("spawning a module thread")(e));
-            }
-        };
+            })
+            .inspect_err(|_| crash_slot.release())
+            .map_err(Error::io("spawning a module thread"))?;
         // The slot of a library that failed to load is freed once the loader forgot it.
         let release_unless_loaded = |path: &std::path::Path| {
             if !loader::is_loaded(path) {

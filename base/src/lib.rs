@@ -100,7 +100,9 @@ impl Base {
         // After the registry made the data directory. Without the handler the base still runs;
         // a crash then goes unattributed (and a module that crashes after start may crash-loop).
         if let Err(e) = crash::install(&data_dir) {
-            tracing::error!("cannot install the crash handler ({e}): crashes will not be attributed to modules");
+            tracing::error!(
+                "cannot install the crash handler ({e}): crashes will not be attributed to modules"
+            );
         }
         spawn_heap_sampler(Arc::downgrade(&registry));
         Ok(Self { registry, native: Router::new() })

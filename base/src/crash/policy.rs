@@ -122,7 +122,12 @@ impl Ledger {
         for record in records {
             let crash = Crash::of(record);
             let Some(crash) = crash else {
-                verdicts.push(Verdict { record: record.clone(), crash: None, crashes_in_window: 0, quarantine: false });
+                verdicts.push(Verdict {
+                    record: record.clone(),
+                    crash: None,
+                    crashes_in_window: 0,
+                    quarantine: false,
+                });
                 continue;
             };
             // A record processed again (the ledger was not saved after the last restore) counts once.
@@ -133,7 +138,9 @@ impl Ledger {
             let count = self
                 .crashes
                 .iter()
-                .filter(|c| !c.cleared && c.same_identity(&crash) && (since..=crash.time_ms).contains(&c.time_ms))
+                .filter(|c| {
+                    !c.cleared && c.same_identity(&crash) && (since..=crash.time_ms).contains(&c.time_ms)
+                })
                 .count() as u32;
             verdicts.push(Verdict {
                 record: record.clone(),
@@ -256,6 +263,12 @@ mod tests {
 
     #[test]
     fn zero_never_quarantines() {
-        check(&mut Ledger::default(), 0, &[(Some("a"), 100), (Some("a"), 100)], 100, &[(1, false), (1, false)]);
+        check(
+            &mut Ledger::default(),
+            0,
+            &[(Some("a"), 100), (Some("a"), 100)],
+            100,
+            &[(1, false), (1, false)],
+        );
     }
 }

@@ -224,7 +224,12 @@ pub(crate) fn write(line: &mut Line<'_>, crash: &RawCrash<'_>) {
 
 /// The identity part of a record (` module=… version=… sha256=… install=…`), formatted once when
 /// an instance registers (and again when its manifest is read), so the handler only copies it.
-pub(crate) fn identity(module: Option<&str>, version: Option<&str>, sha256: &str, install: Option<&str>) -> Vec<u8> {
+pub(crate) fn identity(
+    module: Option<&str>,
+    version: Option<&str>,
+    sha256: &str,
+    install: Option<&str>,
+) -> Vec<u8> {
     let value = |v: Option<&str>| {
         v.filter(|v| !v.is_empty())
             .map(|v| v.chars().map(|c| if c.is_ascii_graphic() { c } else { '?' }).collect::<String>())
@@ -323,7 +328,8 @@ impl CrashRecord {
         let text = |key: &str| fields.get(key).copied().filter(|v| *v != "-").map(str::to_owned);
         let number = |key: &str| fields.get(key).and_then(|v| v.parse::<u64>().ok());
         let signed = |key: &str| fields.get(key).and_then(|v| v.parse::<i32>().ok());
-        let hex = |key: &str| fields.get(key).and_then(|v| u64::from_str_radix(v.strip_prefix("0x")?, 16).ok());
+        let hex =
+            |key: &str| fields.get(key).and_then(|v| u64::from_str_radix(v.strip_prefix("0x")?, 16).ok());
         Some(Self {
             pid: u32::try_from(number("pid")?).ok()?,
             started_ms: number("started")?,

@@ -109,7 +109,11 @@ impl Registry {
             None if verdict.quarantine => {
                 let count = verdict.crashes_in_window;
                 let window_s = self.config.crash_window.as_secs();
-                let times = if count == 1 { "its first crash".to_owned() } else { format!("{count} crashes within {window_s} s") };
+                let times = if count == 1 {
+                    "its first crash".to_owned()
+                } else {
+                    format!("{count} crashes within {window_s} s")
+                };
                 quarantined.push(Quarantined {
                     name: crash.name.clone(),
                     version: crash.version.clone(),
@@ -136,7 +140,14 @@ impl Registry {
         tracing::error!(module = name.as_deref().unwrap_or("-"), %version, signal = %crash.signal, "{message}");
         if let Some(name) = &name {
             let fields = format!("signal={} pid={} thread={}", crash.signal, crash.pid, crash.thread);
-            self.log(name).write(LogLine::new(LogLevel::Error, name, &version, "pedestal::crash", &message, &fields));
+            self.log(name).write(LogLine::new(
+                LogLevel::Error,
+                name,
+                &version,
+                "pedestal::crash",
+                &message,
+                &fields,
+            ));
         }
     }
 }
