@@ -103,7 +103,7 @@ impl Slot {
     fn write(&self, write: impl FnOnce(&Self)) {
         loop {
             let seq = self.seq.load(Ordering::Relaxed);
-            if seq % 2 == 0
+            if seq.is_multiple_of(2)
                 && self.seq.compare_exchange_weak(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
             {
                 break;
@@ -132,7 +132,7 @@ impl Slot {
     fn read(&self, identity: &mut [u8; IDENTITY_BYTES]) -> Option<SlotView> {
         for _ in 0..8 {
             let before = self.seq.load(Ordering::Acquire);
-            if before % 2 == 1 {
+            if !before.is_multiple_of(2) {
                 continue;
             }
             let view = SlotView {
@@ -376,11 +376,11 @@ fn write_record(signo: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_
         if instance == 0 {
             continue;
         }
-        if named == Some(instance) {
-            if let Some(view) = slot.read(&mut identity).filter(|v| v.instance == instance) {
-                found = Some((By::Thread, view));
-                break;
-            }
+        if named == Some(instance)
+            && let Some(view) = slot.read(&mut identity).filter(|v| v.instance == instance)
+        {
+            found = Some((By::Thread, view));
+            break;
         }
     }
     if found.is_none() {
@@ -625,9 +625,7 @@ pub fn crash_of_process(
         alive_at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
     read_all(data_dir)
         .into_iter()
-        .filter(|r| r.pid == pid)
-        .filter(|r| alive_ms.is_none_or(|t| r.started_ms <= t && t <= r.time_ms))
-        .next_back()
+        .rfind(|r| r.pid == pid && alive_ms.is_none_or(|t| r.started_ms <= t && t <= r.time_ms))
 }
 
 fn ledger_path(data_dir: &Path) -> PathBuf {
@@ -688,6 +686,64 @@ mod tests {
         );
         slot.release();
         assert_eq!(TABLE[index].instance.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn new_records_are_read_once_and_a_torn_tail_waits_for_its_end() {
+        let dir = std::env::temp_dir().join(format!("pedestal-crash-read-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let line = |pid: u32| {
+            let mut buf = [0u8; 1024];
+            let mut line = Line::new(&mut buf);
+            let crash = RawCrash {
+                pid,
+                started_ms: 1,
+                time_ms: 2,
+                signo: libc::SIGABRT,
+                code: -6,
+                addr: None,
+                pc: 0,
+                sp: 0,
+                access: None,
+                thread: b"pdl-1",
+                by: By::Thread,
+                instance: 1,
+                identity: &record::identity(Some("m"), Some("1.0.0"), "ab", None),
+            };
+            record::write(&mut line, &crash);
+            line.bytes().to_vec()
+        };
+        let path = dir.join(LOG_FILE);
+        fs::write(&path, [line(1), line(2)].concat()).unwrap();
+        let mut ledger = Ledger::default();
+        let (records, offset, inode) = read_new(&dir, &ledger);
+        assert_eq!(records.iter().map(|r| r.pid).collect::<Vec<_>>(), [1, 2]);
+        (ledger.offset, ledger.inode) = (offset, inode);
+        assert!(read_new(&dir, &ledger).0.is_empty(), "processed records are not read again");
+
+        // A record cut short (its writer died) is not consumed until a newline ends it.
+        let third = line(3);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        io::Write::write_all(&mut file, &third[..20]).unwrap();
+        let (records, offset, _) = read_new(&dir, &ledger);
+        assert!(records.is_empty());
+        assert_eq!(offset, ledger.offset);
+        io::Write::write_all(&mut file, &line(4)).unwrap();
+        let (records, ..) = read_new(&dir, &ledger);
+        assert_eq!(records.iter().map(|r| r.pid).collect::<Vec<_>>(), [4]);
+
+        // A rotated file (another inode) is read from its start.
+        fs::rename(&path, dir.join(OLD_LOG_FILE)).unwrap();
+        fs::write(&path, line(5)).unwrap();
+        let (records, ..) = read_new(&dir, &ledger);
+        assert_eq!(records.iter().map(|r| r.pid).collect::<Vec<_>>(), [5]);
+        assert_eq!(crash_of_process(&dir, 4, None).map(|r| r.pid), Some(4));
+        assert_eq!(
+            crash_of_process(&dir, 4, Some(std::time::UNIX_EPOCH)),
+            None,
+            "not the process alive then"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

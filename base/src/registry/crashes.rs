@@ -37,7 +37,8 @@ impl Registry {
 
     /// Records which crash records were processed (`<data-dir>/crashes.json`).
     pub(super) fn save_crash_ledger(&self) {
-        let ledger = lock(&self.crash_ledger).clone();
+        // Under the lock, so a retry's clearing is never overwritten by an older copy.
+        let ledger = lock(&self.crash_ledger);
         if let Err(e) = crash::save_ledger(self.store.data_dir(), &ledger) {
             tracing::error!("cannot record which crash records were processed (they will be again): {e}");
         }
