@@ -803,5 +803,9 @@ async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {
         "modules": modules,
         "problems": troubled,
         "crashes": registry.crashes(),
+        "crash_table": {
+            "in_use": crate::crash::slots_in_use().0,
+            "capacity": crate::crash::slots_in_use().1,
+        },
     }))
 }

@@ -229,6 +229,11 @@ impl CrashSlot {
     }
 }
 
+/// Slots in use (live and pinned instances) and the table's capacity.
+pub(crate) fn slots_in_use() -> (usize, usize) {
+    (TABLE.iter().filter(|slot| slot.instance.load(Ordering::Relaxed) != 0).count(), SLOTS)
+}
+
 /// `n` of a `pdl-<n>` thread name (the bytes up to the first NUL).
 fn instance_number(name: &[u8]) -> Option<u64> {
     let name = name.split(|b| *b == 0).next()?;

@@ -170,9 +170,16 @@ fn a_module_that_aborts_after_a_clean_start_is_quarantined_instead_of_crash_loop
     let entry = quarantined_crashy(&base, "SIGABRT", "thread");
     assert!(entry["reason"].as_str().unwrap().contains("its first crash"), "{entry}");
     assert!(base.is_running());
+    // Only the neighbour holds a slot in the crash table.
+    let slots = |base: &TestBase| base.admin_get("/api/v1/health").json["crash_table"]["in_use"].clone();
+    assert_eq!(slots(&base), 1);
 
     std::fs::remove_file(base.data_dir().join("crash-after-start")).unwrap();
-    retry_crashy(base);
+    let base = retry_crashy(base);
+    // A slot is given back once its library is verified unmapped.
+    assert_eq!(slots(&base), 2);
+    assert_eq!(base.uninstall("fx-good", "0.1.0").json["state"], "stopped");
+    assert_eq!(slots(&base), 1);
 }
 
 #[test]
