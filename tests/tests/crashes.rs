@@ -205,3 +205,25 @@ fn below_the_threshold_a_crash_is_reported_and_the_module_restored() {
     assert!(entry["reason"].as_str().unwrap().contains("2 crashes within 600 s"), "{entry}");
     assert_eq!(base.admin_get("/api/v1/modules/fx-crashy").json["crashes"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn a_crash_in_a_start_hook_is_quarantined_by_its_marker_with_the_signal_from_its_record() {
+    let mut base = TestBase::start_with_env(&[], NO_SUPERVISOR);
+    base.install_ok(artifacts::GOOD);
+    std::fs::write(base.data_dir().join("abort-on-start"), "").unwrap();
+    let crashed = ureq::post(&format!("{}/api/v1/modules", base.admin))
+        .set("content-type", "application/octet-stream")
+        .send_bytes(&pedestal_tests::read(artifacts::START_ABORTS));
+    assert!(crashed.is_err(), "the base should have died: {crashed:?}");
+    expect_death(&mut base, SIGABRT);
+
+    let base = base.restart_with_env(&[], NO_SUPERVISOR);
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
+    let module = base.admin_get("/api/v1/modules/fx-start-aborts").json;
+    let quarantined = module["quarantined"].as_array().unwrap();
+    assert_eq!(quarantined.len(), 1, "one entry, not one per marker and record: {module}");
+    let reason = quarantined[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("died while loading or starting it"), "{reason}");
+    assert!(reason.contains("crashed the base with SIGABRT (abort) at"), "{reason}");
+    assert_eq!(quarantined[0]["signal"], "SIGABRT", "{module}");
+}
