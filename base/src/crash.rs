@@ -35,7 +35,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         OnceLock,
-        atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence},
+        atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering, fence},
     },
 };
 
@@ -291,8 +291,7 @@ fn library_range(load_base: usize) -> Option<(usize, usize)> {
 
 /// The pre-opened `crashes.log`, or -1.
 static FD: AtomicI32 = AtomicI32::new(-1);
-static PID: AtomicU32 = AtomicU32::new(0);
-/// When the handler was installed (unix milliseconds): with the pid, names the process.
+/// When the handler was installed (unix milliseconds): with the pid, tells processes apart.
 static STARTED_MS: AtomicU64 = AtomicU64::new(0);
 /// Set by the first crash: one record per process (Rust's stack-overflow report ends in an
 /// `abort()` whose SIGABRT comes back here).
@@ -318,7 +317,6 @@ pub(crate) fn install(data_dir: &Path) -> io::Result<()> {
         // record going to the previous data directory.
         unsafe { libc::close(previous) };
     }
-    PID.store(std::process::id(), Ordering::Relaxed);
     let _ = STARTED_MS.compare_exchange(0, record::now_ms(), Ordering::Relaxed, Ordering::Relaxed);
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     let mut result = Ok(());
@@ -408,7 +406,9 @@ fn write_record(signo: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_
     };
 
     let crash = RawCrash {
-        pid: PID.load(Ordering::Relaxed),
+        // Asked now, not remembered: a forked child that crashes before `exec` is not the base.
+        // SAFETY: `getpid` is async-signal-safe and cannot fail.
+        pid: unsafe { libc::getpid() } as u32,
         started_ms: STARTED_MS.load(Ordering::Relaxed),
         time_ms: clock_ms(),
         signo,

@@ -227,3 +227,27 @@ fn a_crash_in_a_start_hook_is_quarantined_by_its_marker_with_the_signal_from_its
     assert!(reason.contains("crashed the base with SIGABRT (abort) at"), "{reason}");
     assert_eq!(quarantined[0]["signal"], "SIGABRT", "{module}");
 }
+
+#[test]
+fn only_the_tenant_that_crashed_is_quarantined() {
+    let mut base = TestBase::start_with_env(&[], NO_SUPERVISOR);
+    base.install_as(artifacts::CRASHY, "tenant-a");
+    base.install_as(artifacts::CRASHY, "tenant-b");
+    assert!(ureq::get(&format!("{}/tenant-b/abort", base.traffic)).call().is_err());
+    expect_death(&mut base, SIGABRT);
+    let record = crash_log(&base);
+    assert!(record.contains("module=tenant-b") && record.contains("install=tenant-b"), "{record}");
+
+    let base = base.restart_with_env(&[], NO_SUPERVISOR);
+    assert_eq!(base.get("/tenant-a/ok").body, "fine", "the other tenant of the artifact serves");
+    assert_eq!(base.get("/tenant-b/ok").code(), "MODULE_NOT_FOUND");
+    let quarantined = base.admin_get("/api/v1/modules").json["quarantined"].clone();
+    assert_eq!(quarantined.as_array().map(Vec::len), Some(1), "{quarantined}");
+    assert_eq!(
+        (&quarantined[0]["name"], &quarantined[0]["install_name"]),
+        (&json!("tenant-b"), &json!("tenant-b"))
+    );
+    let retried = base.admin("POST", "/api/v1/modules/tenant-b/0.1.0/retry", &[], None);
+    assert_eq!(retried.status, 200, "{retried:?}");
+    assert_eq!(base.get("/tenant-b/ok").body, "fine");
+}

@@ -100,7 +100,7 @@ pub(crate) struct Verdict {
 }
 
 /// `<data-dir>/crashes.json`.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     /// Bytes of `crashes.log` already processed.
     #[serde(default)]

@@ -39,6 +39,10 @@ impl Registry {
     pub(super) fn save_crash_ledger(&self) {
         // Under the lock, so a retry's clearing is never overwritten by an older copy.
         let ledger = lock(&self.crash_ledger);
+        // Most starts find nothing new: no need for a synchronous write then.
+        if crash::load_ledger(self.store.data_dir()) == *ledger {
+            return;
+        }
         if let Err(e) = crash::save_ledger(self.store.data_dir(), &ledger) {
             tracing::error!("cannot record which crash records were processed (they will be again): {e}");
         }
