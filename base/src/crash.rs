@@ -627,11 +627,14 @@ pub fn crash_of_process(
     pid: u32,
     alive_at: Option<std::time::SystemTime>,
 ) -> Option<CrashRecord> {
+    // File times come from the kernel's coarse clock, a few milliseconds behind the one the
+    // handler reads: allow a second either way.
+    const SLACK_MS: u64 = 1000;
     let alive_ms =
         alive_at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
-    read_all(data_dir)
-        .into_iter()
-        .rfind(|r| r.pid == pid && alive_ms.is_none_or(|t| r.started_ms <= t && t <= r.time_ms))
+    read_all(data_dir).into_iter().rfind(|r| {
+        r.pid == pid && alive_ms.is_none_or(|t| r.started_ms <= t + SLACK_MS && t <= r.time_ms + SLACK_MS)
+    })
 }
 
 fn ledger_path(data_dir: &Path) -> PathBuf {
@@ -744,11 +747,9 @@ mod tests {
         let (records, ..) = read_new(&dir, &ledger);
         assert_eq!(records.iter().map(|r| r.pid).collect::<Vec<_>>(), [5]);
         assert_eq!(crash_of_process(&dir, 4, None).map(|r| r.pid), Some(4));
-        assert_eq!(
-            crash_of_process(&dir, 4, Some(std::time::UNIX_EPOCH)),
-            None,
-            "not the process alive then"
-        );
+        let alive = |secs: u64| Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        assert_eq!(crash_of_process(&dir, 4, alive(0)).map(|r| r.pid), Some(4), "alive then");
+        assert_eq!(crash_of_process(&dir, 4, alive(1_000_000)), None, "a later process with the same pid");
         fs::remove_dir_all(&dir).unwrap();
     }
 
