@@ -238,6 +238,9 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// The kind of each metric name modules registered: one name, one kind, across modules.
     module_kinds: std::sync::Mutex<HashMap<String, MetricKind>>,
+    /// Crashes of earlier processes this one found at its start, by module, version and signal
+    /// (rendered on every scrape, so the series outlive the exporter's idle timeout).
+    crashes: std::sync::Mutex<std::collections::BTreeMap<(String, String, String), u64>>,
 }
 
 /// A metric a module registered, recorded through the `record_metric` host callback.
@@ -307,7 +310,18 @@ impl Metrics {
             .idle_timeout(MetricKindMask::ALL, Some(Duration::from_secs(600)))
             .build_recorder();
         let handle = recorder.handle();
-        Self { recorder, handle, module_kinds: std::sync::Mutex::new(HashMap::new()) }
+        Self {
+            recorder,
+            handle,
+            module_kinds: std::sync::Mutex::new(HashMap::new()),
+            crashes: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        }
+    }
+
+    /// Counts a crash of `module@version` with `signal` (`pedestal_module_crashes_total`).
+    pub(crate) fn record_crash(&self, module: &str, version: &str, signal: &str) {
+        let mut crashes = self.crashes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *crashes.entry((module.to_owned(), version.to_owned(), signal.to_owned())).or_default() += 1;
     }
 
     /// Registers module metric `name` for instance `id`; `None` when the name is not a
@@ -410,6 +424,17 @@ impl Metrics {
             gauge("pedestal_module_active", if *active { 1.0 } else { 0.0 });
             gauge("pedestal_module_load_seconds", instance.load_ms() / 1000.0);
             gauge("pedestal_module_start_seconds", instance.start_ms() / 1000.0);
+        }
+        let crashes = self.crashes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        for ((module, version, signal), count) in crashes {
+            let labels = vec![
+                Label::new("module", module),
+                Label::new("version", version),
+                Label::new("signal", signal),
+            ];
+            self.recorder
+                .register_counter(&Key::from_parts("pedestal_module_crashes_total", labels), &METADATA)
+                .absolute(count);
         }
         self.handle.run_upkeep();
         self.handle.render()

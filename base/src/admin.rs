@@ -565,11 +565,17 @@ async fn describe(State(registry): State<Arc<Registry>>, Path(name): Path<String
     let cpu = cpu_by_thread_name();
     let versions: Vec<_> =
         instances.iter().map(|i| view(i, active.as_ref() == Some(&i.id.version), true, &cpu)).collect();
+    let crashes: Vec<_> = registry
+        .crashes()
+        .into_iter()
+        .filter(|c| c.name.as_deref() == Some(&name) || c.install_name.as_deref() == Some(&name))
+        .collect();
     Ok(Json(json!({
         "name": name,
         "active_version": active.map(|v| v.to_string()),
         "versions": versions,
         "quarantined": quarantined,
+        "crashes": crashes,
     })))
 }
 
@@ -771,9 +777,14 @@ async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {
             (Some(name), Some(version)) => format!("{name}@{version}"),
             _ => format!("artifact {}", q.sha256),
         };
-        troubled.push(
-            json!({"module": id, "state": "quarantined", "reason": "quarantined", "message": q.reason}),
-        );
+        troubled.push(json!({
+            "module": id,
+            "state": "quarantined",
+            "reason": "quarantined",
+            "message": q.reason,
+            "signal": q.signal,
+            "crashed_at": q.crashed_at,
+        }));
     }
     let all_healthy = modules.iter().all(|m| m["status"] == "healthy");
     Json(json!({
@@ -791,5 +802,10 @@ async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {
         "ready": registry.is_ready(),
         "modules": modules,
         "problems": troubled,
+        "crashes": registry.crashes(),
+        "crash_table": {
+            "in_use": crate::crash::slots_in_use().0,
+            "capacity": crate::crash::slots_in_use().1,
+        },
     }))
 }

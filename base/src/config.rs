@@ -72,6 +72,11 @@ pub struct Config {
     pub kv_quota_bytes: u64,
     /// Per-module quotas (`[modules.NAME] kv_quota_bytes`), overriding `kv_quota_bytes`.
     pub module_kv_quota: BTreeMap<String, u64>,
+    /// Crashes of one module (within `crash_window`, since its last retry) that quarantine it at
+    /// the next start; 0 never quarantines (crashes are still reported).
+    pub crash_quarantine_after: u32,
+    /// The window crashes are counted in, back from each crash.
+    pub crash_window: Duration,
 }
 
 impl Default for Config {
@@ -102,6 +107,8 @@ impl Default for Config {
             module_config: BTreeMap::new(),
             kv_quota_bytes: 64 * 1024 * 1024,
             module_kv_quota: BTreeMap::new(),
+            crash_quarantine_after: 1,
+            crash_window: Duration::from_secs(600),
         }
     }
 }

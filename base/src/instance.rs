@@ -38,6 +38,7 @@ use crate::{
     },
     artifact::Artifact,
     config::Config,
+    crash::{self, CrashSlot},
     error::{Error, Result},
     host,
     limits::{Action, Limits},
@@ -194,6 +195,8 @@ struct Worker {
     /// thread the module started (and did not name) carries it too: that is how the base finds
     /// module threads that are still alive before it closes the library.
     thread_name: String,
+    /// The instance's entry in the crash table: released once the library is verified unmapped.
+    crash_slot: CrashSlot,
 }
 
 /// What the base and the module's thread share: the target of the module's `HostCtx`.
@@ -413,11 +416,15 @@ impl Instance {
         let thread_path = load_path.clone();
         let max_level = config.module_log_level;
         let thread_name = next_thread_name();
+        // Before the thread exists, so a crash in the library's constructors is attributed too.
+        let crash_slot = crash::register(&thread_name, &artifact.sha256, name);
         let thread = thread::Builder::new()
             .name(thread_name.clone())
             .spawn(move || {
                 let _done = DoneGuard(done_tx);
                 let _tid = InstanceThread::register();
+                // Room for the crash handler (and Rust's stack-overflow report) after an overflow.
+                let _signal_stack = crash::AlternateStack::install();
                 let (library, manifest) = match loader::open(&thread_path) {
                     Ok(opened) => opened,
                     Err(e) => {
@@ -425,6 +432,7 @@ impl Instance {
                         return None;
                     }
                 };
+                crash_slot.set_library(library.load_base());
                 let _ = manifest_tx.send(Ok((manifest, LibraryRefs(library.heap(), library.tasks()))));
                 if go_rx.recv() == Ok(true) {
                     library.run(host::host_for(&thread_shared, max_level));
@@ -433,12 +441,20 @@ impl Instance {
                 lock(&thread_shared.started).take();
                 Some(library)
             })
+            .inspect_err(|_| crash_slot.release())
             .map_err(Error::io("spawning a module thread"))?;
+        // The slot of a library that failed to load is freed once the loader forgot it.
+        let release_unless_loaded = |path: &std::path::Path| {
+            if !loader::is_loaded(path) {
+                crash_slot.release();
+            }
+        };
 
         let (manifest, refs) = match manifest_rx.recv_timeout(config.start_timeout) {
             Ok(Ok(loaded)) => loaded,
             Ok(Err(e)) => {
                 let _ = thread.join();
+                release_unless_loaded(&load_path);
                 return Err(e);
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -457,6 +473,7 @@ impl Instance {
                     Err(panic) => format!("the loader panicked: {}", panic_text(panic.as_ref())),
                     Ok(_) => "the loader ended without reporting".into(),
                 };
+                release_unless_loaded(&load_path);
                 return Err(Error::LoadFailed { path: load_path, message });
             }
         };
@@ -465,6 +482,7 @@ impl Instance {
             name: name.map_or_else(|| manifest.name.clone(), str::to_owned),
             version: manifest.version,
         };
+        crash_slot.identify(&id.name, &id.version.to_string(), &artifact.sha256, name);
         let _ = shared.tags.set(id.clone());
         let _ = shared.log.set(log_of(&id.name));
         let instance = Arc::new(Instance {
@@ -492,6 +510,7 @@ impl Instance {
                 heap: refs.0,
                 tasks: refs.1,
                 thread_name,
+                crash_slot,
             })),
             leaked: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
@@ -1040,6 +1059,7 @@ impl Instance {
         let Some(worker) = lock(&self.worker).take() else {
             return (self.state(), "already unloaded".into());
         };
+        let crash_slot = worker.crash_slot;
         if let Err(RecvTimeoutError::Timeout) = worker.done.recv_timeout(stop_timeout) {
             // Module code is still running: closing the library would pull the code out from
             // under it. Keep everything, forever.
@@ -1093,10 +1113,14 @@ impl Instance {
                 std::mem::forget(Arc::clone(&self.shared));
                 return (State::Pinned, "the module's thread failed and its library is still loaded".into());
             }
+            crash_slot.release();
             return (State::Stopped, "the module's thread failed; its library was closed".into());
         };
         match library.unload(&self.load_path, stop_timeout) {
-            Unload::Unmapped => loader::return_freed_memory(),
+            Unload::Unmapped => {
+                loader::return_freed_memory();
+                crash_slot.release();
+            }
             Unload::StillLoaded => {
                 // The module's code may still be called from a thread it left running.
                 std::mem::forget(Arc::clone(&self.shared));

@@ -17,14 +17,17 @@
 //! Modules are installed through the operations API ([`Base::admin_app`]) and answer at
 //! `/<module name>/...` on the traffic server ([`Base::traffic_app`]).
 
-// Architecture Invariant: only the ABI glue (`loader`, `host`, `tls_keys`) uses `unsafe`; every other
-// module is checked by this lint (`forbid` could not be lifted for those two).
+// Architecture Invariant: only the ABI glue (`loader`, `host`, `tls_keys`) and the crash handler
+// (`crash`) use `unsafe`; every other module is checked by this lint (`forbid` could not be lifted
+// for those).
 #![deny(unsafe_code)]
 
 mod accounting;
 mod admin;
 mod artifact;
 mod config;
+#[allow(unsafe_code)]
+mod crash;
 mod elf;
 mod error;
 #[allow(unsafe_code)]
@@ -52,6 +55,7 @@ pub use crate::{
     accounting::{CpuTime, LatencySummary},
     artifact::Artifact,
     config::Config,
+    crash::{Crash, CrashRecord, crash_of_process},
     error::{Error, Result},
     instance::{Instance, ModuleId, State, Traffic, Transition},
     limits::{Action, LimitOverrides, Limits, Source, Sources},
@@ -91,7 +95,15 @@ impl Base {
                  -Wl,--export-dynamic-symbol=pthread_key_create (see pedestal-base's build.rs)"
             );
         }
+        let data_dir = config.data_dir.clone();
         let registry = Registry::new(config)?;
+        // After the registry made the data directory. Without the handler the base still runs;
+        // a crash then goes unattributed (and a module that crashes after start may crash-loop).
+        if let Err(e) = crash::install(&data_dir) {
+            tracing::error!(
+                "cannot install the crash handler ({e}): crashes will not be attributed to modules"
+            );
+        }
         spawn_heap_sampler(Arc::downgrade(&registry));
         Ok(Self { registry, native: Router::new() })
     }

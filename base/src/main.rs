@@ -89,6 +89,13 @@ struct ServeArgs {
     /// running module takes its traffic.
     #[arg(long, env = "PEDESTAL_WATCH")]
     watch: Option<PathBuf>,
+    /// Crashes of one module (within --crash-window-secs, since its last retry) after which the
+    /// next start quarantines it instead of loading it; 0 never does (crashes are still reported).
+    #[arg(long, env = "PEDESTAL_CRASH_QUARANTINE_AFTER", default_value_t = 1)]
+    crash_quarantine_after: u32,
+    /// The window module crashes are counted in, in seconds.
+    #[arg(long, env = "PEDESTAL_CRASH_WINDOW_SECS", default_value_t = 600)]
+    crash_window_secs: u64,
 }
 
 impl From<ServeArgs> for Config {
@@ -112,6 +119,8 @@ impl From<ServeArgs> for Config {
             ready_requires_modules: args.ready_requires_modules,
             watch_dir: args.watch,
             kv_quota_bytes: args.kv_quota_bytes,
+            crash_quarantine_after: args.crash_quarantine_after,
+            crash_window: Duration::from_secs(args.crash_window_secs),
             ..Config::default()
         }
     }

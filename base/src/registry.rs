@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
+mod crashes;
 mod durable;
 mod spis;
 mod watch;
@@ -125,6 +126,8 @@ pub struct Registry {
     events: crate::services::events::Events,
     /// The modules' configuration values.
     module_configs: crate::services::module_config::ModuleConfigs,
+    /// Crash records processed and the crashes of the window (`registry/crashes.rs`).
+    crash_ledger: Mutex<crate::crash::Ledger>,
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +174,7 @@ impl Registry {
             ticks: std::sync::atomic::AtomicU64::new(0),
             unreferenced: Mutex::new(HashMap::new()),
             declared_spis: Mutex::new(declared_spis),
+            crash_ledger: Mutex::new(crate::crash::Ledger::default()),
         }))
     }
 

@@ -91,6 +91,28 @@ impl TestBase {
         Self::start_in(data, extra)
     }
 
+    /// Starts a new base on the same data directory, with `extra` arguments and `env` variables,
+    /// once this one is gone (it is killed if it still runs); returns once it reports ready.
+    pub fn restart_with_env(mut self, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data = std::mem::replace(&mut self._data, tempfile::tempdir().expect("temp dir"));
+        drop(self);
+        Self::start_binary(artifacts::PEDESTAL, data, extra, env)
+    }
+
+    /// Waits (up to `timeout`) for the base process to exit by itself and returns how it ended.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// The base's data directory (also its working directory).
     pub fn data_dir(&self) -> &Path {
         self._data.path()

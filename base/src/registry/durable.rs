@@ -148,6 +148,12 @@ pub struct Quarantined {
     pub reason: String,
     /// RFC 3339 time it was quarantined.
     pub at: String,
+    /// The signal it crashed the base with, when a crash record says (`SIGSEGV`, `SIGABRT`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// RFC 3339 time of that crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crashed_at: Option<String>,
 }
 
 /// What a marker under `loading/` says.
@@ -368,11 +374,17 @@ impl Registry {
                          constructors or start hook); retry with POST /api/v1/modules/{name}/{version}/retry"
                     .into(),
                 at: now(),
+                signal: None,
+                crashed_at: None,
             });
         }
+        // Crash records of modules that crashed the base after they started (and the signal of
+        // those the markers just quarantined).
+        self.apply_crash_records(&mut file.quarantined);
         // Record the quarantine before the markers go: a crash during this restore must not
         // forget it (and loop on the same module).
         self.write_state(&file)?;
+        self.save_crash_ledger();
         for marker in markers {
             let _ = fs::remove_file(marker);
         }
@@ -404,6 +416,8 @@ impl Registry {
                         install_name: record.renamed.then(|| record.name.clone()),
                         reason: format!("restoring it failed: {e}"),
                         at: now(),
+                        signal: None,
+                        crashed_at: None,
                     });
                 }
             }
@@ -610,6 +624,7 @@ impl Registry {
         lock(&self.quarantined).retain(|q| !covers(q, sha256, name, install_name));
         if lock(&self.quarantined).len() != before {
             tracing::info!(module = name, sha256, "quarantine lifted: it started");
+            self.forgive_crashes(sha256, name);
         }
     }
 
