@@ -153,6 +153,33 @@ impl TestBase {
         Self::start_in(data, extra)
     }
 
+    /// Kills the base with SIGKILL, starts another on the same data directory with `env` that
+    /// must die by itself before it is ready (a module crashes it during the restore), and then
+    /// a third one; returns the way the second one ended and the third, once it reports ready.
+    pub fn restart_through_a_crash(mut self, env: &[(&str, &str)]) -> (std::process::ExitStatus, Self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data = std::mem::replace(&mut self._data, tempfile::tempdir().expect("temp dir"));
+        drop(self);
+        let mut crashing = Self::command(artifacts::PEDESTAL, data.path(), &[], env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning pedestal");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = crashing.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = crashing.kill();
+                panic!("the base did not crash during its restore");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        (status, Self::start_binary(artifacts::PEDESTAL, data, &[], env))
+    }
+
     fn command(binary: &str, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
         let mut command = Command::new(binary);
         command.current_dir(data).args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);

@@ -58,6 +58,23 @@ fn a_kill_during_the_restore_quarantines_nothing() {
 }
 
 #[test]
+fn a_module_that_crashes_the_base_during_the_restore_is_quarantined_not_restored_again() {
+    let base = TestBase::start();
+    base.install_ok(artifacts::GOOD);
+    base.install_ok(artifacts::START_ABORTS);
+    // From now on fx-start-aborts aborts the process in its start hook: the restore's.
+    fs::write(base.data_dir().join("abort-on-start"), "").unwrap();
+    let unsupervised = [("PEDESTAL_SUPERVISOR", "off")];
+    let (status, base) = base.restart_through_a_crash(&unsupervised);
+    assert!(!status.success(), "{status:?}");
+    let quarantined = base.admin_get("/api/v1/modules").json["quarantined"].clone();
+    assert_eq!(quarantined.as_array().unwrap().len(), 1, "{quarantined}\n{}", base.log());
+    assert_eq!(quarantined[0]["name"], "fx-start-aborts", "{quarantined}");
+    assert_eq!(quarantined[0]["signal"], "SIGABRT", "{quarantined}");
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
+}
+
+#[test]
 fn a_kill_during_a_same_version_replace_keeps_the_build_it_replaced() {
     let base = TestBase::start();
     base.install_ok(artifacts::VERSIONED_1_0_0);

@@ -169,6 +169,10 @@ struct Marker {
     /// The base process that was loading it.
     #[serde(default)]
     pid: u32,
+    /// When the marker file was last written (read from the file, not stored in it): the
+    /// process was alive then, which tells a crash record of it from one of a reused pid.
+    #[serde(skip)]
+    written: Option<SystemTime>,
 }
 
 /// What a load is part of, as its marker records it.
@@ -242,6 +246,7 @@ impl Registry {
             version: None,
             during,
             pid: std::process::id(),
+            written: None,
         };
         let _ = fs::write(&path, serde_json::to_vec(&marker).unwrap_or_default());
         Loading { path, marker }
@@ -341,13 +346,15 @@ impl Registry {
         *lock(&self.limit_overrides) = file.limit_overrides.clone().into_iter().collect();
         let (markers, crashed) = self.crash_markers();
         for marker in crashed {
-            if marker.during == Load::Restore {
-                // Killed while restoring (by an operator, the OOM killer, a power cut): not a
-                // crash of the module it was restoring, which is restored again now.
+            if marker.during == Load::Restore && !self.crashed_loading(&marker) {
+                // Killed while restoring (by an operator, the OOM killer, a power cut), or it
+                // crashed in another module: not a crash of the module it was restoring, which
+                // is restored again now.
                 tracing::warn!(
                     sha256 = %marker.sha256,
                     module = marker.name.as_deref().unwrap_or("?"),
-                    "the previous base process ended while restoring this module; restoring it again"
+                    "the previous base process ended while restoring this module, not by its crash; \
+                     restoring it again"
                 );
                 continue;
             }
@@ -579,12 +586,29 @@ impl Registry {
             if entry.file_name().to_string_lossy().starts_with(&own) {
                 continue;
             }
-            if let Some(marker) = fs::read(entry.path()).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+            if let Some(mut marker) =
+                fs::read(entry.path()).ok().and_then(|b| serde_json::from_slice::<Marker>(&b).ok())
+            {
+                marker.written = entry.metadata().and_then(|m| m.modified()).ok();
                 markers.push(marker);
             }
             paths.push(entry.path());
         }
         (paths, markers)
+    }
+
+    /// Whether the process that left `marker` died of a crash that may be the marked load's: its
+    /// crash record names that load's artifact (and install name), or names no module at all. A
+    /// process that left no record was killed (SIGKILL, the OOM killer) or lost power.
+    fn crashed_loading(&self, marker: &Marker) -> bool {
+        let Some(crash) = crate::crash::crash_of_process(self.store.data_dir(), marker.pid, marker.written)
+        else {
+            return false;
+        };
+        match &crash.sha256 {
+            None => true,
+            Some(sha256) => *sha256 == marker.sha256 && crash.install_name == marker.install_name,
+        }
     }
 
     /// The quarantined modules.
