@@ -694,6 +694,8 @@ mod tests {
             install_name: install_name.map(str::to_owned),
             reason: String::new(),
             at: String::new(),
+            signal: None,
+            crashed_at: None,
         }
     }
 
