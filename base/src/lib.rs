@@ -27,6 +27,7 @@ mod artifact;
 mod config;
 mod elf;
 mod error;
+mod health;
 #[allow(unsafe_code)]
 mod host;
 mod hot_reload;
@@ -54,7 +55,7 @@ pub use crate::{
     config::Config,
     error::{Error, Result},
     instance::{Instance, ModuleId, State, Traffic, Transition},
-    limits::{Action, LimitOverrides, Limits, Source, Sources},
+    limits::{Action, LimitOverrides, Limits, Source, Sources, UnhealthyAction},
     logs::{LogFormat, LogLine, ModuleLog},
     operations::{Operation, Operations, Status as OperationStatus},
     registry::{InstallOptions, Installed, Quarantined, Registry, Restored, Strategy},
