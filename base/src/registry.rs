@@ -91,6 +91,9 @@ pub struct Registry {
     limit_overrides: Mutex<HashMap<String, LimitOverrides>>,
     /// Recent memory-limit restarts per module name, to stop a restart loop.
     restarts: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Modules the base is restarting (memory limit, unhealthy), with the reason: between the
+    /// old instance's stop and the fresh one's start their requests get 503, not 404.
+    restarting: Mutex<HashMap<String, String>>,
     /// Actions the unhealthy policy took, per module name and action, for `/metrics`.
     unhealthy_actions: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Operations run in the background for the API.
@@ -160,6 +163,7 @@ impl Registry {
             loaded_paths: Mutex::new(HashSet::new()),
             limit_overrides: Mutex::new(HashMap::new()),
             restarts: Mutex::new(HashMap::new()),
+            restarting: Mutex::new(HashMap::new()),
             unhealthy_actions: Mutex::new(BTreeMap::new()),
             operations: crate::operations::Operations::default(),
             persisting: Mutex::new(()),
@@ -288,6 +292,12 @@ impl Registry {
     /// Why nothing serves `/<name>/`: `503 MODULE_UNAVAILABLE` with the reason when a version of
     /// the module is installed (say, deactivated), `404 MODULE_NOT_FOUND` otherwise.
     pub fn why_unrouted(&self, name: &str) -> Error {
+        if let Some(reason) = lock(&self.restarting).get(name) {
+            return Error::ModuleUnavailable {
+                id: name.to_owned(),
+                reason: format!("restarting ({reason})"),
+            };
+        }
         let modules = lock(&self.modules);
         let Some(versions) = modules.get(name).filter(|v| v.instances.values().any(|i| i.state().is_live()))
         else {

@@ -7,6 +7,7 @@
 use std::{
     io::Write,
     net::TcpStream,
+    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -52,15 +53,34 @@ fn a_memory_limit_restart_unroutes_at_once_and_drains_briefly() {
     let limits = json!({"memory_soft_limit_bytes": 1 << 20, "memory_action": "restart"});
     assert_eq!(base.put_limits("fx-leaky", &limits).status, 200);
 
-    // The offending request leaks past the limit and stays in flight.
-    let (held, history) = thread::scope(|scope| {
+    // The offending request leaks past the limit and stays in flight, while other requests keep
+    // coming.
+    let done = AtomicBool::new(false);
+    let (held, history, answers) = thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let mut answers = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let reply = base.get("/fx-leaky/leak?kib=0");
+                answers.push((reply.status, reply.code().to_owned()));
+            }
+            answers
+        });
         let held = scope.spawn(|| base.get("/fx-leaky/leak?kib=2048&hold_ms=20000"));
         let history = eventually("the restart", Duration::from_secs(10), || restarted(&base, "fx-leaky"));
         // Traffic is back, on the fresh instance, while the old request would still be running.
         let fresh = base.get("/fx-leaky/leak?kib=1");
         assert_eq!((fresh.status, fresh.body.as_str()), (200, "leaked 1 KiB"), "{fresh:?}");
-        (held.join().unwrap(), history)
+        done.store(true, Ordering::Relaxed);
+        (held.join().unwrap(), history, load.join().unwrap())
     });
+    // During the restart the module is unavailable (503), never unknown (404).
+    let refused: Vec<_> = answers.iter().filter(|(status, _)| *status != 200).collect();
+    assert!(!refused.is_empty(), "the load never met the restart");
+    assert!(
+        refused.iter().all(|(status, code)| (*status, code.as_str()) == (503, "MODULE_UNAVAILABLE")),
+        "{refused:?}"
+    );
     assert_eq!((held.status, held.code()), (503, "DRAIN_TIMEOUT"), "{held:?}");
     assert_eq!(held.json["details"]["timeout_ms"], 300, "{held:?}");
 

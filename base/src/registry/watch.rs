@@ -287,13 +287,18 @@ impl Registry {
         }
         // A brief drain: the instance is misbehaving (it may still be allocating past its
         // limit), and every moment spent waiting is a moment of 503s for the module.
+        lock(&self.restarting).insert(instance.id.name.clone(), reason.to_owned());
         instance.stop_draining(&self.config, self.config.restart_drain_timeout, reason);
         if !instance.is_mapped() {
             self.release_load_path(&instance.load_path);
         }
-        let bytes = std::fs::read(&instance.artifact.path)
-            .map_err(Error::io(format!("reading {}", instance.artifact.path.display())))?;
-        let name = (instance.id.name != instance.package).then_some(instance.id.name.as_str());
-        self.install(&bytes, name)
+        let fresh = std::fs::read(&instance.artifact.path)
+            .map_err(Error::io(format!("reading {}", instance.artifact.path.display())))
+            .and_then(|bytes| {
+                let name = (instance.id.name != instance.package).then_some(instance.id.name.as_str());
+                self.install(&bytes, name)
+            });
+        lock(&self.restarting).remove(&instance.id.name);
+        fresh
     }
 }
