@@ -236,6 +236,45 @@ fn a_module_that_stays_unhealthy_is_deactivated_or_restarted_after_its_grace() {
     assert!(module_log.to_string().contains("deactivating the instance"), "{module_log}");
 }
 
+#[test]
+fn an_unhealthy_restart_cannot_reclaim_a_spinning_handler_but_a_fresh_instance_serves() {
+    // A short restart drain and stop timeout, both well inside the handler's 5 s spin.
+    let base = TestBase::start_with(&[
+        "--unhealthy-action",
+        "restart",
+        "--unhealthy-grace-ms",
+        "500",
+        "--restart-drain-timeout-ms",
+        "100",
+        "--stop-timeout-ms",
+        "1000",
+    ]);
+    base.install_ok(artifacts::CPU_BURNER);
+    let spun = thread::scope(|scope| {
+        let spinning = scope.spawn(|| base.get("/fx-cpu-burner/burn?ms=5000"));
+        let history = eventually("a fresh instance", Duration::from_secs(10), || {
+            let (states, history) = states(&base, "fx-cpu-burner");
+            let tail = ["stopping", "pinned", "installing", "starting", "active"].map(String::from);
+            states.ends_with(&tail).then_some(history)
+        });
+        let history = history.as_array().unwrap();
+        let draining = history.iter().rfind(|t| t["state"] == "draining").unwrap();
+        assert_eq!(draining["reason"], "unhealthy", "{draining}");
+        assert!(
+            draining["message"].as_str().unwrap().contains("cannot be reclaimed in-process"),
+            "{draining}"
+        );
+        let pinned = history.iter().rfind(|t| t["state"] == "pinned").unwrap();
+        assert!(pinned["message"].as_str().unwrap().contains("still running"), "{pinned}");
+        // The fresh instance (a private copy of the library) serves while the old thread spins.
+        let fresh = base.get("/fx-cpu-burner/burn?ms=1");
+        assert_eq!((fresh.status, fresh.body.as_str()), (200, "burned 1 ms"), "{fresh:?}");
+        spinning.join().unwrap()
+    });
+    // The spinning handler finished on the pinned instance, whose state the base kept alive.
+    assert_eq!(spun.status, 200, "{spun:?}");
+}
+
 /// The lines of `text` containing `needle`.
 fn count(text: &str, needle: &str) -> usize {
     text.lines().filter(|l| l.contains(needle)).count()
