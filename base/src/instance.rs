@@ -1306,10 +1306,14 @@ impl Instance {
         let (state, message) = match library.unload(&self.load_path, unload_timeout) {
             Unload::Unmapped => {
                 loader::return_freed_memory();
-                (
-                    State::Stopped,
-                    "the threads the module started have ended; unloaded and unmapped".to_owned(),
-                )
+                let heap = lock(&self.leaked).unwrap_or_default();
+                let message = format!(
+                    "the threads the module started have ended; unloaded and unmapped; {} heap bytes \
+                     in {} allocations were still live at its stop (leaked)",
+                    heap.live_bytes,
+                    heap.allocations.saturating_sub(heap.frees)
+                );
+                (State::Stopped, message)
             }
             Unload::StillLoaded => {
                 // A renamed thread of the module may still call into it: keep its state forever.

@@ -94,7 +94,8 @@ impl Registry {
     }
 
     /// Finishes the unload of instances pinned only by threads their module started, once those
-    /// threads have ended, and frees their load paths.
+    /// threads have ended, and frees their load paths. Rare, and bounded: `dlclose` runs on the
+    /// unload's own thread, and this one waits for it at most the stop timeout.
     fn finish_stranded_unloads(&self) {
         for instance in Instance::finish_stranded_unloads(self.config.stop_timeout) {
             // Only paths this registry handed out (a process may hold more than one registry).
