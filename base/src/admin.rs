@@ -731,6 +731,23 @@ async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {
         })
         .collect();
     let mut troubled = troubled;
+    // Pinned instances whose identity another instance took since (a restart, a reinstall): the
+    // registry no longer lists them, but their threads may still run, so say so with their CPU.
+    let mut pinned_elsewhere = 0;
+    for i in crate::instance::pinned_instances() {
+        if !all.iter().any(|(listed, _)| Arc::ptr_eq(listed, &i)) && i.state() == InstanceState::Pinned {
+            pinned_elsewhere += 1;
+            let last = i.history().pop();
+            troubled.push(json!({
+                "module": i.id.to_string(),
+                "state": "pinned",
+                "reason": last.as_ref().map(|t| t.reason.clone()),
+                "message": last.map(|t| t.message),
+                "replaced": true,
+                "cpu": i.cpu(),
+            }));
+        }
+    }
     for q in registry.quarantined() {
         let id = match (&q.name, &q.version) {
             (Some(name), Some(version)) => format!("{name}@{version}"),
@@ -749,7 +766,7 @@ async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {
             "active": count(InstanceState::Active),
             "inactive": count(InstanceState::Inactive),
             "broken": count(InstanceState::Broken),
-            "pinned": count(InstanceState::Pinned),
+            "pinned": count(InstanceState::Pinned) + pinned_elsewhere,
             "stopped": count(InstanceState::Stopped),
             "quarantined": registry.quarantined().len(),
         },

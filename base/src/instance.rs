@@ -1173,8 +1173,23 @@ impl Instance {
     }
 
     /// Stops the module's thread, closes the library and checks that it is gone.
-    /// Returns `Stopped` or `Pinned`, with a message.
+    /// Returns `Stopped` or `Pinned`, with a message. A pinned instance is remembered in
+    /// [`PINNED`], so it stays visible after another instance takes its identity.
     fn teardown(&self, stop_timeout: Duration) -> (State, String) {
+        let (state, message) = self.close_library(stop_timeout);
+        if state == State::Pinned
+            && let Some(me) = self.shared.me.get().and_then(|me| me.upgrade())
+        {
+            let mut pinned = lock(&PINNED);
+            if !pinned.iter().any(|other| Arc::ptr_eq(other, &me)) {
+                pinned.push(me);
+            }
+        }
+        (state, message)
+    }
+
+    /// The steps of [`Instance::teardown`].
+    fn close_library(&self, stop_timeout: Duration) -> (State, String) {
         self.shared.request_stop();
         // Out of the mutex for the whole stop, so readers (the API's heap view) never wait on it.
         let Some(worker) = lock(&self.worker).take() else {
@@ -1287,6 +1302,7 @@ impl Instance {
             let Some(state) = instance.finish_unload(unload_timeout) else { continue };
             lock(&STRANDED).retain(|other| !Arc::ptr_eq(other, &instance));
             if state == State::Stopped {
+                lock(&PINNED).retain(|other| !Arc::ptr_eq(other, &instance));
                 unloaded.push(instance);
             }
         }
@@ -1341,6 +1357,15 @@ impl Instance {
         Some(state)
     }
 }
+
+/// Every instance that ended `pinned` and was not unloaded since, whether or not the registry
+/// still lists it: after a restart or a reinstall of its identity the registry holds the new
+/// instance only, but the old one's threads may still run (a spinning handler burns a core).
+pub(crate) fn pinned_instances() -> Vec<Arc<Instance>> {
+    lock(&PINNED).clone()
+}
+
+static PINNED: Mutex<Vec<Arc<Instance>>> = Mutex::new(Vec::new());
 
 /// What an instance pinned by its module's threads keeps until they end.
 struct Stranded {

@@ -269,6 +269,15 @@ fn an_unhealthy_restart_cannot_reclaim_a_spinning_handler_but_a_fresh_instance_s
         // The fresh instance (a private copy of the library) serves while the old thread spins.
         let fresh = base.get("/fx-cpu-burner/burn?ms=1");
         assert_eq!((fresh.status, fresh.body.as_str()), (200, "burned 1 ms"), "{fresh:?}");
+        // The old instance is no longer the registry's, but health still shows it, with the
+        // CPU its spinning thread burns.
+        let health = base.admin_get("/api/v1/health").json;
+        assert_eq!(health["counts"]["pinned"], 1, "{health}");
+        let problems = health["problems"].as_array().unwrap();
+        let old =
+            problems.iter().find(|p| p["module"] == "fx-cpu-burner@0.1.0").expect("the pinned instance");
+        assert_eq!((old["state"].as_str(), old["replaced"].as_bool()), (Some("pinned"), Some(true)), "{old}");
+        assert_eq!(old["cpu"]["threads"], 1, "{old}");
         spinning.join().unwrap()
     });
     // The spinning handler finished on the pinned instance, whose state the base kept alive.
