@@ -365,6 +365,20 @@ impl Metrics {
         Some(ModuleMetric { name: name.to_owned(), kind, handle })
     }
 
+    /// Sets counter `name` of module `name` (all its versions), with one more label if given.
+    /// For what the base counts per module rather than per instance (it outlives a restart).
+    pub(crate) fn module_counter(
+        &self,
+        name: &'static str,
+        module: &str,
+        label: Option<(&'static str, &'static str)>,
+        value: u64,
+    ) {
+        let mut labels = vec![Label::new("module", module.to_owned())];
+        labels.extend(label.map(|(key, value)| Label::new(key, value)));
+        self.recorder.register_counter(&Key::from_parts(name, labels), &METADATA).absolute(value);
+    }
+
     /// The request-duration histogram of one instance (registered once, recorded per request).
     pub fn request_duration(&self, id: &ModuleId) -> Histogram {
         let key = Key::from_parts("pedestal_module_request_duration_seconds", labels(id));

@@ -29,7 +29,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::{
     accounting::{CpuTime, cpu_by_thread_name},
     error::{Error, Result},
-    instance::{HookHealth, Instance, ModuleHealth, Runaway, State as InstanceState, Traffic, Transition},
+    instance::{Instance, Runaway, State as InstanceState, Traffic, Transition},
     limits::{LimitOverrides, Limits},
     logs::{LogLine, RECENT_LINES, parse_level},
     operations::Operation,
@@ -663,7 +663,8 @@ async fn set_limits(
     let overrides: LimitOverrides = serde_json::from_slice(&body).map_err(|e| Error::BadRequest {
         message: format!(
             "expected a JSON object with any of max_concurrent_requests, request_timeout_ms, \
-             max_request_body_bytes, memory_soft_limit_bytes, memory_action: {e}"
+             max_request_body_bytes, memory_soft_limit_bytes, memory_action, unhealthy_action, \
+             unhealthy_grace_ms: {e}"
         ),
     })?;
     let setting = Arc::clone(&registry);
@@ -684,55 +685,19 @@ fn limits_view(name: &str, overrides: LimitOverrides, instances: &[Arc<Instance>
     json!({ "module": name, "overrides": overrides, "versions": versions })
 }
 
-/// A module is degraded when this share of its recent requests failed (with at least
-/// [`MIN_REQUESTS_FOR_RATE`] requests), and unhealthy at [`UNHEALTHY_ERROR_RATE`].
-const DEGRADED_ERROR_RATE: f64 = 0.1;
-const UNHEALTHY_ERROR_RATE: f64 = 0.5;
-const MIN_REQUESTS_FOR_RATE: u64 = 10;
-
 /// One running instance's health: its hook's answer, its recent error rate, its limits.
 async fn instance_health(instance: Arc<Instance>, active: bool, timeout: std::time::Duration) -> Value {
     let hook = instance.check_health(timeout).await;
     let recent = instance.traffic().recent;
-    let runaways = instance.runaways();
-    let mut status = ModuleHealth::Healthy;
-    let mut reasons = Vec::new();
-    let mut worsen = |to: ModuleHealth, reason: String| {
-        status = status.max(to);
-        reasons.push(reason);
-    };
-    match &hook {
-        HookHealth::Answered { status, message, .. } if *status != ModuleHealth::Healthy => {
-            worsen(*status, format!("health hook: {message}"));
-        }
-        HookHealth::NoAnswer { timeout_ms } => worsen(
-            ModuleHealth::Unhealthy,
-            format!(
-                "the health hook did not answer within {timeout_ms} ms (the module's thread is blocked or the hook hangs)"
-            ),
-        ),
-        _ => {}
-    }
     let rate = recent.error_rate();
-    if recent.requests >= MIN_REQUESTS_FOR_RATE && rate >= DEGRADED_ERROR_RATE {
-        let to = if rate >= UNHEALTHY_ERROR_RATE { ModuleHealth::Unhealthy } else { ModuleHealth::Degraded };
-        worsen(
-            to,
-            format!(
-                "{} of {} requests in the last {} s failed with 5xx ({:.0}%)",
-                recent.server_errors,
-                recent.requests,
-                recent.seconds,
-                rate * 100.0
-            ),
-        );
-    }
-    if !runaways.is_empty() {
-        worsen(ModuleHealth::Degraded, format!("{} runaway request(s) still running", runaways.len()));
-    }
-    if instance.over_memory_limit() {
-        worsen(ModuleHealth::Degraded, "over its memory soft limit".into());
-    }
+    let runaways = instance.runaways();
+    let signals = crate::health::Signals {
+        hook: &hook,
+        recent,
+        runaways: runaways.len(),
+        over_memory: instance.over_memory_limit(),
+    };
+    let (status, reasons) = crate::health::assess(&signals);
     json!({
         "module": instance.id.name,
         "version": instance.id.version.to_string(),
@@ -772,6 +737,23 @@ async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {
         })
         .collect();
     let mut troubled = troubled;
+    // Pinned instances whose identity another instance took since (a restart, a reinstall): the
+    // registry no longer lists them, but their threads may still run, so say so with their CPU.
+    let mut pinned_elsewhere = 0;
+    for i in crate::instance::pinned_instances() {
+        if !all.iter().any(|(listed, _)| Arc::ptr_eq(listed, &i)) && i.state() == InstanceState::Pinned {
+            pinned_elsewhere += 1;
+            let last = i.history().pop();
+            troubled.push(json!({
+                "module": i.id.to_string(),
+                "state": "pinned",
+                "reason": last.as_ref().map(|t| t.reason.clone()),
+                "message": last.map(|t| t.message),
+                "replaced": true,
+                "cpu": i.cpu(),
+            }));
+        }
+    }
     for q in registry.quarantined() {
         let id = match (&q.name, &q.version) {
             (Some(name), Some(version)) => format!("{name}@{version}"),
@@ -795,7 +777,7 @@ async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {
             "active": count(InstanceState::Active),
             "inactive": count(InstanceState::Inactive),
             "broken": count(InstanceState::Broken),
-            "pinned": count(InstanceState::Pinned),
+            "pinned": count(InstanceState::Pinned) + pinned_elsewhere,
             "stopped": count(InstanceState::Stopped),
             "quarantined": registry.quarantined().len(),
         },

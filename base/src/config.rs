@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::{
     error::{Error, Result},
-    limits::LimitOverrides,
+    limits::{LimitOverrides, UnhealthyAction},
     logs::LogFormat,
 };
 
@@ -35,6 +35,9 @@ pub struct Config {
     pub start_timeout: Duration,
     /// How long an uninstall waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// How long a restart by the base (memory limit, unhealthy) waits for in-flight requests:
+    /// short, because the instance it replaces is misbehaving (say, still allocating).
+    pub restart_drain_timeout: Duration,
     /// How long a module's thread gets to finish after stop is requested.
     pub stop_timeout: Duration,
     /// How long a request may take inside a module.
@@ -45,8 +48,17 @@ pub struct Config {
     pub module_log_format: LogFormat,
     /// Size at which a module's log file is rotated (three rotated files are kept).
     pub module_log_max_bytes: u64,
-    /// How long `/api/v1/health` waits for a module's health hook.
+    /// How long `/api/v1/health` waits for a module's health hook (and the background probe
+    /// behind the unhealthy policy before it counts a check as unanswered).
     pub health_timeout: Duration,
+    /// What the base does with an instance that stayed unhealthy for `unhealthy_grace`, unless
+    /// its limits say otherwise (`[modules.NAME.limits] unhealthy_action`, the API).
+    pub unhealthy_action: UnhealthyAction,
+    /// How long an instance must stay unhealthy before `unhealthy_action` is taken.
+    pub unhealthy_grace: Duration,
+    /// Module log lines echoed to the base's stderr per second and module (a token bucket with
+    /// a burst of five seconds' worth); the module's own log keeps every line. `0`: no limit.
+    pub module_log_echo_per_sec: u32,
     /// Whether the base records per-request accounting (latency histograms, the recent error
     /// rate). Off only to measure what it costs (`cargo xtask bench`).
     pub request_accounting: bool,
@@ -90,12 +102,16 @@ impl Default for Config {
             max_request_body_bytes: 16 * 1024 * 1024,
             start_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            restart_drain_timeout: Duration::from_secs(1),
             stop_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             module_log_level: LogLevel::Info,
             module_log_format: LogFormat::Text,
             module_log_max_bytes: 10 * 1024 * 1024,
             health_timeout: Duration::from_secs(1),
+            unhealthy_action: UnhealthyAction::None,
+            unhealthy_grace: Duration::from_secs(30),
+            module_log_echo_per_sec: 200,
             request_accounting: true,
             module_limits: BTreeMap::new(),
             boot_modules: Vec::new(),
@@ -147,6 +163,8 @@ impl Config {
 /// max_request_body_bytes = 1048576
 /// memory_soft_limit_bytes = 268435456
 /// memory_action = "restart"   # or "log", "deactivate"
+/// unhealthy_action = "deactivate"   # or "none", "restart"; after unhealthy_grace_ms unhealthy
+/// unhealthy_grace_ms = 30000
 /// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -146,6 +146,11 @@ fn emit_module_log(shared: &Shared, record: &LogRecord<'_>) {
     }
     if let Some(log) = shared.log.get() {
         log.write(LogLine::new(record.level, name, &version, target, message, fields));
+        // The module's own log keeps every line; the base's stderr gets a bounded share, so a
+        // module logging in a loop cannot flood it (the registry reports what was held back).
+        if !log.may_echo() {
+            return;
+        }
     }
     match record.level {
         LogLevel::Error => emit!(tracing::Level::ERROR),

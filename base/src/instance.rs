@@ -161,7 +161,9 @@ pub struct Instance {
     history: Mutex<Vec<Transition>>,
     worker: Mutex<Option<Worker>>,
     leaked: Mutex<Option<HeapSnapshot>>,
-    in_flight: AtomicUsize,
+    /// Requests inside the module (or on their way in). Shared with the guards of the requests,
+    /// which a request's reply slot keeps after its caller left (see [`PendingReply`]).
+    in_flight: Arc<AtomicUsize>,
     busy: AtomicBool,
     limits: ArcSwap<Limits>,
     /// Whether the live heap is above the memory soft limit (the action fires on the crossing).
@@ -174,6 +176,30 @@ pub struct Instance {
     /// Set when a stop's drain timed out: requests cut off then get `DRAIN_TIMEOUT`.
     drain_expired: AtomicBool,
     drain_timeout_ms: AtomicU64,
+    /// The library of an instance pinned only by threads the module started, until they end.
+    stranded: Mutex<Option<Stranded>>,
+    /// The background health probe behind the unhealthy policy.
+    probe: Mutex<Probe>,
+}
+
+/// Where the background health probe of one instance is (see [`Instance::probe_health`]).
+#[derive(Debug, Default)]
+struct Probe {
+    /// The check asked for and when, until it is answered or times out.
+    outstanding: Option<(u64, Instant)>,
+    /// When the last probe ended.
+    last: Option<Instant>,
+    /// Since when every probe found the instance unhealthy.
+    unhealthy_since: Option<Instant>,
+}
+
+/// An instance found unhealthy by every background probe for at least its grace period.
+#[derive(Debug, Clone)]
+pub(crate) struct StayedUnhealthy {
+    /// How long, from the first probe that found it unhealthy.
+    pub(crate) for_ms: u64,
+    /// Why, as the last probe saw it.
+    pub(crate) reasons: Vec<String>,
 }
 
 impl fmt::Debug for Instance {
@@ -211,7 +237,7 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     pub(crate) queue: Mutex<VecDeque<QueuedRequest>>,
     /// Repliers of requests handed over and not answered yet; `None` once the instance closed.
-    pub(crate) pending: Mutex<Option<HashMap<u64, oneshot::Sender<Outcome>>>>,
+    pub(crate) pending: Mutex<Option<HashMap<u64, PendingReply>>>,
     /// The request whose view the module holds (valid until its next `next_request`).
     pub(crate) current: Mutex<Option<host::CurrentRequest>>,
     pub(crate) started: Mutex<Option<mpsc::SyncSender<Result<(), String>>>>,
@@ -277,12 +303,34 @@ pub(crate) struct HookAnswer {
 }
 
 /// A request the module is still running after its caller got `504`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct TimedOut {
     pub(crate) sent: Instant,
     pub(crate) what: String,
     /// Reported as runaway already.
     pub(crate) runaway: bool,
+    /// The module still runs it, so it still counts as in flight (a drain waits for it).
+    _in_flight: InFlight,
+}
+
+/// Where the module's answer to a request goes, and the request's in-flight count.
+///
+/// The count lives here rather than in the caller's future: when the client disconnects, the
+/// HTTP future is dropped, but the module is still running the request, so a drain or an
+/// unload must keep waiting for it. The slot is dropped when the module answers or fails the
+/// request, when the request times out (its count moves to [`TimedOut`]), or when the
+/// instance closes.
+pub(crate) struct PendingReply {
+    reply: oneshot::Sender<Outcome>,
+    _in_flight: InFlight,
+}
+
+impl PendingReply {
+    /// Hands the module's answer to the waiting caller; `false` when the caller left. Either
+    /// way the request stops counting as in flight.
+    pub(crate) fn send(self, outcome: Outcome) -> bool {
+        self.reply.send(outcome).is_ok()
+    }
 }
 
 /// At most this many timed-out requests are tracked per instance (the rest are only counted).
@@ -513,7 +561,7 @@ impl Instance {
                 crash_slot,
             })),
             leaked: Mutex::new(None),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             busy: AtomicBool::new(true),
             limits: ArcSwap::from_pointee(Limits::resolve(manifest.limits.as_ref(), None, None, config)),
             over_memory: AtomicBool::new(false),
@@ -523,6 +571,8 @@ impl Instance {
             deactivated: AtomicBool::new(false),
             drain_expired: AtomicBool::new(false),
             drain_timeout_ms: AtomicU64::new(0),
+            stranded: Mutex::new(None),
+            probe: Mutex::new(Probe::default()),
         });
         let _ = instance.shared.me.set(Arc::downgrade(&instance));
         instance.transition(State::Installing, "install", "library loaded and checked");
@@ -763,6 +813,78 @@ impl Instance {
         }
     }
 
+    /// One step of the background health probe behind the unhealthy policy. It never waits for
+    /// the module: a step either asks the health hook (at most once per `interval`), or reads
+    /// the answer to the check it asked for earlier, counting a check unanswered after
+    /// `timeout` as unhealthy (as `/api/v1/health` does). Each finished probe judges the
+    /// instance like `/api/v1/health` (hook, recent 5xx rate, runaways, memory). Returns `Some`
+    /// once every probe for at least `grace` found it unhealthy, and starts counting again.
+    pub(crate) fn probe_health(
+        &self,
+        interval: Duration,
+        timeout: Duration,
+        grace: Duration,
+    ) -> Option<StayedUnhealthy> {
+        let now = Instant::now();
+        let mut probe = lock(&self.probe);
+        let due = probe.last.is_none_or(|last| now.duration_since(last) >= interval);
+        let (hook, began) = match probe.outstanding {
+            // Built against an interface without a health hook: the other signals only.
+            None if self.declared_limits.is_none() => {
+                if !due {
+                    return None;
+                }
+                (HookHealth::Unsupported, now)
+            }
+            None => {
+                if due {
+                    let check = self.shared.health_wanted.fetch_add(1, Ordering::SeqCst) + 1;
+                    self.shared.wake();
+                    probe.outstanding = Some((check, now));
+                }
+                return None;
+            }
+            Some((check, sent)) => {
+                let answer = lock(&self.shared.health).as_ref().filter(|a| a.check >= check).cloned();
+                let waited = now.duration_since(sent);
+                match answer {
+                    Some(answer) => (
+                        HookHealth::Answered {
+                            status: answer.status.into(),
+                            message: answer.message,
+                            ms: waited.as_secs_f64() * 1000.0,
+                        },
+                        sent,
+                    ),
+                    None if waited >= timeout => {
+                        (HookHealth::NoAnswer { timeout_ms: timeout.as_millis() as u64 }, sent)
+                    }
+                    None => return None,
+                }
+            }
+        };
+        probe.outstanding = None;
+        probe.last = Some(now);
+        let signals = crate::health::Signals {
+            hook: &hook,
+            recent: self.recent.window(),
+            runaways: self.runaways().len(),
+            over_memory: self.over_memory_limit(),
+        };
+        let (status, reasons) = crate::health::assess(&signals);
+        if status != ModuleHealth::Unhealthy {
+            probe.unhealthy_since = None;
+            return None;
+        }
+        let since = *probe.unhealthy_since.get_or_insert(began);
+        let unhealthy_for = now.duration_since(since);
+        if unhealthy_for < grace {
+            return None;
+        }
+        probe.unhealthy_since = None;
+        Some(StayedUnhealthy { for_ms: unhealthy_for.as_millis() as u64, reasons })
+    }
+
     /// The module's heap as it was when it stopped: bytes still live then are its leak.
     pub fn heap_at_stop(&self) -> Option<HeapSnapshot> {
         *lock(&self.leaked)
@@ -803,7 +925,11 @@ impl Instance {
     /// admitted here is always waited for.)
     pub fn admit(&self) -> Option<Admission<'_>> {
         let (in_flight, count) = InFlight::enter(&self.in_flight);
-        matches!(self.state(), State::Active | State::Inactive).then_some(Admission { in_flight, count })
+        matches!(self.state(), State::Active | State::Inactive).then_some(Admission {
+            in_flight,
+            count,
+            _instance: std::marker::PhantomData,
+        })
     }
 
     /// Reads the request body, sends the request to the module and waits for its answer, within
@@ -818,7 +944,7 @@ impl Instance {
         body: Body,
     ) -> Result<Response> {
         let limits = self.limits();
-        let Admission { in_flight: _in_flight, count: in_flight } = admission;
+        let Admission { in_flight: counted, count: in_flight, .. } = admission;
         if let Some(limit) = limits.max_concurrent_requests
             && in_flight > limit as usize
         {
@@ -836,7 +962,9 @@ impl Instance {
             let Some(pending) = pending.as_mut() else {
                 return Err(self.unavailable("the instance has stopped"));
             };
-            pending.insert(id, reply);
+            // From here the request counts as in flight until the module is done with it, even
+            // if this future is dropped (the client went away).
+            pending.insert(id, PendingReply { reply, _in_flight: counted });
         }
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         self.shared.enqueue(QueuedRequest { id, method, path_and_query, headers, body });
@@ -884,18 +1012,20 @@ impl Instance {
                 // Under the `pending` lock, so an answer arriving now is either taken by us or
                 // (once we let go) finds the request among the timed-out ones.
                 let mut pending = lock(&self.shared.pending);
-                let unanswered = pending.as_mut().and_then(|p| p.remove(&id)).is_some();
+                let unanswered = pending.as_mut().and_then(|p| p.remove(&id));
                 // Not taken by the module yet: drop it (and its body) now. Taken and still
-                // unanswered: the module is running it; watch it for running away.
+                // unanswered: the module is running it; watch it for running away (and keep
+                // counting it as in flight).
                 let mut queue = lock(&self.shared.queue);
                 let queued = queue.len();
                 queue.retain(|queued| queued.id != id);
                 let taken = queue.len() == queued;
                 drop(queue);
-                if unanswered && taken {
+                if let Some(unanswered) = unanswered.filter(|_| taken) {
                     let mut timed_out = lock(&self.shared.timed_out);
                     if timed_out.len() < MAX_TRACKED_TIMEOUTS {
-                        timed_out.insert(id, TimedOut { sent: began, what, runaway: false });
+                        let _in_flight = unanswered._in_flight;
+                        timed_out.insert(id, TimedOut { sent: began, what, runaway: false, _in_flight });
                     }
                 }
                 drop(pending);
@@ -1027,22 +1157,32 @@ impl Instance {
     /// Drains, stops and unloads the instance, recording each step. Returns the final state:
     /// `stopped`, or `pinned` with the reason in the history.
     pub(crate) fn stop(&self, config: &Config, reason: &str) -> State {
+        self.stop_draining(config, config.drain_timeout, reason)
+    }
+
+    /// [`Instance::stop`], waiting at most `drain` for the requests in flight (a restart drains
+    /// briefly: the instance it stops is misbehaving).
+    pub(crate) fn stop_draining(&self, config: &Config, drain: Duration, reason: &str) -> State {
         if self.state() != State::Draining {
             self.transition(State::Draining, reason, "no new requests; waiting for in-flight ones");
         }
-        let deadline = Instant::now() + config.drain_timeout;
+        let deadline = Instant::now() + drain;
         while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(1));
         }
         let left = self.in_flight.load(Ordering::Acquire);
         if left > 0 {
-            self.drain_timeout_ms.store(config.drain_timeout.as_millis() as u64, Ordering::Relaxed);
+            self.drain_timeout_ms.store(drain.as_millis() as u64, Ordering::Relaxed);
             self.drain_expired.store(true, Ordering::Release);
         }
         let message = if left == 0 {
             "drained; asking the module to stop".to_owned()
         } else {
-            format!("drain timeout with {left} requests in flight; they get 503; asking the module to stop")
+            format!(
+                "drain timeout ({} ms) with {left} requests in flight; they get 503; asking the module \
+                 to stop",
+                drain.as_millis()
+            )
         };
         self.transition(State::Stopping, reason, &message);
         let (state, message) = self.teardown(config.stop_timeout);
@@ -1052,8 +1192,23 @@ impl Instance {
     }
 
     /// Stops the module's thread, closes the library and checks that it is gone.
-    /// Returns `Stopped` or `Pinned`, with a message.
+    /// Returns `Stopped` or `Pinned`, with a message. A pinned instance is remembered in
+    /// [`PINNED`], so it stays visible after another instance takes its identity.
     fn teardown(&self, stop_timeout: Duration) -> (State, String) {
+        let (state, message) = self.close_library(stop_timeout);
+        if state == State::Pinned
+            && let Some(me) = self.shared.me.get().and_then(|me| me.upgrade())
+        {
+            let mut pinned = lock(&PINNED);
+            if !pinned.iter().any(|other| Arc::ptr_eq(other, &me)) {
+                pinned.push(me);
+            }
+        }
+        (state, message)
+    }
+
+    /// The steps of [`Instance::teardown`].
+    fn close_library(&self, stop_timeout: Duration) -> (State, String) {
         self.shared.request_stop();
         // Out of the mutex for the whole stop, so readers (the API's heap view) never wait on it.
         let Some(worker) = lock(&self.worker).take() else {
@@ -1089,13 +1244,18 @@ impl Instance {
         };
         let stragglers = threads_named(&worker.thread_name);
         if stragglers > 0 {
-            return pinned(
-                library,
-                format!(
-                    "{stragglers} thread(s) the module started are still running, so the library \
-                     stays loaded (join module threads in the stop hook)"
-                ),
+            let message = format!(
+                "{stragglers} thread(s) the module started are still running, so the library \
+                 stays loaded (join module threads in the stop hook)"
             );
+            // The one pin that can end by itself: the base looks again every second and
+            // finishes the unload once those threads are gone (see `finish_stranded_unloads`).
+            if let (Some(library), Some(me)) = (library, self.shared.me.get().and_then(|me| me.upgrade())) {
+                *lock(&self.stranded) = Some(Stranded { library, thread_name: worker.thread_name.clone() });
+                lock(&STRANDED).push(me);
+                return (State::Pinned, format!("{message}; it is unloaded once they end"));
+            }
+            return pinned(None, message);
         }
         if let Some(wedged) = loader::wedged() {
             return pinned(
@@ -1152,6 +1312,97 @@ impl Instance {
         (State::Stopped, message)
     }
 }
+
+impl Instance {
+    /// Looks again at every instance pinned only because threads the module started were still
+    /// running at its unload: once none of them is left, closes the library, checks that it is
+    /// gone (as [`Instance::teardown`] does) and records `pinned → stopped`. Returns the
+    /// instances whose unload finished (their load paths can be reused). The base's limit
+    /// watcher calls it about once a second; it does nothing when nothing is stranded.
+    pub(crate) fn finish_stranded_unloads(unload_timeout: Duration) -> Vec<Arc<Instance>> {
+        let candidates: Vec<Arc<Instance>> = lock(&STRANDED).clone();
+        let mut unloaded = Vec::new();
+        for instance in candidates {
+            let Some(state) = instance.finish_unload(unload_timeout) else { continue };
+            lock(&STRANDED).retain(|other| !Arc::ptr_eq(other, &instance));
+            if state == State::Stopped {
+                lock(&PINNED).retain(|other| !Arc::ptr_eq(other, &instance));
+                unloaded.push(instance);
+            }
+        }
+        unloaded
+    }
+
+    /// Finishes the unload of a stranded instance if its module's threads have ended: `None`
+    /// while they have not (or while the dynamic loader is wedged), else the final state.
+    fn finish_unload(&self, unload_timeout: Duration) -> Option<State> {
+        let mut stranded = lock(&self.stranded);
+        let thread_name = &stranded.as_ref()?.thread_name;
+        if threads_named(thread_name) > 0 || loader::wedged().is_some() {
+            return None;
+        }
+        let Stranded { library, .. } = stranded.take()?;
+        drop(stranded);
+        let (state, message) = match library.unload(&self.load_path, unload_timeout) {
+            Unload::Unmapped => {
+                loader::return_freed_memory();
+                let heap = lock(&self.leaked).unwrap_or_default();
+                let message = format!(
+                    "the threads the module started have ended; unloaded and unmapped; {} heap bytes \
+                     in {} allocations were still live at its stop (leaked)",
+                    heap.live_bytes,
+                    heap.allocations.saturating_sub(heap.frees)
+                );
+                (State::Stopped, message)
+            }
+            Unload::StillLoaded => {
+                // A renamed thread of the module may still call into it: keep its state forever.
+                std::mem::forget(Arc::clone(&self.shared));
+                (
+                    State::Pinned,
+                    "the threads the module started have ended, but the library is still loaded after \
+                     dlclose (a renamed thread of the module holds a thread-local destructor in it)"
+                        .to_owned(),
+                )
+            }
+            Unload::LoaderBusy => {
+                std::mem::forget(Arc::clone(&self.shared));
+                (
+                    State::Pinned,
+                    format!(
+                        "the threads the module started have ended, but the dynamic loader did not \
+                         answer within {} ms; the library may stay loaded",
+                        unload_timeout.as_millis()
+                    ),
+                )
+            }
+        };
+        self.transition(state, "unpinned", &message);
+        Some(state)
+    }
+}
+
+/// Every instance that ended `pinned` and was not unloaded since, whether or not the registry
+/// still lists it: after a restart or a reinstall of its identity the registry holds the new
+/// instance only, but the old one's threads may still run (a spinning handler burns a core).
+pub(crate) fn pinned_instances() -> Vec<Arc<Instance>> {
+    lock(&PINNED).clone()
+}
+
+static PINNED: Mutex<Vec<Arc<Instance>>> = Mutex::new(Vec::new());
+
+/// What an instance pinned by its module's threads keeps until they end.
+struct Stranded {
+    /// Still open: closing it would unmap code those threads run.
+    library: Library,
+    /// The instance thread's name, which the module's unnamed threads inherit.
+    thread_name: String,
+}
+
+/// Instances whose library is [`Stranded`]. Holding them here keeps the library and the state
+/// its callbacks use alive even after the registry forgot the instance (an uninstall of a
+/// pinned instance, or a reinstall of its identity), so it is never closed under a thread.
+static STRANDED: Mutex<Vec<Arc<Instance>>> = Mutex::new(Vec::new());
 
 impl Shared {
     fn new() -> Result<Self> {
@@ -1269,22 +1520,25 @@ impl Drop for InstanceThread {
 
 /// A request counted as in flight on an instance that takes requests (see [`Instance::admit`]).
 pub struct Admission<'a> {
-    in_flight: InFlight<'a>,
+    in_flight: InFlight,
     count: usize,
+    _instance: std::marker::PhantomData<&'a Instance>,
 }
 
-/// Counts a request as in flight for as long as it lives.
-struct InFlight<'a>(&'a AtomicUsize);
+/// Counts a request as in flight for as long as it lives (it may outlive the caller's future:
+/// see [`PendingReply`]).
+#[derive(Debug)]
+struct InFlight(Arc<AtomicUsize>);
 
-impl<'a> InFlight<'a> {
+impl InFlight {
     /// Enters, returning the guard and the number in flight including this one.
-    fn enter(counter: &'a AtomicUsize) -> (Self, usize) {
+    fn enter(counter: &Arc<AtomicUsize>) -> (Self, usize) {
         let now = counter.fetch_add(1, Ordering::AcqRel) + 1;
-        (Self(counter), now)
+        (Self(Arc::clone(counter)), now)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }

@@ -30,6 +30,7 @@ mod config;
 mod crash;
 mod elf;
 mod error;
+mod health;
 #[allow(unsafe_code)]
 mod host;
 mod hot_reload;
@@ -58,7 +59,7 @@ pub use crate::{
     crash::{Crash, CrashRecord, crash_of_process},
     error::{Error, Result},
     instance::{Instance, ModuleId, State, Traffic, Transition},
-    limits::{Action, LimitOverrides, Limits, Source, Sources},
+    limits::{Action, LimitOverrides, Limits, Source, Sources, UnhealthyAction},
     logs::{LogFormat, LogLine, ModuleLog},
     operations::{Operation, Operations, Status as OperationStatus},
     registry::{InstallOptions, Installed, Quarantined, Registry, Restored, Strategy},

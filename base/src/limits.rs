@@ -24,6 +24,37 @@ pub enum Action {
     Restart,
 }
 
+/// What the base does with an instance that stayed unhealthy for its grace period (its health
+/// hook said so or did not answer within the health timeout, or most of its recent requests
+/// failed with 5xx; see ARCHITECTURE.md, "Limits").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnhealthyAction {
+    /// Nothing: health only reports it.
+    #[default]
+    None,
+    /// Stop routing traffic to the instance; it stays loaded, `inactive`.
+    Deactivate,
+    /// Stop the instance and start a fresh one from the same artifact. A thread spinning in a
+    /// handler cannot be reclaimed in-process: the stop leaves the old instance `pinned`.
+    Restart,
+}
+
+impl std::str::FromStr for UnhealthyAction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Self::None),
+            "deactivate" => Ok(Self::Deactivate),
+            "restart" => Ok(Self::Restart),
+            other => {
+                Err(format!("unknown unhealthy action {other:?} (expected none, deactivate or restart)"))
+            }
+        }
+    }
+}
+
 /// Overrides of a module's limits, from the config file or the operations API. `None` leaves a
 /// limit to the next source; `0` for a count or size means "no limit".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +70,10 @@ pub struct LimitOverrides {
     pub memory_soft_limit_bytes: Option<u64>,
     /// What crossing the memory soft limit triggers.
     pub memory_action: Option<Action>,
+    /// What staying unhealthy for `unhealthy_grace_ms` triggers.
+    pub unhealthy_action: Option<UnhealthyAction>,
+    /// How long an instance must stay unhealthy before `unhealthy_action` is taken.
+    pub unhealthy_grace_ms: Option<u64>,
 }
 
 impl LimitOverrides {
@@ -50,6 +85,8 @@ impl LimitOverrides {
             max_request_body_bytes: newer.max_request_body_bytes.or(self.max_request_body_bytes),
             memory_soft_limit_bytes: newer.memory_soft_limit_bytes.or(self.memory_soft_limit_bytes),
             memory_action: newer.memory_action.or(self.memory_action),
+            unhealthy_action: newer.unhealthy_action.or(self.unhealthy_action),
+            unhealthy_grace_ms: newer.unhealthy_grace_ms.or(self.unhealthy_grace_ms),
         }
     }
 }
@@ -81,6 +118,10 @@ pub struct Limits {
     pub memory_soft_limit_bytes: Option<u64>,
     /// What crossing the memory soft limit triggers.
     pub memory_action: Action,
+    /// What staying unhealthy for `unhealthy_grace_ms` triggers.
+    pub unhealthy_action: UnhealthyAction,
+    /// How long an instance must stay unhealthy before `unhealthy_action` is taken.
+    pub unhealthy_grace_ms: u64,
     /// A request the module still runs this long after it was sent is reported as runaway.
     pub runaway_after_ms: u64,
     /// Where each limit came from.
@@ -100,6 +141,10 @@ pub struct Sources {
     pub memory_soft_limit_bytes: Source,
     /// Of `memory_action`.
     pub memory_action: Source,
+    /// Of `unhealthy_action`.
+    pub unhealthy_action: Source,
+    /// Of `unhealthy_grace_ms`.
+    pub unhealthy_grace_ms: Source,
 }
 
 /// Picks the first source that sets a value: API, config, manifest, default.
@@ -158,12 +203,24 @@ impl Limits {
         };
         let (memory_action, action_source) =
             pick(api_o.memory_action, config_o.memory_action, declared_action, Action::Log);
+        // Not in the manifest: the ABI's `ModuleLimits` is frozen, and the policy is the
+        // operator's call rather than the module author's.
+        let (unhealthy_action, unhealthy_source) =
+            pick(api_o.unhealthy_action, config_o.unhealthy_action, None, config.unhealthy_action);
+        let (unhealthy_grace_ms, grace_source) = pick(
+            api_o.unhealthy_grace_ms,
+            config_o.unhealthy_grace_ms,
+            None,
+            config.unhealthy_grace.as_millis() as u64,
+        );
         Self {
             max_concurrent_requests: nonzero32(max_concurrent_requests),
             request_timeout_ms,
             max_request_body_bytes,
             memory_soft_limit_bytes: nonzero(memory_soft_limit_bytes),
             memory_action,
+            unhealthy_action,
+            unhealthy_grace_ms,
             runaway_after_ms: runaway_after(Duration::from_millis(request_timeout_ms)).as_millis() as u64,
             sources: Sources {
                 max_concurrent_requests: concurrency_source,
@@ -171,6 +228,8 @@ impl Limits {
                 max_request_body_bytes: body_source,
                 memory_soft_limit_bytes: memory_source,
                 memory_action: action_source,
+                unhealthy_action: unhealthy_source,
+                unhealthy_grace_ms: grace_source,
             },
         }
     }
@@ -218,5 +277,33 @@ mod tests {
         let old_module = Limits::resolve(None, None, None, &config);
         assert_eq!(old_module.memory_soft_limit_bytes, None);
         assert_eq!(old_module.memory_action, Action::Log);
+    }
+
+    #[test]
+    fn the_unhealthy_policy_comes_from_the_api_the_config_file_or_the_flags() {
+        let flags = Config {
+            unhealthy_action: UnhealthyAction::Deactivate,
+            unhealthy_grace: Duration::from_secs(5),
+            ..Config::default()
+        };
+        let check = |config: Option<LimitOverrides>, api: Option<LimitOverrides>, expected| {
+            let limits = Limits::resolve(None, config.as_ref(), api.as_ref(), &flags);
+            let found = (
+                limits.unhealthy_action,
+                limits.sources.unhealthy_action,
+                limits.unhealthy_grace_ms,
+                limits.sources.unhealthy_grace_ms,
+            );
+            assert_eq!(found, expected, "config {config:?}, api {api:?}");
+        };
+        let restart =
+            LimitOverrides { unhealthy_action: Some(UnhealthyAction::Restart), ..Default::default() };
+        let grace = LimitOverrides { unhealthy_grace_ms: Some(100), ..Default::default() };
+        check(None, None, (UnhealthyAction::Deactivate, Source::Default, 5000, Source::Default));
+        check(Some(restart), None, (UnhealthyAction::Restart, Source::Config, 5000, Source::Default));
+        check(Some(restart), Some(grace), (UnhealthyAction::Restart, Source::Config, 100, Source::Api));
+        let off = LimitOverrides { unhealthy_action: Some(UnhealthyAction::None), ..Default::default() };
+        check(Some(restart), Some(off), (UnhealthyAction::None, Source::Api, 5000, Source::Default));
+        assert_eq!(Config::default().unhealthy_action, UnhealthyAction::None, "off unless asked for");
     }
 }

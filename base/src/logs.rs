@@ -10,7 +10,11 @@ use std::{
     io::{BufWriter, Write},
     path::PathBuf,
     str::FromStr,
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
 };
 
 use pedestal_module_api::abi::LogLevel;
@@ -125,6 +129,47 @@ pub struct ModuleLog {
     file: Mutex<Option<(BufWriter<File>, u64)>>,
     recent: Mutex<VecDeque<LogLine>>,
     live: broadcast::Sender<LogLine>,
+    echo: EchoBucket,
+    /// Lines kept off the base's stderr by the echo limit: ever, and since the last report.
+    not_echoed: AtomicU64,
+    unreported: AtomicU64,
+}
+
+/// The token bucket that limits how many of a module's lines the base echoes to its stderr:
+/// `per_sec` tokens a second, up to a burst of [`ECHO_BURST_SECONDS`] seconds' worth.
+#[derive(Debug)]
+struct EchoBucket {
+    per_sec: u32,
+    /// Tokens left, and when they were counted.
+    state: Mutex<(f64, Instant)>,
+}
+
+/// The echo limit's burst, in seconds of its rate (200 lines/s: bursts of 1000 lines).
+const ECHO_BURST_SECONDS: f64 = 5.0;
+
+impl EchoBucket {
+    fn new(per_sec: u32) -> Self {
+        Self { per_sec, state: Mutex::new((f64::from(per_sec) * ECHO_BURST_SECONDS, Instant::now())) }
+    }
+
+    /// Takes a token at `now`, if one is left (always, without a limit).
+    fn take(&self, now: Instant) -> bool {
+        if self.per_sec == 0 {
+            return true;
+        }
+        let rate = f64::from(self.per_sec);
+        let mut state = lock(&self.state);
+        let (tokens, counted) = &mut *state;
+        *tokens = (*tokens + now.saturating_duration_since(*counted).as_secs_f64() * rate)
+            .min(rate * ECHO_BURST_SECONDS);
+        *counted = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl ModuleLog {
@@ -138,7 +183,38 @@ impl ModuleLog {
             file: Mutex::new(None),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_LINES)),
             live,
+            echo: EchoBucket::new(0),
+            not_echoed: AtomicU64::new(0),
+            unreported: AtomicU64::new(0),
         }
+    }
+
+    /// Limits the echo of this log's lines on the base's stderr to `per_sec` lines a second
+    /// (with a burst of five seconds' worth); `0` echoes every line.
+    pub fn with_echo_limit(mut self, per_sec: u32) -> Self {
+        self.echo = EchoBucket::new(per_sec);
+        self
+    }
+
+    /// Whether the next line may be echoed on the base's stderr. The module's own log keeps
+    /// every line either way; a line that may not is counted.
+    pub fn may_echo(&self) -> bool {
+        if self.echo.take(Instant::now()) {
+            return true;
+        }
+        self.not_echoed.fetch_add(1, Ordering::Relaxed);
+        self.unreported.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// How many lines the echo limit kept off the base's stderr.
+    pub fn not_echoed(&self) -> u64 {
+        self.not_echoed.load(Ordering::Relaxed)
+    }
+
+    /// How many lines were kept off the base's stderr since the last call.
+    pub(crate) fn take_unechoed(&self) -> u64 {
+        self.unreported.swap(0, Ordering::Relaxed)
     }
 
     /// The current file.
@@ -248,5 +324,17 @@ mod tests {
         assert_eq!(warnings, ["line 0", "line 5", "line 10", "line 15"]);
         assert_eq!(log.tail(2, LogLevel::Trace).last().unwrap().message, "line 19");
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_echo_bucket_allows_a_burst_then_its_rate() {
+        let bucket = EchoBucket::new(10);
+        let start = Instant::now();
+        let taken = |at: Instant, tries: usize| (0..tries).filter(|_| bucket.take(at)).count();
+        assert_eq!(taken(start, 80), 50, "a burst of five seconds' worth");
+        assert_eq!(taken(start + std::time::Duration::from_secs(1), 80), 10, "then ten a second");
+        assert_eq!(taken(start + std::time::Duration::from_secs(100), 80), 50, "never more than a burst");
+        let unlimited = EchoBucket::new(0);
+        assert!((0..10_000).all(|_| unlimited.take(start)));
     }
 }

@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
-use pedestal_base::{Base, Config, LogFormat};
+use pedestal_base::{Base, Config, LogFormat, UnhealthyAction};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -48,6 +48,10 @@ struct ServeArgs {
     /// How long an uninstall waits for in-flight requests, in milliseconds.
     #[arg(long, env = "PEDESTAL_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     drain_timeout_ms: u64,
+    /// How long a restart by the base (memory limit, unhealthy policy) waits for in-flight
+    /// requests, in milliseconds.
+    #[arg(long, env = "PEDESTAL_RESTART_DRAIN_TIMEOUT_MS", default_value_t = 1_000)]
+    restart_drain_timeout_ms: u64,
     /// How long a module's thread gets to finish after stop, in milliseconds.
     #[arg(long, env = "PEDESTAL_STOP_TIMEOUT_MS", default_value_t = 10_000)]
     stop_timeout_ms: u64,
@@ -66,6 +70,17 @@ struct ServeArgs {
     /// How long `/api/v1/health` waits for each module's health hook, in milliseconds.
     #[arg(long, env = "PEDESTAL_HEALTH_TIMEOUT_MS", default_value_t = 1_000)]
     health_timeout_ms: u64,
+    /// What to do with a module instance that stayed unhealthy for --unhealthy-grace-ms:
+    /// `none`, `deactivate` or `restart` (per module: `[modules.<name>.limits]`).
+    #[arg(long, env = "PEDESTAL_UNHEALTHY_ACTION", default_value = "none")]
+    unhealthy_action: UnhealthyAction,
+    /// How long a module instance must stay unhealthy before --unhealthy-action, in milliseconds.
+    #[arg(long, env = "PEDESTAL_UNHEALTHY_GRACE_MS", default_value_t = 30_000)]
+    unhealthy_grace_ms: u64,
+    /// Module log lines echoed to stderr per second and module (burst: five seconds' worth);
+    /// the rest are counted and stay in the module's own log. `0`: no limit.
+    #[arg(long, env = "PEDESTAL_MODULE_LOG_ECHO_PER_SEC", default_value_t = 200)]
+    module_log_echo_per_sec: u32,
     /// How many bytes (keys plus values) each module may keep in its key-value store; a config
     /// file's `[modules.<name>] kv_quota_bytes` overrides it per module.
     #[arg(long, env = "PEDESTAL_KV_QUOTA_BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -109,11 +124,15 @@ impl From<ServeArgs> for Config {
             max_request_body_bytes: args.max_request_body_bytes,
             start_timeout: Duration::from_millis(args.start_timeout_ms),
             drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+            restart_drain_timeout: Duration::from_millis(args.restart_drain_timeout_ms),
             stop_timeout: Duration::from_millis(args.stop_timeout_ms),
             request_timeout: Duration::from_millis(args.request_timeout_ms),
             module_log_format: args.module_log_format,
             module_log_max_bytes: args.module_log_max_bytes,
             health_timeout: Duration::from_millis(args.health_timeout_ms),
+            unhealthy_action: args.unhealthy_action,
+            unhealthy_grace: Duration::from_millis(args.unhealthy_grace_ms),
+            module_log_echo_per_sec: args.module_log_echo_per_sec,
             request_accounting: args.request_accounting == "on",
             modules_dir: args.modules_dir,
             ready_requires_modules: args.ready_requires_modules,

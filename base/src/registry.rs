@@ -92,6 +92,11 @@ pub struct Registry {
     limit_overrides: Mutex<HashMap<String, LimitOverrides>>,
     /// Recent memory-limit restarts per module name, to stop a restart loop.
     restarts: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Modules the base is restarting (memory limit, unhealthy), with the reason: between the
+    /// old instance's stop and the fresh one's start their requests get 503, not 404.
+    restarting: Mutex<HashMap<String, String>>,
+    /// Actions the unhealthy policy took, per module name and action, for `/metrics`.
+    unhealthy_actions: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Operations run in the background for the API.
     pub(crate) operations: crate::operations::Operations,
     /// Serializes writes of `state.json`.
@@ -163,6 +168,8 @@ impl Registry {
             loaded_paths: Mutex::new(HashSet::new()),
             limit_overrides: Mutex::new(HashMap::new()),
             restarts: Mutex::new(HashMap::new()),
+            restarting: Mutex::new(HashMap::new()),
+            unhealthy_actions: Mutex::new(BTreeMap::new()),
             operations: crate::operations::Operations::default(),
             persisting: Mutex::new(()),
             quarantined: Mutex::new(Vec::new()),
@@ -231,12 +238,10 @@ impl Registry {
         let mut logs = lock(&self.logs);
         Arc::clone(logs.entry(name.to_owned()).or_insert_with(|| {
             let dir = self.store.data_dir().join("logs");
-            Arc::new(ModuleLog::new(
-                dir,
-                name,
-                self.config.module_log_format,
-                self.config.module_log_max_bytes,
-            ))
+            Arc::new(
+                ModuleLog::new(dir, name, self.config.module_log_format, self.config.module_log_max_bytes)
+                    .with_echo_limit(self.config.module_log_echo_per_sec),
+            )
         }))
     }
 
@@ -247,6 +252,19 @@ impl Registry {
 
     /// Every live instance's metrics in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
+        // Per module name rather than per instance: they outlive the instances (a restart).
+        for (name, log) in lock(&self.logs).iter() {
+            self.metrics.module_counter(
+                "pedestal_module_log_lines_not_echoed_total",
+                name,
+                None,
+                log.not_echoed(),
+            );
+        }
+        for ((name, action), count) in lock(&self.unhealthy_actions).iter() {
+            let action = Some(("action", *action));
+            self.metrics.module_counter("pedestal_module_unhealthy_actions_total", name, action, *count);
+        }
         self.metrics.render(&self.all())
     }
 
@@ -281,6 +299,12 @@ impl Registry {
     /// Why nothing serves `/<name>/`: `503 MODULE_UNAVAILABLE` with the reason when a version of
     /// the module is installed (say, deactivated), `404 MODULE_NOT_FOUND` otherwise.
     pub fn why_unrouted(&self, name: &str) -> Error {
+        if let Some(reason) = lock(&self.restarting).get(name) {
+            return Error::ModuleUnavailable {
+                id: name.to_owned(),
+                reason: format!("restarting ({reason})"),
+            };
+        }
         let modules = lock(&self.modules);
         let Some(versions) = modules.get(name).filter(|v| v.instances.values().any(|i| i.state().is_live()))
         else {

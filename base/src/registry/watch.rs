@@ -1,6 +1,9 @@
 //! The limits the registry watches rather than checks per request: each instance's memory soft
-//! limit (and its action: log, deactivate, restart) and runaway requests. The base's sampler
-//! thread calls [`Registry::watch_limits`] ten times a second.
+//! limit (and its action: log, deactivate, restart), runaway requests, and the unhealthy policy
+//! (a background health probe, and its action: deactivate, restart). Once a second it also
+//! finishes the unload of instances pinned only by their module's threads, and reports module
+//! log lines the echo rate limit kept off stderr. The base's sampler thread calls
+//! [`Registry::watch_limits`] ten times a second.
 
 use std::{
     sync::Arc,
@@ -13,8 +16,8 @@ use pedestal_module_api::abi::LogLevel;
 use super::Registry;
 use crate::{
     error::{Error, Result},
-    instance::{Instance, MemoryCrossing, State, lock},
-    limits::Action,
+    instance::{Instance, MemoryCrossing, State, StayedUnhealthy, lock},
+    limits::{Action, UnhealthyAction},
     logs::LogLine,
 };
 
@@ -22,6 +25,8 @@ use crate::{
 /// the instance is deactivated instead.
 const MAX_RESTARTS: usize = 3;
 const RESTART_WINDOW: Duration = Duration::from_secs(600);
+/// How often the background probe behind the unhealthy policy asks an instance's health hook.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Registry {
     /// Samples every live instance's heap (keeping peaks current) and enforces the limits that
@@ -50,6 +55,10 @@ impl Registry {
         if tick % 600 == 599 {
             self.collect_garbage();
         }
+        if tick.is_multiple_of(10) {
+            self.finish_stranded_unloads();
+            self.report_unechoed_log_lines();
+        }
         for (instance, _) in self.all() {
             instance.sample_heap();
             if !matches!(instance.state(), State::Active | State::Inactive) {
@@ -68,6 +77,94 @@ impl Registry {
             if let Some(crossing) = instance.check_memory() {
                 self.memory_limit_crossed(&instance, crossing);
             }
+            let limits = instance.limits();
+            // A deactivated instance has had its action; a busy one is in another operation.
+            if limits.unhealthy_action != UnhealthyAction::None
+                && !instance.is_deactivated()
+                && !instance.is_busy()
+                && let Some(unhealthy) = instance.probe_health(
+                    PROBE_INTERVAL,
+                    self.config.health_timeout,
+                    Duration::from_millis(limits.unhealthy_grace_ms),
+                )
+            {
+                self.stayed_unhealthy(&instance, limits.unhealthy_action, unhealthy);
+            }
+        }
+    }
+
+    /// Finishes the unload of instances pinned only by threads their module started, once those
+    /// threads have ended, and frees their load paths. Rare, and bounded: `dlclose` runs on the
+    /// unload's own thread, and this one waits for it at most the stop timeout.
+    fn finish_stranded_unloads(&self) {
+        for instance in Instance::finish_stranded_unloads(self.config.stop_timeout) {
+            // Only paths this registry handed out (a process may hold more than one registry).
+            if lock(&self.loaded_paths).contains(&instance.load_path) {
+                self.release_load_path(&instance.load_path);
+            }
+        }
+    }
+
+    /// One line per module whose log lines were kept off the base's stderr since the last
+    /// report (called once a second, so at most one such line per module and second).
+    fn report_unechoed_log_lines(&self) {
+        let logs: Vec<_> = lock(&self.logs).iter().map(|(n, l)| (n.clone(), Arc::clone(l))).collect();
+        for (name, log) in logs {
+            let unreported = log.take_unechoed();
+            if unreported > 0 {
+                tracing::warn!(
+                    module = %name,
+                    "{unreported} lines from module {name} not echoed (over {} lines/s); see its log",
+                    self.config.module_log_echo_per_sec
+                );
+            }
+        }
+    }
+
+    /// Takes the unhealthy policy's action on an instance that stayed unhealthy for its grace
+    /// period.
+    fn stayed_unhealthy(
+        self: &Arc<Self>,
+        instance: &Arc<Instance>,
+        action: UnhealthyAction,
+        unhealthy: StayedUnhealthy,
+    ) {
+        let action = if action == UnhealthyAction::Restart && !self.may_restart(&instance.id.name) {
+            self.warn(
+                instance,
+                "health",
+                &format!(
+                    "unhealthy: {MAX_RESTARTS} restarts in {} s already; deactivating instead",
+                    RESTART_WINDOW.as_secs()
+                ),
+            );
+            UnhealthyAction::Deactivate
+        } else {
+            action
+        };
+        let taken = match action {
+            UnhealthyAction::None => return,
+            UnhealthyAction::Deactivate => "deactivating the instance",
+            // Said every time, because it is what an operator needs to know when the handler spins.
+            UnhealthyAction::Restart => {
+                "restarting the instance (a thread still running a handler cannot be reclaimed \
+                 in-process: if it never returns, the old instance stays pinned until the process \
+                 restarts)"
+            }
+        };
+        let message = format!(
+            "unhealthy for {} ms (grace {} ms): {}; {taken}",
+            unhealthy.for_ms,
+            instance.limits().unhealthy_grace_ms,
+            unhealthy.reasons.join("; ")
+        );
+        self.warn(instance, "health", &message);
+        let kind = if action == UnhealthyAction::Restart { "restart" } else { "deactivate" };
+        *lock(&self.unhealthy_actions).entry((instance.id.name.clone(), kind)).or_default() += 1;
+        match action {
+            UnhealthyAction::None => {}
+            UnhealthyAction::Deactivate => self.deactivate(instance, "unhealthy", &message),
+            UnhealthyAction::Restart => self.restart_in_background(instance, "unhealthy", message),
         }
     }
 
@@ -106,18 +203,26 @@ impl Registry {
         match action {
             Action::Log => {}
             Action::Deactivate => self.deactivate(instance, "memory_limit", &message),
-            Action::Restart => {
-                let registry = Arc::clone(self);
-                let instance = Arc::clone(instance);
-                let restarter = thread::Builder::new().name("pedestal-restart".into()).spawn(move || {
-                    if let Err(e) = registry.restart(&instance, "memory_limit", &message) {
-                        registry.warn(&instance, "limits", &format!("restart failed: {e}"));
-                    }
-                });
-                if let Err(e) = restarter {
-                    tracing::error!("cannot start a restart thread: {e}");
-                }
+            Action::Restart => self.restart_in_background(instance, "memory_limit", message),
+        }
+    }
+
+    /// [`Registry::restart`] on a thread of its own, so the watcher never waits for a module.
+    fn restart_in_background(
+        self: &Arc<Self>,
+        instance: &Arc<Instance>,
+        reason: &'static str,
+        message: String,
+    ) {
+        let registry = Arc::clone(self);
+        let instance = Arc::clone(instance);
+        let restarter = thread::Builder::new().name("pedestal-restart".into()).spawn(move || {
+            if let Err(e) = registry.restart(&instance, reason, &message) {
+                registry.warn(&instance, "limits", &format!("restart failed: {e}"));
             }
+        });
+        if let Err(e) = restarter {
+            tracing::error!("cannot start a restart thread: {e}");
         }
     }
 
@@ -143,6 +248,7 @@ impl Registry {
             return;
         }
         let mut modules = lock(&self.modules);
+        let newly = !instance.is_deactivated();
         instance.set_deactivated(true);
         if instance.state() == State::Active {
             if let Some(versions) = modules.get_mut(&instance.id.name)
@@ -150,6 +256,10 @@ impl Registry {
             {
                 versions.active = None;
             }
+            instance.transition(State::Inactive, reason, message);
+        } else if instance.state() == State::Inactive && newly {
+            // Already without the module's traffic, but now unreachable by version or weight too:
+            // the history says so.
             instance.transition(State::Inactive, reason, message);
         }
         self.publish(&modules);
@@ -170,18 +280,26 @@ impl Registry {
             return Err(Error::NotRunning { id: instance.id.to_string(), state: "stopped".into() });
         }
         {
-            // Keep `active` pointing at this version: the fresh instance takes it over.
+            // Keep `active` pointing at this version: the fresh instance takes it over. Out of
+            // the routing table from this swap on.
             let modules = lock(&self.modules);
             instance.transition(State::Draining, reason, message);
             self.publish(&modules);
         }
-        instance.stop(&self.config, reason);
+        // A brief drain: the instance is misbehaving (it may still be allocating past its
+        // limit), and every moment spent waiting is a moment of 503s for the module.
+        lock(&self.restarting).insert(instance.id.name.clone(), reason.to_owned());
+        instance.stop_draining(&self.config, self.config.restart_drain_timeout, reason);
         if !instance.is_mapped() {
             self.release_load_path(&instance.load_path);
         }
-        let bytes = std::fs::read(&instance.artifact.path)
-            .map_err(Error::io(format!("reading {}", instance.artifact.path.display())))?;
-        let name = (instance.id.name != instance.package).then_some(instance.id.name.as_str());
-        self.install(&bytes, name)
+        let fresh = std::fs::read(&instance.artifact.path)
+            .map_err(Error::io(format!("reading {}", instance.artifact.path.display())))
+            .and_then(|bytes| {
+                let name = (instance.id.name != instance.package).then_some(instance.id.name.as_str());
+                self.install(&bytes, name)
+            });
+        lock(&self.restarting).remove(&instance.id.name);
+        fresh
     }
 }
