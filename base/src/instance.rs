@@ -1251,7 +1251,8 @@ impl Instance {
             // The one pin that can end by itself: the base looks again every second and
             // finishes the unload once those threads are gone (see `finish_stranded_unloads`).
             if let (Some(library), Some(me)) = (library, self.shared.me.get().and_then(|me| me.upgrade())) {
-                *lock(&self.stranded) = Some(Stranded { library, thread_name: worker.thread_name.clone() });
+                *lock(&self.stranded) =
+                    Some(Stranded { library, thread_name: worker.thread_name.clone(), crash_slot });
                 lock(&STRANDED).push(me);
                 return (State::Pinned, format!("{message}; it is unloaded once they end"));
             }
@@ -1341,11 +1342,13 @@ impl Instance {
         if threads_named(thread_name) > 0 || loader::wedged().is_some() {
             return None;
         }
-        let Stranded { library, .. } = stranded.take()?;
+        let Stranded { library, crash_slot, .. } = stranded.take()?;
         drop(stranded);
         let (state, message) = match library.unload(&self.load_path, unload_timeout) {
             Unload::Unmapped => {
                 loader::return_freed_memory();
+                // Its code is gone: a crash can no longer be its.
+                crash_slot.release();
                 let heap = lock(&self.leaked).unwrap_or_default();
                 let message = format!(
                     "the threads the module started have ended; unloaded and unmapped; {} heap bytes \
@@ -1397,6 +1400,8 @@ struct Stranded {
     library: Library,
     /// The instance thread's name, which the module's unnamed threads inherit.
     thread_name: String,
+    /// Its slot in the crash table: those threads may still crash in its code.
+    crash_slot: CrashSlot,
 }
 
 /// Instances whose library is [`Stranded`]. Holding them here keeps the library and the state
