@@ -72,6 +72,12 @@ pub struct Config {
     pub kv_quota_bytes: u64,
     /// Per-module quotas (`[modules.NAME] kv_quota_bytes`), overriding `kv_quota_bytes`.
     pub module_kv_quota: BTreeMap<String, u64>,
+    /// Whether [`supervise`](crate::supervise) runs the base as a supervised worker process
+    /// (`--supervisor on|off`).
+    pub supervisor: bool,
+    /// A memory-limit restart whose old instance left more heap than this behind (memory its
+    /// statics keep alive) escalates to a worker restart, when supervised; 0 never escalates.
+    pub worker_restart_leak_bytes: u64,
 }
 
 impl Default for Config {
@@ -102,6 +108,8 @@ impl Default for Config {
             module_config: BTreeMap::new(),
             kv_quota_bytes: 64 * 1024 * 1024,
             module_kv_quota: BTreeMap::new(),
+            supervisor: true,
+            worker_restart_leak_bytes: 64 * 1024 * 1024,
         }
     }
 }
