@@ -144,7 +144,18 @@ fn main() -> anyhow::Result<ExitCode> {
     if let Some(exit) = pedestal_base::supervise(&config)? {
         return Ok(exit);
     }
-    let base = Base::new(config)?;
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(base.serve())?;
+    let base = Base::new(config).map_err(with_code)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(base.serve()).map_err(with_code)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Puts the stable code of a base error (`STATE_INVALID`...) in front of its message, so the
+/// last words of a base that could not start name it.
+fn with_code(error: impl Into<anyhow::Error>) -> anyhow::Error {
+    let error = error.into();
+    match error.downcast_ref::<pedestal_base::Error>().map(|e| e.code().to_owned()) {
+        Some(code) => error.context(code),
+        None => error,
+    }
 }
