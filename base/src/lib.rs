@@ -66,7 +66,7 @@ pub use crate::{
         kv::{Kv, Usage as KvUsage},
         module_config::ModuleConfigs,
     },
-    supervisor::{BaseProcess, WORKER_RESTART_EXIT_CODE, base_process, supervise},
+    supervisor::{BaseProcess, CRASH_WINDOW, MAX_CRASHES, WORKER_RESTART_EXIT_CODE, base_process, supervise},
     tls_keys::keys_are_reclaimable,
 };
 

@@ -7,6 +7,9 @@
 //! 2. Under a steady load over fresh connections, across a crash from a handler: how many
 //!    requests failed, and how many connections were refused (must be 0: the supervisor keeps
 //!    the listening sockets open, so the kernel queues connections while the worker restarts).
+//!
+//! One base takes at most [`MAX_CRASHES`] crashes: one more within a minute is a crash loop, and
+//! the supervisor would rightly give up. Rows with more crashes use several bases.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -23,6 +26,8 @@ use std::{
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+
+use pedestal_base::MAX_CRASHES;
 
 use crate::percentile;
 
@@ -51,41 +56,51 @@ pub fn run(options: &Supervision) -> anyhow::Result<String> {
          a request to the last module restored is answered `200` by the new worker — it waits in \
          the kernel's accept queue meanwhile, since the supervisor holds the socket. Medians (and \
          the slowest) of the rounds.\n\n\
-         | modules installed | crash | rounds | median ms | max ms |\n|---|---|---|---|---|\n",
+         Split of the median: until the old worker is gone (the kernel tears it down; the \
+         supervisor is told), and until the new worker process started (its `started_at`), the \
+         rest being the new worker's start and restore.\n\n\
+         | modules installed | crash | rounds | median ms | max ms | old worker gone (median ms) | new worker started (median ms) |\n\
+         |---|---|---|---|---|---|---|\n",
     );
     for &modules in &options.sizes {
-        let base = Supervised::start(&options.pedestal)?;
-        let file = base.data.join("module.so");
-        std::fs::write(&file, std::fs::read(&options.module)?)?;
-        for i in 0..modules {
-            base.install_path(&file, &format!("m{i}"))?;
-        }
         let last = format!("/m{}/empty", modules - 1);
-        let mut killed = Vec::new();
-        for _ in 0..options.rounds {
-            killed.push(base.crash_and_time(&last, Crash::Kill)?);
+        let (mut killed, mut aborted) = (Vec::<Timing>::new(), Vec::<Timing>::new());
+        for (crash, times) in [(Crash::Kill, &mut killed), (Crash::Abort, &mut aborted)] {
+            let mut base = None;
+            for round in 0..options.rounds {
+                if round % MAX_CRASHES == 0 {
+                    base = Some(Supervised::with_modules(options, modules)?);
+                }
+                let base = base.as_ref().expect("started above");
+                times.push(base.crash_and_time(&last, crash)?);
+                base.retry_crashy()?;
+            }
         }
-        let mut aborted = Vec::new();
-        let crashy = base.data.join("crashy.so");
-        std::fs::write(&crashy, std::fs::read(&options.crashy)?)?;
-        base.install_path(&crashy, "fx-crashy")?;
-        for _ in 0..options.rounds {
-            aborted.push(base.crash_and_time(&last, Crash::Abort)?);
-            base.retry_crashy()?;
-        }
-        for (crash, times) in
-            [("`kill -9` of the worker", &mut killed), ("`/abort` in a handler", &mut aborted)]
-        {
+        for (crash, times) in [("`kill -9` of the worker", &killed), ("`/abort` in a handler", &aborted)] {
+            let column = |f: fn(&Timing) -> f64| times.iter().map(f).collect::<Vec<_>>();
+            let mut served = column(|t| t.served_ms);
             out += &format!(
-                "| {modules} | {crash} | {} | **{:.1}** | {:.1} |\n",
+                "| {modules} | {crash} | {} | **{:.1}** | {:.1} | {:.1} | {:.1} |\n",
                 options.rounds,
-                percentile(times, 0.5),
-                percentile(times, 1.0)
+                percentile(&mut served, 0.5),
+                percentile(&mut served, 1.0),
+                percentile(&mut column(|t| t.gone_ms), 0.5),
+                percentile(&mut column(|t| t.started_ms), 0.5),
             );
         }
     }
     out += &under_load(options)?;
     Ok(out)
+}
+
+/// One crash, in milliseconds from the kill (or from sending `/abort`).
+struct Timing {
+    /// The old worker was gone (dead, a zombie or reaped).
+    gone_ms: f64,
+    /// The new worker process started (its `started_at`, a wall-clock time in milliseconds).
+    started_ms: f64,
+    /// The request to the last module restored was answered.
+    served_ms: f64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -103,8 +118,25 @@ struct Supervised {
 }
 
 impl Supervised {
+    /// A base with `modules` instances of the benchmark module (`m0`...) and `fx-crashy`.
+    fn with_modules(options: &Supervision, modules: usize) -> anyhow::Result<Self> {
+        let base = Supervised::start(&options.pedestal)?;
+        let file = base.data.join("module.so");
+        std::fs::write(&file, std::fs::read(&options.module)?)?;
+        for i in 0..modules {
+            base.install_path(&file, &format!("m{i}"))?;
+        }
+        let crashy = base.data.join("crashy.so");
+        std::fs::write(&crashy, std::fs::read(&options.crashy)?)?;
+        base.install_path(&crashy, "fx-crashy")?;
+        Ok(base)
+    }
+
     fn start(pedestal: &Path) -> anyhow::Result<Self> {
-        let data = std::env::temp_dir().join(format!("pedestal-bench-supervision-{}", std::process::id()));
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let data =
+            std::env::temp_dir().join(format!("pedestal-bench-supervision-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(&data)?;
         let mut child = Command::new(pedestal)
@@ -142,11 +174,11 @@ impl Supervised {
 
     /// Crashes the worker and returns the milliseconds until `path` is served again by the next
     /// one.
-    fn crash_and_time(&self, path: &str, crash: Crash) -> anyhow::Result<f64> {
+    fn crash_and_time(&self, path: &str, crash: Crash) -> anyhow::Result<Timing> {
         let before = self.process()?;
         let pid = before["pid"].as_u64().context("pid")? as u32;
         let generation = before["worker_generation"].as_u64().context("generation")?;
-        let started = Instant::now();
+        let (started, wall) = (Instant::now(), std::time::SystemTime::now());
         match crash {
             Crash::Kill => {
                 Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
@@ -162,6 +194,7 @@ impl Supervised {
             anyhow::ensure!(Instant::now() < deadline, "the worker {pid} survived its crash");
             thread::sleep(Duration::from_micros(200));
         }
+        let gone_ms = started.elapsed().as_secs_f64() * 1000.0;
         let address = self.traffic.trim_start_matches("http://");
         loop {
             anyhow::ensure!(Instant::now() < deadline, "not served again within 30 s");
@@ -169,10 +202,12 @@ impl Supervised {
                 break;
             }
         }
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let served_ms = started.elapsed().as_secs_f64() * 1000.0;
         let after = self.process()?;
         anyhow::ensure!(after["worker_generation"].as_u64() > Some(generation), "no new worker: {after}");
-        Ok(ms)
+        let new_start = humantime::parse_rfc3339(after["started_at"].as_str().context("started_at")?)?;
+        let started_ms = new_start.duration_since(wall).unwrap_or_default().as_secs_f64() * 1000.0;
+        Ok(Timing { gone_ms, started_ms, served_ms })
     }
 
     /// Puts `fx-crashy` back after a crash it caused: once crash attribution quarantines the
@@ -236,19 +271,15 @@ fn fresh_get(address: &str, path: &str) -> Outcome {
 /// `clients` threads request a module over fresh connections; a handler crashes the worker a
 /// third of the way through each window.
 fn under_load(options: &Supervision) -> anyhow::Result<String> {
-    let base = Supervised::start(&options.pedestal)?;
-    let file = base.data.join("module.so");
-    std::fs::write(&file, std::fs::read(&options.module)?)?;
-    for i in 0..10 {
-        base.install_path(&file, &format!("m{i}"))?;
-    }
-    let crashy = base.data.join("crashy.so");
-    std::fs::write(&crashy, std::fs::read(&options.crashy)?)?;
-    base.install_path(&crashy, "fx-crashy")?;
-    let address = base.traffic.trim_start_matches("http://").to_owned();
     let (mut requests, mut broken, mut refused, mut wrong) = (0, 0, 0, 0);
     let mut longest_ms = Vec::new();
-    for _ in 0..options.loaded_crashes {
+    let mut base = None;
+    for crash in 0..options.loaded_crashes {
+        if crash % MAX_CRASHES == 0 {
+            base = Some(Supervised::with_modules(options, 10)?);
+        }
+        let base = base.as_ref().expect("started above");
+        let address = base.traffic.trim_start_matches("http://").to_owned();
         let stop = Arc::new(AtomicBool::new(false));
         let outcomes: Arc<Mutex<Vec<(Outcome, f64)>>> = Arc::default();
         let clients: Vec<_> = (0..options.clients)
