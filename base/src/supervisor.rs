@@ -228,48 +228,47 @@ impl Supervisor {
             let ended = self.run_worker(generation, escalation, &mut term, &mut interrupt).await?;
             let Ended { pid, status, ready, stopping } = ended;
             let how = describe(status);
-            if stopping {
-                tracing::info!(pid, generation, "supervisor: the worker {how}; stopping");
-                return Ok(exit_code(status, true));
+            match next_step(status, ready, stopping) {
+                Next::Stop => {
+                    tracing::info!(pid, generation, "supervisor: the worker {how}; stopping");
+                    return Ok(exit_code(status, stopping));
+                }
+                Next::Replace => {
+                    tracing::warn!(
+                        pid,
+                        generation,
+                        "supervisor: the worker asked for a fresh process (a memory limit escalated); \
+                         starting the next worker"
+                    );
+                    escalations.push_back(Instant::now());
+                }
+                Next::GiveUp => {
+                    tracing::error!(
+                        pid,
+                        generation,
+                        "supervisor: the worker {how} before it was ready; not restarting it (a \
+                         restart would fail the same way): see its error above"
+                    );
+                    return Ok(exit_code(status, false));
+                }
+                Next::Restart => {
+                    crashes.push_back(Instant::now());
+                    crashes.retain(|at: &Instant| at.elapsed() < CRASH_WINDOW);
+                    if crashes.len() > MAX_CRASHES {
+                        tracing::error!(
+                            pid,
+                            generation,
+                            "supervisor: the worker {how}: {} crashes within {} s, a crash loop; not \
+                             restarting it. Find the cause in the log above (a crash record, a \
+                             module quarantined, a bad state file) and start the base again",
+                            crashes.len(),
+                            CRASH_WINDOW.as_secs()
+                        );
+                        return Ok(exit_code(status, false));
+                    }
+                    tracing::error!(pid, generation, "supervisor: the worker {how}; restarting it at once");
+                }
             }
-            if status.success() {
-                tracing::info!(pid, generation, "supervisor: the worker exited cleanly; stopping");
-                return Ok(ExitCode::SUCCESS);
-            }
-            if status.code() == Some(WORKER_RESTART_EXIT_CODE) {
-                tracing::warn!(
-                    pid,
-                    generation,
-                    "supervisor: the worker asked for a fresh process (a memory limit escalated); \
-                     starting the next worker"
-                );
-                escalations.push_back(Instant::now());
-                continue;
-            }
-            if status.signal().is_none() && !ready {
-                tracing::error!(
-                    pid,
-                    generation,
-                    "supervisor: the worker {how} before it was ready; not restarting it (a restart \
-                     would fail the same way): see its error above"
-                );
-                return Ok(exit_code(status, false));
-            }
-            crashes.push_back(Instant::now());
-            crashes.retain(|at: &Instant| at.elapsed() < CRASH_WINDOW);
-            if crashes.len() > MAX_CRASHES {
-                tracing::error!(
-                    pid,
-                    generation,
-                    "supervisor: the worker {how}: {} crashes within {} s, a crash loop; not \
-                     restarting it. Find the cause in the log above (a crash record, a module \
-                     quarantined, a bad state file) and start the base again",
-                    crashes.len(),
-                    CRASH_WINDOW.as_secs()
-                );
-                return Ok(exit_code(status, false));
-            }
-            tracing::error!(pid, generation, "supervisor: the worker {how}; restarting it at once");
         }
         unreachable!("the generations never run out")
     }
@@ -339,6 +338,37 @@ impl Supervisor {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start the worker process: {e}"))
+    }
+}
+
+/// What the supervisor does after a worker ended (before the crash-loop count).
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Exit with the worker's status: it stopped as asked (SIGTERM or SIGINT, forwarded), or it
+    /// exited cleanly on its own.
+    Stop,
+    /// Start a fresh worker at once, not counted as a crash: it asked for one
+    /// ([`WORKER_RESTART_EXIT_CODE`]).
+    Replace,
+    /// Start a fresh worker at once, counted towards the crash loop: killed by a signal, or
+    /// failed after it was ready.
+    Restart,
+    /// Exit with the worker's status: it failed with an error before it was ready, which a
+    /// restart would only repeat.
+    GiveUp,
+}
+
+/// The restart rules, over one worker's end: its status, whether it had printed its ready line,
+/// and whether the supervisor had forwarded a stop signal to it.
+fn next_step(status: ExitStatus, ready: bool, stopping: bool) -> Next {
+    if stopping || status.success() {
+        Next::Stop
+    } else if status.code() == Some(WORKER_RESTART_EXIT_CODE) {
+        Next::Replace
+    } else if status.signal().is_none() && !ready {
+        Next::GiveUp
+    } else {
+        Next::Restart
     }
 }
 
@@ -450,6 +480,33 @@ mod tests {
         check(libc::SIGABRT, "was killed by signal SIGABRT (6)", 134);
         check(libc::SIGSEGV | 0x80, "was killed by signal SIGSEGV (11), core dumped", 139);
         check(libc::SIGKILL, "was killed by signal SIGKILL (9)", 137);
+    }
+
+    fn step(raw: i32, ready: bool, stopping: bool, expected: Next) {
+        assert_eq!(next_step(ExitStatus::from_raw(raw), ready, stopping), expected, "{raw:#x}");
+    }
+
+    #[test]
+    fn restart_rules() {
+        use Next::*;
+        let (exit, abort, segv, kill) = (|code: i32| code << 8, libc::SIGABRT, libc::SIGSEGV, libc::SIGKILL);
+        // Crashes restart, before or after ready: the next worker quarantines the culprit.
+        step(abort, true, false, Restart);
+        step(segv | 0x80, true, false, Restart);
+        step(kill, false, false, Restart);
+        // An error exit restarts only after ready; before, it is a setup error (STATE_INVALID).
+        step(exit(1), true, false, Restart);
+        step(exit(1), false, false, GiveUp);
+        step(exit(2), false, false, GiveUp);
+        // Asked for a fresh process (memory escalation): replaced, ready or not.
+        step(exit(WORKER_RESTART_EXIT_CODE), true, false, Replace);
+        step(exit(WORKER_RESTART_EXIT_CODE), false, false, Replace);
+        // A clean exit, or any end after a forwarded SIGTERM/SIGINT, stops the supervisor.
+        step(exit(0), true, false, Stop);
+        step(exit(0), true, true, Stop);
+        step(libc::SIGTERM, false, true, Stop);
+        step(segv, true, true, Stop);
+        step(exit(WORKER_RESTART_EXIT_CODE), true, true, Stop);
     }
 
     #[test]
