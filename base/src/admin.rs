@@ -52,6 +52,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/api/v1/operations/{id}", get(operation))
         .route("/api/v1/modules/{name}/{version}/retry", post(retry))
         .route("/api/v1/ready", get(ready))
+        .route("/api/v1/base", get(base_process))
         .route("/api/v1/modules/{name}/config", get(module_config))
         .route("/api/v1/modules/{name}/kv", get(module_kv))
         .route("/api/v1/config/reload", post(reload_config))
@@ -275,6 +276,11 @@ async fn ready(State(registry): State<Arc<Registry>>) -> Response {
     let ready = registry.is_ready();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+/// `GET /api/v1/base`: which process serves (the worker's pid and generation when supervised).
+async fn base_process() -> Json<crate::supervisor::BaseProcess> {
+    Json(crate::supervisor::base_process().clone())
 }
 
 /// `POST /api/v1/modules/{name}/{version}/retry`: loads a quarantined module again.

@@ -89,6 +89,12 @@ pub struct Config {
     pub crash_quarantine_after: u32,
     /// The window crashes are counted in, back from each crash.
     pub crash_window: Duration,
+    /// Whether [`supervise`](crate::supervise) runs the base as a supervised worker process
+    /// (`--supervisor on|off`).
+    pub supervisor: bool,
+    /// A memory-limit restart whose old instance left more heap than this behind (memory its
+    /// statics keep alive) escalates to a worker restart, when supervised; 0 never escalates.
+    pub worker_restart_leak_bytes: u64,
 }
 
 impl Default for Config {
@@ -125,6 +131,8 @@ impl Default for Config {
             module_kv_quota: BTreeMap::new(),
             crash_quarantine_after: 1,
             crash_window: Duration::from_secs(600),
+            supervisor: true,
+            worker_restart_leak_bytes: 64 * 1024 * 1024,
         }
     }
 }

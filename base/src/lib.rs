@@ -17,9 +17,9 @@
 //! Modules are installed through the operations API ([`Base::admin_app`]) and answer at
 //! `/<module name>/...` on the traffic server ([`Base::traffic_app`]).
 
-// Architecture Invariant: only the ABI glue (`loader`, `host`, `tls_keys`) and the crash handler
-// (`crash`) use `unsafe`; every other module is checked by this lint (`forbid` could not be lifted
-// for those).
+// Architecture Invariant: only the ABI glue (`loader`, `host`, `tls_keys`), the crash handler
+// (`crash`) and the supervisor's descriptor hand-over (`supervisor/listeners.rs`) use `unsafe`;
+// every other module is checked by this lint (`forbid` could not be lifted for those).
 #![deny(unsafe_code)]
 
 mod accounting;
@@ -43,6 +43,7 @@ mod operations;
 mod registry;
 mod routing;
 mod services;
+mod supervisor;
 #[allow(unsafe_code)]
 mod tls_keys;
 mod traffic;
@@ -69,6 +70,7 @@ pub use crate::{
         kv::{Kv, Usage as KvUsage},
         module_config::ModuleConfigs,
     },
+    supervisor::{BaseProcess, CRASH_WINDOW, MAX_CRASHES, WORKER_RESTART_EXIT_CODE, base_process, supervise},
     tls_keys::keys_are_reclaimable,
 };
 
@@ -152,14 +154,25 @@ impl Base {
         admin::router(Arc::clone(&self.registry))
     }
 
-    /// Binds both servers, restores the recorded state and installs the boot modules (the
-    /// operations API answers meanwhile, with `GET /api/v1/ready` false), prints one
-    /// `pedestal ready:` line with the bound addresses on stdout, serves until SIGTERM or SIGINT,
-    /// then stops every module and returns.
+    /// Binds both servers (or, in a supervised worker, takes the listeners its supervisor
+    /// handed over: see [`supervise`]), restores the recorded state and installs the boot
+    /// modules (the operations API answers meanwhile, with `GET /api/v1/ready` false; traffic
+    /// waits in the kernel's queue until the restore is done), prints one `pedestal ready:` line
+    /// with the bound addresses on stdout, serves until SIGTERM or SIGINT, then stops every
+    /// module and returns.
+    ///
+    /// In a supervised worker whose memory limit escalated to a worker restart, it stops every
+    /// module the same way (the recorded state is kept) and then exits the process with
+    /// [`WORKER_RESTART_EXIT_CODE`], for the supervisor to start a fresh worker.
     pub async fn serve(self) -> anyhow::Result<()> {
         let config = self.registry.config().clone();
-        let traffic = bind(config.listen, "traffic").await?;
-        let admin = bind(config.admin_listen, "operations API").await?;
+        supervisor::base_process();
+        let (traffic, admin) = match supervisor::inherited_listeners()? {
+            Some((traffic, admin)) => (inherit(traffic)?, inherit(admin)?),
+            None => {
+                (bind(config.listen, "traffic").await?, bind(config.admin_listen, "operations API").await?)
+            }
+        };
         let (traffic_addr, admin_addr) = (traffic.local_addr()?, admin.local_addr()?);
         // Before the restore: a SIGTERM while modules load must stop the base cleanly, not kill
         // it mid-load (which would quarantine the module being loaded).
@@ -173,15 +186,18 @@ impl Base {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let traffic_server =
-            axum::serve(traffic, self.traffic_app()).with_graceful_shutdown(stopped(stop_rx.clone()));
-        let admin_server = axum::serve(admin, self.admin_app()).with_graceful_shutdown(stopped(stop_rx));
-        let servers = tokio::spawn(async move {
-            tokio::try_join!(traffic_server.into_future(), admin_server.into_future())
-        });
+        let admin_server =
+            axum::serve(admin, self.admin_app()).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let admin_server = tokio::spawn(admin_server.into_future());
 
         let registry = Arc::clone(&self.registry);
         let restored = tokio::task::spawn_blocking(move || registry.restore()).await??;
+        // Traffic is accepted only now: until the restore is done, connections wait in the
+        // listening socket's queue rather than get a 404 from a module not loaded yet (after a
+        // worker restart, every module is in that case for the length of the restore).
+        let traffic_server =
+            axum::serve(traffic, self.traffic_app()).with_graceful_shutdown(stopped(stop_rx));
+        let traffic_server = tokio::spawn(traffic_server.into_future());
         tracing::info!(
             started = restored.started,
             quarantined = restored.quarantined.len(),
@@ -205,12 +221,22 @@ impl Base {
         println!("pedestal ready: traffic http://{traffic_addr} operations http://{admin_addr}");
         tracing::info!(%traffic_addr, %admin_addr, data_dir = %config.data_dir.display(), "pedestal ready");
 
-        shutdown.await;
-        tracing::info!("shutting down: stopping every module");
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutting down: stopping every module"),
+            _ = supervisor::worker_restart_requested() => tracing::warn!(
+                "worker restart: stopping every module (the recorded state is kept) and exiting with \
+                 status {WORKER_RESTART_EXIT_CODE}, for the supervisor to start a fresh worker"
+            ),
+        }
         let _ = stop_tx.send(true);
         let registry = Arc::clone(&self.registry);
         tokio::task::spawn_blocking(move || registry.stop_all()).await?;
-        servers.await??;
+        traffic_server.await??;
+        admin_server.await??;
+        if supervisor::worker_restart_wanted() {
+            drop(self);
+            std::process::exit(WORKER_RESTART_EXIT_CODE);
+        }
         Ok(())
     }
 }
@@ -275,6 +301,12 @@ fn spawn_heap_sampler(registry: std::sync::Weak<Registry>) {
     if let Err(e) = sampler {
         tracing::warn!("cannot start the heap sampler ({e}); peaks are sampled on reads only");
     }
+}
+
+/// A listener the supervisor handed over, for tokio.
+fn inherit(listener: std::net::TcpListener) -> anyhow::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener)?)
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

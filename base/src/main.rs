@@ -3,7 +3,7 @@
 //! Run with `cargo run -p pedestal-base -- serve` (or `cargo xtask demo` for a base with the
 //! example modules deployed).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use pedestal_base::{Base, Config, LogFormat, UnhealthyAction};
@@ -111,6 +111,14 @@ struct ServeArgs {
     /// The window module crashes are counted in, in seconds.
     #[arg(long, env = "PEDESTAL_CRASH_WINDOW_SECS", default_value_t = 600)]
     crash_window_secs: u64,
+    /// Run as a supervisor process that owns the listening sockets and restarts the worker
+    /// process hosting the modules when it crashes: `on` or `off`.
+    #[arg(long, env = "PEDESTAL_SUPERVISOR", default_value = "on", value_parser = ["on", "off"])]
+    supervisor: String,
+    /// A memory-limit restart that leaves more than this many heap bytes behind (kept alive by
+    /// the module's statics) escalates to a worker restart when supervised; 0 = never.
+    #[arg(long, env = "PEDESTAL_WORKER_RESTART_LEAK_BYTES", default_value_t = 64 * 1024 * 1024)]
+    worker_restart_leak_bytes: u64,
 }
 
 impl From<ServeArgs> for Config {
@@ -140,12 +148,14 @@ impl From<ServeArgs> for Config {
             kv_quota_bytes: args.kv_quota_bytes,
             crash_quarantine_after: args.crash_quarantine_after,
             crash_window: Duration::from_secs(args.crash_window_secs),
+            supervisor: args.supervisor == "on",
+            worker_restart_leak_bytes: args.worker_restart_leak_bytes,
             ..Config::default()
         }
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let Cli { command: Command::Serve(args) } = Cli::parse();
     let filter = EnvFilter::try_from_env("PEDESTAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let output = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -158,6 +168,22 @@ fn main() -> anyhow::Result<()> {
     if let Some(file) = file {
         config = config.with_file(&file)?;
     }
-    let base = Base::new(config)?;
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(base.serve())
+    // The supervisor returns here once its worker stopped for good; the worker goes on.
+    if let Some(exit) = pedestal_base::supervise(&config)? {
+        return Ok(exit);
+    }
+    let base = Base::new(config).map_err(with_code)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(base.serve()).map_err(with_code)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Puts the stable code of a base error (`STATE_INVALID`...) in front of its message, so the
+/// last words of a base that could not start name it.
+fn with_code(error: impl Into<anyhow::Error>) -> anyhow::Error {
+    let error = error.into();
+    match error.downcast_ref::<pedestal_base::Error>().map(|e| e.code().to_owned()) {
+        Some(code) => error.context(code),
+        None => error,
+    }
 }

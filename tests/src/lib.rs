@@ -27,6 +27,8 @@ pub struct TestBase {
     log: Arc<Mutex<String>>,
     _data: tempfile::TempDir,
     agent: ureq::Agent,
+    /// The environment it was started with, kept for [`TestBase::kill_and_restart`].
+    env: Vec<(String, String)>,
 }
 
 /// An HTTP answer: status, raw body, and the body as JSON when it is JSON.
@@ -83,12 +85,22 @@ impl TestBase {
 
     /// Kills the base with SIGKILL (no shutdown at all) and starts a new one on the same data
     /// directory, with `extra` arguments; returns once it reports ready.
+    /// When supervised, `kill -9` of the supervisor kills its worker too (it dies with its
+    /// parent): this waits until the worker is gone as well, so the next base never meets it.
     pub fn kill_and_restart(mut self, extra: &[&str]) -> Self {
+        let workers = self.workers();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for worker in workers {
+            eventually("the killed base's worker to die", Duration::from_secs(10), || {
+                (!process_is_alive(worker)).then_some(())
+            });
+        }
         let data = std::mem::replace(&mut self._data, tempfile::tempdir().expect("temp dir"));
+        let env = std::mem::take(&mut self.env);
         drop(self);
-        Self::start_in(data, extra)
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Self::start_binary(artifacts::PEDESTAL, data, extra, &env)
     }
 
     /// Starts a new base on the same data directory, with `extra` arguments and `env` variables,
@@ -235,7 +247,8 @@ impl TestBase {
         };
         let (traffic, admin) = (addr("traffic"), addr("operations"));
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
-        Self { child, traffic, admin, log, _data: data, agent }
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self { child, traffic, admin, log, _data: data, agent, env }
     }
 
     fn send(&self, request: ureq::Request, body: Option<&[u8]>) -> Reply {
@@ -387,9 +400,26 @@ impl TestBase {
         self.admin("DELETE", &format!("/api/v1/modules/{name}/{version}"), &[], None)
     }
 
-    /// The base's process id.
+    /// The id of the process that hosts the modules: the worker when the base is supervised
+    /// (asked from `GET /api/v1/base`, so it follows worker restarts), else the base itself.
     pub fn pid(&self) -> u32 {
+        let process = self.admin_get("/api/v1/base").json;
+        process["pid"].as_u64().map_or(self.child.id(), |pid| pid as u32)
+    }
+
+    /// The id of the process the test started: the supervisor when the base is supervised.
+    pub fn supervisor_pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The supervisor's worker processes (its children), none when unsupervised.
+    pub fn workers(&self) -> Vec<u32> {
+        let id = self.child.id();
+        std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect()
     }
 
     /// Whether any mapping of the base process comes from a file whose path contains `needle`.
@@ -421,9 +451,15 @@ impl TestBase {
         self.child.try_wait().expect("try_wait").is_none()
     }
 
-    /// Sends SIGTERM and waits for the exit code (up to `timeout`).
+    /// The exit status of the process the test started, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Sends SIGTERM (to the supervisor, when supervised) and waits for the exit code (up to
+    /// `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
-        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -453,6 +489,16 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether process `pid` still runs (a zombie, dead but not yet reaped, does not).
+pub fn process_is_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state is the first field after the parenthesised command name.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
 }
 
 /// The sha256-named path under which the base stores an artifact, as it appears in maps.

@@ -13,6 +13,10 @@ use serde_json::json;
 #[test]
 fn queries_fan_out_to_every_ranker_and_keep_flowing_through_upgrades() {
     let base = TestBase::start_custom(artifacts::SEARCH_BASE, &[]);
+    // A custom base gets the supervisor by calling `pedestal_base::supervise`.
+    let process = base.admin_get("/api/v1/base").json;
+    assert_eq!(process["supervised"], true, "{process}");
+    assert_eq!(base.workers(), vec![base.pid()], "{process}");
     for ranker in [artifacts::RANKER_KEYWORD, artifacts::RANKER_RECENCY, artifacts::RANKER_POPULARITY] {
         base.install_ok(ranker);
     }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [density|lifecycle] [--quick]`: builds the benchmark base, the benchmark module, the
+//! `cargo xtask bench [density|lifecycle|supervision] [--quick]`: builds the benchmark base, the benchmark module, the
 //! stand-alone native service and the driver in release, then runs the driver (see
 //! `bench/driver`). Results go to stdout and to `target/release/bench-*results.md`;
 //! BENCHMARKS.md records them with the machine.
@@ -23,6 +23,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .arg(release.join("libbench_module.so"));
     if args.iter().any(|a| a == "density") {
         driver.arg("--density").arg("--native").arg(release.join("bench-native"));
+    } else if args.iter().any(|a| a == "supervision") {
+        // The real `pedestal` binary (the supervisor is its `serve`), and `fx-crashy` to crash it
+        // from a handler; each in a cargo invocation of its own, like the module.
+        exec(cargo().args(["build", "--release", "-p", "pedestal-base", "--bin", "pedestal"]))?;
+        exec(cargo().args(["build", "--release", "-p", "fx-crashy"]))?;
+        driver
+            .arg("--supervision")
+            .arg("--pedestal")
+            .arg(release.join("pedestal"))
+            .arg("--crashy")
+            .arg(release.join("libfx_crashy.so"));
     } else if args.iter().any(|a| a == "lifecycle") {
         driver.arg("--lifecycle").arg("--new-module").arg(build_second_version()?);
     } else {

@@ -217,13 +217,41 @@ impl Registry {
         let registry = Arc::clone(self);
         let instance = Arc::clone(instance);
         let restarter = thread::Builder::new().name("pedestal-restart".into()).spawn(move || {
-            if let Err(e) = registry.restart(&instance, reason, &message) {
-                registry.warn(&instance, "limits", &format!("restart failed: {e}"));
+            match registry.restart(&instance, reason, &message) {
+                // Heap its statics keep alive survives the restart: only a new process frees it.
+                Ok(_) if reason == "memory_limit" => registry.escalate_if_leaked(&instance),
+                Ok(_) => {}
+                Err(e) => registry.warn(&instance, "limits", &format!("restart failed: {e}")),
             }
         });
         if let Err(e) = restarter {
             tracing::error!("cannot start a restart thread: {e}");
         }
+    }
+
+    /// After a memory-limit restart: when the stopped instance left more heap behind than
+    /// `--worker-restart-leak-bytes` (memory its statics keep alive, which no in-process restart
+    /// reclaims), asks the supervisor for a fresh worker process, the only thing that reclaims it.
+    fn escalate_if_leaked(&self, stopped: &Instance) {
+        let threshold = self.config.worker_restart_leak_bytes;
+        let leaked = stopped.heap_at_stop().map_or(0, |heap| heap.live_bytes);
+        if threshold == 0 || leaked <= threshold {
+            return;
+        }
+        let escalated = crate::supervisor::request_worker_restart();
+        let message = if escalated {
+            format!(
+                "the restarted instance left {leaked} heap bytes behind (over the {threshold} of \
+                 --worker-restart-leak-bytes): restarting the worker process, which reclaims them"
+            )
+        } else {
+            format!(
+                "the restarted instance left {leaked} heap bytes behind (over the {threshold} of \
+                 --worker-restart-leak-bytes); only a restart of the base process reclaims them, \
+                 and no supervisor can do it now (unsupervised, or 3 worker restarts in 10 minutes)"
+            )
+        };
+        self.warn(stopped, "limits", &message);
     }
 
     /// Records a restart of module `name` unless it already restarted [`MAX_RESTARTS`] times in

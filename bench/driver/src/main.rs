@@ -10,11 +10,15 @@
 //!    alternating rounds (`--unaccounted-module PATH`, see `accounting.rs`).
 //! 4. Install latency: upload sent → first request served, plus the base's own install time.
 //! 5. Install/uninstall cycles: RSS growth of the base, and whether every cycle unmapped.
+//!
+//! `--density`, `--lifecycle` and `--supervision` run the other benchmarks instead (see their
+//! files).
 
 mod accounting;
 mod density;
 mod lifecycle;
 mod spi;
+mod supervision;
 
 use std::{
     io::{BufRead, BufReader},
@@ -77,6 +81,23 @@ fn main() -> anyhow::Result<()> {
         let report = lifecycle::run(&options)?;
         println!("{report}");
         let out = options.old.parent().unwrap().join("bench-lifecycle-results.md");
+        std::fs::write(&out, &report)?;
+        eprintln!("(also written to {})", out.display());
+        return Ok(());
+    }
+    if args.iter().any(|a| a == "--supervision") {
+        let options = supervision::Supervision {
+            pedestal: value("--pedestal").context("--pedestal PATH is required")?.into(),
+            module: value("--module").context("--module PATH is required")?.into(),
+            crashy: value("--crashy").context("--crashy PATH is required")?.into(),
+            sizes: if quick { vec![1, 10] } else { vec![1, 10, 100] },
+            rounds: if quick { 2 } else { 5 },
+            loaded_crashes: if quick { 2 } else { 10 },
+            clients: 8,
+        };
+        let report = supervision::run(&options)?;
+        println!("{report}");
+        let out = options.module.parent().unwrap().join("bench-supervision-results.md");
         std::fs::write(&out, &report)?;
         eprintln!("(also written to {})", out.display());
         return Ok(());

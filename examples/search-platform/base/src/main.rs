@@ -6,7 +6,9 @@
 //! operations API, `/<module>/...` routes, versions, switching, limits — is the universal base's.
 //!
 //! `search-base [pedestal serve flags...]`: the same `--listen`, `--admin-listen`, `--data-dir`
-//! as `pedestal serve` (defaults 127.0.0.1:7080 and :7081, `./search-data`).
+//! as `pedestal serve` (defaults 127.0.0.1:7080 and :7081, `./search-data`). Like `pedestal serve`
+//! it runs supervised (`pedestal_base::supervise`): a crashing ranker costs a worker restart, not
+//! the platform.
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Instant};
 
@@ -89,7 +91,7 @@ fn routes(registry: Arc<Registry>) -> Router {
         .route("/search/rankers", get(move || rankers(Arc::clone(&registry))))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt().with_env_filter("info").with_writer(std::io::stderr).init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
@@ -101,6 +103,11 @@ fn main() -> anyhow::Result<()> {
         ..Config::default()
     };
     config.admin_token = flag("--admin-token");
+    // The supervisor returns here when its worker stopped for good; the worker builds the base.
+    if let Some(exit) = pedestal_base::supervise(&config)? {
+        return Ok(exit);
+    }
     let base = Base::builder(config).spi::<RankerSpi>().routes_with(routes).build()?;
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(base.serve())
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(base.serve())?;
+    Ok(std::process::ExitCode::SUCCESS)
 }
