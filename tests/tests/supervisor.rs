@@ -141,6 +141,29 @@ fn a_crash_fails_only_the_requests_in_flight_and_a_new_worker_serves_with_no_ref
     assert!(served_after >= 50, "served after the crash: {served_after}");
     base.wait_for_log("supervisor: the worker was killed by signal SIGABRT (6); restarting it at once");
     assert_eq!(base.get("/fx-good/ping").body, "pong");
+    // The new worker read the dead one's crash record: the culprit is quarantined, not loaded
+    // again (the same request would otherwise kill every worker).
+    let quarantined = base.admin_get("/api/v1/modules").json["quarantined"].clone();
+    assert_eq!(quarantined[0]["name"], "fx-crashy", "{quarantined}");
+    assert_eq!(quarantined[0]["signal"], "SIGABRT", "{quarantined}");
+    assert_eq!(base.get("/fx-crashy/ok").code(), "MODULE_NOT_FOUND");
+}
+
+#[test]
+fn a_module_that_aborts_after_its_start_costs_one_worker_restart_not_a_crash_loop() {
+    let base = TestBase::start();
+    base.install_ok(artifacts::GOOD);
+    // From the next start on, fx-crashy aborts the process 500 ms after a clean start.
+    std::fs::write(base.data_dir().join("crash-after-start"), "").unwrap();
+    base.install_ok(artifacts::CRASHY);
+    let after = next_worker(&base, 1);
+    assert_eq!(after["worker_generation"], 2, "one restart: {after}");
+    let quarantined = base.admin_get("/api/v1/modules").json["quarantined"].clone();
+    assert_eq!(quarantined[0]["name"], "fx-crashy", "{quarantined}\n{}", base.log());
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
+    // And it stays one: the second worker does not load the culprit, so nothing kills it.
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(base_process(&base)["worker_generation"], 2);
 }
 
 #[test]
