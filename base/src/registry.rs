@@ -629,7 +629,9 @@ impl Registry {
                 instance.end_operation();
                 return Err(e);
             }
-            if let Some(weights) = modules.get_mut(name).and_then(|v| v.weights.as_mut()) {
+            // Without a hand-over (a same-version replace) the new build takes this version's
+            // seat, its share of a split included.
+            if hand_over && let Some(weights) = modules.get_mut(name).and_then(|v| v.weights.as_mut()) {
                 weights.remove(version);
             }
             if let Some(versions) = modules.get_mut(name)

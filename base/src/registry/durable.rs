@@ -557,7 +557,11 @@ impl Registry {
             .and_then(|bytes| {
                 // A boot module the base died loading would kill every boot: skip it.
                 let sha256 = hex::encode(Sha256::digest(&bytes));
-                if let Some(q) = self.quarantined().into_iter().find(|q| q.sha256 == sha256) {
+                // Installed under its package's name: a quarantined tenant of the same artifact
+                // (another install name) does not keep it out.
+                if let Some(q) =
+                    self.quarantined().into_iter().find(|q| q.sha256 == sha256 && q.install_name.is_none())
+                {
                     return Err(Error::Quarantined { what: file.display().to_string(), reason: q.reason });
                 }
                 self.install_with(&bytes, &InstallOptions::default())
