@@ -345,10 +345,32 @@ fn install_handlers() -> io::Result<()> {
     Ok(())
 }
 
+/// Set once the first crash's record is written (and synced).
+static WRITTEN: AtomicBool = AtomicBool::new(false);
+/// The thread writing the first record (its kernel thread id).
+static WRITER: AtomicI32 = AtomicI32::new(0);
+
 /// The handler. Writes one record (the first time), then passes the signal on.
 extern "C" fn on_fatal_signal(signo: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
+    // SAFETY: `gettid` has no arguments and cannot fail; it is async-signal-safe.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
     if !RECORDED.swap(true, Ordering::AcqRel) {
+        WRITER.store(tid, Ordering::Release);
         write_record(signo, info, context);
+        WRITTEN.store(true, Ordering::Release);
+    } else if WRITER.load(Ordering::Acquire) != tid {
+        // Another thread crashed at the same time and is writing the record: passing this signal
+        // on now would kill the process under that write. Wait for it (bounded: 2 s), with
+        // `nanosleep`, which is async-signal-safe. The writer itself (a fault inside the
+        // handler) never waits for itself.
+        let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+        for _ in 0..2000 {
+            if WRITTEN.load(Ordering::Acquire) {
+                break;
+            }
+            // SAFETY: `pause` is a valid timespec; the remainder pointer may be null.
+            unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
+        }
     }
     pass_on(signo, info, context);
 }
@@ -366,14 +388,19 @@ fn write_record(signo: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_
     let faulting = matches!(signo, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE);
     // SAFETY: the kernel passes a valid `siginfo_t` to an `SA_SIGINFO` handler; `si_addr` is
     // meaningful for the fault signals only, and read only for them.
-    let (code, addr) = unsafe {
+    let (code, addr, sender) = unsafe {
         let info = &*info;
-        (info.si_code, faulting.then(|| info.si_addr() as usize))
+        // `si_pid` is set for signals sent with `kill`/`tgkill` (`si_code <= 0`).
+        (info.si_code, faulting.then(|| info.si_addr() as usize), (info.si_code <= 0).then(|| info.si_pid()))
     };
+    // A signal another process sent (`kill -SEGV <pid>`) lands on whatever thread the kernel
+    // picks: it is not that thread's module's crash. `abort()` is sent by this process itself.
+    // SAFETY: `getpid` is async-signal-safe and cannot fail.
+    let external = sender.is_some_and(|pid| pid != unsafe { libc::getpid() });
 
     // Which instance: the thread's name first, else the addresses against the library ranges.
     let mut identity = [0u8; IDENTITY_BYTES];
-    let named = instance_number(&thread[..thread_len]);
+    let named = instance_number(&thread[..thread_len]).filter(|_| !external);
     let mut found: Option<(By, SlotView)> = None;
     for slot in &TABLE {
         let instance = slot.instance.load(Ordering::Acquire);
@@ -387,7 +414,7 @@ fn write_record(signo: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_
             break;
         }
     }
-    if found.is_none() {
+    if found.is_none() && !external {
         for slot in &TABLE {
             if slot.instance.load(Ordering::Acquire) == 0 {
                 continue;

@@ -146,33 +146,38 @@ impl TestBase {
         Self::start_binary(binary, tempfile::tempdir().expect("temp dir"), extra, &[])
     }
 
-    /// Kills the base with SIGKILL, starts another on the same data directory and kills that
-    /// one too `after` its start (while it restores, when `after` is short), then starts a third
-    /// and returns it once it reports ready.
-    pub fn kill_and_restart_killing_restore(mut self, after: Duration, extra: &[&str]) -> Self {
+    /// Kills the base with SIGKILL, then starts another base on the same data directory and kills
+    /// it again while it restores, once per entry of `kills` (see [`RestoreKill`]), then starts a
+    /// last one and returns it once it reports ready, with whether each kill landed inside a
+    /// module's load.
+    pub fn kill_and_restart_killing_restores(
+        self,
+        kills: &[RestoreKill],
+        extra: &[&str],
+    ) -> (Self, Vec<bool>) {
+        let data = self.kill_and_keep_data();
+        let inside = kills.iter().map(|when| kill_a_restore(data.path(), *when, extra)).collect();
+        (Self::start_in(data, extra), inside)
+    }
+
+    /// Kills the base with SIGKILL (its worker too) and hands its data directory over.
+    fn kill_and_keep_data(mut self) -> tempfile::TempDir {
+        let workers = self.workers();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let data = std::mem::replace(&mut self._data, tempfile::tempdir().expect("temp dir"));
-        drop(self);
-        let mut interrupted = Self::command(artifacts::PEDESTAL, data.path(), extra, &[])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning pedestal");
-        thread::sleep(after);
-        let _ = interrupted.kill();
-        let _ = interrupted.wait();
-        Self::start_in(data, extra)
+        for worker in workers {
+            eventually("the killed base's worker to die", Duration::from_secs(10), || {
+                (!process_is_alive(worker)).then_some(())
+            });
+        }
+        std::mem::replace(&mut self._data, tempfile::tempdir().expect("temp dir"))
     }
 
     /// Kills the base with SIGKILL, starts another on the same data directory with `env` that
     /// must die by itself before it is ready (a module crashes it during the restore), and then
     /// a third one; returns the way the second one ended and the third, once it reports ready.
-    pub fn restart_through_a_crash(mut self, env: &[(&str, &str)]) -> (std::process::ExitStatus, Self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let data = std::mem::replace(&mut self._data, tempfile::tempdir().expect("temp dir"));
-        drop(self);
+    pub fn restart_through_a_crash(self, env: &[(&str, &str)]) -> (std::process::ExitStatus, Self) {
+        let data = self.kill_and_keep_data();
         let mut crashing = Self::command(artifacts::PEDESTAL, data.path(), &[], env)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -476,6 +481,74 @@ impl Drop for TestBase {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// When [`TestBase::kill_and_restart_killing_restore`] kills the restoring base.
+#[derive(Debug, Clone, Copy)]
+pub enum RestoreKill {
+    /// This long after starting it.
+    After(Duration),
+    /// As soon as it has a restore's loading marker down (it is inside a module's load or start
+    /// hook), or after 3 s if none appears.
+    InsideALoad,
+    /// Once a restore's loading marker names this module (its manifest was read: the kill lands
+    /// in its start hook, when that is slow), or after 10 s.
+    InsideTheStartOf(&'static str),
+}
+
+/// Starts a base on `data`, kills it (supervisor and worker) as `when` says, and returns whether
+/// the kill landed inside a load of the restore (a loading marker it wrote was left behind).
+fn kill_a_restore(data: &Path, when: RestoreKill, extra: &[&str]) -> bool {
+    // The restore's markers, by file name (each process names its own): those left by an
+    // earlier process are not this one's.
+    let named = match when {
+        RestoreKill::InsideTheStartOf(name) => format!("\"name\":\"{name}\""),
+        _ => String::new(),
+    };
+    let markers = |data: &Path| -> Vec<String> {
+        std::fs::read_dir(data.join("loading"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                std::fs::read_to_string(entry.path())
+                    .is_ok_and(|marker| marker.contains("\"during\":\"restore\"") && marker.contains(&named))
+            })
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let earlier = markers(data);
+    let restoring = |data: &Path| markers(data).iter().any(|m| !earlier.contains(m));
+    let mut base = TestBase::command(artifacts::PEDESTAL, data, extra, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning pedestal");
+    match when {
+        RestoreKill::After(after) => thread::sleep(after),
+        RestoreKill::InsideALoad | RestoreKill::InsideTheStartOf(_) => {
+            // Tight polling: without a slow start hook a load takes a few milliseconds.
+            let wait = if named.is_empty() { 3 } else { 10 };
+            let deadline = Instant::now() + Duration::from_secs(wait);
+            while !restoring(data) && Instant::now() < deadline {
+                thread::sleep(Duration::from_micros(500));
+            }
+        }
+    }
+    let id = base.id();
+    let workers: Vec<u32> = std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .collect();
+    let _ = base.kill();
+    let _ = base.wait();
+    for worker in workers {
+        eventually("the killed base's worker to die", Duration::from_secs(10), || {
+            (!process_is_alive(worker)).then_some(())
+        });
+    }
+    restoring(data)
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`; panics naming

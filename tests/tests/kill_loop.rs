@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use pedestal_tests::{TestBase, artifacts};
+use pedestal_tests::{RestoreKill, TestBase, artifacts};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
@@ -207,7 +207,7 @@ fn a_random_kill_never_loses_or_tears_acknowledged_state() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut base = TestBase::start();
     let mut model = Model::default();
-    let (mut interrupted, mut during_restore) = (0, 0);
+    let (mut interrupted, mut during_restore, mut inside_a_restore) = (0, 0, 0);
     for kill_no in 0..kills {
         let context = |what: &str| format!("seed {seed}, kill {kill_no}: {what}");
         // A few acknowledged operations, each checked against the model as it goes.
@@ -222,7 +222,9 @@ fn a_random_kill_never_loses_or_tears_acknowledged_state() {
         // The doomed operation: SIGKILL a few milliseconds into it.
         let op = random_op(&mut rng);
         let (next, accepted) = model.after(op);
-        let pid = base.pid();
+        // The whole base, supervisor and worker: a worker killed alone would be restarted by
+        // its supervisor, whose restore the next kill would cut short unobserved.
+        let pid = base.supervisor_pid();
         let delay = Duration::from_micros(rng.random_range(0..12_000));
         let killer = thread::spawn(move || {
             thread::sleep(delay);
@@ -243,8 +245,15 @@ fn a_random_kill_never_loses_or_tears_acknowledged_state() {
         };
         base = if rng.random_bool(0.2) {
             during_restore += 1;
-            let after = Duration::from_millis(rng.random_range(0..40));
-            base.kill_and_restart_killing_restore(after, &[])
+            // Half at a random moment, half as soon as the restore is inside a module's load.
+            let when = if rng.random_bool(0.5) {
+                RestoreKill::After(Duration::from_millis(rng.random_range(0..150)))
+            } else {
+                RestoreKill::InsideALoad
+            };
+            let (restarted, inside) = base.kill_and_restart_killing_restores(&[when], &[]);
+            inside_a_restore += usize::from(inside[0]);
+            restarted
         } else {
             base.kill_and_restart(&[])
         };
@@ -258,7 +267,8 @@ fn a_random_kill_never_loses_or_tears_acknowledged_state() {
         model = observed;
     }
     eprintln!(
-        "{kills} kills (seed {seed}): {interrupted} interrupted an operation, {during_restore} also hit the restore"
+        "{kills} kills (seed {seed}): {interrupted} interrupted an operation; {during_restore} restarts \
+         killed again, {inside_a_restore} of them inside a module's load"
     );
     assert!(interrupted > 0, "no kill landed during an operation: the trial tested nothing");
 }

@@ -5,7 +5,7 @@
 
 use std::{fs, thread, time::Duration};
 
-use pedestal_tests::{TestBase, artifacts};
+use pedestal_tests::{RestoreKill, TestBase, artifacts};
 use serde_json::json;
 
 fn served_build(base: &TestBase) -> String {
@@ -50,11 +50,39 @@ fn a_kill_during_the_restore_quarantines_nothing() {
     base.install_ok(artifacts::VERSIONED_1_0_0);
     // From now on fx-versioned's start hook takes a second: the restore is killed inside it.
     fs::write(base.data_dir().join("slow-start"), "").unwrap();
-    let base = base.kill_and_restart_killing_restore(Duration::from_millis(500), &[]);
+    let (base, inside) =
+        base.kill_and_restart_killing_restores(&[RestoreKill::InsideTheStartOf("fx-versioned")], &[]);
+    assert_eq!(inside, [true], "the kill was to land inside the restore's load of fx-versioned");
     let listed = base.admin_get("/api/v1/modules").json;
     assert_eq!(listed["quarantined"], json!([]), "{listed}\n{}", base.log());
     assert_eq!(base.get("/fx-good/ping").body, "pong");
     assert_eq!(base.get("/fx-versioned/version").body, "1.0.0");
+
+    // A completed restore forgets that death: one more kill inside a load is again only a kill.
+    let (base, inside) =
+        base.kill_and_restart_killing_restores(&[RestoreKill::InsideTheStartOf("fx-versioned")], &[]);
+    assert_eq!(inside, [true]);
+    assert_eq!(base.admin_get("/api/v1/modules").json["quarantined"], json!([]), "{}", base.log());
+}
+
+#[test]
+fn two_restores_in_a_row_dying_in_one_module_without_a_crash_record_quarantine_it() {
+    // What a module that gets the base killed during its start (say, by the OOM killer) looks
+    // like from the outside: the restore dies inside its load, with no crash record, every time.
+    let base = TestBase::start();
+    base.install_ok(artifacts::GOOD);
+    base.install_ok(artifacts::VERSIONED_1_0_0);
+    fs::write(base.data_dir().join("slow-start"), "").unwrap();
+    let (base, inside) = base.kill_and_restart_killing_restores(
+        &[RestoreKill::InsideTheStartOf("fx-versioned"), RestoreKill::InsideTheStartOf("fx-versioned")],
+        &[],
+    );
+    assert_eq!(inside, [true, true]);
+    let quarantined = base.admin_get("/api/v1/modules").json["quarantined"].clone();
+    assert_eq!(quarantined.as_array().unwrap().len(), 1, "{quarantined}\n{}", base.log());
+    assert_eq!(quarantined[0]["name"], "fx-versioned", "{quarantined}");
+    assert!(quarantined[0]["reason"].as_str().unwrap().contains("restores in a row"), "{quarantined}");
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
 }
 
 #[test]

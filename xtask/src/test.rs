@@ -18,7 +18,7 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
     exec(cargo().args(["fmt", "--all", "--check"]))?;
     exec(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     let mut tests = cargo()
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .env("PEDESTAL_TEMPLATE_TEST", "1")
         .stdout(Stdio::piped())
         .spawn()

@@ -51,7 +51,17 @@ struct StateFile {
     limit_overrides: BTreeMap<String, LimitOverrides>,
     #[serde(default)]
     quarantined: Vec<Quarantined>,
+    /// Restores in a row that died while loading a module and left no crash record, per
+    /// `sha256/install name`: cleared by the first restore that completes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    restore_deaths: BTreeMap<String, u32>,
 }
+
+/// Restores in a row that may die inside one module's load, with no crash record, before the
+/// module is quarantined anyway: one is an operator's `kill -9`; two in a row is a module that
+/// kills the process in a way no handler sees (the OOM killer, a stack overflow on a thread
+/// without a signal stack).
+const RESTORE_DEATHS: u32 = 2;
 
 /// One running instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -345,19 +355,38 @@ impl Registry {
         file.format = FORMAT;
         *lock(&self.limit_overrides) = file.limit_overrides.clone().into_iter().collect();
         let (markers, crashed) = self.crash_markers();
+        let earlier_deaths = std::mem::take(&mut file.restore_deaths);
         for marker in crashed {
+            let mut restore_death = false;
             if marker.during == Load::Restore && !self.crashed_loading(&marker) {
                 // Killed while restoring (by an operator, the OOM killer, a power cut), or it
                 // crashed in another module: not a crash of the module it was restoring, which
-                // is restored again now.
-                tracing::warn!(
-                    sha256 = %marker.sha256,
-                    module = marker.name.as_deref().unwrap_or("?"),
-                    "the previous base process ended while restoring this module, not by its crash; \
-                     restoring it again"
-                );
-                continue;
+                // is restored again now — unless that happened to the last restore too.
+                let key = format!("{}/{}", marker.sha256, marker.install_name.as_deref().unwrap_or(""));
+                let deaths = earlier_deaths.get(&key).copied().unwrap_or(0) + 1;
+                if deaths < RESTORE_DEATHS {
+                    tracing::warn!(
+                        sha256 = %marker.sha256,
+                        module = marker.name.as_deref().unwrap_or("?"),
+                        "the previous base process ended while restoring this module, with no crash \
+                         record; restoring it again"
+                    );
+                    file.restore_deaths.insert(key, deaths);
+                    continue;
+                }
+                restore_death = true;
             }
+            let reason = if restore_death {
+                format!(
+                    "the base process died {RESTORE_DEATHS} restores in a row while loading or starting it, \
+                     with no crash record (killed, by the OOM killer for one, or a crash no handler saw); \
+                     retry with POST /api/v1/modules/{{name}}/{{version}}/retry"
+                )
+            } else {
+                "the base process died while loading or starting it (a crash in its constructors or \
+                 start hook); retry with POST /api/v1/modules/{name}/{version}/retry"
+                    .to_owned()
+            };
             let known = file
                 .quarantined
                 .iter()
@@ -377,9 +406,7 @@ impl Registry {
                 version: marker.version,
                 sha256: marker.sha256,
                 install_name: marker.install_name,
-                reason: "the base process died while loading or starting it (a crash in its \
-                         constructors or start hook); retry with POST /api/v1/modules/{name}/{version}/retry"
-                    .into(),
+                reason,
                 at: now(),
                 signal: None,
                 crashed_at: None,

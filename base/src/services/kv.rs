@@ -44,8 +44,20 @@ fn table_name(module: &str) -> String {
 impl Kv {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path).map_err(|e| storage(path, e))?;
-        Ok(Self { db, path: path.to_owned() })
+        // The file lock of a base process that was just killed (a worker whose supervisor died,
+        // the previous process under systemd) goes only when that process has fully exited,
+        // which can take a moment with many modules mapped: wait for it, briefly, rather than
+        // fail the start.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Database::create(path) {
+                Ok(db) => return Ok(Self { db, path: path.to_owned() }),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(storage(path, e)),
+            }
+        }
     }
 
     fn failed(&self, e: impl std::fmt::Display) -> Error {
