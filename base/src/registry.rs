@@ -415,10 +415,9 @@ impl Registry {
                     self.release_load_path(&load_path);
                 }
                 if let Some(replaced) = &replaced_same
-                    && self.release_record(&replaced.id)
+                    && let Some(was_active) = self.release_record(&replaced.id)
                 {
-                    // The replaced build is gone and its successor failed: that is the state now.
-                    self.persist_or_warn();
+                    return Err(self.roll_back_replace(replaced, was_active, options, e));
                 }
                 return Err(e);
             }
@@ -484,6 +483,47 @@ impl Registry {
         };
         self.persist_or_warn();
         Ok(Installed { instance, replaced })
+    }
+
+    /// A same-version replace unloaded `replaced` and its successor failed to start (`failure`):
+    /// starts the replaced build again from its artifact, so the failed replace changes nothing,
+    /// and returns the failure saying so. If even that fails, the removal is recorded (that is
+    /// the state now) and the failure says the version is gone.
+    fn roll_back_replace(
+        &self,
+        replaced: &Arc<Instance>,
+        was_active: bool,
+        options: &InstallOptions,
+        failure: Error,
+    ) -> Error {
+        let restart =
+            InstallOptions { name: options.name.clone(), activate: was_active, ..InstallOptions::default() };
+        let outcome = self
+            .store
+            .get(&replaced.artifact.sha256)
+            .ok_or_else(|| Error::NotFound { what: format!("artifact {}", replaced.artifact.sha256) })
+            .and_then(|artifact| self.launch_artifact(artifact, &restart, true));
+        let note = match outcome {
+            Ok(_) => {
+                tracing::warn!(module = %replaced.id, "the replacing build failed to start; the replaced build runs again");
+                "; the build it was to replace was started again".to_owned()
+            }
+            Err(e) => {
+                tracing::error!(module = %replaced.id, "the replacing build failed to start, and so did the replaced build: {e}");
+                self.persist_or_warn();
+                format!(
+                    "; starting the replaced build again failed too ({e}), so {} is not running",
+                    replaced.id
+                )
+            }
+        };
+        match failure {
+            Error::StartFailed { id, message } => Error::StartFailed { id, message: message + &note },
+            other => {
+                tracing::warn!("{other}{note}");
+                other
+            }
+        }
     }
 
     /// Makes `name@version` (started, inactive) the active version: one routing-table swap.

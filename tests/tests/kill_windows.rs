@@ -126,6 +126,21 @@ fn a_kill_during_a_same_version_replace_keeps_the_build_it_replaced() {
 }
 
 #[test]
+fn a_same_version_replace_whose_new_build_fails_to_start_puts_the_old_build_back() {
+    let base = TestBase::start();
+    base.install_ok(artifacts::VERSIONED_1_0_0);
+    fs::write(base.data_dir().join("fail-start-fx_versioned_1_0_0_b"), "").unwrap();
+    let replace = base.install_query(artifacts::VERSIONED_1_0_0_B, "strategy=replace");
+    assert_eq!(replace.code(), "START_FAILED", "{replace:?}");
+    assert!(replace.json["message"].as_str().unwrap().contains("started again"), "{replace:?}");
+    assert_eq!(served_build(&base), "fx_versioned_1_0_0", "{}", base.log());
+    assert_eq!(base.admin_get("/api/v1/modules/fx-versioned").json["active_version"], "1.0.0");
+    // And so it is recorded.
+    let base = base.kill_and_restart(&[]);
+    assert_eq!(served_build(&base), "fx_versioned_1_0_0", "{}", base.log());
+}
+
+#[test]
 fn a_missing_active_version_hands_the_traffic_to_a_running_one() {
     let base = TestBase::start();
     base.install_ok(artifacts::VERSIONED_1_0_0);

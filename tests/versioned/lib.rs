@@ -7,7 +7,8 @@
 //! name, which differs between two builds of one version (1.0.0 is also built as a second
 //! library, `fx_versioned_1_0_0_b`: same identity, other bytes). When the file `slow-start`
 //! exists in the base's working directory (the data directory in tests), the start hook takes
-//! a second, so a test can kill the base while a start runs.
+//! a second, so a test can kill the base while a start runs; when `fail-start-<crate name>`
+//! exists (say `fail-start-fx_versioned_1_0_0_b`), that build's start hook fails.
 
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ impl Module for Versioned {
     }
 
     async fn start(&self) -> Result<(), StartError> {
+        if std::path::Path::new(concat!("fail-start-", env!("CARGO_CRATE_NAME"))).exists() {
+            return Err("this build is told to fail its start (a fail-start file)".into());
+        }
         if std::path::Path::new("slow-start").exists() {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

@@ -313,11 +313,11 @@ impl Registry {
     }
 
     /// Ends [`Registry::hold_record`] for `id`: its successor is routed, or failed to start.
-    pub(crate) fn release_record(&self, id: &crate::instance::ModuleId) -> bool {
+    /// Returns whether a record was held, and whether it was its module's active version.
+    pub(crate) fn release_record(&self, id: &crate::instance::ModuleId) -> Option<bool> {
         let mut held = lock(&self.held.0);
-        let before = held.len();
-        held.retain(|r| !(r.name == id.name && r.version == id.version.to_string()));
-        held.len() != before
+        let at = held.iter().position(|r| r.name == id.name && r.version == id.version.to_string())?;
+        Some(held.remove(at).active)
     }
 
     fn write_state(&self, file: &StateFile) -> Result<()> {
