@@ -58,12 +58,17 @@ fn base_process(base: &TestBase) -> Value {
     base.admin_get("/api/v1/base").json
 }
 
-/// Waits until the worker generation is past `generation` and the new worker answers.
+/// Waits until the worker generation is past `generation` and the new worker is ready (its
+/// operations API answers while it restores).
 fn next_worker(base: &TestBase, generation: u64) -> Value {
-    eventually("a new worker", Duration::from_secs(20), || {
+    let process = eventually("a new worker", Duration::from_secs(20), || {
         let process = base.admin_get("/api/v1/base").json;
         (process["worker_generation"].as_u64()? > generation).then_some(process)
-    })
+    });
+    eventually("the new worker's restore", Duration::from_secs(20), || {
+        (base.admin_get("/api/v1/ready").json["ready"] == true).then_some(())
+    });
+    process
 }
 
 #[test]
