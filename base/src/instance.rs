@@ -1321,8 +1321,26 @@ impl Instance {
     /// instances whose unload finished (their load paths can be reused). The base's limit
     /// watcher calls it about once a second; it does nothing when nothing is stranded.
     pub(crate) fn finish_stranded_unloads(unload_timeout: Duration) -> Vec<Arc<Instance>> {
-        let candidates: Vec<Arc<Instance>> = lock(&STRANDED).clone();
         let mut unloaded = Vec::new();
+        // Pinned because the instance thread was still running at the stop timeout (a handler
+        // that spun or blocked past it): once that thread has returned after all, the unload
+        // can go on where it stopped — with the same checks, so threads the module left still
+        // running strand it instead.
+        let outlived: Vec<Arc<Instance>> = lock(&PINNED)
+            .iter()
+            .filter(|i| lock(&i.worker).as_ref().is_some_and(|w| w.thread.is_finished()))
+            .cloned()
+            .collect();
+        for instance in outlived {
+            let (state, message) = instance.close_library(unload_timeout);
+            let message = format!("its thread returned after the stop timeout; {message}");
+            instance.transition(state, "unpinned", &message);
+            if state == State::Stopped {
+                lock(&PINNED).retain(|other| !Arc::ptr_eq(other, &instance));
+                unloaded.push(instance);
+            }
+        }
+        let candidates: Vec<Arc<Instance>> = lock(&STRANDED).clone();
         for instance in candidates {
             let Some(state) = instance.finish_unload(unload_timeout) else { continue };
             lock(&STRANDED).retain(|other| !Arc::ptr_eq(other, &instance));

@@ -282,6 +282,10 @@ fn an_unhealthy_restart_cannot_reclaim_a_spinning_handler_but_a_fresh_instance_s
     });
     // The spinning handler finished on the pinned instance, whose state the base kept alive.
     assert_eq!(spun.status, 200, "{spun:?}");
+    // Its thread returned at last: the base finishes that unload by itself.
+    eventually("the old instance unloaded", Duration::from_secs(20), || {
+        (base.admin_get("/api/v1/health").json["counts"]["pinned"] == 0).then_some(())
+    });
 }
 
 /// The lines of `text` containing `needle`.
