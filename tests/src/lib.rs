@@ -88,14 +88,7 @@ impl TestBase {
     /// When supervised, `kill -9` of the supervisor kills its worker too (it dies with its
     /// parent): this waits until the worker is gone as well, so the next base never meets it.
     pub fn kill_and_restart(mut self, extra: &[&str]) -> Self {
-        let workers = self.workers();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for worker in workers {
-            eventually("the killed base's worker to die", Duration::from_secs(10), || {
-                (!process_is_alive(worker)).then_some(())
-            });
-        }
+        self.kill_with_workers();
         let data = std::mem::replace(&mut self._data, tempfile::tempdir().expect("temp dir"));
         let env = std::mem::take(&mut self.env);
         drop(self);
@@ -160,8 +153,8 @@ impl TestBase {
         (Self::start_in(data, extra), inside)
     }
 
-    /// Kills the base with SIGKILL (its worker too) and hands its data directory over.
-    fn kill_and_keep_data(mut self) -> tempfile::TempDir {
+    /// SIGKILL to the base, and waits until its worker (which dies with it) is gone too.
+    fn kill_with_workers(&mut self) {
         let workers = self.workers();
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -170,6 +163,11 @@ impl TestBase {
                 (!process_is_alive(worker)).then_some(())
             });
         }
+    }
+
+    /// Kills the base with SIGKILL (its worker too) and hands its data directory over.
+    fn kill_and_keep_data(mut self) -> tempfile::TempDir {
+        self.kill_with_workers();
         std::mem::replace(&mut self._data, tempfile::tempdir().expect("temp dir"))
     }
 
