@@ -85,7 +85,9 @@ pub struct Config {
     /// Per-module quotas (`[modules.NAME] kv_quota_bytes`), overriding `kv_quota_bytes`.
     pub module_kv_quota: BTreeMap<String, u64>,
     /// Crashes of one module (within `crash_window`, since its last retry) that quarantine it at
-    /// the next start; 0 never quarantines (crashes are still reported).
+    /// the next start; 0 never quarantines (crashes are still reported). Supervised, at most
+    /// [`MAX_CRASHES`](crate::MAX_CRASHES) `- 1` (see [`Config::validate`]); and with 0, a module
+    /// crashing at every start makes the supervisor's crash-loop rule stop the base.
     pub crash_quarantine_after: u32,
     /// The window crashes are counted in, back from each crash.
     pub crash_window: Duration,
@@ -139,10 +141,24 @@ impl Default for Config {
 
 impl Config {
     /// Refuses settings that would be unsafe to run with.
+    ///
+    /// With the supervisor on, `crash_quarantine_after` must leave the supervisor's crash-loop
+    /// rule room: a module crashing at every start crashes one worker per start, and the module
+    /// must be quarantined before [`MAX_CRASHES`](crate::MAX_CRASHES) worker crashes end the
+    /// base. One crash of the budget is kept for a crash no module is blamed for (a `kill -9`
+    /// of the worker, say) in the same window, hence at most `MAX_CRASHES - 1`.
     pub fn validate(&self) -> Result<()> {
         let has_token = self.admin_token.as_deref().is_some_and(|t| !t.is_empty());
         if !self.admin_listen.ip().is_loopback() && !has_token {
             return Err(Error::AdminTokenRequired { addr: self.admin_listen.to_string() });
+        }
+        let max_after = crate::MAX_CRASHES - 1;
+        if self.supervisor && self.crash_quarantine_after as usize > max_after {
+            return Err(Error::CrashQuarantineTooLate {
+                after: self.crash_quarantine_after,
+                max_crashes: crate::MAX_CRASHES,
+                max_after,
+            });
         }
         Ok(())
     }
@@ -255,5 +271,31 @@ impl Config {
             self.module_limits.insert(name, section.limits);
         }
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(supervisor: bool, crash_quarantine_after: u32, accepted: bool) {
+        let config = Config { supervisor, crash_quarantine_after, ..Config::default() };
+        assert_eq!(
+            config.validate().is_ok(),
+            accepted,
+            "supervisor {supervisor}, after {crash_quarantine_after}"
+        );
+    }
+
+    #[test]
+    fn supervised_a_module_crashing_at_every_start_is_quarantined_before_the_crash_loop_rule() {
+        check(true, 1, true);
+        check(true, crate::MAX_CRASHES as u32 - 1, true);
+        check(true, crate::MAX_CRASHES as u32, false);
+        check(true, 100, false);
+        // Report only: allowed, the crash-loop rule then stops the base.
+        check(true, 0, true);
+        // Unsupervised, a crash ends the process anyway: any count is the operator's choice.
+        check(false, 100, true);
     }
 }

@@ -122,6 +122,22 @@ pub enum Error {
         /// The configured admin address.
         addr: String,
     },
+    /// Supervised, a module crashing at every start would end the base in a crash loop before
+    /// `crash_quarantine_after` crashes ever quarantined it.
+    #[error(
+        "--crash-quarantine-after {after} is more than the supervisor allows: it stops the base \
+         after {max_crashes} worker crashes within a minute, so a module crashing at every start \
+         would never be quarantined; use 1 to {max_after} (or 0 to only report crashes, which lets \
+         such a module stop the base)"
+    )]
+    CrashQuarantineTooLate {
+        /// The configured `crash_quarantine_after`.
+        after: u32,
+        /// Worker crashes the supervisor tolerates in its window.
+        max_crashes: usize,
+        /// The largest accepted `crash_quarantine_after`.
+        max_after: usize,
+    },
     /// No module is mounted under the requested path.
     #[error("no module is mounted at /{name}/")]
     ModuleNotMounted {
@@ -306,6 +322,7 @@ impl Error {
             Self::Unauthorized => "UNAUTHORIZED",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::AdminTokenRequired { .. } => "ADMIN_TOKEN_REQUIRED",
+            Self::CrashQuarantineTooLate { .. } => "CRASH_QUARANTINE_TOO_LATE",
             Self::ModuleNotMounted { .. } => "MODULE_NOT_FOUND",
             Self::ModuleUnavailable { .. } => "MODULE_UNAVAILABLE",
             Self::ModuleTimeout { .. } => "MODULE_TIMEOUT",
@@ -366,6 +383,7 @@ impl Error {
             Self::ModuleFailed { code, .. } if code == "BAD_REQUEST" => StatusCode::BAD_REQUEST,
             Self::ModuleFailed { .. }
             | Self::AdminTokenRequired { .. }
+            | Self::CrashQuarantineTooLate { .. }
             | Self::ConfigInvalid { .. }
             | Self::StateInvalid { .. }
             | Self::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,

@@ -329,7 +329,12 @@ impl PendingReply {
     /// Hands the module's answer to the waiting caller; `false` when the caller left. Either
     /// way the request stops counting as in flight.
     pub(crate) fn send(self, outcome: Outcome) -> bool {
-        self.reply.send(outcome).is_ok()
+        let Self { reply, _in_flight: in_flight } = self;
+        // The count goes down before the caller can see the answer: a sequential client's next
+        // request must not find this one still counted (a spurious `503 MODULE_OVERLOADED` at
+        // `max_concurrent_requests = 1`).
+        drop(in_flight);
+        reply.send(outcome).is_ok()
     }
 }
 

@@ -18,7 +18,7 @@
 //! `/<module name>/...` on the traffic server ([`Base::traffic_app`]).
 
 // Architecture Invariant: only the ABI glue (`loader`, `host`, `tls_keys`), the crash handler
-// (`crash`) and the supervisor's descriptor hand-over (`supervisor/listeners.rs`) use `unsafe`;
+// (`crash`) and the supervisor's hand-over (`supervisor/listeners.rs`) use `unsafe`;
 // every other module is checked by this lint (`forbid` could not be lifted for those).
 #![deny(unsafe_code)]
 
@@ -158,11 +158,12 @@ impl Base {
     /// handed over: see [`supervise`]), restores the recorded state and installs the boot
     /// modules (the operations API answers meanwhile, with `GET /api/v1/ready` false; traffic
     /// waits in the kernel's queue until the restore is done), prints one `pedestal ready:` line
-    /// with the bound addresses on stdout, serves until SIGTERM or SIGINT, then stops every
-    /// module and returns.
+    /// with the bound addresses on stdout, serves until SIGTERM, SIGINT or SIGHUP, then stops
+    /// every module and returns.
     ///
     /// In a supervised worker whose memory limit escalated to a worker restart, it stops every
-    /// module the same way (the recorded state is kept) and then exits the process with
+    /// module the same way (the recorded state is kept), each drained for the short
+    /// `restart_drain_timeout` rather than `drain_timeout`, and then exits the process with
     /// [`WORKER_RESTART_EXIT_CODE`], for the supervisor to start a fresh worker.
     pub async fn serve(self) -> anyhow::Result<()> {
         let config = self.registry.config().clone();
@@ -230,7 +231,14 @@ impl Base {
         }
         let _ = stop_tx.send(true);
         let registry = Arc::clone(&self.registry);
-        tokio::task::spawn_blocking(move || registry.stop_all()).await?;
+        tokio::task::spawn_blocking(move || {
+            if supervisor::worker_restart_wanted() {
+                registry.stop_all_for_worker_restart()
+            } else {
+                registry.stop_all()
+            }
+        })
+        .await?;
         traffic_server.await??;
         admin_server.await??;
         if supervisor::worker_restart_wanted() {
@@ -313,15 +321,19 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
 }
 
-/// Installs the SIGTERM and SIGINT handlers now; the future ends at the first signal.
+/// Installs the SIGTERM, SIGINT and SIGHUP handlers now; the future ends at the first signal.
+/// SIGHUP stops gracefully too: a closed terminal sends it to the supervisor and its worker
+/// alike, and the worker must stop its modules rather than die mid-request.
 fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     Ok(async move {
         tokio::select! {
             _ = interrupt.recv() => {}
             _ = term.recv() => {}
+            _ = hangup.recv() => {}
         }
     })
 }

@@ -106,6 +106,9 @@ struct ServeArgs {
     watch: Option<PathBuf>,
     /// Crashes of one module (within --crash-window-secs, since its last retry) after which the
     /// next start quarantines it instead of loading it; 0 never does (crashes are still reported).
+    /// Supervised, at most 4, so a module crashing at every start is quarantined before the
+    /// supervisor's crash-loop rule (more than 5 worker crashes in 60 s) stops the base; with 0,
+    /// such a module does stop the base.
     #[arg(long, env = "PEDESTAL_CRASH_QUARANTINE_AFTER", default_value_t = 1)]
     crash_quarantine_after: u32,
     /// The window module crashes are counted in, in seconds.

@@ -13,7 +13,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
@@ -713,8 +713,20 @@ impl Registry {
             .collect()
     }
 
-    /// Stops every live instance (in parallel), for shutdown.
+    /// Stops every live instance (in parallel), for shutdown: each drains for the full
+    /// `drain_timeout`.
     pub fn stop_all(&self) {
+        self.stop_all_draining(self.config.drain_timeout);
+    }
+
+    /// [`Registry::stop_all`] before a worker restart (a memory limit escalated): each instance
+    /// drains for the short `restart_drain_timeout` only, since every request still in flight
+    /// delays the fresh worker that will serve the traffic queued meanwhile.
+    pub(crate) fn stop_all_for_worker_restart(&self) {
+        self.stop_all_draining(self.config.restart_drain_timeout);
+    }
+
+    fn stop_all_draining(&self, drain: Duration) {
         // What is recorded is what the next start restores: shutdown stops are not changes.
         self.shutting_down.store(true, Ordering::SeqCst);
         self.routes.store(Arc::new(RoutingTable::new()));
@@ -724,7 +736,7 @@ impl Registry {
                 scope.spawn(move || {
                     if instance.try_begin_operation() {
                         if instance.state().is_live() {
-                            instance.stop(&self.config, "shutdown");
+                            instance.stop_draining(&self.config, drain, "shutdown");
                         } else {
                             instance.end_operation();
                         }

@@ -10,12 +10,14 @@
 //!
 //! Restart rules (ARCHITECTURE.md, "Supervision"): a worker killed by a signal, or exiting
 //! abnormally after it was ready, is restarted at once; one exiting with
-//! [`WORKER_RESTART_EXIT_CODE`] (it asked to be replaced, see the memory limits) too; one that
-//! fails before it was ready with an error is not (the error is a setup problem a restart cannot
-//! fix), and neither is a crash loop (more than [`MAX_CRASHES`] crashes in [`CRASH_WINDOW`]):
-//! the supervisor then stops with a message and a non-zero status.
+//! [`WORKER_RESTART_EXIT_CODE`] (it asked to be replaced, see the memory limits) too, uncounted
+//! while escalations are available; the first worker failing before it was ready with an error
+//! is not (the error is a setup problem a restart cannot fix), and neither is a crash loop (more
+//! than [`MAX_CRASHES`] crashes in [`CRASH_WINDOW`]): the supervisor then stops with a message
+//! and a non-zero status.
 
-// Architecture Invariant: the one `unsafe` here adopts the descriptors the supervisor handed over.
+// Architecture Invariant: the only `unsafe` here adopts the descriptors the supervisor handed
+// over and unsets the hand-over variables while the worker is single-threaded.
 #[allow(unsafe_code)]
 mod listeners;
 
@@ -23,7 +25,11 @@ use std::{
     collections::VecDeque,
     ffi::OsString,
     io::{BufRead, BufReader, Write},
-    os::unix::process::{CommandExt, ExitStatusExt},
+    net::SocketAddr,
+    os::{
+        fd::OwnedFd,
+        unix::process::{CommandExt, ExitStatusExt},
+    },
     process::{Child, ChildStdout, Command, ExitCode, ExitStatus, Stdio},
     sync::{
         Arc, OnceLock,
@@ -32,7 +38,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use rustix::process::{Pid, Signal};
+use rustix::process::{Pid, PidfdFlags, Signal};
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
 
@@ -61,7 +67,40 @@ const SUPERVISOR_PID: &str = "PEDESTAL_SUPERVISOR_PID";
 const ESCALATION: &str = "PEDESTAL_WORKER_ESCALATION";
 
 /// The line a base prints on stdout once it serves; the supervisor's readiness signal too.
-const READY_PREFIX: &str = "pedestal ready:";
+const READY_PREFIX: &[u8] = b"pedestal ready:";
+
+/// The listen backlog of both sockets, as tokio's `TcpListener::bind` uses: the queue that holds
+/// the connections made while a worker restarts (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// What the supervisor told its worker through the environment, read once at the worker's start
+/// (then removed from the environment, so processes a module starts do not inherit it).
+#[derive(Debug, Default)]
+pub(crate) struct Handover {
+    /// `PEDESTAL_LISTEN_FDS`: the inherited descriptors, `TRAFFIC,OPERATIONS`.
+    pub(crate) listen_fds: Option<String>,
+    generation: Option<u64>,
+    supervisor_pid: Option<u32>,
+    /// `false` only when the supervisor said `off`.
+    escalation: bool,
+    /// Whether this process is a worker (the supervisor set a generation).
+    is_worker: bool,
+}
+
+/// The hand-over, read from the environment on the first call.
+pub(crate) fn handover() -> &'static Handover {
+    static HANDOVER: OnceLock<Handover> = OnceLock::new();
+    HANDOVER.get_or_init(|| {
+        let var = |name| std::env::var(name).ok();
+        Handover {
+            listen_fds: var(listeners::LISTEN_FDS),
+            generation: var(GENERATION).and_then(|g| g.parse().ok()),
+            supervisor_pid: var(SUPERVISOR_PID).and_then(|p| p.parse().ok()),
+            escalation: var(ESCALATION).is_none_or(|value| value != "off"),
+            is_worker: std::env::var_os(GENERATION).is_some(),
+        }
+    })
+}
 
 /// This process, as `GET /api/v1/base` shows it: which worker is serving.
 #[derive(Debug, Clone, Serialize)]
@@ -86,8 +125,7 @@ pub struct BaseProcess {
 pub fn base_process() -> &'static BaseProcess {
     static PROCESS: OnceLock<BaseProcess> = OnceLock::new();
     PROCESS.get_or_init(|| {
-        let generation = std::env::var(GENERATION).ok().and_then(|g| g.parse().ok());
-        let supervisor_pid = std::env::var(SUPERVISOR_PID).ok().and_then(|p| p.parse().ok());
+        let Handover { generation, supervisor_pid, escalation, .. } = *handover();
         let supervised = generation.is_some() && supervisor_pid.is_some();
         BaseProcess {
             pid: std::process::id(),
@@ -95,8 +133,7 @@ pub fn base_process() -> &'static BaseProcess {
             supervisor_pid: supervisor_pid.filter(|_| supervised),
             worker_generation: generation.unwrap_or(1),
             started_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            worker_restart_available: supervised
-                && std::env::var(ESCALATION).map_or(true, |value| value != "off"),
+            worker_restart_available: supervised && escalation,
         }
     })
 }
@@ -107,9 +144,12 @@ pub fn base_process() -> &'static BaseProcess {
 /// In the supervisor it binds `config.listen` and `config.admin_listen`, runs this same
 /// executable with the same arguments as the worker until the worker stops for good, and
 /// returns `Some(exit code)` for `main` to return. In the worker (and unsupervised) it returns
-/// `None` at once: build the [`Base`](crate::Base) and [`serve`](crate::Base::serve) it. The
-/// worker is killed when its supervisor dies (`PR_SET_PDEATHSIG`), so `kill -9` of the
-/// supervisor still ends the whole base.
+/// `None` at once: build the [`Base`](crate::Base) and [`serve`](crate::Base::serve) it.
+/// The worker is killed when its supervisor dies (`PR_SET_PDEATHSIG`), so `kill -9` of the
+/// supervisor still ends the whole base. In the worker it also reads the supervisor's hand-over
+/// variables (`PEDESTAL_LISTEN_FDS`, `PEDESTAL_WORKER_GENERATION`...) and removes them from the
+/// environment, so call it while the process is still single-threaded: before any runtime or
+/// thread is started, before any module can load.
 ///
 /// ```no_run
 /// # fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -125,7 +165,10 @@ pub fn base_process() -> &'static BaseProcess {
 pub fn supervise(config: &Config) -> anyhow::Result<Option<ExitCode>> {
     // Read now, so `started_at` is this process's start.
     base_process();
-    if std::env::var_os(GENERATION).is_some() {
+    if handover().is_worker {
+        // Read above; a process a module starts must not believe it is a worker, nor find the
+        // base's descriptor numbers or its supervisor's pid.
+        listeners::forget_environment(&[listeners::LISTEN_FDS, GENERATION, SUPERVISOR_PID, ESCALATION]);
         die_with_supervisor()?;
         return Ok(None);
     }
@@ -189,21 +232,24 @@ struct Supervisor {
     ready_printed: Arc<AtomicBool>,
 }
 
-/// How one worker ended, and whether it had become ready.
+/// How one worker ended, and what the restart rules need to know about it.
 struct Ended {
     pid: u32,
+    /// 1 for the supervisor's first worker.
+    generation: u64,
     status: ExitStatus,
     ready: bool,
-    /// The supervisor forwarded SIGTERM or SIGINT to it.
+    /// The supervisor received SIGTERM, SIGINT or SIGHUP (and forwarded it, unless the worker
+    /// had already exited).
     stopping: bool,
+    /// Whether the worker was allowed to ask for a fresh process ([`WORKER_RESTART_EXIT_CODE`]).
+    escalation: bool,
 }
 
 impl Supervisor {
     fn bind(config: &Config) -> anyhow::Result<Self> {
-        let bind = |addr, what| {
-            std::net::TcpListener::bind(addr)
-                .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
-        };
+        let bind =
+            |addr, what| listen(addr).map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"));
         let traffic = bind(config.listen, "traffic")?;
         let admin = bind(config.admin_listen, "operations API")?;
         let fds = format!("{},{}", listeners::share(&traffic)?, listeners::share(&admin)?);
@@ -214,8 +260,11 @@ impl Supervisor {
 
     async fn run(self) -> anyhow::Result<ExitCode> {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut stops = StopSignals {
+            term: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        };
         tracing::info!(
             traffic = %self.traffic.local_addr()?,
             operations = %self.admin.local_addr()?,
@@ -225,10 +274,10 @@ impl Supervisor {
         for generation in 1.. {
             escalations.retain(|at| at.elapsed() < ESCALATION_WINDOW);
             let escalation = escalations.len() < MAX_ESCALATIONS;
-            let ended = self.run_worker(generation, escalation, &mut term, &mut interrupt).await?;
-            let Ended { pid, status, ready, stopping } = ended;
+            let ended = self.run_worker(generation, escalation, &mut stops).await?;
+            let Ended { pid, status, stopping, .. } = ended;
             let how = describe(status);
-            match next_step(status, ready, stopping) {
+            match next_step(&ended) {
                 Next::Stop => {
                     tracing::info!(pid, generation, "supervisor: the worker {how}; stopping");
                     return Ok(exit_code(status, stopping));
@@ -252,6 +301,15 @@ impl Supervisor {
                     return Ok(exit_code(status, false));
                 }
                 Next::Restart => {
+                    if status.code() == Some(WORKER_RESTART_EXIT_CODE) {
+                        tracing::warn!(
+                            pid,
+                            generation,
+                            "supervisor: the worker exited with status {WORKER_RESTART_EXIT_CODE} but \
+                             was not allowed to ask for a fresh process (escalations used up): \
+                             counted as a crash"
+                        );
+                    }
                     crashes.push_back(Instant::now());
                     crashes.retain(|at: &Instant| at.elapsed() < CRASH_WINDOW);
                     if crashes.len() > MAX_CRASHES {
@@ -273,17 +331,20 @@ impl Supervisor {
         unreachable!("the generations never run out")
     }
 
-    /// Starts worker `generation`, and waits until it ends, forwarding SIGTERM and SIGINT and
-    /// printing its ready line.
+    /// Starts worker `generation`, and waits until it ends, forwarding SIGTERM, SIGINT and
+    /// SIGHUP (as SIGTERM) and printing its ready line.
     async fn run_worker(
         &self,
         generation: u64,
         escalation: bool,
-        term: &mut tokio::signal::unix::Signal,
-        interrupt: &mut tokio::signal::unix::Signal,
+        stops: &mut StopSignals,
     ) -> anyhow::Result<Ended> {
         let mut child = self.spawn(generation, escalation)?;
         let pid = child.id();
+        // Opened before the waiting thread can reap the worker: a signal sent through it reaches
+        // this very process or nobody, never another process that reused the pid.
+        let pidfd =
+            Pid::from_raw(pid as i32).and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok());
         tracing::info!(pid, generation, "supervisor: worker started");
         let (ready_tx, ready_rx) = oneshot::channel();
         let stdout = child.stdout.take().expect("the worker's stdout is piped");
@@ -297,30 +358,41 @@ impl Supervisor {
         let mut ready_rx = Some(ready_rx);
         let (mut ready, mut stopping) = (false, false);
         let status = loop {
-            tokio::select! {
+            // Biased, signals first: a Ctrl-C reaches both processes, and when the worker's
+            // exit and the supervisor's signal are both pending, the exit must be classified
+            // as the stop it is, not as a crash to restart.
+            let signal = tokio::select! {
+                biased;
+                _ = stops.term.recv() => Signal::TERM,
+                _ = stops.interrupt.recv() => Signal::INT,
+                // The worker's own graceful stop is SIGTERM; a hang-up means the same.
+                _ = stops.hangup.recv() => Signal::TERM,
+                status = &mut exit_rx => break status??,
                 became = async { ready_rx.as_mut().expect("guarded").await }, if ready_rx.is_some() => {
                     ready_rx = None;
                     if became.is_ok() {
                         ready = true;
                         tracing::info!(pid, generation, "supervisor: worker ready");
                     }
+                    continue;
                 }
-                _ = term.recv() => {
-                    stopping = true;
-                    forward(pid, Signal::TERM);
+            };
+            stopping = true;
+            // Forwarded only while its exit is not observed yet: once it is, the worker is
+            // reaped and its pid may belong to another process.
+            match exit_rx.try_recv() {
+                Ok(status) => break status?,
+                Err(oneshot::error::TryRecvError::Empty) => forward(pid, pidfd.as_ref(), signal),
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    anyhow::bail!("the thread waiting for worker {pid} ended without its status")
                 }
-                _ = interrupt.recv() => {
-                    stopping = true;
-                    forward(pid, Signal::INT);
-                }
-                status = &mut exit_rx => break status??,
             }
         };
         if let Some(rx) = ready_rx {
             // Its ready line and its exit race on two threads: look once more.
             ready |= tokio::time::timeout(Duration::from_millis(200), rx).await.is_ok_and(|r| r.is_ok());
         }
-        Ok(Ended { pid, status, ready, stopping })
+        Ok(Ended { pid, generation, status, ready, stopping, escalation })
     }
 
     fn spawn(&self, generation: u64, escalation: bool) -> anyhow::Result<Child> {
@@ -341,76 +413,121 @@ impl Supervisor {
     }
 }
 
+/// The supervisor's stop signals, installed once for every worker.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
 /// What the supervisor does after a worker ended (before the crash-loop count).
 #[derive(Debug, PartialEq)]
 enum Next {
-    /// Exit with the worker's status: it stopped as asked (SIGTERM or SIGINT, forwarded), or it
+    /// Exit with the worker's status: it stopped as asked (SIGTERM, SIGINT or SIGHUP), or it
     /// exited cleanly on its own.
     Stop,
     /// Start a fresh worker at once, not counted as a crash: it asked for one
-    /// ([`WORKER_RESTART_EXIT_CODE`]).
+    /// ([`WORKER_RESTART_EXIT_CODE`]) and was allowed to.
     Replace,
-    /// Start a fresh worker at once, counted towards the crash loop: killed by a signal, or
-    /// failed after it was ready.
+    /// Start a fresh worker at once, counted towards the crash loop: killed by a signal, failed
+    /// after it was ready, failed before it was ready but after an earlier worker had started
+    /// (so the setup is sound and the failure may be transient), or exited with
+    /// [`WORKER_RESTART_EXIT_CODE`] without being allowed to ask (a module calling `exit(75)`).
     Restart,
-    /// Exit with the worker's status: it failed with an error before it was ready, which a
-    /// restart would only repeat.
+    /// Exit with the worker's status: the first worker failed with an error before it was
+    /// ready, which a restart would only repeat.
     GiveUp,
 }
 
 /// The restart rules, over one worker's end: its status, whether it had printed its ready line,
-/// and whether the supervisor had forwarded a stop signal to it.
-fn next_step(status: ExitStatus, ready: bool, stopping: bool) -> Next {
+/// whether the supervisor had received a stop signal, its generation and whether it was allowed
+/// to ask for a fresh process.
+fn next_step(ended: &Ended) -> Next {
+    let Ended { status, ready, stopping, generation, escalation, .. } = *ended;
     if stopping || status.success() {
         Next::Stop
-    } else if status.code() == Some(WORKER_RESTART_EXIT_CODE) {
+    } else if status.code() == Some(WORKER_RESTART_EXIT_CODE) && escalation {
         Next::Replace
-    } else if status.signal().is_none() && !ready {
+    } else if status.signal().is_none() && !ready && generation == 1 {
         Next::GiveUp
     } else {
         Next::Restart
     }
 }
 
+/// Binds `addr` as tokio's `TcpListener::bind` does (`SO_REUSEADDR`, so a restarted base does
+/// not wait out `TIME_WAIT`), with a backlog of [`LISTEN_BACKLOG`] rather than std's 128: while a
+/// worker restarts, every new connection waits in this queue.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 fn wait(mut child: Child, done: oneshot::Sender<std::io::Result<ExitStatus>>) {
     let _ = done.send(child.wait());
 }
 
-fn forward(pid: u32, signal: Signal) {
-    if let Some(pid) = Pid::from_raw(pid as i32)
-        && let Err(e) = rustix::process::kill_process(pid, signal)
-    {
-        tracing::warn!(pid = pid.as_raw_nonzero().get(), "supervisor: cannot signal the worker: {e}");
+/// Sends `signal` to the worker: through its pidfd when the kernel gave one (which cannot hit a
+/// reused pid), else by pid (the caller checked the worker was not reaped yet).
+fn forward(pid: u32, pidfd: Option<&OwnedFd>, signal: Signal) {
+    let sent = match (pidfd, Pid::from_raw(pid as i32)) {
+        (Some(pidfd), _) => rustix::process::pidfd_send_signal(pidfd, signal),
+        (None, Some(pid)) => rustix::process::kill_process(pid, signal),
+        (None, None) => return,
+    };
+    if let Err(e) = sent {
+        tracing::warn!(pid, "supervisor: cannot signal the worker: {e}");
     }
 }
 
 /// Copies the worker's stdout to the supervisor's. Its `pedestal ready:` line is the readiness
 /// signal; it goes out once (the first ready worker's), before anything the worker printed
 /// earlier, so it stays the first line on stdout.
-fn forward_stdout(stdout: ChildStdout, ready: oneshot::Sender<String>, printed: &AtomicBool) {
+///
+/// Bytes, not text, and until end of file whatever happens: the worker's stdout is shared with
+/// its modules, and if this end of the pipe closed early (say, at a module's invalid UTF-8),
+/// every later `println!` in the worker would panic, the ready line's among them.
+fn forward_stdout(stdout: ChildStdout, ready: oneshot::Sender<()>, printed: &AtomicBool) {
     let mut ready = Some(ready);
-    let mut held = Vec::new();
+    let mut held: Vec<Vec<u8>> = Vec::new();
     let mut out = std::io::stdout();
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+    let mut stdout = BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match stdout.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // A pipe does not fail short of its end; stop reading rather than spin.
+                tracing::warn!("supervisor: cannot read the worker's stdout: {e}");
+                break;
+            }
+        }
         if ready.is_none() {
-            let _ = writeln!(out, "{line}");
+            let _ = out.write_all(&line);
         } else if line.starts_with(READY_PREFIX) {
             if !printed.swap(true, Ordering::SeqCst) {
-                let _ = writeln!(out, "{line}");
+                let _ = out.write_all(&line);
             }
             for line in held.drain(..) {
-                let _ = writeln!(out, "{line}");
+                let _ = out.write_all(&line);
             }
             if let Some(ready) = ready.take() {
-                let _ = ready.send(line);
+                let _ = ready.send(());
             }
         } else {
-            held.push(line);
+            held.push(line.clone());
         }
         let _ = out.flush();
     }
     for line in held {
-        let _ = writeln!(out, "{line}");
+        let _ = out.write_all(&line);
     }
     let _ = out.flush();
 }
@@ -434,9 +551,7 @@ fn describe(status: ExitStatus) -> String {
 fn exit_code(status: ExitStatus, stopping: bool) -> ExitCode {
     match (status.code(), status.signal()) {
         (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        (None, Some(signal)) if stopping && (signal == libc::SIGTERM || signal == libc::SIGINT) => {
-            ExitCode::SUCCESS
-        }
+        (None, Some(libc::SIGTERM | libc::SIGINT | libc::SIGHUP)) if stopping => ExitCode::SUCCESS,
         (None, Some(signal)) => ExitCode::from(u8::try_from(128 + signal).unwrap_or(1)),
         (None, None) => ExitCode::FAILURE,
     }
@@ -482,31 +597,50 @@ mod tests {
         check(libc::SIGKILL, "was killed by signal SIGKILL (9)", 137);
     }
 
-    fn step(raw: i32, ready: bool, stopping: bool, expected: Next) {
-        assert_eq!(next_step(ExitStatus::from_raw(raw), ready, stopping), expected, "{raw:#x}");
+    /// How a worker ended, for [`next_step`]: the first worker, allowed to escalate, unless
+    /// the case says otherwise.
+    fn ended(raw: i32, ready: bool, stopping: bool) -> Ended {
+        Ended { pid: 1, generation: 1, status: ExitStatus::from_raw(raw), ready, stopping, escalation: true }
+    }
+
+    fn step(ended: Ended, expected: Next) {
+        let (raw, generation) = (ended.status.into_raw(), ended.generation);
+        assert_eq!(next_step(&ended), expected, "{raw:#x}, generation {generation}");
     }
 
     #[test]
     fn restart_rules() {
         use Next::*;
         let (exit, abort, segv, kill) = (|code: i32| code << 8, libc::SIGABRT, libc::SIGSEGV, libc::SIGKILL);
+        let later = |ended: Ended| Ended { generation: 2, ..ended };
+        let no_escalation = |ended: Ended| Ended { escalation: false, ..ended };
         // Crashes restart, before or after ready: the next worker quarantines the culprit.
-        step(abort, true, false, Restart);
-        step(segv | 0x80, true, false, Restart);
-        step(kill, false, false, Restart);
-        // An error exit restarts only after ready; before, it is a setup error (STATE_INVALID).
-        step(exit(1), true, false, Restart);
-        step(exit(1), false, false, GiveUp);
-        step(exit(2), false, false, GiveUp);
+        step(ended(abort, true, false), Restart);
+        step(ended(segv | 0x80, true, false), Restart);
+        step(ended(kill, false, false), Restart);
+        // An error exit restarts only after ready; before, the first worker's is a setup error
+        // (STATE_INVALID).
+        step(ended(exit(1), true, false), Restart);
+        step(ended(exit(1), false, false), GiveUp);
+        step(ended(exit(2), false, false), GiveUp);
+        // A later worker's error before ready follows a setup that worked: a crash, counted.
+        step(later(ended(exit(1), false, false)), Restart);
+        step(later(ended(exit(2), false, false)), Restart);
         // Asked for a fresh process (memory escalation): replaced, ready or not.
-        step(exit(WORKER_RESTART_EXIT_CODE), true, false, Replace);
-        step(exit(WORKER_RESTART_EXIT_CODE), false, false, Replace);
-        // A clean exit, or any end after a forwarded SIGTERM/SIGINT, stops the supervisor.
-        step(exit(0), true, false, Stop);
-        step(exit(0), true, true, Stop);
-        step(libc::SIGTERM, false, true, Stop);
-        step(segv, true, true, Stop);
-        step(exit(WORKER_RESTART_EXIT_CODE), true, true, Stop);
+        step(ended(exit(WORKER_RESTART_EXIT_CODE), true, false), Replace);
+        step(ended(exit(WORKER_RESTART_EXIT_CODE), false, false), Replace);
+        step(later(ended(exit(WORKER_RESTART_EXIT_CODE), true, false)), Replace);
+        // Not allowed to ask (escalations used up): a 75 is a crash like any other exit.
+        step(no_escalation(ended(exit(WORKER_RESTART_EXIT_CODE), true, false)), Restart);
+        step(later(no_escalation(ended(exit(WORKER_RESTART_EXIT_CODE), false, false))), Restart);
+        step(no_escalation(ended(exit(WORKER_RESTART_EXIT_CODE), false, false)), GiveUp);
+        // A clean exit, or any end after a stop signal, stops the supervisor.
+        step(ended(exit(0), true, false), Stop);
+        step(ended(exit(0), true, true), Stop);
+        step(ended(libc::SIGTERM, false, true), Stop);
+        step(ended(segv, true, true), Stop);
+        step(ended(exit(WORKER_RESTART_EXIT_CODE), true, true), Stop);
+        step(later(ended(exit(1), false, true)), Stop);
     }
 
     #[test]
@@ -514,6 +648,7 @@ mod tests {
         let term = ExitStatus::from_raw(libc::SIGTERM);
         assert_eq!(exit_code(term, true), ExitCode::SUCCESS);
         assert_eq!(exit_code(term, false), ExitCode::from(143));
+        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGHUP), true), ExitCode::SUCCESS);
         assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGSEGV), true), ExitCode::from(139));
     }
 }

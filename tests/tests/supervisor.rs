@@ -50,6 +50,9 @@ fn fresh_get(addr: &str, path: &str, body: &str) -> Outcome {
     }
 }
 
+/// The status with which a worker asks its supervisor for a fresh process (`EX_TEMPFAIL`).
+const WORKER_RESTART_EXIT_CODE: i32 = 75;
+
 fn host_port(url: &str) -> String {
     url.trim_start_matches("http://").to_owned()
 }
@@ -58,17 +61,14 @@ fn base_process(base: &TestBase) -> Value {
     base.admin_get("/api/v1/base").json
 }
 
-/// Waits until the worker generation is past `generation` and the new worker is ready (its
-/// operations API answers while it restores).
+/// Waits until the worker generation is past `generation` and the new worker is ready: its
+/// operations API answers before its restore is done (and before it quarantines anything).
 fn next_worker(base: &TestBase, generation: u64) -> Value {
-    let process = eventually("a new worker", Duration::from_secs(20), || {
+    eventually("a new, ready worker", Duration::from_secs(20), || {
         let process = base.admin_get("/api/v1/base").json;
-        (process["worker_generation"].as_u64()? > generation).then_some(process)
-    });
-    eventually("the new worker's restore", Duration::from_secs(20), || {
-        (base.admin_get("/api/v1/ready").json["ready"] == true).then_some(())
-    });
-    process
+        let ready = base.admin_get("/api/v1/ready").json["ready"] == true;
+        (process["worker_generation"].as_u64()? > generation && ready).then_some(process)
+    })
 }
 
 #[test]
@@ -300,4 +300,236 @@ fn without_escalation_a_memory_limit_restart_only_says_a_process_restart_would_r
     base.wait_for_log("only a restart of the base process reclaims them");
     assert_eq!(base_process(&base)["pid"], process["pid"], "the same process serves on");
     assert_eq!(base.get("/fx-leaky/leak?kib=1").status, 200);
+}
+
+/// Kills the serving worker with SIGKILL (no crash record: no module is blamed).
+fn kill_worker(base: &TestBase) -> u32 {
+    let worker = base.pid();
+    let status = Command::new("kill").args(["-KILL", &worker.to_string()]).status().unwrap();
+    assert!(status.success());
+    worker
+}
+
+/// The lines of the base's log that contain every one of `needles`.
+fn log_lines(base: &TestBase, needles: &[&str]) -> Vec<String> {
+    base.log().lines().filter(|line| needles.iter().all(|n| line.contains(n))).map(str::to_owned).collect()
+}
+
+#[test]
+fn a_module_printing_invalid_utf8_neither_closes_stdout_nor_stops_a_restoring_worker() {
+    let base = TestBase::start();
+    base.install_ok(artifacts::GOOD);
+    base.install_ok(artifacts::CRASHY);
+    // Twice: the second `println!` would panic if the first line had closed the pipe.
+    for _ in 0..2 {
+        let printed = base.get("/fx-crashy/print-binary");
+        assert_eq!((printed.status, printed.body.as_str()), (200, "printed"), "{}", base.log());
+    }
+    // The next worker's restore prints invalid UTF-8 before the worker prints its ready line.
+    std::fs::write(base.data_dir().join("print-binary-at-start"), "").unwrap();
+    kill_worker(&base);
+    let after = next_worker(&base, 1);
+    assert_eq!(after["worker_generation"], 2, "{after}");
+    eventually("the second worker's ready line", Duration::from_secs(10), || {
+        (!log_lines(&base, &["supervisor: worker ready", "generation=2"]).is_empty()).then_some(())
+    });
+    assert_eq!(base.get("/fx-crashy/print-binary").body, "printed");
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
+}
+
+#[test]
+fn hundreds_of_connections_opened_while_the_worker_restarts_all_wait_and_get_answers() {
+    const CONNECTIONS: usize = 300;
+    let base = TestBase::start();
+    base.install_ok(artifacts::GOOD);
+    base.install_ok(artifacts::CRASHY);
+    let addr = host_port(&base.traffic);
+    // The supervisor's socket has the deep backlog (ss shows a listener's backlog as Send-Q),
+    // capped by the kernel's limit as `listen` caps it.
+    let port = addr.rsplit(':').next().unwrap();
+    let ss = Command::new("ss").args(["-ltnH", &format!("sport = :{port}")]).output().unwrap();
+    let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
+    let somaxconn: u32 =
+        std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
+    let backlog: Option<u32> = ss.split_whitespace().nth(2).and_then(|q| q.parse().ok());
+    assert_eq!(backlog, Some(somaxconn.min(1024)), "ss: {ss}");
+
+    let crashed = ureq::get(&format!("{}/fx-crashy/abort", base.traffic)).call();
+    assert!(crashed.is_err(), "the worker should have died: {crashed:?}");
+    // All at once, while the next worker starts and restores.
+    let barrier = Arc::new(std::sync::Barrier::new(CONNECTIONS));
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (addr, barrier) = (addr.clone(), Arc::clone(&barrier));
+            thread::spawn(move || {
+                barrier.wait();
+                fresh_get(&addr, "/fx-good/ping", "pong")
+            })
+        })
+        .collect();
+    let outcomes: Vec<Outcome> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let failed: Vec<_> = outcomes.iter().filter(|o| **o != Outcome::Served).collect();
+    assert!(failed.is_empty(), "{} of {CONNECTIONS} failed: {failed:?}\n{}", failed.len(), base.log());
+    assert_eq!(base_process(&base)["worker_generation"], 2);
+}
+
+#[test]
+fn an_escalation_drains_every_module_for_the_restart_drain_timeout_only() {
+    let base = TestBase::start_with(&[
+        "--worker-restart-leak-bytes",
+        "2097152",
+        "--drain-timeout-ms",
+        "60000",
+        "--restart-drain-timeout-ms",
+        "300",
+    ]);
+    base.install_ok(artifacts::GOOD);
+    base.install_ok(artifacts::LEAKY);
+    let limits = json!({"memory_soft_limit_bytes": 1 << 20, "memory_action": "restart"});
+    assert_eq!(base.put_limits("fx-leaky", &limits).status, 200);
+    // A request in flight in a neighbour when the worker stops for its restart.
+    let traffic = base.traffic.clone();
+    let held = thread::spawn(move || ureq::get(&format!("{traffic}/fx-good/sleep?ms=120000")).call().is_ok());
+    eventually("the held request in flight", Duration::from_secs(10), || {
+        (base.module("fx-good")["traffic"]["in_flight"].as_u64() == Some(1)).then_some(())
+    });
+    assert_eq!(base.get("/fx-leaky/leak?kib=4096").status, 200);
+    next_worker(&base, 1);
+    assert!(!held.join().unwrap(), "the held request cannot be answered by a stopped module");
+    base.wait_for_log("supervisor: the worker asked for a fresh process");
+    let drained = log_lines(&base, &["drain timeout (300 ms) with 1 requests in flight", "fx-good"]);
+    assert_eq!(drained.len(), 1, "fx-good drained briefly:\n{}", base.log());
+    assert!(!base.log().contains("drain timeout (60000 ms)"), "{}", base.log());
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
+}
+
+#[test]
+fn a_later_worker_failing_before_it_is_ready_is_a_crash_not_a_setup_error() {
+    let mut base = TestBase::start();
+    base.install_ok(artifacts::GOOD);
+    // The first worker started on a sound setup; every later one finds a broken state file.
+    std::fs::write(base.data_dir().join("state.json"), "{ this is not json").unwrap();
+    kill_worker(&base);
+    let status = base.wait_for_exit(Duration::from_secs(60)).expect("the crash-loop rule stops the base");
+    assert_eq!(status.code(), Some(1), "{}", base.log());
+    let log = base.wait_for_log("a crash loop; not restarting it");
+    assert!(!log.contains("not restarting it (a restart would fail the same way)"), "{log}");
+    // The SIGKILL and five failed restores: six crashes, counted like any other.
+    assert_eq!(log.matches("supervisor: worker started").count(), 6, "{log}");
+    assert_eq!(log.matches("exited with status 1; restarting it at once").count(), 4, "{log}");
+}
+
+#[test]
+fn a_crash_quarantine_later_than_the_crash_loop_rule_is_refused_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(artifacts::PEDESTAL)
+        .current_dir(data.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--crash-quarantine-after", "5", "--data-dir"])
+        .arg(data.path())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            // A base that accepted the setting serves on: stop it, then fail below.
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = reader.join().unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stderr}");
+    assert!(stderr.contains("--crash-quarantine-after 5 is more than the supervisor allows"), "{stderr}");
+    assert!(!stderr.contains("supervisor: worker started"), "refused before any worker: {stderr}");
+}
+
+#[test]
+fn a_module_calling_exit_75_cannot_restart_the_worker_forever() {
+    let mut base = TestBase::start();
+    base.install_ok(artifacts::CRASHY);
+    let mut generation = 1;
+    // Three uncounted replacements (the escalations a worker may ask for), then six counted
+    // crashes: the crash-loop rule stops the base.
+    while base.is_running() {
+        assert!(generation <= 12, "the supervisor never gave up; log:\n{}", base.log());
+        let exited = ureq::get(&format!("{}/fx-crashy/exit?code=75", base.traffic)).call();
+        assert!(exited.is_err(), "the worker should have exited: {exited:?}");
+        eventually("the supervisor to react", Duration::from_secs(20), || {
+            if !base.is_running() {
+                return Some(());
+            }
+            let process = ureq::get(&format!("{}/api/v1/base", base.admin))
+                .call()
+                .ok()
+                .and_then(|r| r.into_json::<Value>().ok())?;
+            (process["worker_generation"].as_u64() == Some(generation + 1)).then_some(())
+        });
+        generation += 1;
+    }
+    assert_eq!(base.exited().and_then(|s| s.code()), Some(WORKER_RESTART_EXIT_CODE), "{}", base.log());
+    let log = base.wait_for_log("a crash loop; not restarting it");
+    assert_eq!(log.matches("supervisor: the worker asked for a fresh process").count(), 3, "{log}");
+    assert_eq!(log.matches("counted as a crash").count(), 6, "{log}");
+    assert_eq!(generation, 10, "{log}");
+}
+
+#[test]
+fn sighup_to_the_supervisor_stops_the_worker_gracefully_and_exits_0() {
+    let mut base = TestBase::start();
+    base.install_ok(artifacts::GOOD);
+    let worker = base.pid();
+    let status = Command::new("kill").args(["-HUP", &base.supervisor_pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = base.wait_for_exit(Duration::from_secs(20)).and_then(|s| s.code());
+    assert_eq!(exit, Some(0), "log:\n{}", base.log());
+    assert!(!process_is_alive(worker), "the worker outlived its supervisor");
+    base.wait_for_log("shutting down: stopping every module");
+    base.wait_for_log("supervisor: the worker exited with status 0; stopping");
+}
+
+#[test]
+fn the_supervisors_hand_over_variables_do_not_reach_what_modules_start() {
+    let base = TestBase::start();
+    base.install_ok(artifacts::CRASHY);
+    assert_eq!(base_process(&base)["supervised"], true);
+    let env = |name: &str| base.get(&format!("/fx-crashy/env?name={name}")).body;
+    // The route does see the environment...
+    assert_eq!(env("PEDESTAL_LOG"), "info");
+    // ...but not what the supervisor told its worker, read and removed at the worker's start.
+    for name in [
+        "PEDESTAL_LISTEN_FDS",
+        "PEDESTAL_WORKER_GENERATION",
+        "PEDESTAL_SUPERVISOR_PID",
+        "PEDESTAL_WORKER_ESCALATION",
+    ] {
+        assert_eq!(env(name), "unset", "{name}");
+    }
+}
+
+#[test]
+fn a_sequential_client_is_never_over_a_concurrency_limit_of_one() {
+    let base = TestBase::start();
+    base.install_ok(artifacts::GOOD);
+    assert_eq!(base.put_limits("fx-good", &json!({"max_concurrent_requests": 1})).status, 200);
+    // Each answer reaches the client only once its request stopped counting as in flight.
+    for i in 0..300 {
+        let reply = base.get("/fx-good/ping");
+        assert_eq!((reply.status, reply.body.as_str()), (200, "pong"), "request {i}");
+    }
+    assert_eq!(base.module("fx-good")["traffic"]["rejected"], 0);
 }

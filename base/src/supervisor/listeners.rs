@@ -2,6 +2,8 @@
 //! clears close-on-exec on the two sockets it bound, so the worker inherits them at the same
 //! descriptor numbers, and names those numbers in `PEDESTAL_LISTEN_FDS`. No code runs between
 //! `fork` and `exec` (no `pre_exec`): inheriting a descriptor is what `exec` does by default.
+//! The worker then removes the hand-over variables from its environment
+//! ([`forget_environment`]).
 
 use std::{
     net::TcpListener,
@@ -29,13 +31,13 @@ pub(crate) fn share(listener: &TcpListener) -> std::io::Result<RawFd> {
 /// worker; each once. They are close-on-exec again, so processes the worker (or a module) starts
 /// do not hold the base's ports.
 pub(crate) fn take() -> anyhow::Result<Option<(TcpListener, TcpListener)>> {
-    let Some(value) = std::env::var_os(LISTEN_FDS) else {
+    // As read at the worker's start: the variable itself is gone by now.
+    let Some(value) = super::handover().listen_fds.clone() else {
         return Ok(None);
     };
     if TAKEN.swap(true, Ordering::SeqCst) {
         anyhow::bail!("the inherited listeners ({LISTEN_FDS}) were already taken by this process");
     }
-    let value = value.to_string_lossy().into_owned();
     let numbers: Vec<RawFd> = value
         .split(',')
         .map(|n| n.trim().parse())
@@ -63,4 +65,26 @@ fn adopt(fd: RawFd, what: &str) -> anyhow::Result<TcpListener> {
         anyhow::anyhow!("the inherited {what} descriptor {fd} is not a listening socket: {e}")
     })?;
     Ok(listener)
+}
+
+/// Removes `names` from this process's environment, so that processes its modules start do not
+/// inherit them, if this process is still single-threaded (as it is at the top of `main`, where
+/// [`supervise`](super::supervise) runs); otherwise leaves them, with a warning.
+pub(crate) fn forget_environment(names: &[&str]) {
+    // Every entry of `/proc/self/task` is one thread of this process.
+    let threads = std::fs::read_dir("/proc/self/task").map(Iterator::count);
+    if !matches!(threads, Ok(1)) {
+        tracing::warn!(
+            ?threads,
+            "supervisor: the worker is not single-threaded at its start (`supervise` should run \
+             first in `main`); the hand-over variables stay in its environment"
+        );
+        return;
+    }
+    for name in names {
+        // SAFETY: this process has one thread (checked just above, and no thread can start
+        // in between: only this thread could start one), so no other thread reads or writes
+        // the environment while it changes.
+        unsafe { std::env::remove_var(name) };
+    }
 }
