@@ -497,12 +497,21 @@ mod tests {
         let found = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
+                // Spin until the kernel has charged this thread 30 ms (bounded at 10 s of wall
+                // time), rather than for a wall-clock time a loaded machine may not schedule.
                 let started = std::time::Instant::now();
                 let mut x = 0u64;
-                while started.elapsed() < Duration::from_millis(60) {
-                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                loop {
+                    let spun = std::time::Instant::now();
+                    while spun.elapsed() < Duration::from_millis(5) {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                    let cpu = cpu_by_thread_name().remove(&name);
+                    let charged = cpu.as_ref().map_or(0, |c| c.user_ms + c.system_ms);
+                    if charged >= 30 || started.elapsed() > Duration::from_secs(10) {
+                        return cpu;
+                    }
                 }
-                cpu_by_thread_name().remove(&name)
             })
             .unwrap()
             .join()
