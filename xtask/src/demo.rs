@@ -70,6 +70,7 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
          curl 127.0.0.1:7071/api/v1/modules/greeter\n  \
          curl -XDELETE 127.0.0.1:7071/api/v1/modules/notes/0.1.0\n  \
          curl 127.0.0.1:7071/api/v1/health\n  \
+         curl 127.0.0.1:7071/api/v1/base   (the worker process; a module crash restarts it)\n  \
          curl 127.0.0.1:7071/api/v1/modules/notes/limits\n  \
          curl -XPUT 127.0.0.1:7071/api/v1/modules/greeter/limits -d '{{\"max_concurrent_requests\": 1}}'\n\
          New module: cargo generate --path module-template --name hello --destination modules --vcs none\n             \
