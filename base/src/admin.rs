@@ -169,12 +169,14 @@ async fn list_spis(State(registry): State<Arc<Registry>>) -> Json<Value> {
 }
 
 /// `GET /api/v1/modules/{name}/config`: the values module `name` reads (the config file's
-/// section with the environment's on top), and where the file is.
+/// section with the environment's on top) with secrets redacted, and where the file is.
 async fn module_config(State(registry): State<Arc<Registry>>, Path(name): Path<String>) -> Json<Value> {
     let configs = registry.module_configs();
+    let (values, redacted) = configs.redacted(&name);
     Json(json!({
         "module": name,
-        "values": Value::Object(configs.of(&name)),
+        "values": Value::Object(values),
+        "redacted": redacted,
         "file": configs.file(),
     }))
 }

@@ -39,13 +39,14 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 impl ArtifactStore {
     /// Opens (creating if needed) the store under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        fs::create_dir_all(data_dir).map_err(Error::io(format!("creating {}", data_dir.display())))?;
+        crate::private::create_dir(data_dir)
+            .map_err(Error::io(format!("creating {}", data_dir.display())))?;
         let data_dir =
             data_dir.canonicalize().map_err(Error::io(format!("resolving {}", data_dir.display())))?;
         let dir = data_dir.join("artifacts");
         let copies = data_dir.join("instances");
         for d in [&dir, &copies] {
-            fs::create_dir_all(d).map_err(Error::io(format!("creating {}", d.display())))?;
+            crate::private::create_dir(d).map_err(Error::io(format!("creating {}", d.display())))?;
         }
         // Per-instance copies only matter while their process lives; temporary files are writes
         // a crash interrupted.
@@ -129,7 +130,7 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> Resu
     let dir = path.parent().expect("artifact paths have a parent");
     let temp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
     let write = || -> std::io::Result<()> {
-        let mut file = fs::File::create(&temp)?;
+        let mut file = crate::private::options().write(true).create_new(true).open(&temp)?;
         file.write_all(bytes)?;
         if durable {
             file.sync_all()?;

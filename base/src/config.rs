@@ -80,6 +80,9 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// Each module's configuration values (`[modules.NAME.config]`), before the environment's.
     pub module_config: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+    /// Configuration keys of each module the API shows redacted (`[modules.NAME] secret_keys`),
+    /// besides those whose names say they are secrets (see `services::module_config`).
+    pub module_secret_keys: BTreeMap<String, Vec<String>>,
     /// How many bytes (keys plus values) a module may keep in its key-value store.
     pub kv_quota_bytes: u64,
     /// Per-module quotas (`[modules.NAME] kv_quota_bytes`), overriding `kv_quota_bytes`.
@@ -129,6 +132,7 @@ impl Default for Config {
             spis: BTreeMap::new(),
             config_file: None,
             module_config: BTreeMap::new(),
+            module_secret_keys: BTreeMap::new(),
             kv_quota_bytes: 64 * 1024 * 1024,
             module_kv_quota: BTreeMap::new(),
             crash_quarantine_after: 1,
@@ -176,10 +180,12 @@ impl Config {
 ///
 /// [modules.search]
 /// kv_quota_bytes = 1048576   # its key-value store's quota
+/// secret_keys = ["db.dsn"]   # config keys the API shows redacted (besides *_password...)
 ///
 /// [modules.search.config]    # read by the module with pedestal_module_api::config
 /// index = "products"
-/// db = { pool_size = 8 }
+/// db = { pool_size = 8, dsn = "postgres://search:…@db/search" }
+/// api_token = "…"            # shown redacted by the API: its name ends in `token`
 ///
 /// [modules.search.limits]
 /// max_concurrent_requests = 64
@@ -216,6 +222,9 @@ struct ModuleSection {
     #[serde(default)]
     config: toml::Table,
     kv_quota_bytes: Option<u64>,
+    /// Keys of `config` (dotted for nested ones: `db.dsn`) the API shows redacted.
+    #[serde(default)]
+    secret_keys: Vec<String>,
 }
 
 fn read_file(path: &Path) -> Result<ConfigFile> {
@@ -232,16 +241,25 @@ fn module_config(path: &Path, table: toml::Table) -> Result<serde_json::Map<Stri
     }
 }
 
-/// The `[modules.NAME.config]` sections of the config file at `path` (re-read when it changes).
-pub(crate) fn read_module_configs(
-    path: &Path,
-) -> Result<BTreeMap<String, serde_json::Map<String, serde_json::Value>>> {
+/// Each module's configuration values and secret keys, as the config file has them.
+pub(crate) type ModuleConfigSections =
+    (BTreeMap<String, serde_json::Map<String, serde_json::Value>>, BTreeMap<String, Vec<String>>);
+
+/// The `[modules.NAME.config]` sections of the config file at `path`, and each module's
+/// `secret_keys` (re-read when it changes).
+pub(crate) fn read_module_configs(path: &Path) -> Result<ModuleConfigSections> {
     let file = read_file(path)?;
-    file.modules
-        .into_iter()
-        .filter(|(_, section)| !section.config.is_empty())
-        .map(|(name, section)| Ok((name, module_config(path, section.config)?)))
-        .collect()
+    let mut configs = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
+    for (name, section) in file.modules {
+        if !section.secret_keys.is_empty() {
+            secrets.insert(name.clone(), section.secret_keys);
+        }
+        if !section.config.is_empty() {
+            configs.insert(name, module_config(path, section.config)?);
+        }
+    }
+    Ok((configs, secrets))
 }
 
 impl Config {
@@ -267,6 +285,9 @@ impl Config {
             }
             if !section.config.is_empty() {
                 self.module_config.insert(name.clone(), module_config(path, section.config)?);
+            }
+            if !section.secret_keys.is_empty() {
+                self.module_secret_keys.insert(name.clone(), section.secret_keys);
             }
             self.module_limits.insert(name, section.limits);
         }

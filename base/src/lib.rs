@@ -40,6 +40,7 @@ mod limits;
 mod loader;
 mod logs;
 mod operations;
+mod private;
 mod registry;
 mod routing;
 mod services;
@@ -98,6 +99,9 @@ impl Base {
                  -Wl,--export-dynamic-symbol=pthread_key_create (see pedestal-base's build.rs)"
             );
         }
+        // A custom base that did not call `supervise` first: take the secrets out of the
+        // environment now if it can still be done safely (it warns otherwise).
+        supervisor::forget_secrets();
         let data_dir = config.data_dir.clone();
         let registry = Registry::new(config)?;
         // After the registry made the data directory. Without the handler the base still runs;

@@ -6,7 +6,7 @@
 
 use std::{
     collections::VecDeque,
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::{BufWriter, Write},
     path::PathBuf,
     str::FromStr,
@@ -280,9 +280,9 @@ impl ModuleLog {
         }
         if file.is_none() {
             if let Some(dir) = self.path.parent() {
-                fs::create_dir_all(dir)?;
+                crate::private::create_dir(dir)?;
             }
-            let opened = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let opened = crate::private::options().create(true).append(true).open(&self.path)?;
             let written = opened.metadata()?.len();
             *file = Some((BufWriter::new(opened), written));
         }

@@ -151,6 +151,10 @@ impl Registry {
         let declared_spis = config.spis.clone();
         let store = ArtifactStore::open(&config.data_dir)?;
         let kv = crate::services::kv::Kv::open(&config.data_dir.join("kv.redb"))?;
+        // The store and the directories exist now: make all of it the base's alone (a data
+        // directory from an older version, or a `kv.redb` redb just created with the umask's
+        // mode).
+        crate::private::tighten(store.data_dir());
         let module_configs = crate::services::module_config::ModuleConfigs::new(&config);
         let runtime = Mutex::new(tokio::runtime::Handle::try_current().ok());
         Ok(Arc::new_cyclic(|me| Self {

@@ -138,6 +138,19 @@ pub fn base_process() -> &'static BaseProcess {
     })
 }
 
+/// The variables that carry secrets: the operations token and every module configuration value.
+pub(crate) const TOKEN_VARIABLE: &str = "PEDESTAL_ADMIN_TOKEN";
+
+/// Reads the secrets the environment carries (the token was parsed into the config already; the
+/// `PEDESTAL_CONFIG__*` module values are kept by `services::module_config`) and removes them
+/// from the environment of the process that will load modules, while it is single-threaded. The
+/// supervisor keeps them: it loads no module, and its worker inherits them from it.
+pub(crate) fn forget_secrets() {
+    let mut names = crate::services::module_config::take_environment();
+    names.push(TOKEN_VARIABLE.to_owned());
+    listeners::forget_environment(&names, "the operations token and module configuration values");
+}
+
 /// Runs `pedestal serve` supervised, unless this process is already the worker or `config`
 /// turns supervision off (`--supervisor off`).
 ///
@@ -168,11 +181,16 @@ pub fn supervise(config: &Config) -> anyhow::Result<Option<ExitCode>> {
     if handover().is_worker {
         // Read above; a process a module starts must not believe it is a worker, nor find the
         // base's descriptor numbers or its supervisor's pid.
-        listeners::forget_environment(&[listeners::LISTEN_FDS, GENERATION, SUPERVISOR_PID, ESCALATION]);
+        listeners::forget_environment(
+            &[listeners::LISTEN_FDS, GENERATION, SUPERVISOR_PID, ESCALATION],
+            "the supervisor's hand-over variables",
+        );
+        forget_secrets();
         die_with_supervisor()?;
         return Ok(None);
     }
     if !config.supervisor {
+        forget_secrets();
         return Ok(None);
     }
     config.validate()?;

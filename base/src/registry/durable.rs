@@ -209,7 +209,7 @@ impl Loading {
     pub(crate) fn identify(&mut self, instance: &Instance) {
         self.marker.name = Some(instance.id.name.clone());
         self.marker.version = Some(instance.id.version.to_string());
-        let _ = fs::write(&self.path, serde_json::to_vec(&self.marker).unwrap_or_default());
+        let _ = crate::private::write(&self.path, &serde_json::to_vec(&self.marker).unwrap_or_default());
     }
 }
 
@@ -247,7 +247,7 @@ impl Registry {
     pub(crate) fn loading(&self, sha256: &str, install_name: Option<&str>, during: Load) -> Loading {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = self.loading_dir();
-        let _ = fs::create_dir_all(&dir);
+        let _ = crate::private::create_dir(&dir);
         let path = dir.join(format!("{}-{}.json", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         let marker = Marker {
             sha256: sha256.to_owned(),
@@ -258,7 +258,7 @@ impl Registry {
             pid: std::process::id(),
             written: None,
         };
-        let _ = fs::write(&path, serde_json::to_vec(&marker).unwrap_or_default());
+        let _ = crate::private::write(&path, &serde_json::to_vec(&marker).unwrap_or_default());
         Loading { path, marker }
     }
 

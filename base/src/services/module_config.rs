@@ -26,6 +26,8 @@ struct EnvValue {
 pub struct ModuleConfigs {
     file: Option<PathBuf>,
     from_file: std::sync::Mutex<BTreeMap<String, Map<String, Value>>>,
+    /// `[modules.NAME] secret_keys`, as the file has them now.
+    secret_keys: std::sync::Mutex<BTreeMap<String, Vec<String>>>,
     env: Vec<EnvValue>,
 }
 
@@ -33,10 +35,13 @@ fn env_name(module: &str) -> String {
     module.to_uppercase().replace('-', "_")
 }
 
-impl ModuleConfigs {
-    /// The values of `config` (read from its file at start), and the environment's.
-    pub fn new(config: &Config) -> Self {
-        let env = std::env::vars_os()
+/// The environment's `PEDESTAL_CONFIG__*` values, read on the first call and kept for the life
+/// of the process: [`supervise`](crate::supervise) reads them and then removes the variables
+/// from the environment, so a module reading the environment finds none of them.
+fn environment() -> &'static [EnvValue] {
+    static ENV: std::sync::OnceLock<Vec<EnvValue>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        std::env::vars_os()
             .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
             .filter_map(|(name, value)| {
                 let rest = name.strip_prefix(ENV_PREFIX)?;
@@ -49,11 +54,28 @@ impl ModuleConfigs {
                     value,
                 })
             })
-            .collect();
+            .collect()
+    })
+}
+
+/// Reads the environment's module configuration (once) and returns the names of the variables
+/// that carry it, every `PEDESTAL_CONFIG__*`, for the caller to remove from the environment.
+pub(crate) fn take_environment() -> Vec<String> {
+    environment();
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with(ENV_PREFIX))
+        .collect()
+}
+
+impl ModuleConfigs {
+    /// The values of `config` (read from its file at start), and the environment's.
+    pub fn new(config: &Config) -> Self {
         Self {
             file: config.config_file.clone(),
             from_file: std::sync::Mutex::new(config.module_config.clone()),
-            env,
+            secret_keys: std::sync::Mutex::new(config.module_secret_keys.clone()),
+            env: environment().to_vec(),
         }
     }
 
@@ -61,6 +83,18 @@ impl ModuleConfigs {
     pub fn of(&self, module: &str) -> Map<String, Value> {
         let from_file = lock(&self.from_file);
         self.merged(&from_file, module)
+    }
+
+    /// Module `module`'s values as the operations API shows them: every secret replaced by
+    /// [`REDACTED`], and the dotted paths of the keys it replaced. A key is a secret when its name
+    /// ends in one of [`SECRET_SUFFIXES`] (any case, at any depth) or when the config file lists
+    /// it in `[modules.NAME] secret_keys`.
+    pub fn redacted(&self, module: &str) -> (Map<String, Value>, Vec<String>) {
+        let listed = lock(&self.secret_keys).get(module).cloned().unwrap_or_default();
+        let mut values = self.of(module);
+        let mut redacted = Vec::new();
+        redact(&mut values, "", &listed, &mut redacted);
+        (values, redacted)
     }
 
     /// Hands module `module`'s values to `send` while no reload can change them, so values
@@ -92,7 +126,8 @@ impl ModuleConfigs {
     /// changes nothing (`CONFIG_INVALID`).
     pub fn reload(&self) -> Result<Vec<String>> {
         let Some(file) = &self.file else { return Ok(Vec::new()) };
-        let fresh = crate::config::read_module_configs(file)?;
+        let (fresh, secret_keys) = crate::config::read_module_configs(file)?;
+        *lock(&self.secret_keys) = secret_keys;
         let mut current = lock(&self.from_file);
         let mut changed: Vec<String> = fresh
             .iter()
@@ -107,6 +142,26 @@ impl ModuleConfigs {
     /// The watched config file, if any.
     pub fn file(&self) -> Option<&PathBuf> {
         self.file.as_ref()
+    }
+}
+
+/// What the operations API shows in place of a secret configuration value.
+pub const REDACTED: &str = "(redacted)";
+
+/// Key-name endings that make a configuration value a secret.
+pub const SECRET_SUFFIXES: &[&str] =
+    &["secret", "password", "passwd", "token", "api_key", "apikey", "private_key", "credentials"];
+
+fn redact(values: &mut Map<String, Value>, prefix: &str, listed: &[String], redacted: &mut Vec<String>) {
+    for (key, value) in values.iter_mut() {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let lower = key.to_lowercase();
+        if listed.contains(&path) || SECRET_SUFFIXES.iter().any(|suffix| lower.ends_with(suffix)) {
+            *value = Value::String(REDACTED.into());
+            redacted.push(path);
+        } else if let Value::Object(inner) = value {
+            redact(inner, &path, listed, redacted);
+        }
     }
 }
 

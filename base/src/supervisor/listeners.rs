@@ -67,20 +67,28 @@ fn adopt(fd: RawFd, what: &str) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Removes `names` from this process's environment, so that processes its modules start do not
-/// inherit them, if this process is still single-threaded (as it is at the top of `main`, where
-/// [`supervise`](super::supervise) runs); otherwise leaves them, with a warning.
-pub(crate) fn forget_environment(names: &[&str]) {
+/// Removes `names` from this process's environment, so that neither its modules nor the
+/// processes they start find them, if this process is still single-threaded (as it is at the
+/// top of `main`, where [`supervise`](super::supervise) runs); otherwise leaves them, with a
+/// warning naming `what` they are.
+pub(crate) fn forget_environment<S: AsRef<str>>(names: &[S], what: &str) {
+    let present: Vec<&str> =
+        names.iter().map(AsRef::as_ref).filter(|name| std::env::var_os(name).is_some()).collect();
+    if present.is_empty() {
+        return;
+    }
     // Every entry of `/proc/self/task` is one thread of this process.
     let threads = std::fs::read_dir("/proc/self/task").map(Iterator::count);
     if !matches!(threads, Ok(1)) {
         tracing::warn!(
             ?threads,
-            "supervisor: the worker is not single-threaded at its start (`supervise` should run \
-             first in `main`); the hand-over variables stay in its environment"
+            variables = ?present,
+            "the process is not single-threaded (`pedestal_base::supervise` should run first in \
+             `main`): {what} stay in its environment, where every module can read them"
         );
         return;
     }
+    let names = present;
     for name in names {
         // SAFETY: this process has one thread (checked just above, and no thread can start
         // in between: only this thread could start one), so no other thread reads or writes
