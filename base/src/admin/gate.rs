@@ -58,8 +58,9 @@ pub(crate) struct Gate {
 /// The middleware: refuses what must not reach a handler, and tags the answer with who asked.
 pub(crate) async fn guard(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
     let client = client_of(&request);
-    match gate.admit(&request, client) {
-        Ok(identity) => {
+    let (identity, admitted) = gate.admit(&request, client);
+    match admitted {
+        Ok(()) => {
             let mut response = next.run(request).await;
             response.extensions_mut().insert(identity);
             response
@@ -69,11 +70,12 @@ pub(crate) async fn guard(State(gate): State<Arc<Gate>>, request: Request, next:
                 client = %display_client(client),
                 method = %request.method(),
                 path = %request.uri().path(),
+                identity = identity.as_str(),
                 code = refusal.code(),
                 "operations API request refused: {refusal}"
             );
             let mut response = axum::response::IntoResponse::into_response(refusal);
-            response.extensions_mut().insert(Identity::Anonymous);
+            response.extensions_mut().insert(identity);
             response
         }
     }
@@ -89,7 +91,30 @@ pub(crate) fn display_client(client: Option<SocketAddr>) -> String {
 }
 
 impl Gate {
-    fn admit(&self, request: &Request, client: Option<SocketAddr>) -> Result<Identity> {
+    /// Who the request is (as far as it got) and whether it may go on.
+    fn admit(&self, request: &Request, client: Option<SocketAddr>) -> (Identity, Result<()>) {
+        if let Err(refusal) = self.check_origin(request) {
+            return (Identity::Anonymous, Err(refusal));
+        }
+        let identity = if is_open(request) {
+            Identity::Anonymous
+        } else {
+            match self.authenticate(request.headers(), client) {
+                Ok(()) => Identity::Token,
+                Err(refusal) => return (Identity::Anonymous, Err(refusal)),
+            }
+        };
+        if !matches!(*request.method(), Method::GET | Method::HEAD) {
+            if let Err(refusal) = refuse_simple_bodies(request.headers()) {
+                return (identity, Err(refusal));
+            }
+        }
+        (identity, Ok(()))
+    }
+
+    /// Header size, `Host`, then the browser's context: checked before the token, so neither a
+    /// rebinding page nor another site ever gets to try one.
+    fn check_origin(&self, request: &Request) -> Result<()> {
         let headers = request.headers();
         let size: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
         if size > MAX_HEADER_BYTES {
@@ -103,17 +128,7 @@ impl Gate {
         if !self.hosts.allows(host, 80) {
             return Err(Error::HostNotAllowed { host: host.to_owned() });
         }
-        check_browser_context(headers, &self.hosts)?;
-        let identity = if is_open(request) {
-            Identity::Anonymous
-        } else {
-            self.authenticate(headers, client)?;
-            Identity::Token
-        };
-        if !matches!(*request.method(), Method::GET | Method::HEAD) {
-            refuse_simple_bodies(headers)?;
-        }
-        Ok(identity)
+        check_browser_context(headers, &self.hosts)
     }
 
     /// Checks the bearer token. A client that guessed wrong too often is refused before the
