@@ -202,7 +202,11 @@ async fn list_spis(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -
 
 /// `GET /api/v1/modules/{name}/config`: the values module `name` reads (the config file's
 /// section with the environment's on top), and where the file is.
-async fn module_config(State(registry): State<Arc<Registry>>, _: Params<NoParams>, Path(name): Path<String>) -> Json<Value> {
+async fn module_config(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(name): Path<String>,
+) -> Json<Value> {
     let configs = registry.module_configs();
     Json(json!({
         "module": name,
@@ -212,7 +216,11 @@ async fn module_config(State(registry): State<Arc<Registry>>, _: Params<NoParams
 }
 
 /// `GET /api/v1/modules/{name}/kv`: how much of its key-value quota module `name` uses.
-async fn module_kv(State(registry): State<Arc<Registry>>, _: Params<NoParams>, Path(name): Path<String>) -> Result<Json<Value>> {
+async fn module_kv(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
     let usage = registry.kv().usage(&name, registry.kv_quota(&name))?;
     Ok(Json(json!({ "module": name, "usage": usage })))
 }
@@ -361,7 +369,11 @@ async fn run_operation(
 }
 
 /// `GET /api/v1/operations/{id}`.
-async fn operation(State(registry): State<Arc<Registry>>, _: Params<NoParams>, Path(id): Path<u64>) -> Result<Json<Operation>> {
+async fn operation(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(id): Path<u64>,
+) -> Result<Json<Operation>> {
     registry.operations.get(id).map(Json).ok_or_else(|| Error::NotFound { what: format!("operation {id}") })
 }
 
@@ -426,7 +438,11 @@ async fn set_traffic(
     Ok(traffic_view(&registry, &name))
 }
 
-async fn get_traffic(State(registry): State<Arc<Registry>>, _: Params<NoParams>, Path(name): Path<String>) -> Result<Json<Value>> {
+async fn get_traffic(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
     registry.module(&name)?;
     Ok(traffic_view(&registry, &name))
 }
@@ -610,7 +626,11 @@ async fn list(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Jso
     Json(json!({ "modules": modules, "quarantined": registry.quarantined() }))
 }
 
-async fn describe(State(registry): State<Arc<Registry>>, _: Params<NoParams>, Path(name): Path<String>) -> Result<Json<Value>> {
+async fn describe(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
     let quarantined: Vec<_> = registry
         .quarantined()
         .into_iter()
@@ -705,7 +725,11 @@ async fn metrics(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> 
 }
 
 /// `GET /api/v1/modules/{name}/limits`: the API's overrides and each version's effective limits.
-async fn get_limits(State(registry): State<Arc<Registry>>, _: Params<NoParams>, Path(name): Path<String>) -> Result<Json<Value>> {
+async fn get_limits(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
     let (instances, _) = registry.module(&name)?;
     Ok(Json(limits_view(&name, registry.limit_overrides(&name), &instances)))
 }

@@ -184,7 +184,11 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 pub(crate) fn check_admin_token(token: &str, origin: &str) -> Result<()> {
     let length = token.trim().chars().count();
     if length < MIN_ADMIN_TOKEN_LEN {
-        return Err(Error::AdminTokenTooShort { origin: origin.to_owned(), length, min: MIN_ADMIN_TOKEN_LEN });
+        return Err(Error::AdminTokenTooShort {
+            origin: origin.to_owned(),
+            length,
+            min: MIN_ADMIN_TOKEN_LEN,
+        });
     }
     Ok(())
 }

@@ -260,7 +260,8 @@ fn the_operations_api_requires_its_token() {
     assert_eq!((denied.status, denied.code()), (401, "UNAUTHORIZED"));
     let wrong = base.admin("GET", "/api/v1/health", &[("authorization", "Bearer nope")], None);
     assert_eq!(wrong.status, 401);
-    let allowed = base.admin("GET", "/api/v1/health", &[("authorization", "Bearer s3cret-of-the-test")], None);
+    let allowed =
+        base.admin("GET", "/api/v1/health", &[("authorization", "Bearer s3cret-of-the-test")], None);
     assert_eq!(allowed.status, 200);
 
     let refused = Command::new(artifacts::PEDESTAL)

@@ -68,7 +68,8 @@ fn token(args: &[String]) -> anyhow::Result<Option<String>> {
 
 /// Reads a token file (`<data-dir>/admin-token`, say).
 pub fn read_token(file: &Path) -> anyhow::Result<String> {
-    let token = std::fs::read_to_string(file).with_context(|| format!("reading the token {}", file.display()))?;
+    let token =
+        std::fs::read_to_string(file).with_context(|| format!("reading the token {}", file.display()))?;
     Ok(token.trim().to_owned())
 }
 

@@ -75,7 +75,10 @@ impl AuditLog {
             Err(TrySendError::Full(_)) => {
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if dropped.is_power_of_two() {
-                    tracing::warn!(dropped, "audit log queue full: entries dropped (still in the base's log)");
+                    tracing::warn!(
+                        dropped,
+                        "audit log queue full: entries dropped (still in the base's log)"
+                    );
                 }
             }
             Err(TrySendError::Disconnected(_)) => {}
@@ -84,15 +87,21 @@ impl AuditLog {
 }
 
 /// The middleware: times the request and records it when it is an operation or a refusal.
-pub(crate) async fn record(State(audit): State<Option<Arc<AuditLog>>>, request: Request, next: Next) -> Response {
+pub(crate) async fn record(
+    State(audit): State<Option<Arc<AuditLog>>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let began = Instant::now();
     let client = client_of(&request);
     let method = request.method().clone();
-    let path = request.uri().path_and_query().map_or_else(|| request.uri().path().to_owned(), |p| p.to_string());
+    let path =
+        request.uri().path_and_query().map_or_else(|| request.uri().path().to_owned(), |p| p.to_string());
     let response = next.run(request).await;
     let status = response.status();
     let is_operation = !matches!(method, Method::GET | Method::HEAD) && path.starts_with("/api/v1");
-    let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS);
+    let refused =
+        matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS);
     if !(is_operation || refused) {
         return response;
     }

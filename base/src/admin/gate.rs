@@ -104,10 +104,10 @@ impl Gate {
                 Err(refusal) => return (Identity::Anonymous, Err(refusal)),
             }
         };
-        if !matches!(*request.method(), Method::GET | Method::HEAD) {
-            if let Err(refusal) = refuse_simple_bodies(request.headers()) {
-                return (identity, Err(refusal));
-            }
+        if !matches!(*request.method(), Method::GET | Method::HEAD)
+            && let Err(refusal) = refuse_simple_bodies(request.headers())
+        {
+            return (identity, Err(refusal));
         }
         (identity, Ok(()))
     }
@@ -167,10 +167,10 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// same site). Tools like curl send neither header.
 fn check_browser_context(headers: &HeaderMap, hosts: &AllowedHosts) -> Result<()> {
     let text = |name| headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site")) {
-        if site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site") {
-            return Err(Error::CrossOrigin { header: "Sec-Fetch-Site", value: site });
-        }
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
+        && (site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site"))
+    {
+        return Err(Error::CrossOrigin { header: "Sec-Fetch-Site", value: site });
     }
     if let Some(origin) = text(header::ORIGIN) {
         let lower = origin.to_ascii_lowercase();
@@ -211,7 +211,10 @@ pub(crate) fn require_json(headers: &HeaderMap, body: &[u8]) -> Result<()> {
     match media_type(headers) {
         Some(found) if found == "application/json" => Ok(()),
         None if body.is_empty() => Ok(()),
-        found => Err(Error::UnsupportedMediaType { found: found.unwrap_or_default(), expected: "application/json" }),
+        found => Err(Error::UnsupportedMediaType {
+            found: found.unwrap_or_default(),
+            expected: "application/json",
+        }),
     }
 }
 
@@ -247,7 +250,11 @@ impl AllowedHosts {
         if name.is_empty() {
             return false;
         }
-        if self.extra.iter().any(|(allowed, allowed_port)| allowed == name && allowed_port.is_none_or(|p| Some(p) == port)) {
+        if self
+            .extra
+            .iter()
+            .any(|(allowed, allowed_port)| allowed == name && allowed_port.is_none_or(|p| Some(p) == port))
+        {
             return true;
         }
         if port.unwrap_or(default_port) != self.listen.port() {
@@ -255,7 +262,9 @@ impl AllowedHosts {
         }
         let ip = name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
         name == "localhost"
-            || ip.is_some_and(|ip| ip.is_loopback() || ip == self.listen.ip() || self.listen.ip().is_unspecified())
+            || ip.is_some_and(|ip| {
+                ip.is_loopback() || ip == self.listen.ip() || self.listen.ip().is_unspecified()
+            })
     }
 }
 

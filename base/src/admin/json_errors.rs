@@ -49,7 +49,11 @@ fn needs_rewrite(response: &Response) -> bool {
 /// The JSON answer for an error `status` with `text` (what the rejection said).
 pub(crate) fn rejection(status: StatusCode, text: &str) -> Response {
     let code = code_of(status);
-    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text.to_owned() };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text.to_owned()
+    };
     let body = json!({"code": code, "message": message, "details": {}});
     let mut response = (status, axum::Json(body)).into_response();
     response.extensions_mut().insert(ErrorCode(code.to_owned()));

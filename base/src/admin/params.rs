@@ -31,7 +31,8 @@ fn parse<T: DeserializeOwned>(query: &str) -> Result<T> {
     let bad = |message: String| Error::BadQuery { message, unknown: Vec::new() };
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| bad(e.to_string()))?;
     let known = field_names::<T>();
-    let mut unknown: Vec<String> = pairs.into_iter().map(|(name, _)| name).filter(|n| !known.contains(&n.as_str())).collect();
+    let mut unknown: Vec<String> =
+        pairs.into_iter().map(|(name, _)| name).filter(|n| !known.contains(&n.as_str())).collect();
     unknown.dedup();
     if !unknown.is_empty() {
         let message = if known.is_empty() {

@@ -110,8 +110,7 @@ fn switching(options: &Lifecycle, old: &[u8], new: &[u8]) -> anyhow::Result<Stri
     // Replace-deploys: each installs the other version with strategy=replace, which switches to
     // it and drains and unloads the one that was active.
     let active = |base: &BaseProcess| -> anyhow::Result<String> {
-        let module: Value =
-            base.admin("GET", &format!("/api/v1/modules/{name}")).call()?.into_json()?;
+        let module: Value = base.admin("GET", &format!("/api/v1/modules/{name}")).call()?.into_json()?;
         Ok(module["active_version"].as_str().unwrap_or_default().to_owned())
     };
     let inactive = if active(&base)? == v_old { &v_new } else { &v_old };

@@ -193,7 +193,8 @@ impl BaseProcess {
 
     /// An operations API request (`path` under its address) with the token.
     pub(crate) fn admin(&self, method: &str, path: &str) -> ureq::Request {
-        ureq::request(method, &format!("{}{path}", self.admin)).set("authorization", &format!("Bearer {}", self.token))
+        ureq::request(method, &format!("{}{path}", self.admin))
+            .set("authorization", &format!("Bearer {}", self.token))
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -232,7 +233,9 @@ impl BaseProcess {
     }
 
     fn install(&self, module: &[u8]) -> anyhow::Result<Value> {
-        let response = self.admin("POST", "/api/v1/modules").set("content-type", "application/octet-stream")
+        let response = self
+            .admin("POST", "/api/v1/modules")
+            .set("content-type", "application/octet-stream")
             .send_bytes(module)?;
         Ok(response.into_json()?)
     }

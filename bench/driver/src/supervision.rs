@@ -165,7 +165,8 @@ impl Supervised {
 
     /// An operations API request (`path` under its address) with the token.
     fn admin(&self, method: &str, path: &str) -> ureq::Request {
-        ureq::request(method, &format!("{}{path}", self.admin)).set("authorization", &format!("Bearer {}", self.token))
+        ureq::request(method, &format!("{}{path}", self.admin))
+            .set("authorization", &format!("Bearer {}", self.token))
     }
 
     fn install_path(&self, path: &Path, name: &str) -> anyhow::Result<Value> {
@@ -222,8 +223,7 @@ impl Supervised {
     /// Puts `fx-crashy` back after a crash it caused: once crash attribution quarantines the
     /// module that crashed the worker, a retry starts it again.
     fn retry_crashy(&self) -> anyhow::Result<()> {
-        let module: Value =
-            self.admin("GET", "/api/v1/modules/fx-crashy").call()?.into_json()?;
+        let module: Value = self.admin("GET", "/api/v1/modules/fx-crashy").call()?.into_json()?;
         for quarantined in module["quarantined"].as_array().into_iter().flatten() {
             let version = quarantined["version"].as_str().unwrap_or("0.1.0");
             self.admin("POST", &format!("/api/v1/modules/fx-crashy/{version}/retry")).call()?;
