@@ -2,6 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::SocketAddr,
     path::PathBuf,
     sync::Arc,
     time::Instant,
@@ -9,7 +10,7 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, Request, State},
+    extract::{Path, Request, State},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -28,6 +29,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
     accounting::{CpuTime, cpu_by_thread_name},
+    config::Config,
     error::{Error, Result},
     instance::{Instance, Runaway, State as InstanceState, Traffic, Transition},
     limits::{LimitOverrides, Limits},
@@ -37,10 +39,57 @@ use crate::{
     traffic::read_body,
 };
 
-/// The operations API router. Requires `Authorization: Bearer <token>` when the registry's
-/// config has a token.
-pub fn router(registry: Arc<Registry>) -> Router {
-    let token = registry.config().admin_token.clone().filter(|t| !t.is_empty());
+mod audit;
+mod gate;
+mod json_errors;
+mod params;
+pub(crate) mod token;
+
+pub use self::{audit::AUDIT_FILE, token::TOKEN_FILE};
+use self::{
+    audit::AuditLog,
+    gate::{AllowedHosts, Gate, Throttle, require_json},
+    params::{NoParams, Params},
+    token::AdminToken,
+};
+
+/// What the operations API keeps across the apps a base builds: its token, the throttle of
+/// failed authentications, the audit log.
+#[derive(Debug, Clone)]
+pub(crate) struct FrontDoor {
+    token: AdminToken,
+    throttle: Arc<Throttle>,
+    audit: Option<Arc<AuditLog>>,
+    allowed_hosts: Vec<String>,
+}
+
+impl FrontDoor {
+    /// Resolves the token (generating `<data-dir>/admin-token` at first start, so the data
+    /// directory must exist) and opens the audit log.
+    pub(crate) fn open(config: &Config) -> Result<Self> {
+        let token = AdminToken::resolve(config)?;
+        token.log_where();
+        let audit = AuditLog::open(&config.data_dir, config.module_log_max_bytes)
+            .map_err(Error::io(format!("opening {}", config.data_dir.join(AUDIT_FILE).display())))?;
+        tracing::info!(file = %config.data_dir.join(AUDIT_FILE).display(), "operations audit log");
+        Ok(Self {
+            token,
+            throttle: Arc::default(),
+            audit: Some(audit),
+            allowed_hosts: config.admin_allowed_hosts.clone(),
+        })
+    }
+}
+
+/// The operations API router, answering on `listen` (its bound address: the `Host` values it
+/// accepts depend on the port). Every request but `GET /api/v1/ready` requires
+/// `Authorization: Bearer <token>`.
+pub(crate) fn router(registry: Arc<Registry>, door: &FrontDoor, listen: SocketAddr) -> Router {
+    let gate = Arc::new(Gate {
+        token: door.token.clone(),
+        hosts: AllowedHosts::new(listen, &door.allowed_hosts),
+        throttle: Arc::clone(&door.throttle),
+    });
     Router::new()
         .route("/api/v1/modules", get(list).post(install))
         .route("/api/v1/modules/{name}", get(describe))
@@ -64,24 +113,11 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { Error::NotFound { what: "route".into() } })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(middleware::from_fn(json_errors::as_json))
         .layer(middleware::from_fn_with_state(Arc::clone(&registry), refuse_changes_until_restored))
-        .layer(middleware::from_fn_with_state(token, authorize))
+        .layer(middleware::from_fn_with_state(gate, gate::guard))
+        .layer(middleware::from_fn_with_state(door.audit.clone(), audit::record))
         .with_state(registry)
-}
-
-async fn authorize(State(token): State<Option<String>>, request: Request, next: Next) -> Result<Response> {
-    if let Some(token) = token {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
-            return Err(Error::Unauthorized);
-        }
-    }
-    Ok(next.run(request).await)
 }
 
 /// Changes wait for the recorded state to be back: made earlier, they would be overwritten (or
@@ -95,10 +131,6 @@ async fn refuse_changes_until_restored(
         return Err(Error::NotReady);
     }
     Ok(next.run(request).await)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Deserialize)]
@@ -142,7 +174,7 @@ struct UninstallOptions {
 /// Runs a blocking registry operation: waits for it and answers `ok` with its result, or with
 /// `run_async` answers `202 {operation, status_url}` at once and records the outcome for
 /// `GET /api/v1/spis`: the SPIs the base declares, and which running modules implement what.
-async fn list_spis(State(registry): State<Arc<Registry>>) -> Json<Value> {
+async fn list_spis(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Json<Value> {
     let declared: BTreeMap<String, String> =
         registry.declared_spis().into_iter().map(|(n, v)| (n, v.to_string())).collect();
     let mut implemented: BTreeMap<String, Vec<Value>> = BTreeMap::new();
@@ -170,7 +202,11 @@ async fn list_spis(State(registry): State<Arc<Registry>>) -> Json<Value> {
 
 /// `GET /api/v1/modules/{name}/config`: the values module `name` reads (the config file's
 /// section with the environment's on top) with secrets redacted, and where the file is.
-async fn module_config(State(registry): State<Arc<Registry>>, Path(name): Path<String>) -> Json<Value> {
+async fn module_config(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(name): Path<String>,
+) -> Json<Value> {
     let configs = registry.module_configs();
     let (values, redacted) = configs.redacted(&name);
     Json(json!({
@@ -182,14 +218,18 @@ async fn module_config(State(registry): State<Arc<Registry>>, Path(name): Path<S
 }
 
 /// `GET /api/v1/modules/{name}/kv`: how much of its key-value quota module `name` uses.
-async fn module_kv(State(registry): State<Arc<Registry>>, Path(name): Path<String>) -> Result<Json<Value>> {
+async fn module_kv(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
     let usage = registry.kv().usage(&name, registry.kv_quota(&name))?;
     Ok(Json(json!({ "module": name, "usage": usage })))
 }
 
 /// `POST /api/v1/config/reload`: re-reads the config file now (it is also watched) and hands
 /// the modules whose values changed their new values.
-async fn reload_config(State(registry): State<Arc<Registry>>) -> Result<Json<Value>> {
+async fn reload_config(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Result<Json<Value>> {
     let changed = tokio::task::spawn_blocking(move || registry.reload_config())
         .await
         .map_err(|e| Error::BadRequest { message: e.to_string() })??;
@@ -197,7 +237,7 @@ async fn reload_config(State(registry): State<Arc<Registry>>) -> Result<Json<Val
 }
 
 /// `GET /api/v1/events`: the topics with subscribers, and totals.
-async fn list_events(State(registry): State<Arc<Registry>>) -> Json<Value> {
+async fn list_events(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Json<Value> {
     let events = registry.events();
     let topics: BTreeMap<String, usize> = events.topics().into_iter().collect();
     let (published, delivered) = events.totals();
@@ -207,9 +247,12 @@ async fn list_events(State(registry): State<Arc<Registry>>) -> Json<Value> {
 /// `POST /api/v1/events/{topic}` with a JSON body: publishes it as `base`.
 async fn publish_event(
     State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
     Path(topic): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>> {
+    require_json(&headers, &body)?;
     crate::services::events::check_topic(&topic).map_err(|message| Error::BadRequest { message })?;
     let data: Value = serde_json::from_slice(&body)
         .map_err(|e| Error::BadRequest { message: format!("the body must be JSON: {e}") })?;
@@ -230,9 +273,11 @@ struct SpiTarget {
 async fn call_spi(
     State(registry): State<Arc<Registry>>,
     Path((spi, method)): Path<(String, String)>,
-    Query(target): Query<SpiTarget>,
+    Params(target): Params<SpiTarget>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>> {
+    require_json(&headers, &body)?;
     let payload = if body.is_empty() { b"[]".to_vec() } else { body.to_vec() };
     let mut targets = registry.implementors(&spi);
     if let Some(module) = &target.module {
@@ -274,20 +319,21 @@ async fn call_spi(
 
 /// `GET /api/v1/ready`: `200 {"ready": true}` once the base restored its state (and, with
 /// `--ready-requires-modules`, installed every boot module); `503 {"ready": false}` before.
-async fn ready(State(registry): State<Arc<Registry>>) -> Response {
+async fn ready(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Response {
     let ready = registry.is_ready();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({ "ready": ready }))).into_response()
 }
 
 /// `GET /api/v1/base`: which process serves (the worker's pid and generation when supervised).
-async fn base_process() -> Json<crate::supervisor::BaseProcess> {
+async fn base_process(_: Params<NoParams>) -> Json<crate::supervisor::BaseProcess> {
     Json(crate::supervisor::base_process().clone())
 }
 
 /// `POST /api/v1/modules/{name}/{version}/retry`: loads a quarantined module again.
 async fn retry(
     State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response> {
     let version = parse_version(&version)?;
@@ -325,7 +371,11 @@ async fn run_operation(
 }
 
 /// `GET /api/v1/operations/{id}`.
-async fn operation(State(registry): State<Arc<Registry>>, Path(id): Path<u64>) -> Result<Json<Operation>> {
+async fn operation(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(id): Path<u64>,
+) -> Result<Json<Operation>> {
     registry.operations.get(id).map(Json).ok_or_else(|| Error::NotFound { what: format!("operation {id}") })
 }
 
@@ -343,9 +393,11 @@ struct SwitchTo {
 async fn switch(
     State(registry): State<Arc<Registry>>,
     Path(name): Path<String>,
-    Query(options): Query<AsyncOption>,
+    Params(options): Params<AsyncOption>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response> {
+    require_json(&headers, &body)?;
     let SwitchTo { version } = serde_json::from_slice(&body)
         .map_err(|e| Error::BadRequest { message: format!("expected {{\"version\": \"...\"}}: {e}") })?;
     let version = parse_version(&version)?;
@@ -369,9 +421,12 @@ async fn switch(
 /// running versions (`{}` goes back to the active version alone).
 async fn set_traffic(
     State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>> {
+    require_json(&headers, &body)?;
     let weights: BTreeMap<String, u32> = serde_json::from_slice(&body).map_err(|e| Error::BadRequest {
         message: format!("expected {{\"<version>\": <weight>, ...}}: {e}"),
     })?;
@@ -385,7 +440,11 @@ async fn set_traffic(
     Ok(traffic_view(&registry, &name))
 }
 
-async fn get_traffic(State(registry): State<Arc<Registry>>, Path(name): Path<String>) -> Result<Json<Value>> {
+async fn get_traffic(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
     registry.module(&name)?;
     Ok(traffic_view(&registry, &name))
 }
@@ -414,10 +473,23 @@ struct Installed {
 
 async fn install(
     State(registry): State<Arc<Registry>>,
-    Query(options): Query<InstallOptions>,
+    Params(options): Params<InstallOptions>,
     headers: HeaderMap,
     request: Request,
 ) -> Result<Response> {
+    // Explicitly typed: a body without a type (a browser's `fetch` of a blob sends none, and
+    // needs no preflight for it) is never taken for a module.
+    let is_json = match gate::media_type(&headers).as_deref() {
+        Some("application/json") => true,
+        Some("application/octet-stream") => false,
+        found => {
+            return Err(Error::UnsupportedMediaType {
+                found: found.unwrap_or_default().to_owned(),
+                expected: "application/octet-stream (the module's bytes) or application/json ({\"path\": ...})",
+            });
+        }
+    };
+    let client = gate::display_client(gate::client_of(&request));
     let query_async = options.run_async;
     let limit = registry.config().max_upload_bytes;
     let declared =
@@ -425,10 +497,6 @@ async fn install(
     if let Some(size) = declared.filter(|size| *size > limit) {
         return Err(Error::PayloadTooLarge { size, limit });
     }
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
     let body = read_body(request.into_body(), if is_json { 64 * 1024 } else { limit }).await?;
     let bytes = if is_json {
         let InstallFromPath { path } = serde_json::from_slice(&body)
@@ -458,7 +526,7 @@ async fn install(
         let done = registry.install_with(&bytes, &options)?;
         let instance = &done.instance;
         let install_ms = received.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(module = %instance.id.name, version = %instance.id.version, sha256 = %instance.artifact.sha256, install_ms, "installed");
+        tracing::info!(module = %instance.id.name, version = %instance.id.version, sha256 = %instance.artifact.sha256, install_ms, %client, "installed");
         let installed = Installed {
             name: instance.id.name.clone(),
             package: instance.package.clone(),
@@ -554,13 +622,17 @@ fn view(
     }
 }
 
-async fn list(State(registry): State<Arc<Registry>>) -> Json<Value> {
+async fn list(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Json<Value> {
     let cpu = cpu_by_thread_name();
     let modules: Vec<_> = registry.all().iter().map(|(i, active)| view(i, *active, false, &cpu)).collect();
     Json(json!({ "modules": modules, "quarantined": registry.quarantined() }))
 }
 
-async fn describe(State(registry): State<Arc<Registry>>, Path(name): Path<String>) -> Result<Json<Value>> {
+async fn describe(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
     let quarantined: Vec<_> = registry
         .quarantined()
         .into_iter()
@@ -590,7 +662,7 @@ async fn describe(State(registry): State<Arc<Registry>>, Path(name): Path<String
 async fn uninstall(
     State(registry): State<Arc<Registry>>,
     Path((name, version)): Path<(String, String)>,
-    Query(options): Query<UninstallOptions>,
+    Params(options): Params<UninstallOptions>,
 ) -> Result<Response> {
     let version = parse_version(&version)?;
     let target = format!("{name}@{version}");
@@ -618,7 +690,7 @@ struct LogQuery {
 async fn module_logs(
     State(registry): State<Arc<Registry>>,
     Path(name): Path<String>,
-    Query(query): Query<LogQuery>,
+    Params(query): Params<LogQuery>,
 ) -> Result<Response> {
     let log =
         registry.existing_log(&name).ok_or_else(|| Error::NotFound { what: format!("module {name}") })?;
@@ -647,7 +719,7 @@ async fn module_logs(
     Ok(Sse::new(head.chain(new_lines)).keep_alive(KeepAlive::default()).into_response())
 }
 
-async fn metrics(State(registry): State<Arc<Registry>>) -> Result<Response> {
+async fn metrics(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Result<Response> {
     let text = tokio::task::spawn_blocking(move || registry.render_metrics())
         .await
         .map_err(|e| Error::Io { context: "metrics task".into(), source: std::io::Error::other(e) })?;
@@ -655,7 +727,11 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> Result<Response> {
 }
 
 /// `GET /api/v1/modules/{name}/limits`: the API's overrides and each version's effective limits.
-async fn get_limits(State(registry): State<Arc<Registry>>, Path(name): Path<String>) -> Result<Json<Value>> {
+async fn get_limits(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
     let (instances, _) = registry.module(&name)?;
     Ok(Json(limits_view(&name, registry.limit_overrides(&name), &instances)))
 }
@@ -665,9 +741,12 @@ async fn get_limits(State(registry): State<Arc<Registry>>, Path(name): Path<Stri
 /// `0` lifts a count or size limit) and applies them to every version at once.
 async fn set_limits(
     State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>> {
+    require_json(&headers, &body)?;
     let overrides: LimitOverrides = serde_json::from_slice(&body).map_err(|e| Error::BadRequest {
         message: format!(
             "expected a JSON object with any of max_concurrent_requests, request_timeout_ms, \
@@ -722,7 +801,7 @@ async fn instance_health(instance: Arc<Instance>, active: bool, timeout: std::ti
 
 /// `GET /api/v1/health`: the base, each running instance's health (its hook plus its recent
 /// error rate), and the instances that need an operator (broken, pinned) with their reasons.
-async fn health(State(registry): State<Arc<Registry>>) -> Json<Value> {
+async fn health(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Json<Value> {
     let all = registry.all();
     let timeout = registry.config().health_timeout;
     let count = |state: InstanceState| all.iter().filter(|(i, _)| i.state() == state).count();

@@ -25,8 +25,15 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Where artifacts (and, later, state) are kept.
     pub data_dir: PathBuf,
-    /// Bearer token the operations API requires; mandatory beyond loopback.
+    /// Bearer token the operations API requires (at least [`MIN_ADMIN_TOKEN_LEN`] characters).
+    /// Without it (and without `admin_token_file`) the base uses the token in
+    /// `<data_dir>/admin-token`, generated at first start. Mandatory beyond loopback.
     pub admin_token: Option<String>,
+    /// A file holding the operations API token (`--admin-token-file`), read at start.
+    pub admin_token_file: Option<PathBuf>,
+    /// `Host` names the operations API answers to besides its own address and `localhost`
+    /// (`--admin-allowed-hosts`): `name` (any port) or `name:port`.
+    pub admin_allowed_hosts: Vec<String>,
     /// Largest accepted module upload.
     pub max_upload_bytes: u64,
     /// Largest request body forwarded to a module.
@@ -109,6 +116,8 @@ impl Default for Config {
             admin_listen: ([127, 0, 0, 1], 7071).into(),
             data_dir: PathBuf::from("pedestal-data"),
             admin_token: None,
+            admin_token_file: None,
+            admin_allowed_hosts: Vec::new(),
             max_upload_bytes: 256 * 1024 * 1024,
             max_request_body_bytes: 16 * 1024 * 1024,
             start_timeout: Duration::from_secs(10),
@@ -152,7 +161,10 @@ impl Config {
     /// base. One crash of the budget is kept for a crash no module is blamed for (a `kill -9`
     /// of the worker, say) in the same window, hence at most `MAX_CRASHES - 1`.
     pub fn validate(&self) -> Result<()> {
-        let has_token = self.admin_token.as_deref().is_some_and(|t| !t.is_empty());
+        if let Some(token) = &self.admin_token {
+            check_admin_token(token, "--admin-token (or PEDESTAL_ADMIN_TOKEN)")?;
+        }
+        let has_token = self.admin_token.is_some() || self.admin_token_file.is_some();
         if !self.admin_listen.ip().is_loopback() && !has_token {
             return Err(Error::AdminTokenRequired { addr: self.admin_listen.to_string() });
         }
@@ -166,6 +178,23 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The shortest operations API token accepted, in characters (a generated one has 64).
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// Refuses a blank token, or one shorter than [`MIN_ADMIN_TOKEN_LEN`] once trimmed; `origin`
+/// says where it came from, for the message.
+pub(crate) fn check_admin_token(token: &str, origin: &str) -> Result<()> {
+    let length = token.trim().chars().count();
+    if length < MIN_ADMIN_TOKEN_LEN {
+        return Err(Error::AdminTokenTooShort {
+            origin: origin.to_owned(),
+            length,
+            min: MIN_ADMIN_TOKEN_LEN,
+        });
+    }
+    Ok(())
 }
 
 /// The config file (`pedestal serve --config FILE`, TOML): modules to install at boot, and
@@ -306,6 +335,24 @@ mod tests {
             accepted,
             "supervisor {supervisor}, after {crash_quarantine_after}"
         );
+    }
+
+    #[test]
+    fn blank_and_short_tokens_are_refused_at_start() {
+        let check = |token: &str, accepted: bool| {
+            let config = Config { admin_token: Some(token.to_owned()), ..Config::default() };
+            let outcome = config.validate();
+            assert_eq!(outcome.is_ok(), accepted, "{token:?}: {outcome:?}");
+            if let Err(e) = outcome {
+                assert_eq!(e.code(), "ADMIN_TOKEN_TOO_SHORT");
+            }
+        };
+        check("", false);
+        check("   ", false);
+        check("fifteen-chars-x", false);
+        check("  fifteen-chars-x  ", false);
+        check("sixteen-chars-xx", true);
+        check(&"f".repeat(64), true);
     }
 
     #[test]

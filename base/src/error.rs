@@ -113,6 +113,66 @@ pub enum Error {
     /// Missing or wrong bearer token on the operations API.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// Too many wrong tokens from this client: refused without checking, for a while.
+    #[error("too many failed authentications from this client; retry in {retry_after_secs} s")]
+    TooManyAttempts {
+        /// When the next attempt is accepted, in seconds (also the `Retry-After` header).
+        retry_after_secs: u64,
+    },
+    /// The `Host` header names none of the names the operations API answers to (DNS rebinding).
+    #[error(
+        "the operations API does not answer to Host {host:?}; add it with --admin-allowed-hosts \
+         if it is yours"
+    )]
+    HostNotAllowed {
+        /// The `Host` header as sent (empty when there was none).
+        host: String,
+    },
+    /// A browser sent the request on behalf of another site (`Origin`, `Sec-Fetch-Site`).
+    #[error("cross-origin request refused: {header} is {value:?}")]
+    CrossOrigin {
+        /// The header that gave it away.
+        header: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The body's `Content-Type` is not one this route accepts.
+    #[error("Content-Type {found:?} is not accepted here; send {expected}")]
+    UnsupportedMediaType {
+        /// The `Content-Type` sent (empty when there was none).
+        found: String,
+        /// What the route accepts.
+        expected: &'static str,
+    },
+    /// A query string the route cannot take: unknown parameters, or values that do not parse.
+    #[error("bad query string: {message}")]
+    BadQuery {
+        /// What is wrong.
+        message: String,
+        /// The parameters the route does not know, if that is what is wrong.
+        unknown: Vec<String>,
+    },
+    /// The request's header fields add up to more than the base reads.
+    #[error("the request's header fields are {size} bytes, over the limit of {limit} bytes")]
+    HeadersTooLarge {
+        /// Their size (names, values and separators).
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The operations API token is blank or too short to resist guessing.
+    #[error(
+        "the operations API token from {origin} is {length} characters long (after trimming \
+         whitespace): it must be at least {min}"
+    )]
+    AdminTokenTooShort {
+        /// Where it came from (`--admin-token`, a file).
+        origin: String,
+        /// Its length, trimmed.
+        length: usize,
+        /// The shortest accepted.
+        min: usize,
+    },
     /// The operations API would listen beyond loopback without a token.
     #[error(
         "the operations API listens on {addr}, which is not a loopback address: \
@@ -320,6 +380,13 @@ impl Error {
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::BadRequest { .. } => "BAD_REQUEST",
             Self::Unauthorized => "UNAUTHORIZED",
+            Self::TooManyAttempts { .. } => "TOO_MANY_ATTEMPTS",
+            Self::HostNotAllowed { .. } => "HOST_NOT_ALLOWED",
+            Self::CrossOrigin { .. } => "CROSS_ORIGIN",
+            Self::UnsupportedMediaType { .. } => "UNSUPPORTED_MEDIA_TYPE",
+            Self::BadQuery { .. } => "BAD_REQUEST",
+            Self::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
+            Self::AdminTokenTooShort { .. } => "ADMIN_TOKEN_TOO_SHORT",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::AdminTokenRequired { .. } => "ADMIN_TOKEN_REQUIRED",
             Self::CrashQuarantineTooLate { .. } => "CRASH_QUARANTINE_TOO_LATE",
@@ -368,6 +435,11 @@ impl Error {
             },
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::HostNotAllowed { .. } | Self::CrossOrigin { .. } => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BadQuery { .. } => StatusCode::BAD_REQUEST,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ModuleUnavailable { .. }
             | Self::ModuleOverloaded { .. }
@@ -383,6 +455,7 @@ impl Error {
             Self::ModuleFailed { code, .. } if code == "BAD_REQUEST" => StatusCode::BAD_REQUEST,
             Self::ModuleFailed { .. }
             | Self::AdminTokenRequired { .. }
+            | Self::AdminTokenTooShort { .. }
             | Self::CrashQuarantineTooLate { .. }
             | Self::ConfigInvalid { .. }
             | Self::StateInvalid { .. }
@@ -430,6 +503,17 @@ impl Error {
             Self::DrainTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
             Self::PayloadTooLarge { size, limit } => json!({"size": size, "limit": limit}),
             Self::ModuleNotMounted { name } => json!({"module": name}),
+            Self::TooManyAttempts { retry_after_secs } => json!({"retry_after_secs": retry_after_secs}),
+            Self::HostNotAllowed { host } => json!({"host": host}),
+            Self::CrossOrigin { header, value } => json!({"header": header, "value": value}),
+            Self::UnsupportedMediaType { found, expected } => {
+                json!({"content_type": found, "expected": expected})
+            }
+            Self::BadQuery { unknown, .. } if !unknown.is_empty() => json!({"unknown_parameters": unknown}),
+            Self::HeadersTooLarge { size, limit } => json!({"size": size, "limit": limit}),
+            Self::AdminTokenTooShort { origin, length, min } => {
+                json!({"origin": origin, "length": length, "min": min})
+            }
             _ => json!({}),
         }
     }
@@ -442,9 +526,18 @@ impl Error {
     }
 }
 
+/// The stable code of an error answer, kept in the response's extensions for the audit trail.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorCode(pub String);
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let body = self.to_json();
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if let Self::TooManyAttempts { retry_after_secs } = &self {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, (*retry_after_secs).into());
+        }
+        response.extensions_mut().insert(ErrorCode(self.code().to_owned()));
+        response
     }
 }

@@ -56,8 +56,9 @@ use tokio::net::TcpListener;
 
 pub use crate::{
     accounting::{CpuTime, LatencySummary},
+    admin::{AUDIT_FILE, TOKEN_FILE as ADMIN_TOKEN_FILE},
     artifact::Artifact,
-    config::Config,
+    config::{Config, MIN_ADMIN_TOKEN_LEN},
     crash::{Crash, CrashRecord, crash_of_process},
     error::{Error, Result},
     instance::{Instance, ModuleId, State, Traffic, Transition},
@@ -80,6 +81,7 @@ pub use crate::{
 pub struct Base {
     registry: Arc<Registry>,
     native: Router,
+    front: admin::FrontDoor,
 }
 
 impl Base {
@@ -111,8 +113,10 @@ impl Base {
                 "cannot install the crash handler ({e}): crashes will not be attributed to modules"
             );
         }
+        // After the registry made the data directory, which holds the generated token.
+        let front = admin::FrontDoor::open(registry.config())?;
         spawn_heap_sampler(Arc::downgrade(&registry));
-        Ok(Self { registry, native: Router::new() })
+        Ok(Self { registry, native: Router::new(), front })
     }
 
     /// A builder for a base of your own: its routes (which may call module SPIs through the
@@ -153,9 +157,15 @@ impl Base {
         traffic::router(Arc::clone(&self.registry), self.native.clone())
     }
 
-    /// The operations API application, usable without a socket.
+    /// The operations API application, usable without a socket (it answers to the `Host`
+    /// names of the configured `admin_listen`).
     pub fn admin_app(&self) -> Router {
-        admin::router(Arc::clone(&self.registry))
+        self.admin_app_at(self.registry.config().admin_listen)
+    }
+
+    /// The operations API answering on `listen`, its bound address.
+    fn admin_app_at(&self, listen: SocketAddr) -> Router {
+        admin::router(Arc::clone(&self.registry), &self.front, listen)
     }
 
     /// Binds both servers (or, in a supervised worker, takes the listeners its supervisor
@@ -191,8 +201,9 @@ impl Base {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let admin_server =
-            axum::serve(admin, self.admin_app()).with_graceful_shutdown(stopped(stop_rx.clone()));
+        // With each connection's peer address, for the audit trail and the per-client throttle.
+        let admin_app = self.admin_app_at(admin_addr).into_make_service_with_connect_info::<SocketAddr>();
+        let admin_server = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx.clone()));
         let admin_server = tokio::spawn(admin_server.into_future());
 
         let registry = Arc::clone(&self.registry);

@@ -33,9 +33,18 @@ struct ServeArgs {
     /// Directory for artifacts and state.
     #[arg(long, env = "PEDESTAL_DATA_DIR", default_value = "pedestal-data")]
     data_dir: PathBuf,
-    /// Bearer token for the operations API; required when it listens beyond loopback.
+    /// Bearer token for the operations API (at least 16 characters). Without it or
+    /// --admin-token-file, the base generates one at first start into <data-dir>/admin-token
+    /// (mode 0600) and reuses it. One of the two is required beyond loopback.
     #[arg(long, env = "PEDESTAL_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// A file holding the operations API token (trailing whitespace ignored).
+    #[arg(long, env = "PEDESTAL_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    admin_token_file: Option<PathBuf>,
+    /// More `Host` names the operations API answers to, comma-separated: `name` (any port) or
+    /// `name:port` (a reverse proxy's name, say). Its own address and localhost always work.
+    #[arg(long, env = "PEDESTAL_ADMIN_ALLOWED_HOSTS", value_delimiter = ',')]
+    admin_allowed_hosts: Vec<String>,
     /// Largest accepted module upload, in bytes.
     #[arg(long, env = "PEDESTAL_MAX_UPLOAD_BYTES", default_value_t = 256 * 1024 * 1024)]
     max_upload_bytes: u64,
@@ -131,6 +140,8 @@ impl From<ServeArgs> for Config {
             admin_listen: args.admin_listen,
             data_dir: args.data_dir,
             admin_token: args.admin_token,
+            admin_token_file: args.admin_token_file,
+            admin_allowed_hosts: args.admin_allowed_hosts,
             max_upload_bytes: args.max_upload_bytes,
             max_request_body_bytes: args.max_request_body_bytes,
             start_timeout: Duration::from_millis(args.start_timeout_ms),
@@ -172,7 +183,7 @@ fn main() -> anyhow::Result<ExitCode> {
         config = config.with_file(&file)?;
     }
     // The supervisor returns here once its worker stopped for good; the worker goes on.
-    if let Some(exit) = pedestal_base::supervise(&config)? {
+    if let Some(exit) = pedestal_base::supervise(&config).map_err(with_code)? {
         return Ok(exit);
     }
     let base = Base::new(config).map_err(with_code)?;

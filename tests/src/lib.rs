@@ -29,6 +29,9 @@ pub struct TestBase {
     agent: ureq::Agent,
     /// The environment it was started with, kept for [`TestBase::kill_and_restart`].
     env: Vec<(String, String)>,
+    /// The operations API token: the test's own (`--admin-token`, `--admin-token-file`,
+    /// `PEDESTAL_ADMIN_TOKEN`) or the one the base generated into `<data-dir>/admin-token`.
+    token: String,
 }
 
 /// An HTTP answer: status, raw body, and the body as JSON when it is JSON.
@@ -250,8 +253,62 @@ impl TestBase {
         };
         let (traffic, admin) = (addr("traffic"), addr("operations"));
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+        // Read after the ready line: the worker writes the generated token before it serves.
+        let token = Self::token_of(data.path(), extra, env);
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Self { child, traffic, admin, log, _data: data, agent, env }
+        Self { child, traffic, admin, log, _data: data, agent, env, token }
+    }
+
+    /// The token a base started with `extra` and `env` in `data` requires.
+    fn token_of(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> String {
+        let flag = |name: &str| extra.iter().position(|a| *a == name).and_then(|at| extra.get(at + 1));
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .unwrap_or_else(|e| panic!("reading the operations token {}: {e}", path.display()))
+                .trim()
+                .to_owned()
+        };
+        if let Some(token) = flag("--admin-token") {
+            return token.trim().to_owned();
+        }
+        if let Some(file) = flag("--admin-token-file") {
+            return read(&data.join(file));
+        }
+        if let Some((_, token)) = env.iter().find(|(k, _)| *k == "PEDESTAL_ADMIN_TOKEN") {
+            return token.trim().to_owned();
+        }
+        let dir = flag("--data-dir").map_or_else(|| data.to_owned(), |dir| data.join(dir));
+        read(&dir.join("admin-token"))
+    }
+
+    /// The operations API token this base requires.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// `Bearer <token>`, the `Authorization` header value for a request of the test's own.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// An operations-API request with the token (the caller's headers may replace it).
+    fn admin_request(&self, method: &str, path: &str) -> ureq::Request {
+        self.agent.request(method, &format!("{}{path}", self.admin)).set("authorization", &self.bearer())
+    }
+
+    /// An operations-API request without the token, with optional headers.
+    pub fn admin_without_token(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Reply {
+        let mut request = self.agent.request(method, &format!("{}{path}", self.admin));
+        for (name, value) in headers {
+            request = request.set(name, value);
+        }
+        self.send(request, body)
     }
 
     fn send(&self, request: ureq::Request, body: Option<&[u8]>) -> Reply {
@@ -279,7 +336,7 @@ impl TestBase {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Result<Reply, String> {
-        let mut request = self.agent.request(method, &format!("{}{path}", self.admin));
+        let mut request = self.admin_request(method, path);
         for (name, value) in headers {
             request = request.set(name, value);
         }
@@ -326,14 +383,15 @@ impl TestBase {
         self.send(request, Some(body))
     }
 
-    /// `GET` on the operations API.
+    /// `GET` on the operations API (with the token).
     pub fn admin_get(&self, path: &str) -> Reply {
-        self.send(self.agent.get(&format!("{}{path}", self.admin)), None)
+        self.send(self.admin_request("GET", path), None)
     }
 
-    /// An operations-API request with any method and optional headers.
+    /// An operations-API request with any method and optional headers (with the token, unless
+    /// the headers hold an `authorization` of their own).
     pub fn admin(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
-        let mut request = self.agent.request(method, &format!("{}{path}", self.admin));
+        let mut request = self.admin_request(method, path);
         for (name, value) in headers {
             request = request.set(name, value);
         }

@@ -212,6 +212,7 @@ fn a_crash_in_a_start_hook_is_quarantined_by_its_marker_with_the_signal_from_its
     base.install_ok(artifacts::GOOD);
     std::fs::write(base.data_dir().join("abort-on-start"), "").unwrap();
     let crashed = ureq::post(&format!("{}/api/v1/modules", base.admin))
+        .set("authorization", &base.bearer())
         .set("content-type", "application/octet-stream")
         .send_bytes(&pedestal_tests::read(artifacts::START_ABORTS));
     assert!(crashed.is_err(), "the base should have died: {crashed:?}");

@@ -135,6 +135,7 @@ fn a_module_that_kills_the_base_in_its_start_is_quarantined_on_the_next_start() 
     base.install_ok(artifacts::GOOD);
     std::fs::write(base.data_dir().join("abort-on-start"), "").unwrap();
     let crashed = ureq::post(&format!("{}/api/v1/modules", base.admin))
+        .set("authorization", &base.bearer())
         .set("content-type", "application/octet-stream")
         .send_bytes(&read(artifacts::START_ABORTS));
     assert!(crashed.is_err(), "the base should have died: {crashed:?}");

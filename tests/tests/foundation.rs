@@ -214,7 +214,8 @@ fn uploads_over_the_limit_are_refused_before_they_are_read() {
         write!(
             stream,
             "POST /api/v1/modules HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\n\
-             Content-Length: {length}\r\n{expect}\r\n"
+             Authorization: {}\r\nContent-Length: {length}\r\n{expect}\r\n",
+            base.bearer()
         )
         .unwrap();
         let mut answer = vec![0; 4096];
@@ -254,12 +255,13 @@ fn install_from_a_path_and_unknown_names() {
 
 #[test]
 fn the_operations_api_requires_its_token() {
-    let base = TestBase::start_with(&["--admin-token", "s3cret"]);
-    let denied = base.admin_get("/api/v1/health");
+    let base = TestBase::start_with(&["--admin-token", "s3cret-of-the-test"]);
+    let denied = base.admin_without_token("GET", "/api/v1/health", &[], None);
     assert_eq!((denied.status, denied.code()), (401, "UNAUTHORIZED"));
     let wrong = base.admin("GET", "/api/v1/health", &[("authorization", "Bearer nope")], None);
     assert_eq!(wrong.status, 401);
-    let allowed = base.admin("GET", "/api/v1/health", &[("authorization", "Bearer s3cret")], None);
+    let allowed =
+        base.admin("GET", "/api/v1/health", &[("authorization", "Bearer s3cret-of-the-test")], None);
     assert_eq!(allowed.status, 200);
 
     let refused = Command::new(artifacts::PEDESTAL)
@@ -399,9 +401,10 @@ fn one_artifact_serves_many_tenants_each_its_own_instance() {
     assert_eq!(b["versions"][0]["package"], "fx-good");
     assert_eq!(b["versions"][0]["traffic"]["requests"], 1, "accounting is per instance: {b}");
 
-    let twice = base.admin("POST", "/api/v1/modules?name=tenant-b", &[], Some(&read(artifacts::GOOD)));
+    let module = [("content-type", "application/octet-stream")];
+    let twice = base.admin("POST", "/api/v1/modules?name=tenant-b", &module, Some(&read(artifacts::GOOD)));
     assert_eq!((twice.status, twice.code()), (409, "ALREADY_INSTALLED"));
-    let bad = base.admin("POST", "/api/v1/modules?name=no/slashes", &[], Some(&read(artifacts::GOOD)));
+    let bad = base.admin("POST", "/api/v1/modules?name=no/slashes", &module, Some(&read(artifacts::GOOD)));
     assert_eq!((bad.status, bad.code()), (422, "BAD_REQUEST"));
 
     assert_eq!(base.uninstall("tenant-a", "0.1.0").json["state"], "stopped");

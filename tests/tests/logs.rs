@@ -62,7 +62,9 @@ fn following_a_log_streams_new_lines_as_server_sent_events() {
     stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     write!(
         stream,
-        "GET /api/v1/modules/fx-good/logs?follow=true&tail=1&level=warn HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+        "GET /api/v1/modules/fx-good/logs?follow=true&tail=1&level=warn HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: {}\r\n\r\n",
+        base.bearer()
     )
     .unwrap();
     let mut received = String::new();

@@ -244,6 +244,7 @@ fn a_crash_loop_stops_the_supervisor_with_a_message() {
             // The new worker is up once it answers; a refused or broken request means not yet.
             let answers = replaced
                 && ureq::get(&format!("{}/api/v1/base", base.admin))
+                    .set("authorization", &base.bearer())
                     .call()
                     .ok()
                     .and_then(|r| r.into_json::<Value>().ok())
@@ -474,6 +475,7 @@ fn a_module_calling_exit_75_cannot_restart_the_worker_forever() {
                 return Some(());
             }
             let process = ureq::get(&format!("{}/api/v1/base", base.admin))
+                .set("authorization", &base.bearer())
                 .call()
                 .ok()
                 .and_then(|r| r.into_json::<Value>().ok())?;

@@ -47,8 +47,11 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
         let _ = base.kill();
         bail!("the base did not start (is something else listening on 127.0.0.1:7070/7071?)");
     }
+    // The worker wrote it before it reported ready.
+    let token_file = data_dir.join("admin-token");
+    let token = deploy::read_token(&token_file)?;
     for library in &libraries {
-        let reply = deploy::install("http://127.0.0.1:7071", None, library, "")?;
+        let reply = deploy::install("http://127.0.0.1:7071", Some(&token), library, "")?;
         println!(
             "deployed {}@{} in {:.2} ms",
             reply["name"].as_str().unwrap_or("?"),
@@ -57,27 +60,33 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\n{}\nTry:\n  \
+        "\n{}\nThe operations API takes the token the base generated into {token}:\n  \
+         T=\"Authorization: Bearer $(cat {token})\"; J='content-type: application/json'\n\
+         Try:\n  \
          curl '127.0.0.1:7070/greeter/hello?name=Ada'\n  \
          curl '127.0.0.1:7070/greeter/slow?ms=200'\n  \
          curl -XPOST 127.0.0.1:7070/notes/notes -d 'buy milk'\n  \
          curl 127.0.0.1:7070/notes/notes\n  \
-         curl 127.0.0.1:7070/notes/title   (then edit {} and ask again)\n  \
-         curl 127.0.0.1:7071/api/v1/modules/notes/kv\n  \
-         curl -XPOST 127.0.0.1:7071/api/v1/events/notes.added -d '{{\"from\": \"curl\"}}'\n  \
-         curl -s 127.0.0.1:7071/metrics | grep notes_added_total\n  \
-         curl 127.0.0.1:7071/api/v1/modules\n  \
-         curl 127.0.0.1:7071/api/v1/modules/greeter\n  \
-         curl -XDELETE 127.0.0.1:7071/api/v1/modules/notes/0.1.0\n  \
-         curl 127.0.0.1:7071/api/v1/health\n  \
-         curl 127.0.0.1:7071/api/v1/base   (the worker process; a module crash restarts it)\n  \
-         curl 127.0.0.1:7071/api/v1/modules/notes/limits\n  \
-         curl -XPUT 127.0.0.1:7071/api/v1/modules/greeter/limits -d '{{\"max_concurrent_requests\": 1}}'\n\
+         curl 127.0.0.1:7070/notes/title   (then edit {config} and ask again)\n  \
+         curl -H \"$T\" 127.0.0.1:7071/api/v1/modules/notes/kv\n  \
+         curl -H \"$T\" -H \"$J\" -XPOST 127.0.0.1:7071/api/v1/events/notes.added -d '{{\"from\": \"curl\"}}'\n  \
+         curl -s -H \"$T\" 127.0.0.1:7071/metrics | grep notes_added_total\n  \
+         curl -H \"$T\" 127.0.0.1:7071/api/v1/modules\n  \
+         curl -H \"$T\" 127.0.0.1:7071/api/v1/modules/greeter\n  \
+         curl -H \"$T\" -XDELETE 127.0.0.1:7071/api/v1/modules/notes/0.1.0\n  \
+         curl -H \"$T\" 127.0.0.1:7071/api/v1/health\n  \
+         curl -H \"$T\" 127.0.0.1:7071/api/v1/base   (the worker process; a module crash restarts it)\n  \
+         curl -H \"$T\" 127.0.0.1:7071/api/v1/modules/notes/limits\n  \
+         curl -H \"$T\" -H \"$J\" -XPUT 127.0.0.1:7071/api/v1/modules/greeter/limits -d '{{\"max_concurrent_requests\": 1}}'\n  \
+         tail -f {audit}   (every operation, and every refused request)\n\
          New module: cargo generate --path module-template --name hello --destination modules --vcs none\n             \
-         cargo xtask deploy modules/hello && curl 127.0.0.1:7070/hello/hello\n\
+         cargo xtask deploy modules/hello --data-dir {data} && curl 127.0.0.1:7070/hello/hello\n\
          Module logs appear below, tagged module=... version=...; Ctrl-C stops the base.\n",
         ready.trim(),
-        config.display()
+        token = token_file.display(),
+        config = config.display(),
+        audit = data_dir.join("audit.log").display(),
+        data = data_dir.display(),
     );
     let status = base.wait()?;
     if !status.success() {

@@ -1,4 +1,9 @@
-//! `cargo xtask deploy <module dir or package> [--admin URL] [--token TOKEN] [--watch]`
+//! `cargo xtask deploy <module dir or package> [--admin URL] [--token TOKEN | --token-file FILE |
+//! --data-dir DIR] [--watch]`
+//!
+//! The operations token is, in this order: `--token`, `PEDESTAL_ADMIN_TOKEN`, `--token-file`,
+//! the `admin-token` file the base generated in `--data-dir` (or `PEDESTAL_DATA_DIR`), else in
+//! `./pedestal-data` (the base's default) or the demo's `target/demo-data`.
 //!
 //! With `--watch`, keeps running: every change under the module's directory rebuilds it and
 //! deploys it again with `strategy=replace` (a new version takes the traffic and the old one is
@@ -21,10 +26,13 @@ use crate::{cargo, flag};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let Some(target) = args.first().filter(|a| !a.starts_with("--")) else {
-        bail!("usage: cargo xtask deploy <module dir or package> [--admin URL] [--token TOKEN] [--watch]");
+        bail!(
+            "usage: cargo xtask deploy <module dir or package> [--admin URL] \
+             [--token TOKEN | --token-file FILE | --data-dir DIR] [--watch]"
+        );
     };
     let admin = flag(args, "--admin").unwrap_or_else(|| "http://127.0.0.1:7071".into());
-    let token = flag(args, "--token").or_else(|| std::env::var("PEDESTAL_ADMIN_TOKEN").ok());
+    let token = token(args)?;
     if args.iter().any(|a| a == "--watch") {
         return watch(target, &admin, token.as_deref());
     }
@@ -32,6 +40,37 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let reply = install(&admin, token.as_deref(), &library, "")?;
     report(&reply);
     Ok(())
+}
+
+/// The operations token (see the module docs); `None` when none is found (the base then
+/// answers `401`, which says so).
+fn token(args: &[String]) -> anyhow::Result<Option<String>> {
+    if let Some(token) = flag(args, "--token").or_else(|| std::env::var("PEDESTAL_ADMIN_TOKEN").ok()) {
+        return Ok(Some(token));
+    }
+    if let Some(file) = flag(args, "--token-file") {
+        return read_token(Path::new(&file)).map(Some);
+    }
+    let data_dir = flag(args, "--data-dir").or_else(|| std::env::var("PEDESTAL_DATA_DIR").ok());
+    let candidates = match data_dir {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => vec![PathBuf::from("pedestal-data"), crate::project_root().join("target/demo-data")],
+    };
+    for dir in candidates {
+        let file = dir.join("admin-token");
+        if file.exists() {
+            eprintln!("using the operations token in {}", file.display());
+            return read_token(&file).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// Reads a token file (`<data-dir>/admin-token`, say).
+pub fn read_token(file: &Path) -> anyhow::Result<String> {
+    let token =
+        std::fs::read_to_string(file).with_context(|| format!("reading the token {}", file.display()))?;
+    Ok(token.trim().to_owned())
 }
 
 fn report(reply: &Value) {

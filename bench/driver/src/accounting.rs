@@ -46,7 +46,7 @@ impl Side {
     /// error-rate window, whether it has a latency summary, requests counted).
     fn accounted(&self) -> anyhow::Result<(u64, u64, bool, u64)> {
         let described: serde_json::Value =
-            ureq::get(&format!("{}/api/v1/modules/{}", self.base.admin, self.name)).call()?.into_json()?;
+            self.base.admin("GET", &format!("/api/v1/modules/{}", self.name)).call()?.into_json()?;
         let version = &described["versions"][0];
         let traffic = &version["traffic"];
         Ok((

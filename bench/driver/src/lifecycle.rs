@@ -46,12 +46,14 @@ pub fn run(options: &Lifecycle) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn post_json(url: &str, body: &Value) -> anyhow::Result<Value> {
-    Ok(ureq::post(url).set("content-type", "application/json").send_string(&body.to_string())?.into_json()?)
+fn post_json(base: &BaseProcess, path: &str, body: &Value) -> anyhow::Result<Value> {
+    let request = base.admin("POST", path).set("content-type", "application/json");
+    Ok(request.send_string(&body.to_string())?.into_json()?)
 }
 
 fn install_query(base: &BaseProcess, module: &[u8], query: &str) -> anyhow::Result<Value> {
-    let response = ureq::post(&format!("{}/api/v1/modules?{query}", base.admin))
+    let response = base
+        .admin("POST", &format!("/api/v1/modules?{query}"))
         .set("content-type", "application/octet-stream")
         .send_bytes(module)?;
     Ok(response.into_json()?)
@@ -91,13 +93,13 @@ fn switching(options: &Lifecycle, old: &[u8], new: &[u8]) -> anyhow::Result<Stri
         other["version"].as_str().context("version")?.to_owned()
     });
     let url = format!("{}/{name}/empty", base.traffic);
-    let switch_url = format!("{}/api/v1/modules/{name}/switch", base.admin);
+    let switch_path = format!("/api/v1/modules/{name}/switch");
     let ((client_ms, base_ms), switch_run) = under_load(&url, || {
         let (mut client, mut server) = (Vec::new(), Vec::new());
         for i in 0..options.switches {
             let to = if i % 2 == 0 { &v_new } else { &v_old };
             let sent = Instant::now();
-            let reply = post_json(&switch_url, &json!({ "version": to }))?;
+            let reply = post_json(&base, &switch_path, &json!({ "version": to }))?;
             client.push(sent.elapsed().as_secs_f64() * 1000.0);
             server.push(reply["switch_ms"].as_f64().context("switch_ms")?);
             // Spread the switches over the load (a switch alone takes well under a millisecond).
@@ -108,8 +110,7 @@ fn switching(options: &Lifecycle, old: &[u8], new: &[u8]) -> anyhow::Result<Stri
     // Replace-deploys: each installs the other version with strategy=replace, which switches to
     // it and drains and unloads the one that was active.
     let active = |base: &BaseProcess| -> anyhow::Result<String> {
-        let module: Value =
-            ureq::get(&format!("{}/api/v1/modules/{name}", base.admin)).call()?.into_json()?;
+        let module: Value = base.admin("GET", &format!("/api/v1/modules/{name}")).call()?.into_json()?;
         Ok(module["active_version"].as_str().unwrap_or_default().to_owned())
     };
     let inactive = if active(&base)? == v_old { &v_new } else { &v_old };
@@ -227,7 +228,7 @@ fn restart_to_ready(options: &Lifecycle, module: &[u8]) -> anyhow::Result<String
         base = restarted;
         full_ms.push(ms);
     }
-    let listed: Value = ureq::get(&format!("{}/api/v1/modules", base.admin)).call()?.into_json()?;
+    let listed: Value = base.admin("GET", "/api/v1/modules").call()?.into_json()?;
     let running =
         listed["modules"].as_array().map_or(0, |m| m.iter().filter(|m| m["state"] == "active").count());
     Ok(format!(

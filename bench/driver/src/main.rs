@@ -143,11 +143,20 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The operations token a base generated into `<data>/admin-token` (written before it is ready).
+pub(crate) fn read_token(data: &std::path::Path) -> anyhow::Result<String> {
+    let file = data.join("admin-token");
+    let token = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(token.trim().to_owned())
+}
+
 /// The benchmark base, running as its own process.
 pub(crate) struct BaseProcess {
     child: Child,
     pub(crate) traffic: String,
     admin: String,
+    /// The operations token the base generated into `<data>/admin-token`.
+    token: String,
     data: PathBuf,
     program: PathBuf,
 }
@@ -178,7 +187,14 @@ impl BaseProcess {
         let (Some(traffic), Some(admin)) = (after("traffic"), after("operations")) else {
             bail!("unexpected ready line {ready:?}");
         };
-        Ok(Self { child, traffic, admin, data, program: binary.clone() })
+        let token = read_token(&data)?;
+        Ok(Self { child, traffic, admin, token, data, program: binary.clone() })
+    }
+
+    /// An operations API request (`path` under its address) with the token.
+    pub(crate) fn admin(&self, method: &str, path: &str) -> ureq::Request {
+        ureq::request(method, &format!("{}{path}", self.admin))
+            .set("authorization", &format!("Bearer {}", self.token))
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -193,7 +209,8 @@ impl BaseProcess {
     /// Installs the module file at `path` (read by the base) under `name`.
     pub(crate) fn install_path_as(&self, path: &std::path::Path, name: &str) -> anyhow::Result<Value> {
         let body = serde_json::json!({ "path": path }).to_string();
-        let response = ureq::post(&format!("{}/api/v1/modules?name={name}", self.admin))
+        let response = self
+            .admin("POST", &format!("/api/v1/modules?name={name}"))
             .set("content-type", "application/json")
             .send_string(&body)?;
         Ok(response.into_json()?)
@@ -216,14 +233,15 @@ impl BaseProcess {
     }
 
     fn install(&self, module: &[u8]) -> anyhow::Result<Value> {
-        let response = ureq::post(&format!("{}/api/v1/modules", self.admin))
+        let response = self
+            .admin("POST", "/api/v1/modules")
             .set("content-type", "application/octet-stream")
             .send_bytes(module)?;
         Ok(response.into_json()?)
     }
 
     pub(crate) fn uninstall(&self, name: &str, version: &str) -> anyhow::Result<Value> {
-        Ok(ureq::delete(&format!("{}/api/v1/modules/{name}/{version}", self.admin)).call()?.into_json()?)
+        Ok(self.admin("DELETE", &format!("/api/v1/modules/{name}/{version}")).call()?.into_json()?)
     }
 }
 

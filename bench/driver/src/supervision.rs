@@ -114,6 +114,8 @@ struct Supervised {
     child: Child,
     traffic: String,
     admin: String,
+    /// The operations token the base generated into `<data>/admin-token`.
+    token: String,
     data: PathBuf,
 }
 
@@ -157,19 +159,27 @@ impl Supervised {
         let (Some(traffic), Some(admin)) = (after("traffic"), after("operations")) else {
             bail!("unexpected ready line {ready:?}");
         };
-        Ok(Self { child, traffic, admin, data })
+        let token = crate::read_token(&data)?;
+        Ok(Self { child, traffic, admin, token, data })
+    }
+
+    /// An operations API request (`path` under its address) with the token.
+    fn admin(&self, method: &str, path: &str) -> ureq::Request {
+        ureq::request(method, &format!("{}{path}", self.admin))
+            .set("authorization", &format!("Bearer {}", self.token))
     }
 
     fn install_path(&self, path: &Path, name: &str) -> anyhow::Result<Value> {
         let body = json!({ "path": path }).to_string();
-        let response = ureq::post(&format!("{}/api/v1/modules?name={name}", self.admin))
+        let response = self
+            .admin("POST", &format!("/api/v1/modules?name={name}"))
             .set("content-type", "application/json")
             .send_string(&body)?;
         Ok(response.into_json()?)
     }
 
     fn process(&self) -> anyhow::Result<Value> {
-        Ok(ureq::get(&format!("{}/api/v1/base", self.admin)).call()?.into_json()?)
+        Ok(self.admin("GET", "/api/v1/base").call()?.into_json()?)
     }
 
     /// Crashes the worker and returns the milliseconds until `path` is served again by the next
@@ -213,11 +223,10 @@ impl Supervised {
     /// Puts `fx-crashy` back after a crash it caused: once crash attribution quarantines the
     /// module that crashed the worker, a retry starts it again.
     fn retry_crashy(&self) -> anyhow::Result<()> {
-        let module: Value =
-            ureq::get(&format!("{}/api/v1/modules/fx-crashy", self.admin)).call()?.into_json()?;
+        let module: Value = self.admin("GET", "/api/v1/modules/fx-crashy").call()?.into_json()?;
         for quarantined in module["quarantined"].as_array().into_iter().flatten() {
             let version = quarantined["version"].as_str().unwrap_or("0.1.0");
-            ureq::post(&format!("{}/api/v1/modules/fx-crashy/{version}/retry", self.admin)).call()?;
+            self.admin("POST", &format!("/api/v1/modules/fx-crashy/{version}/retry")).call()?;
         }
         Ok(())
     }

@@ -103,6 +103,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         ..Config::default()
     };
     config.admin_token = flag("--admin-token");
+    config.admin_token_file = flag("--admin-token-file").map(Into::into);
     // The supervisor returns here when its worker stopped for good; the worker builds the base.
     if let Some(exit) = pedestal_base::supervise(&config)? {
         return Ok(exit);
