@@ -558,16 +558,22 @@ async fn report(port: Port, cap: usize, counters: Arc<ConnectionCounters>, mut s
             continue;
         }
         let [slow_heads, reclaimed, paused] = [0, 1, 2].map(|i| now[i] - reported[i]);
+        let what = [
+            (slow_heads, "closed for a slow request head".to_owned()),
+            (reclaimed, format!("idle, closed to make room at the cap of {cap}")),
+            (paused, format!("time(s) at the cap of {cap} with nothing idle to close: accepting paused")),
+        ];
+        let what: Vec<String> =
+            what.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect();
         tracing::warn!(
             port = port.label(),
             slow_heads,
             reclaimed,
             paused,
             open = counters.open.load(Relaxed),
-            cap,
-            "connection limits at work: {slow_heads} connection(s) closed for a slow request head, \
-             {reclaimed} idle one(s) closed to make room at the cap of {cap}, accepting paused \
-             {paused} time(s) with nothing idle to close"
+            "connection limits at work on the {} port: {}",
+            port.label(),
+            what.join("; ")
         );
         reported = now;
         last = Some(Instant::now());
