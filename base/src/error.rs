@@ -101,6 +101,21 @@ pub enum Error {
         /// The configured limit.
         limit: u64,
     },
+    /// A request head over the HTTP layer's limits, refused before any route saw it (`431`, and
+    /// the connection closed).
+    #[error("the request head is over the limit of {max_headers} headers or {max_head_bytes} bytes")]
+    HeadersTooLarge {
+        /// Headers a request may have.
+        max_headers: usize,
+        /// Bytes a request head may have.
+        max_head_bytes: usize,
+    },
+    /// A request URI too long for the HTTP layer (`414`, and the connection closed).
+    #[error("the request URI is too long")]
+    UriTooLong,
+    /// A request head that is not valid HTTP/1.1 (`400`, and the connection closed).
+    #[error("the request head is not valid HTTP/1.1")]
+    MalformedRequest,
     /// A malformed request.
     #[error("bad request: {message}")]
     BadRequest {
@@ -318,6 +333,9 @@ impl Error {
             Self::StartFailed { .. } => "START_FAILED",
             Self::StartTimeout { .. } => "START_TIMEOUT",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
+            Self::UriTooLong => "URI_TOO_LONG",
+            Self::MalformedRequest => "MALFORMED_REQUEST",
             Self::BadRequest { .. } => "BAD_REQUEST",
             Self::Unauthorized => "UNAUTHORIZED",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
@@ -367,6 +385,9 @@ impl Error {
                 _ => StatusCode::BAD_GATEWAY,
             },
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::MalformedRequest => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ModuleUnavailable { .. }
@@ -429,6 +450,9 @@ impl Error {
             }
             Self::DrainTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
             Self::PayloadTooLarge { size, limit } => json!({"size": size, "limit": limit}),
+            Self::HeadersTooLarge { max_headers, max_head_bytes } => {
+                json!({"max_headers": max_headers, "max_head_bytes": max_head_bytes})
+            }
             Self::ModuleNotMounted { name } => json!({"module": name}),
             _ => json!({}),
         }

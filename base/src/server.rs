@@ -184,7 +184,7 @@ impl Connection {
     ) {
         let _ = stream.set_nodelay(true);
         let watch = Arc::clone(&self.watch);
-        let io = TokioIo::new(WatchedIo { inner: stream, watch: Arc::clone(&watch) });
+        let io = TokioIo::new(WatchedIo::new(stream, Arc::clone(&watch)));
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let busy = Busy::start(Arc::clone(&watch));
             let mut request = request.map(axum::body::Body::new);
@@ -329,6 +329,9 @@ struct Watch {
     /// Rings when the deadline may have moved earlier or a reclaim was requested.
     changed: Notify,
     reclaim_requested: AtomicBool,
+    /// A response body ended and hyper has not flushed the socket since: bytes it writes now
+    /// may be that response's last ones.
+    response_unflushed: AtomicBool,
 }
 
 impl Watch {
@@ -374,6 +377,9 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
+        // Before the phase changes, so the bytes hyper still has to write are never taken for
+        // an answer of its own.
+        self.0.response_unflushed.store(true, Relaxed);
         self.0.update(|phase| phase.request_ended(Instant::now()));
         self.0.changed.notify_one();
     }
@@ -405,11 +411,77 @@ impl http_body::Body for BusyBody {
     }
 }
 
-/// The socket, telling the watch when bytes arrive.
+/// The socket, telling the watch when bytes arrive, and putting a JSON body into the answers
+/// hyper writes on its own (`400`, `414`, `431` for a head it refused, with an empty body).
 struct WatchedIo {
     inner: TcpStream,
     watch: Arc<Watch>,
+    /// Our answer in place of hyper's, and how much of it is written.
+    own_answer: Option<(Vec<u8>, usize)>,
 }
+
+impl WatchedIo {
+    fn new(inner: TcpStream, watch: Arc<Watch>) -> Self {
+        Self { inner, watch, own_answer: None }
+    }
+
+    /// Whether bytes hyper writes now are an answer of its own: no request was handed to the
+    /// service since the last response was flushed, so they cannot belong to a response.
+    fn swallows(&mut self, first: &[u8]) -> bool {
+        if self.own_answer.is_none()
+            && !matches!(self.watch.phase(), Phase::Busy { .. })
+            && !self.watch.response_unflushed.load(Relaxed)
+        {
+            self.own_answer = json_answer_for(first).map(|answer| (answer, 0));
+        }
+        self.own_answer.is_some()
+    }
+
+    /// Writes what is left of our answer.
+    fn poll_own_answer(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some((answer, written)) = &mut self.own_answer
+            && *written < answer.len()
+        {
+            match std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &answer[*written..]))? {
+                0 => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                n => *written += n,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Our JSON answer in place of the empty-bodied one hyper starts writing with `head`, for the
+/// statuses hyper answers a refused request head with.
+fn json_answer_for(head: &[u8]) -> Option<Vec<u8>> {
+    let status_line = head.split(|b| *b == b'\r').next()?;
+    if !status_line.starts_with(b"HTTP/1.") {
+        return None;
+    }
+    let error = match status_line.get(9..13)? {
+        b"431 " => crate::Error::HeadersTooLarge {
+            max_headers: MAX_HEADERS,
+            max_head_bytes: MAX_HEAD_BYTES,
+        },
+        b"414 " => crate::Error::UriTooLong,
+        b"400 " => crate::Error::MalformedRequest,
+        _ => return None,
+    };
+    let body = error.to_json().to_string();
+    let mut answer = status_line.to_vec();
+    answer.extend_from_slice(
+        format!(
+            "\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    Some(answer)
+}
+
+/// hyper's limits on a request head, which the base keeps (reported in `HEADERS_TOO_LARGE`).
+const MAX_HEADERS: usize = 100;
+const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 
 impl AsyncRead for WatchedIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
@@ -424,6 +496,9 @@ impl AsyncRead for WatchedIo {
 
 impl AsyncWrite for WatchedIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if self.swallows(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -432,6 +507,10 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        let first = bufs.iter().find(|buf| !buf.is_empty()).map_or(&[][..], |buf| &buf[..]);
+        if self.swallows(first) {
+            return Poll::Ready(Ok(bufs.iter().map(|buf| buf.len()).sum()));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -440,10 +519,16 @@ impl AsyncWrite for WatchedIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        std::task::ready!(self.poll_own_answer(cx))?;
+        std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        // hyper flushes its socket once its buffer is written out: a response whose body ended
+        // is now wholly written.
+        self.watch.response_unflushed.store(false, Relaxed);
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_own_answer(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -463,6 +548,7 @@ impl Table {
             phase: Mutex::new(Phase::Head { since: Instant::now(), started: false }),
             changed: Notify::new(),
             reclaim_requested: AtomicBool::new(false),
+            response_unflushed: AtomicBool::new(false),
         });
         self.lock().insert(id, Arc::clone(&watch));
         watch
@@ -632,6 +718,28 @@ mod tests {
         assert_eq!(idle.read(byte).deadline(&hygiene()), Some((byte + Duration::from_secs(10), TimedOut::Header)));
         // Bytes read during a request (its body, a pipelined head) change nothing.
         assert_eq!(served.read(byte), served);
+    }
+
+    #[test]
+    fn hypers_own_answers_get_a_json_body() {
+        let answer = json_answer_for(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n");
+        let answer = String::from_utf8(answer.unwrap()).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["code"], "HEADERS_TOO_LARGE");
+        assert_eq!(body["details"]["max_headers"], 100);
+        let code = |head: &[u8]| {
+            let answer = json_answer_for(head)?;
+            let body = String::from_utf8(answer).unwrap().split_once("\r\n\r\n").unwrap().1.to_owned();
+            Some(serde_json::from_str::<serde_json::Value>(&body).unwrap()["code"].as_str().unwrap().to_owned())
+        };
+        assert_eq!(code(b"HTTP/1.1 414 URI Too Long\r\n").as_deref(), Some("URI_TOO_LONG"));
+        assert_eq!(code(b"HTTP/1.1 400 Bad Request\r\n").as_deref(), Some("MALFORMED_REQUEST"));
+        // Anything else passes through untouched.
+        assert_eq!(code(b"HTTP/1.1 200 OK\r\n"), None);
+        assert_eq!(code(b"{\"code\":\"x\"}"), None);
     }
 
     #[test]

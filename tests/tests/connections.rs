@@ -125,6 +125,41 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(header, 0.0, "closed as idle, not as a slow head");
 }
 
+#[test]
+fn a_request_head_the_http_layer_refuses_is_answered_in_json() {
+    let base = TestBase::start();
+    let too_many_headers: String = (0..101).map(|i| format!("X-Header-{i}: {i}\r\n")).collect();
+    let cases = [
+        (format!("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{too_many_headers}\r\n"), 431, "HEADERS_TOO_LARGE"),
+        ("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header Name: x\r\n\r\n".to_owned(), 400, "MALFORMED_REQUEST"),
+    ];
+    for address in [addr(&base.traffic), addr(&base.admin)] {
+        for (request, status, code) in &cases {
+            let mut stream = TcpStream::connect(address).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).expect("the base answers, then closes");
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+            assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
+            assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{answer}");
+            let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+            assert_eq!(body["code"], *code, "{answer}");
+            assert!(body["message"].is_string() && body["details"].is_object(), "{answer}");
+        }
+    }
+    // A keep-alive connection's later refused head is answered the same way, after a response
+    // written whole.
+    let mut stream = TcpStream::connect(addr(&base.traffic)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "GET /nothing-here HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n{}", cases[0].0).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (first, second) = answer.split_once("HTTP/1.1 431 ").unwrap_or_else(|| panic!("{answer}"));
+    assert!(first.starts_with("HTTP/1.1 404 ") && first.contains("MODULE_NOT_FOUND"), "{answer}");
+    assert!(second.contains("HEADERS_TOO_LARGE"), "{answer}");
+}
+
 /// A `hold-connections` child process.
 struct Holder {
     child: Child,
