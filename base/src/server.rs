@@ -678,6 +678,76 @@ mod tests {
         }
     }
 
+    /// Serves `app` on a loopback port in this runtime; the address and the stop switch.
+    async fn serving(app: Router) -> (SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, mut stopped) = watch::channel(false);
+        let stop_when = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let counters = Arc::default();
+        let server = tokio::spawn(serve(listener, app, Port::Traffic, hygiene(), counters, stop_when));
+        (addr, stop, server)
+    }
+
+    /// One `Connection: close` request from a blocking client: its local address and the answer.
+    async fn get(addr: SocketAddr, path: &'static str) -> (SocketAddr, String) {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            (stream.local_addr().unwrap(), answer)
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_request_carries_its_clients_address() {
+        let app = Router::new().route(
+            "/",
+            axum::routing::get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        );
+        let (addr, stop, server) = serving(app).await;
+        let (client, answer) = get(addr, "/").await;
+        assert!(answer.starts_with("HTTP/1.1 200 ") && answer.ends_with(&client.to_string()), "{answer}");
+        stop.send(true).unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stopping_lets_the_request_in_flight_finish() {
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let handoff = Arc::new(Mutex::new(Some((started_tx, released))));
+        let app = Router::new().route(
+            "/slow",
+            axum::routing::get(move || {
+                let handoff = handoff.lock().unwrap().take();
+                async move {
+                    let (started, released) = handoff.unwrap();
+                    let _ = started.send(());
+                    let _ = released.await;
+                    "finished"
+                }
+            }),
+        );
+        let (addr, stop, server) = serving(app).await;
+        let request = tokio::spawn(get(addr, "/slow"));
+        started.await.unwrap();
+        stop.send(true).unwrap();
+        // `serve` waits for the request in flight.
+        tokio::task::yield_now().await;
+        assert!(!server.is_finished());
+        release.send(()).unwrap();
+        let (_, answer) = request.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("finished"), "{answer}");
+        server.await.unwrap();
+    }
+
     #[test]
     fn the_budget_keeps_descriptors_for_the_rest_of_the_base() {
         let check = |limit, expected: (usize, usize, u64)| {
