@@ -515,7 +515,9 @@ impl Metrics {
                 .absolute(value.load(Relaxed))
         };
         let open = counts.open.load(Relaxed) as f64;
-        self.recorder.register_gauge(&Key::from_parts("pedestal_connections_open", label(None)), &METADATA).set(open);
+        self.recorder
+            .register_gauge(&Key::from_parts("pedestal_connections_open", label(None)), &METADATA)
+            .set(open);
         counter("pedestal_connections_accepted_total", None, &counts.accepted);
         counter("pedestal_connections_timed_out_total", Some(("reason", "header")), &counts.header_timeouts);
         counter("pedestal_connections_timed_out_total", Some(("reason", "idle")), &counts.idle_timeouts);

@@ -459,10 +459,7 @@ fn json_answer_for(head: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let error = match status_line.get(9..13)? {
-        b"431 " => crate::Error::HeadersTooLarge {
-            max_headers: MAX_HEADERS,
-            max_head_bytes: MAX_HEAD_BYTES,
-        },
+        b"431 " => crate::Error::HeadersTooLarge { max_headers: MAX_HEADERS, max_head_bytes: MAX_HEAD_BYTES },
         b"414 " => crate::Error::UriTooLong,
         b"400 " => crate::Error::MalformedRequest,
         _ => return None,
@@ -484,7 +481,11 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 
 impl AsyncRead for WatchedIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -495,7 +496,11 @@ impl AsyncRead for WatchedIo {
 }
 
 impl AsyncWrite for WatchedIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         if self.swallows(buf) {
             return Poll::Ready(Ok(buf.len()));
         }
@@ -627,7 +632,12 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// Logs a port's slow heads, reclaims and pauses: at most once per [`REPORT_EVERY`], within a
 /// second of the first one after a quiet period. Idle timeouts are routine and only counted.
-async fn report(port: Port, cap: usize, counters: Arc<ConnectionCounters>, mut shutdown: watch::Receiver<bool>) {
+async fn report(
+    port: Port,
+    cap: usize,
+    counters: Arc<ConnectionCounters>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let snapshot = |c: &ConnectionCounters| {
         [c.header_timeouts.load(Relaxed), c.reclaimed.load(Relaxed), c.paused.load(Relaxed)]
     };
@@ -785,14 +795,18 @@ mod tests {
         assert_eq!(idle.deadline(&hygiene()), Some((ended + Duration::from_secs(60), TimedOut::Idle)));
         assert_eq!(idle.reclaimable_since(), Some(ended));
         let byte = ended + Duration::from_secs(30);
-        assert_eq!(idle.read(byte).deadline(&hygiene()), Some((byte + Duration::from_secs(10), TimedOut::Header)));
+        assert_eq!(
+            idle.read(byte).deadline(&hygiene()),
+            Some((byte + Duration::from_secs(10), TimedOut::Header))
+        );
         // Bytes read during a request (its body, a pipelined head) change nothing.
         assert_eq!(served.read(byte), served);
     }
 
     #[test]
     fn hypers_own_answers_get_a_json_body() {
-        let answer = json_answer_for(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n");
+        let answer =
+            json_answer_for(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n");
         let answer = String::from_utf8(answer.unwrap()).unwrap();
         let (head, body) = answer.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{head}");
@@ -803,7 +817,12 @@ mod tests {
         let code = |head: &[u8]| {
             let answer = json_answer_for(head)?;
             let body = String::from_utf8(answer).unwrap().split_once("\r\n\r\n").unwrap().1.to_owned();
-            Some(serde_json::from_str::<serde_json::Value>(&body).unwrap()["code"].as_str().unwrap().to_owned())
+            Some(
+                serde_json::from_str::<serde_json::Value>(&body).unwrap()["code"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
         };
         assert_eq!(code(b"HTTP/1.1 414 URI Too Long\r\n").as_deref(), Some("URI_TOO_LONG"));
         assert_eq!(code(b"HTTP/1.1 400 Bad Request\r\n").as_deref(), Some("MALFORMED_REQUEST"));

@@ -119,9 +119,14 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     eventually("the base to close the idle connection", Duration::from_secs(15), || {
         closed_by_base(&mut stream).then_some(())
     });
-    let idle = connection_metric(&base, "pedestal_connections_timed_out_total", "port=\"traffic\",reason=\"idle\"");
+    let idle =
+        connection_metric(&base, "pedestal_connections_timed_out_total", "port=\"traffic\",reason=\"idle\"");
     assert!(idle >= 1.0);
-    let header = connection_metric(&base, "pedestal_connections_timed_out_total", "port=\"traffic\",reason=\"header\"");
+    let header = connection_metric(
+        &base,
+        "pedestal_connections_timed_out_total",
+        "port=\"traffic\",reason=\"header\"",
+    );
     assert_eq!(header, 0.0, "closed as idle, not as a slow head");
 }
 
@@ -131,7 +136,11 @@ fn a_request_head_the_http_layer_refuses_is_answered_in_json() {
     let too_many_headers: String = (0..101).map(|i| format!("X-Header-{i}: {i}\r\n")).collect();
     let cases = [
         (format!("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{too_many_headers}\r\n"), 431, "HEADERS_TOO_LARGE"),
-        ("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header Name: x\r\n\r\n".to_owned(), 400, "MALFORMED_REQUEST"),
+        (
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header Name: x\r\n\r\n".to_owned(),
+            400,
+            "MALFORMED_REQUEST",
+        ),
     ];
     for address in [addr(&base.traffic), addr(&base.admin)] {
         for (request, status, code) in &cases {
