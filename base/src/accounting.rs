@@ -241,6 +241,45 @@ pub struct Metrics {
     /// Crashes of earlier processes this one found at its start, by module, version and signal
     /// (rendered on every scrape, so the series outlive the exporter's idle timeout).
     crashes: std::sync::Mutex<std::collections::BTreeMap<(String, String, String), u64>>,
+    /// What the accept loops of the two ports counted (`pedestal_connections_*`).
+    connections: [std::sync::Arc<ConnectionCounters>; 2],
+}
+
+/// The two listening ports, as the `port` label of the connection metrics names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Port {
+    Traffic,
+    Operations,
+}
+
+impl Port {
+    /// The `port` label value, also used in log lines.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Port::Traffic => "traffic",
+            Port::Operations => "operations",
+        }
+    }
+}
+
+/// Counts of one port's accept loop (`crate::server`), rendered on every scrape so the series
+/// never expire. Plain atomics: they are bumped on the connection path.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionCounters {
+    /// Connections open now.
+    pub(crate) open: AtomicU64,
+    /// Connections accepted since the start.
+    pub(crate) accepted: AtomicU64,
+    /// Connections closed because a request head did not arrive in time (slowloris).
+    pub(crate) header_timeouts: AtomicU64,
+    /// Keep-alive connections closed after staying idle for the idle timeout.
+    pub(crate) idle_timeouts: AtomicU64,
+    /// Idle connections closed at the connection cap to make room for a new one.
+    pub(crate) reclaimed: AtomicU64,
+    /// Times the port was at its cap with nothing idle to reclaim, and stopped accepting.
+    pub(crate) paused: AtomicU64,
+    /// Failed `accept` calls that made the loop back off (out of file descriptors, say).
+    pub(crate) accept_errors: AtomicU64,
 }
 
 /// A metric a module registered, recorded through the `record_metric` host callback.
@@ -315,7 +354,13 @@ impl Metrics {
             handle,
             module_kinds: std::sync::Mutex::new(HashMap::new()),
             crashes: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            connections: Default::default(),
         }
+    }
+
+    /// The connection counters of `port`.
+    pub(crate) fn connections(&self, port: Port) -> std::sync::Arc<ConnectionCounters> {
+        std::sync::Arc::clone(&self.connections[port as usize])
     }
 
     /// Counts a crash of `module@version` with `signal` (`pedestal_module_crashes_total`).
@@ -450,8 +495,35 @@ impl Metrics {
                 .register_counter(&Key::from_parts("pedestal_module_crashes_total", labels), &METADATA)
                 .absolute(count);
         }
+        for port in [Port::Traffic, Port::Operations] {
+            self.render_connections(port);
+        }
         self.handle.run_upkeep();
         self.handle.render()
+    }
+
+    fn render_connections(&self, port: Port) {
+        let counts = &self.connections[port as usize];
+        let label = |extra: Option<(&'static str, &'static str)>| {
+            let mut labels = vec![Label::new("port", port.label())];
+            labels.extend(extra.map(|(key, value)| Label::new(key, value)));
+            labels
+        };
+        let counter = |name: &'static str, extra, value: &AtomicU64| {
+            self.recorder
+                .register_counter(&Key::from_parts(name, label(extra)), &METADATA)
+                .absolute(value.load(Relaxed))
+        };
+        let open = counts.open.load(Relaxed) as f64;
+        self.recorder
+            .register_gauge(&Key::from_parts("pedestal_connections_open", label(None)), &METADATA)
+            .set(open);
+        counter("pedestal_connections_accepted_total", None, &counts.accepted);
+        counter("pedestal_connections_timed_out_total", Some(("reason", "header")), &counts.header_timeouts);
+        counter("pedestal_connections_timed_out_total", Some(("reason", "idle")), &counts.idle_timeouts);
+        counter("pedestal_connections_reclaimed_total", None, &counts.reclaimed);
+        counter("pedestal_connections_paused_total", None, &counts.paused);
+        counter("pedestal_connections_accept_errors_total", None, &counts.accept_errors);
     }
 }
 

@@ -117,6 +117,7 @@ pub(crate) fn router(registry: Arc<Registry>, door: &FrontDoor, listen: SocketAd
         .layer(middleware::from_fn_with_state(Arc::clone(&registry), refuse_changes_until_restored))
         .layer(middleware::from_fn_with_state(gate, gate::guard))
         .layer(middleware::from_fn_with_state(door.audit.clone(), audit::record))
+        .layer(middleware::from_fn(json_errors::close_after_refused_body))
         .with_state(registry)
 }
 

@@ -107,6 +107,16 @@ pub struct Config {
     /// A memory-limit restart whose old instance left more heap than this behind (memory its
     /// statics keep alive) escalates to a worker restart, when supervised; 0 never escalates.
     pub worker_restart_leak_bytes: u64,
+    /// How long a client has to send a whole request head: from the accept for a connection's
+    /// first request, from the head's first byte for the next ones. Both ports.
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request. Both ports.
+    pub idle_timeout: Duration,
+    /// Traffic connections held open at most; `None`: the open-file limit less a reserve for
+    /// the rest of the base (see ARCHITECTURE.md, "Connections").
+    pub max_connections: Option<usize>,
+    /// Operations connections held open at most; `None`: 256 (less with a low open-file limit).
+    pub admin_max_connections: Option<usize>,
 }
 
 impl Default for Config {
@@ -148,6 +158,10 @@ impl Default for Config {
             crash_window: Duration::from_secs(600),
             supervisor: true,
             worker_restart_leak_bytes: 64 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            admin_max_connections: None,
         }
     }
 }

@@ -101,6 +101,21 @@ pub enum Error {
         /// The configured limit.
         limit: u64,
     },
+    /// A request head over the HTTP layer's limits, refused before any route saw it (`431`, and
+    /// the connection closed).
+    #[error("the request head is over the limit of {max_headers} headers or {max_head_bytes} bytes")]
+    RequestHeadTooLarge {
+        /// Headers a request may have.
+        max_headers: usize,
+        /// Bytes a request head may have.
+        max_head_bytes: usize,
+    },
+    /// A request URI too long for the HTTP layer (`414`, and the connection closed).
+    #[error("the request URI is too long")]
+    UriTooLong,
+    /// A request head that is not valid HTTP/1.1 (`400`, and the connection closed).
+    #[error("the request head is not valid HTTP/1.1")]
+    MalformedRequest,
     /// A malformed request.
     #[error("bad request: {message}")]
     BadRequest {
@@ -378,6 +393,9 @@ impl Error {
             Self::StartFailed { .. } => "START_FAILED",
             Self::StartTimeout { .. } => "START_TIMEOUT",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::HeadersTooLarge { .. } | Self::RequestHeadTooLarge { .. } => "HEADERS_TOO_LARGE",
+            Self::UriTooLong => "URI_TOO_LONG",
+            Self::MalformedRequest => "MALFORMED_REQUEST",
             Self::BadRequest { .. } => "BAD_REQUEST",
             Self::Unauthorized => "UNAUTHORIZED",
             Self::TooManyAttempts { .. } => "TOO_MANY_ATTEMPTS",
@@ -385,7 +403,6 @@ impl Error {
             Self::CrossOrigin { .. } => "CROSS_ORIGIN",
             Self::UnsupportedMediaType { .. } => "UNSUPPORTED_MEDIA_TYPE",
             Self::BadQuery { .. } => "BAD_REQUEST",
-            Self::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
             Self::AdminTokenTooShort { .. } => "ADMIN_TOKEN_TOO_SHORT",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::AdminTokenRequired { .. } => "ADMIN_TOKEN_REQUIRED",
@@ -434,12 +451,16 @@ impl Error {
                 _ => StatusCode::BAD_GATEWAY,
             },
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge { .. } | Self::RequestHeadTooLarge { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::MalformedRequest => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::HostNotAllowed { .. } | Self::CrossOrigin { .. } => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BadQuery { .. } => StatusCode::BAD_REQUEST,
-            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ModuleUnavailable { .. }
             | Self::ModuleOverloaded { .. }
@@ -502,6 +523,9 @@ impl Error {
             }
             Self::DrainTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
             Self::PayloadTooLarge { size, limit } => json!({"size": size, "limit": limit}),
+            Self::RequestHeadTooLarge { max_headers, max_head_bytes } => {
+                json!({"max_headers": max_headers, "max_head_bytes": max_head_bytes})
+            }
             Self::ModuleNotMounted { name } => json!({"module": name}),
             Self::TooManyAttempts { retry_after_secs } => json!({"retry_after_secs": retry_after_secs}),
             Self::HostNotAllowed { host } => json!({"host": host}),

@@ -43,6 +43,7 @@ mod operations;
 mod private;
 mod registry;
 mod routing;
+mod server;
 mod services;
 mod supervisor;
 #[allow(unsafe_code)]
@@ -53,6 +54,8 @@ use std::{net::SocketAddr, sync::Arc};
 
 use axum::Router;
 use tokio::net::TcpListener;
+
+use crate::accounting::Port;
 
 pub use crate::{
     accounting::{CpuTime, LatencySummary},
@@ -201,19 +204,34 @@ impl Base {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        // With each connection's peer address, for the audit trail and the per-client throttle.
-        let admin_app = self.admin_app_at(admin_addr).into_make_service_with_connect_info::<SocketAddr>();
-        let admin_server = axum::serve(admin, admin_app).with_graceful_shutdown(stopped(stop_rx.clone()));
-        let admin_server = tokio::spawn(admin_server.into_future());
+        let (traffic_hygiene, admin_hygiene) = connection_hygiene(&config);
+        let metrics = self.registry.metrics();
+        let admin_server = server::serve(
+            admin,
+            // The accept loop gives every request its peer address (`ConnectInfo`), for the
+            // audit trail and the per-client throttle.
+            self.admin_app_at(admin_addr),
+            Port::Operations,
+            admin_hygiene,
+            metrics.connections(Port::Operations),
+            stopped(stop_rx.clone()),
+        );
+        let admin_server = tokio::spawn(admin_server);
 
         let registry = Arc::clone(&self.registry);
         let restored = tokio::task::spawn_blocking(move || registry.restore()).await??;
         // Traffic is accepted only now: until the restore is done, connections wait in the
         // listening socket's queue rather than get a 404 from a module not loaded yet (after a
         // worker restart, every module is in that case for the length of the restore).
-        let traffic_server =
-            axum::serve(traffic, self.traffic_app()).with_graceful_shutdown(stopped(stop_rx));
-        let traffic_server = tokio::spawn(traffic_server.into_future());
+        let traffic_server = server::serve(
+            traffic,
+            self.traffic_app(),
+            Port::Traffic,
+            traffic_hygiene,
+            metrics.connections(Port::Traffic),
+            stopped(stop_rx),
+        );
+        let traffic_server = tokio::spawn(traffic_server);
         tracing::info!(
             started = restored.started,
             quarantined = restored.quarantined.len(),
@@ -254,8 +272,8 @@ impl Base {
             }
         })
         .await?;
-        traffic_server.await??;
-        admin_server.await??;
+        traffic_server.await?;
+        admin_server.await?;
         if supervisor::worker_restart_wanted() {
             drop(self);
             std::process::exit(WORKER_RESTART_EXIT_CODE);
@@ -324,6 +342,30 @@ fn spawn_heap_sampler(registry: std::sync::Weak<Registry>) {
     if let Err(e) = sampler {
         tracing::warn!("cannot start the heap sampler ({e}); peaks are sampled on reads only");
     }
+}
+
+/// Each port's timeouts and connection cap: the flags, or what the open-file limit allows.
+fn connection_hygiene(config: &Config) -> (server::Hygiene, server::Hygiene) {
+    let budget = server::Budget::of_this_process();
+    let traffic = config.max_connections.unwrap_or(budget.traffic);
+    let admin = config.admin_max_connections.unwrap_or(budget.operations);
+    if traffic + admin > budget.traffic + budget.operations {
+        tracing::warn!(
+            traffic,
+            operations = admin,
+            reserve = budget.reserve,
+            "the connection caps leave fewer than {} file descriptors for modules, logs and the \
+             store: with the ports full, module loads may fail",
+            budget.reserve
+        );
+    }
+    let hygiene = |max_connections: usize| server::Hygiene {
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections: max_connections.max(1),
+    };
+    tracing::info!(traffic, operations = admin, reserve = budget.reserve, "connection caps");
+    (hygiene(traffic), hygiene(admin))
 }
 
 /// A listener the supervisor handed over, for tokio.

@@ -131,6 +131,22 @@ struct ServeArgs {
     /// the module's statics) escalates to a worker restart when supervised; 0 = never.
     #[arg(long, env = "PEDESTAL_WORKER_RESTART_LEAK_BYTES", default_value_t = 64 * 1024 * 1024)]
     worker_restart_leak_bytes: u64,
+    /// How long a client has to send a whole request head, in milliseconds: from the accept for
+    /// a connection's first request, from the head's first byte for the next ones (both ports).
+    #[arg(long, env = "PEDESTAL_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    header_read_timeout_ms: u64,
+    /// How long a keep-alive connection may wait for its next request, in milliseconds (both
+    /// ports).
+    #[arg(long, env = "PEDESTAL_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    idle_timeout_ms: u64,
+    /// Traffic connections held open at most; at the cap the longest-idle ones are closed for
+    /// new ones, or accepting pauses. Default: the open-file limit less a reserve (a tenth, at
+    /// least 1024) and the operations port's share.
+    #[arg(long, env = "PEDESTAL_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Operations-API connections held open at most. Default: 256.
+    #[arg(long, env = "PEDESTAL_ADMIN_MAX_CONNECTIONS")]
+    admin_max_connections: Option<usize>,
 }
 
 impl From<ServeArgs> for Config {
@@ -164,6 +180,10 @@ impl From<ServeArgs> for Config {
             crash_window: Duration::from_secs(args.crash_window_secs),
             supervisor: args.supervisor == "on",
             worker_restart_leak_bytes: args.worker_restart_leak_bytes,
+            header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+            max_connections: args.max_connections,
+            admin_max_connections: args.admin_max_connections,
             ..Config::default()
         }
     }

@@ -15,6 +15,25 @@ use crate::error::ErrorCode;
 /// How much of a plain-text error body becomes the message.
 const MESSAGE_BYTES: usize = 4096;
 
+/// Closes the connection after an error answer to a request that came with a body: most
+/// refusals (a content type, a token, a query string) answer before reading it, and a connection
+/// whose request body was left unread cannot carry another request. Saying so in the answer
+/// (`Connection: close`) keeps a client from sending its next request on a connection the server
+/// is about to close, which it would see as a reset.
+pub(crate) async fn close_after_refused_body(request: Request, next: Next) -> Response {
+    let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
+        || request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    let mut response = next.run(request).await;
+    if has_body && (response.status().is_client_error() || response.status().is_server_error()) {
+        response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
+    response
+}
+
 /// The middleware.
 pub(crate) async fn as_json(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
