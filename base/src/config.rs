@@ -97,6 +97,9 @@ pub struct Config {
     /// A memory-limit restart whose old instance left more heap than this behind (memory its
     /// statics keep alive) escalates to a worker restart, when supervised; 0 never escalates.
     pub worker_restart_leak_bytes: u64,
+    /// Directories `POST /api/v1/modules {"path": ...}` may read module files from, besides
+    /// `<data-dir>/incoming/` (`--allow-path-install`).
+    pub allow_path_install: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -135,6 +138,7 @@ impl Default for Config {
             crash_window: Duration::from_secs(600),
             supervisor: true,
             worker_restart_leak_bytes: 64 * 1024 * 1024,
+            allow_path_install: Vec::new(),
         }
     }
 }

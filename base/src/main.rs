@@ -122,6 +122,10 @@ struct ServeArgs {
     /// the module's statics) escalates to a worker restart when supervised; 0 = never.
     #[arg(long, env = "PEDESTAL_WORKER_RESTART_LEAK_BYTES", default_value_t = 64 * 1024 * 1024)]
     worker_restart_leak_bytes: u64,
+    /// A directory `POST /api/v1/modules {"path": ...}` may read module files from (repeatable,
+    /// or a comma-separated list); `<data-dir>/incoming/` always may, nothing else does.
+    #[arg(long, env = "PEDESTAL_ALLOW_PATH_INSTALL", value_delimiter = ',')]
+    allow_path_install: Vec<PathBuf>,
 }
 
 impl From<ServeArgs> for Config {
@@ -153,6 +157,7 @@ impl From<ServeArgs> for Config {
             crash_window: Duration::from_secs(args.crash_window_secs),
             supervisor: args.supervisor == "on",
             worker_restart_leak_bytes: args.worker_restart_leak_bytes,
+            allow_path_install: args.allow_path_install,
             ..Config::default()
         }
     }
