@@ -161,6 +161,7 @@ impl Supervised {
     }
 
     fn install_path(&self, path: &Path, name: &str) -> anyhow::Result<Value> {
+        let path = crate::stage_in_incoming(&self.data, path)?;
         let body = json!({ "path": path }).to_string();
         let response = ureq::post(&format!("{}/api/v1/modules?name={name}", self.admin))
             .set("content-type", "application/json")
