@@ -266,9 +266,9 @@ impl<'a, S: Source + ?Sized> Elf<'a, S> {
         if size < STAMP_LEN as u64 {
             return Err(format!("the interface stamp is {size} bytes, smaller than a stamp"));
         }
-        let stamp = self
-            .at_address(value, STAMP_LEN)
-            .ok_or("the interface stamp's bytes are not in the file (its address is outside every segment)")?;
+        let stamp = self.at_address(value, STAMP_LEN).ok_or(
+            "the interface stamp's bytes are not in the file (its address is outside every segment)",
+        )?;
         if stamp[..8] != STAMP_MAGIC {
             return Err("the interface stamp has the wrong magic bytes".into());
         }
@@ -277,15 +277,15 @@ impl<'a, S: Source + ?Sized> Elf<'a, S> {
 
     /// The entries of `PT_DYNAMIC` the symbol lookup needs.
     fn dynamic(&self) -> Result<Dynamic, String> {
-        let segment = self
-            .segments
-            .iter()
-            .find(|s| s.kind == PT_DYNAMIC)
-            .ok_or("the file has no dynamic section (PT_DYNAMIC): not a shared library a module can be")?;
+        let segment =
+            self.segments.iter().find(|s| s.kind == PT_DYNAMIC).ok_or(
+                "the file has no dynamic section (PT_DYNAMIC): not a shared library a module can be",
+            )?;
         let mut dynamic = Dynamic::default();
         // Bounded by the segment's size, itself inside the file.
         for i in 0..segment.filesz / 16 {
-            let entry = self.src.bytes_at(segment.offset + i * 16, 16).ok_or("the dynamic section is truncated")?;
+            let entry =
+                self.src.bytes_at(segment.offset + i * 16, 16).ok_or("the dynamic section is truncated")?;
             let (tag, value) = (le64(&entry, 0), le64(&entry, 8));
             let slot = match tag {
                 DT_NULL => break,
@@ -335,7 +335,8 @@ impl<S: Source + ?Sized> SymbolTable<'_, '_, S> {
         if name.checked_add(STAMP_SYMBOL.len() as u64).is_none_or(|end| end > self.strsz) {
             return Ok(None);
         }
-        let Some(text) = self.strtab.checked_add(name).and_then(|at| self.elf.at_address(at, STAMP_SYMBOL.len()))
+        let Some(text) =
+            self.strtab.checked_add(name).and_then(|at| self.elf.at_address(at, STAMP_SYMBOL.len()))
         else {
             return Err("the dynamic string table lies outside the file".into());
         };
@@ -345,9 +346,14 @@ impl<S: Source + ?Sized> SymbolTable<'_, '_, S> {
     /// A lookup through `DT_GNU_HASH` at `at`, as glibc does it (bloom filter, bucket, chain).
     fn find_gnu(&self, at: u64, hash: u32) -> Result<Option<Vec<u8>>, String> {
         let broken = || "the GNU hash table is truncated or malformed".to_owned();
-        let word = |i: u64| i.checked_mul(4).and_then(|off| at.checked_add(off)).and_then(|a| self.elf.u32_at(a));
-        let (nbuckets, symoffset, bloom_size, bloom_shift) =
-            (word(0).ok_or_else(broken)?, word(1).ok_or_else(broken)?, word(2).ok_or_else(broken)?, word(3).ok_or_else(broken)?);
+        let word =
+            |i: u64| i.checked_mul(4).and_then(|off| at.checked_add(off)).and_then(|a| self.elf.u32_at(a));
+        let (nbuckets, symoffset, bloom_size, bloom_shift) = (
+            word(0).ok_or_else(broken)?,
+            word(1).ok_or_else(broken)?,
+            word(2).ok_or_else(broken)?,
+            word(3).ok_or_else(broken)?,
+        );
         if nbuckets == 0 || bloom_size == 0 {
             return Ok(None);
         }
@@ -365,14 +371,14 @@ impl<S: Source + ?Sized> SymbolTable<'_, '_, S> {
         let buckets = bloom.checked_add(u64::from(bloom_size) * 8).ok_or_else(broken)?;
         let chains = buckets.checked_add(u64::from(nbuckets) * 4).ok_or_else(broken)?;
         let bucket = |i: u64| buckets.checked_add(i * 4).and_then(|a| self.elf.u32_at(a));
-        let mut symbol = u64::from(bucket(u64::from(hash % nbuckets)).ok_or_else(broken)?);
-        if symbol < u64::from(symoffset) {
+        let first = u64::from(bucket(u64::from(hash % nbuckets)).ok_or_else(broken)?);
+        if first < u64::from(symoffset) {
             return Ok(None);
         }
         // Each step reads a new chain word further into the file: the walk ends at the chain's
         // last entry (low bit set) or at the end of the file, whichever comes first.
         let steps = self.elf.src.size() / 4 + 1;
-        for _ in 0..steps {
+        for symbol in (first..).take(steps as usize) {
             let chain = (symbol - u64::from(symoffset))
                 .checked_mul(4)
                 .and_then(|off| chains.checked_add(off))
@@ -386,7 +392,6 @@ impl<S: Source + ?Sized> SymbolTable<'_, '_, S> {
             if chain & 1 == 1 {
                 return Ok(None);
             }
-            symbol += 1;
         }
         Err(broken())
     }
@@ -394,7 +399,8 @@ impl<S: Source + ?Sized> SymbolTable<'_, '_, S> {
     /// A lookup through the System V `DT_HASH` table at `at`.
     fn find_sysv(&self, at: u64) -> Result<Option<Vec<u8>>, String> {
         let broken = || "the ELF hash table is truncated or malformed".to_owned();
-        let word = |i: u64| i.checked_mul(4).and_then(|off| at.checked_add(off)).and_then(|a| self.elf.u32_at(a));
+        let word =
+            |i: u64| i.checked_mul(4).and_then(|off| at.checked_add(off)).and_then(|a| self.elf.u32_at(a));
         let (nbucket, nchain) = (word(0).ok_or_else(broken)?, word(1).ok_or_else(broken)?);
         if nbucket == 0 {
             return Ok(None);
@@ -596,8 +602,14 @@ mod tests {
     #[test]
     fn refuses_a_library_without_a_proper_stamp() {
         let missing = "does not export `pedestal_interface_stamp`";
-        check_module_says(&Library { name: b"pedestal_interface_stomp", ..Library::module(1) }.bytes(), missing);
-        check_module_says(&Library { hash: Hash::None, ..Library::module(1) }.bytes(), "no symbol hash table");
+        check_module_says(
+            &Library { name: b"pedestal_interface_stomp", ..Library::module(1) }.bytes(),
+            missing,
+        );
+        check_module_says(
+            &Library { hash: Hash::None, ..Library::module(1) }.bytes(),
+            "no symbol hash table",
+        );
         check_module_says(&Library { shndx: 0, ..Library::module(1) }.bytes(), "undefined");
         check_module_says(&Library { info: 0x12, ..Library::module(1) }.bytes(), "not a data object");
         check_module_says(&Library { info: 0x01, ..Library::module(1) }.bytes(), "not exported");

@@ -72,7 +72,10 @@ pub fn read_confined(requested: &Path, allowed: &[PathBuf], limit: u64) -> Resul
         return Err(Error::PayloadTooLarge { size: meta.len(), limit });
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    (&mut file).take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| unreadable(requested, e))?;
+    (&mut file)
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| unreadable(requested, e))?;
     if bytes.len() as u64 > limit {
         // It grew since `fstat`, or reports a length that is not its size.
         return Err(Error::PayloadTooLarge { size: limit.saturating_add(1), limit });

@@ -788,13 +788,14 @@ impl Registry {
         let mut unreferenced = lock(&self.unreferenced);
         let stored = self.store.hashes();
         unreferenced.retain(|sha256, _| !keep.contains(sha256) && stored.contains(sha256));
-        let started = lock(&self.started);
+        let mut started = lock(&self.started);
         for sha256 in stored.into_iter().filter(|s| !keep.contains(s)) {
             let since = *unreferenced.entry(sha256.clone()).or_insert_with(Instant::now);
             let grace = if started.contains(&sha256) { grace } else { Duration::ZERO };
             if since.elapsed() >= grace {
                 self.store.remove(&sha256);
                 unreferenced.remove(&sha256);
+                started.remove(&sha256);
             }
         }
     }
