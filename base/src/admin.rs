@@ -123,6 +123,10 @@ struct InstallOptions {
     /// Answer `202` with an operation id at once instead of waiting.
     #[serde(default, rename = "async")]
     run_async: bool,
+    /// Load the bytes even when they are quarantined (the base died loading them, or they
+    /// crashed it): an operator's explicit retry.
+    #[serde(default)]
+    retry: bool,
 }
 
 #[derive(Deserialize)]
@@ -472,6 +476,7 @@ async fn install(
         activate: options.activate,
         strategy: options.strategy,
         force: options.force,
+        retry_quarantined: options.retry,
     };
     let run_async = query_async;
     let target = format!("upload of {} bytes", bytes.len());
