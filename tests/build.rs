@@ -26,6 +26,9 @@ const FIXTURES: &[&str] = &[
     "fx-echo-caller",
     "fx-services",
     "fx-crashy",
+    "fx-ctor-writes",
+    "fx-ctor-wrong-major",
+    "fx-ctor-aborts",
 ];
 
 /// The search-platform example's ranker modules.

@@ -100,6 +100,7 @@ pub(crate) fn router(registry: Arc<Registry>, door: &FrontDoor, listen: SocketAd
         .route("/api/v1/modules/{name}/traffic", put(set_traffic).get(get_traffic))
         .route("/api/v1/operations/{id}", get(operation))
         .route("/api/v1/modules/{name}/{version}/retry", post(retry))
+        .route("/api/v1/artifacts/{sha256}/retry", post(retry_artifact))
         .route("/api/v1/ready", get(ready))
         .route("/api/v1/base", get(base_process))
         .route("/api/v1/modules/{name}/config", get(module_config))
@@ -155,6 +156,10 @@ struct InstallOptions {
     /// Answer `202` with an operation id at once instead of waiting.
     #[serde(default, rename = "async")]
     run_async: bool,
+    /// Load the bytes even when they are quarantined (the base died loading them, or they
+    /// crashed it): an operator's explicit retry.
+    #[serde(default)]
+    retry: bool,
 }
 
 #[derive(Deserialize)]
@@ -346,7 +351,32 @@ async fn retry(
     .await
 }
 
-/// `GET /api/v1/operations/{id}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArtifactRetry {
+    /// The install of the artifact under this name (default: under its package's name).
+    name: Option<String>,
+}
+
+/// `POST /api/v1/artifacts/{sha256}/retry[?name=NAME]`: loads a quarantined artifact again,
+/// also one that crashed the base in its constructors, before its name and version were known.
+async fn retry_artifact(
+    State(registry): State<Arc<Registry>>,
+    Path(sha256): Path<String>,
+    Params(options): Params<ArtifactRetry>,
+) -> Result<Response> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(Error::BadRequest { message: format!("{sha256:?} is not a lower-case hex sha256") });
+    }
+    let target = format!("artifact {sha256}");
+    run_operation(&registry, "retry", &target, false, StatusCode::OK, move |registry| {
+        let instance = registry.retry_artifact(&sha256, options.name.as_deref())?;
+        Ok(serde_json::to_value(view(&instance, true, false, &HashMap::new())).unwrap_or_default())
+    })
+    .await
+}
+
+/// Runs a blocking registry operation (see `run_operation`'s callers).
 async fn run_operation(
     registry: &Arc<Registry>,
     kind: &str,
@@ -502,15 +532,12 @@ async fn install(
     let bytes = if is_json {
         let InstallFromPath { path } = serde_json::from_slice(&body)
             .map_err(|e| Error::BadRequest { message: format!("expected {{\"path\": \"...\"}}: {e}") })?;
-        let unreadable = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NotFound { what: format!("file {}", path.display()) },
-            _ => Error::BadRequest { message: format!("cannot read {}: {e}", path.display()) },
-        };
-        let size = std::fs::metadata(&path).map_err(unreadable)?.len();
-        if size > limit {
-            return Err(Error::PayloadTooLarge { size, limit });
-        }
-        std::fs::read(&path).map_err(unreadable)?.into()
+        // Confined, bounded and blocking (a slow disk, a network file system): off the runtime.
+        let allowed = registry.path_install_dirs();
+        tokio::task::spawn_blocking(move || crate::path_install::read_confined(&path, &allowed, limit))
+            .await
+            .map_err(|e| Error::Io { context: "path install".into(), source: std::io::Error::other(e) })??
+            .into()
     } else {
         body
     };
@@ -520,6 +547,7 @@ async fn install(
         activate: options.activate,
         strategy: options.strategy,
         force: options.force,
+        retry_quarantined: options.retry,
     };
     let run_async = query_async;
     let target = format!("upload of {} bytes", bytes.len());

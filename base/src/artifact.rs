@@ -34,6 +34,11 @@ pub struct Artifact {
     pub size: u64,
 }
 
+/// The lower-case hex sha256 of `bytes`: an artifact's name.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl ArtifactStore {
@@ -45,7 +50,8 @@ impl ArtifactStore {
             data_dir.canonicalize().map_err(Error::io(format!("resolving {}", data_dir.display())))?;
         let dir = data_dir.join("artifacts");
         let copies = data_dir.join("instances");
-        for d in [&dir, &copies] {
+        let incoming = data_dir.join(crate::path_install::INCOMING);
+        for d in [&dir, &copies, &incoming] {
             crate::private::create_dir(d).map_err(Error::io(format!("creating {}", d.display())))?;
         }
         // Per-instance copies only matter while their process lives; temporary files are writes
@@ -63,9 +69,9 @@ impl ArtifactStore {
         Ok(Self { root: data_dir, dir, copies })
     }
 
-    /// Stores `bytes`, returning the artifact (a no-op write when the content is already there).
-    pub fn put(&self, bytes: &[u8]) -> Result<Artifact> {
-        let sha256 = hex::encode(Sha256::digest(bytes));
+    /// Stores `bytes`, whose [`sha256_hex`] the caller computed, returning the artifact (a no-op
+    /// write when the content is already there).
+    pub fn put_hashed(&self, bytes: &[u8], sha256: String) -> Result<Artifact> {
         let path = self.dir.join(format!("{sha256}.so"));
         if !path.exists() {
             write_atomically(&path, bytes, true)?;

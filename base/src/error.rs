@@ -299,6 +299,30 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A path install named a relative path.
+    #[error("{path} is not an absolute path: path installs take absolute paths only")]
+    PathNotAbsolute {
+        /// The path asked for.
+        path: PathBuf,
+    },
+    /// A path install named a path outside the directories path installs may read (whether or
+    /// not it exists: the answer does not say).
+    #[error(
+        "{path} is not inside a directory path installs may read (<data-dir>/incoming/, or one \
+         named by --allow-path-install)"
+    )]
+    PathNotAllowed {
+        /// The path asked for.
+        path: PathBuf,
+    },
+    /// A path install named a device, FIFO, socket or directory.
+    #[error("{path} is {kind}, not a regular file")]
+    NotARegularFile {
+        /// The path asked for.
+        path: PathBuf,
+        /// What it is.
+        kind: String,
+    },
     /// `state.json` cannot be read.
     #[error("the base's state file {path} is unreadable: {message}; move it aside to start empty")]
     StateInvalid {
@@ -415,6 +439,9 @@ impl Error {
             Self::VersionNotFound { .. } => "VERSION_NOT_FOUND",
             Self::StateInvalid { .. } => "STATE_INVALID",
             Self::Quarantined { .. } => "QUARANTINED",
+            Self::PathNotAbsolute { .. } => "PATH_NOT_ABSOLUTE",
+            Self::PathNotAllowed { .. } => "PATH_NOT_ALLOWED",
+            Self::NotARegularFile { .. } => "NOT_A_REGULAR_FILE",
             Self::NotReady => "NOT_READY",
             Self::SpiIncompatible { .. } => "SPI_INCOMPATIBLE",
             Self::SpiMissing { .. } => "SPI_MISSING",
@@ -456,6 +483,9 @@ impl Error {
             }
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::MalformedRequest => StatusCode::BAD_REQUEST,
+            Self::PathNotAbsolute { .. } => StatusCode::BAD_REQUEST,
+            Self::PathNotAllowed { .. } => StatusCode::FORBIDDEN,
+            Self::NotARegularFile { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::HostNotAllowed { .. } | Self::CrossOrigin { .. } => StatusCode::FORBIDDEN,
@@ -538,6 +568,8 @@ impl Error {
             Self::AdminTokenTooShort { origin, length, min } => {
                 json!({"origin": origin, "length": length, "min": min})
             }
+            Self::PathNotAbsolute { path } | Self::PathNotAllowed { path } => json!({"path": path}),
+            Self::NotARegularFile { path, kind } => json!({"path": path, "kind": kind}),
             _ => json!({}),
         }
     }

@@ -91,7 +91,7 @@ fn is_library(path: &Path) -> bool {
 /// Installs the library at `path`, switching to it when it is a newer version of its module.
 fn deploy(registry: &Registry, path: &Path) {
     let Ok(bytes) = fs::read(path) else { return };
-    if let Err(reason) = elf::check_shared_object(&bytes) {
+    if let Err(reason) = elf::check_module(&bytes[..]) {
         tracing::warn!(file = %path.display(), "not loaded (incomplete or not a module; waiting for its next change): {reason}");
         return;
     }

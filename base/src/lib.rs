@@ -40,6 +40,7 @@ mod limits;
 mod loader;
 mod logs;
 mod operations;
+mod path_install;
 mod private;
 mod registry;
 mod routing;

@@ -81,6 +81,10 @@ pub fn base_interface() -> Version {
 
 /// Opens and checks the library at `path`. Call on the instance's thread: it runs the library's
 /// constructors and root-module initializer.
+///
+/// The registry has already read the same file's interface stamp without loading it
+/// (`elf::check_module`), so a library that is not a module never gets here; the stamp checks
+/// below are the second line, on what `dlsym` really finds.
 pub fn open(path: &Path) -> Result<(Library, Manifest)> {
     let raw = RawLibrary::load_at(path)
         .map_err(|e| Error::LoadFailed { path: path.to_owned(), message: e.to_string() })?;

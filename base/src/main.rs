@@ -147,6 +147,10 @@ struct ServeArgs {
     /// Operations-API connections held open at most. Default: 256.
     #[arg(long, env = "PEDESTAL_ADMIN_MAX_CONNECTIONS")]
     admin_max_connections: Option<usize>,
+    /// A directory `POST /api/v1/modules {"path": ...}` may read module files from (repeatable,
+    /// or a comma-separated list); `<data-dir>/incoming/` always may, nothing else does.
+    #[arg(long, env = "PEDESTAL_ALLOW_PATH_INSTALL", value_delimiter = ',')]
+    allow_path_install: Vec<PathBuf>,
 }
 
 impl From<ServeArgs> for Config {
@@ -184,6 +188,7 @@ impl From<ServeArgs> for Config {
             idle_timeout: Duration::from_millis(args.idle_timeout_ms),
             max_connections: args.max_connections,
             admin_max_connections: args.admin_max_connections,
+            allow_path_install: args.allow_path_install,
             ..Config::default()
         }
     }

@@ -64,6 +64,8 @@ pub struct InstallOptions {
     pub strategy: Strategy,
     /// Install even when an SPI the module requires has no compatible implementation running.
     pub force: bool,
+    /// Load the bytes even when they are quarantined: an operator's explicit retry.
+    pub retry_quarantined: bool,
 }
 
 /// What an install did.
@@ -73,6 +75,17 @@ pub struct Installed {
     pub instance: Arc<Instance>,
     /// The version a replace took the traffic from and unloaded.
     pub replaced: Option<Arc<Instance>>,
+}
+
+/// Refuses, from the file's bytes alone, what is not a module of this base's interface major
+/// (`NOT_A_MODULE`, `INTERFACE_MISMATCH`), before any of its code could run.
+fn check_module(file: &(impl elf::Source + ?Sized)) -> Result<()> {
+    let stamp = elf::check_module(file).map_err(|reason| Error::NotAModule { reason })?;
+    let base = loader::base_interface();
+    if u64::from(stamp.major) != base.major {
+        return Err(Error::InterfaceMismatch { module: stamp.to_string(), base: base.to_string() });
+    }
+    Ok(())
 }
 
 /// The base's modules and routing.
@@ -119,6 +132,9 @@ pub struct Registry {
     ticks: std::sync::atomic::AtomicU64,
     /// Since when each stored artifact nothing refers to has been unreferenced.
     unreferenced: Mutex<HashMap<String, Instant>>,
+    /// Artifacts an instance started from in this process: only they are kept for a while
+    /// once unreferenced (a rollback); one that never ran is deleted at once.
+    started: Mutex<HashSet<String>>,
     /// The SPIs this base calls, with the version it was built against.
     declared_spis: Mutex<BTreeMap<String, Version>>,
     /// This registry, for the calls of its modules' instances.
@@ -184,6 +200,7 @@ impl Registry {
             restored: AtomicBool::new(false),
             ticks: std::sync::atomic::AtomicU64::new(0),
             unreferenced: Mutex::new(HashMap::new()),
+            started: Mutex::new(HashSet::new()),
             declared_spis: Mutex::new(declared_spis),
             crash_ledger: Mutex::new(crate::crash::Ledger::default()),
         }))
@@ -235,6 +252,13 @@ impl Registry {
     /// The settings the registry runs with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The directories path installs may read from: `<data-dir>/incoming/` and those of
+    /// `--allow-path-install`.
+    pub fn path_install_dirs(&self) -> Vec<PathBuf> {
+        let incoming = self.store.data_dir().join(crate::path_install::INCOMING);
+        std::iter::once(incoming).chain(self.config.allow_path_install.iter().cloned()).collect()
     }
 
     /// The log of module `name` (created on first use).
@@ -371,10 +395,22 @@ impl Registry {
                 limit: self.config.max_upload_bytes,
             });
         }
-        elf::check_shared_object(bytes).map_err(|reason| Error::NotAModule { reason })?;
-        let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let artifact = self.store.put(bytes)?;
-        self.launch_artifact(artifact, options, true)
+        // Decided from the bytes alone: nothing is stored, and no code of the library runs.
+        check_module(bytes)?;
+        let sha256 = crate::artifact::sha256_hex(bytes);
+        if !options.retry_quarantined {
+            self.refuse_quarantined(&sha256, name)?;
+        }
+        let in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let artifact = self.store.put_hashed(bytes, sha256)?;
+        let launched = self.launch_artifact(artifact, options, true);
+        drop(in_use);
+        if launched.is_err() {
+            // A refused artifact is deleted now, unless something still needs it (a live
+            // instance, a record, a quarantine entry): it never ran, so no rollback wants it.
+            self.collect_garbage();
+        }
+        launched
     }
 
     /// Loads, starts and routes a stored artifact, records it in `state.json` and lifts a
@@ -390,6 +426,12 @@ impl Registry {
         if let Some(existing) = self.live_instance_of(&artifact.sha256, name) {
             return Err(Error::AlreadyInstalled { id: existing.id.to_string() });
         }
+        // Every load passes here (uploads, boot modules, the watched directory, restores,
+        // retries): the stored file is checked again, piecewise, right before `dlopen` runs its
+        // constructors.
+        let stored = elf::FileSource::open(&artifact.path)
+            .map_err(Error::io(format!("reading {}", artifact.path.display())))?;
+        check_module(&stored)?;
         let load_path = self.claim_load_path(&artifact)?;
         let replace = options.strategy == Strategy::Replace;
         let during = if acknowledge { durable::Load::Install } else { durable::Load::Restore };
@@ -430,6 +472,7 @@ impl Registry {
         // replace writes once more when it unloads the old version), so no file can name the
         // instance and still quarantine it.
         self.lift_quarantine(&instance.artifact.sha256, &instance.id.name, name);
+        self.mark_started(&instance.artifact.sha256);
         if !acknowledge {
             // Restoring: `restore` sets the recorded active versions and weights in one step.
             instance.transition(State::Inactive, "restore", "started; restoring the recorded routing");

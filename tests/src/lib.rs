@@ -363,6 +363,23 @@ impl TestBase {
         self.admin(method, path, &[("content-type", "application/json")], Some(body.as_bytes()))
     }
 
+    /// `POST /api/v1/modules {"path": path}`: an install the base reads from its own disk.
+    pub fn install_path(&self, path: impl AsRef<Path>) -> Reply {
+        self.admin_json("POST", "/api/v1/modules", &serde_json::json!({ "path": path.as_ref() }))
+    }
+
+    /// The file names under the data directory's `artifacts/` (stored artifacts are
+    /// `<sha256>.so`), sorted.
+    pub fn artifact_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.data_dir().join("artifacts"))
+            .expect("reading artifacts/")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Uploads the file at `path` with a query string (`activate=true&strategy=replace`...).
     pub fn install_query(&self, path: &str, query: &str) -> Reply {
         let headers = [("content-type", "application/octet-stream")];

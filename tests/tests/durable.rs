@@ -102,14 +102,13 @@ fn sigkill_during_install_switch_or_uninstall_restarts_into_a_consistent_state()
         // An install cut short may be quarantined (the base died while loading it): retry it.
         for q in listed["quarantined"].as_array().unwrap() {
             assert_eq!(kind, "install", "only a load can be interrupted into quarantine: {listed}");
-            // Killed inside the library's constructors, the name was not known yet: uploading the
-            // artifact again is the retry.
-            let retried = match (q["name"].as_str(), q["version"].as_str()) {
-                (Some(name), Some(version)) => {
-                    base.admin("POST", &format!("/api/v1/modules/{name}/{version}/retry"), &[], None)
-                }
-                _ => base.install_query(artifacts::VERSIONED_1_1_0, "activate=true"),
+            // Killed inside the library's constructors, the name was not known yet: retried by
+            // its artifact (uploading the same bytes again answers 409 QUARANTINED).
+            let retry = match (q["name"].as_str(), q["version"].as_str()) {
+                (Some(name), Some(version)) => format!("/api/v1/modules/{name}/{version}/retry"),
+                _ => format!("/api/v1/artifacts/{}/retry", q["sha256"].as_str().unwrap()),
             };
+            let retried = base.admin("POST", &retry, &[], None);
             assert!(retried.status == 200 || retried.status == 201, "{retried:?}");
         }
         // Acknowledged operations on the next round start from a known state.

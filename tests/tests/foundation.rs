@@ -240,9 +240,10 @@ fn a_module_built_against_a_newer_minor_interface_loads() {
 #[test]
 fn install_from_a_path_and_unknown_names() {
     let base = TestBase::start();
-    let body = serde_json::json!({ "path": artifacts::GOOD }).to_string();
-    let reply =
-        base.admin("POST", "/api/v1/modules", &[("content-type", "application/json")], Some(body.as_bytes()));
+    // Path installs read from <data-dir>/incoming/ (and --allow-path-install directories) only.
+    let file = base.data_dir().join("incoming/good.so");
+    std::fs::copy(artifacts::GOOD, &file).unwrap();
+    let reply = base.install_path(&file);
     assert_eq!(reply.status, 201, "{reply:?}");
     assert_eq!(base.get("/fx-good/ping").body, "pong");
     assert_eq!(base.get("/nobody/here").code(), "MODULE_NOT_FOUND");
@@ -369,7 +370,7 @@ fn the_operations_api_answers_every_mistake_in_json() {
     assert_eq!((wrong_method.status, wrong_method.code()), (405, "METHOD_NOT_ALLOWED"), "{wrong_method:?}");
     let no_route = base.admin_get("/api/v2/everything");
     assert_eq!((no_route.status, no_route.code()), (404, "NOT_FOUND"));
-    let missing = serde_json::json!({ "path": "/nonexistent/module.so" }).to_string();
+    let missing = serde_json::json!({ "path": base.data_dir().join("incoming/nonexistent.so") }).to_string();
     let reply = base.admin(
         "POST",
         "/api/v1/modules",

@@ -117,8 +117,12 @@ fn a_kill_during_a_same_version_replace_keeps_the_build_it_replaced() {
     assert_eq!(served_build(&base), "fx_versioned_1_0_0", "{}", base.log());
     assert_eq!(base.admin_get("/api/v1/modules/fx-versioned").json["active_version"], "1.0.0");
 
+    // The base died loading the new build (it cannot tell a kill from a crash): its bytes are
+    // quarantined, and only an explicit retry loads them again.
+    let refused = base.install_query(artifacts::VERSIONED_1_0_0_B, "strategy=replace");
+    assert_eq!((refused.status, refused.code()), (409, "QUARANTINED"), "{refused:?}");
     // An acknowledged same-version replace is recorded as the new build.
-    let replaced = base.install_query(artifacts::VERSIONED_1_0_0_B, "strategy=replace");
+    let replaced = base.install_query(artifacts::VERSIONED_1_0_0_B, "strategy=replace&retry=true");
     assert_eq!(replaced.status, 201, "{replaced:?}");
     assert_eq!(served_build(&base), "fx_versioned_1_0_0_b");
     let base = base.kill_and_restart(&[]);

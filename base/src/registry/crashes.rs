@@ -85,9 +85,11 @@ impl Registry {
             Some(name) => format!("{name}@{version}"),
             None => format!("artifact {}", crash.sha256),
         };
-        let retry = format!(
-            "retry with POST /api/v1/modules/{}/{version}/retry",
-            name.as_deref().unwrap_or("{name}")
+        let retry = super::durable::retry_hint(
+            crash.name.as_deref(),
+            crash.version.as_deref(),
+            &crash.sha256,
+            crash.install_name.as_deref(),
         );
         self.metrics.record_crash(name.as_deref().unwrap_or("-"), &version, &crash.signal);
 

@@ -118,6 +118,32 @@ fn covers(q: &Quarantined, sha256: &str, name: &str, install_name: Option<&str>)
         }
 }
 
+/// Whether quarantine entry `q` keeps out an install of artifact `sha256` under `install_name`
+/// (`None`: under its package's name), decided before the library is loaded (so its module name
+/// is not known yet): the same bytes, installed the same way as the install that crashed.
+fn blocks_install(q: &Quarantined, sha256: &str, install_name: Option<&str>) -> bool {
+    q.sha256 == sha256
+        && (q.install_name.as_deref() == install_name
+            || install_name.is_some() && q.name.as_deref() == install_name)
+}
+
+/// How an operator retries quarantined `name@version`, or the artifact `sha256` (installed under
+/// `install_name`) when the base died before its identity was known.
+pub(super) fn retry_hint(
+    name: Option<&str>,
+    version: Option<&str>,
+    sha256: &str,
+    install_name: Option<&str>,
+) -> String {
+    match (name, version) {
+        (Some(name), Some(version)) => format!("retry with POST /api/v1/modules/{name}/{version}/retry"),
+        _ => {
+            let query = install_name.map(|n| format!("?name={n}")).unwrap_or_default();
+            format!("retry with POST /api/v1/artifacts/{sha256}/retry{query}")
+        }
+    }
+}
+
 /// `records` with every module after the implementations of the SPIs it requires (a stable
 /// topological order; an SPI nobody implements is no constraint, and a cycle is broken at one
 /// of its implementations).
@@ -376,16 +402,23 @@ impl Registry {
                 }
                 restore_death = true;
             }
+            let retry = retry_hint(
+                marker.name.as_deref(),
+                marker.version.as_deref(),
+                &marker.sha256,
+                marker.install_name.as_deref(),
+            );
             let reason = if restore_death {
                 format!(
                     "the base process died {RESTORE_DEATHS} restores in a row while loading or starting it, \
                      with no crash record (killed, by the OOM killer for one, or a crash no handler saw); \
-                     retry with POST /api/v1/modules/{{name}}/{{version}}/retry"
+                     {retry}"
                 )
             } else {
-                "the base process died while loading or starting it (a crash in its constructors or \
-                 start hook); retry with POST /api/v1/modules/{name}/{version}/retry"
-                    .to_owned()
+                format!(
+                    "the base process died while loading or starting it (a crash in its constructors or \
+                     start hook); {retry}"
+                )
             };
             let known = file
                 .quarantined
@@ -647,6 +680,51 @@ impl Registry {
         lock(&self.quarantined).clone()
     }
 
+    /// Refuses (`QUARANTINED`) an install of the artifact `sha256` under `install_name` that a
+    /// quarantine entry keeps out: the same bytes would crash the base the same way. Only an
+    /// explicit retry loads them again.
+    pub(super) fn refuse_quarantined(&self, sha256: &str, install_name: Option<&str>) -> Result<()> {
+        let quarantined = lock(&self.quarantined);
+        let Some(q) = quarantined.iter().find(|q| blocks_install(q, sha256, install_name)) else {
+            return Ok(());
+        };
+        let what = match (&q.name, &q.version) {
+            (Some(name), Some(version)) => format!("{name}@{version} (artifact {sha256})"),
+            _ => format!("artifact {sha256}"),
+        };
+        Err(Error::Quarantined { what, reason: q.reason.clone() })
+    }
+
+    /// Records that an instance started from artifact `sha256`: unreferenced later, it is kept
+    /// for [`ARTIFACT_GRACE`] (a rollback may want it).
+    pub(super) fn mark_started(&self, sha256: &str) {
+        lock(&self.started).insert(sha256.to_owned());
+    }
+
+    /// Tries the quarantined artifact `sha256` again, the install of it under `install_name`
+    /// (`None`: under its package's name, or its only quarantined install): the way to retry a
+    /// library that crashed the base before its name and version were known.
+    pub fn retry_artifact(&self, sha256: &str, install_name: Option<&str>) -> Result<Arc<Instance>> {
+        let entry = {
+            let quarantined = lock(&self.quarantined);
+            let of_artifact: Vec<&Quarantined> = quarantined.iter().filter(|q| q.sha256 == sha256).collect();
+            let chosen = of_artifact
+                .iter()
+                .find(|q| blocks_install(q, sha256, install_name))
+                .or(match (install_name, of_artifact.as_slice()) {
+                    (None, [only]) => Some(only),
+                    _ => None,
+                })
+                .map(|q| (*q).clone());
+            let what = match install_name {
+                Some(name) => format!("quarantined artifact {sha256} installed as {name}"),
+                None => format!("quarantined artifact {sha256}"),
+            };
+            chosen.ok_or(Error::NotFound { what })?
+        };
+        self.retry_entry(entry)
+    }
+
     /// Tries a quarantined `name@version` again: loads it from its artifact, and lifts the
     /// quarantine if it starts.
     pub fn retry(&self, name: &str, version: &Version) -> Result<Arc<Instance>> {
@@ -662,6 +740,10 @@ impl Registry {
             })
             .cloned()
             .ok_or_else(|| Error::NotFound { what: format!("quarantined {name}@{version}") })?;
+        self.retry_entry(entry)
+    }
+
+    fn retry_entry(&self, entry: Quarantined) -> Result<Arc<Instance>> {
         let artifact = self
             .store
             .get(&entry.sha256)
@@ -683,8 +765,9 @@ impl Registry {
         }
     }
 
-    /// Deletes stored artifacts nothing has referred to (no running or pinned instance, no
-    /// record, no quarantined module) for [`ARTIFACT_GRACE`], so a quick reinstall or rollback
+    /// Deletes stored artifacts nothing refers to (no running or pinned instance, no record, no
+    /// quarantined module): at once when no instance ever started from them here (a refused
+    /// upload), else once unreferenced for [`ARTIFACT_GRACE`], so a quick reinstall or rollback
     /// finds its artifact still there; [`Registry::restore`] collects without grace. Skipped
     /// (until the next call) while an install is in progress.
     pub(crate) fn collect_garbage(&self) {
@@ -695,6 +778,8 @@ impl Registry {
         // While an install is between storing and loading its artifact, collect next time.
         let Ok(_no_install_between) = self.artifacts_in_use.try_write() else { return };
         let mut keep: HashSet<String> = lock(&self.quarantined).iter().map(|q| q.sha256.clone()).collect();
+        // The build a same-version replace unloaded stays recorded (and may be started again).
+        keep.extend(lock(&self.held.0).iter().map(|r| r.sha256.clone()));
         for (instance, _) in self.all() {
             if instance.is_mapped() || instance.state().is_live() {
                 keep.insert(instance.artifact.sha256.clone());
@@ -703,11 +788,14 @@ impl Registry {
         let mut unreferenced = lock(&self.unreferenced);
         let stored = self.store.hashes();
         unreferenced.retain(|sha256, _| !keep.contains(sha256) && stored.contains(sha256));
+        let mut started = lock(&self.started);
         for sha256 in stored.into_iter().filter(|s| !keep.contains(s)) {
             let since = *unreferenced.entry(sha256.clone()).or_insert_with(Instant::now);
+            let grace = if started.contains(&sha256) { grace } else { Duration::ZERO };
             if since.elapsed() >= grace {
                 self.store.remove(&sha256);
                 unreferenced.remove(&sha256);
+                started.remove(&sha256);
             }
         }
     }

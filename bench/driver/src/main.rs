@@ -206,8 +206,10 @@ impl BaseProcess {
         Ok(std::fs::read_dir(format!("/proc/{}/{kind}", self.child.id()))?.count())
     }
 
-    /// Installs the module file at `path` (read by the base) under `name`.
+    /// Installs the module file at `path` (read by the base) under `name`. Path installs read
+    /// from `<data-dir>/incoming/` only: a file elsewhere is copied there first (once per name).
     pub(crate) fn install_path_as(&self, path: &std::path::Path, name: &str) -> anyhow::Result<Value> {
+        let path = stage_in_incoming(&self.data, path)?;
         let body = serde_json::json!({ "path": path }).to_string();
         let response = self
             .admin("POST", &format!("/api/v1/modules?name={name}"))
@@ -460,4 +462,19 @@ fn cycles(base: &BaseProcess, module: &[u8], options: &Options) -> anyhow::Resul
         (after as f64 - before as f64) / 1024.0,
         elapsed.as_secs_f64() * 1000.0 / options.cycles as f64,
     ))
+}
+
+/// `path` inside `<data>/incoming/`, where a base's path installs may read: copied there unless
+/// it already is (a copy made earlier under the same file name is reused).
+pub(crate) fn stage_in_incoming(data: &std::path::Path, path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let incoming = data.join("incoming");
+    if path.starts_with(&incoming) {
+        return Ok(path.to_owned());
+    }
+    let staged = incoming.join(path.file_name().context("a module file name")?);
+    if !staged.exists() {
+        std::fs::create_dir_all(&incoming)?;
+        std::fs::copy(path, &staged)?;
+    }
+    Ok(staged)
 }

@@ -170,6 +170,7 @@ impl Supervised {
     }
 
     fn install_path(&self, path: &Path, name: &str) -> anyhow::Result<Value> {
+        let path = crate::stage_in_incoming(&self.data, path)?;
         let body = json!({ "path": path }).to_string();
         let response = self
             .admin("POST", &format!("/api/v1/modules?name={name}"))
