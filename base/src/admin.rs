@@ -122,6 +122,8 @@ struct InstallOptions {
     /// Answer `202` with an operation id at once instead of waiting.
     #[serde(default, rename = "async")]
     run_async: bool,
+    /// The sha256 the artifact must have (64 hex digits).
+    sha256: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -404,6 +406,8 @@ struct Installed {
     interface_version: String,
     sha256: String,
     size: u64,
+    /// The id of the trusted key whose signature was verified (`--trusted-keys`).
+    signed_by: Option<String>,
     state: InstanceState,
     install_ms: f64,
     /// With `strategy=replace`: the version that was active, now unloaded.
@@ -417,6 +421,10 @@ async fn install(
     request: Request,
 ) -> Result<Response> {
     let query_async = options.run_async;
+    let pin = options.sha256.as_deref().map(crate::signing::parse_pin).transpose()?;
+    let mut signature = headers
+        .get(crate::signing::SIGNATURE_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let limit = registry.config().max_upload_bytes;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -439,6 +447,9 @@ async fn install(
         if size > limit {
             return Err(Error::PayloadTooLarge { size, limit });
         }
+        if signature.is_none() {
+            signature = registry.signature_beside(&path)?;
+        }
         std::fs::read(&path).map_err(unreadable)?.into()
     } else {
         body
@@ -449,6 +460,8 @@ async fn install(
         activate: options.activate,
         strategy: options.strategy,
         force: options.force,
+        sha256: pin,
+        signature,
     };
     let run_async = query_async;
     let target = format!("upload of {} bytes", bytes.len());
@@ -456,7 +469,8 @@ async fn install(
         let done = registry.install_with(&bytes, &options)?;
         let instance = &done.instance;
         let install_ms = received.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(module = %instance.id.name, version = %instance.id.version, sha256 = %instance.artifact.sha256, install_ms, "installed");
+        let signed_by = instance.artifact.signed_by.clone();
+        tracing::info!(module = %instance.id.name, version = %instance.id.version, sha256 = %instance.artifact.sha256, signed_by, install_ms, "installed");
         let installed = Installed {
             name: instance.id.name.clone(),
             package: instance.package.clone(),
@@ -464,6 +478,7 @@ async fn install(
             interface_version: instance.interface.to_string(),
             sha256: instance.artifact.sha256.clone(),
             size: instance.artifact.size,
+            signed_by,
             state: instance.state(),
             install_ms,
             replaced: done.replaced.map(|r| json!({"version": r.id.version.to_string(), "state": r.state()})),
@@ -482,6 +497,8 @@ struct InstanceView {
     state: InstanceState,
     active: bool,
     sha256: String,
+    /// The id of the trusted key whose signature was verified (`--trusted-keys`).
+    signed_by: Option<String>,
     interface_version: String,
     /// The SPIs it implements, `name` → declaration version.
     provides: BTreeMap<String, String>,
@@ -526,6 +543,7 @@ fn view(
         state: instance.state(),
         active,
         sha256: instance.artifact.sha256.clone(),
+        signed_by: instance.artifact.signed_by.clone(),
         interface_version: instance.interface.to_string(),
         provides: instance.provides.iter().map(|(n, v)| (n.clone(), v.to_string())).collect(),
         requires: instance.requires.iter().map(|(n, v)| (n.clone(), v.to_string())).collect(),

@@ -1,4 +1,6 @@
-//! The content-addressed artifact store: `<data-dir>/artifacts/<sha256>.so`.
+//! The content-addressed artifact store: `<data-dir>/artifacts/<sha256>.so`, and beside it
+//! `<sha256>.sig`, the signature line that was verified when it was installed under
+//! `--trusted-keys` (checked again whenever the base loads it from here).
 //!
 //! An artifact is written to a temporary name, flushed to disk and renamed into place, so a
 //! reader (or a base restarted after a crash) never sees a half-written file. The name is the content's hash, so the same bytes are stored once and a
@@ -32,6 +34,8 @@ pub struct Artifact {
     pub path: PathBuf,
     /// Size in bytes.
     pub size: u64,
+    /// The id of the trusted key whose signature of it the base verified (`--trusted-keys`).
+    pub signed_by: Option<String>,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -69,14 +73,24 @@ impl ArtifactStore {
         if !path.exists() {
             write_atomically(&path, bytes, true)?;
         }
-        Ok(Artifact { sha256, path, size: bytes.len() as u64 })
+        Ok(Artifact { sha256, path, size: bytes.len() as u64, signed_by: None })
     }
 
     /// The stored artifact with this hash, if there is one.
     pub fn get(&self, sha256: &str) -> Option<Artifact> {
         let path = self.dir.join(format!("{sha256}.so"));
         let size = fs::metadata(&path).ok()?.len();
-        Some(Artifact { sha256: sha256.to_owned(), path, size })
+        Some(Artifact { sha256: sha256.to_owned(), path, size, signed_by: None })
+    }
+
+    /// Keeps the verified signature line of the artifact with this hash.
+    pub fn put_signature(&self, sha256: &str, line: &str) -> Result<()> {
+        write_atomically(&self.dir.join(format!("{sha256}.sig")), format!("{line}\n").as_bytes(), true)
+    }
+
+    /// The signature line kept for the artifact with this hash, if any.
+    pub fn signature(&self, sha256: &str) -> Option<String> {
+        fs::read_to_string(self.dir.join(format!("{sha256}.sig"))).ok()
     }
 
     /// The hashes of every stored artifact.
@@ -89,9 +103,10 @@ impl ArtifactStore {
             .collect()
     }
 
-    /// Deletes the artifact with this hash.
+    /// Deletes the artifact with this hash (and its signature).
     pub fn remove(&self, sha256: &str) {
         let _ = fs::remove_file(self.dir.join(format!("{sha256}.so")));
+        let _ = fs::remove_file(self.dir.join(format!("{sha256}.sig")));
     }
 
     /// A fresh private copy of `artifact` for one instance, used when the artifact's own path is

@@ -97,6 +97,10 @@ pub struct Config {
     /// A memory-limit restart whose old instance left more heap than this behind (memory its
     /// statics keep alive) escalates to a worker restart, when supervised; 0 never escalates.
     pub worker_restart_leak_bytes: u64,
+    /// The public keys artifacts must be signed with (`--trusted-keys`): with it set, every
+    /// artifact the base loads needs a valid signature by one of them. Read when the base (each
+    /// worker) starts.
+    pub trusted_keys: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -135,6 +139,7 @@ impl Default for Config {
             crash_window: Duration::from_secs(600),
             supervisor: true,
             worker_restart_leak_bytes: 64 * 1024 * 1024,
+            trusted_keys: None,
         }
     }
 }
@@ -159,6 +164,9 @@ impl Config {
                 max_crashes: crate::MAX_CRASHES,
                 max_after,
             });
+        }
+        if let Some(path) = &self.trusted_keys {
+            crate::signing::load_trusted_keys(path)?;
         }
         Ok(())
     }

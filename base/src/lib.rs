@@ -43,6 +43,7 @@ mod operations;
 mod registry;
 mod routing;
 mod services;
+pub mod signing;
 mod supervisor;
 #[allow(unsafe_code)]
 mod tls_keys;

@@ -5,6 +5,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
+mod cli;
+
 use clap::{Parser, Subcommand};
 use pedestal_base::{Base, Config, LogFormat, UnhealthyAction};
 use tracing_subscriber::EnvFilter;
@@ -20,6 +22,12 @@ struct Cli {
 enum Command {
     /// Run a base: module traffic on --listen, the operations API on --admin-listen.
     Serve(ServeArgs),
+    /// Make a signing key pair: PATH (secret, mode 0600) and PATH.pub (for --trusted-keys).
+    Keygen(cli::keys::KeygenArgs),
+    /// Sign module files: writes FILE.sig beside each.
+    Sign(cli::keys::SignArgs),
+    /// Upload a module to a running base's operations API.
+    Install(cli::install::InstallArgs),
 }
 
 #[derive(clap::Args)]
@@ -122,6 +130,10 @@ struct ServeArgs {
     /// the module's statics) escalates to a worker restart when supervised; 0 = never.
     #[arg(long, env = "PEDESTAL_WORKER_RESTART_LEAK_BYTES", default_value_t = 64 * 1024 * 1024)]
     worker_restart_leak_bytes: u64,
+    /// Public keys (`pedestal keygen`'s `.pub` files, concatenated): with it, only artifacts
+    /// signed by one of them are loaded, from anywhere (read at start; restart to change it).
+    #[arg(long, env = "PEDESTAL_TRUSTED_KEYS")]
+    trusted_keys: Option<PathBuf>,
 }
 
 impl From<ServeArgs> for Config {
@@ -153,13 +165,19 @@ impl From<ServeArgs> for Config {
             crash_window: Duration::from_secs(args.crash_window_secs),
             supervisor: args.supervisor == "on",
             worker_restart_leak_bytes: args.worker_restart_leak_bytes,
+            trusted_keys: args.trusted_keys,
             ..Config::default()
         }
     }
 }
 
 fn main() -> anyhow::Result<ExitCode> {
-    let Cli { command: Command::Serve(args) } = Cli::parse();
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Keygen(args) => return cli::keys::keygen(args),
+        Command::Sign(args) => return cli::keys::sign(args),
+        Command::Install(args) => return cli::install::run(args),
+    };
     let filter = EnvFilter::try_from_env("PEDESTAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let output = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match args.log_format {
@@ -172,7 +190,7 @@ fn main() -> anyhow::Result<ExitCode> {
         config = config.with_file(&file)?;
     }
     // The supervisor returns here once its worker stopped for good; the worker goes on.
-    if let Some(exit) = pedestal_base::supervise(&config)? {
+    if let Some(exit) = pedestal_base::supervise(&config).map_err(with_code)? {
         return Ok(exit);
     }
     let base = Base::new(config).map_err(with_code)?;

@@ -64,6 +64,11 @@ pub struct InstallOptions {
     pub strategy: Strategy,
     /// Install even when an SPI the module requires has no compatible implementation running.
     pub force: bool,
+    /// The sha256 the bytes must have (`?sha256=`): checked before anything is stored or loaded.
+    pub sha256: Option<crate::signing::Digest>,
+    /// The artifact's detached signature (a `.sig` file's text, or its signature line), checked
+    /// against the trusted keys when the base has them (`--trusted-keys`); ignored otherwise.
+    pub signature: Option<String>,
 }
 
 /// What an install did.
@@ -133,6 +138,8 @@ pub struct Registry {
     module_configs: crate::services::module_config::ModuleConfigs,
     /// Crash records processed and the crashes of the window (`registry/crashes.rs`).
     crash_ledger: Mutex<crate::crash::Ledger>,
+    /// The keys every artifact must be signed with (`--trusted-keys`), read at start.
+    trusted_keys: Option<crate::signing::TrustedKeys>,
 }
 
 #[derive(Debug, Default)]
@@ -153,7 +160,14 @@ impl Registry {
         let kv = crate::services::kv::Kv::open(&config.data_dir.join("kv.redb"))?;
         let module_configs = crate::services::module_config::ModuleConfigs::new(&config);
         let runtime = Mutex::new(tokio::runtime::Handle::try_current().ok());
+        let trusted_keys =
+            config.trusted_keys.as_deref().map(crate::signing::load_trusted_keys).transpose()?;
+        if let (Some(keys), Some(path)) = (&trusted_keys, &config.trusted_keys) {
+            let ids: Vec<String> = keys.ids().iter().map(ToString::to_string).collect();
+            tracing::info!(file = %path.display(), keys = ?ids, "only artifacts signed by a trusted key are loaded");
+        }
         Ok(Arc::new_cyclic(|me| Self {
+            trusted_keys,
             me: me.clone(),
             runtime,
             kv,
@@ -367,10 +381,39 @@ impl Registry {
                 limit: self.config.max_upload_bytes,
             });
         }
+        let digest = crate::signing::sha256(bytes);
+        let verified = crate::signing::check(
+            "the artifact",
+            &digest,
+            options.sha256.as_ref(),
+            self.trusted_keys.as_ref(),
+            options.signature.as_deref(),
+        )?;
         elf::check_shared_object(bytes).map_err(|reason| Error::NotAModule { reason })?;
         let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let artifact = self.store.put(bytes)?;
+        let mut artifact = self.store.put(bytes)?;
+        if let Some(line) = &verified.signature {
+            self.store.put_signature(&artifact.sha256, line)?;
+        }
+        artifact.signed_by = verified.signed_by.map(|id| id.to_string());
         self.launch_artifact(artifact, options, true)
+    }
+
+    /// The stored artifact with this hash, checked against this start's trusted keys with the
+    /// signature kept when it was installed (see [`crate::signing::check_stored`]).
+    pub(crate) fn stored_artifact(&self, sha256: &str) -> Result<crate::artifact::Artifact> {
+        let mut artifact =
+            self.store.get(sha256).ok_or_else(|| Error::NotFound { what: format!("artifact {sha256}") })?;
+        let stored = self.store.signature(sha256);
+        let signed_by = crate::signing::check_stored(sha256, self.trusted_keys.as_ref(), stored.as_deref())?;
+        artifact.signed_by = signed_by.map(|id| id.to_string());
+        Ok(artifact)
+    }
+
+    /// The text of the signature beside `file` (`<file>.sig`) when the base requires signatures,
+    /// for installs of files (a path install, `[boot]`, `--modules-dir`, `--watch`).
+    pub fn signature_beside(&self, file: &Path) -> Result<Option<String>> {
+        crate::signing::text_beside(file, self.trusted_keys.as_ref())
     }
 
     /// Loads, starts and routes a stored artifact, records it in `state.json` and lifts a
@@ -499,9 +542,7 @@ impl Registry {
         let restart =
             InstallOptions { name: options.name.clone(), activate: was_active, ..InstallOptions::default() };
         let outcome = self
-            .store
-            .get(&replaced.artifact.sha256)
-            .ok_or_else(|| Error::NotFound { what: format!("artifact {}", replaced.artifact.sha256) })
+            .stored_artifact(&replaced.artifact.sha256)
             .and_then(|artifact| self.launch_artifact(artifact, &restart, true));
         let note = match outcome {
             Ok(_) => {

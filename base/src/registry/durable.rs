@@ -435,10 +435,10 @@ impl Registry {
                 ..InstallOptions::default()
             };
             let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let outcome = match self.store.get(&record.sha256) {
-                Some(artifact) => self.launch_artifact(artifact, &options, false).map(|done| done.instance),
-                None => Err(Error::NotFound { what: format!("artifact {}", record.sha256) }),
-            };
+            let outcome = self
+                .stored_artifact(&record.sha256)
+                .and_then(|artifact| self.launch_artifact(artifact, &options, false))
+                .map(|done| done.instance);
             match outcome {
                 Ok(_) => restored.started += 1,
                 Err(e) => {
@@ -559,7 +559,7 @@ impl Registry {
                     Err(e @ Error::SpiMissing { .. }) => missing.push((file, e)),
                     Err(e) => {
                         all = false;
-                        tracing::error!(file = %file.display(), "boot module failed: {e}");
+                        tracing::error!(file = %file.display(), code = e.code(), "boot module failed: {e}");
                     }
                 }
             }
@@ -569,7 +569,7 @@ impl Registry {
             if !progress {
                 for (file, e) in missing {
                     all = false;
-                    tracing::error!(file = %file.display(), "boot module failed: {e}");
+                    tracing::error!(file = %file.display(), code = e.code(), "boot module failed: {e}");
                 }
                 break;
             }
@@ -591,11 +591,13 @@ impl Registry {
                 {
                     return Err(Error::Quarantined { what: file.display().to_string(), reason: q.reason });
                 }
-                self.install_with(&bytes, &InstallOptions::default())
+                let signature = self.signature_beside(file)?;
+                self.install_with(&bytes, &InstallOptions { signature, ..InstallOptions::default() })
             });
         match outcome {
             Ok(done) => {
-                tracing::info!(module = %done.instance.id, file = %file.display(), "boot module installed");
+                let signed_by = done.instance.artifact.signed_by.as_deref();
+                tracing::info!(module = %done.instance.id, file = %file.display(), signed_by, "boot module installed");
                 Ok(())
             }
             Err(Error::AlreadyInstalled { id }) => {
@@ -662,10 +664,7 @@ impl Registry {
             })
             .cloned()
             .ok_or_else(|| Error::NotFound { what: format!("quarantined {name}@{version}") })?;
-        let artifact = self
-            .store
-            .get(&entry.sha256)
-            .ok_or_else(|| Error::NotFound { what: format!("artifact {}", entry.sha256) })?;
+        let artifact = self.stored_artifact(&entry.sha256)?;
         let options = InstallOptions { name: entry.install_name.clone(), ..InstallOptions::default() };
         let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let installed = self.launch_artifact(artifact, &options, true)?;
