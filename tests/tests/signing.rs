@@ -140,7 +140,10 @@ fn with_trusted_keys_only_uploads_signed_by_a_listed_key_install() {
     assert_eq!(base.get("/fx-versioned/version").body, "1.0.0");
     assert_eq!(base.get("/fx-good/ping").code(), "MODULE_NOT_FOUND");
     let quarantined = base.admin_get("/api/v1/modules").json["quarantined"].to_string();
-    assert!(quarantined.contains(&format!("names key {}, which is not a trusted key", old.id())), "{quarantined}");
+    assert!(
+        quarantined.contains(&format!("names key {}, which is not a trusted key", old.id())),
+        "{quarantined}"
+    );
 }
 
 #[test]
@@ -155,8 +158,13 @@ fn a_modules_dir_under_trusted_keys_runs_the_signed_module_and_reports_the_unsig
     sign_file(&signer, &signed).unwrap();
     let modules_dir = dir.path().to_str().unwrap();
 
-    let base =
-        TestBase::start_with(&["--modules-dir", modules_dir, "--trusted-keys", &trusted, "--ready-requires-modules"]);
+    let base = TestBase::start_with(&[
+        "--modules-dir",
+        modules_dir,
+        "--trusted-keys",
+        &trusted,
+        "--ready-requires-modules",
+    ]);
     assert_eq!(base.get("/fx-good/ping").body, "pong");
     assert_eq!(base.module("fx-good")["signed_by"], signer.id().to_string());
     assert_eq!(base.get("/fx-versioned/version").code(), "MODULE_NOT_FOUND");
@@ -237,7 +245,10 @@ fn keygen_sign_and_install_through_the_real_binary() {
     std::fs::copy(artifacts::GOOD, &good).unwrap();
     let signed = pedestal(work.path(), &["sign", "--key", "release.key", "good.so"]);
     assert!(signed.status.success(), "{signed:?}");
-    assert!(stdout(&signed).contains(&id) && stdout(&signed).contains(&hex(&sha256(&read(&good)))), "{signed:?}");
+    assert!(
+        stdout(&signed).contains(&id) && stdout(&signed).contains(&hex(&sha256(&read(&good)))),
+        "{signed:?}"
+    );
     assert!(work.path().join("good.so.sig").exists());
 
     // Sends good.so.sig, found beside the file.
@@ -254,11 +265,13 @@ fn keygen_sign_and_install_through_the_real_binary() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("error: SIGNATURE_REQUIRED: "), "{refused:?}");
     // A pin the bytes do not match.
     let zeros = "0".repeat(64);
-    let mismatch = install(&base, work.path(), &["versioned.so", "--sign", "release.key", "--sha256", &zeros]);
+    let mismatch =
+        install(&base, work.path(), &["versioned.so", "--sign", "release.key", "--sha256", &zeros]);
     assert!(!mismatch.status.success(), "{mismatch:?}");
     assert!(String::from_utf8_lossy(&mismatch.stderr).contains("error: SHA256_MISMATCH: "), "{mismatch:?}");
     // Signed on the fly, under another name.
-    let renamed = install(&base, work.path(), &["versioned.so", "--sign", "release.key", "--name", "tenant-1"]);
+    let renamed =
+        install(&base, work.path(), &["versioned.so", "--sign", "release.key", "--name", "tenant-1"]);
     assert!(renamed.status.success(), "{renamed:?}\n{}", base.log());
     assert_eq!(base.get("/tenant-1/version").body, "1.0.0");
     assert_eq!(base.module("tenant-1")["signed_by"], id.as_str());

@@ -43,7 +43,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let admin = flag(args, "--admin").unwrap_or_else(|| "http://127.0.0.1:7071".into());
     let token = flag(args, "--token").or_else(|| std::env::var("PEDESTAL_ADMIN_TOKEN").ok());
     let key = flag(args, "--sign")
-        .map(|path| SecretKey::load(Path::new(&path)).with_context(|| format!("reading the secret key {path}")))
+        .map(|path| {
+            SecretKey::load(Path::new(&path)).with_context(|| format!("reading the secret key {path}"))
+        })
         .transpose()?;
     let upload = Upload { admin, token, key };
     if args.iter().any(|a| a == "--watch") {
