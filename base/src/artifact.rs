@@ -13,8 +13,6 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use sha2::{Digest, Sha256};
-
 use crate::error::{Error, Result};
 
 /// Where artifacts live.
@@ -66,9 +64,11 @@ impl ArtifactStore {
         Ok(Self { root: data_dir, dir, copies })
     }
 
-    /// Stores `bytes`, returning the artifact (a no-op write when the content is already there).
-    pub fn put(&self, bytes: &[u8]) -> Result<Artifact> {
-        let sha256 = hex::encode(Sha256::digest(bytes));
+    /// Stores `bytes`, whose sha256 the caller computed (an install checks it against its pin
+    /// and signature first), returning the artifact (a no-op write when the content is already
+    /// there).
+    pub fn put(&self, bytes: &[u8], digest: [u8; 32]) -> Result<Artifact> {
+        let sha256 = hex::encode(digest);
         let path = self.dir.join(format!("{sha256}.so"));
         if !path.exists() {
             write_atomically(&path, bytes, true)?;
@@ -93,14 +93,22 @@ impl ArtifactStore {
         fs::read_to_string(self.dir.join(format!("{sha256}.sig"))).ok()
     }
 
-    /// The hashes of every stored artifact.
+    /// The hashes of every stored artifact (or signature: one whose artifact went, say a
+    /// refused load, is collected like an artifact).
     pub fn hashes(&self) -> Vec<String> {
         let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
-        entries
+        let mut hashes: Vec<String> = entries
             .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".so").map(str::to_owned))
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let hash = name.strip_suffix(".so").or_else(|| name.strip_suffix(".sig"))?;
+                Some(hash.to_owned())
+            })
             .filter(|name| !name.starts_with('.'))
-            .collect()
+            .collect();
+        hashes.sort();
+        hashes.dedup();
+        hashes
     }
 
     /// Deletes the artifact with this hash (and its signature).

@@ -391,7 +391,7 @@ impl Registry {
         )?;
         elf::check_shared_object(bytes).map_err(|reason| Error::NotAModule { reason })?;
         let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut artifact = self.store.put(bytes)?;
+        let mut artifact = self.store.put(bytes, digest)?;
         if let Some(line) = &verified.signature {
             self.store.put_signature(&artifact.sha256, line)?;
         }
