@@ -152,3 +152,20 @@ fn deploy(registry: &Registry, path: &Path) {
         tracing::info!(module = %instance.id, file = %path.display(), state = ?instance.state(), signed_by, "hot reload: installed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_change_is_a_change_of_the_library_it_signs() {
+        let check = |path: &str, expected: Option<&str>| {
+            assert_eq!(library_of(PathBuf::from(path)), expected.map(PathBuf::from), "{path}");
+        };
+        check("/w/notes.so", Some("/w/notes.so"));
+        check("/w/notes.so.sig", Some("/w/notes.so"));
+        check("/w/notes.sig", None);
+        check("/w/notes.so.sig.tmp-42", None);
+        check("/w/notes.txt", None);
+    }
+}
