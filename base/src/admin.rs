@@ -289,11 +289,16 @@ async fn base_process() -> Json<crate::supervisor::BaseProcess> {
 async fn retry(
     State(registry): State<Arc<Registry>>,
     Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response> {
     let version = parse_version(&version)?;
     let target = format!("{name}@{version}");
+    // A new signature of the quarantined artifact, say by the key that replaced its signer's.
+    let signature = headers
+        .get(crate::signing::SIGNATURE_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     run_operation(&registry, "retry", &target, false, StatusCode::OK, move |registry| {
-        let instance = registry.retry(&name, &version)?;
+        let instance = registry.retry_signed(&name, &version, signature.as_deref())?;
         Ok(serde_json::to_value(view(&instance, true, false, &HashMap::new())).unwrap_or_default())
     })
     .await

@@ -410,6 +410,25 @@ impl Registry {
         Ok(artifact)
     }
 
+    /// Verifies a new signature of the stored artifact `sha256` against the trusted keys and keeps
+    /// it in place of the one kept so far (nothing happens without trusted keys).
+    pub(crate) fn keep_signature(&self, sha256: &str, signature: &str) -> Result<()> {
+        if self.trusted_keys.is_none() {
+            return Ok(());
+        }
+        let artifact =
+            self.store.get(sha256).ok_or_else(|| Error::NotFound { what: format!("artifact {sha256}") })?;
+        let digest = crate::signing::parse_sha256(&artifact.sha256)
+            .map_err(|e| Error::BadRequest { message: e.to_string() })?;
+        let what = format!("stored artifact {sha256}");
+        let verified =
+            crate::signing::check(&what, &digest, None, self.trusted_keys.as_ref(), Some(signature))?;
+        match verified.signature {
+            Some(line) => self.store.put_signature(sha256, &line),
+            None => Ok(()),
+        }
+    }
+
     /// The text of the signature beside `file` (`<file>.sig`) when the base requires signatures,
     /// for installs of files (a path install, `[boot]`, `--modules-dir`, `--watch`).
     pub fn signature_beside(&self, file: &Path) -> Result<Option<String>> {

@@ -144,6 +144,20 @@ fn with_trusted_keys_only_uploads_signed_by_a_listed_key_install() {
         quarantined.contains(&format!("names key {}, which is not a trusted key", old.id())),
         "{quarantined}"
     );
+    // A retry checks the kept signature again, unless it brings one by a trusted key, which is
+    // then kept in its place.
+    let retry = "/api/v1/modules/fx-good/0.1.0/retry";
+    let refused = base.admin("POST", retry, &[], None);
+    assert_eq!((refused.status, refused.code()), (403, "SIGNATURE_INVALID"), "{refused:?}");
+    let resigned = signature(&new, &good);
+    let forged = base.admin("POST", retry, &[(SIGNATURE, &signature(&stranger, &good))], None);
+    assert_eq!((forged.status, forged.code()), (403, "SIGNATURE_INVALID"), "{forged:?}");
+    let retried = base.admin("POST", retry, &[(SIGNATURE, &resigned)], None);
+    assert_eq!(retried.status, 200, "{retried:?}");
+    assert_eq!(retried.json["signed_by"], new.id().to_string(), "{retried:?}");
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
+    let base = base.kill_and_restart(&["--trusted-keys", &rotated]);
+    assert_eq!(base.module("fx-good")["signed_by"], new.id().to_string());
 }
 
 #[test]

@@ -652,6 +652,19 @@ impl Registry {
     /// Tries a quarantined `name@version` again: loads it from its artifact, and lifts the
     /// quarantine if it starts.
     pub fn retry(&self, name: &str, version: &Version) -> Result<Arc<Instance>> {
+        self.retry_signed(name, version, None)
+    }
+
+    /// [`Registry::retry`] with a new signature of the quarantined artifact (a `.sig` file's
+    /// text or its line): with `--trusted-keys`, it is verified and kept before the load, for an
+    /// artifact whose kept signature this start no longer accepts (its key was dropped) or that
+    /// was installed before the base required signatures.
+    pub fn retry_signed(
+        &self,
+        name: &str,
+        version: &Version,
+        signature: Option<&str>,
+    ) -> Result<Arc<Instance>> {
         let entry = lock(&self.quarantined)
             .iter()
             .find(|q| match &q.name {
@@ -664,6 +677,9 @@ impl Registry {
             })
             .cloned()
             .ok_or_else(|| Error::NotFound { what: format!("quarantined {name}@{version}") })?;
+        if let Some(signature) = signature {
+            self.keep_signature(&entry.sha256, signature)?;
+        }
         let artifact = self.stored_artifact(&entry.sha256)?;
         let options = InstallOptions { name: entry.install_name.clone(), ..InstallOptions::default() };
         let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
