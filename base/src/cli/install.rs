@@ -30,13 +30,13 @@ pub struct InstallArgs {
     #[arg(long)]
     replace: bool,
     /// The sha256 the file must have (default: the sha256 of what was read).
-    #[arg(long)]
+    #[arg(long, value_name = "HEX")]
     sha256: Option<String>,
     /// Sign the file with this secret key now (otherwise FILE.sig is sent when it exists).
-    #[arg(long)]
+    #[arg(long, value_name = "KEY")]
     sign: Option<PathBuf>,
     /// The base's operations API.
-    #[arg(long, env = "PEDESTAL_ADMIN_URL", default_value = "http://127.0.0.1:7071")]
+    #[arg(long, env = "PEDESTAL_ADMIN_URL", value_name = "URL", default_value = "http://127.0.0.1:7071")]
     admin: String,
     /// Bearer token (default: `<data-dir>/admin-token`, when that file exists).
     #[arg(long, env = "PEDESTAL_ADMIN_TOKEN", hide_env_values = true)]

@@ -9,17 +9,17 @@ use pedestal_base::signing::{SecretKey, sign_file, write_key_pair};
 pub struct KeygenArgs {
     /// Where to write the secret key (mode 0600); the public key goes to PATH.pub. Existing
     /// files are never overwritten.
-    #[arg(long, default_value = "pedestal.key")]
+    #[arg(long, value_name = "PATH", default_value = "pedestal.key")]
     out: PathBuf,
 }
 
 #[derive(clap::Args)]
 pub struct SignArgs {
     /// The secret key file (`pedestal keygen`).
-    #[arg(long)]
+    #[arg(long, value_name = "KEY")]
     key: PathBuf,
     /// The module files to sign; each gets FILE.sig beside it.
-    #[arg(required = true)]
+    #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
 }
 
