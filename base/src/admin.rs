@@ -160,6 +160,8 @@ struct InstallOptions {
     /// crashed it): an operator's explicit retry.
     #[serde(default)]
     retry: bool,
+    /// The sha256 the artifact must have (64 hex digits).
+    sha256: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -341,11 +343,16 @@ async fn retry(
     State(registry): State<Arc<Registry>>,
     _: Params<NoParams>,
     Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response> {
     let version = parse_version(&version)?;
     let target = format!("{name}@{version}");
+    // A new signature of the quarantined artifact, say by the key that replaced its signer's.
+    let signature = headers
+        .get(crate::signing::SIGNATURE_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     run_operation(&registry, "retry", &target, false, StatusCode::OK, move |registry| {
-        let instance = registry.retry(&name, &version)?;
+        let instance = registry.retry_signed(&name, &version, signature.as_deref())?;
         Ok(serde_json::to_value(view(&instance, true, false, &HashMap::new())).unwrap_or_default())
     })
     .await
@@ -496,11 +503,17 @@ struct Installed {
     interface_version: String,
     sha256: String,
     size: u64,
+    /// The id of the trusted key whose signature was verified (`--trusted-keys`).
+    signed_by: Option<String>,
     state: InstanceState,
     install_ms: f64,
     /// With `strategy=replace`: the version that was active, now unloaded.
     replaced: Option<Value>,
 }
+
+/// The most of a signature file beside a path install that is read (one line is under 200 bytes;
+/// comments may precede it).
+const SIGNATURE_FILE_LIMIT: u64 = 64 * 1024;
 
 async fn install(
     State(registry): State<Arc<Registry>>,
@@ -522,6 +535,10 @@ async fn install(
     };
     let client = gate::display_client(gate::client_of(&request));
     let query_async = options.run_async;
+    let pin = options.sha256.as_deref().map(crate::signing::parse_pin).transpose()?;
+    let mut signature = headers
+        .get(crate::signing::SIGNATURE_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let limit = registry.config().max_upload_bytes;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -532,12 +549,30 @@ async fn install(
     let bytes = if is_json {
         let InstallFromPath { path } = serde_json::from_slice(&body)
             .map_err(|e| Error::BadRequest { message: format!("expected {{\"path\": \"...\"}}: {e}") })?;
-        // Confined, bounded and blocking (a slow disk, a network file system): off the runtime.
+        // Confined, bounded and blocking (a slow disk, a network file system, a FIFO): off the
+        // runtime, and so is the signature beside it, under the same rules.
         let allowed = registry.path_install_dirs();
-        tokio::task::spawn_blocking(move || crate::path_install::read_confined(&path, &allowed, limit))
-            .await
-            .map_err(|e| Error::Io { context: "path install".into(), source: std::io::Error::other(e) })??
-            .into()
+        let wants_signature = signature.is_none() && registry.requires_signatures();
+        let (bytes, beside) = tokio::task::spawn_blocking(move || {
+            let bytes = crate::path_install::read_confined(&path, &allowed, limit)?;
+            let beside = if wants_signature {
+                let sig = crate::signing::signature_path(&path);
+                match crate::path_install::read_confined(&sig, &allowed, SIGNATURE_FILE_LIMIT) {
+                    Ok(text) => Some(String::from_utf8_lossy(&text).into_owned()),
+                    Err(Error::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                None
+            };
+            Ok::<_, Error>((bytes, beside))
+        })
+        .await
+        .map_err(|e| Error::Io { context: "path install".into(), source: std::io::Error::other(e) })??;
+        if beside.is_some() {
+            signature = beside;
+        }
+        bytes.into()
     } else {
         body
     };
@@ -548,6 +583,8 @@ async fn install(
         strategy: options.strategy,
         force: options.force,
         retry_quarantined: options.retry,
+        sha256: pin,
+        signature,
     };
     let run_async = query_async;
     let target = format!("upload of {} bytes", bytes.len());
@@ -555,7 +592,8 @@ async fn install(
         let done = registry.install_with(&bytes, &options)?;
         let instance = &done.instance;
         let install_ms = received.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(module = %instance.id.name, version = %instance.id.version, sha256 = %instance.artifact.sha256, install_ms, %client, "installed");
+        let signed_by = instance.artifact.signed_by.clone();
+        tracing::info!(module = %instance.id.name, version = %instance.id.version, sha256 = %instance.artifact.sha256, signed_by, install_ms, %client, "installed");
         let installed = Installed {
             name: instance.id.name.clone(),
             package: instance.package.clone(),
@@ -563,6 +601,7 @@ async fn install(
             interface_version: instance.interface.to_string(),
             sha256: instance.artifact.sha256.clone(),
             size: instance.artifact.size,
+            signed_by,
             state: instance.state(),
             install_ms,
             replaced: done.replaced.map(|r| json!({"version": r.id.version.to_string(), "state": r.state()})),
@@ -581,6 +620,8 @@ struct InstanceView {
     state: InstanceState,
     active: bool,
     sha256: String,
+    /// The id of the trusted key whose signature was verified (`--trusted-keys`).
+    signed_by: Option<String>,
     interface_version: String,
     /// The SPIs it implements, `name` → declaration version.
     provides: BTreeMap<String, String>,
@@ -625,6 +666,7 @@ fn view(
         state: instance.state(),
         active,
         sha256: instance.artifact.sha256.clone(),
+        signed_by: instance.artifact.signed_by.clone(),
         interface_version: instance.interface.to_string(),
         provides: instance.provides.iter().map(|(n, v)| (n.clone(), v.to_string())).collect(),
         requires: instance.requires.iter().map(|(n, v)| (n.clone(), v.to_string())).collect(),

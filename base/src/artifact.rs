@@ -1,4 +1,6 @@
-//! The content-addressed artifact store: `<data-dir>/artifacts/<sha256>.so`.
+//! The content-addressed artifact store: `<data-dir>/artifacts/<sha256>.so`, and beside it
+//! `<sha256>.sig`, the signature line that was verified when it was installed under
+//! `--trusted-keys` (checked again whenever the base loads it from here).
 //!
 //! An artifact is written to a temporary name, flushed to disk and renamed into place, so a
 //! reader (or a base restarted after a crash) never sees a half-written file. The name is the content's hash, so the same bytes are stored once and a
@@ -10,8 +12,6 @@ use std::{
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
 };
-
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
@@ -32,11 +32,8 @@ pub struct Artifact {
     pub path: PathBuf,
     /// Size in bytes.
     pub size: u64,
-}
-
-/// The lower-case hex sha256 of `bytes`: an artifact's name.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    /// The id of the trusted key whose signature of it the base verified (`--trusted-keys`).
+    pub signed_by: Option<String>,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -69,36 +66,57 @@ impl ArtifactStore {
         Ok(Self { root: data_dir, dir, copies })
     }
 
-    /// Stores `bytes`, whose [`sha256_hex`] the caller computed, returning the artifact (a no-op
-    /// write when the content is already there).
-    pub fn put_hashed(&self, bytes: &[u8], sha256: String) -> Result<Artifact> {
+    /// Stores `bytes`, whose sha256 the caller computed (an install checks it against its pin
+    /// and signature first), returning the artifact (a no-op write when the content is already
+    /// there).
+    pub fn put(&self, bytes: &[u8], digest: [u8; 32]) -> Result<Artifact> {
+        let sha256 = hex::encode(digest);
         let path = self.dir.join(format!("{sha256}.so"));
         if !path.exists() {
             write_atomically(&path, bytes, true)?;
         }
-        Ok(Artifact { sha256, path, size: bytes.len() as u64 })
+        Ok(Artifact { sha256, path, size: bytes.len() as u64, signed_by: None })
     }
 
     /// The stored artifact with this hash, if there is one.
     pub fn get(&self, sha256: &str) -> Option<Artifact> {
         let path = self.dir.join(format!("{sha256}.so"));
         let size = fs::metadata(&path).ok()?.len();
-        Some(Artifact { sha256: sha256.to_owned(), path, size })
+        Some(Artifact { sha256: sha256.to_owned(), path, size, signed_by: None })
     }
 
-    /// The hashes of every stored artifact.
+    /// Keeps the verified signature line of the artifact with this hash.
+    pub fn put_signature(&self, sha256: &str, line: &str) -> Result<()> {
+        write_atomically(&self.dir.join(format!("{sha256}.sig")), format!("{line}\n").as_bytes(), true)
+    }
+
+    /// The signature line kept for the artifact with this hash, if any.
+    pub fn signature(&self, sha256: &str) -> Option<String> {
+        fs::read_to_string(self.dir.join(format!("{sha256}.sig"))).ok()
+    }
+
+    /// The hashes of every stored artifact (or signature: one whose artifact went, say a
+    /// refused load, is collected like an artifact).
     pub fn hashes(&self) -> Vec<String> {
         let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
-        entries
+        let mut hashes: Vec<String> = entries
             .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".so").map(str::to_owned))
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let hash = name.strip_suffix(".so").or_else(|| name.strip_suffix(".sig"))?;
+                Some(hash.to_owned())
+            })
             .filter(|name| !name.starts_with('.'))
-            .collect()
+            .collect();
+        hashes.sort();
+        hashes.dedup();
+        hashes
     }
 
-    /// Deletes the artifact with this hash.
+    /// Deletes the artifact with this hash (and its signature).
     pub fn remove(&self, sha256: &str) {
         let _ = fs::remove_file(self.dir.join(format!("{sha256}.so")));
+        let _ = fs::remove_file(self.dir.join(format!("{sha256}.sig")));
     }
 
     /// A fresh private copy of `artifact` for one instance, used when the artifact's own path is

@@ -120,6 +120,10 @@ pub struct Config {
     /// Directories `POST /api/v1/modules {"path": ...}` may read module files from, besides
     /// `<data-dir>/incoming/` (`--allow-path-install`).
     pub allow_path_install: Vec<PathBuf>,
+    /// The public keys artifacts must be signed with (`--trusted-keys`): with it set, every
+    /// artifact the base loads needs a valid signature by one of them. Read when the base (each
+    /// worker) starts.
+    pub trusted_keys: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -166,6 +170,7 @@ impl Default for Config {
             max_connections: None,
             admin_max_connections: None,
             allow_path_install: Vec::new(),
+            trusted_keys: None,
         }
     }
 }
@@ -193,6 +198,9 @@ impl Config {
                 max_crashes: crate::MAX_CRASHES,
                 max_after,
             });
+        }
+        if let Some(path) = &self.trusted_keys {
+            crate::signing::load_trusted_keys(path)?;
         }
         Ok(())
     }

@@ -385,6 +385,57 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// The artifact's bytes do not hash to the sha256 the request pinned (`?sha256=`).
+    #[error("the artifact's sha256 is {actual}, not the expected {expected}")]
+    Sha256Mismatch {
+        /// The pinned sha256.
+        expected: String,
+        /// The bytes' sha256.
+        actual: String,
+    },
+    /// A pinned sha256 that is not 64 hex digits.
+    #[error("bad request: sha256 {value:?} is not 64 hex digits")]
+    Sha256Invalid {
+        /// What was sent.
+        value: String,
+    },
+    /// The base requires signed artifacts (`--trusted-keys`) and this one came without one.
+    #[error(
+        "{what} is not signed, and this base loads only artifacts signed by a trusted key ({}): \
+         send its signature (header X-Pedestal-Signature, or a .sig file beside the .so)",
+        trusted.join(", ")
+    )]
+    SignatureRequired {
+        /// The upload, file or artifact.
+        what: String,
+        /// Its sha256.
+        sha256: String,
+        /// The ids of the trusted keys.
+        trusted: Vec<String>,
+    },
+    /// The artifact's signature is malformed, by a key the base does not trust, or not a
+    /// signature of these bytes.
+    #[error("{what}: signature refused: {reason}")]
+    SignatureInvalid {
+        /// The upload, file or artifact.
+        what: String,
+        /// Its sha256.
+        sha256: String,
+        /// The key id the signature names, when it could be read.
+        key_id: Option<String>,
+        /// Why it was refused.
+        reason: String,
+        /// The ids of the trusted keys.
+        trusted: Vec<String>,
+    },
+    /// The `--trusted-keys` file cannot be read or has an error.
+    #[error("invalid --trusted-keys file {path}: {message}")]
+    TrustedKeysInvalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// An I/O failure in the base itself.
     #[error("{context}: {source}")]
     Io {
@@ -451,6 +502,11 @@ impl Error {
             Self::NotRunning { .. } => "NOT_RUNNING",
             Self::DrainTimeout { .. } => "DRAIN_TIMEOUT",
             Self::ModuleFailed { code, .. } => code,
+            Self::Sha256Mismatch { .. } => "SHA256_MISMATCH",
+            Self::Sha256Invalid { .. } => "BAD_REQUEST",
+            Self::SignatureRequired { .. } => "SIGNATURE_REQUIRED",
+            Self::SignatureInvalid { .. } => "SIGNATURE_INVALID",
+            Self::TrustedKeysInvalid { .. } => "TRUSTED_KEYS_INVALID",
             Self::Io { .. } => "INTERNAL",
         }
     }
@@ -501,6 +557,9 @@ impl Error {
                 StatusCode::CONFLICT
             }
             Self::SpiMissing { .. } => StatusCode::FAILED_DEPENDENCY,
+            Self::Sha256Mismatch { .. } => StatusCode::CONFLICT,
+            Self::Sha256Invalid { .. } => StatusCode::BAD_REQUEST,
+            Self::SignatureRequired { .. } | Self::SignatureInvalid { .. } => StatusCode::FORBIDDEN,
             Self::KvQuotaExceeded { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Self::ModuleTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ModuleFailed { code, .. } if code == "BAD_REQUEST" => StatusCode::BAD_REQUEST,
@@ -510,6 +569,7 @@ impl Error {
             | Self::CrashQuarantineTooLate { .. }
             | Self::ConfigInvalid { .. }
             | Self::StateInvalid { .. }
+            | Self::TrustedKeysInvalid { .. }
             | Self::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -533,7 +593,17 @@ impl Error {
             }
             Self::ModuleTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
             Self::ModuleOverloaded { id, limit } => json!({"module": id, "limit": limit}),
-            Self::ConfigInvalid { path, .. } | Self::StateInvalid { path, .. } => json!({"path": path}),
+            Self::ConfigInvalid { path, .. }
+            | Self::StateInvalid { path, .. }
+            | Self::TrustedKeysInvalid { path, .. } => json!({"path": path}),
+            Self::Sha256Mismatch { expected, actual } => json!({"expected": expected, "actual": actual}),
+            Self::Sha256Invalid { value } => json!({"sha256": value}),
+            Self::SignatureRequired { sha256, trusted, .. } => {
+                json!({"sha256": sha256, "trusted_keys": trusted})
+            }
+            Self::SignatureInvalid { sha256, key_id, trusted, .. } => {
+                json!({"sha256": sha256, "key_id": key_id, "trusted_keys": trusted})
+            }
             Self::VersionNotFound { name, version, running } => {
                 json!({"module": name, "version": version, "running": running})
             }

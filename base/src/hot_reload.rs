@@ -6,6 +6,9 @@
 //! write, close or rename event) for [`QUIET`], and it must then pass the structural ELF check;
 //! one that fails is skipped until its next change. Writers that rename a finished file into the
 //! directory are picked up at once after the quiet period.
+//!
+//! With `--trusted-keys`, a library needs its signature beside it (`<file>.so.sig`); a change to
+//! the signature counts as a change to its library, so the two may be dropped in either order.
 
 use std::{
     collections::HashMap,
@@ -64,7 +67,7 @@ pub fn spawn(registry: Arc<Registry>, dir: PathBuf) -> Result<()> {
                             event.kind,
                             EventKind::Create(_) | EventKind::Modify(_) | EventKind::Access(_)
                         ) {
-                            for path in event.paths.into_iter().filter(|p| is_library(p)) {
+                            for path in event.paths.into_iter().filter_map(library_of) {
                                 pending.insert(path, Instant::now());
                             }
                         }
@@ -88,6 +91,15 @@ fn is_library(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "so")
 }
 
+/// The library a changed file concerns: itself, or the one a `<file>.so.sig` signs.
+fn library_of(path: PathBuf) -> Option<PathBuf> {
+    if is_library(&path) {
+        return Some(path);
+    }
+    let signed = path.to_str()?.strip_suffix(".sig").map(PathBuf::from)?;
+    is_library(&signed).then_some(signed)
+}
+
 /// Installs the library at `path`, switching to it when it is a newer version of its module.
 fn deploy(registry: &Registry, path: &Path) {
     let Ok(bytes) = fs::read(path) else { return };
@@ -100,13 +112,21 @@ fn deploy(registry: &Registry, path: &Path) {
         tracing::warn!(file = %path.display(), "not loaded: quarantined ({})", q.reason);
         return;
     }
-    let installed = match registry.install_with(&bytes, &InstallOptions::default()) {
+    let signature = match registry.signature_beside(path) {
+        Ok(signature) => signature,
+        Err(e) => {
+            tracing::error!(file = %path.display(), code = e.code(), "hot reload failed: {e}");
+            return;
+        }
+    };
+    let options = InstallOptions { signature, ..InstallOptions::default() };
+    let installed = match registry.install_with(&bytes, &options) {
         // The same version, rebuilt: replace the running one.
         Err(Error::AlreadyInstalled { id })
             if !registry.all().iter().any(|(i, _)| i.artifact.sha256 == sha256 && i.state().is_live()) =>
         {
             tracing::info!(file = %path.display(), module = %id, "same version rebuilt: replacing it");
-            let options = InstallOptions { strategy: Strategy::Replace, ..InstallOptions::default() };
+            let options = InstallOptions { strategy: Strategy::Replace, ..options };
             registry.install_with(&bytes, &options).map(|done| done.instance)
         }
         other => other.map(|done| done.instance),
@@ -115,7 +135,7 @@ fn deploy(registry: &Registry, path: &Path) {
         Ok(instance) => instance,
         Err(Error::AlreadyInstalled { .. }) => return,
         Err(e) => {
-            tracing::error!(file = %path.display(), "hot reload failed: {e}");
+            tracing::error!(file = %path.display(), code = e.code(), "hot reload failed: {e}");
             return;
         }
     };
@@ -128,6 +148,24 @@ fn deploy(registry: &Registry, path: &Path) {
             Err(e) => tracing::error!(module = %instance.id, "hot reload: cannot switch: {e}"),
         }
     } else {
-        tracing::info!(module = %instance.id, file = %path.display(), state = ?instance.state(), "hot reload: installed");
+        let signed_by = instance.artifact.signed_by.as_deref();
+        tracing::info!(module = %instance.id, file = %path.display(), state = ?instance.state(), signed_by, "hot reload: installed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_change_is_a_change_of_the_library_it_signs() {
+        let check = |path: &str, expected: Option<&str>| {
+            assert_eq!(library_of(PathBuf::from(path)), expected.map(PathBuf::from), "{path}");
+        };
+        check("/w/notes.so", Some("/w/notes.so"));
+        check("/w/notes.so.sig", Some("/w/notes.so"));
+        check("/w/notes.sig", None);
+        check("/w/notes.so.sig.tmp-42", None);
+        check("/w/notes.txt", None);
     }
 }

@@ -46,6 +46,7 @@ mod registry;
 mod routing;
 mod server;
 mod services;
+pub mod signing;
 mod supervisor;
 #[allow(unsafe_code)]
 mod tls_keys;

@@ -5,6 +5,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
+mod cli;
+
 use clap::{Parser, Subcommand};
 use pedestal_base::{Base, Config, LogFormat, UnhealthyAction};
 use tracing_subscriber::EnvFilter;
@@ -20,6 +22,12 @@ struct Cli {
 enum Command {
     /// Run a base: module traffic on --listen, the operations API on --admin-listen.
     Serve(ServeArgs),
+    /// Make a signing key pair: PATH (secret, mode 0600) and PATH.pub (for --trusted-keys).
+    Keygen(cli::keys::KeygenArgs),
+    /// Sign module files: writes FILE.sig beside each.
+    Sign(cli::keys::SignArgs),
+    /// Upload a module to a running base's operations API.
+    Install(cli::install::InstallArgs),
 }
 
 #[derive(clap::Args)]
@@ -151,6 +159,10 @@ struct ServeArgs {
     /// or a comma-separated list); `<data-dir>/incoming/` always may, nothing else does.
     #[arg(long, env = "PEDESTAL_ALLOW_PATH_INSTALL", value_delimiter = ',')]
     allow_path_install: Vec<PathBuf>,
+    /// Public keys (`pedestal keygen`'s `.pub` files, concatenated): with it, only artifacts
+    /// signed by one of them are loaded, from anywhere (read at start; restart to change it).
+    #[arg(long, env = "PEDESTAL_TRUSTED_KEYS")]
+    trusted_keys: Option<PathBuf>,
 }
 
 impl From<ServeArgs> for Config {
@@ -189,13 +201,19 @@ impl From<ServeArgs> for Config {
             max_connections: args.max_connections,
             admin_max_connections: args.admin_max_connections,
             allow_path_install: args.allow_path_install,
+            trusted_keys: args.trusted_keys,
             ..Config::default()
         }
     }
 }
 
 fn main() -> anyhow::Result<ExitCode> {
-    let Cli { command: Command::Serve(args) } = Cli::parse();
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Keygen(args) => return cli::keys::keygen(args),
+        Command::Sign(args) => return cli::keys::sign(args),
+        Command::Install(args) => return cli::install::run(args),
+    };
     let filter = EnvFilter::try_from_env("PEDESTAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let output = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match args.log_format {

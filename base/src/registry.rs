@@ -66,6 +66,11 @@ pub struct InstallOptions {
     pub force: bool,
     /// Load the bytes even when they are quarantined: an operator's explicit retry.
     pub retry_quarantined: bool,
+    /// The sha256 the bytes must have (`?sha256=`): checked before anything is stored or loaded.
+    pub sha256: Option<crate::signing::Digest>,
+    /// The artifact's detached signature (a `.sig` file's text, or its signature line), checked
+    /// against the trusted keys when the base has them (`--trusted-keys`); ignored otherwise.
+    pub signature: Option<String>,
 }
 
 /// What an install did.
@@ -149,6 +154,8 @@ pub struct Registry {
     module_configs: crate::services::module_config::ModuleConfigs,
     /// Crash records processed and the crashes of the window (`registry/crashes.rs`).
     crash_ledger: Mutex<crate::crash::Ledger>,
+    /// The keys every artifact must be signed with (`--trusted-keys`), read at start.
+    trusted_keys: Option<crate::signing::TrustedKeys>,
 }
 
 #[derive(Debug, Default)]
@@ -173,7 +180,14 @@ impl Registry {
         crate::private::tighten(store.data_dir());
         let module_configs = crate::services::module_config::ModuleConfigs::new(&config);
         let runtime = Mutex::new(tokio::runtime::Handle::try_current().ok());
+        let trusted_keys =
+            config.trusted_keys.as_deref().map(crate::signing::load_trusted_keys).transpose()?;
+        if let (Some(keys), Some(path)) = (&trusted_keys, &config.trusted_keys) {
+            let ids: Vec<String> = keys.ids().iter().map(ToString::to_string).collect();
+            tracing::info!(file = %path.display(), keys = ?ids, "only artifacts signed by a trusted key are loaded");
+        }
         Ok(Arc::new_cyclic(|me| Self {
+            trusted_keys,
             me: me.clone(),
             runtime,
             kv,
@@ -395,14 +409,26 @@ impl Registry {
                 limit: self.config.max_upload_bytes,
             });
         }
+        let digest = crate::signing::sha256(bytes);
+        let verified = crate::signing::check(
+            "the artifact",
+            &digest,
+            options.sha256.as_ref(),
+            self.trusted_keys.as_ref(),
+            options.signature.as_deref(),
+        )?;
         // Decided from the bytes alone: nothing is stored, and no code of the library runs.
         check_module(bytes)?;
-        let sha256 = crate::artifact::sha256_hex(bytes);
+        let sha256 = hex::encode(digest);
         if !options.retry_quarantined {
             self.refuse_quarantined(&sha256, name)?;
         }
         let in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let artifact = self.store.put_hashed(bytes, sha256)?;
+        let mut artifact = self.store.put(bytes, digest)?;
+        if let Some(line) = &verified.signature {
+            self.store.put_signature(&artifact.sha256, line)?;
+        }
+        artifact.signed_by = verified.signed_by.map(|id| id.to_string());
         let launched = self.launch_artifact(artifact, options, true);
         drop(in_use);
         if launched.is_err() {
@@ -411,6 +437,47 @@ impl Registry {
             self.collect_garbage();
         }
         launched
+    }
+
+    /// The stored artifact with this hash, checked against this start's trusted keys with the
+    /// signature kept when it was installed (see [`crate::signing::check_stored`]).
+    pub(crate) fn stored_artifact(&self, sha256: &str) -> Result<crate::artifact::Artifact> {
+        let mut artifact =
+            self.store.get(sha256).ok_or_else(|| Error::NotFound { what: format!("artifact {sha256}") })?;
+        let stored = self.store.signature(sha256);
+        let signed_by = crate::signing::check_stored(sha256, self.trusted_keys.as_ref(), stored.as_deref())?;
+        artifact.signed_by = signed_by.map(|id| id.to_string());
+        Ok(artifact)
+    }
+
+    /// Verifies a new signature of the stored artifact `sha256` against the trusted keys and keeps
+    /// it in place of the one kept so far (nothing happens without trusted keys).
+    pub(crate) fn keep_signature(&self, sha256: &str, signature: &str) -> Result<()> {
+        if self.trusted_keys.is_none() {
+            return Ok(());
+        }
+        let artifact =
+            self.store.get(sha256).ok_or_else(|| Error::NotFound { what: format!("artifact {sha256}") })?;
+        let digest = crate::signing::parse_sha256(&artifact.sha256)
+            .map_err(|e| Error::BadRequest { message: e.to_string() })?;
+        let what = format!("stored artifact {sha256}");
+        let verified =
+            crate::signing::check(&what, &digest, None, self.trusted_keys.as_ref(), Some(signature))?;
+        match verified.signature {
+            Some(line) => self.store.put_signature(sha256, &line),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether every artifact needs a signature by a trusted key (`--trusted-keys`).
+    pub fn requires_signatures(&self) -> bool {
+        self.trusted_keys.is_some()
+    }
+
+    /// The text of the signature beside `file` (`<file>.sig`) when the base requires signatures,
+    /// for installs of files (a path install, `[boot]`, `--modules-dir`, `--watch`).
+    pub fn signature_beside(&self, file: &Path) -> Result<Option<String>> {
+        crate::signing::text_beside(file, self.trusted_keys.as_ref())
     }
 
     /// Loads, starts and routes a stored artifact, records it in `state.json` and lifts a
@@ -546,9 +613,7 @@ impl Registry {
         let restart =
             InstallOptions { name: options.name.clone(), activate: was_active, ..InstallOptions::default() };
         let outcome = self
-            .store
-            .get(&replaced.artifact.sha256)
-            .ok_or_else(|| Error::NotFound { what: format!("artifact {}", replaced.artifact.sha256) })
+            .stored_artifact(&replaced.artifact.sha256)
             .and_then(|artifact| self.launch_artifact(artifact, &restart, true));
         let note = match outcome {
             Ok(_) => {

@@ -386,6 +386,13 @@ impl TestBase {
         self.admin("POST", &format!("/api/v1/modules?{query}"), &headers, Some(&read(path)))
     }
 
+    /// Uploads `.so` bytes with a query string and extra headers (`x-pedestal-signature`...).
+    pub fn install_with_headers(&self, bytes: &[u8], query: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut all = vec![("content-type", "application/octet-stream")];
+        all.extend_from_slice(headers);
+        self.admin("POST", &format!("/api/v1/modules?{query}"), &all, Some(bytes))
+    }
+
     /// `POST` on the traffic server.
     pub fn post(&self, path: &str, body: &[u8]) -> Reply {
         self.send(self.agent.post(&format!("{}{path}", self.traffic)), Some(body))

@@ -1,5 +1,5 @@
 //! `cargo xtask deploy <module dir or package> [--admin URL] [--token TOKEN | --token-file FILE |
-//! --data-dir DIR] [--watch]`
+//! --data-dir DIR] [--sign KEY] [--watch]`
 //!
 //! The operations token is, in this order: `--token`, `PEDESTAL_ADMIN_TOKEN`, `--token-file`,
 //! the `admin-token` file the base generated in `--data-dir` (or `PEDESTAL_DATA_DIR`), else in
@@ -8,6 +8,11 @@
 //! With `--watch`, keeps running: every change under the module's directory rebuilds it and
 //! deploys it again with `strategy=replace` (a new version takes the traffic and the old one is
 //! unloaded; the same version is stopped and started again).
+//!
+//! Every upload is pinned to the sha256 of the bytes read (`?sha256=`). With `--sign KEY` (a
+//! `pedestal keygen` secret key), each build is signed before it is uploaded: the signature is
+//! written beside the library (`<lib>.so.sig`) and sent in the `X-Pedestal-Signature` header, as
+//! a base with `--trusted-keys` requires.
 
 use std::{
     io::{BufRead, BufReader},
@@ -22,22 +27,38 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+use pedestal_signing::SecretKey;
+
 use crate::{cargo, flag};
+
+/// Where and how to upload.
+struct Upload {
+    admin: String,
+    token: Option<String>,
+    /// Signs each build before it is uploaded.
+    key: Option<SecretKey>,
+}
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let Some(target) = args.first().filter(|a| !a.starts_with("--")) else {
         bail!(
             "usage: cargo xtask deploy <module dir or package> [--admin URL] \
-             [--token TOKEN | --token-file FILE | --data-dir DIR] [--watch]"
+             [--token TOKEN | --token-file FILE | --data-dir DIR] [--sign KEY] [--watch]"
         );
     };
     let admin = flag(args, "--admin").unwrap_or_else(|| "http://127.0.0.1:7071".into());
     let token = token(args)?;
+    let key = flag(args, "--sign")
+        .map(|path| {
+            SecretKey::load(Path::new(&path)).with_context(|| format!("reading the secret key {path}"))
+        })
+        .transpose()?;
+    let upload = Upload { admin, token, key };
     if args.iter().any(|a| a == "--watch") {
-        return watch(target, &admin, token.as_deref());
+        return watch(target, &upload);
     }
     let library = build(target)?;
-    let reply = install(&admin, token.as_deref(), &library, "")?;
+    let reply = upload.send(&library, "")?;
     report(&reply);
     Ok(())
 }
@@ -88,7 +109,7 @@ fn report(reply: &Value) {
 }
 
 /// Deploys `target` now and again after every change to its sources, until interrupted.
-fn watch(target: &str, admin: &str, token: Option<&str>) -> anyhow::Result<()> {
+fn watch(target: &str, upload: &Upload) -> anyhow::Result<()> {
     let dir = source_dir(target)?;
     let (events, changes) = mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -100,7 +121,7 @@ fn watch(target: &str, admin: &str, token: Option<&str>) -> anyhow::Result<()> {
     println!("watching {} (Ctrl-C stops)", dir.display());
     let target_dir = dir.join("target");
     loop {
-        let deployed = build(target).and_then(|library| install(admin, token, &library, "strategy=replace"));
+        let deployed = build(target).and_then(|library| upload.send(&library, "strategy=replace"));
         match deployed {
             Ok(reply) => report(&reply),
             Err(e) if e.to_string().contains("ALREADY_INSTALLED") => println!("unchanged: already running"),
@@ -175,14 +196,46 @@ pub fn build(target: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("{target} did not produce a cdylib (is `crate-type = [\"cdylib\"]` set?)"))
 }
 
+impl Upload {
+    /// Signs (with `--sign`) and uploads a built module.
+    fn send(&self, library: &Path, query: &str) -> anyhow::Result<Value> {
+        let signature = match &self.key {
+            Some(key) => {
+                let signed = pedestal_signing::sign_file(key, library)?;
+                println!("signed with key {} ({})", key.id(), signed.path.display());
+                Some(signed.signature.to_line())
+            }
+            None => None,
+        };
+        install_signed(&self.admin, self.token.as_deref(), library, query, signature.as_deref())
+    }
+}
+
 /// Uploads a built module to a base's operations API, with an optional query string
 /// (`strategy=replace`...).
 pub fn install(admin: &str, token: Option<&str>, library: &Path, query: &str) -> anyhow::Result<Value> {
+    install_signed(admin, token, library, query, None)
+}
+
+/// [`install`], with a signature line for the `X-Pedestal-Signature` header; the upload is
+/// pinned to the sha256 of the bytes read.
+fn install_signed(
+    admin: &str,
+    token: Option<&str>,
+    library: &Path,
+    query: &str,
+    signature: Option<&str>,
+) -> anyhow::Result<Value> {
     let bytes = std::fs::read(library).with_context(|| format!("reading {}", library.display()))?;
+    let pin = format!("sha256={}", hex(&pedestal_signing::sha256(&bytes)));
+    let query = if query.is_empty() { pin } else { format!("{query}&{pin}") };
     let mut request = ureq::post(&format!("{admin}/api/v1/modules?{query}"))
         .set("content-type", "application/octet-stream");
     if let Some(token) = token {
         request = request.set("authorization", &format!("Bearer {token}"));
+    }
+    if let Some(signature) = signature {
+        request = request.set("x-pedestal-signature", signature);
     }
     let started = Instant::now();
     match request.send_bytes(&bytes) {
@@ -201,4 +254,8 @@ pub fn install(admin: &str, token: Option<&str>, library: &Path, query: &str) ->
             started.elapsed()
         ),
     }
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

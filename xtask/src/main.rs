@@ -38,7 +38,7 @@ fn dispatch() -> anyhow::Result<()> {
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  demo                         start a base with the example modules deployed\n  \
-                 deploy <dir|package> [--admin URL] [--token T] [--watch]\n                               \
+                 deploy <dir|package> [--admin URL] [--token T] [--sign KEY] [--watch]\n                               \
                  build a module (release) and install it into a running base\n  \
                  test                         install pinned tools, run fmt, clippy and all tests (CI)\n  \
                  bench                        run the benchmarks"

@@ -468,10 +468,10 @@ impl Registry {
                 ..InstallOptions::default()
             };
             let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let outcome = match self.store.get(&record.sha256) {
-                Some(artifact) => self.launch_artifact(artifact, &options, false).map(|done| done.instance),
-                None => Err(Error::NotFound { what: format!("artifact {}", record.sha256) }),
-            };
+            let outcome = self
+                .stored_artifact(&record.sha256)
+                .and_then(|artifact| self.launch_artifact(artifact, &options, false))
+                .map(|done| done.instance);
             match outcome {
                 Ok(_) => restored.started += 1,
                 Err(e) => {
@@ -592,7 +592,7 @@ impl Registry {
                     Err(e @ Error::SpiMissing { .. }) => missing.push((file, e)),
                     Err(e) => {
                         all = false;
-                        tracing::error!(file = %file.display(), "boot module failed: {e}");
+                        tracing::error!(file = %file.display(), code = e.code(), "boot module failed: {e}");
                     }
                 }
             }
@@ -602,7 +602,7 @@ impl Registry {
             if !progress {
                 for (file, e) in missing {
                     all = false;
-                    tracing::error!(file = %file.display(), "boot module failed: {e}");
+                    tracing::error!(file = %file.display(), code = e.code(), "boot module failed: {e}");
                 }
                 break;
             }
@@ -624,11 +624,13 @@ impl Registry {
                 {
                     return Err(Error::Quarantined { what: file.display().to_string(), reason: q.reason });
                 }
-                self.install_with(&bytes, &InstallOptions::default())
+                let signature = self.signature_beside(file)?;
+                self.install_with(&bytes, &InstallOptions { signature, ..InstallOptions::default() })
             });
         match outcome {
             Ok(done) => {
-                tracing::info!(module = %done.instance.id, file = %file.display(), "boot module installed");
+                let signed_by = done.instance.artifact.signed_by.as_deref();
+                tracing::info!(module = %done.instance.id, file = %file.display(), signed_by, "boot module installed");
                 Ok(())
             }
             Err(Error::AlreadyInstalled { id }) => {
@@ -722,12 +724,25 @@ impl Registry {
             };
             chosen.ok_or(Error::NotFound { what })?
         };
-        self.retry_entry(entry)
+        self.retry_entry(entry, None)
     }
 
     /// Tries a quarantined `name@version` again: loads it from its artifact, and lifts the
     /// quarantine if it starts.
     pub fn retry(&self, name: &str, version: &Version) -> Result<Arc<Instance>> {
+        self.retry_signed(name, version, None)
+    }
+
+    /// [`Registry::retry`] with a new signature of the quarantined artifact (a `.sig` file's
+    /// text or its line): with `--trusted-keys`, it is verified and kept before the load, for an
+    /// artifact whose kept signature this start no longer accepts (its key was dropped) or that
+    /// was installed before the base required signatures.
+    pub fn retry_signed(
+        &self,
+        name: &str,
+        version: &Version,
+        signature: Option<&str>,
+    ) -> Result<Arc<Instance>> {
         let entry = lock(&self.quarantined)
             .iter()
             .find(|q| match &q.name {
@@ -740,14 +755,14 @@ impl Registry {
             })
             .cloned()
             .ok_or_else(|| Error::NotFound { what: format!("quarantined {name}@{version}") })?;
-        self.retry_entry(entry)
+        self.retry_entry(entry, signature)
     }
 
-    fn retry_entry(&self, entry: Quarantined) -> Result<Arc<Instance>> {
-        let artifact = self
-            .store
-            .get(&entry.sha256)
-            .ok_or_else(|| Error::NotFound { what: format!("artifact {}", entry.sha256) })?;
+    fn retry_entry(&self, entry: Quarantined, signature: Option<&str>) -> Result<Arc<Instance>> {
+        if let Some(signature) = signature {
+            self.keep_signature(&entry.sha256, signature)?;
+        }
+        let artifact = self.stored_artifact(&entry.sha256)?;
         let options = InstallOptions { name: entry.install_name.clone(), ..InstallOptions::default() };
         let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let installed = self.launch_artifact(artifact, &options, true)?;
