@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a base: module traffic on --listen, the operations API on --admin-listen.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Make a signing key pair: PATH (secret, mode 0600) and PATH.pub (for --trusted-keys).
     Keygen(cli::keys::KeygenArgs),
     /// Sign module files: writes FILE.sig beside each.
@@ -209,7 +209,7 @@ impl From<ServeArgs> for Config {
 
 fn main() -> anyhow::Result<ExitCode> {
     let args = match Cli::parse().command {
-        Command::Serve(args) => args,
+        Command::Serve(args) => *args,
         Command::Keygen(args) => return cli::keys::keygen(args),
         Command::Sign(args) => return cli::keys::sign(args),
         Command::Install(args) => return cli::install::run(args),
