@@ -190,6 +190,39 @@ fn a_modules_dir_under_trusted_keys_runs_the_signed_module_and_reports_the_unsig
 }
 
 #[test]
+fn a_path_install_under_trusted_keys_takes_the_signature_beside_the_file() {
+    let keys = Keys::new();
+    let (signer, stranger) = (key(), key());
+    let trusted = keys.trust("trusted-keys", &[&signer]);
+    let base = TestBase::start_with(&["--trusted-keys", &trusted]);
+    let incoming = base.data_dir().join("incoming");
+    let (good, versioned) = (incoming.join("good.so"), incoming.join("versioned.so"));
+    std::fs::copy(artifacts::GOOD, &good).unwrap();
+    std::fs::copy(artifacts::VERSIONED_1_0_0, &versioned).unwrap();
+
+    // No `.sig` beside it: refused, and nothing stored.
+    assert_eq!(base.install_path(&versioned).code(), "SIGNATURE_REQUIRED");
+    // A `.sig` by a key the base does not trust.
+    sign_file(&stranger, &versioned).unwrap();
+    assert_eq!(base.install_path(&versioned).code(), "SIGNATURE_INVALID");
+    // A trusted key's `.sig` of other bytes.
+    std::fs::write(versioned.with_extension("so.sig"), signature(&signer, &read(artifacts::GOOD))).unwrap();
+    assert_eq!(base.install_path(&versioned).code(), "SIGNATURE_INVALID");
+    // A `.sig` that is a FIFO is refused, not waited for.
+    let fifo = incoming.join("good.so.sig");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert_eq!(base.install_path(&good).code(), "NOT_A_REGULAR_FILE");
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(stored(&base).is_empty(), "a refused path install stored {:?}", stored(&base));
+
+    sign_file(&signer, &good).unwrap();
+    let installed = base.install_path(&good);
+    assert_eq!(installed.status, 201, "{}", installed.body);
+    assert_eq!(installed.json["signed_by"], signer.id().to_string());
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
+}
+
+#[test]
 fn a_watched_directory_under_trusted_keys_refuses_an_unsigned_drop_until_its_signature_comes() {
     let keys = Keys::new();
     let signer = key();
