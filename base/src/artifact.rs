@@ -36,6 +36,11 @@ pub struct Artifact {
     pub signed_by: Option<String>,
 }
 
+/// Whether `text` is a lower-case hex sha256, as artifacts are named.
+pub(crate) fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl ArtifactStore {
@@ -80,6 +85,10 @@ impl ArtifactStore {
 
     /// The stored artifact with this hash, if there is one.
     pub fn get(&self, sha256: &str) -> Option<Artifact> {
+        // The hash names a file in the store: never a path (a tampered `state.json`, say).
+        if !is_sha256(sha256) {
+            return None;
+        }
         let path = self.dir.join(format!("{sha256}.so"));
         let size = fs::metadata(&path).ok()?.len();
         Some(Artifact { sha256: sha256.to_owned(), path, size, signed_by: None })

@@ -110,6 +110,8 @@ const DT_STRSZ: u64 = 10;
 const DT_SYMENT: u64 = 11;
 const DT_GNU_HASH: u64 = 0x6fff_fef5;
 const SYM_LEN: u64 = 24;
+/// The most program headers a file may have (linkers write about ten).
+const MAX_PROGRAM_HEADERS: u64 = 256;
 const STT_OBJECT: u8 = 1;
 const STB_GLOBAL: u8 = 1;
 const STB_WEAK: u8 = 2;
@@ -205,6 +207,14 @@ impl<'a, S: Source + ?Sized> Elf<'a, S> {
                     "the section headers lie beyond the end of the file ({len} bytes): truncated"
                 ));
             }
+        }
+        // A linker writes about ten program headers; every address lookup walks them, so a file
+        // with thousands (a hostile one: zero-sized segments) would make each lookup slow.
+        if phnum > MAX_PROGRAM_HEADERS {
+            return Err(format!(
+                "the file has {phnum} program headers, more than the {MAX_PROGRAM_HEADERS} a shared \
+                 library has"
+            ));
         }
         let mut segments = Vec::with_capacity(phnum as usize);
         for i in 0..phnum {
@@ -375,9 +385,9 @@ impl<S: Source + ?Sized> SymbolTable<'_, '_, S> {
         if first < u64::from(symoffset) {
             return Ok(None);
         }
-        // Each step reads a new chain word further into the file: the walk ends at the chain's
-        // last entry (low bit set) or at the end of the file, whichever comes first.
-        let steps = self.elf.src.size() / 4 + 1;
+        // Each step is another symbol, and each symbol has a 24-byte entry in the file: a walk
+        // longer than the file has symbols is malformed (a chain that never sets its last bit).
+        let steps = self.elf.src.size() / SYM_LEN + 1;
         for symbol in (first..).take(steps as usize) {
             let chain = (symbol - u64::from(symoffset))
                 .checked_mul(4)
@@ -404,6 +414,13 @@ impl<S: Source + ?Sized> SymbolTable<'_, '_, S> {
         let (nbucket, nchain) = (word(0).ok_or_else(broken)?, word(1).ok_or_else(broken)?);
         if nbucket == 0 {
             return Ok(None);
+        }
+        // `nchain` is the number of symbols: each has a chain word and a 24-byte entry in the file,
+        // so a count the file cannot hold is malformed (and would make the walk below endless).
+        if u64::from(nchain) > self.elf.src.size() / SYM_LEN + 1
+            || word(2 + u64::from(nbucket) + u64::from(nchain).saturating_sub(1)).is_none()
+        {
+            return Err(broken());
         }
         let hash = sysv_hash(&STAMP_SYMBOL[..STAMP_SYMBOL.len() - 1]);
         let mut symbol = word(2 + u64::from(hash % nbucket)).ok_or_else(broken)?;
@@ -646,6 +663,18 @@ mod tests {
         // The hash table follows the name and its NUL.
         let hash_at = name_at + 25;
         assert_eq!(bytes[hash_at..hash_at + 16], [1, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+        bytes[hash_at + 16..hash_at + 20].copy_from_slice(&1u32.to_le_bytes());
+        bytes[name_at] = b'q';
+        check_module_says(&bytes, "malformed");
+    }
+
+    #[test]
+    fn a_symbol_count_the_file_cannot_hold_is_refused_before_any_walk() {
+        let mut bytes = Library { hash: Hash::SysV, ..Library::module(1) }.bytes();
+        let name_at = bytes.windows(24).position(|w| w == b"pedestal_interface_stamp").unwrap();
+        let hash_at = name_at + 25;
+        // nchain = 2^32 - 1 with the same self-loop: four billion steps if it were believed.
+        bytes[hash_at + 4..hash_at + 8].copy_from_slice(&u32::MAX.to_le_bytes());
         bytes[hash_at + 16..hash_at + 20].copy_from_slice(&1u32.to_le_bytes());
         bytes[name_at] = b'q';
         check_module_says(&bytes, "malformed");

@@ -31,6 +31,11 @@ pub fn read_confined(requested: &Path, allowed: &[PathBuf], limit: u64) -> Resul
     if !requested.is_absolute() {
         return Err(Error::PathNotAbsolute { path: requested.to_owned() });
     }
+    // `/outside/dir/../../<allowed>/x.so` resolves only when `/outside/dir` exists: refused
+    // before any lookup, so the answer cannot tell whether a directory outside exists.
+    if requested.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+        return Err(Error::PathNotAllowed { path: requested.to_owned() });
+    }
     let roots: Vec<PathBuf> = allowed.iter().filter_map(|dir| dir.canonicalize().ok()).collect();
     let inside = |path: &Path| roots.iter().any(|root| path.starts_with(root));
     let refused = || Error::PathNotAllowed { path: requested.to_owned() };

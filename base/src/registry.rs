@@ -140,6 +140,9 @@ pub struct Registry {
     /// Artifacts an instance started from in this process: only they are kept for a while
     /// once unreferenced (a rollback); one that never ran is deleted at once.
     started: Mutex<HashSet<String>>,
+    /// Artifacts uploads are storing and loading right now, with how many uploads each: a
+    /// refused upload's artifact is not deleted under another upload of the same bytes.
+    installing: Mutex<HashMap<String, usize>>,
     /// The SPIs this base calls, with the version it was built against.
     declared_spis: Mutex<BTreeMap<String, Version>>,
     /// This registry, for the calls of its modules' instances.
@@ -215,6 +218,7 @@ impl Registry {
             ticks: std::sync::atomic::AtomicU64::new(0),
             unreferenced: Mutex::new(HashMap::new()),
             started: Mutex::new(HashSet::new()),
+            installing: Mutex::new(HashMap::new()),
             declared_spis: Mutex::new(declared_spis),
             crash_ledger: Mutex::new(crate::crash::Ledger::default()),
         }))
@@ -424,17 +428,30 @@ impl Registry {
             self.refuse_quarantined(&sha256, name)?;
         }
         let in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut artifact = self.store.put(bytes, digest)?;
-        if let Some(line) = &verified.signature {
-            self.store.put_signature(&artifact.sha256, line)?;
-        }
-        artifact.signed_by = verified.signed_by.map(|id| id.to_string());
-        let launched = self.launch_artifact(artifact, options, true);
+        *lock(&self.installing).entry(sha256.clone()).or_default() += 1;
+        let launched = self.store.put(bytes, digest).and_then(|mut artifact| {
+            if let Some(line) = &verified.signature {
+                self.store.put_signature(&artifact.sha256, line)?;
+            }
+            artifact.signed_by = verified.signed_by.map(|id| id.to_string());
+            self.launch_artifact(artifact, options, true)
+        });
         drop(in_use);
+        {
+            let mut installing = lock(&self.installing);
+            if let Some(count) = installing.get_mut(&sha256) {
+                *count -= 1;
+                if *count == 0 {
+                    installing.remove(&sha256);
+                }
+            }
+        }
         if launched.is_err() {
             // A refused artifact is deleted now, unless something still needs it (a live
-            // instance, a record, a quarantine entry): it never ran, so no rollback wants it.
-            self.collect_garbage();
+            // instance, a record, a quarantine entry, another upload of the same bytes): it
+            // never ran, so no rollback wants it. Not left to the garbage collector, which
+            // waits while any install runs: a stream of refused uploads would fill the disk.
+            self.remove_refused(&sha256);
         }
         launched
     }

@@ -101,11 +101,37 @@ pub(crate) fn text_beside(file: &Path, trusted: Option<&TrustedKeys>) -> Result<
         return Ok(None);
     }
     let path = signature_path(file);
-    match std::fs::read_to_string(&path) {
+    match read_small_regular_file(&path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(format!("reading {}", path.display()))(e)),
     }
+}
+
+/// The most of a signature file that is read: one line is under 200 bytes, comments may come
+/// before it.
+const SIGNATURE_FILE_LIMIT: u64 = 64 * 1024;
+
+/// Reads a signature file without waiting on it: opened non-blocking (a FIFO dropped in a
+/// watched directory must not stall the base), a regular file only, at most
+/// [`SIGNATURE_FILE_LIMIT`] bytes.
+fn read_small_regular_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(SIGNATURE_FILE_LIMIT + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > SIGNATURE_FILE_LIMIT {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than {SIGNATURE_FILE_LIMIT} bytes"),
+        ));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -177,6 +177,9 @@ fn a_library_that_kills_the_base_in_its_constructor_is_quarantined_by_sha256() {
     let again = base.install_bytes(&bytes);
     assert_eq!(status_and_code(&again), (409, "QUARANTINED"), "{again:?}");
     assert!(again.json["message"].as_str().unwrap().contains(&sha256), "{again:?}");
+    // Under another name too: constructors do not depend on the name a library is installed as.
+    let renamed = base.install_query(artifacts::CTOR_ABORTS, "name=tenant-x");
+    assert_eq!(status_and_code(&renamed), (409, "QUARANTINED"), "{renamed:?}");
     assert_eq!(generation(&base), Some(2), "no worker died");
     assert_eq!(base.artifact_files().len(), 2, "the quarantined bytes are kept for the retry");
     assert!(base.artifact_files().contains(&format!("{sha256}.so")));

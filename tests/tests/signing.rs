@@ -223,6 +223,29 @@ fn a_path_install_under_trusted_keys_takes_the_signature_beside_the_file() {
 }
 
 #[test]
+fn a_memory_limit_restart_under_trusted_keys_starts_the_module_again_from_its_kept_signature() {
+    let keys = Keys::new();
+    let signer = key();
+    let trusted = keys.trust("trusted-keys", &[&signer]);
+    let base = TestBase::start_with(&["--trusted-keys", &trusted]);
+    let bytes = read(artifacts::LEAKY);
+    let installed = upload(&base, &bytes, Some(&signature(&signer, &bytes)));
+    assert_eq!(installed.status, 201, "{}", installed.body);
+    let name = installed.json["name"].as_str().unwrap().to_owned();
+    let limits = serde_json::json!({"memory_soft_limit_bytes": 1 << 20, "memory_action": "restart"});
+    assert_eq!(base.put_limits(&name, &limits).status, 200);
+    assert_eq!(base.get(&format!("/{name}/leak?kib=2048")).status, 200);
+    let restarted = eventually("the restart after the memory limit", Duration::from_secs(30), || {
+        let module = base.module(&name);
+        let history = module["history"].as_array()?.clone();
+        let restarted = history.iter().any(|t| t["reason"] == "memory_limit");
+        (restarted && module["state"] == "active").then_some(module)
+    });
+    assert_eq!(restarted["signed_by"], signer.id().to_string(), "{restarted}");
+    assert_eq!(base.get(&format!("/{name}/leak?kib=1")).status, 200);
+}
+
+#[test]
 fn a_watched_directory_under_trusted_keys_refuses_an_unsigned_drop_until_its_signature_comes() {
     let keys = Keys::new();
     let signer = key();

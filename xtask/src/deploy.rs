@@ -72,6 +72,11 @@ fn token(args: &[String]) -> anyhow::Result<Option<String>> {
     if let Some(file) = flag(args, "--token-file") {
         return read_token(Path::new(&file)).map(Some);
     }
+    // A token found on this machine goes only to a base on this machine.
+    let admin = flag(args, "--admin").unwrap_or_else(|| "http://127.0.0.1:7071".into());
+    if !is_loopback_url(&admin) {
+        return Ok(None);
+    }
     let data_dir = flag(args, "--data-dir").or_else(|| std::env::var("PEDESTAL_DATA_DIR").ok());
     let candidates = match data_dir {
         Some(dir) => vec![PathBuf::from(dir)],
@@ -85,6 +90,18 @@ fn token(args: &[String]) -> anyhow::Result<Option<String>> {
         }
     }
     Ok(None)
+}
+
+/// Whether the operations URL names this machine (a loopback address or `localhost`).
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Reads a token file (`<data-dir>/admin-token`, say).

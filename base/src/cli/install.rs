@@ -124,11 +124,43 @@ fn token(args: &InstallArgs) -> anyhow::Result<Option<String>> {
     if let Some(token) = &args.token {
         return Ok(Some(token.clone()));
     }
+    // A token found on this machine is only sent to a base on this machine: `--admin` pointing
+    // elsewhere (over plain HTTP) must not carry the local base's token there.
+    if !is_loopback_url(&args.admin) {
+        return Ok(None);
+    }
     let file = args.data_dir.as_deref().unwrap_or(Path::new("pedestal-data")).join("admin-token");
     match std::fs::read_to_string(&file) {
         Ok(token) => Ok(Some(token.trim().to_owned()).filter(|t| !t.is_empty())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+    }
+}
+
+/// Whether the operations URL (`http://host:port`, or `host:port`) names this machine.
+pub(crate) fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_url;
+
+    #[test]
+    fn only_this_machine_is_loopback() {
+        for url in ["http://127.0.0.1:7071", "127.0.0.2:7071", "http://[::1]:7071/", "http://LOCALHOST:1"] {
+            assert!(is_loopback_url(url), "{url}");
+        }
+        for url in ["http://10.0.0.1:7071", "http://example.com", "http://127.0.0.1.evil.example:7071"] {
+            assert!(!is_loopback_url(url), "{url}");
+        }
     }
 }
 

@@ -118,12 +118,16 @@ fn covers(q: &Quarantined, sha256: &str, name: &str, install_name: Option<&str>)
         }
 }
 
-/// Whether quarantine entry `q` keeps out an install of artifact `sha256` under `install_name`
-/// (`None`: under its package's name), decided before the library is loaded (so its module name
-/// is not known yet): the same bytes, installed the same way as the install that crashed.
+/// Whether quarantine entry `q` keeps out a new install of artifact `sha256` under
+/// `install_name` (`None`: under its package's name), decided before the library is loaded (so
+/// its module name is not known yet). An entry whose module name was never known (the base died
+/// in the library's loading or constructors, which do not depend on the name it is installed
+/// under) keeps out the bytes under every name; one that crashed later keeps out the same bytes
+/// installed the same way. (Restoring the other tenants already recorded is `covers`' business.)
 fn blocks_install(q: &Quarantined, sha256: &str, install_name: Option<&str>) -> bool {
     q.sha256 == sha256
-        && (q.install_name.as_deref() == install_name
+        && (q.name.is_none()
+            || q.install_name.as_deref() == install_name
             || install_name.is_some() && q.name.as_deref() == install_name)
 }
 
@@ -773,7 +777,10 @@ impl Registry {
     /// that install of it whose module name was never known).
     pub(crate) fn lift_quarantine(&self, sha256: &str, name: &str, install_name: Option<&str>) {
         let before = lock(&self.quarantined).len();
-        lock(&self.quarantined).retain(|q| !covers(q, sha256, name, install_name));
+        // The bytes loaded and started: an entry saying they kill the base in their constructors
+        // (under whatever name) is disproved too.
+        lock(&self.quarantined)
+            .retain(|q| !covers(q, sha256, name, install_name) && !(q.sha256 == sha256 && q.name.is_none()));
         if lock(&self.quarantined).len() != before {
             tracing::info!(module = name, sha256, "quarantine lifted: it started");
             self.forgive_crashes(sha256, name);
@@ -787,6 +794,30 @@ impl Registry {
     /// (until the next call) while an install is in progress.
     pub(crate) fn collect_garbage(&self) {
         self.collect_unreferenced(ARTIFACT_GRACE);
+    }
+
+    /// Deletes artifact `sha256`, which an upload just stored and failed to start, unless
+    /// something needs it: another upload of the same bytes in progress, an instance of it
+    /// (live or still mapped), a quarantine entry (kept for the retry), a held record, or an
+    /// instance that started from it in this process (a rollback may want it).
+    pub(crate) fn remove_refused(&self, sha256: &str) {
+        // Held while deleting: an upload of the same bytes registers here before it stores them,
+        // so it either stops this deletion or stores the bytes again after it.
+        let installing = lock(&self.installing);
+        if installing.contains_key(sha256)
+            || lock(&self.started).contains(sha256)
+            || lock(&self.quarantined).iter().any(|q| q.sha256 == sha256)
+            || lock(&self.held.0).iter().any(|r| r.sha256 == sha256)
+            || self
+                .all()
+                .iter()
+                .any(|(i, _)| i.artifact.sha256 == sha256 && (i.is_mapped() || i.state().is_live()))
+        {
+            return;
+        }
+        self.store.remove(sha256);
+        lock(&self.unreferenced).remove(sha256);
+        drop(installing);
     }
 
     fn collect_unreferenced(&self, grace: Duration) {

@@ -13,7 +13,7 @@ use std::{
 
 use pedestal_module_api::abi::LogLevel;
 
-use super::Registry;
+use super::{InstallOptions, Registry};
 use crate::{
     error::{Error, Result},
     instance::{Instance, MemoryCrossing, State, StayedUnhealthy, lock},
@@ -321,12 +321,14 @@ impl Registry {
         if !instance.is_mapped() {
             self.release_load_path(&instance.load_path);
         }
-        let fresh = std::fs::read(&instance.artifact.path)
-            .map_err(Error::io(format!("reading {}", instance.artifact.path.display())))
-            .and_then(|bytes| {
-                let name = (instance.id.name != instance.package).then_some(instance.id.name.as_str());
-                self.install(&bytes, name)
-            });
+        // From the store, with the signature kept beside it (under `--trusted-keys` an install of
+        // the bare bytes would be refused as unsigned), checked again like every load.
+        let fresh = self.stored_artifact(&instance.artifact.sha256).and_then(|artifact| {
+            let name = (instance.id.name != instance.package).then(|| instance.id.name.clone());
+            let options = InstallOptions { name, ..InstallOptions::default() };
+            let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.launch_artifact(artifact, &options, true).map(|installed| installed.instance)
+        });
         lock(&self.restarting).remove(&instance.id.name);
         fresh
     }
