@@ -780,7 +780,7 @@ impl Registry {
         // The bytes loaded and started: an entry saying they kill the base in their constructors
         // (under whatever name) is disproved too.
         lock(&self.quarantined)
-            .retain(|q| !covers(q, sha256, name, install_name) && !(q.sha256 == sha256 && q.name.is_none()));
+            .retain(|q| !(covers(q, sha256, name, install_name) || q.sha256 == sha256 && q.name.is_none()));
         if lock(&self.quarantined).len() != before {
             tracing::info!(module = name, sha256, "quarantine lifted: it started");
             self.forgive_crashes(sha256, name);
