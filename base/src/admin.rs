@@ -517,7 +517,8 @@ const SIGNATURE_FILE_LIMIT: u64 = 64 * 1024;
 
 /// How slowly an upload may arrive: 10 s for any body, then 64 KiB/s on average (a 256 MiB
 /// module may take 68 minutes), so a client trickling bytes cannot hold a request open for ever.
-const UPLOAD_RATE: MinRate = MinRate { grace: std::time::Duration::from_secs(10), bytes_per_second: 64 * 1024 };
+const UPLOAD_RATE: MinRate =
+    MinRate { grace: std::time::Duration::from_secs(10), bytes_per_second: 64 * 1024 };
 
 async fn install(
     State(registry): State<Arc<Registry>>,
@@ -549,8 +550,9 @@ async fn install(
     if let Some(size) = declared.filter(|size| *size > limit) {
         return Err(Error::PayloadTooLarge { size, limit });
     }
-    let body = read_body_at_min_rate(request.into_body(), if is_json { 64 * 1024 } else { limit }, UPLOAD_RATE)
-        .await?;
+    let body =
+        read_body_at_min_rate(request.into_body(), if is_json { 64 * 1024 } else { limit }, UPLOAD_RATE)
+            .await?;
     let bytes = if is_json {
         let InstallFromPath { path } = serde_json::from_slice(&body)
             .map_err(|e| Error::BadRequest { message: format!("expected {{\"path\": \"...\"}}: {e}") })?;

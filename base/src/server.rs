@@ -396,10 +396,7 @@ struct Watch {
 }
 
 /// The earlier of two deadlines.
-fn earliest(
-    a: Option<(Instant, TimedOut)>,
-    b: Option<(Instant, TimedOut)>,
-) -> Option<(Instant, TimedOut)> {
+fn earliest(a: Option<(Instant, TimedOut)>, b: Option<(Instant, TimedOut)>) -> Option<(Instant, TimedOut)> {
     match (a, b) {
         (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
         (a, b) => a.or(b),
@@ -421,7 +418,10 @@ impl Watch {
     /// The phase's deadline, or a stalled write's if that comes first.
     fn deadline(&self, hygiene: &Hygiene) -> Option<(Instant, TimedOut)> {
         let stalled = *self.write_stalled_since.lock().unwrap_or_else(PoisonError::into_inner);
-        earliest(self.phase().deadline(hygiene), stalled.map(|since| (since + hygiene.idle_timeout, TimedOut::Write)))
+        earliest(
+            self.phase().deadline(hygiene),
+            stalled.map(|since| (since + hygiene.idle_timeout, TimedOut::Write)),
+        )
     }
 
     /// A write to the socket could not proceed (the client's receive window is full).
@@ -983,14 +983,17 @@ mod tests {
     async fn a_client_that_reads_nothing_of_its_answer_is_closed_after_the_idle_timeout() {
         let quick = Hygiene { idle_timeout: Duration::from_millis(300), ..hygiene() };
         let counters = Arc::<ConnectionCounters>::default();
-        let (addr, stop, server) = serving_counted(never_ending("text/plain"), quick, Arc::clone(&counters)).await;
+        let (addr, stop, server) =
+            serving_counted(never_ending("text/plain"), quick, Arc::clone(&counters)).await;
         let _unread = request_unread(addr, "/forever").await;
         let closed = async {
             while counters.write_timeouts.load(Relaxed) == 0 || counters.open.load(Relaxed) > 0 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };
-        tokio::time::timeout(Duration::from_secs(30), closed).await.expect("the stalled connection is closed");
+        tokio::time::timeout(Duration::from_secs(30), closed)
+            .await
+            .expect("the stalled connection is closed");
         stop.send(true).unwrap();
         server.await.unwrap();
     }

@@ -110,7 +110,9 @@ pub(crate) async fn read_body_at_min_rate(body: Body, limit: u64, rate: MinRate)
             Ok(Some(Err(e))) if e.is::<LengthLimitError>() => {
                 return Err(Error::PayloadTooLarge { size: limit + 1, limit });
             }
-            Ok(Some(Err(e))) => return Err(Error::BadRequest { message: format!("cannot read the body: {e}") }),
+            Ok(Some(Err(e))) => {
+                return Err(Error::BadRequest { message: format!("cannot read the body: {e}") });
+            }
             Ok(Some(Ok(frame))) => frame,
         };
         if let Ok(data) = frame.into_data() {

@@ -302,7 +302,8 @@ fn a_slow_body_is_cut_off_by_the_request_timeout_and_frees_its_slot() {
 
 #[test]
 fn a_stop_ends_a_stalled_body_and_a_log_follow() {
-    let mut base = TestBase::start_with(&["--connection-drain-timeout-ms", "2000", "--drain-timeout-ms", "2000"]);
+    let mut base =
+        TestBase::start_with(&["--connection-drain-timeout-ms", "2000", "--drain-timeout-ms", "2000"]);
     base.install_ok(artifacts::GOOD);
     // A module request whose body stalls halfway (the request timeout is 30 s) ...
     let _stalled = slow_body(addr(&base.traffic), "/fx-good/echo", 100_000, 1_000);
