@@ -903,7 +903,7 @@ mod tests {
             ([(http::header::CONTENT_TYPE, content_type)], axum::body::Body::from_stream(chunks))
         };
         Router::new()
-            .route("/hang", axum::routing::get(|| std::future::pending::<&'static str>()))
+            .route("/hang", axum::routing::get(std::future::pending::<&'static str>))
             .route("/forever", axum::routing::get(forever))
     }
 
