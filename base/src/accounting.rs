@@ -274,6 +274,8 @@ pub(crate) struct ConnectionCounters {
     pub(crate) header_timeouts: AtomicU64,
     /// Keep-alive connections closed after staying idle for the idle timeout.
     pub(crate) idle_timeouts: AtomicU64,
+    /// Connections closed because the client read nothing of its answer for the idle timeout.
+    pub(crate) write_timeouts: AtomicU64,
     /// Idle connections closed at the connection cap to make room for a new one.
     pub(crate) reclaimed: AtomicU64,
     /// Times the port was at its cap with nothing idle to reclaim, and stopped accepting.
@@ -521,6 +523,7 @@ impl Metrics {
         counter("pedestal_connections_accepted_total", None, &counts.accepted);
         counter("pedestal_connections_timed_out_total", Some(("reason", "header")), &counts.header_timeouts);
         counter("pedestal_connections_timed_out_total", Some(("reason", "idle")), &counts.idle_timeouts);
+        counter("pedestal_connections_timed_out_total", Some(("reason", "write")), &counts.write_timeouts);
         counter("pedestal_connections_reclaimed_total", None, &counts.reclaimed);
         counter("pedestal_connections_paused_total", None, &counts.paused);
         counter("pedestal_connections_accept_errors_total", None, &counts.accept_errors);

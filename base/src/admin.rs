@@ -36,7 +36,7 @@ use crate::{
     logs::{LogLine, RECENT_LINES, parse_level},
     operations::Operation,
     registry::{InstallOptions as Options, Registry, Strategy},
-    traffic::read_body,
+    traffic::{MinRate, read_body_at_min_rate},
 };
 
 mod audit;
@@ -515,6 +515,11 @@ struct Installed {
 /// comments may precede it).
 const SIGNATURE_FILE_LIMIT: u64 = 64 * 1024;
 
+/// How slowly an upload may arrive: 10 s for any body, then 64 KiB/s on average (a 256 MiB
+/// module may take 68 minutes), so a client trickling bytes cannot hold a request open for ever.
+const UPLOAD_RATE: MinRate =
+    MinRate { grace: std::time::Duration::from_secs(10), bytes_per_second: 64 * 1024 };
+
 async fn install(
     State(registry): State<Arc<Registry>>,
     Params(options): Params<InstallOptions>,
@@ -545,7 +550,9 @@ async fn install(
     if let Some(size) = declared.filter(|size| *size > limit) {
         return Err(Error::PayloadTooLarge { size, limit });
     }
-    let body = read_body(request.into_body(), if is_json { 64 * 1024 } else { limit }).await?;
+    let body =
+        read_body_at_min_rate(request.into_body(), if is_json { 64 * 1024 } else { limit }, UPLOAD_RATE)
+            .await?;
     let bytes = if is_json {
         let InstallFromPath { path } = serde_json::from_slice(&body)
             .map_err(|e| Error::BadRequest { message: format!("expected {{\"path\": \"...\"}}: {e}") })?;

@@ -117,6 +117,9 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// Operations connections held open at most; `None`: 256 (less with a low open-file limit).
     pub admin_max_connections: Option<usize>,
+    /// At stop, how long requests in flight have to finish before their connections are closed
+    /// (event streams end at once).
+    pub connection_drain_timeout: Duration,
     /// Directories `POST /api/v1/modules {"path": ...}` may read module files from, besides
     /// `<data-dir>/incoming/` (`--allow-path-install`).
     pub allow_path_install: Vec<PathBuf>,
@@ -169,6 +172,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             max_connections: None,
             admin_max_connections: None,
+            connection_drain_timeout: Duration::from_secs(30),
             allow_path_install: Vec::new(),
             trusted_keys: None,
         }

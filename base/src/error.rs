@@ -101,6 +101,24 @@ pub enum Error {
         /// The configured limit.
         limit: u64,
     },
+    /// A request body that did not arrive within the module's request timeout (the traffic port).
+    #[error("the request body did not arrive within {timeout_ms} ms")]
+    RequestBodyTimeout {
+        /// The module's request timeout, which covers reading the body and the module's answer.
+        timeout_ms: u64,
+    },
+    /// A request body arriving slower than the operations API's minimum rate (an upload).
+    #[error(
+        "the request body arrived slower than {min_bytes_per_second} bytes/s after a grace of {grace_ms} ms          ({received} bytes received)"
+    )]
+    RequestBodyTooSlow {
+        /// Bytes received before the base gave up.
+        received: u64,
+        /// The average rate a body must keep after the grace period.
+        min_bytes_per_second: u64,
+        /// How long any body may take before the rate counts.
+        grace_ms: u64,
+    },
     /// A request head over the HTTP layer's limits, refused before any route saw it (`431`, and
     /// the connection closed).
     #[error("the request head is over the limit of {max_headers} headers or {max_head_bytes} bytes")]
@@ -468,6 +486,7 @@ impl Error {
             Self::StartFailed { .. } => "START_FAILED",
             Self::StartTimeout { .. } => "START_TIMEOUT",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::RequestBodyTimeout { .. } | Self::RequestBodyTooSlow { .. } => "REQUEST_TIMEOUT",
             Self::HeadersTooLarge { .. } | Self::RequestHeadTooLarge { .. } => "HEADERS_TOO_LARGE",
             Self::UriTooLong => "URI_TOO_LONG",
             Self::MalformedRequest => "MALFORMED_REQUEST",
@@ -534,6 +553,7 @@ impl Error {
                 _ => StatusCode::BAD_GATEWAY,
             },
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestBodyTimeout { .. } | Self::RequestBodyTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::HeadersTooLarge { .. } | Self::RequestHeadTooLarge { .. } => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
@@ -623,6 +643,12 @@ impl Error {
             }
             Self::DrainTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
             Self::PayloadTooLarge { size, limit } => json!({"size": size, "limit": limit}),
+            Self::RequestBodyTimeout { timeout_ms } => json!({"timeout_ms": timeout_ms}),
+            Self::RequestBodyTooSlow { received, min_bytes_per_second, grace_ms } => json!({
+                "received": received,
+                "min_bytes_per_second": min_bytes_per_second,
+                "grace_ms": grace_ms,
+            }),
             Self::RequestHeadTooLarge { max_headers, max_head_bytes } => {
                 json!({"max_headers": max_headers, "max_head_bytes": max_head_bytes})
             }

@@ -958,7 +958,13 @@ impl Instance {
         }
         let began = Instant::now();
         let timeout = limits.request_timeout();
-        let body = read_body(body, limits.max_request_body_bytes).await?;
+        // The request timeout covers the body too: a client trickling it would otherwise hold
+        // this request, its concurrency slot and its connection for as long as it likes. The
+        // slot (`counted`) is released when this returns.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let body = tokio::time::timeout_at(deadline, read_body(body, limits.max_request_body_bytes))
+            .await
+            .map_err(|_| Error::RequestBodyTimeout { timeout_ms: timeout.as_millis() as u64 })??;
         let what = format!("{method} {path_and_query}");
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
@@ -973,7 +979,7 @@ impl Instance {
         }
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         self.shared.enqueue(QueuedRequest { id, method, path_and_query, headers, body });
-        let outcome = tokio::time::timeout(timeout, answer).await;
+        let outcome = tokio::time::timeout_at(deadline, answer).await;
         let elapsed = began.elapsed();
         if self.request_accounting {
             self.latency.record(elapsed);

@@ -365,6 +365,7 @@ fn connection_hygiene(config: &Config) -> (server::Hygiene, server::Hygiene) {
         header_read_timeout: config.header_read_timeout,
         idle_timeout: config.idle_timeout,
         max_connections: max_connections.max(1),
+        drain_timeout: config.connection_drain_timeout,
     };
     tracing::info!(traffic, operations = admin, reserve = budget.reserve, "connection caps");
     (hygiene(traffic), hygiene(admin))

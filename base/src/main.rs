@@ -155,6 +155,10 @@ struct ServeArgs {
     /// Operations-API connections held open at most. Default: 256.
     #[arg(long, env = "PEDESTAL_ADMIN_MAX_CONNECTIONS")]
     admin_max_connections: Option<usize>,
+    /// At stop, how long requests in flight have to finish, in milliseconds, before their
+    /// connections are closed (both ports; log follows end at once).
+    #[arg(long, env = "PEDESTAL_CONNECTION_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
+    connection_drain_timeout_ms: u64,
     /// A directory `POST /api/v1/modules {"path": ...}` may read module files from (repeatable,
     /// or a comma-separated list); `<data-dir>/incoming/` always may, nothing else does.
     #[arg(long, env = "PEDESTAL_ALLOW_PATH_INSTALL", value_delimiter = ',')]
@@ -200,6 +204,7 @@ impl From<ServeArgs> for Config {
             idle_timeout: Duration::from_millis(args.idle_timeout_ms),
             max_connections: args.max_connections,
             admin_max_connections: args.admin_max_connections,
+            connection_drain_timeout: Duration::from_millis(args.connection_drain_timeout_ms),
             allow_path_install: args.allow_path_install,
             trusted_keys: args.trusted_keys,
             ..Config::default()

@@ -5,10 +5,16 @@
 //!
 //! A connection is in one of three phases ([`Phase`]): reading a request head (bounded by the
 //! header-read timeout, from the accept or from the head's first byte), busy with a request (from
-//! its head to the end of its response body: no timer here, the module's request timeout bounds
-//! it), or idle between requests (bounded by the idle timeout). hyper's own
+//! its head to the end of its response body: the module's request timeout bounds its body and
+//! its answer, the operations API's minimum upload rate an upload), or idle between requests
+//! (bounded by the idle timeout). In any phase, a write the client does not read for the idle
+//! timeout closes the connection (a client that never reads its answer). hyper's own
 //! `header_read_timeout` is not used: it runs while a keep-alive connection waits for its next
 //! request too, so it cannot tell a slow head from an idle connection.
+//!
+//! At stop a port accepts nothing more, ends its event streams (`text/event-stream` responses,
+//! which never end on their own), lets the requests in flight finish for up to the drain timeout
+//! and then closes whatever is still open, so stopping always ends.
 //!
 //! At the cap a port stops accepting: the connection in hand waits until an idle connection
 //! (keep-alive, or never sent a byte) is closed for it, the oldest first, or until one ends; the
@@ -50,6 +56,9 @@ pub(crate) struct Hygiene {
     pub(crate) idle_timeout: Duration,
     /// Connections held open at most; at the cap the port stops accepting.
     pub(crate) max_connections: usize,
+    /// At stop, how long the requests in flight have to finish before their connections are
+    /// closed.
+    pub(crate) drain_timeout: Duration,
 }
 
 /// How many connections each port may hold, from the process's open-file limit.
@@ -80,8 +89,9 @@ impl Budget {
 }
 
 /// Serves `app` on `listener` until `stop` ends; then accepts nothing more, lets every
-/// connection finish its request in flight (idle ones close at once) and returns once all are
-/// closed, like `axum::serve(..).with_graceful_shutdown(stop)`.
+/// connection finish its request in flight (idle ones close at once, event streams end) for up
+/// to the drain timeout, closes those still open and returns once all are closed, like
+/// `axum::serve(..).with_graceful_shutdown(stop)` with a deadline.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
@@ -91,10 +101,12 @@ pub(crate) async fn serve(
     stop: impl Future<Output = ()>,
 ) {
     let mut stop = pin!(stop);
-    let slots = Arc::new(Semaphore::new(hygiene.max_connections));
+    // Waiting for every slot takes one `u32` count: a larger cap could never be waited for whole.
+    let cap = u32::try_from(hygiene.max_connections).unwrap_or(u32::MAX).max(1);
+    let slots = Arc::new(Semaphore::new(cap as usize));
     let table = Arc::new(Table::default());
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    tokio::spawn(report(port, hygiene.max_connections, Arc::clone(&counters), shutdown_rx.clone()));
+    let (shutdown, shutdown_rx) = watch::channel(Stop::Serving);
+    tokio::spawn(report(port, cap as usize, Arc::clone(&counters), shutdown_rx.clone()));
     let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
@@ -132,9 +144,29 @@ pub(crate) async fn serve(
         tokio::spawn(connection.serve(stream, peer, app.clone(), hygiene, shutdown_rx.clone()));
     }
     drop(listener);
-    let _ = shutdown.send(true);
+    let _ = shutdown.send(Stop::Draining);
     // Every connection holds a slot until it closes: all slots back means all closed.
-    let _ = slots.acquire_many(hygiene.max_connections as u32).await;
+    let drained = tokio::time::timeout(hygiene.drain_timeout, slots.acquire_many(cap)).await;
+    if drained.is_err() {
+        tracing::warn!(
+            port = port.label(),
+            open = counters.open.load(Relaxed),
+            "closing the connections still open after the drain timeout of {:?}",
+            hygiene.drain_timeout
+        );
+        let _ = shutdown.send(Stop::Closing);
+        let _ = slots.acquire_many(cap).await;
+    }
+}
+
+/// Where a port is in stopping, as its connections see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Serving,
+    /// Accepting nothing more: finish the request in flight, end event streams, then close.
+    Draining,
+    /// The drain timeout is over: close now.
+    Closing,
 }
 
 /// Idle connections closed at once when a port is at its cap, so the next few accepts find a
@@ -180,19 +212,27 @@ impl Connection {
         peer: SocketAddr,
         app: Router,
         hygiene: Hygiene,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<Stop>,
     ) {
         let _ = stream.set_nodelay(true);
         let watch = Arc::clone(&self.watch);
         let io = TokioIo::new(WatchedIo::new(stream, Arc::clone(&watch)));
+        let stopping = shutdown.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let busy = Busy::start(Arc::clone(&watch));
             let mut request = request.map(axum::body::Body::new);
             request.extensions_mut().insert(ConnectInfo(peer));
             let response = tower_service::Service::call(&mut app.clone(), request);
+            let mut stopping = stopping.clone();
             async move {
                 let response = response.await.unwrap_or_else(|never| match never {});
-                Ok::<_, Infallible>(response.map(|body| BusyBody { body, _busy: busy }))
+                let ends_at_stop = is_event_stream(&response).then(|| {
+                    let stopped: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+                        let _ = stopping.wait_for(|stop| *stop != Stop::Serving).await;
+                    });
+                    stopped
+                });
+                Ok::<_, Infallible>(response.map(|body| BusyBody { body, ends_at_stop, _busy: busy }))
             }
         });
         let mut connection = pin!(
@@ -201,9 +241,14 @@ impl Connection {
                 .serve_connection(io, service)
         );
         let mut timer = pin!(tokio::time::sleep(hygiene.idle_timeout));
-        let mut draining = *shutdown.borrow();
-        if draining {
-            connection.as_mut().graceful_shutdown();
+        let mut draining = false;
+        match *shutdown.borrow_and_update() {
+            Stop::Serving => {}
+            Stop::Draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            Stop::Closing => return,
         }
         loop {
             let deadline = self.watch.deadline(&hygiene);
@@ -228,6 +273,11 @@ impl Connection {
                             self.counters.idle_timeouts.fetch_add(1, Relaxed);
                             break;
                         }
+                        Some((at, TimedOut::Write)) if at <= Instant::now() => {
+                            self.counters.write_timeouts.fetch_add(1, Relaxed);
+                            tracing::debug!(%peer, "closed: the client read nothing for {:?}", hygiene.idle_timeout);
+                            break;
+                        }
                         _ => {}
                     }
                 }
@@ -237,11 +287,18 @@ impl Connection {
                         break;
                     }
                 }
-                changed = shutdown.changed(), if !draining => {
-                    // A dropped sender means the accept loop is gone: stop the same way.
-                    let _ = changed;
-                    draining = true;
-                    connection.as_mut().graceful_shutdown();
+                changed = shutdown.changed() => {
+                    // A dropped sender means the accept loop is gone: close.
+                    match changed.map(|()| *shutdown.borrow_and_update()) {
+                        Ok(Stop::Serving) => {}
+                        Ok(Stop::Draining) => {
+                            if !draining {
+                                draining = true;
+                                connection.as_mut().graceful_shutdown();
+                            }
+                        }
+                        Ok(Stop::Closing) | Err(_) => break,
+                    }
                 }
             }
         }
@@ -272,6 +329,8 @@ enum Phase {
 enum TimedOut {
     Header,
     Idle,
+    /// A write waited for the client to read for the idle timeout.
+    Write,
 }
 
 impl Phase {
@@ -332,6 +391,16 @@ struct Watch {
     /// A response body ended and hyper has not flushed the socket since: bytes it writes now
     /// may be that response's last ones.
     response_unflushed: AtomicBool,
+    /// Since when a write has been waiting for the client to read, if one is.
+    write_stalled_since: Mutex<Option<Instant>>,
+}
+
+/// The earlier of two deadlines.
+fn earliest(a: Option<(Instant, TimedOut)>, b: Option<(Instant, TimedOut)>) -> Option<(Instant, TimedOut)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
 }
 
 impl Watch {
@@ -346,8 +415,38 @@ impl Watch {
         (before, *phase)
     }
 
+    /// The phase's deadline, or a stalled write's if that comes first.
     fn deadline(&self, hygiene: &Hygiene) -> Option<(Instant, TimedOut)> {
-        self.phase().deadline(hygiene)
+        let stalled = *self.write_stalled_since.lock().unwrap_or_else(PoisonError::into_inner);
+        earliest(
+            self.phase().deadline(hygiene),
+            stalled.map(|since| (since + hygiene.idle_timeout, TimedOut::Write)),
+        )
+    }
+
+    /// A write to the socket could not proceed (the client's receive window is full).
+    fn write_stalled(&self) {
+        let mut since = self.write_stalled_since.lock().unwrap_or_else(PoisonError::into_inner);
+        if since.is_none() {
+            *since = Some(Instant::now());
+            drop(since);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A write to the socket went through.
+    fn write_progressed(&self) {
+        *self.write_stalled_since.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Notes whether a write to the socket went through or has to wait.
+    fn writing<T>(&self, polled: Poll<T>) -> Poll<T> {
+        if polled.is_pending() {
+            self.write_stalled();
+        } else {
+            self.write_progressed();
+        }
+        polled
     }
 
     fn reclaimable_since(&self) -> Option<Instant> {
@@ -385,10 +484,20 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its request [`Busy`] until hyper is done with it.
+/// A response body that keeps its request [`Busy`] until hyper is done with it; an event stream
+/// ends when its port stops.
 struct BusyBody {
     body: axum::body::Body,
+    ends_at_stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     _busy: Busy,
+}
+
+/// A response that streams server-sent events (a log follow): it ends only when its client goes.
+fn is_event_stream(response: &axum::response::Response) -> bool {
+    response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"))
 }
 
 impl http_body::Body for BusyBody {
@@ -399,6 +508,11 @@ impl http_body::Body for BusyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if let Some(stopped) = &mut self.ends_at_stop
+            && stopped.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(None);
+        }
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
@@ -442,7 +556,8 @@ impl WatchedIo {
         while let Some((answer, written)) = &mut self.own_answer
             && *written < answer.len()
         {
-            match std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &answer[*written..]))? {
+            let polled = Pin::new(&mut self.inner).poll_write(cx, &answer[*written..]);
+            match std::task::ready!(self.watch.writing(polled))? {
                 0 => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
                 n => *written += n,
             }
@@ -506,7 +621,8 @@ impl AsyncWrite for WatchedIo {
         if self.swallows(buf) {
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch.writing(polled)
     }
 
     fn poll_write_vectored(
@@ -518,7 +634,8 @@ impl AsyncWrite for WatchedIo {
         if self.swallows(first) {
             return Poll::Ready(Ok(bufs.iter().map(|buf| buf.len()).sum()));
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch.writing(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -556,6 +673,7 @@ impl Table {
             changed: Notify::new(),
             reclaim_requested: AtomicBool::new(false),
             response_unflushed: AtomicBool::new(false),
+            write_stalled_since: Mutex::new(None),
         });
         self.lock().insert(id, Arc::clone(&watch));
         watch
@@ -638,7 +756,7 @@ async fn report(
     port: Port,
     cap: usize,
     counters: Arc<ConnectionCounters>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Stop>,
 ) {
     let snapshot = |c: &ConnectionCounters| {
         [c.header_timeouts.load(Relaxed), c.reclaimed.load(Relaxed), c.paused.load(Relaxed)]
@@ -687,19 +805,34 @@ mod tests {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 100,
+            drain_timeout: Duration::from_secs(60),
         }
     }
 
     /// Serves `app` on a loopback port in this runtime; the address and the stop switch.
     async fn serving(app: Router) -> (SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        serving_with(app, hygiene()).await
+    }
+
+    async fn serving_with(
+        app: Router,
+        hygiene: Hygiene,
+    ) -> (SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        serving_counted(app, hygiene, Arc::default()).await
+    }
+
+    async fn serving_counted(
+        app: Router,
+        hygiene: Hygiene,
+        counters: Arc<ConnectionCounters>,
+    ) -> (SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, mut stopped) = watch::channel(false);
         let stop_when = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        let counters = Arc::default();
-        let server = tokio::spawn(serve(listener, app, Port::Traffic, hygiene(), counters, stop_when));
+        let server = tokio::spawn(serve(listener, app, Port::Traffic, hygiene, counters, stop_when));
         (addr, stop, server)
     }
 
@@ -758,6 +891,130 @@ mod tests {
         let (_, answer) = request.await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("finished"), "{answer}");
         server.await.unwrap();
+    }
+
+    /// A route whose handler never answers, and one whose response never ends.
+    fn never_ending(content_type: &'static str) -> Router {
+        let forever = move || async move {
+            let chunks = futures_util::stream::unfold((), |()| async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Some((Ok::<_, Infallible>(bytes::Bytes::from(vec![b'x'; 64 * 1024])), ()))
+            });
+            ([(http::header::CONTENT_TYPE, content_type)], axum::body::Body::from_stream(chunks))
+        };
+        Router::new()
+            .route("/hang", axum::routing::get(std::future::pending::<&'static str>))
+            .route("/forever", axum::routing::get(forever))
+    }
+
+    /// Connects and sends `GET path` without reading anything back.
+    /// (Blocking, but on loopback the kernel completes the connect and takes the few bytes
+    /// without the accept loop.)
+    async fn request_unread(addr: SocketAddr, path: &str) -> std::net::TcpStream {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        stream
+    }
+
+    #[tokio::test]
+    async fn stopping_waits_for_every_connection_however_large_the_cap() {
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let handoff = Arc::new(Mutex::new(Some((started_tx, released))));
+        let app = Router::new().route(
+            "/slow",
+            axum::routing::get(move || {
+                let handoff = handoff.lock().unwrap().take();
+                async move {
+                    let (started, released) = handoff.unwrap();
+                    let _ = started.send(());
+                    let _ = released.await;
+                    "finished"
+                }
+            }),
+        );
+        // A cap that does not fit the `u32` count of permits waited for at stop.
+        let huge = Hygiene { max_connections: u32::MAX as usize + 2, ..hygiene() };
+        let (addr, stop, server) = serving_with(app, huge).await;
+        let request = tokio::spawn(get(addr, "/slow"));
+        started.await.unwrap();
+        stop.send(true).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!server.is_finished(), "serve returned with a request in flight");
+        release.send(()).unwrap();
+        let (_, answer) = request.await.unwrap();
+        assert!(answer.ends_with("finished"), "{answer}");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stopping_closes_what_the_drain_timeout_leaves_open() {
+        let short = Hygiene { drain_timeout: Duration::from_millis(200), ..hygiene() };
+        let (addr, stop, server) = serving_with(never_ending("text/plain"), short).await;
+        let _hanging = request_unread(addr, "/hang").await;
+        let _streaming = request_unread(addr, "/forever").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("serve returns once the drain timeout is over")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_ends_at_stop() {
+        let (addr, stop, server) = serving(never_ending("text/event-stream")).await;
+        let follow = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            write!(stream, "GET /forever HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            // Read until the base ends the stream (the drain timeout is a minute).
+            let mut sink = Vec::new();
+            stream.read_to_end(&mut sink).map(|_| sink.len())
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), server).await.expect("serve returns").unwrap();
+        assert!(follow.await.unwrap().unwrap() > 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_of_its_answer_is_closed_after_the_idle_timeout() {
+        let quick = Hygiene { idle_timeout: Duration::from_millis(300), ..hygiene() };
+        let counters = Arc::<ConnectionCounters>::default();
+        let (addr, stop, server) =
+            serving_counted(never_ending("text/plain"), quick, Arc::clone(&counters)).await;
+        let _unread = request_unread(addr, "/forever").await;
+        let closed = async {
+            while counters.write_timeouts.load(Relaxed) == 0 || counters.open.load(Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), closed)
+            .await
+            .expect("the stalled connection is closed");
+        stop.send(true).unwrap();
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn a_stalled_write_is_timed_in_any_phase() {
+        let watch = Table::default().insert();
+        *watch.phase.lock().unwrap() = Phase::Busy { requests: 1 };
+        assert_eq!(watch.deadline(&hygiene()), None);
+        watch.write_stalled();
+        let since = watch.write_stalled_since.lock().unwrap().unwrap();
+        assert_eq!(watch.deadline(&hygiene()), Some((since + Duration::from_secs(60), TimedOut::Write)));
+        // Stalling again does not restart the clock; a write that goes through ends the stall.
+        watch.write_stalled();
+        assert_eq!(*watch.write_stalled_since.lock().unwrap(), Some(since));
+        watch.write_progressed();
+        assert_eq!(watch.deadline(&hygiene()), None);
+        // The earlier deadline wins.
+        *watch.phase.lock().unwrap() = Phase::Head { since, started: true };
+        watch.write_stalled();
+        assert_eq!(watch.deadline(&hygiene()).unwrap().1, TimedOut::Header);
     }
 
     #[test]

@@ -73,3 +73,85 @@ pub(crate) async fn read_body(body: Body, limit: u64) -> Result<Bytes> {
         Err(e) => Err(Error::BadRequest { message: format!("cannot read the body: {e}") }),
     }
 }
+
+/// How slowly a body may arrive before the base gives up on it: any body has `grace`, and after
+/// that must have kept `bytes_per_second` on average since its first byte was awaited.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MinRate {
+    pub(crate) grace: std::time::Duration,
+    pub(crate) bytes_per_second: u64,
+}
+
+impl MinRate {
+    /// How long a body of `received` bytes may have taken so far.
+    fn allowed(self, received: u64) -> std::time::Duration {
+        self.grace + std::time::Duration::from_secs_f64(received as f64 / self.bytes_per_second.max(1) as f64)
+    }
+}
+
+/// [`read_body`], refusing a body that arrives slower than `rate` with `REQUEST_TIMEOUT`: a client
+/// trickling a large upload cannot hold its request (and its connection) open for ever, while
+/// one sending at any reasonable rate is never cut off however large its body.
+pub(crate) async fn read_body_at_min_rate(body: Body, limit: u64, rate: MinRate) -> Result<Bytes> {
+    let started = tokio::time::Instant::now();
+    let mut body = std::pin::pin!(Limited::new(body, limit as usize));
+    let mut collected = bytes::BytesMut::new();
+    loop {
+        let received = collected.len() as u64;
+        let frame = match tokio::time::timeout_at(started + rate.allowed(received), body.frame()).await {
+            Err(_) => {
+                return Err(Error::RequestBodyTooSlow {
+                    received,
+                    min_bytes_per_second: rate.bytes_per_second,
+                    grace_ms: rate.grace.as_millis() as u64,
+                });
+            }
+            Ok(None) => return Ok(collected.freeze()),
+            Ok(Some(Err(e))) if e.is::<LengthLimitError>() => {
+                return Err(Error::PayloadTooLarge { size: limit + 1, limit });
+            }
+            Ok(Some(Err(e))) => {
+                return Err(Error::BadRequest { message: format!("cannot read the body: {e}") });
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            collected.extend_from_slice(&data);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    #[test]
+    fn a_body_may_take_the_grace_and_then_its_size_at_the_minimum_rate() {
+        let rate = MinRate { grace: Duration::from_secs(10), bytes_per_second: 64 * 1024 };
+        assert_eq!(rate.allowed(0), Duration::from_secs(10));
+        // 256 MiB at 64 KiB/s: 4096 s after the grace.
+        assert_eq!(rate.allowed(256 * 1024 * 1024), Duration::from_secs(10 + 4096));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_body_is_refused_and_a_steady_one_read_whole() {
+        let rate = MinRate { grace: Duration::from_secs(6), bytes_per_second: 1024 };
+        let body = |pause: Duration, chunks: usize| {
+            let chunks = futures_util::stream::iter(0..chunks).then(move |_| async move {
+                tokio::time::sleep(pause).await;
+                Ok::<_, std::io::Error>(Bytes::from_static(&[b'x'; 512]))
+            });
+            Body::from_stream(chunks)
+        };
+        // 512 bytes every 100 ms: 5 KiB/s, well over the minimum.
+        let read = read_body_at_min_rate(body(Duration::from_millis(100), 40), 1 << 20, rate).await;
+        assert_eq!(read.unwrap().len(), 40 * 512);
+        // 512 bytes every 5 s: 100 bytes/s, under it once the grace is over.
+        let read = read_body_at_min_rate(body(Duration::from_secs(5), 40), 1 << 20, rate).await;
+        assert!(matches!(read, Err(Error::RequestBodyTooSlow { received: 512, .. })), "{read:?}");
+    }
+}
