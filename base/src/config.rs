@@ -209,6 +209,11 @@ impl Config {
 /// The shortest operations API token accepted, in characters (a generated one has 64).
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
+/// The length from which a token counts as strong, in characters: guessing it is hopeless, so
+/// the throttle of failed authentications never refuses it (see ARCHITECTURE.md, "The
+/// operations API's front door"). A weaker one is refused too while its client is throttled.
+pub const STRONG_ADMIN_TOKEN_LEN: usize = 32;
+
 /// Refuses a blank token, or one shorter than [`MIN_ADMIN_TOKEN_LEN`] once trimmed; `origin`
 /// says where it came from, for the message.
 pub(crate) fn check_admin_token(token: &str, origin: &str) -> Result<()> {

@@ -346,6 +346,38 @@ fn guessing_the_token_is_throttled_and_logged() {
     assert!(refusal.contains("client=127.0.0.1:"), "no client address: {refusal}");
 }
 
+/// Guesses wrong tokens from the test's address until the base throttles it.
+fn throttle_this_address(base: &TestBase) {
+    let throttled = (0..40).find(|n| {
+        let header = format!("Bearer guess-number-{n:08}");
+        base.admin_without_token("GET", "/api/v1/modules", &[("authorization", &header)], None).status == 429
+    });
+    assert!(throttled.is_some(), "no 429 after 40 guesses");
+}
+
+#[test]
+fn guesses_from_the_same_address_never_lock_out_a_strong_token() {
+    // The generated token (64 hex digits): wrong guesses from 127.0.0.1, as any local process
+    // can send, do not keep the operator (also 127.0.0.1) out.
+    let base = TestBase::start();
+    throttle_this_address(&base);
+    assert_eq!(base.admin_get("/api/v1/modules").status, 200, "the right token was throttled");
+    // And it cleared the address's bucket: a wrong guess is told so, not to wait.
+    let wrong = base.admin_without_token("GET", "/api/v1/modules", &[("authorization", "Bearer nope")], None);
+    check_error("after the right token", &wrong, 401, "UNAUTHORIZED", "token");
+}
+
+#[test]
+fn a_weak_token_is_refused_while_its_address_is_throttled() {
+    // 16..31 characters: the throttle is what keeps it from being guessed, so it holds for the
+    // right token too.
+    let base = TestBase::start_with(&["--admin-token", "weak-but-long-enough"]);
+    base.wait_for_log("shorter than 32 characters");
+    throttle_this_address(&base);
+    let refused = base.admin_get("/api/v1/modules");
+    check_error("the right weak token while throttled", &refused, 429, "TOO_MANY_ATTEMPTS", "retry");
+}
+
 #[test]
 fn the_audit_log_records_operations_and_refusals() {
     let base = TestBase::start();

@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    config::{Config, check_admin_token},
+    config::{Config, STRONG_ADMIN_TOKEN_LEN, check_admin_token},
     error::{Error, Result},
 };
 
@@ -75,8 +75,20 @@ impl AdminToken {
         &self.secret
     }
 
+    /// Whether it is at least [`STRONG_ADMIN_TOKEN_LEN`] characters long (a generated one is).
+    pub(crate) fn is_strong(&self) -> bool {
+        self.secret.chars().count() >= STRONG_ADMIN_TOKEN_LEN
+    }
+
     /// Says where the token is, never what it is.
     pub(crate) fn log_where(&self) {
+        if !self.is_strong() {
+            tracing::warn!(
+                "the operations API token is shorter than {STRONG_ADMIN_TOKEN_LEN} characters: while a \
+                 client is throttled for wrong guesses, its right token is refused too (a local process \
+                 guessing can lock a local operator out); use a longer one"
+            );
+        }
         match &self.origin {
             TokenOrigin::Flag => tracing::info!("operations API token: from --admin-token"),
             TokenOrigin::File(path) => {
