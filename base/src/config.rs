@@ -204,7 +204,13 @@ impl fmt::Debug for Config {
             .field("watch_dir", watch_dir)
             .field("spis", spis)
             .field("config_file", config_file)
-            .field("module_config", &module_config.iter().map(|(module, values)| (module, ValuesNotShown(values.len()))).collect::<BTreeMap<_, _>>())
+            .field(
+                "module_config",
+                &module_config
+                    .iter()
+                    .map(|(module, values)| (module, ValuesNotShown(values.len())))
+                    .collect::<BTreeMap<_, _>>(),
+            )
             .field("module_secret_keys", module_secret_keys)
             .field("kv_quota_bytes", kv_quota_bytes)
             .field("module_kv_quota", module_kv_quota)
@@ -359,7 +365,7 @@ pub(crate) fn check_admin_token(token: &str, origin: &str) -> Result<()> {
 /// [modules.search.config]    # read by the module with pedestal_module_api::config
 /// index = "products"
 /// db = { pool_size = 8, dsn = "postgres://search:…@db/search" }
-/// api_token = "…"            # shown redacted by the API: its name ends in `token`
+/// api_token = "…"            # shown redacted by the API: its name contains `token`
 ///
 /// [modules.search.limits]
 /// max_concurrent_requests = 64

@@ -189,8 +189,12 @@ mod tests {
                     (0..6).map(|_| scope.spawn(|| AdminToken::resolve(&config).map(|t| t.secret))).collect();
                 starts.into_iter().map(|s| s.join().unwrap().expect("a start failed")).collect()
             });
-            assert!(secrets.iter().all(|s| s == &secrets[0] && s.len() == 2 * GENERATED_BYTES), "{secrets:?}");
-            let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert!(
+                secrets.iter().all(|s| s == &secrets[0] && s.len() == 2 * GENERATED_BYTES),
+                "{secrets:?}"
+            );
+            let names: Vec<_> =
+                std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
             assert_eq!(names, [TOKEN_FILE], "temporary files left behind");
         }
     }
