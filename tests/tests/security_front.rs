@@ -62,6 +62,17 @@ fn a_browsers_cross_site_upload_is_refused_and_loads_nothing() {
     let with_token = format!("{head}Authorization: {}\r\n", base.bearer());
     let (status, body) = raw(&base, &with_token, &read(artifacts::GOOD));
     assert_eq!((status, body["code"].as_str()), (403, Some("CROSS_ORIGIN")), "{body}");
+    // Older browsers send no Sec-Fetch-*: the Origin alone gives it away; newer ones may be
+    // told apart by Sec-Fetch-Site alone.
+    for headers in ["Origin: http://evil.example\r\n", "Sec-Fetch-Site: cross-site\r\n"] {
+        for content_type in ["text/plain", "application/octet-stream"] {
+            let head = format!(
+                "POST /api/v1/modules HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n{headers}"
+            );
+            let (status, body) = raw(&base, &head, &read(artifacts::GOOD));
+            assert_eq!((status, body["code"].as_str()), (403, Some("CROSS_ORIGIN")), "{headers}: {body}");
+        }
+    }
     // Another local site (another port of localhost is the same site) is refused too.
     let same_site = format!(
         "GET /api/v1/modules HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://localhost:3000\r\n\
@@ -100,6 +111,19 @@ fn a_rebinding_host_is_refused_even_with_the_token() {
     assert_eq!(get("ops.example.com").0, 200, "an allowed name");
     assert_eq!(get("proxy.example.com:8443").0, 200, "an allowed name and port");
     assert_eq!(get("proxy.example.com:9443").0, 403, "an allowed name on another port");
+    // An allowed name without a port is an allowed Origin on the API's port only: another
+    // application on that host is another site.
+    let with_origin = |origin: &str| {
+        let head = format!(
+            "GET /api/v1/modules HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {origin}\r\nAuthorization: {}\r\n",
+            base.bearer()
+        );
+        raw(&base, &head, b"")
+    };
+    let (status, body) = with_origin("http://ops.example.com:3000");
+    assert_eq!((status, body["code"].as_str()), (403, Some("CROSS_ORIGIN")), "{body}");
+    assert_eq!(with_origin(&format!("http://ops.example.com:{port}")).0, 200);
+    assert_eq!(with_origin("https://proxy.example.com:8443").0, 200, "the port written with it");
 }
 
 #[test]
@@ -149,6 +173,7 @@ fn bodies_must_say_what_they_are() {
     for (method, path) in [
         ("POST", "/api/v1/config/reload"),
         ("POST", "/api/v1/modules/fx-good/0.1.0/retry"),
+        ("POST", "/api/v1/artifacts/0000000000000000000000000000000000000000000000000000000000000000/retry"),
         ("DELETE", "/api/v1/modules/fx-good/0.1.0"),
     ] {
         let reply = base.admin(method, path, &[("content-type", "text/plain")], Some(b"x"));
@@ -211,6 +236,7 @@ fn every_route_refuses_a_parameter_it_does_not_take() {
         ("PUT", "/api/v1/modules/fx-good/traffic"),
         ("GET", "/api/v1/operations/1"),
         ("POST", "/api/v1/modules/fx-good/0.1.0/retry"),
+        ("POST", "/api/v1/artifacts/0000000000000000000000000000000000000000000000000000000000000000/retry"),
         ("GET", "/api/v1/ready"),
         ("GET", "/api/v1/base"),
         ("GET", "/api/v1/modules/fx-good/config"),

@@ -128,7 +128,7 @@ impl Gate {
         if !self.hosts.allows(host, 80) {
             return Err(Error::HostNotAllowed { host: host.to_owned() });
         }
-        check_browser_context(headers, &self.hosts)
+        check_browser_context(headers, host, &self.hosts)
     }
 
     /// Checks the bearer token. Wrong guesses spend the client's throttle; what a throttled
@@ -177,10 +177,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim())
 }
 
-/// Refuses a request a browser makes for another site: an `Origin` that is not one of the
-/// base's own, or `Sec-Fetch-Site: cross-site|same-site` (another port of `localhost` is the
-/// same site). Tools like curl send neither header.
-fn check_browser_context(headers: &HeaderMap, hosts: &AllowedHosts) -> Result<()> {
+/// Refuses a request a browser makes for another site: `Sec-Fetch-Site: cross-site|same-site`
+/// (another port of `localhost` is the same site), or an `Origin` that is neither the request's
+/// own `Host` (same host and port) nor one of `--admin-allowed-hosts` (see
+/// [`AllowedHosts::allows_origin`]). Tools like curl send neither header.
+fn check_browser_context(headers: &HeaderMap, host: &str, hosts: &AllowedHosts) -> Result<()> {
     let text = |name| headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
         && (site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site"))
@@ -190,8 +191,8 @@ fn check_browser_context(headers: &HeaderMap, hosts: &AllowedHosts) -> Result<()
     if let Some(origin) = text(header::ORIGIN) {
         let lower = origin.to_ascii_lowercase();
         let same = match (lower.strip_prefix("http://"), lower.strip_prefix("https://")) {
-            (Some(authority), _) => hosts.allows(authority, 80),
-            (_, Some(authority)) => hosts.allows(authority, 443),
+            (Some(authority), _) => hosts.allows_origin(authority, 80, host),
+            (_, Some(authority)) => hosts.allows_origin(authority, 443, host),
             _ => false,
         };
         if !same {
@@ -280,6 +281,29 @@ impl AllowedHosts {
             || ip.is_some_and(|ip| {
                 ip.is_loopback() || ip == self.listen.ip() || self.listen.ip().is_unspecified()
             })
+    }
+}
+
+impl AllowedHosts {
+    /// Whether a page at `origin` (`name[:port]`, its scheme's `default_port` if none) may call
+    /// the API: it is the request's own `host` (the same name and port: the API's own origin,
+    /// whatever address it listens on), or one of the extra names, on the port written with it
+    /// or else the API's own port (a proxy that rewrites `Host` needs `name:443` written).
+    pub(crate) fn allows_origin(&self, origin: &str, default_port: u16, host: &str) -> bool {
+        let origin = origin.trim().to_ascii_lowercase();
+        let (name, port) = split_authority(&origin);
+        let port = port.unwrap_or(default_port);
+        if name.is_empty() || origin.contains('/') {
+            return false;
+        }
+        let host = host.trim().to_ascii_lowercase();
+        let (host_name, host_port) = split_authority(&host);
+        if host_name == name && host_port.unwrap_or(default_port) == port {
+            return true;
+        }
+        self.extra.iter().any(|(allowed, allowed_port)| {
+            allowed == name && allowed_port.unwrap_or(self.listen.port()) == port
+        })
     }
 }
 
@@ -401,6 +425,69 @@ mod tests {
         check("127.0.0.1:7071", &["ops.example.com:8443"], "ops.example.com:8443", true);
         check("127.0.0.1:7071", &["ops.example.com:8443"], "ops.example.com:9443", false);
         check("127.0.0.1:7071", &["ops.example.com"], "evil.ops.example.com", false);
+    }
+
+    fn check_origin(listen: &str, extra: &[&str], host: &str, origin: &str, allowed: bool) {
+        let extra: Vec<String> = extra.iter().map(|e| e.to_string()).collect();
+        let hosts = AllowedHosts::new(listen.parse().unwrap(), &extra);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ORIGIN, origin.parse().unwrap());
+        assert_eq!(
+            check_browser_context(&headers, host, &hosts).is_ok(),
+            allowed,
+            "listen {listen}, extra {extra:?}, Host {host:?}, Origin {origin:?}"
+        );
+    }
+
+    #[test]
+    fn origins_the_api_accepts() {
+        check_origin("127.0.0.1:7071", &[], "127.0.0.1:7071", "http://127.0.0.1:7071", true);
+        check_origin("127.0.0.1:7071", &[], "localhost:7071", "http://localhost:7071", true);
+        check_origin("127.0.0.1:7071", &[], "127.0.0.1:7071", "http://localhost:7071", false);
+        check_origin("127.0.0.1:7071", &[], "127.0.0.1:7071", "http://localhost:3000", false);
+        check_origin("127.0.0.1:7071", &[], "127.0.0.1:7071", "http://evil.example", false);
+        check_origin("127.0.0.1:7071", &[], "127.0.0.1:7071", "null", false);
+        // Listening on every address, another IP literal is another site.
+        check_origin("0.0.0.0:7071", &[], "10.0.0.5:7071", "http://10.0.0.5:7071", true);
+        check_origin("0.0.0.0:7071", &[], "10.0.0.5:7071", "http://10.0.0.9:7071", false);
+        check_origin("[::]:7071", &[], "[fd00::5]:7071", "http://[fd00::6]:7071", false);
+        // Behind a proxy that keeps Host: its own origin.
+        check_origin(
+            "127.0.0.1:7071",
+            &["ops.example.com"],
+            "ops.example.com",
+            "https://ops.example.com",
+            true,
+        );
+        // An extra name without a port: only on the API's port, unless the operator wrote one.
+        check_origin(
+            "127.0.0.1:7071",
+            &["ops.example.com"],
+            "127.0.0.1:7071",
+            "http://ops.example.com:3000",
+            false,
+        );
+        check_origin(
+            "127.0.0.1:7071",
+            &["ops.example.com"],
+            "127.0.0.1:7071",
+            "http://ops.example.com:7071",
+            true,
+        );
+        check_origin(
+            "127.0.0.1:7071",
+            &["ops.example.com:443"],
+            "127.0.0.1:7071",
+            "https://ops.example.com",
+            true,
+        );
+        check_origin(
+            "127.0.0.1:7071",
+            &["ops.example.com:443"],
+            "127.0.0.1:7071",
+            "https://ops.example.com:8443",
+            false,
+        );
     }
 
     #[test]
