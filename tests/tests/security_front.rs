@@ -453,3 +453,40 @@ fn the_audit_log_records_operations_and_refusals() {
     let line = installed.lines().find(|l| l.contains(" installed")).unwrap();
     assert!(line.contains("client=127.0.0.1:"), "the installed line has no client: {line}");
 }
+
+/// The audit file's entries so far.
+fn audit_entries(base: &TestBase) -> Vec<Value> {
+    let text = std::fs::read_to_string(base.data_dir().join("audit.log")).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+}
+
+#[test]
+fn a_flood_of_refusals_cannot_wipe_the_audit_log_or_hide_an_operation() {
+    let base = TestBase::start();
+    // 300 requests without a token, each with an 8 KiB path.
+    let long = format!("/{}", "a".repeat(8 * 1024));
+    for _ in 0..300 {
+        assert_eq!(base.admin_without_token("GET", &long, &[], None).status, 401);
+    }
+    let installed = base.install_query(artifacts::GOOD, "async=true");
+    assert_eq!(installed.status, 202, "{installed:?}");
+    let operation = installed.json["operation"].as_u64().unwrap();
+    let entries = eventually("the operation's outcome and a summary", Duration::from_secs(30), || {
+        let entries = audit_entries(&base);
+        let finished = entries.iter().any(|e| e["operation"] == operation && e["status"] == 201);
+        let summary = entries.iter().any(|e| e["refusals_not_logged"].as_u64().is_some_and(|n| n > 0));
+        (finished && summary).then_some(entries)
+    });
+    let refusals: Vec<&Value> = entries.iter().filter(|e| e["status"] == 401).collect();
+    assert!(refusals.len() < 100, "{} refusals logged of 300", refusals.len());
+    for refusal in &refusals {
+        let path = refusal["path"].as_str().unwrap();
+        assert!(path.len() < 1100 && path.contains("truncated"), "{} bytes: {path:.80}", path.len());
+    }
+    let accepted = entries.iter().find(|e| e["operation"] == operation && e["status"] == 202);
+    assert!(accepted.is_some_and(|e| e["identity"] == "token"), "{entries:?}");
+    let held_back: u64 = entries.iter().filter_map(|e| e["refusals_not_logged"].as_u64()).sum();
+    assert!(held_back > 0 && refusals.len() as u64 + held_back <= 300, "{held_back}");
+    let stderr_refusals = base.log().lines().filter(|l| l.contains("request refused")).count();
+    assert!(stderr_refusals < 100, "{stderr_refusals} refusal lines on stderr");
+}

@@ -65,15 +65,8 @@ pub(crate) async fn guard(State(gate): State<Arc<Gate>>, request: Request, next:
             response.extensions_mut().insert(identity);
             response
         }
+        // Logged by the audit layer (rate-limited: a flood of refusals must not flood the log).
         Err(refusal) => {
-            tracing::warn!(
-                client = %display_client(client),
-                method = %request.method(),
-                path = %request.uri().path(),
-                identity = identity.as_str(),
-                code = refusal.code(),
-                "operations API request refused: {refusal}"
-            );
             let mut response = axum::response::IntoResponse::into_response(refusal);
             response.extensions_mut().insert(identity);
             response
