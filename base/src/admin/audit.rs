@@ -38,8 +38,9 @@ pub const AUDIT_FILE: &str = "audit.log";
 /// Rotated files kept besides the current one (`audit.log.1` is the newest).
 const KEEP_ROTATED: usize = 3;
 
-/// Entries waiting for the writer thread; beyond, entries are dropped and counted (a flood of
-/// refused requests must not hold the operations API up, nor grow memory).
+/// Entries waiting for the writer thread. Beyond, a refusal's entry is dropped and counted (a
+/// flood of refused requests must not hold the operations API up, nor grow memory); an entry
+/// with the token waits for room.
 const QUEUE: usize = 4096;
 
 /// The most of a request's path and query an entry keeps (a 64 KiB path would rotate the log
