@@ -59,7 +59,7 @@ use self::{
 pub(crate) struct FrontDoor {
     token: AdminToken,
     throttle: Arc<Throttle>,
-    audit: Option<Arc<AuditLog>>,
+    audit: Arc<AuditLog>,
     allowed_hosts: Vec<String>,
 }
 
@@ -72,12 +72,7 @@ impl FrontDoor {
         let audit = AuditLog::open(&config.data_dir, config.module_log_max_bytes)
             .map_err(Error::io(format!("opening {}", config.data_dir.join(AUDIT_FILE).display())))?;
         tracing::info!(file = %config.data_dir.join(AUDIT_FILE).display(), "operations audit log");
-        Ok(Self {
-            token,
-            throttle: Arc::default(),
-            audit: Some(audit),
-            allowed_hosts: config.admin_allowed_hosts.clone(),
-        })
+        Ok(Self { token, throttle: Arc::default(), audit, allowed_hosts: config.admin_allowed_hosts.clone() })
     }
 }
 
@@ -395,12 +390,23 @@ async fn run_operation(
     let running = Arc::clone(registry);
     if run_async {
         let id = registry.operations.begin(kind, target);
+        let (ended, outcome) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let outcome = work(&running);
-            running.operations.finish(id, outcome);
+            let result = work(&running);
+            let status = match &result {
+                Ok(_) => audit::Outcome { status: ok.as_u16(), code: None },
+                Err(e) => audit::Outcome { status: e.status().as_u16(), code: Some(e.code().to_owned()) },
+            };
+            running.operations.finish(id, result);
+            let _ = ended.send(status);
         });
         let body = json!({"operation": id, "status_url": format!("/api/v1/operations/{id}")});
-        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+        let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+        response.extensions_mut().insert(audit::PendingOutcome {
+            operation: id,
+            outcome: Arc::new(std::sync::Mutex::new(Some(outcome))),
+        });
+        return Ok(response);
     }
     let result = tokio::task::spawn_blocking(move || work(&running))
         .await

@@ -2,6 +2,7 @@
 
 use std::{
     collections::BTreeMap,
+    fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -16,8 +17,9 @@ use crate::{
     logs::LogFormat,
 };
 
-/// Everything the base needs to know to run.
-#[derive(Debug, Clone)]
+/// Everything the base needs to know to run. Its `Debug` shows neither the token nor the
+/// modules' configuration values (which may hold secrets).
+#[derive(Clone)]
 pub struct Config {
     /// Where module traffic is served.
     pub listen: SocketAddr,
@@ -129,6 +131,124 @@ pub struct Config {
     pub trusted_keys: Option<PathBuf>,
 }
 
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so a new field cannot be left out (or shown) without a decision here.
+        let Self {
+            listen,
+            admin_listen,
+            data_dir,
+            admin_token,
+            admin_token_file,
+            admin_allowed_hosts,
+            max_upload_bytes,
+            max_request_body_bytes,
+            start_timeout,
+            drain_timeout,
+            restart_drain_timeout,
+            stop_timeout,
+            request_timeout,
+            module_log_level,
+            module_log_format,
+            module_log_max_bytes,
+            health_timeout,
+            unhealthy_action,
+            unhealthy_grace,
+            module_log_echo_per_sec,
+            request_accounting,
+            module_limits,
+            boot_modules,
+            modules_dir,
+            ready_requires_modules,
+            watch_dir,
+            spis,
+            config_file,
+            module_config,
+            module_secret_keys,
+            kv_quota_bytes,
+            module_kv_quota,
+            crash_quarantine_after,
+            crash_window,
+            supervisor,
+            worker_restart_leak_bytes,
+            header_read_timeout,
+            idle_timeout,
+            max_connections,
+            admin_max_connections,
+            allow_path_install,
+            trusted_keys,
+        } = self;
+        f.debug_struct("Config")
+            .field("listen", listen)
+            .field("admin_listen", admin_listen)
+            .field("data_dir", data_dir)
+            .field("admin_token", &admin_token.as_ref().map(|_| Redacted))
+            .field("admin_token_file", admin_token_file)
+            .field("admin_allowed_hosts", admin_allowed_hosts)
+            .field("max_upload_bytes", max_upload_bytes)
+            .field("max_request_body_bytes", max_request_body_bytes)
+            .field("start_timeout", start_timeout)
+            .field("drain_timeout", drain_timeout)
+            .field("restart_drain_timeout", restart_drain_timeout)
+            .field("stop_timeout", stop_timeout)
+            .field("request_timeout", request_timeout)
+            .field("module_log_level", module_log_level)
+            .field("module_log_format", module_log_format)
+            .field("module_log_max_bytes", module_log_max_bytes)
+            .field("health_timeout", health_timeout)
+            .field("unhealthy_action", unhealthy_action)
+            .field("unhealthy_grace", unhealthy_grace)
+            .field("module_log_echo_per_sec", module_log_echo_per_sec)
+            .field("request_accounting", request_accounting)
+            .field("module_limits", module_limits)
+            .field("boot_modules", boot_modules)
+            .field("modules_dir", modules_dir)
+            .field("ready_requires_modules", ready_requires_modules)
+            .field("watch_dir", watch_dir)
+            .field("spis", spis)
+            .field("config_file", config_file)
+            .field(
+                "module_config",
+                &module_config
+                    .iter()
+                    .map(|(module, values)| (module, ValuesNotShown(values.len())))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+            .field("module_secret_keys", module_secret_keys)
+            .field("kv_quota_bytes", kv_quota_bytes)
+            .field("module_kv_quota", module_kv_quota)
+            .field("crash_quarantine_after", crash_quarantine_after)
+            .field("crash_window", crash_window)
+            .field("supervisor", supervisor)
+            .field("worker_restart_leak_bytes", worker_restart_leak_bytes)
+            .field("header_read_timeout", header_read_timeout)
+            .field("idle_timeout", idle_timeout)
+            .field("max_connections", max_connections)
+            .field("admin_max_connections", admin_max_connections)
+            .field("allow_path_install", allow_path_install)
+            .field("trusted_keys", trusted_keys)
+            .finish()
+    }
+}
+
+/// Stands in for a secret in `Debug` output.
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("(redacted)")
+    }
+}
+
+/// Stands in for a module's configuration values in `Debug` output: how many, not what.
+struct ValuesNotShown(usize);
+
+impl fmt::Debug for ValuesNotShown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({} values, not shown)", self.0)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -213,6 +333,11 @@ impl Config {
 /// The shortest operations API token accepted, in characters (a generated one has 64).
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
+/// The length from which a token counts as strong, in characters: guessing it is hopeless, so
+/// the throttle of failed authentications never refuses it (see ARCHITECTURE.md, "The
+/// operations API's front door"). A weaker one is refused too while its client is throttled.
+pub const STRONG_ADMIN_TOKEN_LEN: usize = 32;
+
 /// Refuses a blank token, or one shorter than [`MIN_ADMIN_TOKEN_LEN`] once trimmed; `origin`
 /// says where it came from, for the message.
 pub(crate) fn check_admin_token(token: &str, origin: &str) -> Result<()> {
@@ -244,7 +369,7 @@ pub(crate) fn check_admin_token(token: &str, origin: &str) -> Result<()> {
 /// [modules.search.config]    # read by the module with pedestal_module_api::config
 /// index = "products"
 /// db = { pool_size = 8, dsn = "postgres://search:…@db/search" }
-/// api_token = "…"            # shown redacted by the API: its name ends in `token`
+/// api_token = "…"            # shown redacted by the API: its name contains `token`
 ///
 /// [modules.search.limits]
 /// max_concurrent_requests = 64
@@ -357,6 +482,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_neither_the_token_nor_module_config_values() {
+        let mut values = serde_json::Map::new();
+        values.insert("db_password".into(), "hunter2-hunter2".into());
+        let config = Config {
+            admin_token: Some("a-very-secret-operations-token".into()),
+            module_config: BTreeMap::from([("notes".to_owned(), values)]),
+            ..Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("a-very-secret-operations-token"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("admin_token: Some((redacted))"), "{shown}");
+        assert!(shown.contains("\"notes\": (1 values, not shown)"), "{shown}");
+        assert!(shown.contains("admin_listen: 127.0.0.1:7071"), "{shown}");
+        assert!(!format!("{:?}", Config::default()).contains("(redacted)"), "no token, nothing redacted");
+    }
 
     fn check(supervisor: bool, crash_quarantine_after: u32, accepted: bool) {
         let config = Config { supervisor, crash_quarantine_after, ..Config::default() };

@@ -63,7 +63,7 @@ pub use crate::{
     accounting::{CpuTime, LatencySummary},
     admin::{AUDIT_FILE, TOKEN_FILE as ADMIN_TOKEN_FILE},
     artifact::Artifact,
-    config::{Config, MIN_ADMIN_TOKEN_LEN},
+    config::{Config, MIN_ADMIN_TOKEN_LEN, STRONG_ADMIN_TOKEN_LEN},
     crash::{Crash, CrashRecord, crash_of_process},
     error::{Error, Result},
     instance::{Instance, ModuleId, State, Traffic, Transition},

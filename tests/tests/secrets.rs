@@ -102,6 +102,12 @@ secret_keys = ["db.dsn"]
 greeting = "hello"
 db_password = "file-password"
 db = { dsn = "postgres://u:p@db/x", pool_size = 4, Api_Token = "nested-token" }
+aws_secret_access_key = "aws-value"
+mirror = "https://mirror:mirror-pass@m.example/x"
+
+[[modules.fx-services.config.upstreams]]
+host = "a.example"
+password = "array-password"
 "#,
     )
     .unwrap();
@@ -119,14 +125,37 @@ db = { dsn = "postgres://u:p@db/x", pool_size = 4, Api_Token = "nested-token" }
     {
         assert_eq!(secret, "(redacted)", "{shown}");
     }
+    assert_eq!(values["aws_secret_access_key"], "(redacted)", "{shown}");
+    assert_eq!(values["upstreams"][0]["password"], "(redacted)", "{shown}");
+    assert_eq!(values["upstreams"][0]["host"], "a.example", "{shown}");
+    assert_eq!(values["mirror"], "https://mirror:***@m.example/x", "{shown}");
     let body = shown.to_string();
-    for value in ["file-password", "postgres://", "nested-token", "env-secret"] {
+    for value in [
+        "file-password",
+        "postgres://",
+        "nested-token",
+        "env-secret",
+        "aws-value",
+        "array-password",
+        "mirror-pass",
+    ] {
         assert!(!body.contains(value), "{value} shown: {body}");
     }
     let mut redacted: Vec<&str> =
         shown["redacted"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
     redacted.sort_unstable();
-    assert_eq!(redacted, ["db.Api_Token", "db.dsn", "db_password", "smtp_secret"]);
+    assert_eq!(
+        redacted,
+        [
+            "aws_secret_access_key",
+            "db.Api_Token",
+            "db.dsn",
+            "db_password",
+            "mirror",
+            "smtp_secret",
+            "upstreams.0.password"
+        ]
+    );
     // The module itself reads the real values.
     assert_eq!(base.get("/fx-services/config?key=db_password").json["value"], "file-password");
     assert_eq!(base.get("/fx-services/config?key=db.dsn").json["value"], "postgres://u:p@db/x");

@@ -62,6 +62,17 @@ fn a_browsers_cross_site_upload_is_refused_and_loads_nothing() {
     let with_token = format!("{head}Authorization: {}\r\n", base.bearer());
     let (status, body) = raw(&base, &with_token, &read(artifacts::GOOD));
     assert_eq!((status, body["code"].as_str()), (403, Some("CROSS_ORIGIN")), "{body}");
+    // Older browsers send no Sec-Fetch-*: the Origin alone gives it away; newer ones may be
+    // told apart by Sec-Fetch-Site alone.
+    for headers in ["Origin: http://evil.example\r\n", "Sec-Fetch-Site: cross-site\r\n"] {
+        for content_type in ["text/plain", "application/octet-stream"] {
+            let head = format!(
+                "POST /api/v1/modules HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n{headers}"
+            );
+            let (status, body) = raw(&base, &head, &read(artifacts::GOOD));
+            assert_eq!((status, body["code"].as_str()), (403, Some("CROSS_ORIGIN")), "{headers}: {body}");
+        }
+    }
     // Another local site (another port of localhost is the same site) is refused too.
     let same_site = format!(
         "GET /api/v1/modules HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://localhost:3000\r\n\
@@ -100,6 +111,19 @@ fn a_rebinding_host_is_refused_even_with_the_token() {
     assert_eq!(get("ops.example.com").0, 200, "an allowed name");
     assert_eq!(get("proxy.example.com:8443").0, 200, "an allowed name and port");
     assert_eq!(get("proxy.example.com:9443").0, 403, "an allowed name on another port");
+    // An allowed name without a port is an allowed Origin on the API's port only: another
+    // application on that host is another site.
+    let with_origin = |origin: &str| {
+        let head = format!(
+            "GET /api/v1/modules HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {origin}\r\nAuthorization: {}\r\n",
+            base.bearer()
+        );
+        raw(&base, &head, b"")
+    };
+    let (status, body) = with_origin("http://ops.example.com:3000");
+    assert_eq!((status, body["code"].as_str()), (403, Some("CROSS_ORIGIN")), "{body}");
+    assert_eq!(with_origin(&format!("http://ops.example.com:{port}")).0, 200);
+    assert_eq!(with_origin("https://proxy.example.com:8443").0, 200, "the port written with it");
 }
 
 #[test]
@@ -149,6 +173,7 @@ fn bodies_must_say_what_they_are() {
     for (method, path) in [
         ("POST", "/api/v1/config/reload"),
         ("POST", "/api/v1/modules/fx-good/0.1.0/retry"),
+        ("POST", "/api/v1/artifacts/0000000000000000000000000000000000000000000000000000000000000000/retry"),
         ("DELETE", "/api/v1/modules/fx-good/0.1.0"),
     ] {
         let reply = base.admin(method, path, &[("content-type", "text/plain")], Some(b"x"));
@@ -211,6 +236,7 @@ fn every_route_refuses_a_parameter_it_does_not_take() {
         ("PUT", "/api/v1/modules/fx-good/traffic"),
         ("GET", "/api/v1/operations/1"),
         ("POST", "/api/v1/modules/fx-good/0.1.0/retry"),
+        ("POST", "/api/v1/artifacts/0000000000000000000000000000000000000000000000000000000000000000/retry"),
         ("GET", "/api/v1/ready"),
         ("GET", "/api/v1/base"),
         ("GET", "/api/v1/modules/fx-good/config"),
@@ -346,6 +372,38 @@ fn guessing_the_token_is_throttled_and_logged() {
     assert!(refusal.contains("client=127.0.0.1:"), "no client address: {refusal}");
 }
 
+/// Guesses wrong tokens from the test's address until the base throttles it.
+fn throttle_this_address(base: &TestBase) {
+    let throttled = (0..40).find(|n| {
+        let header = format!("Bearer guess-number-{n:08}");
+        base.admin_without_token("GET", "/api/v1/modules", &[("authorization", &header)], None).status == 429
+    });
+    assert!(throttled.is_some(), "no 429 after 40 guesses");
+}
+
+#[test]
+fn guesses_from_the_same_address_never_lock_out_a_strong_token() {
+    // The generated token (64 hex digits): wrong guesses from 127.0.0.1, as any local process
+    // can send, do not keep the operator (also 127.0.0.1) out.
+    let base = TestBase::start();
+    throttle_this_address(&base);
+    assert_eq!(base.admin_get("/api/v1/modules").status, 200, "the right token was throttled");
+    // And it cleared the address's bucket: a wrong guess is told so, not to wait.
+    let wrong = base.admin_without_token("GET", "/api/v1/modules", &[("authorization", "Bearer nope")], None);
+    check_error("after the right token", &wrong, 401, "UNAUTHORIZED", "token");
+}
+
+#[test]
+fn a_weak_token_is_refused_while_its_address_is_throttled() {
+    // 16..31 characters: the throttle is what keeps it from being guessed, so it holds for the
+    // right token too.
+    let base = TestBase::start_with(&["--admin-token", "weak-but-long-enough"]);
+    base.wait_for_log("shorter than 32 characters");
+    throttle_this_address(&base);
+    let refused = base.admin_get("/api/v1/modules");
+    check_error("the right weak token while throttled", &refused, 429, "TOO_MANY_ATTEMPTS", "retry");
+}
+
 #[test]
 fn the_audit_log_records_operations_and_refusals() {
     let base = TestBase::start();
@@ -394,4 +452,41 @@ fn the_audit_log_records_operations_and_refusals() {
     let installed = base.wait_for_log("installed");
     let line = installed.lines().find(|l| l.contains(" installed")).unwrap();
     assert!(line.contains("client=127.0.0.1:"), "the installed line has no client: {line}");
+}
+
+/// The audit file's entries so far.
+fn audit_entries(base: &TestBase) -> Vec<Value> {
+    let text = std::fs::read_to_string(base.data_dir().join("audit.log")).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+}
+
+#[test]
+fn a_flood_of_refusals_cannot_wipe_the_audit_log_or_hide_an_operation() {
+    let base = TestBase::start();
+    // 300 requests without a token, each with an 8 KiB path.
+    let long = format!("/{}", "a".repeat(8 * 1024));
+    for _ in 0..300 {
+        assert_eq!(base.admin_without_token("GET", &long, &[], None).status, 401);
+    }
+    let installed = base.install_query(artifacts::GOOD, "async=true");
+    assert_eq!(installed.status, 202, "{installed:?}");
+    let operation = installed.json["operation"].as_u64().unwrap();
+    let entries = eventually("the operation's outcome and a summary", Duration::from_secs(30), || {
+        let entries = audit_entries(&base);
+        let finished = entries.iter().any(|e| e["operation"] == operation && e["status"] == 201);
+        let summary = entries.iter().any(|e| e["refusals_not_logged"].as_u64().is_some_and(|n| n > 0));
+        (finished && summary).then_some(entries)
+    });
+    let refusals: Vec<&Value> = entries.iter().filter(|e| e["status"] == 401).collect();
+    assert!(refusals.len() < 100, "{} refusals logged of 300", refusals.len());
+    for refusal in &refusals {
+        let path = refusal["path"].as_str().unwrap();
+        assert!(path.len() < 1100 && path.contains("truncated"), "{} bytes: {path:.80}", path.len());
+    }
+    let accepted = entries.iter().find(|e| e["operation"] == operation && e["status"] == 202);
+    assert!(accepted.is_some_and(|e| e["identity"] == "token"), "{entries:?}");
+    let held_back: u64 = entries.iter().filter_map(|e| e["refusals_not_logged"].as_u64()).sum();
+    assert!(held_back > 0 && refusals.len() as u64 + held_back <= 300, "{held_back}");
+    let stderr_refusals = base.log().lines().filter(|l| l.contains("request refused")).count();
+    assert!(stderr_refusals < 100, "{stderr_refusals} refusal lines on stderr");
 }

@@ -65,15 +65,8 @@ pub(crate) async fn guard(State(gate): State<Arc<Gate>>, request: Request, next:
             response.extensions_mut().insert(identity);
             response
         }
+        // Logged by the audit layer (rate-limited: a flood of refusals must not flood the log).
         Err(refusal) => {
-            tracing::warn!(
-                client = %display_client(client),
-                method = %request.method(),
-                path = %request.uri().path(),
-                identity = identity.as_str(),
-                code = refusal.code(),
-                "operations API request refused: {refusal}"
-            );
             let mut response = axum::response::IntoResponse::into_response(refusal);
             response.extensions_mut().insert(identity);
             response
@@ -128,23 +121,38 @@ impl Gate {
         if !self.hosts.allows(host, 80) {
             return Err(Error::HostNotAllowed { host: host.to_owned() });
         }
-        check_browser_context(headers, &self.hosts)
+        check_browser_context(headers, host, &self.hosts)
     }
 
-    /// Checks the bearer token. A client that guessed wrong too often is refused before the
-    /// comparison, so a right guess while throttled is not told apart from a wrong one.
+    /// Checks the bearer token. Wrong guesses spend the client's throttle; what a throttled
+    /// client may still do depends on the token's strength (see [`AdminToken::is_strong`]).
     fn authenticate(&self, headers: &HeaderMap, client: Option<SocketAddr>) -> Result<()> {
         let Some(presented) = bearer(headers) else {
             return Err(Error::Unauthorized);
         };
         let key = client.map(|c| c.ip());
-        if let Some(retry_after_secs) = self.throttle.blocked(key, Instant::now()) {
-            return Err(Error::TooManyAttempts { retry_after_secs });
-        }
-        if bool::from(presented.as_bytes().ct_eq(self.token.secret().as_bytes())) {
+        let now = Instant::now();
+        let right = bool::from(presented.as_bytes().ct_eq(self.token.secret().as_bytes()));
+        // A strong token cannot be guessed in any time the throttle could buy, so the throttle
+        // only keeps the noise (and the log) down: the right token always gets in, and clears
+        // its client's bucket, so wrong guesses from the same address (another local process,
+        // everyone behind one proxy) can never lock the operator out.
+        if right && self.token.is_strong() {
+            self.throttle.forgive(key);
             return Ok(());
         }
-        self.throttle.failed(key, Instant::now());
+        // A weak token is only as safe as the throttle keeps it: a throttled client is refused
+        // before the comparison counts, so a right guess then is not told apart from a wrong
+        // one (and the operator waits with the guesser). Nor does the right one clear the
+        // bucket: a guesser sharing the operator's address would get a fresh burst with every
+        // request the operator makes.
+        if let Some(retry_after_secs) = self.throttle.blocked(key, now) {
+            return Err(Error::TooManyAttempts { retry_after_secs });
+        }
+        if right {
+            return Ok(());
+        }
+        self.throttle.failed(key, now);
         Err(Error::Unauthorized)
     }
 }
@@ -162,10 +170,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim())
 }
 
-/// Refuses a request a browser makes for another site: an `Origin` that is not one of the
-/// base's own, or `Sec-Fetch-Site: cross-site|same-site` (another port of `localhost` is the
-/// same site). Tools like curl send neither header.
-fn check_browser_context(headers: &HeaderMap, hosts: &AllowedHosts) -> Result<()> {
+/// Refuses a request a browser makes for another site: `Sec-Fetch-Site: cross-site|same-site`
+/// (another port of `localhost` is the same site), or an `Origin` that is neither the request's
+/// own `Host` (same host and port) nor one of `--admin-allowed-hosts` (see
+/// [`AllowedHosts::allows_origin`]). Tools like curl send neither header.
+fn check_browser_context(headers: &HeaderMap, host: &str, hosts: &AllowedHosts) -> Result<()> {
     let text = |name| headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
         && (site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site"))
@@ -175,8 +184,8 @@ fn check_browser_context(headers: &HeaderMap, hosts: &AllowedHosts) -> Result<()
     if let Some(origin) = text(header::ORIGIN) {
         let lower = origin.to_ascii_lowercase();
         let same = match (lower.strip_prefix("http://"), lower.strip_prefix("https://")) {
-            (Some(authority), _) => hosts.allows(authority, 80),
-            (_, Some(authority)) => hosts.allows(authority, 443),
+            (Some(authority), _) => hosts.allows_origin(authority, 80, host),
+            (_, Some(authority)) => hosts.allows_origin(authority, 443, host),
             _ => false,
         };
         if !same {
@@ -268,6 +277,29 @@ impl AllowedHosts {
     }
 }
 
+impl AllowedHosts {
+    /// Whether a page at `origin` (`name[:port]`, its scheme's `default_port` if none) may call
+    /// the API: it is the request's own `host` (the same name and port: the API's own origin,
+    /// whatever address it listens on), or one of the extra names, on the port written with it
+    /// or else the API's own port (a proxy that rewrites `Host` needs `name:443` written).
+    pub(crate) fn allows_origin(&self, origin: &str, default_port: u16, host: &str) -> bool {
+        let origin = origin.trim().to_ascii_lowercase();
+        let (name, port) = split_authority(&origin);
+        let port = port.unwrap_or(default_port);
+        if name.is_empty() || origin.contains('/') {
+            return false;
+        }
+        let host = host.trim().to_ascii_lowercase();
+        let (host_name, host_port) = split_authority(&host);
+        if host_name == name && host_port.unwrap_or(default_port) == port {
+            return true;
+        }
+        self.extra.iter().any(|(allowed, allowed_port)| {
+            allowed == name && allowed_port.unwrap_or(self.listen.port()) == port
+        })
+    }
+}
+
 /// `name:port` → (`name`, port); `[v6]:port` → (`[v6]`, port); no (numeric) port → `None`.
 fn split_authority(authority: &str) -> (&str, Option<u16>) {
     let port_at = match authority.rfind(':') {
@@ -281,11 +313,27 @@ fn split_authority(authority: &str) -> (&str, Option<u16>) {
 }
 
 /// Failed authentications per client: a token bucket each, [`Throttle::BURST`] failures, then
-/// one more per [`Throttle::REFILL`]. Bounded: at most [`Throttle::CLIENTS`] clients are told
-/// apart (refilled ones are forgotten first); beyond, new clients share one bucket.
+/// one more per [`Throttle::REFILL`]. Bounded: at most [`Throttle::CLIENTS`] clients are
+/// remembered; a new one beyond makes the throttle forget the client it holds least against
+/// (refilled buckets first, then the fullest), so many addresses cannot buy a throttled one a
+/// fresh burst, and no client ever spends from another's bucket.
 #[derive(Debug, Default)]
 pub(crate) struct Throttle {
-    buckets: Mutex<HashMap<Option<IpAddr>, (f64, Instant)>>,
+    buckets: Mutex<HashMap<Option<IpAddr>, Bucket>>,
+}
+
+/// Failures a client may still spend, as of `at`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    left: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn refilled(self, now: Instant) -> f64 {
+        let gained = now.saturating_duration_since(self.at).as_secs_f64() / Throttle::REFILL.as_secs_f64();
+        (self.left + gained).min(Throttle::BURST)
+    }
 }
 
 impl Throttle {
@@ -295,39 +343,47 @@ impl Throttle {
 
     /// `Some(seconds to wait)` when `client` has no failure left to spend.
     fn blocked(&self, client: Option<IpAddr>, now: Instant) -> Option<u64> {
+        let key = Self::key(client);
         let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let key = Self::key(&buckets, client);
-        let left = buckets.get(&key).map_or(Self::BURST, |bucket| Self::refilled(*bucket, now));
+        let left = buckets.get(&key).map_or(Self::BURST, |bucket| bucket.refilled(now));
         (left < 1.0).then(|| ((1.0 - left) * Self::REFILL.as_secs_f64()).ceil().max(1.0) as u64)
     }
 
     fn failed(&self, client: Option<IpAddr>, now: Instant) {
+        let key = Self::key(client);
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= Self::CLIENTS {
-            buckets.retain(|_, bucket| Self::refilled(*bucket, now) < Self::BURST);
+        if !buckets.contains_key(&key) && buckets.len() >= Self::CLIENTS {
+            buckets.retain(|_, bucket| bucket.refilled(now) < Self::BURST);
+            if buckets.len() >= Self::CLIENTS {
+                let fullest = buckets
+                    .iter()
+                    .max_by(|a, b| a.1.refilled(now).total_cmp(&b.1.refilled(now)))
+                    .map(|(key, _)| *key);
+                if let Some(fullest) = fullest {
+                    buckets.remove(&fullest);
+                }
+            }
         }
-        let key = Self::key(&buckets, client);
-        let left = buckets.get(&key).map_or(Self::BURST, |bucket| Self::refilled(*bucket, now));
-        buckets.insert(key, ((left - 1.0).max(0.0), now));
+        let left = buckets.get(&key).map_or(Self::BURST, |bucket| bucket.refilled(now));
+        buckets.insert(key, Bucket { left: (left - 1.0).max(0.0), at: now });
     }
 
-    /// The bucket `client` spends from: its own, its IPv6 /64's (one host holds a whole /64),
-    /// or, with the table full, the shared one (`None`).
-    fn key(buckets: &HashMap<Option<IpAddr>, (f64, Instant)>, client: Option<IpAddr>) -> Option<IpAddr> {
-        let client = client.map(|ip| match ip {
+    /// The right (strong) token: `client` owes nothing any more.
+    fn forgive(&self, client: Option<IpAddr>) {
+        let key = Self::key(client);
+        self.buckets.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    }
+
+    /// The bucket `client` spends from: its own, or its IPv6 /64's (one host holds a whole /64).
+    fn key(client: Option<IpAddr>) -> Option<IpAddr> {
+        client.map(|ip| match ip {
             IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
                 let s = v6.segments();
                 IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
             }
             IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
             v4 => v4,
-        });
-        if buckets.contains_key(&client) || buckets.len() < Self::CLIENTS { client } else { None }
-    }
-
-    fn refilled((left, at): (f64, Instant), now: Instant) -> f64 {
-        let gained = now.saturating_duration_since(at).as_secs_f64() / Self::REFILL.as_secs_f64();
-        (left + gained).min(Self::BURST)
+        })
     }
 }
 
@@ -362,6 +418,69 @@ mod tests {
         check("127.0.0.1:7071", &["ops.example.com:8443"], "ops.example.com:8443", true);
         check("127.0.0.1:7071", &["ops.example.com:8443"], "ops.example.com:9443", false);
         check("127.0.0.1:7071", &["ops.example.com"], "evil.ops.example.com", false);
+    }
+
+    fn check_origin(listen: &str, extra: &[&str], host: &str, origin: &str, allowed: bool) {
+        let extra: Vec<String> = extra.iter().map(|e| e.to_string()).collect();
+        let hosts = AllowedHosts::new(listen.parse().unwrap(), &extra);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ORIGIN, origin.parse().unwrap());
+        assert_eq!(
+            check_browser_context(&headers, host, &hosts).is_ok(),
+            allowed,
+            "listen {listen}, extra {extra:?}, Host {host:?}, Origin {origin:?}"
+        );
+    }
+
+    #[test]
+    fn origins_the_api_accepts() {
+        check_origin("127.0.0.1:7071", &[], "127.0.0.1:7071", "http://127.0.0.1:7071", true);
+        check_origin("127.0.0.1:7071", &[], "localhost:7071", "http://localhost:7071", true);
+        check_origin("127.0.0.1:7071", &[], "127.0.0.1:7071", "http://localhost:7071", false);
+        check_origin("127.0.0.1:7071", &[], "127.0.0.1:7071", "http://localhost:3000", false);
+        check_origin("127.0.0.1:7071", &[], "127.0.0.1:7071", "http://evil.example", false);
+        check_origin("127.0.0.1:7071", &[], "127.0.0.1:7071", "null", false);
+        // Listening on every address, another IP literal is another site.
+        check_origin("0.0.0.0:7071", &[], "10.0.0.5:7071", "http://10.0.0.5:7071", true);
+        check_origin("0.0.0.0:7071", &[], "10.0.0.5:7071", "http://10.0.0.9:7071", false);
+        check_origin("[::]:7071", &[], "[fd00::5]:7071", "http://[fd00::6]:7071", false);
+        // Behind a proxy that keeps Host: its own origin.
+        check_origin(
+            "127.0.0.1:7071",
+            &["ops.example.com"],
+            "ops.example.com",
+            "https://ops.example.com",
+            true,
+        );
+        // An extra name without a port: only on the API's port, unless the operator wrote one.
+        check_origin(
+            "127.0.0.1:7071",
+            &["ops.example.com"],
+            "127.0.0.1:7071",
+            "http://ops.example.com:3000",
+            false,
+        );
+        check_origin(
+            "127.0.0.1:7071",
+            &["ops.example.com"],
+            "127.0.0.1:7071",
+            "http://ops.example.com:7071",
+            true,
+        );
+        check_origin(
+            "127.0.0.1:7071",
+            &["ops.example.com:443"],
+            "127.0.0.1:7071",
+            "https://ops.example.com",
+            true,
+        );
+        check_origin(
+            "127.0.0.1:7071",
+            &["ops.example.com:443"],
+            "127.0.0.1:7071",
+            "https://ops.example.com:8443",
+            false,
+        );
     }
 
     #[test]
@@ -400,7 +519,80 @@ mod tests {
         for n in 0..(Throttle::CLIENTS as u32 + 100) {
             throttle.failed(Some(IpAddr::V4(n.into())), now);
         }
-        assert!(throttle.buckets.lock().unwrap().len() <= Throttle::CLIENTS + 1);
+        assert!(throttle.buckets.lock().unwrap().len() <= Throttle::CLIENTS);
+    }
+
+    #[test]
+    fn a_full_throttle_table_forgets_the_fullest_bucket_and_never_shares_one() {
+        let throttle = Throttle::default();
+        let now = Instant::now();
+        for n in 0..Throttle::CLIENTS as u32 {
+            throttle.failed(Some(IpAddr::V4(n.into())), now);
+        }
+        let guesser = Some("198.51.100.1".parse().unwrap());
+        for _ in 0..5 {
+            throttle.failed(guesser, now);
+        }
+        assert!(throttle.blocked(guesser, now).is_some());
+        // A client new to the full table has a bucket of its own, not the guesser's.
+        let operator = Some("198.51.100.2".parse().unwrap());
+        assert_eq!(throttle.blocked(operator, now), None);
+        // More new clients push out the ones with most left, never the empty one.
+        for n in 0..100u32 {
+            throttle.failed(Some(IpAddr::V4((0xcb00_7100 + n).into())), now);
+        }
+        assert!(throttle.blocked(guesser, now).is_some(), "a throttled client was forgotten");
+        assert!(throttle.buckets.lock().unwrap().len() <= Throttle::CLIENTS);
+    }
+
+    fn gate_with(token: &str) -> Gate {
+        let config = crate::config::Config { admin_token: Some(token.to_owned()), ..Default::default() };
+        Gate {
+            token: AdminToken::resolve(&config).unwrap(),
+            hosts: AllowedHosts::new("127.0.0.1:7071".parse().unwrap(), &[]),
+            throttle: Arc::default(),
+        }
+    }
+
+    fn presenting(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        headers
+    }
+
+    /// Guesses wrong until the gate throttles `client`.
+    fn throttle_by_guessing(gate: &Gate, client: Option<SocketAddr>) {
+        let refusal = (0..10)
+            .map(|n| gate.authenticate(&presenting(&format!("wrong-guess-number-{n:04}")), client))
+            .find_map(|outcome| match outcome {
+                Err(e @ Error::TooManyAttempts { .. }) => Some(e),
+                _ => None,
+            });
+        assert!(refusal.is_some(), "never throttled");
+    }
+
+    #[test]
+    fn a_strong_token_gets_in_while_its_client_is_throttled_and_clears_the_bucket() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let gate = gate_with(token);
+        let client = Some("127.0.0.1:40000".parse().unwrap());
+        throttle_by_guessing(&gate, client);
+        assert!(gate.authenticate(&presenting(token), client).is_ok());
+        // Cleared: the next wrong guess is told it is wrong, not to wait.
+        let next = gate.authenticate(&presenting("another-wrong-guess-xx"), client).unwrap_err();
+        assert_eq!(next.code(), "UNAUTHORIZED");
+    }
+
+    #[test]
+    fn a_weak_token_is_refused_while_its_client_is_throttled() {
+        let token = "sixteen-chars-ok-but-31";
+        let gate = gate_with(token);
+        let client = Some("127.0.0.1:40000".parse().unwrap());
+        throttle_by_guessing(&gate, client);
+        let refused = gate.authenticate(&presenting(token), client).unwrap_err();
+        assert_eq!(refused.code(), "TOO_MANY_ATTEMPTS");
+        // Another client with it is fine.
+        assert!(gate.authenticate(&presenting(token), Some("127.0.0.2:40000".parse().unwrap())).is_ok());
     }
 
     #[test]

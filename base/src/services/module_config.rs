@@ -86,14 +86,18 @@ impl ModuleConfigs {
     }
 
     /// Module `module`'s values as the operations API shows them: every secret replaced by
-    /// [`REDACTED`], and the dotted paths of the keys it replaced. A key is a secret when its name
-    /// ends in one of [`SECRET_SUFFIXES`] (any case, at any depth) or when the config file lists
-    /// it in `[modules.NAME] secret_keys`.
+    /// [`REDACTED`], and the dotted paths of the values it changed (array elements by index,
+    /// `upstreams.0.password`). A key is a secret when its name contains one of
+    /// [`SECRET_KEY_PARTS`] or is one of [`SECRET_KEY_NAMES`] (any case, at any depth, arrays
+    /// included), or when the config file lists it in `[modules.NAME] secret_keys`; and any
+    /// string that is a URL with a password (`postgres://user:pass@db/x`) is shown with the
+    /// password as `***`.
     pub fn redacted(&self, module: &str) -> (Map<String, Value>, Vec<String>) {
         let listed = lock(&self.secret_keys).get(module).cloned().unwrap_or_default();
-        let mut values = self.of(module);
+        let mut values = Value::Object(self.of(module));
         let mut redacted = Vec::new();
         redact(&mut values, "", &listed, &mut redacted);
+        let Value::Object(values) = values else { unreachable!("redaction keeps an object an object") };
         (values, redacted)
     }
 
@@ -148,21 +152,92 @@ impl ModuleConfigs {
 /// What the operations API shows in place of a secret configuration value.
 pub const REDACTED: &str = "(redacted)";
 
-/// Key-name endings that make a configuration value a secret.
-pub const SECRET_SUFFIXES: &[&str] =
-    &["secret", "password", "passwd", "token", "api_key", "apikey", "private_key", "credentials"];
+/// Parts of a key's name (lower-cased) that make its value a secret wherever they appear in it
+/// (`db_password`, `aws_secret_access_key`, `client_secret_id`). Broad on purpose: a value
+/// shown redacted that was no secret (`max_tokens`) costs a look at the config file, a secret
+/// shown costs the secret.
+pub const SECRET_KEY_PARTS: &[&str] = &[
+    "secret",
+    "passw",
+    "passphrase",
+    "token",
+    "credential",
+    "private_key",
+    "api_key",
+    "apikey",
+    "access_key",
+    "signing_key",
+    "encryption_key",
+];
 
-fn redact(values: &mut Map<String, Value>, prefix: &str, listed: &[String], redacted: &mut Vec<String>) {
-    for (key, value) in values.iter_mut() {
-        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
-        let lower = key.to_lowercase();
-        if listed.contains(&path) || SECRET_SUFFIXES.iter().any(|suffix| lower.ends_with(suffix)) {
-            *value = Value::String(REDACTED.into());
-            redacted.push(path);
-        } else if let Value::Object(inner) = value {
-            redact(inner, &path, listed, redacted);
+/// Key names (lower-cased) that are secrets only as a whole word (`pwd`, `key`; not `keyspace`).
+pub const SECRET_KEY_NAMES: &[&str] = &["pwd", "key"];
+
+fn is_secret_key(key: &str) -> bool {
+    let lower = key.to_lowercase();
+    SECRET_KEY_NAMES.contains(&lower.as_str()) || SECRET_KEY_PARTS.iter().any(|part| lower.contains(part))
+}
+
+/// Replaces every secret under `value` (at `path`, dotted, array elements by index: `a.0.b`).
+/// `listed` paths may name array elements by index or not (`upstreams.password` is every
+/// upstream's).
+fn redact(value: &mut Value, path: &str, listed: &[String], redacted: &mut Vec<String>) {
+    let child = |key: &str| if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
+    match value {
+        Value::Object(values) => {
+            for (key, inner) in values.iter_mut() {
+                let path = child(key);
+                if is_listed(&path, listed) || is_secret_key(key) {
+                    *inner = Value::String(REDACTED.into());
+                    redacted.push(path);
+                } else {
+                    redact(inner, &path, listed, redacted);
+                }
+            }
         }
+        Value::Array(items) => {
+            for (n, inner) in items.iter_mut().enumerate() {
+                let path = child(&n.to_string());
+                if is_listed(&path, listed) {
+                    *inner = Value::String(REDACTED.into());
+                    redacted.push(path);
+                } else {
+                    redact(inner, &path, listed, redacted);
+                }
+            }
+        }
+        Value::String(text) => {
+            if let Some(shown) = without_url_password(text) {
+                *text = shown;
+                redacted.push(path.to_owned());
+            }
+        }
+        _ => {}
     }
+}
+
+fn is_listed(path: &str, listed: &[String]) -> bool {
+    let without_indices =
+        || path.split('.').filter(|part| part.parse::<usize>().is_err()).collect::<Vec<_>>().join(".");
+    listed.iter().any(|l| l == path) || listed.contains(&without_indices())
+}
+
+/// `scheme://user:password@host...` with the password as `***`; `None` for any other string
+/// (a URL without a password, not a URL). Hand-parsed, so the rest of the string is shown as
+/// written (a URL parser would normalise it).
+fn without_url_password(text: &str) -> Option<String> {
+    let (scheme, rest) = text.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid_scheme = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !valid_scheme {
+        return None;
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let (userinfo, host) = authority.rsplit_once('@')?;
+    let (user, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then(|| format!("{scheme}://{user}:***@{host}{tail}"))
 }
 
 /// How long the config file must stay quiet before it is re-read (editors write in steps).
@@ -209,4 +284,77 @@ pub(crate) fn watch(registry: std::sync::Weak<crate::registry::Registry>, file: 
         })
         .map_err(crate::error::Error::io("starting the config watch thread"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn check(values: Value, listed: &[&str], shown: Value, paths: &[&str]) {
+        let listed: Vec<String> = listed.iter().map(|l| l.to_string()).collect();
+        let mut values = values;
+        let mut redacted = Vec::new();
+        redact(&mut values, "", &listed, &mut redacted);
+        assert_eq!(values, shown);
+        redacted.sort_unstable();
+        assert_eq!(redacted, paths);
+    }
+
+    #[test]
+    fn secrets_by_name_in_tables_and_arrays() {
+        let r = REDACTED;
+        check(
+            json!({"greeting": "hi", "keyspace": "k", "monkey": 1}),
+            &[],
+            json!({"greeting": "hi", "keyspace": "k", "monkey": 1}),
+            &[],
+        );
+        check(
+            json!({"aws_secret_access_key": "a", "signing_key": "b", "encryption_key": "c", "passphrase": "d",
+                   "pwd": "e", "KEY": "f", "db_password": "g", "Api_Token": "h", "credentials_file": "i", "access_key_id": "j"}),
+            &[],
+            json!({"aws_secret_access_key": r, "signing_key": r, "encryption_key": r, "passphrase": r,
+                   "pwd": r, "KEY": r, "db_password": r, "Api_Token": r, "credentials_file": r, "access_key_id": r}),
+            &[
+                "Api_Token",
+                "KEY",
+                "access_key_id",
+                "aws_secret_access_key",
+                "credentials_file",
+                "db_password",
+                "encryption_key",
+                "passphrase",
+                "pwd",
+                "signing_key",
+            ],
+        );
+        check(
+            json!({"upstreams": [{"host": "a", "password": "p1"}, {"host": "b", "password": "p2"}]}),
+            &[],
+            json!({"upstreams": [{"host": "a", "password": r}, {"host": "b", "password": r}]}),
+            &["upstreams.0.password", "upstreams.1.password"],
+        );
+        check(
+            json!({"upstreams": [{"dsn": "x"}, {"dsn": "y"}], "list": ["a", "b"]}),
+            &["upstreams.dsn", "list.1"],
+            json!({"upstreams": [{"dsn": r}, {"dsn": r}], "list": ["a", r]}),
+            &["list.1", "upstreams.0.dsn", "upstreams.1.dsn"],
+        );
+    }
+
+    #[test]
+    fn url_passwords_anywhere() {
+        check(
+            json!({"db": "postgres://user:pass@db:5432/x?sslmode=require", "mirrors": ["https://u:p@m.example/a", "https://m.example/b"],
+                   "plain": "https://user@host/x", "not_a_url": "a:b@c"}),
+            &[],
+            json!({"db": "postgres://user:***@db:5432/x?sslmode=require", "mirrors": ["https://u:***@m.example/a", "https://m.example/b"],
+                   "plain": "https://user@host/x", "not_a_url": "a:b@c"}),
+            &["db", "mirrors.0"],
+        );
+        assert_eq!(without_url_password("redis://:secret@cache/0").as_deref(), Some("redis://:***@cache/0"));
+        assert_eq!(without_url_password("http://host/path?q=u:p@x"), None);
+    }
 }
