@@ -173,6 +173,7 @@ impl fmt::Debug for Config {
             worker_restart_leak_bytes,
             header_read_timeout,
             idle_timeout,
+            connection_drain_timeout,
             max_connections,
             admin_max_connections,
             allow_path_install,
@@ -223,6 +224,7 @@ impl fmt::Debug for Config {
             .field("worker_restart_leak_bytes", worker_restart_leak_bytes)
             .field("header_read_timeout", header_read_timeout)
             .field("idle_timeout", idle_timeout)
+            .field("connection_drain_timeout", connection_drain_timeout)
             .field("max_connections", max_connections)
             .field("admin_max_connections", admin_max_connections)
             .field("allow_path_install", allow_path_install)
