@@ -863,8 +863,9 @@ mod tests {
         server.await.unwrap();
     }
 
-    #[tokio::test]
-    async fn stopping_lets_the_request_in_flight_finish() {
+    /// A `/slow` route whose one request says when it started and answers `finished` once
+    /// released.
+    fn slow_route() -> (Router, tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Sender<()>) {
         let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let handoff = Arc::new(Mutex::new(Some((started_tx, released))));
@@ -880,6 +881,12 @@ mod tests {
                 }
             }),
         );
+        (app, started, release)
+    }
+
+    #[tokio::test]
+    async fn stopping_lets_the_request_in_flight_finish() {
+        let (app, started, release) = slow_route();
         let (addr, stop, server) = serving(app).await;
         let request = tokio::spawn(get(addr, "/slow"));
         started.await.unwrap();
@@ -919,21 +926,7 @@ mod tests {
 
     #[tokio::test]
     async fn stopping_waits_for_every_connection_however_large_the_cap() {
-        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let handoff = Arc::new(Mutex::new(Some((started_tx, released))));
-        let app = Router::new().route(
-            "/slow",
-            axum::routing::get(move || {
-                let handoff = handoff.lock().unwrap().take();
-                async move {
-                    let (started, released) = handoff.unwrap();
-                    let _ = started.send(());
-                    let _ = released.await;
-                    "finished"
-                }
-            }),
-        );
+        let (app, started, release) = slow_route();
         // A cap that does not fit the `u32` count of permits waited for at stop.
         let huge = Hygiene { max_connections: u32::MAX as usize + 2, ..hygiene() };
         let (addr, stop, server) = serving_with(app, huge).await;
