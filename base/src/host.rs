@@ -7,7 +7,6 @@
 
 use std::{
     ffi::c_void,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{Arc, OnceLock, atomic::Ordering},
 };
@@ -25,14 +24,22 @@ use pedestal_module_api::abi::{
 };
 
 use crate::{
-    instance::{HookAnswer, Outcome, QueuedRequest, Shared, SpiOutcome, lock},
+    instance::{HookAnswer, Outcome, QueuedRequest, Shared, SpiOutcome},
     logs::LogLine,
+    sync::lock,
 };
 
-/// The request whose view a module currently holds, with the header table the view points to.
-pub(crate) struct CurrentRequest {
+/// A request in its mailbox, with the header table the module's view of it points to (filled
+/// when the module takes it).
+pub(crate) struct HeldRequest {
     request: QueuedRequest,
     headers: Vec<Header<'static>>,
+}
+
+impl From<QueuedRequest> for HeldRequest {
+    fn from(request: QueuedRequest) -> Self {
+        Self { request, headers: Vec::new() }
+    }
 }
 
 /// The `Host` value passed to a module's `run`, pointing at `shared`.
@@ -43,7 +50,7 @@ pub(crate) fn host_for(shared: &Arc<Shared>, max_log_level: LogLevel) -> Host {
     Host {
         api: host_api(),
         ctx: HostCtx(Arc::as_ptr(shared).cast::<c_void>()),
-        wake_fd: shared.wake_fd.as_raw_fd(),
+        wake_fd: shared.doorbell.fd().as_raw_fd(),
         max_log_level,
     }
 }
@@ -72,33 +79,6 @@ fn host_api() -> HostApiRef {
         }
         .leak_into_prefix()
     })
-}
-
-/// A non-blocking, close-on-exec `eventfd`.
-pub(crate) fn new_eventfd() -> std::io::Result<OwnedFd> {
-    // SAFETY: `eventfd` has no memory-safety preconditions.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by `eventfd` and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Adds one to the eventfd's counter, making it readable.
-pub(crate) fn signal_eventfd(fd: &OwnedFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live `u64` to an open eventfd. A full counter (EAGAIN)
-    // means the fd is already readable, which is all a wake-up needs.
-    let _ = unsafe { libc::write(fd.as_raw_fd(), (&raw const one).cast::<c_void>(), 8) };
-}
-
-/// Reads (and so resets) the eventfd's counter; `false` when it was zero.
-fn consume_eventfd(fd: &OwnedFd) -> bool {
-    let mut count: u64 = 0;
-    // SAFETY: reads at most 8 bytes into a live `u64` from an open non-blocking eventfd.
-    let read = unsafe { libc::read(fd.as_raw_fd(), (&raw mut count).cast::<c_void>(), 8) };
-    read == 8
 }
 
 /// The instance state behind a module's context token.
@@ -175,7 +155,7 @@ extern "C" fn ack_wake(ctx: HostCtx) -> bool {
     guarded(false, || {
         // SAFETY: the module only holds tokens the base gave it through `host_for`.
         let shared = unsafe { shared(ctx) };
-        consume_eventfd(&shared.wake_fd)
+        shared.doorbell.acknowledge()
     })
 }
 
@@ -183,18 +163,7 @@ extern "C" fn idle(ctx: HostCtx) -> bool {
     guarded(true, || {
         // SAFETY: the module only holds tokens the base gave it through `host_for`.
         let shared = unsafe { shared(ctx) };
-        // From here on a producer writes the eventfd. Work queued before this store was not
-        // signalled, so look once more: if there is some, stay awake (and quiet the producers).
-        shared.notified.store(false, Ordering::SeqCst);
-        let more = !lock(&shared.queue).is_empty()
-            || !lock(&shared.spi_queue).is_empty()
-            || !lock(&shared.completions).is_empty()
-            || shared.stop.load(Ordering::SeqCst)
-            || shared.health_wanted.load(Ordering::SeqCst) > shared.health_taken.load(Ordering::SeqCst);
-        if more {
-            shared.notified.store(true, Ordering::SeqCst);
-        }
-        !more
+        shared.doorbell.idle(|| shared.has_work())
     })
 }
 
@@ -209,28 +178,26 @@ extern "C" fn next_request(ctx: HostCtx) -> ROption<RequestView<'static>> {
     guarded(RNone, || {
         // SAFETY: the module only holds tokens the base gave it through `host_for`.
         let shared = unsafe { shared(ctx) };
-        let Some(request) = lock(&shared.queue).pop_front() else {
-            return RNone;
-        };
-        let mut current = lock(&shared.current);
-        let current = current.insert(CurrentRequest { request, headers: Vec::new() });
-        let headers = pedestal_module_api::header_views(&current.request.headers);
-        // SAFETY: the views point into heap data owned by `current.request`, which stays in
-        // `shared.current`, unmoved and unmodified, until the module's next `next_request` on
-        // this instance (or until the instance is torn down after its thread was joined). The
-        // ABI documents exactly that lifetime for `RequestView`.
-        current.headers = unsafe { std::mem::transmute::<Vec<Header<'_>>, Vec<Header<'static>>>(headers) };
-        let request = &current.request;
-        let view = RequestView {
-            id: request.id,
-            method: RStr::from_str(request.method.as_str()),
-            path_and_query: RStr::from_str(&request.path_and_query),
-            headers: RSlice::from_slice(&current.headers),
-            body: RSlice::from_slice(&request.body),
-        };
-        // SAFETY: as above: every pointer in the view targets data kept alive and unmoved in
-        // `shared.current` for the lifetime the ABI promises.
-        RSome(unsafe { std::mem::transmute::<RequestView<'_>, RequestView<'static>>(view) })
+        let view = shared.mail.requests.take(|held| {
+            let headers = pedestal_module_api::header_views(&held.request.headers);
+            // SAFETY: the views point into heap data owned by `held.request`, which stays held
+            // in its mailbox, unmoved and unmodified, until the module's next `next_request` on
+            // this instance (or until the instance is torn down after its thread was joined).
+            // The ABI documents exactly that lifetime for `RequestView`.
+            held.headers = unsafe { std::mem::transmute::<Vec<Header<'_>>, Vec<Header<'static>>>(headers) };
+            let request = &held.request;
+            let view = RequestView {
+                id: request.id,
+                method: RStr::from_str(request.method.as_str()),
+                path_and_query: RStr::from_str(&request.path_and_query),
+                headers: RSlice::from_slice(&held.headers),
+                body: RSlice::from_slice(&request.body),
+            };
+            // SAFETY: as above: every pointer in the view targets data kept alive and unmoved
+            // in the mailbox for the lifetime the ABI promises.
+            unsafe { std::mem::transmute::<RequestView<'_>, RequestView<'static>>(view) }
+        });
+        view.map_or(RNone, RSome)
     })
 }
 
@@ -238,7 +205,7 @@ extern "C" fn respond(ctx: HostCtx, view: &ResponseView<'_>) {
     guarded((), || {
         // SAFETY: the module only holds tokens the base gave it through `host_for`.
         let shared = unsafe { shared(ctx) };
-        let reply = lock(&shared.pending).as_mut().and_then(|p| p.remove(&view.request_id));
+        let reply = shared.mail.requests.replier(view.request_id);
         let Some(reply) = reply else {
             finished_late(shared, view.request_id);
             return;
@@ -262,7 +229,7 @@ extern "C" fn fail(ctx: HostCtx, request_id: u64, code: RStr<'_>, message: RStr<
     guarded((), || {
         // SAFETY: the module only holds tokens the base gave it through `host_for`.
         let shared = unsafe { shared(ctx) };
-        let reply = lock(&shared.pending).as_mut().and_then(|p| p.remove(&request_id));
+        let reply = shared.mail.requests.replier(request_id);
         if let Some(reply) = reply {
             let outcome =
                 Outcome::Failed { code: code.as_str().to_owned(), message: message.as_str().to_owned() };
@@ -340,22 +307,20 @@ extern "C" fn next_spi_call(ctx: HostCtx) -> ROption<SpiCallView<'static>> {
     guarded(RNone, || {
         // SAFETY: the module only holds tokens the base gave it through `host_for`.
         let shared = unsafe { shared(ctx) };
-        let Some(call) = lock(&shared.spi_queue).pop_front() else {
-            return RNone;
-        };
-        let mut current = lock(&shared.spi_current);
-        let call = current.insert(call);
-        let view = SpiCallView {
-            id: call.id,
-            spi: RStr::from_str(&call.spi),
-            method: RStr::from_str(&call.method),
-            payload: RSlice::from_slice(&call.payload),
-        };
-        // SAFETY: the names and the payload live in `shared.spi_current` (heap data, unmoved
-        // and unmodified) until the module's next `next_spi_call` on this instance (or until
-        // the instance is torn down after its thread was joined). The ABI documents exactly
-        // that lifetime for `SpiCallView`.
-        RSome(unsafe { std::mem::transmute::<SpiCallView<'_>, SpiCallView<'static>>(view) })
+        let view = shared.mail.spi_calls.take(|call| {
+            let view = SpiCallView {
+                id: call.id,
+                spi: RStr::from_str(&call.spi),
+                method: RStr::from_str(&call.method),
+                payload: RSlice::from_slice(&call.payload),
+            };
+            // SAFETY: the names and the payload stay held in their mailbox (heap data, unmoved
+            // and unmodified) until the module's next `next_spi_call` on this instance (or until
+            // the instance is torn down after its thread was joined). The ABI documents exactly
+            // that lifetime for `SpiCallView`.
+            unsafe { std::mem::transmute::<SpiCallView<'_>, SpiCallView<'static>>(view) }
+        });
+        view.map_or(RNone, RSome)
     })
 }
 
@@ -363,7 +328,7 @@ extern "C" fn spi_reply(ctx: HostCtx, id: u64, status: SpiStatus, payload: RSlic
     guarded((), || {
         // SAFETY: the module only holds tokens the base gave it through `host_for`.
         let shared = unsafe { shared(ctx) };
-        let reply = lock(&shared.spi_pending).as_mut().and_then(|p| p.remove(&id));
+        let reply = shared.mail.spi_calls.replier(id);
         if let Some(reply) = reply {
             let _ = reply.send(SpiOutcome { status, payload: payload.as_slice().to_vec() });
         }
@@ -401,18 +366,16 @@ extern "C" fn next_completion(ctx: HostCtx) -> ROption<Completion<'static>> {
     guarded(RNone, || {
         // SAFETY: the module only holds tokens the base gave it through `host_for`.
         let shared = unsafe { shared(ctx) };
-        let Some(done) = lock(&shared.completions).pop_front() else {
-            return RNone;
-        };
-        let mut current = lock(&shared.completion_current);
-        let done = current.insert(done);
-        let view =
-            Completion { id: done.id, status: done.status, payload: RSlice::from_slice(&done.payload) };
-        // SAFETY: the payload lives in `shared.completion_current` (heap data, unmoved and
-        // unmodified) until the module's next `next_completion` on this instance (or until the
-        // instance is torn down after its thread was joined). The ABI documents exactly that
-        // lifetime for `Completion`.
-        RSome(unsafe { std::mem::transmute::<Completion<'_>, Completion<'static>>(view) })
+        let view = shared.mail.completions.take(|done| {
+            let view =
+                Completion { id: done.id, status: done.status, payload: RSlice::from_slice(&done.payload) };
+            // SAFETY: the payload stays held in its mailbox (heap data, unmoved and unmodified)
+            // until the module's next `next_completion` on this instance (or until the instance
+            // is torn down after its thread was joined). The ABI documents exactly that lifetime
+            // for `Completion`.
+            unsafe { std::mem::transmute::<Completion<'_>, Completion<'static>>(view) }
+        });
+        view.map_or(RNone, RSome)
     })
 }
 

@@ -7,12 +7,11 @@
 //! that thread has been joined and nothing the module made is still held.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap},
     fmt,
-    os::fd::OwnedFd,
     path::PathBuf,
     sync::{
-        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc::{self, RecvTimeoutError},
     },
@@ -39,11 +38,14 @@ use crate::{
     artifact::Artifact,
     config::Config,
     crash::{self, CrashSlot},
+    doorbell::Doorbell,
     error::{Error, Result},
     host,
     limits::{Action, Limits},
     loader::{self, Library, Manifest, Unload},
     logs::ModuleLog,
+    mailbox::{Cancelled, Mailbox},
+    sync::{EventFd, lock},
     traffic::read_body,
 };
 
@@ -230,16 +232,11 @@ pub(crate) struct Shared {
     pub(crate) tags: OnceLock<ModuleId>,
     /// The module's own log; set with `tags`, before any module code beyond the loader runs.
     pub(crate) log: OnceLock<Arc<ModuleLog>>,
-    pub(crate) wake_fd: OwnedFd,
-    /// Clear only while the module sleeps (or is about to): a producer that flips it to set
-    /// writes the eventfd, every other producer knows the module will see its work.
-    pub(crate) notified: AtomicBool,
+    /// Rung for every message, stop request and health check the base gives the module.
+    pub(crate) doorbell: Doorbell,
     pub(crate) stop: AtomicBool,
-    pub(crate) queue: Mutex<VecDeque<QueuedRequest>>,
-    /// Repliers of requests handed over and not answered yet; `None` once the instance closed.
-    pub(crate) pending: Mutex<Option<HashMap<u64, PendingReply>>>,
-    /// The request whose view the module holds (valid until its next `next_request`).
-    pub(crate) current: Mutex<Option<host::CurrentRequest>>,
+    /// What the base gives the module, one mailbox per kind of message.
+    pub(crate) mail: Mail,
     pub(crate) started: Mutex<Option<mpsc::SyncSender<Result<(), String>>>>,
     next_id: AtomicU64,
     pub(crate) requests: AtomicU64,
@@ -256,21 +253,38 @@ pub(crate) struct Shared {
     /// Requests whose caller got a timeout while the module was running them, by id.
     pub(crate) timed_out: Mutex<HashMap<u64, TimedOut>>,
     pub(crate) runaways_total: AtomicU64,
-    /// SPI calls waiting for the module, the one whose view it holds, and the repliers of those
-    /// handed over (`None` once the instance closed).
-    pub(crate) spi_queue: Mutex<VecDeque<QueuedSpiCall>>,
-    pub(crate) spi_current: Mutex<Option<QueuedSpiCall>>,
-    pub(crate) spi_pending: Mutex<Option<HashMap<u64, oneshot::Sender<SpiOutcome>>>>,
     /// The registry, for the module's calls to the base; set before the start hook runs.
     pub(crate) registry: OnceLock<std::sync::Weak<crate::registry::Registry>>,
     /// The instance itself, for the module's calls (set right after it is built).
     pub(crate) me: OnceLock<std::sync::Weak<Instance>>,
-    /// Answers to the module's calls, waiting for `next_completion`.
-    pub(crate) completions: Mutex<VecDeque<SpiCompletion>>,
-    /// The completion whose view the module currently holds.
-    pub(crate) completion_current: Mutex<Option<SpiCompletion>>,
     /// The metrics the module registered; a handle is an index plus one.
     pub(crate) module_metrics: Mutex<Vec<crate::accounting::ModuleMetric>>,
+}
+
+/// The base's messages for one module, by kind. A new kind of message is one field here, plus
+/// its line in [`Mail::has_work`] and [`Mail::close`].
+#[derive(Default)]
+pub(crate) struct Mail {
+    /// Requests, answered through their [`PendingReply`].
+    pub(crate) requests: Mailbox<host::HeldRequest, PendingReply>,
+    /// SPI calls to the module; the base's own notifications have no replier.
+    pub(crate) spi_calls: Mailbox<QueuedSpiCall, oneshot::Sender<SpiOutcome>>,
+    /// Answers to the module's own calls, never answered back.
+    pub(crate) completions: Mailbox<SpiCompletion, ()>,
+}
+
+impl Mail {
+    /// Whether any message waits for the module.
+    pub(crate) fn has_work(&self) -> bool {
+        self.requests.has_work() || self.spi_calls.has_work() || self.completions.has_work()
+    }
+
+    /// Closes every mailbox (see [`Mailbox::close`]).
+    fn close(&self) {
+        self.requests.close();
+        self.spi_calls.close();
+        self.completions.close();
+    }
 }
 
 /// The answer to one of the module's calls.
@@ -420,11 +434,6 @@ pub(crate) struct QueuedRequest {
 pub(crate) enum Outcome {
     Response(Response),
     Failed { code: String, message: String },
-}
-
-/// Locks a mutex, ignoring poisoning: every critical section here leaves its data consistent.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn now() -> String {
@@ -968,17 +977,15 @@ impl Instance {
         let what = format!("{method} {path_and_query}");
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
-        {
-            let mut pending = lock(&self.shared.pending);
-            let Some(pending) = pending.as_mut() else {
-                return Err(self.unavailable("the instance has stopped"));
-            };
-            // From here the request counts as in flight until the module is done with it, even
-            // if this future is dropped (the client went away).
-            pending.insert(id, PendingReply { reply, _in_flight: counted });
+        // From here the request counts as in flight until the module is done with it, even if
+        // this future is dropped (the client went away).
+        let requests = &self.shared.mail.requests;
+        if requests.expect_reply(id, PendingReply { reply, _in_flight: counted }).is_err() {
+            return Err(self.unavailable("the instance has stopped"));
         }
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
-        self.shared.enqueue(QueuedRequest { id, method, path_and_query, headers, body });
+        requests.push(id, QueuedRequest { id, method, path_and_query, headers, body }.into());
+        self.shared.wake();
         let outcome = tokio::time::timeout_at(deadline, answer).await;
         let elapsed = began.elapsed();
         if self.request_accounting {
@@ -1020,26 +1027,19 @@ impl Instance {
             }),
             Ok(Err(_)) => failed(self.unavailable("the instance stopped before answering")),
             Err(_) => {
-                // Under the `pending` lock, so an answer arriving now is either taken by us or
-                // (once we let go) finds the request among the timed-out ones.
-                let mut pending = lock(&self.shared.pending);
-                let unanswered = pending.as_mut().and_then(|p| p.remove(&id));
-                // Not taken by the module yet: drop it (and its body) now. Taken and still
+                // Not taken by the module yet: it is dropped (with its body) now. Taken and still
                 // unanswered: the module is running it; watch it for running away (and keep
-                // counting it as in flight).
-                let mut queue = lock(&self.shared.queue);
-                let queued = queue.len();
-                queue.retain(|queued| queued.id != id);
-                let taken = queue.len() == queued;
-                drop(queue);
-                if let Some(unanswered) = unanswered.filter(|_| taken) {
-                    let mut timed_out = lock(&self.shared.timed_out);
-                    if timed_out.len() < MAX_TRACKED_TIMEOUTS {
-                        let _in_flight = unanswered._in_flight;
-                        timed_out.insert(id, TimedOut { sent: began, what, runaway: false, _in_flight });
+                // counting it as in flight). Recorded inside the cancel, so an answer arriving
+                // now finds the request among the timed-out ones (see `Mailbox::cancel`).
+                self.shared.mail.requests.cancel(id, |found| {
+                    if let Cancelled::Taken(unanswered) = found {
+                        let mut timed_out = lock(&self.shared.timed_out);
+                        if timed_out.len() < MAX_TRACKED_TIMEOUTS {
+                            let _in_flight = unanswered._in_flight;
+                            timed_out.insert(id, TimedOut { sent: began, what, runaway: false, _in_flight });
+                        }
                     }
-                }
-                drop(pending);
+                });
                 failed(Error::ModuleTimeout {
                     id: self.id.to_string(),
                     timeout_ms: timeout.as_millis() as u64,
@@ -1083,7 +1083,7 @@ impl Instance {
         }
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let call = QueuedSpiCall { id, spi: spi.into(), method: method.into(), payload };
-        lock(&self.shared.spi_queue).push_back(call);
+        self.shared.mail.spi_calls.push(id, call);
         self.shared.wake();
         true
     }
@@ -1093,7 +1093,7 @@ impl Instance {
         if self.shared.stop.load(Ordering::SeqCst) && !self.state().is_live() {
             return;
         }
-        lock(&self.shared.completions).push_back(SpiCompletion { id, status, payload });
+        self.shared.mail.completions.push(id, SpiCompletion { id, status, payload });
         self.shared.wake();
     }
 
@@ -1124,21 +1124,20 @@ impl Instance {
         let Some(_admission) = self.admit() else { return Err(gone()) };
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
-        match lock(&self.shared.spi_pending).as_mut() {
-            Some(pending) => pending.insert(id, reply),
-            None => return Err(gone()),
-        };
+        let spi_calls = &self.shared.mail.spi_calls;
+        if spi_calls.expect_reply(id, reply).is_err() {
+            return Err(gone());
+        }
         let call = QueuedSpiCall { id, spi: spi.clone(), method: method.clone(), payload };
-        lock(&self.shared.spi_queue).push_back(call);
+        spi_calls.push(id, call);
         self.shared.wake();
         let outcome = match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => return Err(gone()),
             Err(_) => {
-                if let Some(pending) = lock(&self.shared.spi_pending).as_mut() {
-                    pending.remove(&id);
-                }
-                lock(&self.shared.spi_queue).retain(|call| call.id != id);
+                // Taken or not, the call is the module's business now: its answer finds no
+                // replier and is dropped.
+                spi_calls.cancel(id, drop);
                 return Err(SpiError::new(
                     SpiError::TIMEOUT,
                     format!("{} did not answer {spi}.{method} within {} ms", self.id, timeout.as_millis()),
@@ -1443,12 +1442,9 @@ impl Shared {
         Ok(Self {
             tags: OnceLock::new(),
             log: OnceLock::new(),
-            wake_fd: host::new_eventfd().map_err(Error::io("creating an eventfd"))?,
-            notified: AtomicBool::new(false),
+            doorbell: Doorbell::new(EventFd::new().map_err(Error::io("creating an eventfd"))?),
             stop: AtomicBool::new(false),
-            queue: Mutex::new(VecDeque::new()),
-            pending: Mutex::new(Some(HashMap::new())),
-            current: Mutex::new(None),
+            mail: Mail::default(),
             started: Mutex::new(None),
             next_id: AtomicU64::new(1),
             requests: AtomicU64::new(0),
@@ -1462,20 +1458,10 @@ impl Shared {
             health_answered: Notify::new(),
             timed_out: Mutex::new(HashMap::new()),
             runaways_total: AtomicU64::new(0),
-            spi_queue: Mutex::new(VecDeque::new()),
-            spi_current: Mutex::new(None),
-            spi_pending: Mutex::new(Some(HashMap::new())),
             registry: OnceLock::new(),
             me: OnceLock::new(),
-            completions: Mutex::new(VecDeque::new()),
-            completion_current: Mutex::new(None),
             module_metrics: Mutex::new(Vec::new()),
         })
-    }
-
-    fn enqueue(&self, request: QueuedRequest) {
-        lock(&self.queue).push_back(request);
-        self.wake();
     }
 
     fn request_stop(&self) {
@@ -1483,26 +1469,22 @@ impl Shared {
         self.wake();
     }
 
-    /// Writes the eventfd only when the module said it is going to sleep: an awake module
-    /// looks at the queue again before it sleeps, so one write per sleep is enough.
+    /// Tells the module there is work (see [`Doorbell::wake`]).
     pub(crate) fn wake(&self) {
-        if !self.notified.swap(true, Ordering::SeqCst) {
-            host::signal_eventfd(&self.wake_fd);
-        }
+        self.doorbell.wake();
+    }
+
+    /// Whether the module has anything to do: a message, a stop request or a health check.
+    pub(crate) fn has_work(&self) -> bool {
+        self.mail.has_work()
+            || self.stop.load(Ordering::SeqCst)
+            || self.health_wanted.load(Ordering::SeqCst) > self.health_taken.load(Ordering::SeqCst)
     }
 
     /// Refuses new requests and answers queued and pending ones with `503`.
     fn close(&self) {
-        let pending = lock(&self.pending).take();
-        drop(pending);
-        lock(&self.queue).clear();
-        lock(&self.current).take();
+        self.mail.close();
         lock(&self.timed_out).clear();
-        lock(&self.spi_pending).take();
-        lock(&self.spi_queue).clear();
-        lock(&self.spi_current).take();
-        lock(&self.completions).clear();
-        lock(&self.completion_current).take();
     }
 }
 

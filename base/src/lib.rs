@@ -28,6 +28,7 @@ mod artifact;
 mod config;
 #[allow(unsafe_code)]
 mod crash;
+mod doorbell;
 mod elf;
 mod error;
 mod health;
@@ -39,6 +40,7 @@ mod limits;
 #[allow(unsafe_code)]
 mod loader;
 mod logs;
+mod mailbox;
 mod operations;
 mod path_install;
 mod private;
@@ -48,6 +50,7 @@ mod server;
 mod services;
 pub mod signing;
 mod supervisor;
+mod sync;
 #[allow(unsafe_code)]
 mod tls_keys;
 mod traffic;

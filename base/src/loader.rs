@@ -31,7 +31,7 @@ use semver::Version;
 
 use crate::{
     error::{Error, Result},
-    instance::lock,
+    sync::lock,
     tls_keys,
 };
 

@@ -21,7 +21,7 @@ use pedestal_module_api::abi::LogLevel;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::instance::lock;
+use crate::sync::lock;
 
 /// How lines are written to module log files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

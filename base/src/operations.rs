@@ -13,7 +13,7 @@ use std::{
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{error::Error, instance::lock};
+use crate::{error::Error, sync::lock};
 
 /// At most this many finished operations are remembered (the oldest are forgotten first).
 const KEEP_FINISHED: usize = 1000;

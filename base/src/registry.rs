@@ -34,11 +34,12 @@ use crate::{
     config::Config,
     elf,
     error::{Error, Result},
-    instance::{Instance, State, lock},
+    instance::{Instance, State},
     limits::{LimitOverrides, Limits},
     loader,
     logs::ModuleLog,
     routing::{Route, RoutingTable, Split},
+    sync::lock,
 };
 
 /// How an install treats the versions of the module already installed.

@@ -8,8 +8,8 @@ use pedestal_module_api::abi::LogLevel;
 use super::{Quarantined, Registry};
 use crate::{
     crash::{self, Crash, Policy, Verdict},
-    instance::lock,
     logs::LogLine,
+    sync::lock,
 };
 
 impl Registry {

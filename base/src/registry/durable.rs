@@ -31,8 +31,9 @@ use super::{InstallOptions, Registry};
 use crate::{
     artifact::write_atomically,
     error::{Error, Result},
-    instance::{Instance, State, lock},
+    instance::{Instance, State},
     limits::LimitOverrides,
+    sync::lock,
 };
 
 const STATE_FILE: &str = "state.json";

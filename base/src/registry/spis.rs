@@ -14,7 +14,8 @@ use semver::Version;
 use super::Registry;
 use crate::{
     error::{Error, Result},
-    instance::{Instance, ModuleId, lock},
+    instance::{Instance, ModuleId},
+    sync::lock,
 };
 
 /// Reaches one module instance.

@@ -16,9 +16,10 @@ use pedestal_module_api::abi::LogLevel;
 use super::{InstallOptions, Registry};
 use crate::{
     error::{Error, Result},
-    instance::{Instance, MemoryCrossing, State, StayedUnhealthy, lock},
+    instance::{Instance, MemoryCrossing, State, StayedUnhealthy},
     limits::{Action, UnhealthyAction},
     logs::LogLine,
+    sync::lock,
 };
 
 /// At most this many memory-limit restarts of one module in [`RESTART_WINDOW`]; beyond that

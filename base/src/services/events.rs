@@ -17,7 +17,7 @@ use pedestal_module_api::events::Event;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::instance::{Instance, lock};
+use crate::{instance::Instance, sync::lock};
 
 /// Events a base subscription holds before newer ones are dropped.
 const BASE_QUEUE: usize = 1024;

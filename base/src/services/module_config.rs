@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::{config::Config, error::Result, instance::lock};
+use crate::{config::Config, error::Result, sync::lock};
 
 const ENV_PREFIX: &str = "PEDESTAL_CONFIG__";
 
