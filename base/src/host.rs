@@ -8,7 +8,7 @@
 use std::{
     ffi::c_void,
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::{Arc, OnceLock, atomic::Ordering},
+    sync::{Arc, OnceLock, Weak, atomic::Ordering},
 };
 
 use abi_stable::{
@@ -24,6 +24,7 @@ use pedestal_module_api::abi::{
 };
 
 use crate::{
+    calls::{OwnedCall, refuse},
     instance::{HookAnswer, Outcome, QueuedRequest, Shared, SpiOutcome},
     logs::LogLine,
     sync::lock,
@@ -339,8 +340,8 @@ extern "C" fn call(ctx: HostCtx, call: &ServiceCall<'_>) {
     guarded((), || {
         // SAFETY: the module only holds tokens the base gave it through `host_for`.
         let shared = unsafe { shared(ctx) };
-        let Some(caller) = shared.me.get().and_then(std::sync::Weak::upgrade) else { return };
-        let owned = crate::services::OwnedCall {
+        let Some(caller) = shared.me.get().and_then(Weak::upgrade) else { return };
+        let owned = OwnedCall {
             id: call.id,
             service: call.service.as_str().to_owned(),
             version: call.version.as_str().to_owned(),
@@ -349,15 +350,15 @@ extern "C" fn call(ctx: HostCtx, call: &ServiceCall<'_>) {
             payload: call.payload.as_slice().to_vec(),
         };
         let id = owned.id;
-        match shared.registry.get().and_then(std::sync::Weak::upgrade) {
-            Some(registry) => {
+        match shared.calls.get().and_then(Weak::upgrade) {
+            Some(calls) => {
                 let answered = Arc::clone(&caller);
-                if catch_unwind(AssertUnwindSafe(|| registry.start_call(caller, owned))).is_err() {
+                if catch_unwind(AssertUnwindSafe(|| calls.start_call(caller, owned))).is_err() {
                     tracing::error!("a module call panicked in the base; the module gets an error");
-                    crate::services::refuse(&answered, id, "the base failed while handling the call");
+                    refuse(&answered, id, "the base failed while handling the call");
                 }
             }
-            None => crate::services::refuse(&caller, id, "the base is not ready for calls yet"),
+            None => refuse(&caller, id, "the base is not ready for calls yet"),
         }
     })
 }
@@ -383,16 +384,14 @@ extern "C" fn register_metric(ctx: HostCtx, kind: MetricKind, name: RStr<'_>, he
     guarded(0, || {
         // SAFETY: the module only holds tokens the base gave it through `host_for`.
         let shared = unsafe { shared(ctx) };
-        let (Some(id), Some(registry)) =
-            (shared.tags.get(), shared.registry.get().and_then(std::sync::Weak::upgrade))
-        else {
+        let (Some(id), Some(calls)) = (shared.tags.get(), shared.calls.get().and_then(Weak::upgrade)) else {
             return 0;
         };
         let mut metrics = lock(&shared.module_metrics);
         if let Some(at) = metrics.iter().position(|m| m.name == name.as_str()) {
             return if metrics[at].kind == kind { at as u64 + 1 } else { 0 };
         }
-        match registry.metrics().module_metric(id, kind, name.as_str(), help.as_str()) {
+        match calls.register_metric(id, kind, name.as_str(), help.as_str()) {
             Some(metric) => {
                 metrics.push(metric);
                 metrics.len() as u64

@@ -11,7 +11,7 @@ use std::{
     fmt,
     path::PathBuf,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex, OnceLock, Weak,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc::{self, RecvTimeoutError},
     },
@@ -36,6 +36,7 @@ use crate::{
         task_stat,
     },
     artifact::Artifact,
+    calls::ModuleCalls,
     config::Config,
     crash::{self, CrashSlot},
     doorbell::Doorbell,
@@ -253,8 +254,8 @@ pub(crate) struct Shared {
     /// Requests whose caller got a timeout while the module was running them, by id.
     pub(crate) timed_out: Mutex<HashMap<u64, TimedOut>>,
     pub(crate) runaways_total: AtomicU64,
-    /// The registry, for the module's calls to the base; set before the start hook runs.
-    pub(crate) registry: OnceLock<std::sync::Weak<crate::registry::Registry>>,
+    /// What serves the module's calls to the base; set before the start hook runs.
+    pub(crate) calls: OnceLock<Weak<dyn ModuleCalls>>,
     /// The instance itself, for the module's calls (set right after it is built).
     pub(crate) me: OnceLock<std::sync::Weak<Instance>>,
     /// The metrics the module registered; a handle is an index plus one.
@@ -523,7 +524,7 @@ impl Instance {
                 // A library constructor that never returns: its thread can never be joined,
                 // and it holds the dynamic loader's lock.
                 loader::mark_wedged(&load_path);
-                std::mem::forget(shared);
+                pin_forever(shared, None, Pin::InitialisationHung);
                 return Err(Error::StartTimeout {
                     id: load_path.display().to_string(),
                     timeout_ms: config.start_timeout.as_millis() as u64,
@@ -1104,9 +1105,9 @@ impl Instance {
         }
     }
 
-    /// Lets the module's calls reach `registry`. Called before the start hook runs.
-    pub(crate) fn attach(&self, registry: std::sync::Weak<crate::registry::Registry>) {
-        let _ = self.shared.registry.set(registry);
+    /// Lets the module's calls reach `calls`. Called before the start hook runs.
+    pub(crate) fn attach(&self, calls: Weak<dyn ModuleCalls>) {
+        let _ = self.shared.calls.set(calls);
     }
 
     /// Calls `method` of SPI `spi` on the module with serialized arguments and waits (at most
@@ -1229,7 +1230,7 @@ impl Instance {
             // Module code is still running: closing the library would pull the code out from
             // under it. Keep everything, forever.
             *lock(&self.worker) = Some(worker);
-            std::mem::forget(Arc::clone(&self.shared));
+            pin_forever(Arc::clone(&self.shared), None, Pin::ThreadStillRunning);
             return (
                 State::Pinned,
                 format!(
@@ -1245,11 +1246,8 @@ impl Instance {
         let heap = worker.heap.snapshot();
         *lock(&self.leaked) = Some(heap);
         self.shared.close();
-        let pinned = |library: Option<Library>, reason: String| {
-            // Closing now would unmap code that may still run: keep the library and the state
-            // its callbacks use, forever.
-            std::mem::forget(library);
-            std::mem::forget(Arc::clone(&self.shared));
+        let pinned = |library: Option<Library>, why: Pin, reason: String| {
+            pin_forever(Arc::clone(&self.shared), library, why);
             (State::Pinned, reason)
         };
         let stragglers = threads_named(&worker.thread_name);
@@ -1266,11 +1264,12 @@ impl Instance {
                 lock(&STRANDED).push(me);
                 return (State::Pinned, format!("{message}; it is unloaded once they end"));
             }
-            return pinned(None, message);
+            return pinned(None, Pin::ThreadsLeftRunning, message);
         }
         if let Some(wedged) = loader::wedged() {
             return pinned(
                 library,
+                Pin::LoaderWedged,
                 format!(
                     "not closed: the initialisation of {} never returned and holds the dynamic \
                      loader's lock, so dlclose would block; restart the base",
@@ -1281,7 +1280,7 @@ impl Instance {
         let Some(library) = library else {
             // The thread unwound: the library was dropped (closed) on its way out.
             if loader::is_loaded(&self.load_path) {
-                std::mem::forget(Arc::clone(&self.shared));
+                pin_forever(Arc::clone(&self.shared), None, Pin::StillLoaded);
                 return (State::Pinned, "the module's thread failed and its library is still loaded".into());
             }
             crash_slot.release();
@@ -1294,7 +1293,7 @@ impl Instance {
             }
             Unload::StillLoaded => {
                 // The module's code may still be called from a thread it left running.
-                std::mem::forget(Arc::clone(&self.shared));
+                pin_forever(Arc::clone(&self.shared), None, Pin::StillLoaded);
                 return (
                     State::Pinned,
                     "the library is still loaded after dlclose: a thread the module started (and \
@@ -1304,7 +1303,7 @@ impl Instance {
                 );
             }
             Unload::LoaderBusy => {
-                std::mem::forget(Arc::clone(&self.shared));
+                pin_forever(Arc::clone(&self.shared), None, Pin::LoaderBusy);
                 return (
                     State::Pinned,
                     format!(
@@ -1388,7 +1387,7 @@ impl Instance {
             }
             Unload::StillLoaded => {
                 // A renamed thread of the module may still call into it: keep its state forever.
-                std::mem::forget(Arc::clone(&self.shared));
+                pin_forever(Arc::clone(&self.shared), None, Pin::StillLoaded);
                 (
                     State::Pinned,
                     "the threads the module started have ended, but the library is still loaded after \
@@ -1397,7 +1396,7 @@ impl Instance {
                 )
             }
             Unload::LoaderBusy => {
-                std::mem::forget(Arc::clone(&self.shared));
+                pin_forever(Arc::clone(&self.shared), None, Pin::LoaderBusy);
                 (
                     State::Pinned,
                     format!(
@@ -1411,6 +1410,37 @@ impl Instance {
         self.transition(state, "unpinned", &message);
         Some(state)
     }
+}
+
+/// Why an instance's library and shared state are kept for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pin {
+    /// The library's initialisation never returned: its thread can never be joined, and it
+    /// holds the dynamic loader's lock.
+    InitialisationHung,
+    /// The instance thread was still running module code at the stop timeout.
+    ThreadStillRunning,
+    /// Threads the module started were still running and the library could not be kept for a
+    /// later unload.
+    ThreadsLeftRunning,
+    /// Another library's initialisation holds the dynamic loader's lock, so `dlclose` would
+    /// block.
+    LoaderWedged,
+    /// The library is still loaded after `dlclose` (or after its thread unwound): a thread may
+    /// still run its code.
+    StillLoaded,
+    /// The dynamic loader did not answer the unload in time.
+    LoaderBusy,
+}
+
+/// The one way the base gives up on unloading: `shared` (the target of the module's
+/// `HostCtx`) and `library`, if the base still has it, are leaked, so code of the module still
+/// running on some thread never calls into freed state or unmapped code. Every other path drops
+/// both in order: shared state first, the library last.
+fn pin_forever(shared: Arc<Shared>, library: Option<Library>, reason: Pin) {
+    tracing::debug!(?reason, "keeping a module's library and state for the life of the process");
+    std::mem::forget(library);
+    std::mem::forget(shared);
 }
 
 /// Every instance that ended `pinned` and was not unloaded since, whether or not the registry
@@ -1458,7 +1488,7 @@ impl Shared {
             health_answered: Notify::new(),
             timed_out: Mutex::new(HashMap::new()),
             runaways_total: AtomicU64::new(0),
-            registry: OnceLock::new(),
+            calls: OnceLock::new(),
             me: OnceLock::new(),
             module_metrics: Mutex::new(Vec::new()),
         })

@@ -25,6 +25,7 @@
 mod accounting;
 mod admin;
 mod artifact;
+mod calls;
 mod config;
 #[allow(unsafe_code)]
 mod crash;

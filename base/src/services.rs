@@ -19,32 +19,29 @@ use pedestal_module_api::{
 };
 use semver::Version;
 
+pub(crate) use crate::calls::{OwnedCall, refuse};
 use crate::{
+    accounting::ModuleMetric,
+    calls::{ModuleCalls, answer},
     error::Error,
-    instance::{Instance, State},
+    instance::{Instance, ModuleId, State},
     registry::{Registry, Versions, compatible},
 };
 
-/// A module's call, copied out of the module's view.
-#[derive(Debug)]
-pub(crate) struct OwnedCall {
-    pub(crate) id: u64,
-    pub(crate) service: String,
-    pub(crate) version: String,
-    pub(crate) method: String,
-    pub(crate) target: String,
-    pub(crate) payload: Vec<u8>,
-}
+/// The runtime reaches the base's services through this (see `calls.rs`).
+impl ModuleCalls for Registry {
+    fn start_call(self: Arc<Self>, caller: Arc<Instance>, call: OwnedCall) {
+        Registry::start_call(self, caller, call);
+    }
 
-/// Answers call `id` of `caller` with `SERVICE_UNAVAILABLE`.
-pub(crate) fn refuse(caller: &Instance, id: u64, why: &str) {
-    answer(caller, id, Err(SpiError::new(SpiError::UNAVAILABLE, why)));
-}
-
-fn answer(caller: &Instance, id: u64, result: Result<Vec<u8>, SpiError>) {
-    match result {
-        Ok(payload) => caller.complete(id, SpiStatus::Ok, payload),
-        Err(error) => caller.complete(id, SpiStatus::Error, encode(&error).unwrap_or_default()),
+    fn register_metric(
+        &self,
+        id: &ModuleId,
+        kind: pedestal_module_api::abi::MetricKind,
+        name: &str,
+        help: &str,
+    ) -> Option<ModuleMetric> {
+        self.metrics().module_metric(id, kind, name, help)
     }
 }
 
