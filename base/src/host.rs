@@ -15,7 +15,6 @@ use abi_stable::{
     prefix_type::PrefixTypeTrait,
     std_types::{RNone, ROption, RSlice, RSome, RStr},
 };
-use axum::{body::Body, response::Response};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pedestal_module_api::abi::{
@@ -211,7 +210,7 @@ extern "C" fn respond(ctx: HostCtx, view: &ResponseView<'_>) {
             finished_late(shared, view.request_id);
             return;
         };
-        let mut response = Response::new(Body::from(Bytes::copy_from_slice(view.body.as_slice())));
+        let mut response = http::Response::new(Bytes::copy_from_slice(view.body.as_slice()));
         *response.status_mut() =
             StatusCode::from_u16(view.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let headers = response.headers_mut();

@@ -20,9 +20,8 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use axum::{body::Body, response::Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, Method};
 use pedestal_module_api::{
     HealthStatus, HeapCounters, HeapSnapshot, ModuleLimits, SpiError, abi::TaskCounters,
 };
@@ -47,7 +46,6 @@ use crate::{
     logs::ModuleLog,
     mailbox::{Cancelled, Mailbox},
     sync::{EventFd, lock},
-    traffic::read_body,
 };
 
 /// A module identity: `name@version`.
@@ -433,8 +431,12 @@ pub(crate) struct QueuedRequest {
 
 /// How the module answered a request.
 pub(crate) enum Outcome {
-    Response(Response),
-    Failed { code: String, message: String },
+    /// The module's response, copied out of its view.
+    Response(http::Response<Bytes>),
+    Failed {
+        code: String,
+        message: String,
+    },
 }
 
 fn now() -> String {
@@ -947,17 +949,22 @@ impl Instance {
         })
     }
 
-    /// Reads the request body, sends the request to the module and waits for its answer, within
-    /// the instance's limits (concurrency, body size, timeout). The request counts as in flight
-    /// from the start, so an uninstall's drain waits for bodies still being uploaded too.
-    pub async fn call(
+    /// Reads the request body (with `read_body`, given the instance's body size limit), sends the
+    /// request to the module and waits for its answer, within the instance's limits
+    /// (concurrency, body size, timeout). The request counts as in flight from the start, so an
+    /// uninstall's drain waits for bodies still being uploaded too. The HTTP edge owns reading
+    /// the body and tagging the response; the runtime only needs `http`'s types.
+    pub async fn call<B>(
         &self,
         admission: Admission<'_>,
         method: Method,
         headers: HeaderMap,
         path_and_query: String,
-        body: Body,
-    ) -> Result<Response> {
+        read_body: impl FnOnce(u64) -> B,
+    ) -> Result<http::Response<Bytes>>
+    where
+        B: Future<Output = Result<Bytes>>,
+    {
         let limits = self.limits();
         let Admission { in_flight: counted, count: in_flight, .. } = admission;
         if let Some(limit) = limits.max_concurrent_requests
@@ -972,7 +979,7 @@ impl Instance {
         // this request, its concurrency slot and its connection for as long as it likes. The
         // slot (`counted`) is released when this returns.
         let deadline = tokio::time::Instant::now() + timeout;
-        let body = tokio::time::timeout_at(deadline, read_body(body, limits.max_request_body_bytes))
+        let body = tokio::time::timeout_at(deadline, read_body(limits.max_request_body_bytes))
             .await
             .map_err(|_| Error::RequestBodyTimeout { timeout_ms: timeout.as_millis() as u64 })??;
         let what = format!("{method} {path_and_query}");
@@ -1004,7 +1011,7 @@ impl Instance {
             Err(e)
         };
         match outcome {
-            Ok(Ok(Outcome::Response(mut response))) => {
+            Ok(Ok(Outcome::Response(response))) => {
                 let status = response.status();
                 if status.is_client_error() {
                     self.shared.client_errors.fetch_add(1, Ordering::Relaxed);
@@ -1012,11 +1019,6 @@ impl Instance {
                     self.shared.server_errors.fetch_add(1, Ordering::Relaxed);
                 }
                 record(status.is_server_error());
-                let tag = HeaderValue::from_str(&self.id.to_string()).expect("identities are ASCII");
-                response.headers_mut().insert("x-pedestal-module", tag);
-                let version =
-                    HeaderValue::from_str(&self.id.version.to_string()).expect("versions are ASCII");
-                response.headers_mut().insert(crate::routing::VERSION_HEADER, version);
                 Ok(response)
             }
             Ok(Ok(Outcome::Failed { code, message })) => {

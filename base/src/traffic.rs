@@ -9,10 +9,12 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::{
     error::{Error, Result},
+    instance::ModuleId,
     registry::Registry,
     routing::VERSION_HEADER,
 };
@@ -56,13 +58,27 @@ async fn forward(registry: &Registry, request: Request) -> Result<Response> {
             route.pick(&name, pinned.as_deref())?
         };
         if let Some(admission) = instance.admit() {
-            return instance.call(admission, parts.method, parts.headers, path_and_query, body).await;
+            let read = |limit| read_body(body, limit);
+            let response =
+                instance.call(admission, parts.method, parts.headers, path_and_query, read).await?;
+            return Ok(tagged(&instance.id, response));
         }
     }
     Err(Error::ModuleUnavailable {
         id: name,
         reason: "its versions kept changing while this request was being routed".into(),
     })
+}
+
+/// A module's response as the client gets it: tagged with the instance that answered
+/// (`x-pedestal-module: name@version`, and its version in [`VERSION_HEADER`]).
+fn tagged(id: &ModuleId, response: http::Response<Bytes>) -> Response {
+    let mut response = response.map(Body::from);
+    let tag = HeaderValue::from_str(&id.to_string()).expect("identities are ASCII");
+    response.headers_mut().insert("x-pedestal-module", tag);
+    let version = HeaderValue::from_str(&id.version.to_string()).expect("versions are ASCII");
+    response.headers_mut().insert(VERSION_HEADER, version);
+    response
 }
 
 /// Reads a whole body, refusing one over `limit` bytes with `PAYLOAD_TOO_LARGE`.
