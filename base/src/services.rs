@@ -10,7 +10,7 @@ pub mod events;
 pub mod kv;
 pub mod module_config;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use pedestal_module_api::{
     SpiError,
@@ -22,7 +22,7 @@ use semver::Version;
 use crate::{
     error::Error,
     instance::{Instance, State},
-    registry::{Registry, Versions, compatible},
+    registry::{Registry, compatible},
 };
 
 /// A module's call, copied out of the module's view.
@@ -130,7 +130,7 @@ impl Registry {
 
     /// The implementations module calls may reach: the routed ones, plus (while restoring) the
     /// newest started version of each other module implementing `spi`.
-    fn implementors_for_calls(&self, spi: &str) -> Vec<Arc<Instance>> {
+    pub(crate) fn implementors_for_calls(&self, spi: &str) -> Vec<Arc<Instance>> {
         let mut found = self.implementors(spi);
         if !self.is_restored() {
             let mut waiting: Vec<_> = self
@@ -288,72 +288,5 @@ impl Registry {
             let values = serde_json::Value::Object(values);
             instance.notify("pedestal.config", "changed", values.to_string().into_bytes());
         });
-    }
-
-    /// Refuses to install `instance` while an SPI it requires has no compatible implementation
-    /// running (`SPI_MISSING`). An SPI the instance implements itself counts as present.
-    pub(crate) fn check_requires(&self, instance: &Instance) -> crate::error::Result<()> {
-        for (spi, version) in &instance.requires {
-            let own = instance.provided_version(spi).is_some_and(|v| compatible(v, version));
-            let running = self.implementors_for_calls(spi).iter().any(|i| {
-                i.id.name != instance.id.name
-                    && i.provided_version(spi).is_some_and(|v| compatible(v, version))
-            });
-            if !own && !running {
-                return Err(Error::SpiMissing {
-                    id: instance.id.to_string(),
-                    spi: spi.clone(),
-                    version: version.to_string(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Refuses to uninstall `instance` when a running module requires an SPI it implements and
-    /// no other compatible implementation would remain (`MODULE_REQUIRED`): the active version
-    /// of another module, or the version of this module that takes over (`successor`).
-    pub(crate) fn check_dependents(
-        modules: &BTreeMap<String, Versions>,
-        instance: &Instance,
-        successor: Option<&Arc<Instance>>,
-    ) -> crate::error::Result<()> {
-        let serving =
-            |i: &&Arc<Instance>| matches!(i.state(), State::Active | State::Inactive) && !i.is_deactivated();
-        // What implements what after the uninstall: every other module's active version, and
-        // this module's remaining active version (or its successor).
-        let remaining: Vec<Arc<Instance>> = modules
-            .values()
-            .filter_map(|versions| versions.active.as_ref().and_then(|v| versions.instances.get(v)))
-            .filter(|i| !std::ptr::eq(Arc::as_ptr(i), instance) && serving(i))
-            .chain(successor.filter(|i| serving(i)))
-            .cloned()
-            .collect();
-        let live = modules.values().flat_map(|versions| versions.instances.values());
-        for dependent in live.filter(|d| d.id.name != instance.id.name && d.state().is_live()) {
-            for (spi, wanted) in &dependent.requires {
-                let provided_here = instance.provided_version(spi).is_some_and(|v| compatible(v, wanted));
-                if !provided_here {
-                    continue;
-                }
-                let elsewhere =
-                    remaining.iter().any(|i| i.provided_version(spi).is_some_and(|v| compatible(v, wanted)));
-                if !elsewhere {
-                    let mut dependents: Vec<String> = modules
-                        .values()
-                        .flat_map(|versions| versions.instances.values())
-                        .filter(|d| d.id.name != instance.id.name && d.state().is_live() && d.requires(spi))
-                        .map(|d| d.id.to_string())
-                        .collect();
-                    dependents.sort();
-                    return Err(Error::ModuleRequired {
-                        id: instance.id.to_string(),
-                        spi: spi.clone(),
-                        dependents,
-                    });
-                }
-            }
-        }
-        Ok(())
     }
 }
