@@ -138,12 +138,8 @@ pub struct Registry {
     me: std::sync::Weak<Registry>,
     /// The base's runtime, where module calls that wait run.
     runtime: Mutex<Option<tokio::runtime::Handle>>,
-    /// The modules' key-value store.
-    kv: crate::services::kv::Kv,
-    /// Publish and subscribe.
-    events: crate::services::events::Events,
-    /// The modules' configuration values.
-    module_configs: crate::services::module_config::ModuleConfigs,
+    /// What the base offers modules besides traffic, one entry per service (`services.rs`).
+    services: crate::services::Services,
     /// Crash records processed and the crashes of the window (`registry/crashes.rs`).
     crash_ledger: Mutex<crate::crash::Ledger>,
     /// The keys every artifact must be signed with (`--trusted-keys`), read at start.
@@ -163,14 +159,23 @@ impl Registry {
     /// `config.data_dir`. Module calls that wait run on the current tokio runtime, if any (see
     /// [`Registry::set_runtime`]).
     pub fn new(config: Config) -> Result<Arc<Self>> {
+        Self::with_services(config, |_| {})
+    }
+
+    /// [`Registry::new`], with the built-in services changed by `choose` (services added or
+    /// taken out) before any module can call them.
+    pub(crate) fn with_services(
+        config: Config,
+        choose: impl FnOnce(&mut crate::services::Services),
+    ) -> Result<Arc<Self>> {
         let declared_spis = config.spis.clone();
         let store = ArtifactStore::open(&config.data_dir)?;
-        let kv = crate::services::kv::Kv::open(&config.data_dir.join("kv.redb"))?;
+        let mut services = crate::services::Services::builtin(&config)?;
+        choose(&mut services);
         // The store and the directories exist now: make all of it the base's alone (a data
         // directory from an older version, or a `kv.redb` redb just created with the umask's
         // mode).
         crate::private::tighten(store.data_dir());
-        let module_configs = crate::services::module_config::ModuleConfigs::new(&config);
         let runtime = Mutex::new(tokio::runtime::Handle::try_current().ok());
         let trusted_keys =
             config.trusted_keys.as_deref().map(crate::signing::load_trusted_keys).transpose()?;
@@ -182,9 +187,7 @@ impl Registry {
             trusted_keys,
             me: me.clone(),
             runtime,
-            kv,
-            events: crate::services::events::Events::default(),
-            module_configs,
+            services,
             config,
             metrics: Metrics::new(),
             logs: Mutex::new(HashMap::new()),
@@ -224,17 +227,22 @@ impl Registry {
 
     /// The modules' key-value store.
     pub fn kv(&self) -> &crate::services::kv::Kv {
-        &self.kv
+        self.services.kv()
     }
 
     /// Publish and subscribe, for the base's own code too.
     pub fn events(&self) -> &crate::services::events::Events {
-        &self.events
+        self.services.events()
     }
 
     /// The modules' configuration values.
     pub fn module_configs(&self) -> &crate::services::module_config::ModuleConfigs {
-        &self.module_configs
+        self.services.module_configs()
+    }
+
+    /// The services modules can call, by name.
+    pub fn services(&self) -> &crate::services::Services {
+        &self.services
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

@@ -450,6 +450,7 @@ impl Registry {
             self.publish(&modules);
         }
         instance.stop(&self.config, "uninstall");
+        self.services().instance_stopped(&instance);
         if !instance.is_mapped() {
             self.release_load_path(&instance.load_path);
         }
@@ -536,7 +537,7 @@ impl Registry {
         instance.set_limits(self.resolve_limits(instance));
         // Before the start hook runs: the module may call, and reads its configuration.
         instance.attach(self.me.clone());
-        self.send_config(instance);
+        self.services().instance_started(instance);
         Ok(replaced)
     }
 
@@ -616,6 +617,7 @@ impl Registry {
         // limit), and every moment spent waiting is a moment of 503s for the module.
         lock(&self.restarting).insert(instance.id.name.clone(), reason.to_owned());
         instance.stop_draining(&self.config, self.config.restart_drain_timeout, reason);
+        self.services().instance_stopped(instance);
         if !instance.is_mapped() {
             self.release_load_path(&instance.load_path);
         }
