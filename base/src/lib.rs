@@ -16,6 +16,57 @@
 //!
 //! Modules are installed through the operations API ([`Base::admin_app`]) and answer at
 //! `/<module name>/...` on the traffic server ([`Base::traffic_app`]).
+//!
+//! A base of your own can drive the lifecycle itself, as a fleet agent applying assignments
+//! would (see [`Registry`]'s module docs for the whole list), and offer modules a service of
+//! its own ([`BaseBuilder::service`]):
+//!
+//! ```no_run
+//! use std::{collections::BTreeMap, sync::Arc};
+//!
+//! use pedestal_base::{Base, Call, Config, Dependents, InstallOptions, Service, Strategy};
+//!
+//! /// `pedestal.clock`: answers `now` with the base's time in seconds.
+//! #[derive(Debug)]
+//! struct Clock;
+//!
+//! impl Service for Clock {
+//!     fn name(&self) -> &'static str {
+//!         "pedestal.clock"
+//!     }
+//!
+//!     fn call(self: Arc<Self>, call: Call) {
+//!         let now = std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_secs();
+//!         call.answer(Ok(now.to_le_bytes().to_vec()));
+//!     }
+//! }
+//!
+//! # fn run(bytes: Vec<u8>, sha256: [u8; 32]) -> anyhow::Result<()> {
+//! let base = Base::builder(Config::default()).service(Clock).without_service("pedestal.events").build()?;
+//! let registry = Arc::clone(base.registry());
+//! // "Install this sha256 as shop@<its version>", beside the version that runs.
+//! let options = InstallOptions {
+//!     name: Some("shop".into()),
+//!     strategy: Strategy::Install,
+//!     sha256: Some(sha256),
+//!     ..InstallOptions::default()
+//! };
+//! let installed = registry.install_with(&bytes, &options)?;
+//! let version = installed.instance.id.version.clone();
+//! // "Send it a tenth of the traffic", then "make it active", then report.
+//! if let (_, Some(active)) = registry.module("shop")?
+//!     && active != version
+//! {
+//!     registry.set_weights("shop", BTreeMap::from([(active, 90), (version.clone(), 10)]))?;
+//! }
+//! registry.switch("shop", &version)?;
+//! for (instance, active) in registry.all() {
+//!     println!("{} {:?} active={active}", instance.id, instance.state());
+//! }
+//! registry.uninstall_checked("shop", &version, Dependents::Protect)?;
+//! # Ok(())
+//! # }
+//! ```
 
 // Architecture Invariant: only the ABI glue (`loader`, `host`, `tls_keys`), the crash handler
 // (`crash`) and the supervisor's hand-over (`supervisor/listeners.rs`) use `unsafe`;

@@ -4,6 +4,26 @@
 //! The routing table is an immutable map swapped atomically (`arc-swap`): the request path
 //! reads it without a lock, and an install or uninstall publishes a new one. A request that
 //! already holds an instance finishes on it.
+//!
+//! # The lifecycle API
+//!
+//! What an operator, a hot-reload watcher or a fleet agent drives, all blocking (call them off
+//! the async runtime), each one operation at a time per identity (`OPERATION_IN_PROGRESS`):
+//!
+//! | to | call | gives |
+//! |---|---|---|
+//! | install bytes as `name@version` | [`Registry::install_with`] ([`InstallOptions`]: name, activate, [`Strategy`], expected sha256, signature) | [`Installed`] |
+//! | make a version active | [`Registry::switch`] | the instance and the one it took over from |
+//! | split traffic by weight | [`Registry::set_weights`] | |
+//! | uninstall | [`Registry::uninstall_checked`] ([`Dependents`]) | the stopped instance |
+//! | restart in place | [`Registry::restart`] | the fresh instance |
+//! | report status | [`Registry::all`], [`Registry::module`], [`Instance::state`], [`Instance::history`] | |
+//!
+//! Errors are [`Error`] variants with a stable [`Error::code`], the same the operations API
+//! answers with. The state is split in three: this file holds the module table and the routing
+//! table, `lifecycle.rs` the operations above as straight-line code, and `policy.rs` their
+//! decisions (which version takes over, which SPI would go missing, in which order a restore
+//! starts modules) as pure functions over a snapshot of the table.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
