@@ -35,7 +35,7 @@ use crate::{
     limits::{LimitOverrides, Limits},
     logs::{LogLine, RECENT_LINES, parse_level},
     operations::Operation,
-    registry::{InstallOptions as Options, Registry, Strategy},
+    registry::{Dependents, InstallOptions as Options, Registry, Strategy},
     traffic::{MinRate, read_body_at_min_rate},
 };
 
@@ -750,9 +750,9 @@ async fn uninstall(
 ) -> Result<Response> {
     let version = parse_version(&version)?;
     let target = format!("{name}@{version}");
-    let force = options.force;
+    let dependents = if options.force { Dependents::Abandon } else { Dependents::Protect };
     run_operation(&registry, "uninstall", &target, options.run_async, StatusCode::OK, move |registry| {
-        let instance = registry.uninstall_checked(&name, &version, force)?;
+        let instance = registry.uninstall_checked(&name, &version, dependents)?;
         let view = view(&instance, false, true, &HashMap::new());
         Ok(serde_json::to_value(view).unwrap_or_default())
     })

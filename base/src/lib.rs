@@ -16,6 +16,57 @@
 //!
 //! Modules are installed through the operations API ([`Base::admin_app`]) and answer at
 //! `/<module name>/...` on the traffic server ([`Base::traffic_app`]).
+//!
+//! A base of your own can drive the lifecycle itself, as a fleet agent applying assignments
+//! would (see [`Registry`]'s module docs for the whole list), and offer modules a service of
+//! its own ([`BaseBuilder::service`]):
+//!
+//! ```no_run
+//! use std::{collections::BTreeMap, sync::Arc};
+//!
+//! use pedestal_base::{Base, Call, Config, Dependents, InstallOptions, Service, Strategy};
+//!
+//! /// `pedestal.clock`: answers `now` with the base's time in seconds.
+//! #[derive(Debug)]
+//! struct Clock;
+//!
+//! impl Service for Clock {
+//!     fn name(&self) -> &'static str {
+//!         "pedestal.clock"
+//!     }
+//!
+//!     fn call(self: Arc<Self>, call: Call) {
+//!         let now = std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_secs();
+//!         call.answer(Ok(now.to_le_bytes().to_vec()));
+//!     }
+//! }
+//!
+//! # fn run(bytes: Vec<u8>, sha256: [u8; 32]) -> anyhow::Result<()> {
+//! let base = Base::builder(Config::default()).service(Clock).without_service("pedestal.events").build()?;
+//! let registry = Arc::clone(base.registry());
+//! // "Install this sha256 as shop@<its version>", beside the version that runs.
+//! let options = InstallOptions {
+//!     name: Some("shop".into()),
+//!     strategy: Strategy::Install,
+//!     sha256: Some(sha256),
+//!     ..InstallOptions::default()
+//! };
+//! let installed = registry.install_with(&bytes, &options)?;
+//! let version = installed.instance.id.version.clone();
+//! // "Send it a tenth of the traffic", then "make it active", then report.
+//! if let (_, Some(active)) = registry.module("shop")?
+//!     && active != version
+//! {
+//!     registry.set_weights("shop", BTreeMap::from([(active, 90), (version.clone(), 10)]))?;
+//! }
+//! registry.switch("shop", &version)?;
+//! for (instance, active) in registry.all() {
+//!     println!("{} {:?} active={active}", instance.id, instance.state());
+//! }
+//! registry.uninstall_checked("shop", &version, Dependents::Protect)?;
+//! # Ok(())
+//! # }
+//! ```
 
 // Architecture Invariant: only the ABI glue (`loader`, `host`, `tls_keys`), the crash handler
 // (`crash`) and the supervisor's hand-over (`supervisor/listeners.rs`) use `unsafe`;
@@ -74,12 +125,14 @@ pub use crate::{
     limits::{Action, LimitOverrides, Limits, Source, Sources, UnhealthyAction},
     logs::{LogFormat, LogLine, ModuleLog},
     operations::{Operation, Operations, Status as OperationStatus},
-    registry::{InstallOptions, Installed, Quarantined, Registry, Restored, Strategy},
+    registry::{Dependents, InstallOptions, Installed, Quarantined, Registry, Restored, Strategy},
     routing::{Route, RoutingTable, Split, VERSION_HEADER},
     services::{
-        events::Events,
-        kv::{Kv, Usage as KvUsage},
-        module_config::ModuleConfigs,
+        Call, Service, Services,
+        events::{Events, EventsService},
+        kv::{Kv, KvService, Usage as KvUsage},
+        module_config::{ConfigService, ModuleConfigs},
+        spis::SpisService,
     },
     supervisor::{BaseProcess, CRASH_WINDOW, MAX_CRASHES, WORKER_RESTART_EXIT_CODE, base_process, supervise},
     tls_keys::keys_are_reclaimable,
@@ -97,6 +150,11 @@ impl Base {
     /// A base with no modules yet. Refuses unsafe settings (an operations API beyond loopback
     /// without a token).
     pub fn new(config: Config) -> Result<Self> {
+        Self::with_services(config, |_| {})
+    }
+
+    /// [`Base::new`] with the built-in services changed by `choose` (see [`BaseBuilder::service`]).
+    fn with_services(config: Config, choose: impl FnOnce(&mut services::Services)) -> Result<Self> {
         config.validate()?;
         // Each instance holds a few descriptors (its eventfd, its runtime's epoll and waker):
         // take the hard limit rather than the often-low soft one.
@@ -114,7 +172,7 @@ impl Base {
         // environment now if it can still be done safely (it warns otherwise).
         supervisor::forget_secrets();
         let data_dir = config.data_dir.clone();
-        let registry = Registry::new(config)?;
+        let registry = Registry::with_services(config, choose)?;
         // After the registry made the data directory. Without the handler the base still runs;
         // a crash then goes unattributed (and a module that crashes after start may crash-loop).
         if let Err(e) = crash::install(&data_dir) {
@@ -147,7 +205,7 @@ impl Base {
     /// # }
     /// ```
     pub fn builder(config: Config) -> BaseBuilder {
-        BaseBuilder { config, routes: Vec::new(), spis: Vec::new() }
+        BaseBuilder { config, routes: Vec::new(), spis: Vec::new(), added: Vec::new(), removed: Vec::new() }
     }
 
     /// Routes compiled into the base itself, served on the traffic port before module routes.
@@ -294,6 +352,9 @@ pub struct BaseBuilder {
     routes: Vec<Box<dyn FnOnce(Arc<Registry>) -> Router>>,
     /// SPIs declared: name and version.
     spis: Vec<(&'static str, &'static str)>,
+    /// Services added to the built-in ones, and the names of those taken out, in call order.
+    added: Vec<Arc<dyn Service>>,
+    removed: Vec<String>,
 }
 
 impl std::fmt::Debug for BaseBuilder {
@@ -322,9 +383,40 @@ impl BaseBuilder {
         self
     }
 
+    /// Offers modules `service` under its name, in place of a built-in of the same name.
+    pub fn service(mut self, service: impl Service) -> Self {
+        self.removed.retain(|name| name != service.name());
+        self.added.push(Arc::new(service));
+        self
+    }
+
+    /// Takes the service `name` (`pedestal.kv`, `pedestal.events`, `pedestal.spis`,
+    /// `pedestal.config`, or one added) out: modules calling it see an unknown service, as with
+    /// a base that never had it.
+    pub fn without_service(mut self, name: &str) -> Self {
+        self.added.retain(|service| service.name() != name);
+        self.removed.push(name.to_owned());
+        self
+    }
+
     /// The base, ready to [`serve`](Base::serve).
     pub fn build(self) -> Result<Base> {
-        let mut base = Base::new(self.config)?;
+        let reserved = pedestal_module_api::abi::RESERVED_SPI_PREFIX;
+        if let Some(service) = self.added.iter().find(|s| !s.name().starts_with(reserved)) {
+            // Any other name is a module SPI's: a service under it would answer in its place.
+            return Err(Error::BadRequest {
+                message: format!("service {:?}: a service's name starts with {reserved:?}", service.name()),
+            });
+        }
+        let (added, removed) = (self.added, self.removed);
+        let mut base = Base::with_services(self.config, move |services| {
+            for name in &removed {
+                services.remove(name);
+            }
+            for service in added {
+                services.add(service);
+            }
+        })?;
         for (name, version) in self.spis {
             base.registry.declare_spi_version(name, version);
         }

@@ -4,6 +4,26 @@
 //! The routing table is an immutable map swapped atomically (`arc-swap`): the request path
 //! reads it without a lock, and an install or uninstall publishes a new one. A request that
 //! already holds an instance finishes on it.
+//!
+//! # The lifecycle API
+//!
+//! What an operator, a hot-reload watcher or a fleet agent drives, all blocking (call them off
+//! the async runtime), each one operation at a time per identity (`OPERATION_IN_PROGRESS`):
+//!
+//! | to | call | gives |
+//! |---|---|---|
+//! | install bytes as `name@version` | [`Registry::install_with`] ([`InstallOptions`]: name, activate, [`Strategy`], expected sha256, signature) | [`Installed`] |
+//! | make a version active | [`Registry::switch`] | the instance and the one it took over from |
+//! | split traffic by weight | [`Registry::set_weights`] | |
+//! | uninstall | [`Registry::uninstall_checked`] ([`Dependents`]) | the stopped instance |
+//! | restart in place | [`Registry::restart`] | the fresh instance |
+//! | report status | [`Registry::all`], [`Registry::module`], [`Instance::state`], [`Instance::history`] | |
+//!
+//! Errors are [`Error`] variants with a stable [`Error::code`], the same the operations API
+//! answers with. The state is split in three: this file holds the module table and the routing
+//! table, `lifecycle.rs` the operations above as straight-line code, and `policy.rs` their
+//! decisions (which version takes over, which SPI would go missing, in which order a restore
+//! starts modules) as pure functions over a snapshot of the table.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -12,8 +32,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, Ordering},
     },
-    thread,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use arc_swap::ArcSwap;
@@ -22,21 +41,22 @@ use serde::{Deserialize, Serialize};
 
 mod crashes;
 mod durable;
+mod lifecycle;
+mod policy;
 mod spis;
 mod watch;
 
 pub use durable::{Quarantined, Restored};
+pub use lifecycle::Dependents;
 pub use spis::compatible;
 
 use crate::{
     accounting::Metrics,
     artifact::ArtifactStore,
     config::Config,
-    elf,
     error::{Error, Result},
     instance::{Instance, State},
     limits::{LimitOverrides, Limits},
-    loader,
     logs::ModuleLog,
     routing::{Route, RoutingTable, Split},
     sync::lock,
@@ -81,17 +101,6 @@ pub struct Installed {
     pub instance: Arc<Instance>,
     /// The version a replace took the traffic from and unloaded.
     pub replaced: Option<Arc<Instance>>,
-}
-
-/// Refuses, from the file's bytes alone, what is not a module of this base's interface major
-/// (`NOT_A_MODULE`, `INTERFACE_MISMATCH`), before any of its code could run.
-fn check_module(file: &(impl elf::Source + ?Sized)) -> Result<()> {
-    let stamp = elf::check_module(file).map_err(|reason| Error::NotAModule { reason })?;
-    let base = loader::base_interface();
-    if u64::from(stamp.major) != base.major {
-        return Err(Error::InterfaceMismatch { module: stamp.to_string(), base: base.to_string() });
-    }
-    Ok(())
 }
 
 /// The base's modules and routing.
@@ -150,12 +159,8 @@ pub struct Registry {
     me: std::sync::Weak<Registry>,
     /// The base's runtime, where module calls that wait run.
     runtime: Mutex<Option<tokio::runtime::Handle>>,
-    /// The modules' key-value store.
-    kv: crate::services::kv::Kv,
-    /// Publish and subscribe.
-    events: crate::services::events::Events,
-    /// The modules' configuration values.
-    module_configs: crate::services::module_config::ModuleConfigs,
+    /// What the base offers modules besides traffic, one entry per service (`services.rs`).
+    services: crate::services::Services,
     /// Crash records processed and the crashes of the window (`registry/crashes.rs`).
     crash_ledger: Mutex<crate::crash::Ledger>,
     /// The keys every artifact must be signed with (`--trusted-keys`), read at start.
@@ -175,14 +180,23 @@ impl Registry {
     /// `config.data_dir`. Module calls that wait run on the current tokio runtime, if any (see
     /// [`Registry::set_runtime`]).
     pub fn new(config: Config) -> Result<Arc<Self>> {
+        Self::with_services(config, |_| {})
+    }
+
+    /// [`Registry::new`], with the built-in services changed by `choose` (services added or
+    /// taken out) before any module can call them.
+    pub(crate) fn with_services(
+        config: Config,
+        choose: impl FnOnce(&mut crate::services::Services),
+    ) -> Result<Arc<Self>> {
         let declared_spis = config.spis.clone();
         let store = ArtifactStore::open(&config.data_dir)?;
-        let kv = crate::services::kv::Kv::open(&config.data_dir.join("kv.redb"))?;
+        let mut services = crate::services::Services::builtin(&config)?;
+        choose(&mut services);
         // The store and the directories exist now: make all of it the base's alone (a data
         // directory from an older version, or a `kv.redb` redb just created with the umask's
         // mode).
         crate::private::tighten(store.data_dir());
-        let module_configs = crate::services::module_config::ModuleConfigs::new(&config);
         let runtime = Mutex::new(tokio::runtime::Handle::try_current().ok());
         let trusted_keys =
             config.trusted_keys.as_deref().map(crate::signing::load_trusted_keys).transpose()?;
@@ -194,9 +208,7 @@ impl Registry {
             trusted_keys,
             me: me.clone(),
             runtime,
-            kv,
-            events: crate::services::events::Events::default(),
-            module_configs,
+            services,
             config,
             metrics: Metrics::new(),
             logs: Mutex::new(HashMap::new()),
@@ -236,17 +248,22 @@ impl Registry {
 
     /// The modules' key-value store.
     pub fn kv(&self) -> &crate::services::kv::Kv {
-        &self.kv
+        self.services.kv()
     }
 
     /// Publish and subscribe, for the base's own code too.
     pub fn events(&self) -> &crate::services::events::Events {
-        &self.events
+        self.services.events()
     }
 
     /// The modules' configuration values.
     pub fn module_configs(&self) -> &crate::services::module_config::ModuleConfigs {
-        &self.module_configs
+        self.services.module_configs()
+    }
+
+    /// The services modules can call, by name.
+    pub fn services(&self) -> &crate::services::Services {
+        &self.services
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
@@ -376,87 +393,6 @@ impl Registry {
         self.routes.load_full()
     }
 
-    /// Installs a module from its `.so` bytes and starts it, with the default options. Blocking:
-    /// call it off the async runtime. See [`Registry::install_with`].
-    pub fn install(&self, bytes: &[u8], name: Option<&str>) -> Result<Arc<Instance>> {
-        let options = InstallOptions { name: name.map(str::to_owned), ..InstallOptions::default() };
-        Ok(self.install_with(bytes, &options)?.instance)
-    }
-
-    /// Installs a module from its `.so` bytes and starts it. Blocking: call it off the async
-    /// runtime. The first version of a module becomes active; later ones install inactive unless
-    /// `activate` (or the `replace` strategy) says otherwise.
-    ///
-    /// `name` installs the module under another name than its package's (mounted at `/<name>/`,
-    /// logged and accounted as `<name>`): the same artifact can serve many tenants, each its own
-    /// instance.
-    pub fn install_with(&self, bytes: &[u8], options: &InstallOptions) -> Result<Installed> {
-        let name = options.name.as_deref();
-        if bytes.is_empty() {
-            return Err(Error::EmptyUpload);
-        }
-        if let Some(name) = name.filter(|n| !loader::is_valid_name(n)) {
-            return Err(Error::BadRequest {
-                message: format!("{name:?} is not a module name (letters, digits, '-' and '_', at most 64)"),
-            });
-        }
-        if let Some(wedged) = loader::wedged() {
-            return Err(Error::LoadFailed {
-                path: wedged,
-                message: "the initialisation of this library never returned and still holds the \
-                          dynamic loader's lock, so no module can be loaded; restart the base"
-                    .into(),
-            });
-        }
-        if bytes.len() as u64 > self.config.max_upload_bytes {
-            return Err(Error::PayloadTooLarge {
-                size: bytes.len() as u64,
-                limit: self.config.max_upload_bytes,
-            });
-        }
-        let digest = crate::signing::sha256(bytes);
-        let verified = crate::signing::check(
-            "the artifact",
-            &digest,
-            options.sha256.as_ref(),
-            self.trusted_keys.as_ref(),
-            options.signature.as_deref(),
-        )?;
-        // Decided from the bytes alone: nothing is stored, and no code of the library runs.
-        check_module(bytes)?;
-        let sha256 = hex::encode(digest);
-        if !options.retry_quarantined {
-            self.refuse_quarantined(&sha256, name)?;
-        }
-        let in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *lock(&self.installing).entry(sha256.clone()).or_default() += 1;
-        let launched = self.store.put(bytes, digest).and_then(|mut artifact| {
-            if let Some(line) = &verified.signature {
-                self.store.put_signature(&artifact.sha256, line)?;
-            }
-            artifact.signed_by = verified.signed_by.map(|id| id.to_string());
-            self.launch_artifact(artifact, options, true)
-        });
-        drop(in_use);
-        {
-            let mut installing = lock(&self.installing);
-            if let Some(count) = installing.get_mut(&sha256) {
-                *count -= 1;
-                if *count == 0 {
-                    installing.remove(&sha256);
-                }
-            }
-        }
-        if launched.is_err() {
-            // A refused artifact is deleted now, unless something still needs it (a live
-            // instance, a record, a quarantine entry, another upload of the same bytes): it
-            // never ran, so no rollback wants it. Not left to the garbage collector, which
-            // waits while any install runs: a stream of refused uploads would fill the disk.
-            self.remove_refused(&sha256);
-        }
-        launched
-    }
-
     /// The stored artifact with this hash, checked against this start's trusted keys with the
     /// signature kept when it was installed (see [`crate::signing::check_stored`]).
     pub(crate) fn stored_artifact(&self, sha256: &str) -> Result<crate::artifact::Artifact> {
@@ -498,331 +434,9 @@ impl Registry {
         crate::signing::text_beside(file, self.trusted_keys.as_ref())
     }
 
-    /// Loads, starts and routes a stored artifact, records it in `state.json` and lifts a
-    /// quarantine of it. Without `acknowledge` (a restore) it only loads and starts it, leaving
-    /// it `inactive`: the restore routes and records everything at its end.
-    pub(crate) fn launch_artifact(
-        &self,
-        artifact: crate::artifact::Artifact,
-        options: &InstallOptions,
-        acknowledge: bool,
-    ) -> Result<Installed> {
-        let name = options.name.as_deref();
-        if let Some(existing) = self.live_instance_of(&artifact.sha256, name) {
-            return Err(Error::AlreadyInstalled { id: existing.id.to_string() });
-        }
-        // Every load passes here (uploads, boot modules, the watched directory, restores,
-        // retries): the stored file is checked again, piecewise, right before `dlopen` runs its
-        // constructors.
-        let stored = elf::FileSource::open(&artifact.path)
-            .map_err(Error::io(format!("reading {}", artifact.path.display())))?;
-        check_module(&stored)?;
-        let load_path = self.claim_load_path(&artifact)?;
-        let replace = options.strategy == Strategy::Replace;
-        let during = if acknowledge { durable::Load::Install } else { durable::Load::Restore };
-        let mut loading = self.loading(&artifact.sha256, name, during);
-        // A replace of the same version unloads the running one before the new one starts.
-        let mut replaced_same = None;
-        let launched = Instance::launch(
-            artifact,
-            load_path.clone(),
-            name,
-            &self.config,
-            &self.metrics,
-            &|name| self.log(name),
-            |instance| {
-                loading.identify(instance);
-                // A restore loads everything first and routes at the end: no check then.
-                replaced_same = self.reserve(instance, replace, acknowledge && !options.force)?;
-                Ok(())
-            },
-        );
-        drop(loading);
-        let instance = match launched {
-            Ok(instance) => instance,
-            Err(e) => {
-                // No instance to ask (it failed before or during start): look at the mappings.
-                if !loader::is_mapped(&load_path) {
-                    self.release_load_path(&load_path);
-                }
-                if let Some(replaced) = &replaced_same
-                    && let Some(was_active) = self.release_record(&replaced.id)
-                {
-                    return Err(self.roll_back_replace(replaced, was_active, options, e));
-                }
-                return Err(e);
-            }
-        };
-        // It started: lift a quarantine of it now, before the first write that records it (a
-        // replace writes once more when it unloads the old version), so no file can name the
-        // instance and still quarantine it.
-        self.lift_quarantine(&instance.artifact.sha256, &instance.id.name, name);
-        self.mark_started(&instance.artifact.sha256);
-        if !acknowledge {
-            // Restoring: `restore` sets the recorded active versions and weights in one step.
-            instance.transition(State::Inactive, "restore", "started; restoring the recorded routing");
-            instance.end_operation();
-            return Ok(Installed { instance, replaced: None });
-        }
-        let previous = {
-            let mut modules = lock(&self.modules);
-            let versions = modules.entry(instance.id.name.clone()).or_default();
-            let current = versions
-                .active
-                .as_ref()
-                .and_then(|v| versions.instances.get(v))
-                .filter(|i| i.state() == State::Active && i.id.version != instance.id.version)
-                .cloned();
-            let previous = match current {
-                Some(_) if !options.activate && !replace => {
-                    instance.transition(State::Inactive, "install", "started; another version is active");
-                    None
-                }
-                current => {
-                    if let Some(current) = &current {
-                        current.transition(
-                            State::Inactive,
-                            "switch",
-                            &format!("{} took the traffic", instance.id),
-                        );
-                        // Moving the traffic clears a split; taking an empty seat (a restart, a
-                        // same-version replace) keeps it.
-                        versions.weights = None;
-                    }
-                    versions.active = Some(instance.id.version.clone());
-                    instance.transition(State::Active, "install", "started and receiving traffic");
-                    current
-                }
-            };
-            self.publish(&modules);
-            previous
-        };
-        // The new build is routed: from now on `state.json` records it instead of the one it
-        // replaced (the next write below).
-        if replaced_same.is_some() {
-            self.release_record(&instance.id);
-        }
-        // Only now, with the instance routed, may another operation (an uninstall) take it.
-        instance.end_operation();
-        let replaced = match previous.filter(|_| replace && replaced_same.is_none()) {
-            Some(previous) => match self.uninstall(&previous.id.name, &previous.id.version) {
-                Ok(replaced) => Some(replaced),
-                // Someone else is already unloading (or forgot) it: the replace is still done.
-                Err(Error::OperationInProgress { .. } | Error::NotFound { .. }) => None,
-                Err(e) => return Err(e),
-            },
-            None => replaced_same,
-        };
-        self.persist_or_warn();
-        Ok(Installed { instance, replaced })
-    }
-
-    /// A same-version replace unloaded `replaced` and its successor failed to start (`failure`):
-    /// starts the replaced build again from its artifact, so the failed replace changes nothing,
-    /// and returns the failure saying so. If even that fails, the removal is recorded (that is
-    /// the state now) and the failure says the version is gone.
-    fn roll_back_replace(
-        &self,
-        replaced: &Arc<Instance>,
-        was_active: bool,
-        options: &InstallOptions,
-        failure: Error,
-    ) -> Error {
-        let restart =
-            InstallOptions { name: options.name.clone(), activate: was_active, ..InstallOptions::default() };
-        let outcome = self
-            .stored_artifact(&replaced.artifact.sha256)
-            .and_then(|artifact| self.launch_artifact(artifact, &restart, true));
-        let note = match outcome {
-            Ok(_) => {
-                tracing::warn!(module = %replaced.id, "the replacing build failed to start; the replaced build runs again");
-                "; the build it was to replace was started again".to_owned()
-            }
-            Err(e) => {
-                tracing::error!(module = %replaced.id, "the replacing build failed to start, and so did the replaced build: {e}");
-                self.persist_or_warn();
-                format!(
-                    "; starting the replaced build again failed too ({e}), so {} is not running",
-                    replaced.id
-                )
-            }
-        };
-        match failure {
-            Error::StartFailed { id, message } => Error::StartFailed { id, message: message + &note },
-            other => {
-                tracing::warn!("{other}{note}");
-                other
-            }
-        }
-    }
-
-    /// Makes `name@version` (started, inactive) the active version: one routing-table swap.
-    /// Requests already inside the previous version finish there. Clears traffic weights.
-    pub fn switch(&self, name: &str, version: &Version) -> Result<(Arc<Instance>, Option<Arc<Instance>>)> {
-        let target = self.find(name, version)?;
-        if !target.try_begin_operation() {
-            return Err(Error::OperationInProgress { id: target.id.to_string() });
-        }
-        let switched = (|| {
-            let mut modules = lock(&self.modules);
-            let state = target.state();
-            if !matches!(state, State::Active | State::Inactive) {
-                return Err(Error::NotRunning {
-                    id: target.id.to_string(),
-                    state: format!("{state:?}").to_lowercase(),
-                });
-            }
-            let versions =
-                modules.get_mut(name).ok_or_else(|| Error::NotFound { what: format!("module {name}") })?;
-            let previous = versions
-                .active
-                .as_ref()
-                .filter(|v| *v != version)
-                .and_then(|v| versions.instances.get(v))
-                .filter(|i| i.state() == State::Active)
-                .cloned();
-            if let Some(previous) = &previous {
-                previous.transition(State::Inactive, "switch", &format!("switched to {}", target.id));
-            }
-            target.set_deactivated(false);
-            versions.active = Some(version.clone());
-            versions.weights = None;
-            if state != State::Active {
-                target.transition(State::Active, "switch", "switched to; receiving the traffic");
-            }
-            self.publish(&modules);
-            Ok(previous)
-        })();
-        target.end_operation();
-        let previous = switched?;
-        self.persist_or_warn();
-        Ok((target, previous))
-    }
-
-    /// Splits module `name`'s traffic across running versions by weight (`{"1.0.0": 90,
-    /// "1.1.0": 10}`); an empty map goes back to the active version alone. Requests pinned with
-    /// `x-pedestal-version` are not affected.
-    pub fn set_weights(&self, name: &str, weights: BTreeMap<Version, u32>) -> Result<()> {
-        let mut modules = lock(&self.modules);
-        let versions =
-            modules.get_mut(name).ok_or_else(|| Error::NotFound { what: format!("module {name}") })?;
-        for version in weights.keys() {
-            let instance = versions
-                .instances
-                .get(version)
-                .ok_or_else(|| Error::NotFound { what: format!("{name}@{version}") })?;
-            let state = instance.state();
-            if !matches!(state, State::Active | State::Inactive) {
-                return Err(Error::NotRunning {
-                    id: instance.id.to_string(),
-                    state: format!("{state:?}").to_lowercase(),
-                });
-            }
-        }
-        if !weights.is_empty() && weights.values().all(|w| *w == 0) {
-            return Err(Error::BadRequest { message: "at least one weight must be above zero".into() });
-        }
-        versions.weights = (!weights.is_empty()).then_some(weights);
-        self.publish(&modules);
-        drop(modules);
-        self.persist_or_warn();
-        Ok(())
-    }
-
     /// Module `name`'s traffic weights, if set.
     pub fn weights(&self, name: &str) -> Option<BTreeMap<Version, u32>> {
         lock(&self.modules).get(name).and_then(|v| v.weights.clone())
-    }
-
-    /// Stops and unloads `name@version`. A live instance is drained, stopped and unloaded; an
-    /// instance that already ended (stopped, broken) is forgotten. If it was the active version,
-    /// the newest other running version takes the traffic.
-    pub fn uninstall(&self, name: &str, version: &Version) -> Result<Arc<Instance>> {
-        self.uninstall_with(name, version, true, false)
-    }
-
-    /// [`Registry::uninstall`], refused (`MODULE_REQUIRED`) unless `force` when the instance is
-    /// the last implementation of an SPI other running modules require.
-    pub fn uninstall_checked(&self, name: &str, version: &Version, force: bool) -> Result<Arc<Instance>> {
-        self.uninstall_with(name, version, true, !force)
-    }
-
-    /// [`Registry::uninstall`]; `hand_over` says whether another version takes the traffic of an
-    /// active one.
-    /// With `check_dependents`, refuses (`MODULE_REQUIRED`) to remove the last implementation of
-    /// an SPI another running module requires; checked under the registry's lock, with the
-    /// version that would take over, so two concurrent uninstalls cannot both pass.
-    fn uninstall_with(
-        &self,
-        name: &str,
-        version: &Version,
-        hand_over: bool,
-        check_dependents: bool,
-    ) -> Result<Arc<Instance>> {
-        let instance = self.find(name, version)?;
-        if !instance.state().is_live() {
-            let mut modules = lock(&self.modules);
-            if let Some(versions) = modules.get_mut(name) {
-                // Only this record: a concurrent reinstall may have put a new instance here.
-                if versions.instances.get(version).is_some_and(|current| Arc::ptr_eq(current, &instance)) {
-                    versions.instances.remove(version);
-                }
-                if versions.instances.is_empty() {
-                    modules.remove(name);
-                }
-            }
-            return Ok(instance);
-        }
-        if !instance.try_begin_operation() {
-            return Err(Error::OperationInProgress { id: instance.id.to_string() });
-        }
-        if !instance.state().is_live() {
-            // A concurrent uninstall finished between the check above and taking the lock.
-            instance.end_operation();
-            return Ok(instance);
-        }
-        {
-            let mut modules = lock(&self.modules);
-            let successor = modules
-                .get(name)
-                .filter(|versions| versions.active.as_ref() == Some(version))
-                .and_then(|versions| {
-                    versions.instances.iter().rev().filter(|_| hand_over).find(|(v, i)| {
-                        *v != version && i.state() == State::Inactive && !i.is_busy() && !i.is_deactivated()
-                    })
-                })
-                .map(|(v, i)| (v.clone(), Arc::clone(i)));
-            if check_dependents
-                && let Err(e) =
-                    Self::check_dependents(&modules, &instance, successor.as_ref().map(|(_, i)| i))
-            {
-                instance.end_operation();
-                return Err(e);
-            }
-            // Without a hand-over (a same-version replace) the new build takes this version's
-            // seat, its share of a split included.
-            if hand_over && let Some(weights) = modules.get_mut(name).and_then(|v| v.weights.as_mut()) {
-                weights.remove(version);
-            }
-            if let Some(versions) = modules.get_mut(name)
-                && versions.active.as_ref() == Some(version)
-            {
-                versions.active = successor.as_ref().map(|(v, _)| v.clone());
-                if let Some((_, next)) = successor {
-                    next.transition(State::Active, "uninstall", &format!("took over from {}", instance.id));
-                }
-            }
-            // Out of the routing table (including pinned versions) from this swap on.
-            instance.transition(State::Draining, "uninstall", "no new requests; waiting for in-flight ones");
-            self.publish(&modules);
-        }
-        instance.stop(&self.config, "uninstall");
-        if !instance.is_mapped() {
-            self.release_load_path(&instance.load_path);
-        }
-        self.persist_or_warn();
-        self.collect_garbage();
-        Ok(instance)
     }
 
     /// Every version of the module `name`, oldest first, and which one is active.
@@ -843,117 +457,12 @@ impl Registry {
             .collect()
     }
 
-    /// Stops every live instance (in parallel), for shutdown: each drains for the full
-    /// `drain_timeout`.
-    pub fn stop_all(&self) {
-        self.stop_all_draining(self.config.drain_timeout);
-    }
-
-    /// [`Registry::stop_all`] before a worker restart (a memory limit escalated): each instance
-    /// drains for the short `restart_drain_timeout` only, since every request still in flight
-    /// delays the fresh worker that will serve the traffic queued meanwhile.
-    pub(crate) fn stop_all_for_worker_restart(&self) {
-        self.stop_all_draining(self.config.restart_drain_timeout);
-    }
-
-    fn stop_all_draining(&self, drain: Duration) {
-        // What is recorded is what the next start restores: shutdown stops are not changes.
-        self.shutting_down.store(true, Ordering::SeqCst);
-        self.routes.store(Arc::new(RoutingTable::new()));
-        let live: Vec<_> = self.all().into_iter().map(|(i, _)| i).filter(|i| i.state().is_live()).collect();
-        thread::scope(|scope| {
-            for instance in &live {
-                scope.spawn(move || {
-                    if instance.try_begin_operation() {
-                        if instance.state().is_live() {
-                            instance.stop_draining(&self.config, drain, "shutdown");
-                        } else {
-                            instance.end_operation();
-                        }
-                    }
-                });
-            }
-        });
-    }
-
     fn find(&self, name: &str, version: &Version) -> Result<Arc<Instance>> {
         lock(&self.modules)
             .get(name)
             .and_then(|v| v.instances.get(version))
             .cloned()
             .ok_or_else(|| Error::NotFound { what: format!("{name}@{version}") })
-    }
-
-    /// Registers a freshly loaded instance under its identity, unless a live one holds it (with
-    /// `replace`, a live one of the same identity is drained and unloaded first, and returned).
-    fn reserve(
-        &self,
-        instance: &Arc<Instance>,
-        replace: bool,
-        check_requires: bool,
-    ) -> Result<Option<Arc<Instance>>> {
-        self.check_spis(instance)?;
-        if check_requires {
-            self.check_requires(instance)?;
-        }
-        let mut replaced = None;
-        if replace {
-            let same =
-                self.find(&instance.id.name, &instance.id.version).ok().filter(|i| i.state().is_live());
-            if let Some(same) = same {
-                // The new instance takes this version's seat: no other version takes the traffic
-                // in between (requests meanwhile get 503 MODULE_UNAVAILABLE). `state.json` keeps
-                // the old build until the new one is routed (or failed).
-                self.hold_record(&same);
-                match self.uninstall_with(&same.id.name, &same.id.version, false, false) {
-                    Ok(same) => replaced = Some(same),
-                    Err(e) => {
-                        self.release_record(&same.id);
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        let mut modules = lock(&self.modules);
-        let versions = modules.entry(instance.id.name.clone()).or_default();
-        if let Some(existing) = versions.instances.get(&instance.id.version) {
-            if existing.state().is_live() {
-                return Err(Error::AlreadyInstalled { id: instance.id.to_string() });
-            }
-            instance.inherit_history(existing.history());
-        }
-        versions.instances.insert(instance.id.version.clone(), Arc::clone(instance));
-        drop(modules);
-        instance.set_limits(self.resolve_limits(instance));
-        // Before the start hook runs: the module may call, and reads its configuration.
-        instance.attach(self.me.clone());
-        self.send_config(instance);
-        Ok(replaced)
-    }
-
-    /// A live instance of the artifact `sha256` under the name an install would give it (the
-    /// package name unless `name` says otherwise), found without loading anything.
-    fn live_instance_of(&self, sha256: &str, name: Option<&str>) -> Option<Arc<Instance>> {
-        self.all().into_iter().map(|(i, _)| i).find(|i| {
-            i.artifact.sha256 == sha256 && i.id.name == name.unwrap_or(&i.package) && i.state().is_live()
-        })
-    }
-
-    fn claim_load_path(&self, artifact: &crate::artifact::Artifact) -> Result<PathBuf> {
-        let mut loaded = lock(&self.loaded_paths);
-        if loaded.insert(artifact.path.clone()) {
-            return Ok(artifact.path.clone());
-        }
-        let copy = self.store.private_copy(artifact)?;
-        loaded.insert(copy.clone());
-        Ok(copy)
-    }
-
-    /// Frees a load path for reuse (call only once its library is known to be unmapped), and
-    /// deletes it when it was a private copy.
-    fn release_load_path(&self, path: &Path) {
-        lock(&self.loaded_paths).remove(path);
-        self.store.remove_private_copy(path);
     }
 
     fn publish(&self, modules: &BTreeMap<String, Versions>) {

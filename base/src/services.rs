@@ -1,21 +1,27 @@
 //! What the base offers modules besides traffic: calls to other modules' SPIs, and the base's
-//! own services (key-value store, events, SPI lookup, configuration, metrics).
+//! own services (key-value store, events, SPI lookup, configuration), each a [`Service`].
 //!
 //! A module's call arrives through the `call` host callback on a module thread. Quick work
 //! (reads, publishing, lookups) is done there and then; anything that waits (another module's
 //! answer, a durable write) runs on the base's runtime. Either way the answer is queued as a
 //! completion on the calling instance, which wakes it.
+//!
+//! A service is one value in the registry's [`Services`] table, registered in one place
+//! ([`Services::builtin`], or [`BaseBuilder::service`](crate::BaseBuilder::service) for a
+//! base's own): the table routes calls by the service's name and tells every service when an
+//! instance starts or stops and when the config file is reloaded. Adding one touches no other
+//! file of the base.
 
 pub mod events;
 pub mod kv;
 pub mod module_config;
+pub mod spis;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use pedestal_module_api::{
     SpiError,
     abi::{RESERVED_SPI_PREFIX, SpiStatus},
-    spi::{Implementor, decode, encode},
 };
 use semver::Version;
 
@@ -25,7 +31,7 @@ use crate::{
     calls::{ModuleCalls, answer},
     error::Error,
     instance::{Instance, ModuleId, State},
-    registry::{Registry, Versions, compatible},
+    registry::{Registry, compatible},
 };
 
 /// The runtime reaches the base's services through this (see `calls.rs`).
@@ -45,6 +51,160 @@ impl ModuleCalls for Registry {
     }
 }
 
+/// A capability the base offers modules under a reserved name (`pedestal.*`).
+///
+/// Every hook runs on a base or module thread that must not block on another module: do quick
+/// work in place and anything that waits on the base's runtime ([`Call::runtime`]).
+pub trait Service: Send + Sync + std::fmt::Debug + 'static {
+    /// The name modules call it by (`pedestal.kv`); it must start with `pedestal.`.
+    fn name(&self) -> &'static str;
+
+    /// Answers a module's call, now or later, with [`Call::answer`]. The caller's identity is
+    /// the calling instance's ([`Call::caller`]), never something the call says. By default a
+    /// service takes no calls (it only pushes to modules) and answers as an unknown service.
+    fn call(self: Arc<Self>, call: Call) {
+        call.unknown();
+    }
+
+    /// An instance of a module was loaded and is about to run its start hook (and may call from
+    /// it): the moment to push what it reads at start.
+    fn instance_started(&self, _instance: &Instance) {}
+
+    /// An instance was stopped (uninstalled, restarted): the moment to drop what the service
+    /// keeps for it.
+    fn instance_stopped(&self, _instance: &Instance) {}
+
+    /// The config file was re-read; `changed` names the modules whose configuration values
+    /// changed.
+    fn config_reloaded(&self, _registry: &Registry, _changed: &[String]) {}
+}
+
+/// A call of a service, with what is needed to answer it. Dropping it without an answer leaves
+/// the module waiting until its call times out: answer every call.
+#[derive(Debug)]
+pub struct Call {
+    registry: Arc<Registry>,
+    caller: Arc<Instance>,
+    call: OwnedCall,
+}
+
+impl Call {
+    /// The calling instance: its identity (`caller().id`) is who is calling.
+    pub fn caller(&self) -> &Arc<Instance> {
+        &self.caller
+    }
+
+    /// The method called.
+    pub fn method(&self) -> &str {
+        &self.call.method
+    }
+
+    /// The call's payload, as the module encoded it.
+    pub fn payload(&self) -> &[u8] {
+        &self.call.payload
+    }
+
+    /// The registry, for services that look at the other modules (`pedestal.spis`).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The base's runtime, where work that waits runs; None before the base serves.
+    pub fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.registry.runtime()
+    }
+
+    /// Answers the call: a payload, or an error the module sees as an [`SpiError`].
+    pub fn answer(self, result: Result<Vec<u8>, SpiError>) {
+        answer(&self.caller, self.call.id, result);
+    }
+
+    /// Answers `SERVICE_UNAVAILABLE`: the service cannot take calls now.
+    pub fn refuse(self, why: &str) {
+        refuse(&self.caller, self.call.id, why);
+    }
+
+    /// Answers as a base without this service would: the module sees an unknown service.
+    pub fn unknown(self) {
+        self.caller.complete(self.call.id, SpiStatus::Unknown, Vec::new());
+    }
+}
+
+/// The services of a base, by name.
+#[derive(Debug)]
+pub struct Services {
+    table: Vec<Arc<dyn Service>>,
+    kv: Arc<kv::KvService>,
+    events: Arc<events::EventsService>,
+    configs: Arc<module_config::ConfigService>,
+}
+
+impl Services {
+    /// The base's own services: `pedestal.kv`, `pedestal.events`, `pedestal.spis` and
+    /// `pedestal.config`, opened under the configured data directory.
+    pub(crate) fn builtin(config: &crate::Config) -> crate::error::Result<Self> {
+        let kv = Arc::new(kv::KvService::open(&config.data_dir.join("kv.redb"))?);
+        let events = Arc::new(events::EventsService::default());
+        let configs = Arc::new(module_config::ConfigService::new(config));
+        let table: Vec<Arc<dyn Service>> =
+            vec![kv.clone(), events.clone(), Arc::new(spis::SpisService), configs.clone()];
+        Ok(Self { table, kv, events, configs })
+    }
+
+    /// Adds `service`, in place of a service of the same name.
+    pub(crate) fn add(&mut self, service: Arc<dyn Service>) {
+        self.remove(service.name());
+        self.table.push(service);
+    }
+
+    /// Takes the service `name` out: modules calling it see an unknown service, as with a base
+    /// that never had it. The base's own handle on a built-in's store stays (the operations
+    /// API still reads it).
+    pub(crate) fn remove(&mut self, name: &str) {
+        self.table.retain(|service| service.name() != name);
+    }
+
+    /// The service modules call as `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Service>> {
+        self.table.iter().find(|service| service.name() == name)
+    }
+
+    /// The names of the services, in registration order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.table.iter().map(|service| service.name()).collect()
+    }
+
+    pub(crate) fn kv(&self) -> &kv::Kv {
+        self.kv.store()
+    }
+
+    pub(crate) fn events(&self) -> &events::Events {
+        self.events.events()
+    }
+
+    pub(crate) fn module_configs(&self) -> &module_config::ModuleConfigs {
+        self.configs.configs()
+    }
+
+    pub(crate) fn instance_started(&self, instance: &Instance) {
+        for service in &self.table {
+            service.instance_started(instance);
+        }
+    }
+
+    pub(crate) fn instance_stopped(&self, instance: &Instance) {
+        for service in &self.table {
+            service.instance_stopped(instance);
+        }
+    }
+
+    pub(crate) fn config_reloaded(&self, registry: &Registry, changed: &[String]) {
+        for service in &self.table {
+            service.config_reloaded(registry, changed);
+        }
+    }
+}
+
 /// A base error as the module sees it.
 fn spi_error(error: Error) -> SpiError {
     match error {
@@ -56,22 +216,14 @@ fn spi_error(error: Error) -> SpiError {
 impl Registry {
     /// Starts module `caller`'s call. Runs on a module thread: never blocks on another module.
     pub(crate) fn start_call(self: Arc<Self>, caller: Arc<Instance>, call: OwnedCall) {
-        let id = call.id;
-        match call.service.as_str() {
-            "pedestal.kv" => self.kv_call(caller, call),
-            "pedestal.events" => {
-                let result = self.events_call(&caller, &call);
-                answer(&caller, id, result);
-            }
-            "pedestal.spis" => {
-                let result = self.spis_call(&call);
-                answer(&caller, id, result);
-            }
-            reserved if reserved.starts_with(RESERVED_SPI_PREFIX) => {
-                caller.complete(id, SpiStatus::Unknown, Vec::new());
-            }
-            _ => self.module_call(caller, call),
+        if let Some(service) = self.services().get(&call.service) {
+            let service = Arc::clone(service);
+            return service.call(Call { registry: self, caller, call });
         }
+        if call.service.starts_with(RESERVED_SPI_PREFIX) {
+            return caller.complete(call.id, SpiStatus::Unknown, Vec::new());
+        }
+        self.module_call(caller, call)
     }
 
     /// A call of another module's SPI: resolved now, answered when the implementation answers.
@@ -127,7 +279,7 @@ impl Registry {
 
     /// The implementations module calls may reach: the routed ones, plus (while restoring) the
     /// newest started version of each other module implementing `spi`.
-    fn implementors_for_calls(&self, spi: &str) -> Vec<Arc<Instance>> {
+    pub(crate) fn implementors_for_calls(&self, spi: &str) -> Vec<Arc<Instance>> {
         let mut found = self.implementors(spi);
         if !self.is_restored() {
             let mut waiting: Vec<_> = self
@@ -145,212 +297,19 @@ impl Registry {
         found
     }
 
-    /// `pedestal.spis`/`implementors` `[spi, version]`: the compatible implementations.
-    fn spis_call(&self, call: &OwnedCall) -> Result<Vec<u8>, SpiError> {
-        if call.method != "implementors" {
-            return Err(SpiError::new(
-                SpiError::UNKNOWN_METHOD,
-                format!("pedestal.spis has no method {}", call.method),
-            ));
-        }
-        let (spi, version): (String, String) = decode(&call.payload)?;
-        let wanted = Version::parse(&version)
-            .map_err(|e| SpiError::new(SpiError::BAD_PAYLOAD, format!("SPI version {version:?}: {e}")))?;
-        let found: Vec<Implementor> = self
-            .implementors_for_calls(&spi)
-            .iter()
-            .filter_map(|i| {
-                let spi_version = i.provided_version(&spi).filter(|v| compatible(v, &wanted))?;
-                Some(Implementor {
-                    module: i.id.name.clone(),
-                    version: i.id.version.to_string(),
-                    spi_version: spi_version.to_string(),
-                })
-            })
-            .collect();
-        encode(&found)
-    }
-
-    /// `pedestal.events`: `publish [topic, data]`, `subscribe [topic, id]`, `unsubscribe [topic, id]`.
-    fn events_call(&self, caller: &Arc<Instance>, call: &OwnedCall) -> Result<Vec<u8>, SpiError> {
-        let bad = |message: String| SpiError::new(SpiError::BAD_PAYLOAD, message);
-        match call.method.as_str() {
-            "publish" => {
-                let (topic, data): (String, serde_json::Value) = decode(&call.payload)?;
-                events::check_topic(&topic).map_err(bad)?;
-                encode(&self.events().publish(&topic, &caller.id.to_string(), data))
-            }
-            "subscribe" => {
-                let (topic, subscription): (String, u64) = decode(&call.payload)?;
-                events::check_topic(&topic).map_err(bad)?;
-                self.events().subscribe_instance(&topic, caller, subscription);
-                encode(&())
-            }
-            "unsubscribe" => {
-                let (topic, subscription): (String, u64) = decode(&call.payload)?;
-                self.events().unsubscribe_instance(&topic, caller, subscription);
-                encode(&())
-            }
-            other => {
-                Err(SpiError::new(SpiError::UNKNOWN_METHOD, format!("pedestal.events has no method {other}")))
-            }
-        }
-    }
-
-    /// `pedestal.kv`: `get key`, `put [len][key][value]`, `delete key`, `list prefix`, `usage`.
-    /// Reads are answered at once; writes (durable, so they wait for the disk) run on the
-    /// base's blocking pool.
-    fn kv_call(self: Arc<Self>, caller: Arc<Instance>, call: OwnedCall) {
-        let id = call.id;
-        let module = caller.id.name.clone();
-        let text = |bytes: &[u8]| {
-            std::str::from_utf8(bytes)
-                .map(str::to_owned)
-                .map_err(|_| SpiError::new(SpiError::BAD_PAYLOAD, "keys are UTF-8 text"))
-        };
-        let result = match call.method.as_str() {
-            "get" => text(&call.payload).and_then(|key| {
-                let value = self.kv().get(&module, &key).map_err(spi_error)?;
-                Ok(match value {
-                    Some(mut value) => {
-                        value.insert(0, 1);
-                        value
-                    }
-                    None => vec![0],
-                })
-            }),
-            "list" => text(&call.payload)
-                .and_then(|prefix| self.kv().list(&module, &prefix).map_err(spi_error))
-                .and_then(|keys| encode(&keys)),
-            "usage" => {
-                self.kv().usage(&module, self.kv_quota(&module)).map_err(spi_error).and_then(|u| encode(&u))
-            }
-            "put" | "delete" => {
-                let Some(runtime) = self.runtime() else {
-                    return refuse(&caller, id, "the base's runtime is not running");
-                };
-                runtime.spawn_blocking(move || {
-                    let result = self.kv_write(&module, &call);
-                    answer(&caller, id, result);
-                });
-                return;
-            }
-            other => {
-                Err(SpiError::new(SpiError::UNKNOWN_METHOD, format!("pedestal.kv has no method {other}")))
-            }
-        };
-        answer(&caller, id, result);
-    }
-
-    fn kv_write(&self, module: &str, call: &OwnedCall) -> Result<Vec<u8>, SpiError> {
-        let bad = |message: &str| SpiError::new(SpiError::BAD_PAYLOAD, message);
-        if call.method == "delete" {
-            let key = std::str::from_utf8(&call.payload).map_err(|_| bad("keys are UTF-8 text"))?;
-            return encode(&self.kv().delete(module, key).map_err(spi_error)?);
-        }
-        let payload = &call.payload;
-        let length = payload.get(..4).ok_or_else(|| bad("a put starts with the key's length"))?;
-        let length = u32::from_le_bytes(length.try_into().expect("four bytes")) as usize;
-        let key = payload.get(4..4 + length).ok_or_else(|| bad("the key is cut short"))?;
-        let key = std::str::from_utf8(key).map_err(|_| bad("keys are UTF-8 text"))?;
-        let value = &payload[4 + length..];
-        self.kv().put(module, key, value, self.kv_quota(module)).map_err(spi_error)?;
-        encode(&())
-    }
-
     /// Module `module`'s key-value quota.
     pub fn kv_quota(&self, module: &str) -> u64 {
         self.config().module_kv_quota.get(module).copied().unwrap_or(self.config().kv_quota_bytes)
     }
 
-    /// Re-reads the config file and hands each module whose values changed its new values.
-    /// Returns the names of those modules.
+    /// Re-reads the config file and hands each module whose values changed its new values (and
+    /// every service the news). Returns the names of those modules.
     pub fn reload_config(&self) -> crate::error::Result<Vec<String>> {
         let changed = self.module_configs().reload()?;
-        for name in &changed {
-            let Ok((instances, _)) = self.module(name) else { continue };
-            for instance in instances {
-                self.send_config(&instance);
-            }
-        }
+        self.services().config_reloaded(self, &changed);
         if !changed.is_empty() {
             tracing::info!(modules = ?changed, "configuration reloaded");
         }
         Ok(changed)
-    }
-
-    /// Queues `instance`'s configuration for it (before its start hook, and after changes).
-    pub(crate) fn send_config(&self, instance: &Instance) {
-        self.module_configs().send(&instance.id.name, |values| {
-            let values = serde_json::Value::Object(values);
-            instance.notify("pedestal.config", "changed", values.to_string().into_bytes());
-        });
-    }
-
-    /// Refuses to install `instance` while an SPI it requires has no compatible implementation
-    /// running (`SPI_MISSING`). An SPI the instance implements itself counts as present.
-    pub(crate) fn check_requires(&self, instance: &Instance) -> crate::error::Result<()> {
-        for (spi, version) in &instance.requires {
-            let own = instance.provided_version(spi).is_some_and(|v| compatible(v, version));
-            let running = self.implementors_for_calls(spi).iter().any(|i| {
-                i.id.name != instance.id.name
-                    && i.provided_version(spi).is_some_and(|v| compatible(v, version))
-            });
-            if !own && !running {
-                return Err(Error::SpiMissing {
-                    id: instance.id.to_string(),
-                    spi: spi.clone(),
-                    version: version.to_string(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Refuses to uninstall `instance` when a running module requires an SPI it implements and
-    /// no other compatible implementation would remain (`MODULE_REQUIRED`): the active version
-    /// of another module, or the version of this module that takes over (`successor`).
-    pub(crate) fn check_dependents(
-        modules: &BTreeMap<String, Versions>,
-        instance: &Instance,
-        successor: Option<&Arc<Instance>>,
-    ) -> crate::error::Result<()> {
-        let serving =
-            |i: &&Arc<Instance>| matches!(i.state(), State::Active | State::Inactive) && !i.is_deactivated();
-        // What implements what after the uninstall: every other module's active version, and
-        // this module's remaining active version (or its successor).
-        let remaining: Vec<Arc<Instance>> = modules
-            .values()
-            .filter_map(|versions| versions.active.as_ref().and_then(|v| versions.instances.get(v)))
-            .filter(|i| !std::ptr::eq(Arc::as_ptr(i), instance) && serving(i))
-            .chain(successor.filter(|i| serving(i)))
-            .cloned()
-            .collect();
-        let live = modules.values().flat_map(|versions| versions.instances.values());
-        for dependent in live.filter(|d| d.id.name != instance.id.name && d.state().is_live()) {
-            for (spi, wanted) in &dependent.requires {
-                let provided_here = instance.provided_version(spi).is_some_and(|v| compatible(v, wanted));
-                if !provided_here {
-                    continue;
-                }
-                let elsewhere =
-                    remaining.iter().any(|i| i.provided_version(spi).is_some_and(|v| compatible(v, wanted)));
-                if !elsewhere {
-                    let mut dependents: Vec<String> = modules
-                        .values()
-                        .flat_map(|versions| versions.instances.values())
-                        .filter(|d| d.id.name != instance.id.name && d.state().is_live() && d.requires(spi))
-                        .map(|d| d.id.to_string())
-                        .collect();
-                    dependents.sort();
-                    return Err(Error::ModuleRequired {
-                        id: instance.id.to_string(),
-                        spi: spi.clone(),
-                        dependents,
-                    });
-                }
-            }
-        }
-        Ok(())
     }
 }

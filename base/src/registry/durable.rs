@@ -27,7 +27,7 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{InstallOptions, Registry};
+use super::{InstallOptions, Registry, policy};
 use crate::{
     artifact::write_atomically,
     error::{Error, Result},
@@ -147,31 +147,6 @@ pub(super) fn retry_hint(
             format!("retry with POST /api/v1/artifacts/{sha256}/retry{query}")
         }
     }
-}
-
-/// `records` with every module after the implementations of the SPIs it requires (a stable
-/// topological order; an SPI nobody implements is no constraint, and a cycle is broken at one
-/// of its implementations).
-fn dependency_order(records: Vec<Record>) -> Vec<Record> {
-    let mut left = records;
-    let mut ordered: Vec<Record> = Vec::with_capacity(left.len());
-    while !left.is_empty() {
-        let ready = left.iter().position(|record| {
-            record.requires.iter().all(|spi| {
-                // Satisfied when no other waiting record implements it.
-                !left.iter().any(|other| !std::ptr::eq(other, record) && other.provides.contains(spi))
-            })
-        });
-        // A cycle: start one of its members (an implementation someone waits for), not a
-        // dependent outside it; failing that, the first as recorded.
-        let in_cycle = || {
-            left.iter().position(|record| {
-                record.provides.iter().any(|spi| left.iter().any(|other| other.requires.contains(spi)))
-            })
-        };
-        ordered.push(left.remove(ready.or_else(in_cycle).unwrap_or(0)));
-    }
-    ordered
 }
 
 /// A module the base will not load until an operator retries it.
@@ -464,8 +439,10 @@ impl Registry {
         let is_quarantined = |record: &Record| {
             quarantined.iter().any(|q| covers(q, &record.sha256, &record.name, record.install_name()))
         };
-        let to_start: Vec<Record> =
-            dependency_order(file.modules.iter().filter(|r| !is_quarantined(r)).cloned().collect());
+        let to_start: Vec<Record> = policy::dependency_order(
+            file.modules.iter().filter(|r| !is_quarantined(r)).cloned().collect(),
+            |r| (&r.provides, &r.requires),
+        );
         let mut restored = Restored::default();
         for record in &to_start {
             let options = InstallOptions {
@@ -475,7 +452,7 @@ impl Registry {
             let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let outcome = self
                 .stored_artifact(&record.sha256)
-                .and_then(|artifact| self.launch_artifact(artifact, &options, false))
+                .and_then(|artifact| self.launch_artifact(artifact, &options, Load::Restore))
                 .map(|done| done.instance);
             match outcome {
                 Ok(_) => restored.started += 1,
@@ -530,12 +507,8 @@ impl Registry {
             if versions.active.is_some() {
                 continue;
             }
-            let successor = versions
-                .instances
-                .iter()
-                .rev()
-                .find(|(_, i)| i.state() == State::Inactive && !i.is_deactivated())
-                .map(|(v, i)| (v.clone(), Arc::clone(i)));
+            let successor = policy::restore_fallback(&policy::Module::of(versions))
+                .and_then(|v| Some((v.clone(), Arc::clone(versions.instances.get(&v)?))));
             if let Some((version, instance)) = successor {
                 let message = format!(
                     "{}@{} was active before the restart and is not running",
@@ -770,7 +743,7 @@ impl Registry {
         let artifact = self.stored_artifact(&entry.sha256)?;
         let options = InstallOptions { name: entry.install_name.clone(), ..InstallOptions::default() };
         let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let installed = self.launch_artifact(artifact, &options, true)?;
+        let installed = self.launch_artifact(artifact, &options, Load::Install)?;
         Ok(installed.instance)
     }
 

@@ -13,9 +13,8 @@ use std::{
 
 use pedestal_module_api::abi::LogLevel;
 
-use super::{InstallOptions, Registry};
+use super::Registry;
 use crate::{
-    error::{Error, Result},
     instance::{Instance, MemoryCrossing, State, StayedUnhealthy},
     limits::{Action, UnhealthyAction},
     logs::LogLine,
@@ -266,71 +265,5 @@ impl Registry {
         }
         recent.push_back(Instant::now());
         true
-    }
-
-    /// Takes an instance out of traffic (it stays loaded, `inactive`). Requests to its module
-    /// get `503 MODULE_UNAVAILABLE` until a version is active again.
-    pub fn deactivate(&self, instance: &Arc<Instance>, reason: &str, message: &str) {
-        if !instance.try_begin_operation() {
-            // Busy with another operation: take the action on the next sample instead.
-            instance.rearm_memory_limit();
-            return;
-        }
-        let mut modules = lock(&self.modules);
-        let newly = !instance.is_deactivated();
-        instance.set_deactivated(true);
-        if instance.state() == State::Active {
-            if let Some(versions) = modules.get_mut(&instance.id.name)
-                && versions.active.as_ref() == Some(&instance.id.version)
-            {
-                versions.active = None;
-            }
-            instance.transition(State::Inactive, reason, message);
-        } else if instance.state() == State::Inactive && newly {
-            // Already without the module's traffic, but now unreachable by version or weight too:
-            // the history says so.
-            instance.transition(State::Inactive, reason, message);
-        }
-        self.publish(&modules);
-        drop(modules);
-        instance.end_operation();
-        self.persist_or_warn();
-    }
-
-    /// Stops an instance and starts a fresh one from the same artifact under the same identity;
-    /// it takes the traffic back if the old one had it. Blocking.
-    pub fn restart(&self, instance: &Arc<Instance>, reason: &str, message: &str) -> Result<Arc<Instance>> {
-        if !instance.try_begin_operation() {
-            instance.rearm_memory_limit();
-            return Err(Error::OperationInProgress { id: instance.id.to_string() });
-        }
-        if !instance.state().is_live() {
-            instance.end_operation();
-            return Err(Error::NotRunning { id: instance.id.to_string(), state: "stopped".into() });
-        }
-        {
-            // Keep `active` pointing at this version: the fresh instance takes it over. Out of
-            // the routing table from this swap on.
-            let modules = lock(&self.modules);
-            instance.transition(State::Draining, reason, message);
-            self.publish(&modules);
-        }
-        // A brief drain: the instance is misbehaving (it may still be allocating past its
-        // limit), and every moment spent waiting is a moment of 503s for the module.
-        lock(&self.restarting).insert(instance.id.name.clone(), reason.to_owned());
-        instance.stop_draining(&self.config, self.config.restart_drain_timeout, reason);
-        if !instance.is_mapped() {
-            self.release_load_path(&instance.load_path);
-        }
-        // From the store, with the signature kept beside it (under `--trusted-keys` an install of
-        // the bare bytes would be refused as unsigned), checked again like every load.
-        let fresh = self.stored_artifact(&instance.artifact.sha256).and_then(|artifact| {
-            let name = (instance.id.name != instance.package).then(|| instance.id.name.clone());
-            let options = InstallOptions { name, ..InstallOptions::default() };
-            let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.launch_artifact(artifact, &options, true).map(|installed| installed.instance)
-        });
-        lock(&self.restarting).remove(&instance.id.name);
-        fresh
     }
 }

@@ -13,10 +13,15 @@ use std::{
     },
 };
 
-use pedestal_module_api::events::Event;
+use pedestal_module_api::{
+    SpiError,
+    events::Event,
+    spi::{decode, encode},
+};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::{Call, Service};
 use crate::{instance::Instance, sync::lock};
 
 /// Events a base subscription holds before newer ones are dropped.
@@ -145,5 +150,58 @@ impl Events {
     /// Events published and deliveries queued since the base started.
     pub fn totals(&self) -> (u64, u64) {
         (self.published.load(Ordering::Relaxed), self.delivered.load(Ordering::Relaxed))
+    }
+}
+
+/// `pedestal.events`: publish and subscribe, as the calling instance.
+#[derive(Debug, Default)]
+pub struct EventsService {
+    events: Events,
+}
+
+impl EventsService {
+    /// The topics and their subscribers, for the base's own code too.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    fn answer(&self, caller: &Arc<Instance>, method: &str, payload: &[u8]) -> Result<Vec<u8>, SpiError> {
+        let bad = |message: String| SpiError::new(SpiError::BAD_PAYLOAD, message);
+        match method {
+            "publish" => {
+                let (topic, data): (String, serde_json::Value) = decode(payload)?;
+                check_topic(&topic).map_err(bad)?;
+                encode(&self.events.publish(&topic, &caller.id.to_string(), data))
+            }
+            "subscribe" => {
+                let (topic, subscription): (String, u64) = decode(payload)?;
+                check_topic(&topic).map_err(bad)?;
+                self.events.subscribe_instance(&topic, caller, subscription);
+                encode(&())
+            }
+            "unsubscribe" => {
+                let (topic, subscription): (String, u64) = decode(payload)?;
+                self.events.unsubscribe_instance(&topic, caller, subscription);
+                encode(&())
+            }
+            other => {
+                Err(SpiError::new(SpiError::UNKNOWN_METHOD, format!("pedestal.events has no method {other}")))
+            }
+        }
+    }
+}
+
+impl Service for EventsService {
+    fn name(&self) -> &'static str {
+        "pedestal.events"
+    }
+
+    /// `publish [topic, data]`, `subscribe [topic, id]`, `unsubscribe [topic, id]`: answered at
+    /// once (publishing queues deliveries without waiting for them). A stopped instance's
+    /// subscriptions go at the next publish or listing, when it no longer accepts
+    /// notifications.
+    fn call(self: Arc<Self>, call: Call) {
+        let result = self.answer(call.caller(), call.method(), call.payload());
+        call.answer(result);
     }
 }

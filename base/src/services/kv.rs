@@ -4,11 +4,16 @@
 //! module's bytes and key count, updated in the same transaction as every write, against which
 //! the quota is checked.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
+use pedestal_module_api::{SpiError, spi::encode};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 
+use super::{Call, Service, spi_error};
 use crate::error::{Error, Result};
 
 /// Bytes used and keys held, per module name.
@@ -34,6 +39,88 @@ pub struct Kv {
 impl std::fmt::Debug for Kv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Kv").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// `pedestal.kv`: each module's own namespace of the store.
+#[derive(Debug)]
+pub struct KvService {
+    store: Kv,
+}
+
+impl KvService {
+    /// The service over the store at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        Ok(Self { store: Kv::open(path)? })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Kv {
+        &self.store
+    }
+
+    fn write(&self, module: &str, quota: u64, method: &str, payload: &[u8]) -> Result<Vec<u8>, SpiError> {
+        let bad = |message: &str| SpiError::new(SpiError::BAD_PAYLOAD, message);
+        if method == "delete" {
+            let key = std::str::from_utf8(payload).map_err(|_| bad("keys are UTF-8 text"))?;
+            return encode(&self.store.delete(module, key).map_err(spi_error)?);
+        }
+        let length = payload.get(..4).ok_or_else(|| bad("a put starts with the key's length"))?;
+        let length = u32::from_le_bytes(length.try_into().expect("four bytes")) as usize;
+        let key = payload.get(4..4 + length).ok_or_else(|| bad("the key is cut short"))?;
+        let key = std::str::from_utf8(key).map_err(|_| bad("keys are UTF-8 text"))?;
+        let value = &payload[4 + length..];
+        self.store.put(module, key, value, quota).map_err(spi_error)?;
+        encode(&())
+    }
+}
+
+impl Service for KvService {
+    fn name(&self) -> &'static str {
+        "pedestal.kv"
+    }
+
+    /// `get key`, `put [len][key][value]`, `delete key`, `list prefix`, `usage`. Reads are
+    /// answered at once; writes (durable, so they wait for the disk) run on the base's blocking
+    /// pool. The namespace is the calling instance's module name.
+    fn call(self: Arc<Self>, call: Call) {
+        let module = call.caller().id.name.clone();
+        let quota = call.registry().kv_quota(&module);
+        let text = |bytes: &[u8]| {
+            std::str::from_utf8(bytes)
+                .map(str::to_owned)
+                .map_err(|_| SpiError::new(SpiError::BAD_PAYLOAD, "keys are UTF-8 text"))
+        };
+        let result = match call.method() {
+            "get" => text(call.payload()).and_then(|key| {
+                let value = self.store.get(&module, &key).map_err(spi_error)?;
+                Ok(match value {
+                    Some(mut value) => {
+                        value.insert(0, 1);
+                        value
+                    }
+                    None => vec![0],
+                })
+            }),
+            "list" => text(call.payload())
+                .and_then(|prefix| self.store.list(&module, &prefix).map_err(spi_error))
+                .and_then(|keys| encode(&keys)),
+            "usage" => self.store.usage(&module, quota).map_err(spi_error).and_then(|u| encode(&u)),
+            "put" | "delete" => {
+                let Some(runtime) = call.runtime() else {
+                    return call.refuse("the base's runtime is not running");
+                };
+                runtime.spawn_blocking(move || {
+                    let result = self.write(&module, quota, call.method(), call.payload());
+                    call.answer(result);
+                });
+                return;
+            }
+            other => {
+                Err(SpiError::new(SpiError::UNKNOWN_METHOD, format!("pedestal.kv has no method {other}")))
+            }
+        };
+        call.answer(result);
     }
 }
 

@@ -7,7 +7,8 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::{config::Config, error::Result, sync::lock};
+use super::Service;
+use crate::{config::Config, error::Result, instance::Instance, registry::Registry, sync::lock};
 
 const ENV_PREFIX: &str = "PEDESTAL_CONFIG__";
 
@@ -29,6 +30,53 @@ pub struct ModuleConfigs {
     /// `[modules.NAME] secret_keys`, as the file has them now.
     secret_keys: std::sync::Mutex<BTreeMap<String, Vec<String>>>,
     env: Vec<EnvValue>,
+}
+
+/// `pedestal.config`: pushes each module its values (`pedestal.config`/`changed`) before its
+/// start hook and after a reload changed them. It takes no calls.
+#[derive(Debug)]
+pub struct ConfigService {
+    configs: ModuleConfigs,
+}
+
+impl ConfigService {
+    /// The values of `config` (read from its file at start), and the environment's.
+    pub fn new(config: &Config) -> Self {
+        Self { configs: ModuleConfigs::new(config) }
+    }
+
+    /// Every module's values.
+    pub fn configs(&self) -> &ModuleConfigs {
+        &self.configs
+    }
+
+    /// Queues `instance`'s configuration for it.
+    fn send(&self, instance: &Instance) {
+        self.configs.send(&instance.id.name, |values| {
+            let values = Value::Object(values);
+            instance.notify("pedestal.config", "changed", values.to_string().into_bytes());
+        });
+    }
+}
+
+impl Service for ConfigService {
+    fn name(&self) -> &'static str {
+        "pedestal.config"
+    }
+
+    fn instance_started(&self, instance: &Instance) {
+        // Before the start hook runs: the module reads its configuration there.
+        self.send(instance);
+    }
+
+    fn config_reloaded(&self, registry: &Registry, changed: &[String]) {
+        for name in changed {
+            let Ok((instances, _)) = registry.module(name) else { continue };
+            for instance in instances {
+                self.send(&instance);
+            }
+        }
+    }
 }
 
 fn env_name(module: &str) -> String {
