@@ -30,6 +30,7 @@ mod config;
 mod crash;
 mod elf;
 mod error;
+mod error_response;
 mod health;
 #[allow(unsafe_code)]
 mod host;
