@@ -1,16 +1,15 @@
-//! The base's one error type, and how each variant looks at the HTTP edge.
+//! The base's one error type: each variant with its context, its stable code, its HTTP status
+//! and its JSON body.
 //!
 //! Every error leaves the base as JSON `{code, message, details}`. `code` is stable and
-//! machine-readable (documented in README.md); `message` is for people; `details` carries the
-//! variant's context (module, versions, limits).
+//! machine-readable (documented in README.md, which a tidy test keeps complete); `message` is
+//! for people; `details` carries the variant's context (module, versions, limits). The answer
+//! itself (status, body, headers) is built at the HTTP edge, in `error_response.rs`: this file
+//! needs `http` for the status but no web framework, so every layer can return it.
 
 use std::path::PathBuf;
 
-use axum::{
-    Json,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-};
+use http::StatusCode;
 use serde_json::{Value, json};
 
 /// Result with the base's [`Error`].
@@ -675,21 +674,5 @@ impl Error {
     /// The error as the API shows it: `{code, message, details}`.
     pub fn to_json(&self) -> Value {
         json!({"code": self.code(), "message": self.to_string(), "details": self.details()})
-    }
-}
-
-/// The stable code of an error answer, kept in the response's extensions for the audit trail.
-#[derive(Debug, Clone)]
-pub(crate) struct ErrorCode(pub String);
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let body = self.to_json();
-        let mut response = (self.status(), Json(body)).into_response();
-        if let Self::TooManyAttempts { retry_after_secs } = &self {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, (*retry_after_secs).into());
-        }
-        response.extensions_mut().insert(ErrorCode(self.code().to_owned()));
-        response
     }
 }

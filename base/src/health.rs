@@ -1,11 +1,15 @@
-//! How healthy one instance is, from what the base knows about it: its health hook's answer,
-//! its recent 5xx rate, runaway requests and its memory soft limit. One pure function, so
-//! `GET /api/v1/health` and the background probe behind the unhealthy policy (`registry/watch.rs`)
-//! can never disagree.
+//! The health policy. How healthy one instance is, from what the base knows about it: its
+//! health hook's answer, its recent 5xx rate, runaway requests and its memory soft limit; which
+//! instances are probed and which need an operator; and the base's verdict over all of them.
+//! Plain functions over plain inputs, so `GET /api/v1/health`, the background probe behind the
+//! unhealthy policy (`registry/watch.rs`) and a custom base can never disagree. The operations
+//! API only renders what these decide (`admin/health.rs`).
+
+use serde::Serialize;
 
 use crate::{
     accounting::RecentWindow,
-    instance::{HookHealth, ModuleHealth},
+    instance::{HookHealth, ModuleHealth, State},
 };
 
 /// A module is degraded when this share of its recent requests failed (with at least
@@ -71,6 +75,34 @@ pub(crate) fn assess(signals: &Signals<'_>) -> (ModuleHealth, Vec<String>) {
     (status, reasons)
 }
 
+/// Whether an instance in `state` is running, so its health is probed (hook, rates).
+pub(crate) fn is_probed(state: State) -> bool {
+    matches!(state, State::Active | State::Inactive)
+}
+
+/// Whether an instance in `state` needs an operator: it is listed among the base's problems.
+pub(crate) fn needs_operator(state: State) -> bool {
+    matches!(state, State::Broken | State::Pinned)
+}
+
+/// The base's health as `GET /api/v1/health` states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum BaseHealth {
+    /// Every running instance is healthy and nothing needs an operator.
+    Ok,
+    /// Some instance is degraded or unhealthy, or something needs an operator (a broken or pinned
+    /// instance, a quarantined artifact).
+    Degraded,
+}
+
+/// The base's verdict from each running instance's health and the number of problems (instances
+/// and artifacts that need an operator).
+pub(crate) fn verdict(running: impl IntoIterator<Item = ModuleHealth>, problems: usize) -> BaseHealth {
+    let all_healthy = running.into_iter().all(|health| health == ModuleHealth::Healthy);
+    if all_healthy && problems == 0 { BaseHealth::Ok } else { BaseHealth::Degraded }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +135,48 @@ mod tests {
         check(answered(Healthy), 0, 0, 2, Degraded);
         // The worst signal wins.
         check(answered(Degraded), 10, 6, 1, Unhealthy);
+    }
+
+    #[test]
+    fn the_base_is_ok_only_when_every_instance_is_healthy_and_nothing_needs_an_operator() {
+        use ModuleHealth::{Degraded, Healthy, Unhealthy};
+        let check = |running: &[ModuleHealth], problems: usize, expected: BaseHealth| {
+            assert_eq!(
+                verdict(running.iter().copied(), problems),
+                expected,
+                "{running:?}, {problems} problem(s)"
+            );
+        };
+        check(&[], 0, BaseHealth::Ok);
+        check(&[Healthy], 0, BaseHealth::Ok);
+        check(&[Healthy, Healthy, Healthy], 0, BaseHealth::Ok);
+        check(&[], 1, BaseHealth::Degraded);
+        check(&[Healthy], 1, BaseHealth::Degraded);
+        check(&[Degraded], 0, BaseHealth::Degraded);
+        check(&[Unhealthy], 0, BaseHealth::Degraded);
+        check(&[Healthy, Degraded, Healthy], 0, BaseHealth::Degraded);
+        check(&[Healthy, Unhealthy], 3, BaseHealth::Degraded);
+    }
+
+    #[test]
+    fn running_instances_are_probed_and_broken_or_pinned_ones_need_an_operator() {
+        let check = |state: State, probed: bool, operator: bool| {
+            assert_eq!((is_probed(state), needs_operator(state)), (probed, operator), "{state:?}");
+        };
+        check(State::Installing, false, false);
+        check(State::Starting, false, false);
+        check(State::Active, true, false);
+        check(State::Inactive, true, false);
+        check(State::Draining, false, false);
+        check(State::Stopping, false, false);
+        check(State::Stopped, false, false);
+        check(State::Broken, false, true);
+        check(State::Pinned, false, true);
+    }
+
+    #[test]
+    fn base_health_renders_as_the_api_has_always_said_it() {
+        assert_eq!(serde_json::to_value(BaseHealth::Ok).unwrap(), "ok");
+        assert_eq!(serde_json::to_value(BaseHealth::Degraded).unwrap(), "degraded");
     }
 }

@@ -83,6 +83,7 @@ mod crash;
 mod doorbell;
 mod elf;
 mod error;
+mod error_response;
 mod health;
 #[allow(unsafe_code)]
 mod host;

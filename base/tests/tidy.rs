@@ -92,3 +92,64 @@ fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// Every stable error code the base or the module side can answer with has a row in README.md's
+/// error table: the codes of `Error::code()`, the SPI errors' codes and the module side's own
+/// failure codes. The table is the API's documentation of them; a code missing from it is one
+/// a client cannot look up.
+#[test]
+fn every_error_code_has_a_row_in_readme_s_error_table() {
+    let read = |path: &str| fs::read_to_string(root().join(path)).unwrap();
+    let mut codes = Vec::new();
+    // `Error::code()`: the string literals of its match.
+    let error = read("base/src/error.rs");
+    let body = error
+        .split_once("pub fn code(&self)")
+        .and_then(|(_, rest)| rest.split_once("\n    }\n"))
+        .expect("base/src/error.rs has `pub fn code(&self)`")
+        .0;
+    codes.extend(quoted_codes(body));
+    // `SpiError`'s constants.
+    let spi = read("module-api/src/spi.rs");
+    codes.extend(
+        spi.lines()
+            .filter(|l| l.trim_start().starts_with("pub const") && l.contains(": &'static str"))
+            .flat_map(quoted_codes),
+    );
+    // The module side's failures of a request (`fail(host, id, "CODE", ...)`).
+    let runtime = read("module-api/src/runtime.rs");
+    codes.extend(runtime.lines().filter(|l| l.contains("fail(host, id, \"")).flat_map(quoted_codes));
+    assert!(codes.len() > 40, "found only {} codes: the scan no longer matches the code", codes.len());
+
+    let readme = read("README.md");
+    let table: Vec<&str> = readme
+        .split_once("Every error is JSON `{code, message, details}`:")
+        .expect(
+            "README.md introduces its error table with \"Every error is JSON `{code, message, details}`:\"",
+        )
+        .1
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    let missing: Vec<&String> = codes
+        .iter()
+        .filter(|code| {
+            let cell = format!("`{code}`");
+            !table.iter().any(|row| row.split('|').nth(1).is_some_and(|first| first.contains(&cell)))
+        })
+        .collect();
+    assert!(missing.is_empty(), "README.md's error table has no row for {missing:?}");
+}
+
+/// The string literals in `text` that look like stable codes (`UPPER_SNAKE_CASE`).
+fn quoted_codes(text: &str) -> Vec<String> {
+    text.split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            s.len() > 2 && s.bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit())
+        })
+        .map(str::to_owned)
+        .collect()
+}

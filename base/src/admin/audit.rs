@@ -30,7 +30,7 @@ use axum::{
 use serde::Serialize;
 
 use super::gate::{Identity, client_of, display_client};
-use crate::error::ErrorCode;
+use crate::error_response::ErrorCode;
 
 /// The audit file under the data directory.
 pub const AUDIT_FILE: &str = "audit.log";

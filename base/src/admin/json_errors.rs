@@ -10,7 +10,7 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::error::ErrorCode;
+use crate::error_response::ErrorCode;
 
 /// How much of a plain-text error body becomes the message.
 const MESSAGE_BYTES: usize = 4096;

@@ -1,0 +1,32 @@
+//! `GET /metrics`: the Prometheus exposition.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use super::{
+    Routes,
+    params::{NoParams, Params},
+};
+use crate::{
+    error::{Error, Result},
+    registry::Registry,
+};
+
+pub(super) fn routes() -> Routes {
+    Routes::new().route("/metrics", get(metrics))
+}
+
+/// `GET /metrics`: every series in Prometheus' text format, rendered on a blocking thread
+/// because it walks every module and instance.
+async fn metrics(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Result<Response> {
+    let text = tokio::task::spawn_blocking(move || registry.render_metrics())
+        .await
+        .map_err(|e| Error::Io { context: "metrics task".into(), source: std::io::Error::other(e) })?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}

@@ -1,0 +1,381 @@
+//! Modules: install (`POST /api/v1/modules`), list, describe, uninstall; and the view of one
+//! instance that every answer about an instance shares.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+    time::Instant,
+};
+
+use axum::{
+    Json,
+    extract::{Path, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    response::Response,
+    routing::{delete, get},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{
+    Routes, answer, gate,
+    operations::run_operation,
+    params::{NoParams, Params},
+    parse_version, to_json,
+};
+use crate::{
+    accounting::{CpuTime, cpu_by_thread_name},
+    crash::Crash,
+    error::{Error, Result},
+    instance::{Instance, Runaway, State as InstanceState, Traffic, Transition},
+    limits::Limits,
+    registry::{Dependents, InstallOptions as Options, Quarantined, Registry, Strategy},
+    traffic::{MinRate, read_body_at_min_rate},
+};
+
+pub(super) fn routes() -> Routes {
+    Routes::new()
+        .route("/api/v1/modules", get(list).post(install))
+        .route("/api/v1/modules/{name}", get(describe))
+        .route("/api/v1/modules/{name}/{version}", delete(uninstall))
+}
+
+/// One instance as the API shows it.
+#[derive(Serialize)]
+pub(super) struct InstanceView {
+    name: String,
+    package: String,
+    version: String,
+    state: InstanceState,
+    active: bool,
+    sha256: String,
+    /// The id of the trusted key whose signature was verified (`--trusted-keys`).
+    signed_by: Option<String>,
+    interface_version: String,
+    /// The SPIs it implements, `name` → declaration version.
+    provides: BTreeMap<String, String>,
+    /// The SPIs it calls, `name` → declaration version.
+    requires: BTreeMap<String, String>,
+    installed_at: String,
+    install_ms: f64,
+    heap: Option<HeapView>,
+    heap_peak_bytes: u64,
+    leaked_bytes: Option<u64>,
+    cpu: CpuTime,
+    tasks: Option<u64>,
+    limits: Limits,
+    over_memory_limit: bool,
+    runaway_requests: Vec<Runaway>,
+    load_ms: f64,
+    start_ms: f64,
+    traffic: Traffic,
+    mapped: bool,
+    history: Vec<Transition>,
+}
+
+/// The instance's heap as its counting allocator sees it.
+#[derive(Serialize)]
+struct HeapView {
+    live_bytes: u64,
+    allocated_bytes: u64,
+    allocations: u64,
+    frees: u64,
+}
+
+/// Whether a view carries the instance's state history (a listing leaves it out).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum History {
+    Included,
+    Left,
+}
+
+/// One instance as the API shows it; `cpu` is one [`cpu_by_thread_name`] scan shared by a
+/// listing (an empty map where the answer is about one instance that no longer runs).
+pub(super) fn view(
+    instance: &Instance,
+    active: bool,
+    history: History,
+    cpu: &HashMap<String, CpuTime>,
+) -> InstanceView {
+    InstanceView {
+        name: instance.id.name.clone(),
+        package: instance.package.clone(),
+        version: instance.id.version.to_string(),
+        state: instance.state(),
+        active,
+        sha256: instance.artifact.sha256.clone(),
+        signed_by: instance.artifact.signed_by.clone(),
+        interface_version: instance.interface.to_string(),
+        provides: instance.provides.iter().map(|(n, v)| (n.clone(), v.to_string())).collect(),
+        requires: instance.requires.iter().map(|(n, v)| (n.clone(), v.to_string())).collect(),
+        installed_at: humantime::format_rfc3339_millis(instance.installed_at).to_string(),
+        install_ms: instance.install_ms(),
+        heap: instance.heap().map(|h| HeapView {
+            live_bytes: h.live_bytes,
+            allocated_bytes: h.allocated_bytes,
+            allocations: h.allocations,
+            frees: h.frees,
+        }),
+        heap_peak_bytes: instance.heap_peak(),
+        leaked_bytes: instance.heap_at_stop().map(|h| h.live_bytes),
+        cpu: instance.cpu_from(cpu),
+        tasks: instance.tasks(),
+        limits: instance.limits(),
+        over_memory_limit: instance.over_memory_limit(),
+        runaway_requests: instance.runaways(),
+        load_ms: instance.load_ms(),
+        start_ms: instance.start_ms(),
+        traffic: instance.traffic(),
+        mapped: instance.is_mapped(),
+        history: if history == History::Included { instance.history() } else { Vec::new() },
+    }
+}
+
+/// `GET /api/v1/modules`.
+#[derive(Serialize)]
+struct ModuleList {
+    modules: Vec<InstanceView>,
+    quarantined: Vec<Quarantined>,
+}
+
+/// `GET /api/v1/modules`: every instance (without history), and the quarantined artifacts.
+async fn list(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Json<Value> {
+    let cpu = cpu_by_thread_name();
+    let modules = registry.all().iter().map(|(i, active)| view(i, *active, History::Left, &cpu)).collect();
+    answer(&ModuleList { modules, quarantined: registry.quarantined() })
+}
+
+/// `GET /api/v1/modules/{name}`.
+#[derive(Serialize)]
+struct ModuleDescription {
+    name: String,
+    active_version: Option<String>,
+    versions: Vec<InstanceView>,
+    quarantined: Vec<Quarantined>,
+    crashes: Vec<Crash>,
+}
+
+/// `GET /api/v1/modules/{name}`: every version of one module with its history, its
+/// quarantined artifacts and its crashes. A module known only from its quarantine is found.
+async fn describe(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
+    let quarantined: Vec<_> = registry
+        .quarantined()
+        .into_iter()
+        .filter(|q| q.name.as_deref() == Some(&name) || q.install_name.as_deref() == Some(&name))
+        .collect();
+    let (instances, active) = match registry.module(&name) {
+        Err(Error::NotFound { .. }) if !quarantined.is_empty() => (Vec::new(), None),
+        other => other?,
+    };
+    let cpu = cpu_by_thread_name();
+    let versions = instances
+        .iter()
+        .map(|i| view(i, active.as_ref() == Some(&i.id.version), History::Included, &cpu))
+        .collect();
+    let crashes = registry
+        .crashes()
+        .into_iter()
+        .filter(|c| c.name.as_deref() == Some(&name) || c.install_name.as_deref() == Some(&name))
+        .collect();
+    Ok(answer(&ModuleDescription {
+        name,
+        active_version: active.map(|v| v.to_string()),
+        versions,
+        quarantined,
+        crashes,
+    }))
+}
+
+#[derive(Deserialize)]
+struct UninstallOptions {
+    #[serde(default, rename = "async")]
+    run_async: bool,
+    /// Unload even the last implementation of an SPI running modules require.
+    #[serde(default)]
+    force: bool,
+}
+
+/// `DELETE /api/v1/modules/{name}/{version}[?force=true][&async=true]`: drains and unloads one
+/// version, answering its last view (with history).
+async fn uninstall(
+    State(registry): State<Arc<Registry>>,
+    Path((name, version)): Path<(String, String)>,
+    Params(options): Params<UninstallOptions>,
+) -> Result<Response> {
+    let version = parse_version(&version)?;
+    let target = format!("{name}@{version}");
+    let dependents = if options.force { Dependents::Abandon } else { Dependents::Protect };
+    run_operation(&registry, "uninstall", &target, options.run_async, StatusCode::OK, move |registry| {
+        let instance = registry.uninstall_checked(&name, &version, dependents)?;
+        Ok(to_json(&view(&instance, false, History::Included, &HashMap::new())))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct InstallFromPath {
+    path: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct InstallOptions {
+    /// Install under this name instead of the package's (one artifact, many tenants).
+    name: Option<String>,
+    /// Make the new version active even when another one is.
+    #[serde(default)]
+    activate: bool,
+    /// `install` (default) or `replace`.
+    #[serde(default)]
+    strategy: Strategy,
+    /// Install even when a required SPI has no implementation running.
+    #[serde(default)]
+    force: bool,
+    /// Answer `202` with an operation id at once instead of waiting.
+    #[serde(default, rename = "async")]
+    run_async: bool,
+    /// Load the bytes even when they are quarantined (the base died loading them, or they
+    /// crashed it): an operator's explicit retry.
+    #[serde(default)]
+    retry: bool,
+    /// The sha256 the artifact must have (64 hex digits).
+    sha256: Option<String>,
+}
+
+/// What an install answers.
+#[derive(Serialize)]
+struct Installed {
+    name: String,
+    package: String,
+    version: String,
+    interface_version: String,
+    sha256: String,
+    size: u64,
+    /// The id of the trusted key whose signature was verified (`--trusted-keys`).
+    signed_by: Option<String>,
+    state: InstanceState,
+    install_ms: f64,
+    /// With `strategy=replace`: the version that was active, now unloaded.
+    replaced: Option<Replaced>,
+}
+
+/// The version an install with `strategy=replace` unloaded.
+#[derive(Serialize)]
+struct Replaced {
+    version: String,
+    state: InstanceState,
+}
+
+/// The most of a signature file beside a path install that is read (one line is under 200 bytes;
+/// comments may precede it).
+const SIGNATURE_FILE_LIMIT: u64 = 64 * 1024;
+
+/// How slowly an upload may arrive: 10 s for any body, then 64 KiB/s on average (a 256 MiB
+/// module may take 68 minutes), so a client trickling bytes cannot hold a request open for ever.
+const UPLOAD_RATE: MinRate =
+    MinRate { grace: std::time::Duration::from_secs(10), bytes_per_second: 64 * 1024 };
+
+/// `POST /api/v1/modules`: installs the module whose bytes are the body
+/// (`application/octet-stream`), or whose file on the base's disk the body names
+/// (`application/json`, `{"path": ...}`, with `--allow-path-install`).
+async fn install(
+    State(registry): State<Arc<Registry>>,
+    Params(options): Params<InstallOptions>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response> {
+    // Explicitly typed: a body without a type (a browser's `fetch` of a blob sends none, and
+    // needs no preflight for it) is never taken for a module.
+    let is_json = match gate::media_type(&headers).as_deref() {
+        Some("application/json") => true,
+        Some("application/octet-stream") => false,
+        found => {
+            return Err(Error::UnsupportedMediaType {
+                found: found.unwrap_or_default().to_owned(),
+                expected: "application/octet-stream (the module's bytes) or application/json ({\"path\": ...})",
+            });
+        }
+    };
+    let client = gate::display_client(gate::client_of(&request));
+    let query_async = options.run_async;
+    let pin = options.sha256.as_deref().map(crate::signing::parse_pin).transpose()?;
+    let mut signature = headers
+        .get(crate::signing::SIGNATURE_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let limit = registry.config().max_upload_bytes;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|size| *size > limit) {
+        return Err(Error::PayloadTooLarge { size, limit });
+    }
+    let body =
+        read_body_at_min_rate(request.into_body(), if is_json { 64 * 1024 } else { limit }, UPLOAD_RATE)
+            .await?;
+    let bytes = if is_json {
+        let InstallFromPath { path } = serde_json::from_slice(&body)
+            .map_err(|e| Error::BadRequest { message: format!("expected {{\"path\": \"...\"}}: {e}") })?;
+        // Confined, bounded and blocking (a slow disk, a network file system, a FIFO): off the
+        // runtime, and so is the signature beside it, under the same rules.
+        let allowed = registry.path_install_dirs();
+        let wants_signature = signature.is_none() && registry.requires_signatures();
+        let (bytes, beside) = tokio::task::spawn_blocking(move || {
+            let bytes = crate::path_install::read_confined(&path, &allowed, limit)?;
+            let beside = if wants_signature {
+                let sig = crate::signing::signature_path(&path);
+                match crate::path_install::read_confined(&sig, &allowed, SIGNATURE_FILE_LIMIT) {
+                    Ok(text) => Some(String::from_utf8_lossy(&text).into_owned()),
+                    Err(Error::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                None
+            };
+            Ok::<_, Error>((bytes, beside))
+        })
+        .await
+        .map_err(|e| Error::Io { context: "path install".into(), source: std::io::Error::other(e) })??;
+        if beside.is_some() {
+            signature = beside;
+        }
+        bytes.into()
+    } else {
+        body
+    };
+    let received = Instant::now();
+    let options = Options {
+        name: options.name,
+        activate: options.activate,
+        strategy: options.strategy,
+        force: options.force,
+        retry_quarantined: options.retry,
+        sha256: pin,
+        signature,
+    };
+    let run_async = query_async;
+    let target = format!("upload of {} bytes", bytes.len());
+    run_operation(&registry, "install", &target, run_async, StatusCode::CREATED, move |registry| {
+        let done = registry.install_with(&bytes, &options)?;
+        let instance = &done.instance;
+        let install_ms = received.elapsed().as_secs_f64() * 1000.0;
+        let signed_by = instance.artifact.signed_by.clone();
+        tracing::info!(module = %instance.id.name, version = %instance.id.version, sha256 = %instance.artifact.sha256, signed_by, install_ms, %client, "installed");
+        let installed = Installed {
+            name: instance.id.name.clone(),
+            package: instance.package.clone(),
+            version: instance.id.version.to_string(),
+            interface_version: instance.interface.to_string(),
+            sha256: instance.artifact.sha256.clone(),
+            size: instance.artifact.size,
+            signed_by,
+            state: instance.state(),
+            install_ms,
+            replaced: done.replaced.map(|r| Replaced { version: r.id.version.to_string(), state: r.state() }),
+        };
+        Ok(to_json(&installed))
+    })
+    .await
+}

@@ -1,0 +1,128 @@
+//! Which version of a module gets its traffic: the switch of the active version (one routing
+//! table swap) and weighted splits across running versions.
+
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::Response,
+    routing::{post, put},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{
+    Routes, answer,
+    gate::require_json,
+    operations::run_operation,
+    params::{NoParams, Params},
+    parse_version, to_json,
+};
+use crate::{
+    error::{Error, Result},
+    registry::Registry,
+};
+
+pub(super) fn routes() -> Routes {
+    Routes::new()
+        .route("/api/v1/modules/{name}/switch", post(switch))
+        .route("/api/v1/modules/{name}/traffic", put(set_traffic).get(get_traffic))
+}
+
+#[derive(Deserialize)]
+struct AsyncOption {
+    #[serde(default, rename = "async")]
+    run_async: bool,
+}
+
+#[derive(Deserialize)]
+struct SwitchTo {
+    version: String,
+}
+
+/// What a switch answers.
+#[derive(Serialize)]
+struct Switched {
+    name: String,
+    active_version: String,
+    previous_version: Option<String>,
+    switch_ms: f64,
+}
+
+/// `POST /api/v1/modules/{name}/switch {"version": "..."}`: one routing-table swap.
+async fn switch(
+    State(registry): State<Arc<Registry>>,
+    Path(name): Path<String>,
+    Params(options): Params<AsyncOption>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    require_json(&headers, &body)?;
+    let SwitchTo { version } = serde_json::from_slice(&body)
+        .map_err(|e| Error::BadRequest { message: format!("expected {{\"version\": \"...\"}}: {e}") })?;
+    let version = parse_version(&version)?;
+    let target = format!("{name}@{version}");
+    run_operation(&registry, "switch", &target, options.run_async, StatusCode::OK, move |registry| {
+        let began = Instant::now();
+        let (active, previous) = registry.switch(&name, &version)?;
+        let switch_ms = began.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(module = %name, version = %version, switch_ms, "switched");
+        Ok(to_json(&Switched {
+            active_version: active.id.version.to_string(),
+            previous_version: previous.map(|p| p.id.version.to_string()),
+            name,
+            switch_ms,
+        }))
+    })
+    .await
+}
+
+/// How a module's traffic is split, as the API shows it.
+#[derive(Serialize)]
+struct TrafficView<'a> {
+    module: &'a str,
+    active_version: Option<String>,
+    /// `version` → weight, or `null` when the active version takes all traffic.
+    weights: Option<BTreeMap<String, u32>>,
+}
+
+/// `PUT /api/v1/modules/{name}/traffic {"1.0.0": 90, "1.1.0": 10}`: a weighted split across
+/// running versions (`{}` goes back to the active version alone).
+async fn set_traffic(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>> {
+    require_json(&headers, &body)?;
+    let weights: BTreeMap<String, u32> = serde_json::from_slice(&body).map_err(|e| Error::BadRequest {
+        message: format!("expected {{\"<version>\": <weight>, ...}}: {e}"),
+    })?;
+    let weights =
+        weights.into_iter().map(|(v, w)| Ok((parse_version(&v)?, w))).collect::<Result<BTreeMap<_, _>>>()?;
+    let setting = Arc::clone(&registry);
+    let target = name.clone();
+    tokio::task::spawn_blocking(move || setting.set_weights(&target, weights))
+        .await
+        .map_err(|e| Error::Io { context: "traffic task".into(), source: std::io::Error::other(e) })??;
+    Ok(traffic_view(&registry, &name))
+}
+
+/// `GET /api/v1/modules/{name}/traffic`: the active version and the weighted split, if any.
+async fn get_traffic(
+    State(registry): State<Arc<Registry>>,
+    _: Params<NoParams>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
+    registry.module(&name)?;
+    Ok(traffic_view(&registry, &name))
+}
+
+fn traffic_view(registry: &Registry, name: &str) -> Json<Value> {
+    let weights = registry.weights(name).map(|w| w.into_iter().map(|(v, w)| (v.to_string(), w)).collect());
+    let active_version = registry.module(name).ok().and_then(|(_, active)| active).map(|v| v.to_string());
+    answer(&TrafficView { module: name, active_version, weights })
+}
