@@ -8,31 +8,32 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
-/// `module-api/src/abi.rs` is the ABI. ARCHITECTURE.md records its hash next to the interface
+/// `module-api/src/abi.rs` is the ABI. `docs/abi.md` records its hash next to the interface
 /// version; changing the ABI means bumping `pedestal-module-api`'s version (minor for
-/// append-only changes, major otherwise), updating ARCHITECTURE.md, and recording the new hash.
+/// append-only changes, major otherwise), describing the change in `docs/abi.md`'s interface
+/// history, and recording the new hash.
 #[test]
-fn the_abi_file_matches_the_hash_and_version_recorded_in_architecture_md() {
+fn the_abi_file_matches_the_hash_and_version_recorded_in_docs_abi_md() {
     let abi = fs::read(root().join("module-api/src/abi.rs")).unwrap();
     let hash = hex::encode(Sha256::digest(&abi));
-    let doc = fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let doc = fs::read_to_string(root().join("docs/abi.md")).unwrap();
     let recorded = |key: &str| {
         doc.lines()
             .find_map(|l| l.strip_prefix(key))
             .map(|v| v.trim().trim_matches('`').to_owned())
-            .unwrap_or_else(|| panic!("ARCHITECTURE.md has no line starting with {key:?}"))
+            .unwrap_or_else(|| panic!("docs/abi.md has no line starting with {key:?}"))
     };
     let version = pedestal_module_api::abi::INTERFACE_VERSION;
     assert_eq!(
         recorded("ABI interface version:"),
         version,
-        "ARCHITECTURE.md records another interface version than pedestal-module-api's"
+        "docs/abi.md records another interface version than pedestal-module-api's"
     );
     assert_eq!(
         recorded("ABI file sha256:"),
         hash,
         "module-api/src/abi.rs changed. Bump pedestal-module-api's version (minor for append-only \
-         changes, major otherwise), describe the change in ARCHITECTURE.md, and record the new hash"
+         changes, major otherwise), describe the change in docs/abi.md, and record the new hash"
     );
 }
 

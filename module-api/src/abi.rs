@@ -16,7 +16,12 @@
 //! `#[sabi(last_prefix_field)]` field of their prefix type and are read as `Option`s; plain
 //! structs and enums in this file never change within a major version. The tidy test in
 //! `base/tests/tidy.rs` records a hash of this file: changing it without updating that hash
-//! (and this crate's version, and ARCHITECTURE.md) fails `cargo test`.
+//! (and this crate's version, and `docs/abi.md`) fails `cargo test`.
+//!
+//! # Layers
+//! This file is the bottom layer of the crate: it imports nothing from it. Everything else
+//! (the wire encoding, host access, calls, services, the runtime, the author's API) builds on
+//! it; `module-api/tests/layers.rs` keeps the imports pointing one way.
 //!
 //! # Threads
 //! The base calls [`ModuleRoot::run`] exactly once per loaded library, on a thread the base
@@ -29,7 +34,10 @@
 //! *borrowed* for the duration of a call (or, for [`RequestView`], until the next
 //! [`HostApi::next_request`]); the receiver copies what it keeps.
 
-use std::{ffi::c_void, sync::atomic::AtomicU64};
+use std::{
+    ffi::c_void,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
 
 use abi_stable::{
     StableAbi, declare_root_module_statics,
@@ -38,8 +46,6 @@ use abi_stable::{
     sabi_types::VersionStrings,
     std_types::{ROption, RSlice, RStr},
 };
-
-use crate::alloc::HeapCounters;
 
 // ---------------------------------------------------------------------------------------------
 // Types
@@ -206,6 +212,96 @@ pub struct TaskCounters {
     /// Tasks alive on the module's runtime (request handlers and the module's own tasks),
     /// updated each time the module's request loop turns and each time a request finishes.
     pub alive: AtomicU64,
+}
+
+/// How many shards a module's [`HeapCounters`] are split into.
+pub(crate) const HEAP_SHARDS: usize = 16;
+
+/// One thread-group's share of a module's heap counters, alone on its cache line. Frozen since
+/// 1.0.0.
+#[repr(C, align(64))]
+#[derive(StableAbi, Debug)]
+pub struct HeapShard {
+    allocated_bytes: AtomicU64,
+    freed_bytes: AtomicU64,
+    allocations: AtomicU64,
+    frees: AtomicU64,
+}
+
+impl HeapShard {
+    const fn new() -> Self {
+        Self {
+            allocated_bytes: AtomicU64::new(0),
+            freed_bytes: AtomicU64::new(0),
+            allocations: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Heap counters of one module library, kept by the SDK's counting allocator in the library's
+/// static memory. The base reads them through [`ModuleRoot::heap`] with atomic loads only
+/// ([`HeapCounters::snapshot`]). Frozen since 1.0.0.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct HeapCounters {
+    shards: [HeapShard; HEAP_SHARDS],
+}
+
+/// A point-in-time sum of a module's heap counters. Not an ABI type: the base computes it on
+/// its side of the boundary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeapSnapshot {
+    /// Bytes allocated and not yet freed.
+    pub live_bytes: u64,
+    /// Total bytes ever allocated.
+    pub allocated_bytes: u64,
+    /// Number of allocations ever made.
+    pub allocations: u64,
+    /// Number of frees ever made.
+    pub frees: u64,
+}
+
+impl HeapCounters {
+    /// Zeroed counters.
+    pub const fn new() -> Self {
+        Self { shards: [const { HeapShard::new() }; HEAP_SHARDS] }
+    }
+
+    /// Sums the shards. Concurrent updates may be half-seen; the numbers settle when the
+    /// module is quiet.
+    pub fn snapshot(&self) -> HeapSnapshot {
+        let mut s = HeapSnapshot::default();
+        let mut freed = 0u64;
+        for shard in &self.shards {
+            s.allocated_bytes += shard.allocated_bytes.load(Relaxed);
+            freed += shard.freed_bytes.load(Relaxed);
+            s.allocations += shard.allocations.load(Relaxed);
+            s.frees += shard.frees.load(Relaxed);
+        }
+        s.live_bytes = s.allocated_bytes.saturating_sub(freed);
+        s
+    }
+
+    /// Counts an allocation of `bytes` in shard `shard` (the allocating thread's).
+    pub(crate) fn record_alloc(&self, shard: usize, bytes: usize) {
+        let shard = &self.shards[shard % HEAP_SHARDS];
+        shard.allocated_bytes.fetch_add(bytes as u64, Relaxed);
+        shard.allocations.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a free of `bytes` in shard `shard` (the freeing thread's).
+    pub(crate) fn record_free(&self, shard: usize, bytes: usize) {
+        let shard = &self.shards[shard % HEAP_SHARDS];
+        shard.freed_bytes.fetch_add(bytes as u64, Relaxed);
+        shard.frees.fetch_add(1, Relaxed);
+    }
+}
+
+impl Default for HeapCounters {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// One SPI a module implements: its name and the semver version of its declaration. Frozen

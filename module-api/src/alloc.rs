@@ -2,7 +2,8 @@
 //!
 //! [`export_module!`](crate::export_module) installs [`CountingAllocator`] as the module
 //! library's `#[global_allocator]`. Each cdylib has its own allocator, so the counters in
-//! [`HEAP`] (one copy per loaded library) see that module's allocations and nothing else.
+//! [`HEAP`] (one copy per loaded library) see that module's allocations and nothing else. The
+//! counters' type is part of the ABI ([`HeapCounters`] in `abi.rs`); this file only fills them.
 //! Counting is sharded over 16 cache-line-sized slots chosen per thread, which measured
 //! 8–9 ns per allocation and free against 59–71 ns for one shared atomic (see DESIGN.md).
 //!
@@ -13,94 +14,10 @@
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     cell::Cell,
-    sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed},
+    sync::atomic::{AtomicU8, Ordering::Relaxed},
 };
 
-use abi_stable::StableAbi;
-
-const SHARDS: usize = 16;
-
-/// One thread-group's share of the counters, alone on its cache line.
-#[repr(C, align(64))]
-#[derive(StableAbi, Debug)]
-pub struct HeapShard {
-    allocated_bytes: AtomicU64,
-    freed_bytes: AtomicU64,
-    allocations: AtomicU64,
-    frees: AtomicU64,
-}
-
-impl HeapShard {
-    const fn new() -> Self {
-        Self {
-            allocated_bytes: AtomicU64::new(0),
-            freed_bytes: AtomicU64::new(0),
-            allocations: AtomicU64::new(0),
-            frees: AtomicU64::new(0),
-        }
-    }
-}
-
-/// Heap counters of one module library. Lives in the library's static memory; the base reads
-/// it through [`ModuleRoot::heap`](crate::abi::ModuleRoot::heap) with atomic loads only.
-#[repr(C)]
-#[derive(StableAbi, Debug)]
-pub struct HeapCounters {
-    shards: [HeapShard; SHARDS],
-}
-
-/// A point-in-time sum of a module's heap counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HeapSnapshot {
-    /// Bytes allocated and not yet freed.
-    pub live_bytes: u64,
-    /// Total bytes ever allocated.
-    pub allocated_bytes: u64,
-    /// Number of allocations ever made.
-    pub allocations: u64,
-    /// Number of frees ever made.
-    pub frees: u64,
-}
-
-impl HeapCounters {
-    /// Zeroed counters.
-    pub const fn new() -> Self {
-        Self { shards: [const { HeapShard::new() }; SHARDS] }
-    }
-
-    /// Sums the shards. Concurrent updates may be half-seen; the numbers settle when the
-    /// module is quiet.
-    pub fn snapshot(&self) -> HeapSnapshot {
-        let mut s = HeapSnapshot::default();
-        let mut freed = 0u64;
-        for shard in &self.shards {
-            s.allocated_bytes += shard.allocated_bytes.load(Relaxed);
-            freed += shard.freed_bytes.load(Relaxed);
-            s.allocations += shard.allocations.load(Relaxed);
-            s.frees += shard.frees.load(Relaxed);
-        }
-        s.live_bytes = s.allocated_bytes.saturating_sub(freed);
-        s
-    }
-
-    fn record_alloc(&self, bytes: usize) {
-        let shard = &self.shards[shard_index()];
-        shard.allocated_bytes.fetch_add(bytes as u64, Relaxed);
-        shard.allocations.fetch_add(1, Relaxed);
-    }
-
-    fn record_free(&self, bytes: usize) {
-        let shard = &self.shards[shard_index()];
-        shard.freed_bytes.fetch_add(bytes as u64, Relaxed);
-        shard.frees.fetch_add(1, Relaxed);
-    }
-}
-
-impl Default for HeapCounters {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+use crate::abi::{HEAP_SHARDS, HeapCounters};
 
 /// Whether allocations are counted: always, except in the benchmark build that measures what
 /// counting costs (feature `bench-no-heap-accounting`).
@@ -121,7 +38,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::alloc`'s contract.
         let ptr = unsafe { System.alloc(layout) };
         if COUNTING && !ptr.is_null() {
-            HEAP.record_alloc(layout.size());
+            HEAP.record_alloc(shard_index(), layout.size());
         }
         ptr
     }
@@ -130,7 +47,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::alloc_zeroed`'s contract.
         let ptr = unsafe { System.alloc_zeroed(layout) };
         if COUNTING && !ptr.is_null() {
-            HEAP.record_alloc(layout.size());
+            HEAP.record_alloc(shard_index(), layout.size());
         }
         ptr
     }
@@ -139,7 +56,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: forwarded unchanged; `ptr` came from this allocator with `layout`.
         unsafe { System.dealloc(ptr, layout) };
         if COUNTING {
-            HEAP.record_free(layout.size());
+            HEAP.record_free(shard_index(), layout.size());
         }
     }
 
@@ -147,8 +64,8 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::realloc`'s contract.
         let new = unsafe { System.realloc(ptr, layout, new_size) };
         if COUNTING && !new.is_null() {
-            HEAP.record_free(layout.size());
-            HEAP.record_alloc(new_size);
+            HEAP.record_free(shard_index(), layout.size());
+            HEAP.record_alloc(shard_index(), new_size);
         }
         new
     }
@@ -165,7 +82,7 @@ fn shard_index() -> usize {
         .try_with(|index| {
             let mut i = index.get();
             if i == u8::MAX {
-                i = NEXT.fetch_add(1, Relaxed) % SHARDS as u8;
+                i = NEXT.fetch_add(1, Relaxed) % HEAP_SHARDS as u8;
                 index.set(i);
             }
             i as usize

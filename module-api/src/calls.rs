@@ -20,8 +20,8 @@ use tokio::sync::oneshot;
 
 use crate::{
     abi::{Host, ServiceCall, SpiStatus},
-    runtime,
-    spi::{SpiError, decode},
+    host,
+    wire::{SpiError, decode},
 };
 
 /// Ids of this library's calls (never 0, unique while the library is loaded).
@@ -81,10 +81,10 @@ fn start(
     payload: &[u8],
     wait: bool,
 ) -> Result<Option<oneshot::Receiver<Answer>>, SpiError> {
-    let host = runtime::host().ok_or_else(|| unavailable("not running inside a Pedestal base"))?;
-    let call_fn = host.api.call().ok_or_else(|| {
-        unavailable("the base is older than interface 1.3.0: it offers no calls from modules")
-    })?;
+    let host = host::current().ok_or_else(|| unavailable("not running inside a Pedestal base"))?;
+    if !host::takes_calls(host) {
+        return Err(unavailable("the base is older than interface 1.3.0: it offers no calls from modules"));
+    }
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     // Registered before the base sees the call: it may complete it at once.
     let answer = wait.then(|| {
@@ -100,7 +100,7 @@ fn start(
         target: RStr::from_str(target),
         payload: RSlice::from_slice(payload),
     };
-    call_fn(host.ctx, &call);
+    host::call(host, &call);
     Ok(answer)
 }
 
@@ -128,13 +128,11 @@ fn interpret(answer: Answer, called: &Called) -> Result<Vec<u8>, SpiError> {
 /// Passes every completion the base queued to its waiting call. Instance thread only; returns
 /// whether there was any.
 pub(crate) fn complete_all(host: &Host) -> bool {
-    let Some(next) = host.api.next_completion() else { return false };
     let mut any = false;
-    while let Some(view) = next(host.ctx).into_option() {
+    while let Some(completion) = host::next_completion(host) {
         any = true;
-        // The view lives until the next `next_completion` call: copy it now.
-        let answer = Answer { status: view.status, payload: view.payload.as_slice().to_vec() };
-        if let Some(waiter) = waiting().remove(&view.id) {
+        let answer = Answer { status: completion.status, payload: completion.payload };
+        if let Some(waiter) = waiting().remove(&completion.id) {
             let _ = waiter.send(answer);
         }
     }

@@ -23,7 +23,14 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
-use crate::spi::SpiError;
+use crate::{
+    service::{Push, Service},
+    wire::{SpiError, decode},
+};
+
+/// The base pushes the module's configuration as `pedestal.config`/`changed`.
+pub(crate) const SERVICE: Service =
+    Service { name: "pedestal.config", pushes: &[Push { method: "changed", handle: apply }], reset: clear };
 
 static VALUES: Mutex<Option<Arc<Map<String, Value>>>> = Mutex::new(None);
 static GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -84,8 +91,8 @@ pub async fn changed() {
 }
 
 /// Takes the configuration the base sent (`pedestal.config`/`changed`).
-pub(crate) fn apply(payload: &[u8]) -> Result<(), SpiError> {
-    let values: Map<String, Value> = crate::spi::decode(payload)?;
+fn apply(payload: &[u8]) -> Result<(), SpiError> {
+    let values: Map<String, Value> = decode(payload)?;
     *VALUES.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(values));
     GENERATION.fetch_add(1, Ordering::AcqRel);
     CHANGED.notify_waiters();
@@ -94,6 +101,6 @@ pub(crate) fn apply(payload: &[u8]) -> Result<(), SpiError> {
 
 /// Forgets the configuration (the instance is stopping), so nothing of it stays in the
 /// library's statics.
-pub(crate) fn clear() {
+fn clear() {
     VALUES.lock().unwrap_or_else(PoisonError::into_inner).take();
 }

@@ -30,10 +30,16 @@ use tokio::sync::mpsc;
 
 use crate::{
     calls,
-    spi::{SpiError, decode, encode},
+    service::{Push, Service},
+    wire::{SpiError, decode, encode},
 };
 
-const SERVICE: &str = "pedestal.events";
+/// Modules publish and subscribe through `pedestal.events`; the base pushes `deliver`.
+pub(crate) const SERVICE: Service = Service {
+    name: "pedestal.events",
+    pushes: &[Push { method: "deliver", handle: deliver }],
+    reset: close_all,
+};
 /// Events a subscription holds before newer ones are dropped.
 pub const QUEUE: usize = 1024;
 
@@ -75,7 +81,7 @@ struct Delivery {
 /// Publishes `data` to `topic`; returns how many subscriptions it was queued for.
 pub async fn publish<T: Serialize + ?Sized>(topic: &str, data: &T) -> Result<usize, SpiError> {
     let payload = encode(&(topic, data))?;
-    decode(&calls::call(SERVICE, "", "publish", "", &payload).await?)
+    decode(&calls::call(SERVICE.name, "", "publish", "", &payload).await?)
 }
 
 /// Subscribes to `topic`: the events published to it from now on.
@@ -85,7 +91,7 @@ pub async fn subscribe(topic: &str) -> Result<Subscription, SpiError> {
     subscriptions().insert(id, sender);
     let subscription = Subscription { id, topic: topic.to_owned(), receiver };
     // Dropping `subscription` on an error unregisters it.
-    calls::call(SERVICE, "", "subscribe", "", &encode(&(topic, id))?).await?;
+    calls::call(SERVICE.name, "", "subscribe", "", &encode(&(topic, id))?).await?;
     Ok(subscription)
 }
 
@@ -113,7 +119,7 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         subscriptions().remove(&self.id);
         if let Ok(payload) = encode(&(self.topic.as_str(), self.id)) {
-            calls::notify(SERVICE, "unsubscribe", &payload);
+            calls::notify(SERVICE.name, "unsubscribe", &payload);
         }
     }
 }
@@ -124,7 +130,7 @@ pub fn dropped() -> u64 {
 }
 
 /// Takes an event the base delivered (`pedestal.events`/`deliver`).
-pub(crate) fn deliver(payload: &[u8]) -> Result<(), SpiError> {
+fn deliver(payload: &[u8]) -> Result<(), SpiError> {
     let delivery: Delivery = decode(payload)?;
     let sender = subscriptions().get(&delivery.subscription).cloned();
     match sender {
@@ -139,6 +145,6 @@ pub(crate) fn deliver(payload: &[u8]) -> Result<(), SpiError> {
 }
 
 /// Ends every subscription (the instance is stopping): receivers see the end of their stream.
-pub(crate) fn close_all() {
+fn close_all() {
     subscriptions().clear();
 }

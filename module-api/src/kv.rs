@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
     calls,
-    spi::{SpiError, decode, encode},
+    service::Service,
+    wire::{SpiError, decode, encode, encode_kv_put},
 };
 
-const SERVICE: &str = "pedestal.kv";
+/// Modules call `pedestal.kv`; the base never pushes to it.
+pub(crate) const SERVICE: Service = Service::called_only("pedestal.kv");
 
 /// How much of its quota a module uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +33,7 @@ pub struct Usage {
 }
 
 async fn call(method: &str, payload: &[u8]) -> Result<Vec<u8>, SpiError> {
-    calls::call(SERVICE, "", method, "", payload).await
+    calls::call(SERVICE.name, "", method, "", payload).await
 }
 
 /// The value of `key`, if set.
@@ -46,14 +48,7 @@ pub async fn get(key: &str) -> Result<Option<Vec<u8>>, SpiError> {
 
 /// Sets `key` to `value`, durably (the base has committed it when this returns).
 pub async fn put(key: &str, value: impl AsRef<[u8]>) -> Result<(), SpiError> {
-    let value = value.as_ref();
-    let length = u32::try_from(key.len())
-        .map_err(|_| SpiError::new(SpiError::BAD_PAYLOAD, "the key is longer than 4 GiB"))?;
-    let mut payload = Vec::with_capacity(4 + key.len() + value.len());
-    payload.extend_from_slice(&length.to_le_bytes());
-    payload.extend_from_slice(key.as_bytes());
-    payload.extend_from_slice(value);
-    call("put", &payload).await.map(drop)
+    call("put", &encode_kv_put(key, value.as_ref())?).await.map(drop)
 }
 
 /// Removes `key`; returns whether it was set.

@@ -29,99 +29,34 @@
 
 #![deny(missing_docs)]
 
+// The crate's files form layers, each importing only from the layers before it (enforced by
+// `tests/layers.rs`): `abi` → `wire`, `alloc` → `host` → `calls`, `service` → the author's
+// API (`module`, `spi`, `kv`, `events`, `config`, `metrics`, `logging`) → `runtime` → this
+// file, the crate's public face and `export_module!`.
 pub mod abi;
 mod alloc;
 mod calls;
 pub mod config;
 pub mod events;
+mod host;
 pub mod kv;
 mod logging;
 pub mod metrics;
+mod module;
 mod runtime;
+mod service;
 pub mod spi;
+pub mod wire;
 
-use std::{error::Error, future::Future};
-
-pub use abi::{HealthStatus, MemoryAction, ModuleLimits};
-pub use alloc::{HeapCounters, HeapSnapshot};
+pub use abi::{HealthStatus, HeapCounters, HeapSnapshot, MemoryAction, ModuleLimits};
 pub use axum;
+pub use module::{Health, Module, StartError};
 pub use serde;
 pub use serde_json;
 pub use spi::{Remote, Spi, SpiError};
 pub use tokio;
 pub use tracing;
-
-/// Borrowed ABI views of every header in `headers`, as [`abi::RequestView`] and
-/// [`abi::ResponseView`] carry them. The views live as long as the borrow of `headers`.
-pub fn header_views(headers: &http::HeaderMap) -> Vec<abi::Header<'_>> {
-    headers
-        .iter()
-        .map(|(name, value)| abi::Header {
-            name: abi_stable::std_types::RStr::from_str(name.as_str()),
-            value: abi_stable::std_types::RSlice::from_slice(value.as_bytes()),
-        })
-        .collect()
-}
-
-/// Why a start hook failed. Any error converts into it, and so does a string.
-pub type StartError = Box<dyn Error + Send + Sync>;
-
-/// A module's answer to a health check: a status and, unless healthy, why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Health {
-    /// The status.
-    pub status: HealthStatus,
-    /// What is wrong (empty when healthy).
-    pub message: String,
-}
-
-impl Health {
-    /// Working normally.
-    pub fn healthy() -> Self {
-        Self { status: HealthStatus::Healthy, message: String::new() }
-    }
-
-    /// Working, but something needs attention.
-    pub fn degraded(message: impl Into<String>) -> Self {
-        Self { status: HealthStatus::Degraded, message: message.into() }
-    }
-
-    /// Not working.
-    pub fn unhealthy(message: impl Into<String>) -> Self {
-        Self { status: HealthStatus::Unhealthy, message: message.into() }
-    }
-}
-
-/// A Pedestal module: what the base mounts at `/<name>/`.
-///
-/// Only [`Module::router`] is required. The hooks run on the module's own tokio runtime, so they
-/// may await timers, spawn tasks and do I/O.
-pub trait Module: 'static {
-    /// The module's HTTP routes, relative to its mount point (`/hello` answers `/<name>/hello`).
-    /// Called once, after [`Module::start`] succeeded.
-    fn router(&self) -> axum::Router;
-
-    /// Runs before the module receives traffic. An error (or a panic) fails the install with
-    /// `START_FAILED` and the message; the base bounds how long it may take.
-    fn start(&self) -> impl Future<Output = Result<(), StartError>> {
-        async { Ok(()) }
-    }
-
-    /// Runs after the base stopped routing traffic to the module and drained it; bounded by a
-    /// deadline. Join any thread the module started here: a thread still running module code
-    /// keeps the library mapped (the base then reports the instance as `pinned`).
-    fn stop(&self) -> impl Future<Output = ()> {
-        async {}
-    }
-
-    /// Answers a health check; the base shows the answer in `/api/v1/health`. Runs on the
-    /// module's runtime next to its requests, and must answer within the base's health-check
-    /// timeout (one second by default) or the module is reported unresponsive. A panic counts
-    /// as unhealthy.
-    fn health(&self) -> impl Future<Output = Health> {
-        async { Health::healthy() }
-    }
-}
+pub use wire::header_views;
 
 /// Exports a [`Module`] from a `cdylib` crate: the only thing a module needs besides its code.
 ///

@@ -11,17 +11,13 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use abi_stable::std_types::RStr;
 use tracing_core::{
     Event, Level, LevelFilter, Metadata, Subscriber,
     field::{Field, Visit},
     span,
 };
 
-use crate::{
-    abi::{LogLevel, LogRecord},
-    runtime::host,
-};
+use crate::{abi::LogLevel, host};
 
 /// Installs the forwarding subscriber, logger and panic hook. Called once per loaded library.
 pub(crate) fn install(max: LogLevel) {
@@ -35,14 +31,8 @@ pub(crate) fn install(max: LogLevel) {
 
 /// Sends one record to the base.
 pub(crate) fn forward(level: LogLevel, target: &str, message: &str, fields: &str) {
-    if let Some(host) = host() {
-        let record = LogRecord {
-            level,
-            target: RStr::from_str(target),
-            message: RStr::from_str(message),
-            fields: RStr::from_str(fields),
-        };
-        (host.api.log())(host.ctx, &record);
+    if let Some(host) = host::current() {
+        host::log(host, level, target, message, fields);
     }
 }
 
@@ -50,8 +40,8 @@ fn forward_panic(info: &PanicHookInfo<'_>) {
     let message = panic_message(info.payload());
     let location =
         info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())).unwrap_or_default();
-    if let Some(host) = host() {
-        (host.api.panicked())(host.ctx, RStr::from_str(&message), RStr::from_str(&location));
+    if let Some(host) = host::current() {
+        host::panicked(host, &message, &location);
     }
 }
 

@@ -12,20 +12,18 @@
 //! metric once (in the start hook, or lazily) and keep it: creating it again returns the same
 //! series.
 
-use abi_stable::std_types::RStr;
-
-use crate::{abi::MetricKind, runtime, spi::SpiError};
+use crate::{abi::MetricKind, host, wire::SpiError};
 
 fn register(kind: MetricKind, name: &str, help: &str) -> Result<u64, SpiError> {
-    let host = runtime::host()
+    let host = host::current()
         .ok_or_else(|| SpiError::new(SpiError::UNAVAILABLE, "not running inside a Pedestal base"))?;
-    let register = host.api.register_metric().ok_or_else(|| {
+    let registered = host::register_metric(host, kind, name, help).ok_or_else(|| {
         SpiError::new(
             SpiError::UNAVAILABLE,
             "the base is older than interface 1.3.0: it exports no module metrics",
         )
     })?;
-    match register(host.ctx, kind, RStr::from_str(name), RStr::from_str(help)) {
+    match registered {
         0 => Err(SpiError::new(
             "METRIC_REFUSED",
             format!(
@@ -38,10 +36,8 @@ fn register(kind: MetricKind, name: &str, help: &str) -> Result<u64, SpiError> {
 }
 
 fn record(handle: u64, value: f64) {
-    if let Some(host) = runtime::host()
-        && let Some(record) = host.api.record_metric()
-    {
-        record(host.ctx, handle, value);
+    if let Some(host) = host::current() {
+        host::record_metric(host, handle, value);
     }
 }
 

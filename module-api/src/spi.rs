@@ -31,6 +31,9 @@ use std::{fmt, future::Future, pin::Pin, rc::Rc, sync::Arc};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+pub use crate::wire::{SpiError, decode, decode_args, encode};
+use crate::{calls, service::Service};
+
 /// An SPI's identity, implemented by the marker type [`spi!`](crate::spi!) generates.
 pub trait Spi: 'static {
     /// The SPI's name (unique within a base).
@@ -39,70 +42,8 @@ pub trait Spi: 'static {
     const VERSION: &'static str;
 }
 
-/// What went wrong in an SPI call: the implementation's own error, or the call itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpiError {
-    /// A stable code: the implementation's own, or one of the constants on this type.
-    pub code: String,
-    /// What happened.
-    pub message: String,
-}
-
-impl SpiError {
-    /// The implementing module was unloaded (or is stopping): the handle is stale.
-    pub const MODULE_GONE: &'static str = "MODULE_GONE";
-    /// The implementation panicked.
-    pub const PANICKED: &'static str = "SPI_PANICKED";
-    /// The module does not implement this method (built against an older declaration).
-    pub const UNKNOWN_METHOD: &'static str = "UNKNOWN_METHOD";
-    /// The arguments or the result could not be (de)serialized.
-    pub const BAD_PAYLOAD: &'static str = "BAD_PAYLOAD";
-    /// The implementation did not answer within the caller's timeout.
-    pub const TIMEOUT: &'static str = "SPI_TIMEOUT";
-    /// No module implements the SPI (or none matched the selector).
-    pub const NOT_IMPLEMENTED: &'static str = "SPI_NOT_IMPLEMENTED";
-    /// The implementation was built against another major version of the SPI's declaration.
-    pub const INCOMPATIBLE: &'static str = "SPI_INCOMPATIBLE";
-    /// The call cannot be made here: not inside a base, or a base too old for it.
-    pub const UNAVAILABLE: &'static str = "SERVICE_UNAVAILABLE";
-
-    /// An error with a code and a message.
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code: code.into(), message: message.into() }
-    }
-
-    /// Whether the callee did not know the method.
-    pub fn is_unknown_method(&self) -> bool {
-        self.code == Self::UNKNOWN_METHOD
-    }
-}
-
-impl fmt::Display for SpiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for SpiError {}
-
-/// Serializes arguments or a result.
-pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, SpiError> {
-    serde_json::to_vec(value).map_err(|e| SpiError::new(SpiError::BAD_PAYLOAD, e.to_string()))
-}
-
-/// Deserializes arguments or a result.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SpiError> {
-    serde_json::from_slice(bytes).map_err(|e| SpiError::new(SpiError::BAD_PAYLOAD, e.to_string()))
-}
-
-/// Deserializes a method's arguments, sent as a JSON array (`[]` for none).
-pub fn decode_args<T: DeserializeOwned>(payload: &[u8]) -> Result<T, SpiError> {
-    match decode(payload) {
-        // No arguments: serde's unit is `null`, callers outside Rust send `[]`.
-        Err(_) if payload.trim_ascii() == b"[]" => decode(b"null"),
-        other => other,
-    }
-}
+/// Modules ask `pedestal.spis` which modules implement an SPI; the base never pushes to it.
+pub(crate) const SERVICE: Service = Service::called_only("pedestal.spis");
 
 /// A boxed future that is `Send`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -179,7 +120,7 @@ impl Transport for HostTransport {
         method: &'static str,
         payload: Vec<u8>,
     ) -> BoxFuture<'_, Result<Vec<u8>, SpiError>> {
-        Box::pin(crate::calls::call(spi, self.version, method, &self.target, &payload))
+        Box::pin(calls::call(spi, self.version, method, &self.target, &payload))
     }
 
     fn target(&self) -> String {
@@ -216,8 +157,7 @@ pub struct Implementor {
 /// version of each module implementing it), in module-name order.
 pub async fn implementations<S: Spi>() -> Result<Vec<(Implementor, Remote<S>)>, SpiError> {
     let query = encode(&(S::NAME, S::VERSION))?;
-    let found: Vec<Implementor> =
-        decode(&crate::calls::call("pedestal.spis", "", "implementors", "", &query).await?)?;
+    let found: Vec<Implementor> = decode(&calls::call(SERVICE.name, "", "implementors", "", &query).await?)?;
     Ok(found.into_iter().map(|i| (i.clone(), implementation::<S>(&i.module))).collect())
 }
 

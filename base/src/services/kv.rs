@@ -65,11 +65,7 @@ impl KvService {
             let key = std::str::from_utf8(payload).map_err(|_| bad("keys are UTF-8 text"))?;
             return encode(&self.store.delete(module, key).map_err(spi_error)?);
         }
-        let length = payload.get(..4).ok_or_else(|| bad("a put starts with the key's length"))?;
-        let length = u32::from_le_bytes(length.try_into().expect("four bytes")) as usize;
-        let key = payload.get(4..4 + length).ok_or_else(|| bad("the key is cut short"))?;
-        let key = std::str::from_utf8(key).map_err(|_| bad("keys are UTF-8 text"))?;
-        let value = &payload[4 + length..];
+        let (key, value) = pedestal_module_api::wire::decode_kv_put(payload)?;
         self.store.put(module, key, value, quota).map_err(spi_error)?;
         encode(&())
     }
