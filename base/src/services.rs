@@ -70,8 +70,11 @@ pub trait Service: Send + Sync + std::fmt::Debug + 'static {
     /// it): the moment to push what it reads at start.
     fn instance_started(&self, _instance: &Instance) {}
 
-    /// An instance was stopped (uninstalled, restarted): the moment to drop what the service
-    /// keeps for it.
+    /// An instance was stopped by an uninstall or a restart: the moment to drop what the
+    /// service keeps for it. Not called when the whole base stops (shutdown, worker restart),
+    /// nor for an instance whose start hook failed after `instance_started`, nor for one that
+    /// ended `broken` or crashed: a service must not rely on it to free what it holds, only to
+    /// free it early (hold per-instance state weakly, as `pedestal.events` does).
     fn instance_stopped(&self, _instance: &Instance) {}
 
     /// The config file was re-read; `changed` names the modules whose configuration values

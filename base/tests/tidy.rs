@@ -110,17 +110,27 @@ fn every_error_code_has_a_row_in_readme_s_error_table() {
         .expect("base/src/error.rs has `pub fn code(&self)`")
         .0;
     codes.extend(quoted_codes(body));
-    // `SpiError`'s constants.
-    let spi = read("module-api/src/spi.rs");
-    codes.extend(
-        spi.lines()
-            .filter(|l| l.trim_start().starts_with("pub const") && l.contains(": &'static str"))
-            .flat_map(quoted_codes),
+    assert!(
+        codes.len() > 40,
+        "found only {} codes in Error::code(): the scan no longer matches",
+        codes.len()
     );
+    // `SpiError`'s constants (in module-api's wire layer).
+    let wire = read("module-api/src/wire.rs");
+    let spi_codes: Vec<String> = wire
+        .lines()
+        .filter(|l| l.trim_start().starts_with("pub const") && l.contains(": &'static str"))
+        .flat_map(quoted_codes)
+        .collect();
+    assert!(
+        spi_codes.len() >= 8,
+        "found only {} SpiError codes in module-api/src/wire.rs: the scan no longer matches",
+        spi_codes.len()
+    );
+    codes.extend(spi_codes);
     // The module side's failures of a request (`fail(host, id, "CODE", ...)`).
     let runtime = read("module-api/src/runtime.rs");
     codes.extend(runtime.lines().filter(|l| l.contains("fail(host, id, \"")).flat_map(quoted_codes));
-    assert!(codes.len() > 40, "found only {} codes: the scan no longer matches the code", codes.len());
 
     let readme = read("README.md");
     let table: Vec<&str> = readme
