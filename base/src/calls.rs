@@ -13,8 +13,8 @@ use pedestal_module_api::{
 };
 
 use crate::{
-    accounting::ModuleMetric,
     instance::{Instance, ModuleId},
+    stats::ModuleMetric,
 };
 
 /// What serves a module's calls to the base. Held by each instance as a `Weak`, set before its

@@ -13,8 +13,9 @@ use serde::Deserialize;
 
 use crate::{
     error::{Error, Result},
-    limits::{LimitOverrides, UnhealthyAction},
+    limits::{LimitDefaults, LimitOverrides, UnhealthyAction},
     logs::LogFormat,
+    settings::RuntimeSettings,
 };
 
 /// Everything the base needs to know to run. Its `Debug` shows neither the token nor the
@@ -302,6 +303,28 @@ impl Default for Config {
 }
 
 impl Config {
+    /// What the runtime needs of this configuration, as a plain value.
+    pub fn runtime(&self) -> RuntimeSettings {
+        RuntimeSettings {
+            start_timeout: self.start_timeout,
+            drain_timeout: self.drain_timeout,
+            stop_timeout: self.stop_timeout,
+            module_log_level: self.module_log_level,
+            request_accounting: self.request_accounting,
+            limits: self.limit_defaults(),
+        }
+    }
+
+    /// The flags' values for the limits neither the API, the config file nor a manifest set.
+    pub fn limit_defaults(&self) -> LimitDefaults {
+        LimitDefaults {
+            request_timeout: self.request_timeout,
+            max_request_body_bytes: self.max_request_body_bytes,
+            unhealthy_action: self.unhealthy_action,
+            unhealthy_grace: self.unhealthy_grace,
+        }
+    }
+
     /// Refuses settings that would be unsafe to run with.
     ///
     /// With the supervisor on, `crash_quarantine_after` must leave the supervisor's crash-loop
@@ -463,7 +486,7 @@ impl Config {
             self.spis.insert(spi, version);
         }
         for (name, section) in file.modules {
-            if !crate::loader::is_valid_name(&name) {
+            if !crate::ids::is_valid_name(&name) {
                 return Err(invalid(format!("{name:?} is not a module name")));
             }
             if let Some(quota) = section.kv_quota_bytes {
@@ -484,6 +507,16 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_limit_defaults_are_the_flags_defaults() {
+        // `limits.rs`'s tests resolve against these values.
+        let defaults = Config::default().limit_defaults();
+        assert_eq!(defaults.request_timeout, Duration::from_secs(30));
+        assert_eq!(defaults.max_request_body_bytes, 16 * 1024 * 1024);
+        assert_eq!(defaults.unhealthy_grace, Duration::from_secs(30));
+        assert_eq!(Config::default().unhealthy_action, UnhealthyAction::None, "off unless asked for");
+    }
 
     #[test]
     fn debug_shows_neither_the_token_nor_module_config_values() {

@@ -676,7 +676,7 @@ pub(crate) fn load_ledger(data_dir: &Path) -> Ledger {
 /// Writes `<data-dir>/crashes.json` atomically.
 pub(crate) fn save_ledger(data_dir: &Path, ledger: &Ledger) -> crate::error::Result<()> {
     let bytes = serde_json::to_vec_pretty(ledger).expect("the ledger serializes");
-    crate::artifact::write_atomically(&ledger_path(data_dir), &bytes, true)
+    crate::private::write_atomically(&ledger_path(data_dir), &bytes, true)
 }
 
 /// Moves a large `crashes.log` whose records were all processed to `crashes.log.old`, so the
@@ -784,7 +784,7 @@ mod tests {
     fn the_range_of_a_loaded_library_holds_its_code() {
         // libc is loaded in every test process; find it through one of its functions.
         let address = libc::write as *const () as usize;
-        let base = crate::loader::object_base(address).expect("libc is a shared object");
+        let base = crate::sys::object_base(address).expect("libc is a shared object");
         let (start, end) = library_range(base).expect("found");
         assert!(start <= address && address < end, "{start:#x}..{end:#x} does not hold {address:#x}");
     }

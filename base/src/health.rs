@@ -8,8 +8,8 @@
 use serde::Serialize;
 
 use crate::{
-    accounting::RecentWindow,
     instance::{HookHealth, ModuleHealth, State},
+    stats::RecentWindow,
 };
 
 /// A module is degraded when this share of its recent requests failed (with at least

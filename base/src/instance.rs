@@ -29,39 +29,25 @@ use semver::Version;
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
 
+pub use crate::ids::ModuleId;
 use crate::{
-    accounting::{
-        CpuTime, Latency, LatencySummary, Metrics, RecentRate, RecentWindow, cpu_by_thread_name, task_ids,
-        task_stat,
-    },
-    artifact::Artifact,
     calls::ModuleCalls,
-    config::Config,
     crash::{self, CrashSlot},
     doorbell::Doorbell,
     error::{Error, Result},
     host,
+    ids::Artifact,
     limits::{Action, Limits},
     loader::{self, Library, Manifest, Unload},
     logs::ModuleLog,
     mailbox::{Cancelled, Mailbox},
+    settings::RuntimeSettings,
+    stats::{
+        CpuTime, Latency, LatencySummary, RecentRate, RecentWindow, RequestMetrics, cpu_by_thread_name,
+        task_ids, task_stat,
+    },
     sync::{EventFd, lock},
 };
-
-/// A module identity: `name@version`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ModuleId {
-    /// The module's name.
-    pub name: String,
-    /// The module's own version.
-    pub version: Version,
-}
-
-impl fmt::Display for ModuleId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.name, self.version)
-    }
-}
 
 /// Where an instance is in its life. See ARCHITECTURE.md for the state machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -257,7 +243,7 @@ pub(crate) struct Shared {
     /// The instance itself, for the module's calls (set right after it is built).
     pub(crate) me: OnceLock<std::sync::Weak<Instance>>,
     /// The metrics the module registered; a handle is an index plus one.
-    pub(crate) module_metrics: Mutex<Vec<crate::accounting::ModuleMetric>>,
+    pub(crate) module_metrics: Mutex<Vec<crate::stats::ModuleMetric>>,
 }
 
 /// The base's messages for one module, by kind. A new kind of message is one field here, plus
@@ -463,8 +449,8 @@ impl Instance {
         artifact: Artifact,
         load_path: PathBuf,
         name: Option<&str>,
-        config: &Config,
-        metrics: &Metrics,
+        config: &RuntimeSettings,
+        metrics: &dyn RequestMetrics,
         log_of: &dyn Fn(&str) -> Arc<ModuleLog>,
         reserve: impl FnOnce(&Arc<Instance>) -> Result<()>,
     ) -> Result<Arc<Instance>> {
@@ -580,7 +566,12 @@ impl Instance {
             leaked: Mutex::new(None),
             in_flight: Arc::new(AtomicUsize::new(0)),
             busy: AtomicBool::new(true),
-            limits: ArcSwap::from_pointee(Limits::resolve(manifest.limits.as_ref(), None, None, config)),
+            limits: ArcSwap::from_pointee(Limits::resolve(
+                manifest.limits.as_ref(),
+                None,
+                None,
+                &config.limits,
+            )),
             over_memory: AtomicBool::new(false),
             memory_limit_crossings: AtomicU64::new(0),
             recent: RecentRate::new(),
@@ -1169,13 +1160,13 @@ impl Instance {
 
     /// Drains, stops and unloads the instance, recording each step. Returns the final state:
     /// `stopped`, or `pinned` with the reason in the history.
-    pub(crate) fn stop(&self, config: &Config, reason: &str) -> State {
+    pub(crate) fn stop(&self, config: &RuntimeSettings, reason: &str) -> State {
         self.stop_draining(config, config.drain_timeout, reason)
     }
 
     /// [`Instance::stop`], waiting at most `drain` for the requests in flight (a restart drains
     /// briefly: the instance it stops is misbehaving).
-    pub(crate) fn stop_draining(&self, config: &Config, drain: Duration, reason: &str) -> State {
+    pub(crate) fn stop_draining(&self, config: &RuntimeSettings, drain: Duration, reason: &str) -> State {
         if self.state() != State::Draining {
             self.transition(State::Draining, reason, "no new requests; waiting for in-flight ones");
         }

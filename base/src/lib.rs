@@ -88,6 +88,7 @@ mod health;
 #[allow(unsafe_code)]
 mod host;
 mod hot_reload;
+mod ids;
 mod instance;
 mod limits;
 #[allow(unsafe_code)]
@@ -101,9 +102,13 @@ mod registry;
 mod routing;
 mod server;
 mod services;
+mod settings;
 pub mod signing;
+mod stats;
 mod supervisor;
 mod sync;
+#[allow(unsafe_code)]
+mod sys;
 #[allow(unsafe_code)]
 mod tls_keys;
 mod traffic;
@@ -116,7 +121,6 @@ use tokio::net::TcpListener;
 use crate::accounting::Port;
 
 pub use crate::{
-    accounting::{CpuTime, LatencySummary},
     admin::{AUDIT_FILE, TOKEN_FILE as ADMIN_TOKEN_FILE},
     artifact::Artifact,
     config::{Config, MIN_ADMIN_TOKEN_LEN, STRONG_ADMIN_TOKEN_LEN},
@@ -135,6 +139,7 @@ pub use crate::{
         module_config::{ConfigService, ModuleConfigs},
         spis::SpisService,
     },
+    stats::{CpuTime, LatencySummary},
     supervisor::{BaseProcess, CRASH_WINDOW, MAX_CRASHES, WORKER_RESTART_EXIT_CODE, base_process, supervise},
     tls_keys::keys_are_reclaimable,
 };

@@ -27,11 +27,11 @@ use semver::Version;
 
 pub(crate) use crate::calls::{OwnedCall, refuse};
 use crate::{
-    accounting::ModuleMetric,
     calls::{ModuleCalls, answer},
     error::Error,
     instance::{Instance, ModuleId, State},
     registry::{Registry, compatible},
+    stats::ModuleMetric,
 };
 
 /// The runtime reaches the base's services through this (see `calls.rs`).

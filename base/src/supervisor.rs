@@ -16,9 +16,6 @@
 //! than [`MAX_CRASHES`] crashes in [`CRASH_WINDOW`]): the supervisor then stops with a message
 //! and a non-zero status.
 
-// Architecture Invariant: the only `unsafe` here adopts the descriptors the supervisor handed
-// over and unsets the hand-over variables while the worker is single-threaded.
-#[allow(unsafe_code)]
 mod listeners;
 
 use std::{

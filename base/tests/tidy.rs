@@ -45,7 +45,7 @@ fn unsafe_lives_only_in_the_abi_glue_and_every_block_has_a_safety_comment() {
         "base/src/host.rs",
         "base/src/tls_keys.rs",
         "base/src/crash.rs",
-        "base/src/supervisor/listeners.rs",
+        "base/src/sys.rs",
         "module-api/src/abi.rs",
         "module-api/src/alloc.rs",
         "module-api/src/runtime.rs",

@@ -19,11 +19,11 @@ use super::{
     params::{NoParams, Params},
 };
 use crate::{
-    accounting::CpuTime,
     crash::Crash,
     health::{self, BaseHealth},
     instance::{HookHealth, Instance, ModuleHealth, Runaway, State as InstanceState},
     registry::Registry,
+    stats::CpuTime,
 };
 
 pub(super) fn routes() -> Routes {

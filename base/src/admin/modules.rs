@@ -25,12 +25,12 @@ use super::{
     parse_version, to_json,
 };
 use crate::{
-    accounting::{CpuTime, cpu_by_thread_name},
     crash::Crash,
     error::{Error, Result},
     instance::{Instance, Runaway, State as InstanceState, Traffic, Transition},
     limits::Limits,
     registry::{Dependents, InstallOptions as Options, Quarantined, Registry, Strategy},
+    stats::{CpuTime, cpu_by_thread_name},
     traffic::{MinRate, read_body_at_min_rate},
 };
 
