@@ -23,7 +23,7 @@ pub(crate) const FILE_MODE: u32 = 0o600;
 const MAX_DEPTH: usize = 3;
 
 /// Creates `dir` and any missing parents with mode `0700`; an existing `dir` is narrowed to it.
-pub(crate) fn create_dir(dir: &Path) -> io::Result<()> {
+pub fn create_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
     narrow(dir, DIR_MODE)
 }
@@ -36,7 +36,7 @@ pub(crate) fn options() -> OpenOptions {
 }
 
 /// Writes `bytes` to a new or truncated `path` with mode `0600`.
-pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let mut file = options().write(true).create(true).truncate(true).open(path)?;
     narrow(path, FILE_MODE)?;
@@ -46,7 +46,7 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Narrows every directory under `root` (and `root`) to `0700` and every regular file to
 /// `0600`; symbolic links are not followed. Errors are logged, not returned: a file the base
 /// cannot narrow is still better served than a base that does not start.
-pub(crate) fn tighten(root: &Path) {
+pub fn tighten(root: &Path) {
     fn walk(dir: &Path, depth: usize) {
         if let Err(e) = narrow(dir, DIR_MODE) {
             tracing::warn!("cannot make {} private: {e}", dir.display());

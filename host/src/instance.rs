@@ -182,11 +182,11 @@ struct Probe {
 
 /// An instance found unhealthy by every background probe for at least its grace period.
 #[derive(Debug, Clone)]
-pub(crate) struct StayedUnhealthy {
+pub struct StayedUnhealthy {
     /// How long, from the first probe that found it unhealthy.
-    pub(crate) for_ms: u64,
+    pub for_ms: u64,
     /// Why, as the last probe saw it.
-    pub(crate) reasons: Vec<String>,
+    pub reasons: Vec<String>,
 }
 
 impl fmt::Debug for Instance {
@@ -638,14 +638,14 @@ impl Instance {
     }
 
     /// Puts an earlier incarnation's history in front of this one's (same identity, reinstalled).
-    pub(crate) fn inherit_history(&self, earlier: Vec<Transition>) {
+    pub fn inherit_history(&self, earlier: Vec<Transition>) {
         let mut history = lock(&self.history);
         let mine = std::mem::replace(&mut *history, earlier);
         history.extend(mine);
     }
 
     /// Records a state change.
-    pub(crate) fn transition(&self, state: State, reason: &str, message: &str) {
+    pub fn transition(&self, state: State, reason: &str, message: &str) {
         tracing::info!(module = %self.id.name, version = %self.id.version, ?state, reason, "{message}");
         lock(&self.history).push(Transition {
             state,
@@ -684,7 +684,7 @@ impl Instance {
     }
 
     /// Reads the heap so the peak stays current (the registry samples every instance).
-    pub(crate) fn sample_heap(&self) {
+    pub fn sample_heap(&self) {
         let _ = self.heap();
     }
 
@@ -715,7 +715,7 @@ impl Instance {
     }
 
     /// Replaces the enforced limits (the next request sees them).
-    pub(crate) fn set_limits(&self, limits: Limits) {
+    pub fn set_limits(&self, limits: Limits) {
         self.limits.store(Arc::new(limits));
         // Re-arm the memory action against the new limit.
         self.over_memory.store(false, Ordering::Relaxed);
@@ -723,7 +723,7 @@ impl Instance {
 
     /// Checks the live heap against the memory soft limit: `Some` once per upward crossing
     /// (re-armed when the heap falls back under the limit).
-    pub(crate) fn check_memory(&self) -> Option<MemoryCrossing> {
+    pub fn check_memory(&self) -> Option<MemoryCrossing> {
         let limits = self.limits.load();
         let limit = limits.memory_soft_limit_bytes?;
         let live = self.heap()?.live_bytes;
@@ -743,12 +743,12 @@ impl Instance {
         self.deactivated.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn set_deactivated(&self, deactivated: bool) {
+    pub fn set_deactivated(&self, deactivated: bool) {
         self.deactivated.store(deactivated, Ordering::Relaxed);
     }
 
     /// Lets the memory action fire again at the next sample (its first firing could not act).
-    pub(crate) fn rearm_memory_limit(&self) {
+    pub fn rearm_memory_limit(&self) {
         self.over_memory.store(false, Ordering::Relaxed);
     }
 
@@ -764,7 +764,7 @@ impl Instance {
 
     /// Requests the module is still running though their caller got `504` long ago: more than
     /// `runaway_after_ms` since they were sent. Returns the newly found ones (and marks them).
-    pub(crate) fn find_runaways(&self) -> Vec<Runaway> {
+    pub fn find_runaways(&self) -> Vec<Runaway> {
         let after = Duration::from_millis(self.limits.load().runaway_after_ms);
         let mut found = Vec::new();
         for request in lock(&self.shared.timed_out).values_mut() {
@@ -827,7 +827,7 @@ impl Instance {
     /// `timeout` as unhealthy (as `/api/v1/health` does). Each finished probe judges the
     /// instance like `/api/v1/health` (hook, recent 5xx rate, runaways, memory). Returns `Some`
     /// once every probe for at least `grace` found it unhealthy, and starts counting again.
-    pub(crate) fn probe_health(
+    pub fn probe_health(
         &self,
         interval: Duration,
         timeout: Duration,
@@ -913,17 +913,17 @@ impl Instance {
     }
 
     /// Claims the identity for an operation; `false` when another operation holds it.
-    pub(crate) fn try_begin_operation(&self) -> bool {
+    pub fn try_begin_operation(&self) -> bool {
         !self.busy.swap(true, Ordering::AcqRel)
     }
 
     /// Ends the operation that holds the identity.
-    pub(crate) fn end_operation(&self) {
+    pub fn end_operation(&self) {
         self.busy.store(false, Ordering::Release);
     }
 
     /// Whether an operation (install, uninstall) holds the identity right now.
-    pub(crate) fn is_busy(&self) -> bool {
+    pub fn is_busy(&self) -> bool {
         self.busy.load(Ordering::Acquire)
     }
 
@@ -1063,7 +1063,7 @@ impl Instance {
 
     /// Whether the base may queue messages of its own (configuration, events) for the module:
     /// built against interface 1.3 or later (older ones do not take them), and not stopping.
-    pub(crate) fn accepts_notifications(&self) -> bool {
+    pub fn accepts_notifications(&self) -> bool {
         self.interface >= Version::new(1, 3, 0)
             && self.state().is_live()
             && !self.shared.stop.load(Ordering::SeqCst)
@@ -1071,7 +1071,7 @@ impl Instance {
 
     /// Queues a message of the base's (`pedestal.config`, `pedestal.events`) for the module,
     /// without waiting for its answer. Returns whether it was queued.
-    pub(crate) fn notify(&self, spi: &'static str, method: &'static str, payload: Vec<u8>) -> bool {
+    pub fn notify(&self, spi: &'static str, method: &'static str, payload: Vec<u8>) -> bool {
         if !self.accepts_notifications() {
             return false;
         }
@@ -1083,7 +1083,7 @@ impl Instance {
     }
 
     /// Queues the answer to the module's call `id` (dropped once the instance stopped).
-    pub(crate) fn complete(&self, id: u64, status: pedestal_module_api::abi::SpiStatus, payload: Vec<u8>) {
+    pub fn complete(&self, id: u64, status: pedestal_module_api::abi::SpiStatus, payload: Vec<u8>) {
         if self.shared.stop.load(Ordering::SeqCst) && !self.state().is_live() {
             return;
         }
@@ -1092,14 +1092,14 @@ impl Instance {
     }
 
     /// Keeps the module's metrics from expiring (see `ModuleMetric::touch`).
-    pub(crate) fn touch_metrics(&self) {
+    pub fn touch_metrics(&self) {
         for metric in lock(&self.shared.module_metrics).iter() {
             metric.touch();
         }
     }
 
     /// Lets the module's calls reach `calls`. Called before the start hook runs.
-    pub(crate) fn attach(&self, calls: Weak<dyn ModuleCalls>) {
+    pub fn attach(&self, calls: Weak<dyn ModuleCalls>) {
         let _ = self.shared.calls.set(calls);
     }
 
@@ -1160,13 +1160,13 @@ impl Instance {
 
     /// Drains, stops and unloads the instance, recording each step. Returns the final state:
     /// `stopped`, or `pinned` with the reason in the history.
-    pub(crate) fn stop(&self, config: &RuntimeSettings, reason: &str) -> State {
+    pub fn stop(&self, config: &RuntimeSettings, reason: &str) -> State {
         self.stop_draining(config, config.drain_timeout, reason)
     }
 
     /// [`Instance::stop`], waiting at most `drain` for the requests in flight (a restart drains
     /// briefly: the instance it stops is misbehaving).
-    pub(crate) fn stop_draining(&self, config: &RuntimeSettings, drain: Duration, reason: &str) -> State {
+    pub fn stop_draining(&self, config: &RuntimeSettings, drain: Duration, reason: &str) -> State {
         if self.state() != State::Draining {
             self.transition(State::Draining, reason, "no new requests; waiting for in-flight ones");
         }
@@ -1322,7 +1322,7 @@ impl Instance {
     /// gone (as [`Instance::teardown`] does) and records `pinned → stopped`. Returns the
     /// instances whose unload finished (their load paths can be reused). The base's limit
     /// watcher calls it about once a second; it does nothing when nothing is stranded.
-    pub(crate) fn finish_stranded_unloads(unload_timeout: Duration) -> Vec<Arc<Instance>> {
+    pub fn finish_stranded_unloads(unload_timeout: Duration) -> Vec<Arc<Instance>> {
         let mut unloaded = Vec::new();
         // Pinned because the instance thread was still running at the stop timeout (a handler
         // that spun or blocked past it): once that thread has returned after all, the unload
@@ -1439,7 +1439,7 @@ fn pin_forever(shared: Arc<Shared>, library: Option<Library>, reason: Pin) {
 /// Every instance that ended `pinned` and was not unloaded since, whether or not the registry
 /// still lists it: after a restart or a reinstall of its identity the registry holds the new
 /// instance only, but the old one's threads may still run (a spinning handler burns a core).
-pub(crate) fn pinned_instances() -> Vec<Arc<Instance>> {
+pub fn pinned_instances() -> Vec<Arc<Instance>> {
     lock(&PINNED).clone()
 }
 
