@@ -18,6 +18,14 @@ use crate::{
     settings::RuntimeSettings,
 };
 
+// The supervisor's crash-loop bound lives here, with the settings validated against it
+// (`crash_quarantine_after` must stay below it), so the config layer needs nothing above it.
+
+/// More crashes than this within [`CRASH_WINDOW`] and the supervisor gives up.
+pub const MAX_CRASHES: usize = 5;
+/// The window [`MAX_CRASHES`] counts in.
+pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
+
 /// Everything the base needs to know to run. Its `Debug` shows neither the token nor the
 /// modules' configuration values (which may hold secrets).
 #[derive(Clone)]
@@ -340,11 +348,11 @@ impl Config {
         if !self.admin_listen.ip().is_loopback() && !has_token {
             return Err(Error::AdminTokenRequired { addr: self.admin_listen.to_string() });
         }
-        let max_after = crate::MAX_CRASHES - 1;
+        let max_after = MAX_CRASHES - 1;
         if self.supervisor && self.crash_quarantine_after as usize > max_after {
             return Err(Error::CrashQuarantineTooLate {
                 after: self.crash_quarantine_after,
-                max_crashes: crate::MAX_CRASHES,
+                max_crashes: MAX_CRASHES,
                 max_after,
             });
         }
@@ -566,8 +574,8 @@ mod tests {
     #[test]
     fn supervised_a_module_crashing_at_every_start_is_quarantined_before_the_crash_loop_rule() {
         check(true, 1, true);
-        check(true, crate::MAX_CRASHES as u32 - 1, true);
-        check(true, crate::MAX_CRASHES as u32, false);
+        check(true, MAX_CRASHES as u32 - 1, true);
+        check(true, MAX_CRASHES as u32, false);
         check(true, 100, false);
         // Report only: allowed, the crash-loop rule then stops the base.
         check(true, 0, true);

@@ -142,7 +142,7 @@ pub struct Services {
 impl Services {
     /// The base's own services: `pedestal.kv`, `pedestal.events`, `pedestal.spis` and
     /// `pedestal.config`, opened under the configured data directory.
-    pub(crate) fn builtin(config: &crate::Config) -> crate::error::Result<Self> {
+    pub(crate) fn builtin(config: &crate::config::Config) -> crate::error::Result<Self> {
         let kv = Arc::new(kv::KvService::open(&config.data_dir.join("kv.redb"))?);
         let events = Arc::new(events::EventsService::default());
         let configs = Arc::new(module_config::ConfigService::new(config));
