@@ -22,6 +22,7 @@ use serde_json::Value;
 use crate::{
     config::Config,
     error::{Error, Result},
+    error_response::{Answer, Refusal},
     registry::Registry,
 };
 
@@ -94,8 +95,8 @@ pub(crate) fn router(registry: Arc<Registry>, door: &FrontDoor, listen: SocketAd
         .merge(spis::routes())
         .merge(health::routes())
         .merge(metrics::routes())
-        .fallback(|| async { Error::NotFound { what: "route".into() } })
-        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .fallback(|| async { Refusal(Error::NotFound { what: "route".into() }) })
+        .method_not_allowed_fallback(|| async { Refusal(Error::MethodNotAllowed) })
         .layer(middleware::from_fn(json_errors::as_json))
         .layer(middleware::from_fn_with_state(Arc::clone(&registry), refuse_changes_until_restored))
         .layer(middleware::from_fn_with_state(gate, gate::guard))
@@ -110,9 +111,9 @@ async fn refuse_changes_until_restored(
     State(registry): State<Arc<Registry>>,
     request: Request,
     next: Next,
-) -> Result<Response> {
+) -> Answer<Response> {
     if request.method() != axum::http::Method::GET && !registry.is_restored() {
-        return Err(Error::NotReady);
+        return Err(Error::NotReady.into());
     }
     Ok(next.run(request).await)
 }

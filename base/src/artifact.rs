@@ -8,12 +8,12 @@
 
 use std::{
     fs,
-    io::Write,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
 };
 
 use crate::error::{Error, Result};
+pub use crate::ids::Artifact;
+pub(crate) use crate::private::write_atomically;
 
 /// Where artifacts live.
 #[derive(Debug)]
@@ -23,25 +23,10 @@ pub struct ArtifactStore {
     copies: PathBuf,
 }
 
-/// One stored artifact.
-#[derive(Debug, Clone)]
-pub struct Artifact {
-    /// Lower-case hex sha256 of the bytes.
-    pub sha256: String,
-    /// Where the bytes are stored.
-    pub path: PathBuf,
-    /// Size in bytes.
-    pub size: u64,
-    /// The id of the trusted key whose signature of it the base verified (`--trusted-keys`).
-    pub signed_by: Option<String>,
-}
-
 /// Whether `text` is a lower-case hex sha256, as artifacts are named.
 pub(crate) fn is_sha256(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl ArtifactStore {
     /// Opens (creating if needed) the store under `data_dir`.
@@ -131,7 +116,7 @@ impl ArtifactStore {
     /// A fresh private copy of `artifact` for one instance, used when the artifact's own path is
     /// still mapped by another instance (`dlopen` would hand back that instance's library).
     pub fn private_copy(&self, artifact: &Artifact) -> Result<PathBuf> {
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let n = crate::private::temp_number();
         let path = self.copies.join(format!("{}-{}-{n}.so", artifact.sha256, std::process::id()));
         let bytes =
             fs::read(&artifact.path).map_err(Error::io(format!("reading {}", artifact.path.display())))?;
@@ -153,29 +138,4 @@ impl ArtifactStore {
             let _ = fs::remove_file(path);
         }
     }
-}
-
-/// Writes `bytes` to `path` so that a reader never sees part of them: temporary file, rename.
-/// `durable` adds `fsync`s (of the file before the rename, of the directory after), so after a
-/// crash of the machine too `path` holds either nothing or all of the bytes.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = path.parent().expect("artifact paths have a parent");
-    let temp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut file = crate::private::options().write(true).create_new(true).open(&temp)?;
-        file.write_all(bytes)?;
-        if durable {
-            file.sync_all()?;
-        }
-        fs::rename(&temp, path)?;
-        if durable {
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&temp);
-        Error::Io { context: format!("storing {}", path.display()), source: e }
-    })
 }

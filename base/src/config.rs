@@ -13,9 +13,18 @@ use serde::Deserialize;
 
 use crate::{
     error::{Error, Result},
-    limits::{LimitOverrides, UnhealthyAction},
+    limits::{LimitDefaults, LimitOverrides, UnhealthyAction},
     logs::LogFormat,
+    settings::RuntimeSettings,
 };
+
+// The supervisor's crash-loop bound lives here, with the settings validated against it
+// (`crash_quarantine_after` must stay below it), so the config layer needs nothing above it.
+
+/// More crashes than this within [`CRASH_WINDOW`] and the supervisor gives up.
+pub const MAX_CRASHES: usize = 5;
+/// The window [`MAX_CRASHES`] counts in.
+pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
 
 /// Everything the base needs to know to run. Its `Debug` shows neither the token nor the
 /// modules' configuration values (which may hold secrets).
@@ -302,6 +311,28 @@ impl Default for Config {
 }
 
 impl Config {
+    /// What the runtime needs of this configuration, as a plain value.
+    pub fn runtime(&self) -> RuntimeSettings {
+        RuntimeSettings {
+            start_timeout: self.start_timeout,
+            drain_timeout: self.drain_timeout,
+            stop_timeout: self.stop_timeout,
+            module_log_level: self.module_log_level,
+            request_accounting: self.request_accounting,
+            limits: self.limit_defaults(),
+        }
+    }
+
+    /// The flags' values for the limits neither the API, the config file nor a manifest set.
+    pub fn limit_defaults(&self) -> LimitDefaults {
+        LimitDefaults {
+            request_timeout: self.request_timeout,
+            max_request_body_bytes: self.max_request_body_bytes,
+            unhealthy_action: self.unhealthy_action,
+            unhealthy_grace: self.unhealthy_grace,
+        }
+    }
+
     /// Refuses settings that would be unsafe to run with.
     ///
     /// With the supervisor on, `crash_quarantine_after` must leave the supervisor's crash-loop
@@ -317,11 +348,11 @@ impl Config {
         if !self.admin_listen.ip().is_loopback() && !has_token {
             return Err(Error::AdminTokenRequired { addr: self.admin_listen.to_string() });
         }
-        let max_after = crate::MAX_CRASHES - 1;
+        let max_after = MAX_CRASHES - 1;
         if self.supervisor && self.crash_quarantine_after as usize > max_after {
             return Err(Error::CrashQuarantineTooLate {
                 after: self.crash_quarantine_after,
-                max_crashes: crate::MAX_CRASHES,
+                max_crashes: MAX_CRASHES,
                 max_after,
             });
         }
@@ -463,7 +494,7 @@ impl Config {
             self.spis.insert(spi, version);
         }
         for (name, section) in file.modules {
-            if !crate::loader::is_valid_name(&name) {
+            if !crate::ids::is_valid_name(&name) {
                 return Err(invalid(format!("{name:?} is not a module name")));
             }
             if let Some(quota) = section.kv_quota_bytes {
@@ -484,6 +515,16 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_limit_defaults_are_the_flags_defaults() {
+        // `limits.rs`'s tests resolve against these values.
+        let defaults = Config::default().limit_defaults();
+        assert_eq!(defaults.request_timeout, Duration::from_secs(30));
+        assert_eq!(defaults.max_request_body_bytes, 16 * 1024 * 1024);
+        assert_eq!(defaults.unhealthy_grace, Duration::from_secs(30));
+        assert_eq!(Config::default().unhealthy_action, UnhealthyAction::None, "off unless asked for");
+    }
 
     #[test]
     fn debug_shows_neither_the_token_nor_module_config_values() {
@@ -533,8 +574,8 @@ mod tests {
     #[test]
     fn supervised_a_module_crashing_at_every_start_is_quarantined_before_the_crash_loop_rule() {
         check(true, 1, true);
-        check(true, crate::MAX_CRASHES as u32 - 1, true);
-        check(true, crate::MAX_CRASHES as u32, false);
+        check(true, MAX_CRASHES as u32 - 1, true);
+        check(true, MAX_CRASHES as u32, false);
         check(true, 100, false);
         // Report only: allowed, the crash-loop rule then stops the base.
         check(true, 0, true);

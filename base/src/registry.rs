@@ -356,7 +356,7 @@ impl Registry {
             instance.declared_limits.as_ref(),
             self.config.module_limits.get(name),
             api.as_ref(),
-            &self.config,
+            &self.config.limit_defaults(),
         )
     }
 

@@ -574,11 +574,12 @@ fn json_answer_for(head: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let error = match status_line.get(9..13)? {
-        b"431 " => {
-            crate::Error::RequestHeadTooLarge { max_headers: MAX_HEADERS, max_head_bytes: MAX_HEAD_BYTES }
-        }
-        b"414 " => crate::Error::UriTooLong,
-        b"400 " => crate::Error::MalformedRequest,
+        b"431 " => crate::error::Error::RequestHeadTooLarge {
+            max_headers: MAX_HEADERS,
+            max_head_bytes: MAX_HEAD_BYTES,
+        },
+        b"414 " => crate::error::Error::UriTooLong,
+        b"400 " => crate::error::Error::MalformedRequest,
         _ => return None,
     };
     let body = error.to_json().to_string();

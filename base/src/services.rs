@@ -27,11 +27,11 @@ use semver::Version;
 
 pub(crate) use crate::calls::{OwnedCall, refuse};
 use crate::{
-    accounting::ModuleMetric,
     calls::{ModuleCalls, answer},
     error::Error,
     instance::{Instance, ModuleId, State},
     registry::{Registry, compatible},
+    stats::ModuleMetric,
 };
 
 /// The runtime reaches the base's services through this (see `calls.rs`).
@@ -145,7 +145,7 @@ pub struct Services {
 impl Services {
     /// The base's own services: `pedestal.kv`, `pedestal.events`, `pedestal.spis` and
     /// `pedestal.config`, opened under the configured data directory.
-    pub(crate) fn builtin(config: &crate::Config) -> crate::error::Result<Self> {
+    pub(crate) fn builtin(config: &crate::config::Config) -> crate::error::Result<Self> {
         let kv = Arc::new(kv::KvService::open(&config.data_dir.join("kv.redb"))?);
         let events = Arc::new(events::EventsService::default());
         let configs = Arc::new(module_config::ConfigService::new(config));

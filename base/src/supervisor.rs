@@ -16,9 +16,6 @@
 //! than [`MAX_CRASHES`] crashes in [`CRASH_WINDOW`]): the supervisor then stops with a message
 //! and a non-zero status.
 
-// Architecture Invariant: the only `unsafe` here adopts the descriptors the supervisor handed
-// over and unsets the hand-over variables while the worker is single-threaded.
-#[allow(unsafe_code)]
 mod listeners;
 
 use std::{
@@ -43,17 +40,13 @@ use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
 
 use crate::config::Config;
+pub use crate::config::{CRASH_WINDOW, MAX_CRASHES};
 
 pub(crate) use listeners::take as inherited_listeners;
 
 /// The exit status with which a worker asks its supervisor for an immediate replacement (after
 /// stopping its modules, keeping the recorded state): `EX_TEMPFAIL`.
 pub const WORKER_RESTART_EXIT_CODE: i32 = 75;
-
-/// More crashes than this within [`CRASH_WINDOW`] and the supervisor gives up.
-pub const MAX_CRASHES: usize = 5;
-/// The window [`MAX_CRASHES`] counts in.
-pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
 
 /// At most this many worker restarts asked for by the memory limits in [`ESCALATION_WINDOW`]:
 /// beyond that the next worker is told not to ask again, so a module that leaks at every start

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::{
     error::{Error, Result},
+    error_response::Refusal,
     instance::ModuleId,
     registry::Registry,
     routing::VERSION_HEADER,
@@ -29,7 +30,7 @@ pub fn router(registry: Arc<Registry>, native: Router) -> Router {
 async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Response {
     match forward(&registry, request).await {
         Ok(response) => response,
-        Err(e) => e.into_response(),
+        Err(e) => Refusal(e).into_response(),
     }
 }
 

@@ -17,10 +17,7 @@ use super::{
     params::{NoParams, Params},
     parse_version, to_json,
 };
-use crate::{
-    error::{Error, Result},
-    registry::Registry,
-};
+use crate::{error::Error, error_response::Answer, registry::Registry};
 
 pub(super) fn routes() -> Routes {
     Routes::new()
@@ -34,7 +31,7 @@ async fn retry(
     _: Params<NoParams>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Response> {
+) -> Answer<Response> {
     let version = parse_version(&version)?;
     let target = format!("{name}@{version}");
     // A new signature of the quarantined artifact, say by the key that replaced its signer's.
@@ -61,9 +58,11 @@ async fn retry_artifact(
     State(registry): State<Arc<Registry>>,
     Path(sha256): Path<String>,
     Params(options): Params<ArtifactRetry>,
-) -> Result<Response> {
+) -> Answer<Response> {
     if sha256.len() != 64 || !sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(Error::BadRequest { message: format!("{sha256:?} is not a lower-case hex sha256") });
+        return Err(
+            Error::BadRequest { message: format!("{sha256:?} is not a lower-case hex sha256") }.into()
+        );
     }
     let target = format!("artifact {sha256}");
     run_operation(&registry, "retry", &target, false, StatusCode::OK, move |registry| {

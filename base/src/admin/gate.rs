@@ -21,7 +21,10 @@ use axum::{
 use subtle::ConstantTimeEq;
 
 use super::token::AdminToken;
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    error_response::Refusal,
+};
 
 /// The largest total of header fields (names, values, separators) the operations API reads.
 /// Below hyper's own read buffer (about 400 KiB), so an oversized request meets this JSON
@@ -67,7 +70,7 @@ pub(crate) async fn guard(State(gate): State<Arc<Gate>>, request: Request, next:
         }
         // Logged by the audit layer (rate-limited: a flood of refusals must not flood the log).
         Err(refusal) => {
-            let mut response = axum::response::IntoResponse::into_response(refusal);
+            let mut response = axum::response::IntoResponse::into_response(Refusal(refusal));
             response.extensions_mut().insert(identity);
             response
         }

@@ -19,11 +19,11 @@ use super::{
     params::{NoParams, Params},
 };
 use crate::{
-    accounting::CpuTime,
     crash::Crash,
     health::{self, BaseHealth},
     instance::{HookHealth, Instance, ModuleHealth, Runaway, State as InstanceState},
     registry::Registry,
+    stats::CpuTime,
 };
 
 pub(super) fn routes() -> Routes {
@@ -241,7 +241,7 @@ async fn health(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> J
     answer(&BaseHealthView {
         status: health::verdict(modules.iter().map(|m| m.status), problems.len()),
         interface_version: pedestal_module_api::abi::INTERFACE_VERSION,
-        tls_keys_reclaimable: crate::keys_are_reclaimable(),
+        tls_keys_reclaimable: crate::tls_keys::keys_are_reclaimable(),
         counts,
         ready: registry.is_ready(),
         modules,

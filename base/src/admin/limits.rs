@@ -18,7 +18,8 @@ use super::{
     params::{NoParams, Params},
 };
 use crate::{
-    error::{Error, Result},
+    error::Error,
+    error_response::Answer,
     instance::Instance,
     limits::{LimitOverrides, Limits},
     registry::Registry,
@@ -64,7 +65,7 @@ async fn get_limits(
     State(registry): State<Arc<Registry>>,
     _: Params<NoParams>,
     Path(name): Path<String>,
-) -> Result<Json<Value>> {
+) -> Answer<Json<Value>> {
     let (instances, _) = registry.module(&name)?;
     Ok(limits_view(&name, registry.limit_overrides(&name), &instances))
 }
@@ -78,7 +79,7 @@ async fn set_limits(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<Value>> {
+) -> Answer<Json<Value>> {
     require_json(&headers, &body)?;
     let overrides: LimitOverrides = serde_json::from_slice(&body).map_err(|e| Error::BadRequest {
         message: format!(

@@ -17,7 +17,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{Routes, answer, params::Params};
 use crate::{
-    error::{Error, Result},
+    error::Error,
+    error_response::Answer,
     logs::{LogLine, RECENT_LINES, parse_level},
     registry::Registry,
 };
@@ -53,7 +54,7 @@ async fn module_logs(
     State(registry): State<Arc<Registry>>,
     Path(name): Path<String>,
     Params(query): Params<LogQuery>,
-) -> Result<Response> {
+) -> Answer<Response> {
     let log =
         registry.existing_log(&name).ok_or_else(|| Error::NotFound { what: format!("module {name}") })?;
     let min = match query.level.as_deref() {

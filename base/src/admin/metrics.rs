@@ -13,10 +13,7 @@ use super::{
     Routes,
     params::{NoParams, Params},
 };
-use crate::{
-    error::{Error, Result},
-    registry::Registry,
-};
+use crate::{error::Error, error_response::Answer, registry::Registry};
 
 pub(super) fn routes() -> Routes {
     Routes::new().route("/metrics", get(metrics))
@@ -24,7 +21,7 @@ pub(super) fn routes() -> Routes {
 
 /// `GET /metrics`: every series in Prometheus' text format, rendered on a blocking thread
 /// because it walks every module and instance.
-async fn metrics(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Result<Response> {
+async fn metrics(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Answer<Response> {
     let text = tokio::task::spawn_blocking(move || registry.render_metrics())
         .await
         .map_err(|e| Error::Io { context: "metrics task".into(), source: std::io::Error::other(e) })?;

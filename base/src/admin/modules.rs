@@ -25,12 +25,13 @@ use super::{
     parse_version, to_json,
 };
 use crate::{
-    accounting::{CpuTime, cpu_by_thread_name},
     crash::Crash,
-    error::{Error, Result},
+    error::Error,
+    error_response::Answer,
     instance::{Instance, Runaway, State as InstanceState, Traffic, Transition},
     limits::Limits,
     registry::{Dependents, InstallOptions as Options, Quarantined, Registry, Strategy},
+    stats::{CpuTime, cpu_by_thread_name},
     traffic::{MinRate, read_body_at_min_rate},
 };
 
@@ -162,7 +163,7 @@ async fn describe(
     State(registry): State<Arc<Registry>>,
     _: Params<NoParams>,
     Path(name): Path<String>,
-) -> Result<Json<Value>> {
+) -> Answer<Json<Value>> {
     let quarantined: Vec<_> = registry
         .quarantined()
         .into_iter()
@@ -206,7 +207,7 @@ async fn uninstall(
     State(registry): State<Arc<Registry>>,
     Path((name, version)): Path<(String, String)>,
     Params(options): Params<UninstallOptions>,
-) -> Result<Response> {
+) -> Answer<Response> {
     let version = parse_version(&version)?;
     let target = format!("{name}@{version}");
     let dependents = if options.force { Dependents::Abandon } else { Dependents::Protect };
@@ -287,7 +288,7 @@ async fn install(
     Params(options): Params<InstallOptions>,
     headers: HeaderMap,
     request: Request,
-) -> Result<Response> {
+) -> Answer<Response> {
     // Explicitly typed: a body without a type (a browser's `fetch` of a blob sends none, and
     // needs no preflight for it) is never taken for a module.
     let is_json = match gate::media_type(&headers).as_deref() {
@@ -297,7 +298,7 @@ async fn install(
             return Err(Error::UnsupportedMediaType {
                 found: found.unwrap_or_default().to_owned(),
                 expected: "application/octet-stream (the module's bytes) or application/json ({\"path\": ...})",
-            });
+            }.into());
         }
     };
     let client = gate::display_client(gate::client_of(&request));
@@ -310,7 +311,7 @@ async fn install(
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(size) = declared.filter(|size| *size > limit) {
-        return Err(Error::PayloadTooLarge { size, limit });
+        return Err(Error::PayloadTooLarge { size, limit }.into());
     }
     let body =
         read_body_at_min_rate(request.into_body(), if is_json { 64 * 1024 } else { limit }, UPLOAD_RATE)

@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::{Routes, answer, audit, params::NoParams, params::Params};
 use crate::{
     error::{Error, Result},
+    error_response::Answer,
     operations::Operation,
     registry::Registry,
 };
@@ -41,7 +42,7 @@ pub(super) async fn run_operation(
     run_async: bool,
     ok: StatusCode,
     work: impl FnOnce(&Registry) -> Result<Value> + Send + 'static,
-) -> Result<Response> {
+) -> Answer<Response> {
     let running = Arc::clone(registry);
     if run_async {
         let id = registry.operations.begin(kind, target);
@@ -74,6 +75,11 @@ async fn operation(
     State(registry): State<Arc<Registry>>,
     _: Params<NoParams>,
     Path(id): Path<u64>,
-) -> Result<Json<Operation>> {
-    registry.operations.get(id).map(Json).ok_or_else(|| Error::NotFound { what: format!("operation {id}") })
+) -> Answer<Json<Operation>> {
+    registry
+        .operations
+        .get(id)
+        .map(Json)
+        .ok_or_else(|| Error::NotFound { what: format!("operation {id}") })
+        .map_err(Into::into)
 }

@@ -8,7 +8,10 @@ use serde::{
     forward_to_deserialize_any,
 };
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    error_response::{Answer, Refusal},
+};
 
 /// A route's query parameters (a struct deriving `Deserialize`): refuses parameters the struct
 /// does not name, so a misspelt or unsupported option (`?sha256=` where nothing checks it)
@@ -20,10 +23,10 @@ pub(crate) struct Params<T>(pub T);
 pub(crate) struct NoParams {}
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
-    type Rejection = Error;
+    type Rejection = Refusal;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self> {
-        parse(parts.uri.query().unwrap_or("")).map(Params)
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Answer<Self> {
+        parse(parts.uri.query().unwrap_or("")).map(Params).map_err(Refusal)
     }
 }
 

@@ -17,11 +17,7 @@ use super::{
     gate::require_json,
     params::{NoParams, Params},
 };
-use crate::{
-    error::{Error, Result},
-    registry::Registry,
-    services::kv::Usage,
-};
+use crate::{error::Error, error_response::Answer, registry::Registry, services::kv::Usage};
 
 pub(super) fn routes() -> Routes {
     Routes::new()
@@ -69,7 +65,7 @@ async fn module_kv(
     State(registry): State<Arc<Registry>>,
     _: Params<NoParams>,
     Path(name): Path<String>,
-) -> Result<Json<Value>> {
+) -> Answer<Json<Value>> {
     let usage = registry.kv().usage(&name, registry.kv_quota(&name))?;
     Ok(answer(&KvView { module: &name, usage }))
 }
@@ -83,7 +79,7 @@ struct Reloaded {
 
 /// `POST /api/v1/config/reload`: re-reads the config file now (it is also watched) and hands
 /// the modules whose values changed their new values.
-async fn reload_config(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Result<Json<Value>> {
+async fn reload_config(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Answer<Json<Value>> {
     let changed = tokio::task::spawn_blocking(move || registry.reload_config())
         .await
         .map_err(|e| Error::BadRequest { message: e.to_string() })??;
@@ -122,7 +118,7 @@ async fn publish_event(
     Path(topic): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<Value>> {
+) -> Answer<Json<Value>> {
     require_json(&headers, &body)?;
     crate::services::events::check_topic(&topic).map_err(|message| Error::BadRequest { message })?;
     let data: Value = serde_json::from_slice(&body)

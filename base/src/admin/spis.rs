@@ -18,11 +18,7 @@ use super::{
     gate::require_json,
     params::{NoParams, Params},
 };
-use crate::{
-    error::{Error, Result},
-    instance::State as InstanceState,
-    registry::Registry,
-};
+use crate::{error::Error, error_response::Answer, instance::State as InstanceState, registry::Registry};
 
 pub(super) fn routes() -> Routes {
     Routes::new().route("/api/v1/spis", get(list_spis)).route("/api/v1/spis/{spi}/{method}", post(call_spi))
@@ -114,7 +110,7 @@ async fn call_spi(
     Params(target): Params<SpiTarget>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<Value>> {
+) -> Answer<Json<Value>> {
     require_json(&headers, &body)?;
     let payload = if body.is_empty() { b"[]".to_vec() } else { body.to_vec() };
     let mut targets = registry.implementors(&spi);
@@ -128,7 +124,8 @@ async fn call_spi(
                 "no running module implements {spi}{}",
                 target.module.map(|m| format!(" as {m}")).unwrap_or_default()
             ),
-        )));
+        ))
+        .into());
     }
     let calls = targets.iter().map(|instance| {
         let (spi, method, payload) = (spi.clone(), method.clone(), payload.clone());

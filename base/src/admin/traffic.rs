@@ -22,6 +22,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
+    error_response::Answer,
     registry::Registry,
 };
 
@@ -58,7 +59,7 @@ async fn switch(
     Params(options): Params<AsyncOption>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Response> {
+) -> Answer<Response> {
     require_json(&headers, &body)?;
     let SwitchTo { version } = serde_json::from_slice(&body)
         .map_err(|e| Error::BadRequest { message: format!("expected {{\"version\": \"...\"}}: {e}") })?;
@@ -96,7 +97,7 @@ async fn set_traffic(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<Value>> {
+) -> Answer<Json<Value>> {
     require_json(&headers, &body)?;
     let weights: BTreeMap<String, u32> = serde_json::from_slice(&body).map_err(|e| Error::BadRequest {
         message: format!("expected {{\"<version>\": <weight>, ...}}: {e}"),
@@ -116,7 +117,7 @@ async fn get_traffic(
     State(registry): State<Arc<Registry>>,
     _: Params<NoParams>,
     Path(name): Path<String>,
-) -> Result<Json<Value>> {
+) -> Answer<Json<Value>> {
     registry.module(&name)?;
     Ok(traffic_view(&registry, &name))
 }

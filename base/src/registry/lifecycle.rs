@@ -91,7 +91,7 @@ impl Registry {
         if bytes.is_empty() {
             return Err(Error::EmptyUpload);
         }
-        if let Some(name) = name.filter(|n| !loader::is_valid_name(n)) {
+        if let Some(name) = name.filter(|n| !crate::ids::is_valid_name(n)) {
             return Err(Error::BadRequest {
                 message: format!("{name:?} is not a module name (letters, digits, '-' and '_', at most 64)"),
             });
@@ -185,7 +185,7 @@ impl Registry {
             artifact,
             load_path.clone(),
             name,
-            &self.config,
+            &self.config.runtime(),
             &self.metrics,
             &|name| self.log(name),
             |instance| {
@@ -450,7 +450,7 @@ impl Registry {
             instance.transition(State::Draining, "uninstall", "no new requests; waiting for in-flight ones");
             self.publish(&modules);
         }
-        instance.stop(&self.config, "uninstall");
+        instance.stop(&self.config.runtime(), "uninstall");
         self.services().instance_stopped(&instance);
         if !instance.is_mapped() {
             self.release_load_path(&instance.load_path);
@@ -483,7 +483,7 @@ impl Registry {
                 scope.spawn(move || {
                     if instance.try_begin_operation() {
                         if instance.state().is_live() {
-                            instance.stop_draining(&self.config, drain, "shutdown");
+                            instance.stop_draining(&self.config.runtime(), drain, "shutdown");
                         } else {
                             instance.end_operation();
                         }
@@ -617,7 +617,7 @@ impl Registry {
         // A brief drain: the instance is misbehaving (it may still be allocating past its
         // limit), and every moment spent waiting is a moment of 503s for the module.
         lock(&self.restarting).insert(instance.id.name.clone(), reason.to_owned());
-        instance.stop_draining(&self.config, self.config.restart_drain_timeout, reason);
+        instance.stop_draining(&self.config.runtime(), self.config.restart_drain_timeout, reason);
         self.services().instance_stopped(instance);
         if !instance.is_mapped() {
             self.release_load_path(&instance.load_path);

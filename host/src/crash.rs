@@ -40,9 +40,9 @@ use std::{
 };
 
 pub use policy::{Crash, Ledger};
-pub(crate) use policy::{Policy, Verdict};
+pub use policy::{Policy, Verdict};
 pub use record::CrashRecord;
-pub(crate) use record::now_ms;
+pub use record::now_ms;
 
 use record::{Access, By, Line, RawCrash};
 
@@ -231,7 +231,7 @@ impl CrashSlot {
 }
 
 /// Slots in use (live and pinned instances) and the table's capacity.
-pub(crate) fn slots_in_use() -> (usize, usize) {
+pub fn slots_in_use() -> (usize, usize) {
     (TABLE.iter().filter(|slot| slot.instance.load(Ordering::Relaxed) != 0).count(), SLOTS)
 }
 
@@ -302,7 +302,7 @@ static PREVIOUS: [OnceLock<libc::sigaction>; SIGNALS.len()] = [const { OnceLock:
 /// Installs the crash handler (once per process) and opens `<data_dir>/crashes.log` for it
 /// (again, when called with another data directory: the newest one gets the records). Rotates
 /// the file first when it is large and every record in it has been processed.
-pub(crate) fn install(data_dir: &Path) -> io::Result<()> {
+pub fn install(data_dir: &Path) -> io::Result<()> {
     rotate_if_processed(data_dir);
     let file = OpenOptions::new()
         .append(true)
@@ -625,7 +625,7 @@ impl Drop for AlternateStack {
 
 /// Records appended to `crashes.log` since the ledger's offset, and the offset after them.
 /// Only complete lines are consumed; a rotated file (another inode) is read from its start.
-pub(crate) fn read_new(data_dir: &Path, ledger: &Ledger) -> (Vec<CrashRecord>, u64, u64) {
+pub fn read_new(data_dir: &Path, ledger: &Ledger) -> (Vec<CrashRecord>, u64, u64) {
     let path = data_dir.join(LOG_FILE);
     let Ok(bytes) = fs::read(&path) else { return (Vec::new(), 0, 0) };
     let inode = fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
@@ -669,14 +669,14 @@ fn ledger_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Reads `<data-dir>/crashes.json` (empty when missing or unreadable).
-pub(crate) fn load_ledger(data_dir: &Path) -> Ledger {
+pub fn load_ledger(data_dir: &Path) -> Ledger {
     fs::read(ledger_path(data_dir)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
 /// Writes `<data-dir>/crashes.json` atomically.
-pub(crate) fn save_ledger(data_dir: &Path, ledger: &Ledger) -> crate::error::Result<()> {
+pub fn save_ledger(data_dir: &Path, ledger: &Ledger) -> crate::error::Result<()> {
     let bytes = serde_json::to_vec_pretty(ledger).expect("the ledger serializes");
-    crate::artifact::write_atomically(&ledger_path(data_dir), &bytes, true)
+    crate::private::write_atomically(&ledger_path(data_dir), &bytes, true)
 }
 
 /// Moves a large `crashes.log` whose records were all processed to `crashes.log.old`, so the
@@ -784,7 +784,7 @@ mod tests {
     fn the_range_of_a_loaded_library_holds_its_code() {
         // libc is loaded in every test process; find it through one of its functions.
         let address = libc::write as *const () as usize;
-        let base = crate::loader::object_base(address).expect("libc is a shared object");
+        let base = crate::sys::object_base(address).expect("libc is a shared object");
         let (start, end) = library_range(base).expect("found");
         assert!(start <= address && address < end, "{start:#x}..{end:#x} does not hold {address:#x}");
     }

@@ -401,7 +401,7 @@ pub(crate) fn rfc3339(ms: u64) -> String {
 }
 
 /// Now, in unix milliseconds.
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 

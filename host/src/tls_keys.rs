@@ -24,7 +24,7 @@ use std::{
     sync::{Mutex, OnceLock, PoisonError},
 };
 
-use crate::loader::object_base;
+use crate::sys::object_base;
 
 type Destructor = Option<unsafe extern "C" fn(*mut c_void)>;
 

@@ -8,8 +8,8 @@
 use serde::Serialize;
 
 use crate::{
-    accounting::RecentWindow,
     instance::{HookHealth, ModuleHealth, State},
+    stats::RecentWindow,
 };
 
 /// A module is degraded when this share of its recent requests failed (with at least
@@ -20,7 +20,7 @@ pub(crate) const MIN_REQUESTS_FOR_RATE: u64 = 10;
 
 /// What the base knows about an instance's health at one moment.
 #[derive(Debug, Clone)]
-pub(crate) struct Signals<'a> {
+pub struct Signals<'a> {
     /// What its health hook answered (or that it did not).
     pub hook: &'a HookHealth,
     /// Its requests and 5xx answers of the recent window.
@@ -32,7 +32,7 @@ pub(crate) struct Signals<'a> {
 }
 
 /// The instance's health and, when it is not healthy, why (one reason per signal).
-pub(crate) fn assess(signals: &Signals<'_>) -> (ModuleHealth, Vec<String>) {
+pub fn assess(signals: &Signals<'_>) -> (ModuleHealth, Vec<String>) {
     let mut status = ModuleHealth::Healthy;
     let mut reasons = Vec::new();
     let mut worsen = |to: ModuleHealth, reason: String| {
@@ -76,19 +76,19 @@ pub(crate) fn assess(signals: &Signals<'_>) -> (ModuleHealth, Vec<String>) {
 }
 
 /// Whether an instance in `state` is running, so its health is probed (hook, rates).
-pub(crate) fn is_probed(state: State) -> bool {
+pub fn is_probed(state: State) -> bool {
     matches!(state, State::Active | State::Inactive)
 }
 
 /// Whether an instance in `state` needs an operator: it is listed among the base's problems.
-pub(crate) fn needs_operator(state: State) -> bool {
+pub fn needs_operator(state: State) -> bool {
     matches!(state, State::Broken | State::Pinned)
 }
 
 /// The base's health as `GET /api/v1/health` states it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum BaseHealth {
+pub enum BaseHealth {
     /// Every running instance is healthy and nothing needs an operator.
     Ok,
     /// Some instance is degraded or unhealthy, or something needs an operator (a broken or pinned
@@ -98,7 +98,7 @@ pub(crate) enum BaseHealth {
 
 /// The base's verdict from each running instance's health and the number of problems (instances
 /// and artifacts that need an operator).
-pub(crate) fn verdict(running: impl IntoIterator<Item = ModuleHealth>, problems: usize) -> BaseHealth {
+pub fn verdict(running: impl IntoIterator<Item = ModuleHealth>, problems: usize) -> BaseHealth {
     let all_healthy = running.into_iter().all(|health| health == ModuleHealth::Healthy);
     if all_healthy && problems == 0 { BaseHealth::Ok } else { BaseHealth::Degraded }
 }

@@ -68,12 +68,6 @@ impl std::fmt::Debug for Library {
     }
 }
 
-/// Whether `name` can name a module (and its mount point `/<name>/`).
-pub fn is_valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// The base's interface version.
 pub fn base_interface() -> Version {
     Version::parse(INTERFACE_VERSION).expect("the crate version is semver")
@@ -116,7 +110,7 @@ pub fn open(path: &Path) -> Result<(Library, Manifest)> {
         .map_err(|e| Error::LoadFailed { path: path.to_owned(), message: e.to_string() })?;
 
     let name = root.name().as_str().to_owned();
-    if !is_valid_name(&name) {
+    if !crate::ids::is_valid_name(&name) {
         return Err(Error::NotAModule { reason: format!("invalid module name {name:?}") });
     }
     let version = Version::parse(root.version().as_str()).map_err(|e| Error::NotAModule {
@@ -172,7 +166,7 @@ impl Library {
 
     /// The library's load address.
     pub fn load_base(&self) -> usize {
-        object_base(std::ptr::from_ref(self.root.heap()) as usize)
+        crate::sys::object_base(std::ptr::from_ref(self.root.heap()) as usize)
             .expect("the heap counters are in the library")
     }
 
@@ -307,15 +301,3 @@ pub fn mark_wedged(path: &Path) {
 }
 
 static WEDGED: Mutex<Option<PathBuf>> = Mutex::new(None);
-
-/// The load address of the shared object containing `address`, if any.
-pub fn object_base(address: usize) -> Option<usize> {
-    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::uninit();
-    // SAFETY: `dladdr` only inspects the address and writes `info` on success.
-    let found = unsafe { libc::dladdr(address as *const libc::c_void, info.as_mut_ptr()) };
-    if found == 0 {
-        return None;
-    }
-    // SAFETY: `dladdr` returned non-zero, so it initialised `info`.
-    Some(unsafe { info.assume_init() }.dli_fbase as usize)
-}

@@ -14,7 +14,7 @@ pub(crate) use std::sync::{
 
 /// Locks a mutex, ignoring poisoning: every critical section in the base leaves its data
 /// consistent, so a panic while holding a lock never leaves it half-written.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

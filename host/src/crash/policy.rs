@@ -13,11 +13,11 @@ use super::record::CrashRecord;
 
 /// When crashes quarantine a module.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Policy {
+pub struct Policy {
     /// Crashes within the window that quarantine it; 0 never does (crashes are still reported).
-    pub(crate) quarantine_after: u32,
+    pub quarantine_after: u32,
     /// The window, in milliseconds, counted back from each crash.
-    pub(crate) window_ms: u64,
+    pub window_ms: u64,
 }
 
 /// One crash tied to a module, as the ledger keeps it.
@@ -88,15 +88,15 @@ impl Crash {
 
 /// What the next start does about one new crash record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Verdict {
+pub struct Verdict {
     /// The record.
-    pub(crate) record: CrashRecord,
+    pub record: CrashRecord,
     /// The crash as the ledger keeps it; `None` when it was not tied to a module.
-    pub(crate) crash: Option<Crash>,
+    pub crash: Option<Crash>,
     /// Uncleared crashes of the same identity within the window, this one included.
-    pub(crate) crashes_in_window: u32,
+    pub crashes_in_window: u32,
     /// Whether the identity is to be quarantined.
-    pub(crate) quarantine: bool,
+    pub quarantine: bool,
 }
 
 /// `<data-dir>/crashes.json`.
@@ -104,10 +104,10 @@ pub(crate) struct Verdict {
 pub struct Ledger {
     /// Bytes of `crashes.log` already processed.
     #[serde(default)]
-    pub(crate) offset: u64,
+    pub offset: u64,
     /// The inode of the `crashes.log` `offset` refers to (it changes when the file is rotated).
     #[serde(default)]
-    pub(crate) inode: u64,
+    pub inode: u64,
     /// Crashes tied to modules, within the window, oldest first.
     #[serde(default)]
     pub(crate) crashes: Vec<Crash>,
@@ -117,7 +117,7 @@ impl Ledger {
     /// Takes in records not processed before (in file order), and says what to do about each.
     /// Crashes older than the window before `now_ms` are forgotten afterwards: they can never
     /// count towards a later crash.
-    pub(crate) fn admit(&mut self, records: &[CrashRecord], now_ms: u64, policy: Policy) -> Vec<Verdict> {
+    pub fn admit(&mut self, records: &[CrashRecord], now_ms: u64, policy: Policy) -> Vec<Verdict> {
         let mut verdicts = Vec::with_capacity(records.len());
         for record in records {
             let crash = Crash::of(record);
@@ -156,7 +156,7 @@ impl Ledger {
 
     /// Stops counting the crashes of the module installed as `name` from `sha256` (a retry).
     /// Returns whether any was cleared.
-    pub(crate) fn clear(&mut self, sha256: &str, name: &str) -> bool {
+    pub fn clear(&mut self, sha256: &str, name: &str) -> bool {
         let mut cleared = false;
         for crash in self.crashes.iter_mut().filter(|c| !c.cleared && c.is_of(sha256, name)) {
             crash.cleared = true;

@@ -213,7 +213,7 @@ impl ModuleLog {
     }
 
     /// How many lines were kept off the base's stderr since the last call.
-    pub(crate) fn take_unechoed(&self) -> u64 {
+    pub fn take_unechoed(&self) -> u64 {
         self.unreported.swap(0, Ordering::Relaxed)
     }
 

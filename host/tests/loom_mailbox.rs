@@ -1,5 +1,5 @@
-//! A loom model of the base → module message protocol: `base/src/mailbox.rs` and
-//! `base/src/doorbell.rs`, compiled here against a `sync` module backed by loom's checked
+//! A loom model of the base → module message protocol: `host/src/mailbox.rs` and
+//! `host/src/doorbell.rs`, compiled here against a `sync` module backed by loom's checked
 //! primitives (the eventfd modelled as a counter a sleeper waits on), so loom explores every
 //! interleaving of the real code within its preemption bound.
 //!

@@ -8,7 +8,7 @@
 
 use std::{
     fs::{self, DirBuilder, OpenOptions},
-    io,
+    io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::Path,
 };
@@ -23,7 +23,7 @@ pub(crate) const FILE_MODE: u32 = 0o600;
 const MAX_DEPTH: usize = 3;
 
 /// Creates `dir` and any missing parents with mode `0700`; an existing `dir` is narrowed to it.
-pub(crate) fn create_dir(dir: &Path) -> io::Result<()> {
+pub fn create_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
     narrow(dir, DIR_MODE)
 }
@@ -36,7 +36,7 @@ pub(crate) fn options() -> OpenOptions {
 }
 
 /// Writes `bytes` to a new or truncated `path` with mode `0600`.
-pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let mut file = options().write(true).create(true).truncate(true).open(path)?;
     narrow(path, FILE_MODE)?;
@@ -46,7 +46,7 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Narrows every directory under `root` (and `root`) to `0700` and every regular file to
 /// `0600`; symbolic links are not followed. Errors are logged, not returned: a file the base
 /// cannot narrow is still better served than a base that does not start.
-pub(crate) fn tighten(root: &Path) {
+pub fn tighten(root: &Path) {
     fn walk(dir: &Path, depth: usize) {
         if let Err(e) = narrow(dir, DIR_MODE) {
             tracing::warn!("cannot make {} private: {e}", dir.display());
@@ -81,6 +81,38 @@ fn narrow(path: &Path, mode: u32) -> io::Result<()> {
         fs::set_permissions(path, fs::Permissions::from_mode(current & mode))?;
     }
     Ok(())
+}
+
+/// A number no other temporary file of this process used, for temporary names
+/// (`.tmp-<pid>-<n>`, private copies).
+pub fn temp_number() -> u64 {
+    static TEMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    TEMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Writes `bytes` to `path` so that a reader never sees part of them: temporary file, rename.
+/// `durable` adds `fsync`s (of the file before the rename, of the directory after), so after a
+/// crash of the machine too `path` holds either nothing or all of the bytes.
+pub fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> crate::error::Result<()> {
+    let n = temp_number();
+    let dir = path.parent().expect("artifact paths have a parent");
+    let temp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = options().write(true).create_new(true).open(&temp)?;
+        file.write_all(bytes)?;
+        if durable {
+            file.sync_all()?;
+        }
+        fs::rename(&temp, path)?;
+        if durable {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&temp);
+        crate::error::Error::Io { context: format!("storing {}", path.display()), source: e }
+    })
 }
 
 #[cfg(test)]

@@ -10,8 +10,6 @@ use std::time::Duration;
 use pedestal_module_api::{MemoryAction, ModuleLimits};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
-
 /// What the base does when an instance's live heap crosses its memory soft limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -157,6 +155,21 @@ fn pick<T>(api: Option<T>, config: Option<T>, manifest: Option<T>, default: T) -
     }
 }
 
+/// The base's own values for the limits that neither the API, the config file nor the module's
+/// manifest set: its flags. A plain value the base builds from its `Config`
+/// (`Config::limit_defaults`), so resolving limits needs no config (this is a leaf).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitDefaults {
+    /// `--request-timeout`.
+    pub request_timeout: Duration,
+    /// `--max-request-body-bytes`.
+    pub max_request_body_bytes: u64,
+    /// `--unhealthy-action`.
+    pub unhealthy_action: UnhealthyAction,
+    /// `--unhealthy-grace`.
+    pub unhealthy_grace: Duration,
+}
+
 impl Limits {
     /// The effective limits of an instance whose module declared `manifest` (`None`: built
     /// against an interface older than 1.1, which cannot declare any).
@@ -164,7 +177,7 @@ impl Limits {
         manifest: Option<&ModuleLimits>,
         config_overrides: Option<&LimitOverrides>,
         api_overrides: Option<&LimitOverrides>,
-        config: &Config,
+        defaults: &LimitDefaults,
     ) -> Self {
         let nonzero32 = |v: u32| (v != 0).then_some(v);
         let nonzero = |v: u64| (v != 0).then_some(v);
@@ -181,13 +194,13 @@ impl Limits {
             api_o.request_timeout_ms.and_then(nonzero),
             config_o.request_timeout_ms.and_then(nonzero),
             nonzero(declared.request_timeout_ms),
-            config.request_timeout.as_millis() as u64,
+            defaults.request_timeout.as_millis() as u64,
         );
         let (max_request_body_bytes, body_source) = pick(
             api_o.max_request_body_bytes.and_then(nonzero),
             config_o.max_request_body_bytes.and_then(nonzero),
             nonzero(declared.max_request_body_bytes),
-            config.max_request_body_bytes,
+            defaults.max_request_body_bytes,
         );
         let (memory_soft_limit_bytes, memory_source) = pick(
             api_o.memory_soft_limit_bytes,
@@ -206,12 +219,12 @@ impl Limits {
         // Not in the manifest: the ABI's `ModuleLimits` is frozen, and the policy is the
         // operator's call rather than the module author's.
         let (unhealthy_action, unhealthy_source) =
-            pick(api_o.unhealthy_action, config_o.unhealthy_action, None, config.unhealthy_action);
+            pick(api_o.unhealthy_action, config_o.unhealthy_action, None, defaults.unhealthy_action);
         let (unhealthy_grace_ms, grace_source) = pick(
             api_o.unhealthy_grace_ms,
             config_o.unhealthy_grace_ms,
             None,
-            config.unhealthy_grace.as_millis() as u64,
+            defaults.unhealthy_grace.as_millis() as u64,
         );
         Self {
             max_concurrent_requests: nonzero32(max_concurrent_requests),
@@ -250,9 +263,19 @@ pub fn runaway_after(timeout: Duration) -> Duration {
 mod tests {
     use super::*;
 
+    /// The flags' defaults, as `Config::default().limit_defaults()` gives them.
+    fn flags() -> LimitDefaults {
+        LimitDefaults {
+            request_timeout: Duration::from_secs(30),
+            max_request_body_bytes: 16 * 1024 * 1024,
+            unhealthy_action: UnhealthyAction::None,
+            unhealthy_grace: Duration::from_secs(30),
+        }
+    }
+
     #[test]
     fn api_beats_config_beats_manifest_beats_default() {
-        let config = Config::default();
+        let config = flags();
         let manifest = ModuleLimits::new()
             .max_concurrent_requests(4)
             .request_timeout_ms(500)
@@ -281,10 +304,10 @@ mod tests {
 
     #[test]
     fn the_unhealthy_policy_comes_from_the_api_the_config_file_or_the_flags() {
-        let flags = Config {
+        let flags = LimitDefaults {
             unhealthy_action: UnhealthyAction::Deactivate,
             unhealthy_grace: Duration::from_secs(5),
-            ..Config::default()
+            ..flags()
         };
         let check = |config: Option<LimitOverrides>, api: Option<LimitOverrides>, expected| {
             let limits = Limits::resolve(None, config.as_ref(), api.as_ref(), &flags);
@@ -304,6 +327,5 @@ mod tests {
         check(Some(restart), Some(grace), (UnhealthyAction::Restart, Source::Config, 100, Source::Api));
         let off = LimitOverrides { unhealthy_action: Some(UnhealthyAction::None), ..Default::default() };
         check(Some(restart), Some(off), (UnhealthyAction::None, Source::Api, 5000, Source::Default));
-        assert_eq!(Config::default().unhealthy_action, UnhealthyAction::None, "off unless asked for");
     }
 }

@@ -29,39 +29,25 @@ use semver::Version;
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
 
+pub use crate::ids::ModuleId;
 use crate::{
-    accounting::{
-        CpuTime, Latency, LatencySummary, Metrics, RecentRate, RecentWindow, cpu_by_thread_name, task_ids,
-        task_stat,
-    },
-    artifact::Artifact,
     calls::ModuleCalls,
-    config::Config,
     crash::{self, CrashSlot},
     doorbell::Doorbell,
     error::{Error, Result},
     host,
+    ids::Artifact,
     limits::{Action, Limits},
     loader::{self, Library, Manifest, Unload},
     logs::ModuleLog,
     mailbox::{Cancelled, Mailbox},
+    settings::RuntimeSettings,
+    stats::{
+        CpuTime, Latency, LatencySummary, RecentRate, RecentWindow, RequestMetrics, cpu_by_thread_name,
+        task_ids, task_stat,
+    },
     sync::{EventFd, lock},
 };
-
-/// A module identity: `name@version`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ModuleId {
-    /// The module's name.
-    pub name: String,
-    /// The module's own version.
-    pub version: Version,
-}
-
-impl fmt::Display for ModuleId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.name, self.version)
-    }
-}
 
 /// Where an instance is in its life. See ARCHITECTURE.md for the state machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -196,11 +182,11 @@ struct Probe {
 
 /// An instance found unhealthy by every background probe for at least its grace period.
 #[derive(Debug, Clone)]
-pub(crate) struct StayedUnhealthy {
+pub struct StayedUnhealthy {
     /// How long, from the first probe that found it unhealthy.
-    pub(crate) for_ms: u64,
+    pub for_ms: u64,
     /// Why, as the last probe saw it.
-    pub(crate) reasons: Vec<String>,
+    pub reasons: Vec<String>,
 }
 
 impl fmt::Debug for Instance {
@@ -257,7 +243,7 @@ pub(crate) struct Shared {
     /// The instance itself, for the module's calls (set right after it is built).
     pub(crate) me: OnceLock<std::sync::Weak<Instance>>,
     /// The metrics the module registered; a handle is an index plus one.
-    pub(crate) module_metrics: Mutex<Vec<crate::accounting::ModuleMetric>>,
+    pub(crate) module_metrics: Mutex<Vec<crate::stats::ModuleMetric>>,
 }
 
 /// The base's messages for one module, by kind. A new kind of message is one field here, plus
@@ -463,8 +449,8 @@ impl Instance {
         artifact: Artifact,
         load_path: PathBuf,
         name: Option<&str>,
-        config: &Config,
-        metrics: &Metrics,
+        config: &RuntimeSettings,
+        metrics: &dyn RequestMetrics,
         log_of: &dyn Fn(&str) -> Arc<ModuleLog>,
         reserve: impl FnOnce(&Arc<Instance>) -> Result<()>,
     ) -> Result<Arc<Instance>> {
@@ -580,7 +566,12 @@ impl Instance {
             leaked: Mutex::new(None),
             in_flight: Arc::new(AtomicUsize::new(0)),
             busy: AtomicBool::new(true),
-            limits: ArcSwap::from_pointee(Limits::resolve(manifest.limits.as_ref(), None, None, config)),
+            limits: ArcSwap::from_pointee(Limits::resolve(
+                manifest.limits.as_ref(),
+                None,
+                None,
+                &config.limits,
+            )),
             over_memory: AtomicBool::new(false),
             memory_limit_crossings: AtomicU64::new(0),
             recent: RecentRate::new(),
@@ -647,14 +638,14 @@ impl Instance {
     }
 
     /// Puts an earlier incarnation's history in front of this one's (same identity, reinstalled).
-    pub(crate) fn inherit_history(&self, earlier: Vec<Transition>) {
+    pub fn inherit_history(&self, earlier: Vec<Transition>) {
         let mut history = lock(&self.history);
         let mine = std::mem::replace(&mut *history, earlier);
         history.extend(mine);
     }
 
     /// Records a state change.
-    pub(crate) fn transition(&self, state: State, reason: &str, message: &str) {
+    pub fn transition(&self, state: State, reason: &str, message: &str) {
         tracing::info!(module = %self.id.name, version = %self.id.version, ?state, reason, "{message}");
         lock(&self.history).push(Transition {
             state,
@@ -693,7 +684,7 @@ impl Instance {
     }
 
     /// Reads the heap so the peak stays current (the registry samples every instance).
-    pub(crate) fn sample_heap(&self) {
+    pub fn sample_heap(&self) {
         let _ = self.heap();
     }
 
@@ -724,7 +715,7 @@ impl Instance {
     }
 
     /// Replaces the enforced limits (the next request sees them).
-    pub(crate) fn set_limits(&self, limits: Limits) {
+    pub fn set_limits(&self, limits: Limits) {
         self.limits.store(Arc::new(limits));
         // Re-arm the memory action against the new limit.
         self.over_memory.store(false, Ordering::Relaxed);
@@ -732,7 +723,7 @@ impl Instance {
 
     /// Checks the live heap against the memory soft limit: `Some` once per upward crossing
     /// (re-armed when the heap falls back under the limit).
-    pub(crate) fn check_memory(&self) -> Option<MemoryCrossing> {
+    pub fn check_memory(&self) -> Option<MemoryCrossing> {
         let limits = self.limits.load();
         let limit = limits.memory_soft_limit_bytes?;
         let live = self.heap()?.live_bytes;
@@ -752,12 +743,12 @@ impl Instance {
         self.deactivated.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn set_deactivated(&self, deactivated: bool) {
+    pub fn set_deactivated(&self, deactivated: bool) {
         self.deactivated.store(deactivated, Ordering::Relaxed);
     }
 
     /// Lets the memory action fire again at the next sample (its first firing could not act).
-    pub(crate) fn rearm_memory_limit(&self) {
+    pub fn rearm_memory_limit(&self) {
         self.over_memory.store(false, Ordering::Relaxed);
     }
 
@@ -773,7 +764,7 @@ impl Instance {
 
     /// Requests the module is still running though their caller got `504` long ago: more than
     /// `runaway_after_ms` since they were sent. Returns the newly found ones (and marks them).
-    pub(crate) fn find_runaways(&self) -> Vec<Runaway> {
+    pub fn find_runaways(&self) -> Vec<Runaway> {
         let after = Duration::from_millis(self.limits.load().runaway_after_ms);
         let mut found = Vec::new();
         for request in lock(&self.shared.timed_out).values_mut() {
@@ -836,7 +827,7 @@ impl Instance {
     /// `timeout` as unhealthy (as `/api/v1/health` does). Each finished probe judges the
     /// instance like `/api/v1/health` (hook, recent 5xx rate, runaways, memory). Returns `Some`
     /// once every probe for at least `grace` found it unhealthy, and starts counting again.
-    pub(crate) fn probe_health(
+    pub fn probe_health(
         &self,
         interval: Duration,
         timeout: Duration,
@@ -922,17 +913,17 @@ impl Instance {
     }
 
     /// Claims the identity for an operation; `false` when another operation holds it.
-    pub(crate) fn try_begin_operation(&self) -> bool {
+    pub fn try_begin_operation(&self) -> bool {
         !self.busy.swap(true, Ordering::AcqRel)
     }
 
     /// Ends the operation that holds the identity.
-    pub(crate) fn end_operation(&self) {
+    pub fn end_operation(&self) {
         self.busy.store(false, Ordering::Release);
     }
 
     /// Whether an operation (install, uninstall) holds the identity right now.
-    pub(crate) fn is_busy(&self) -> bool {
+    pub fn is_busy(&self) -> bool {
         self.busy.load(Ordering::Acquire)
     }
 
@@ -1072,7 +1063,7 @@ impl Instance {
 
     /// Whether the base may queue messages of its own (configuration, events) for the module:
     /// built against interface 1.3 or later (older ones do not take them), and not stopping.
-    pub(crate) fn accepts_notifications(&self) -> bool {
+    pub fn accepts_notifications(&self) -> bool {
         self.interface >= Version::new(1, 3, 0)
             && self.state().is_live()
             && !self.shared.stop.load(Ordering::SeqCst)
@@ -1080,7 +1071,7 @@ impl Instance {
 
     /// Queues a message of the base's (`pedestal.config`, `pedestal.events`) for the module,
     /// without waiting for its answer. Returns whether it was queued.
-    pub(crate) fn notify(&self, spi: &'static str, method: &'static str, payload: Vec<u8>) -> bool {
+    pub fn notify(&self, spi: &'static str, method: &'static str, payload: Vec<u8>) -> bool {
         if !self.accepts_notifications() {
             return false;
         }
@@ -1092,7 +1083,7 @@ impl Instance {
     }
 
     /// Queues the answer to the module's call `id` (dropped once the instance stopped).
-    pub(crate) fn complete(&self, id: u64, status: pedestal_module_api::abi::SpiStatus, payload: Vec<u8>) {
+    pub fn complete(&self, id: u64, status: pedestal_module_api::abi::SpiStatus, payload: Vec<u8>) {
         if self.shared.stop.load(Ordering::SeqCst) && !self.state().is_live() {
             return;
         }
@@ -1101,14 +1092,14 @@ impl Instance {
     }
 
     /// Keeps the module's metrics from expiring (see `ModuleMetric::touch`).
-    pub(crate) fn touch_metrics(&self) {
+    pub fn touch_metrics(&self) {
         for metric in lock(&self.shared.module_metrics).iter() {
             metric.touch();
         }
     }
 
     /// Lets the module's calls reach `calls`. Called before the start hook runs.
-    pub(crate) fn attach(&self, calls: Weak<dyn ModuleCalls>) {
+    pub fn attach(&self, calls: Weak<dyn ModuleCalls>) {
         let _ = self.shared.calls.set(calls);
     }
 
@@ -1169,13 +1160,13 @@ impl Instance {
 
     /// Drains, stops and unloads the instance, recording each step. Returns the final state:
     /// `stopped`, or `pinned` with the reason in the history.
-    pub(crate) fn stop(&self, config: &Config, reason: &str) -> State {
+    pub fn stop(&self, config: &RuntimeSettings, reason: &str) -> State {
         self.stop_draining(config, config.drain_timeout, reason)
     }
 
     /// [`Instance::stop`], waiting at most `drain` for the requests in flight (a restart drains
     /// briefly: the instance it stops is misbehaving).
-    pub(crate) fn stop_draining(&self, config: &Config, drain: Duration, reason: &str) -> State {
+    pub fn stop_draining(&self, config: &RuntimeSettings, drain: Duration, reason: &str) -> State {
         if self.state() != State::Draining {
             self.transition(State::Draining, reason, "no new requests; waiting for in-flight ones");
         }
@@ -1331,7 +1322,7 @@ impl Instance {
     /// gone (as [`Instance::teardown`] does) and records `pinned → stopped`. Returns the
     /// instances whose unload finished (their load paths can be reused). The base's limit
     /// watcher calls it about once a second; it does nothing when nothing is stranded.
-    pub(crate) fn finish_stranded_unloads(unload_timeout: Duration) -> Vec<Arc<Instance>> {
+    pub fn finish_stranded_unloads(unload_timeout: Duration) -> Vec<Arc<Instance>> {
         let mut unloaded = Vec::new();
         // Pinned because the instance thread was still running at the stop timeout (a handler
         // that spun or blocked past it): once that thread has returned after all, the unload
@@ -1448,7 +1439,7 @@ fn pin_forever(shared: Arc<Shared>, library: Option<Library>, reason: Pin) {
 /// Every instance that ended `pinned` and was not unloaded since, whether or not the registry
 /// still lists it: after a restart or a reinstall of its identity the registry holds the new
 /// instance only, but the old one's threads may still run (a spinning handler burns a core).
-pub(crate) fn pinned_instances() -> Vec<Arc<Instance>> {
+pub fn pinned_instances() -> Vec<Arc<Instance>> {
     lock(&PINNED).clone()
 }
 

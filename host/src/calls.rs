@@ -13,13 +13,13 @@ use pedestal_module_api::{
 };
 
 use crate::{
-    accounting::ModuleMetric,
     instance::{Instance, ModuleId},
+    stats::ModuleMetric,
 };
 
 /// What serves a module's calls to the base. Held by each instance as a `Weak`, set before its
 /// start hook runs.
-pub(crate) trait ModuleCalls: Send + Sync {
+pub trait ModuleCalls: Send + Sync {
     /// Starts module `caller`'s call. Runs on a module thread: never blocks on another module;
     /// the answer is queued as a completion on `caller` (see [`answer`]).
     fn start_call(self: Arc<Self>, caller: Arc<Instance>, call: OwnedCall);
@@ -36,22 +36,22 @@ pub(crate) trait ModuleCalls: Send + Sync {
 
 /// A module's call, copied out of the module's view.
 #[derive(Debug)]
-pub(crate) struct OwnedCall {
-    pub(crate) id: u64,
-    pub(crate) service: String,
-    pub(crate) version: String,
-    pub(crate) method: String,
-    pub(crate) target: String,
-    pub(crate) payload: Vec<u8>,
+pub struct OwnedCall {
+    pub id: u64,
+    pub service: String,
+    pub version: String,
+    pub method: String,
+    pub target: String,
+    pub payload: Vec<u8>,
 }
 
 /// Answers call `id` of `caller` with `SERVICE_UNAVAILABLE`.
-pub(crate) fn refuse(caller: &Instance, id: u64, why: &str) {
+pub fn refuse(caller: &Instance, id: u64, why: &str) {
     answer(caller, id, Err(SpiError::new(SpiError::UNAVAILABLE, why)));
 }
 
 /// Answers call `id` of `caller`: queues the completion and wakes the module.
-pub(crate) fn answer(caller: &Instance, id: u64, result: Result<Vec<u8>, SpiError>) {
+pub fn answer(caller: &Instance, id: u64, result: Result<Vec<u8>, SpiError>) {
     match result {
         Ok(payload) => caller.complete(id, SpiStatus::Ok, payload),
         Err(error) => caller.complete(id, SpiStatus::Error, encode(&error).unwrap_or_default()),
