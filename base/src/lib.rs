@@ -88,6 +88,7 @@ mod health;
 #[allow(unsafe_code)]
 mod host;
 mod hot_reload;
+mod ids;
 mod instance;
 mod limits;
 #[allow(unsafe_code)]
