@@ -727,3 +727,69 @@ impl Error {
         json!({"code": self.code(), "message": self.to_string(), "details": self.details()})
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use semver::Version;
+    use serde_json::json;
+
+    use super::*;
+
+    fn id() -> ModuleId {
+        ModuleId { name: "fx-good".into(), version: Version::new(1, 2, 3) }
+    }
+
+    /// The typed fields display and serialize as the strings they replaced.
+    fn check(error: Error, message: &str, details: Value) {
+        let json = error.to_json();
+        assert_eq!(json["message"], message, "{error:?}");
+        assert_eq!(json["details"], details, "{error:?}");
+    }
+
+    #[test]
+    fn typed_fields_read_as_the_strings_they_replaced() {
+        check(
+            Error::StartTimeout {
+                id: Subject::Library("/data/artifacts/ab.so".into()),
+                timeout_ms: 500,
+                outcome: StartOutcome::InitialisationHung,
+            },
+            "/data/artifacts/ab.so did not start within 500 ms; it was stopped (pinned: the library's \
+             initialisation never returned)",
+            json!({"module": "/data/artifacts/ab.so", "timeout_ms": 500,
+                   "outcome": "pinned: the library's initialisation never returned"}),
+        );
+        check(
+            Error::StartTimeout { id: Subject::Module(id()), timeout_ms: 5, outcome: StartOutcome::Unloaded },
+            "fx-good@1.2.3 did not start within 5 ms; it was stopped (broken, unloaded)",
+            json!({"module": "fx-good@1.2.3", "timeout_ms": 5, "outcome": "broken, unloaded"}),
+        );
+        check(
+            Error::StartTimeout { id: Subject::Module(id()), timeout_ms: 5, outcome: StartOutcome::Pinned },
+            "fx-good@1.2.3 did not start within 5 ms; it was stopped (pinned)",
+            json!({"module": "fx-good@1.2.3", "timeout_ms": 5, "outcome": "pinned"}),
+        );
+        check(
+            Error::NotRunning { id: id(), state: State::Draining },
+            "fx-good@1.2.3 is draining, not running",
+            json!({"module": "fx-good@1.2.3", "state": "draining"}),
+        );
+        check(
+            Error::ModuleUnavailable { id: Subject::Name("fx-good".into()), reason: "restarting".into() },
+            "fx-good is not serving: restarting",
+            json!({"module": "fx-good"}),
+        );
+        check(
+            Error::SpiIncompatible {
+                id: Box::new(id()),
+                spi: "greeter".into(),
+                module: "2.0.0".into(),
+                base: "1.0.0".into(),
+            },
+            "fx-good@1.2.3 implements SPI greeter 2.0.0, which this base (greeter 1.0.0) cannot call: the \
+             major versions differ",
+            json!({"module": "fx-good@1.2.3", "spi": "greeter", "module_spi_version": "2.0.0",
+                   "base_spi_version": "1.0.0"}),
+        );
+    }
+}
