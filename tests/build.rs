@@ -49,6 +49,8 @@ fn main() {
     for watched in [
         "module-api/src",
         "base/src",
+        "host/src",
+        "signing/src",
         "tests/fixtures",
         "tests/compat",
         "examples/search-platform",

@@ -54,7 +54,7 @@ use crate::{
     accounting::Metrics,
     artifact::ArtifactStore,
     config::Config,
-    error::{Error, Result},
+    error::{Error, Result, Subject},
     instance::{Instance, State},
     limits::{LimitOverrides, Limits},
     logs::ModuleLog,
@@ -365,7 +365,7 @@ impl Registry {
     pub fn why_unrouted(&self, name: &str) -> Error {
         if let Some(reason) = lock(&self.restarting).get(name) {
             return Error::ModuleUnavailable {
-                id: name.to_owned(),
+                id: Subject::Name(name.to_owned()),
                 reason: format!("restarting ({reason})"),
             };
         }
@@ -385,7 +385,7 @@ impl Registry {
             }
             None => "no version is active".into(),
         };
-        Error::ModuleUnavailable { id: name.to_owned(), reason }
+        Error::ModuleUnavailable { id: Subject::Name(name.to_owned()), reason }
     }
 
     /// The current routing table.

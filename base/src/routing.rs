@@ -14,7 +14,10 @@ use std::{
     },
 };
 
-use crate::{error::Error, instance::Instance};
+use crate::{
+    error::{Error, Subject},
+    instance::Instance,
+};
 
 /// Module name → its route.
 pub type RoutingTable = HashMap<String, Route>;
@@ -92,7 +95,7 @@ impl Route {
             return Ok(Arc::clone(split.pick()));
         }
         self.active.clone().ok_or_else(|| Error::ModuleUnavailable {
-            id: name.to_owned(),
+            id: Subject::Name(name.to_owned()),
             reason: "no version is active; pin one with the x-pedestal-version header".into(),
         })
     }

@@ -13,7 +13,7 @@ use http::HeaderValue;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::{
-    error::{Error, Result},
+    error::{Error, Result, Subject},
     error_response::Refusal,
     instance::ModuleId,
     registry::Registry,
@@ -66,7 +66,7 @@ async fn forward(registry: &Registry, request: Request) -> Result<Response> {
         }
     }
     Err(Error::ModuleUnavailable {
-        id: name,
+        id: Subject::Name(name),
         reason: "its versions kept changing while this request was being routed".into(),
     })
 }

@@ -7,10 +7,12 @@
 //! itself (status, body, headers) is built at the HTTP edge, in `error_response.rs`: this file
 //! needs `http` for the status but no web framework, so every layer can return it.
 
-use std::path::PathBuf;
+use std::{fmt, path::PathBuf};
 
 use http::StatusCode;
 use serde_json::{Value, json};
+
+pub use crate::ids::{ModuleId, State};
 
 /// Result with the base's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -60,13 +62,13 @@ pub enum Error {
     #[error("{id} is already installed")]
     AlreadyInstalled {
         /// `name@version`.
-        id: String,
+        id: ModuleId,
     },
     /// Another operation on the same identity is running.
     #[error("an operation on {id} is already in progress")]
     OperationInProgress {
         /// `name@version`.
-        id: String,
+        id: ModuleId,
     },
     /// No such module or version.
     #[error("{what} not found")]
@@ -78,19 +80,19 @@ pub enum Error {
     #[error("{id} failed to start: {message}")]
     StartFailed {
         /// `name@version`.
-        id: String,
+        id: ModuleId,
         /// The module's message.
         message: String,
     },
     /// The module's start hook did not finish in time.
     #[error("{id} did not start within {timeout_ms} ms; it was stopped ({outcome})")]
     StartTimeout {
-        /// `name@version`.
-        id: String,
+        /// `name@version`, or the library's path when its initialisation never returned.
+        id: Subject,
         /// The start timeout.
         timeout_ms: u64,
-        /// What became of the instance: `stopped` or `pinned`.
-        outcome: String,
+        /// What became of the instance.
+        outcome: StartOutcome,
     },
     /// A body over the configured limit.
     #[error("the body is {size} bytes, over the limit of {limit} bytes")]
@@ -239,8 +241,8 @@ pub enum Error {
     /// The module stopped (or is stopping) before answering.
     #[error("{id} is not serving: {reason}")]
     ModuleUnavailable {
-        /// `name@version`.
-        id: String,
+        /// `name@version`, or the module's name when no version of it serves.
+        id: Subject,
         /// Why.
         reason: String,
     },
@@ -248,7 +250,7 @@ pub enum Error {
     #[error("{id} is at its limit of {limit} concurrent requests; retry later")]
     ModuleOverloaded {
         /// `name@version`.
-        id: String,
+        id: ModuleId,
         /// The concurrency limit.
         limit: u32,
     },
@@ -257,8 +259,9 @@ pub enum Error {
         "{id} implements SPI {spi} {module}, which this base ({spi} {base}) cannot call: the major versions differ"
     )]
     SpiIncompatible {
-        /// `name@version`.
-        id: String,
+        /// `name@version`, boxed: with three strings beside it, this variant would make every
+        /// `Result` of the base larger.
+        id: Box<ModuleId>,
         /// The SPI.
         spi: String,
         /// The module's version of it.
@@ -273,7 +276,7 @@ pub enum Error {
     )]
     SpiMissing {
         /// `name@version`.
-        id: String,
+        id: ModuleId,
         /// The SPI.
         spi: String,
         /// The version of it the module was built against.
@@ -286,7 +289,7 @@ pub enum Error {
     )]
     ModuleRequired {
         /// `name@version`.
-        id: String,
+        id: ModuleId,
         /// The SPI.
         spi: String,
         /// The modules (`name@version`) that require it.
@@ -362,9 +365,9 @@ pub enum Error {
     #[error("{id} is {state}, not running")]
     NotRunning {
         /// `name@version`.
-        id: String,
+        id: ModuleId,
         /// Its state.
-        state: String,
+        state: State,
     },
     /// The instance was stopped at the end of its drain timeout while this request ran.
     #[error(
@@ -372,7 +375,7 @@ pub enum Error {
     )]
     DrainTimeout {
         /// `name@version`.
-        id: String,
+        id: ModuleId,
         /// The drain timeout.
         timeout_ms: u64,
     },
@@ -388,7 +391,7 @@ pub enum Error {
     #[error("{id} did not answer within {timeout_ms} ms")]
     ModuleTimeout {
         /// `name@version`.
-        id: String,
+        id: ModuleId,
         /// The request timeout.
         timeout_ms: u64,
     },
@@ -396,7 +399,7 @@ pub enum Error {
     #[error("{id}: {message}")]
     ModuleFailed {
         /// `name@version`.
-        id: String,
+        id: ModuleId,
         /// The stable code the module side reported.
         code: String,
         /// What happened.
@@ -462,6 +465,50 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What an error is about, when it may be an instance, a module by name or a library file.
+/// Displayed as the string it replaces: `name@version`, the name, or the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// An instance.
+    Module(ModuleId),
+    /// A module by name, when no version of it is in question.
+    Name(String),
+    /// A library whose module's identity is not known (its initialisation never returned).
+    Library(PathBuf),
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Module(id) => id.fmt(f),
+            Self::Name(name) => f.write_str(name),
+            Self::Library(path) => path.display().fmt(f),
+        }
+    }
+}
+
+/// What became of an instance whose start timed out (`START_TIMEOUT`'s `outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// Torn down and unmapped: the instance is `broken`.
+    Unloaded,
+    /// It could not be unloaded: the instance is `pinned`.
+    Pinned,
+    /// The library's initialisation never returned, so its thread can never be joined: pinned
+    /// before it had an identity.
+    InitialisationHung,
+}
+
+impl fmt::Display for StartOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unloaded => "broken, unloaded",
+            Self::Pinned => "pinned",
+            Self::InitialisationHung => "pinned: the library's initialisation never returned",
+        })
+    }
 }
 
 impl Error {
@@ -605,13 +652,15 @@ impl Error {
             Self::AlreadyInstalled { id }
             | Self::OperationInProgress { id }
             | Self::StartFailed { id, .. }
-            | Self::ModuleUnavailable { id, .. }
-            | Self::ModuleFailed { id, .. } => json!({"module": id}),
+            | Self::ModuleFailed { id, .. } => json!({"module": id.to_string()}),
+            Self::ModuleUnavailable { id, .. } => json!({"module": id.to_string()}),
             Self::StartTimeout { id, timeout_ms, outcome } => {
-                json!({"module": id, "timeout_ms": timeout_ms, "outcome": outcome})
+                json!({"module": id.to_string(), "timeout_ms": timeout_ms, "outcome": outcome.to_string()})
             }
-            Self::ModuleTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
-            Self::ModuleOverloaded { id, limit } => json!({"module": id, "limit": limit}),
+            Self::ModuleTimeout { id, timeout_ms } => {
+                json!({"module": id.to_string(), "timeout_ms": timeout_ms})
+            }
+            Self::ModuleOverloaded { id, limit } => json!({"module": id.to_string(), "limit": limit}),
             Self::ConfigInvalid { path, .. }
             | Self::StateInvalid { path, .. }
             | Self::TrustedKeysInvalid { path, .. } => json!({"path": path}),
@@ -626,21 +675,23 @@ impl Error {
             Self::VersionNotFound { name, version, running } => {
                 json!({"module": name, "version": version, "running": running})
             }
-            Self::NotRunning { id, state } => json!({"module": id, "state": state}),
+            Self::NotRunning { id, state } => json!({"module": id.to_string(), "state": state}),
             Self::SpiIncompatible { id, spi, module, base } => {
-                json!({"module": id, "spi": spi, "module_spi_version": module, "base_spi_version": base})
+                json!({"module": id.to_string(), "spi": spi, "module_spi_version": module, "base_spi_version": base})
             }
             Self::Quarantined { what, .. } => json!({"module": what}),
             Self::SpiMissing { id, spi, version } => {
-                json!({"module": id, "spi": spi, "spi_version": version})
+                json!({"module": id.to_string(), "spi": spi, "spi_version": version})
             }
             Self::ModuleRequired { id, spi, dependents } => {
-                json!({"module": id, "spi": spi, "dependents": dependents})
+                json!({"module": id.to_string(), "spi": spi, "dependents": dependents})
             }
             Self::KvQuotaExceeded { module, would_use, quota } => {
                 json!({"module": module, "would_use_bytes": would_use, "quota_bytes": quota})
             }
-            Self::DrainTimeout { id, timeout_ms } => json!({"module": id, "timeout_ms": timeout_ms}),
+            Self::DrainTimeout { id, timeout_ms } => {
+                json!({"module": id.to_string(), "timeout_ms": timeout_ms})
+            }
             Self::PayloadTooLarge { size, limit } => json!({"size": size, "limit": limit}),
             Self::RequestBodyTimeout { timeout_ms } => json!({"timeout_ms": timeout_ms}),
             Self::RequestBodyTooSlow { received, min_bytes_per_second, grace_ms } => json!({
@@ -674,5 +725,71 @@ impl Error {
     /// The error as the API shows it: `{code, message, details}`.
     pub fn to_json(&self) -> Value {
         json!({"code": self.code(), "message": self.to_string(), "details": self.details()})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use semver::Version;
+    use serde_json::json;
+
+    use super::*;
+
+    fn id() -> ModuleId {
+        ModuleId { name: "fx-good".into(), version: Version::new(1, 2, 3) }
+    }
+
+    /// The typed fields display and serialize as the strings they replaced.
+    fn check(error: Error, message: &str, details: Value) {
+        let json = error.to_json();
+        assert_eq!(json["message"], message, "{error:?}");
+        assert_eq!(json["details"], details, "{error:?}");
+    }
+
+    #[test]
+    fn typed_fields_read_as_the_strings_they_replaced() {
+        check(
+            Error::StartTimeout {
+                id: Subject::Library("/data/artifacts/ab.so".into()),
+                timeout_ms: 500,
+                outcome: StartOutcome::InitialisationHung,
+            },
+            "/data/artifacts/ab.so did not start within 500 ms; it was stopped (pinned: the library's \
+             initialisation never returned)",
+            json!({"module": "/data/artifacts/ab.so", "timeout_ms": 500,
+                   "outcome": "pinned: the library's initialisation never returned"}),
+        );
+        check(
+            Error::StartTimeout { id: Subject::Module(id()), timeout_ms: 5, outcome: StartOutcome::Unloaded },
+            "fx-good@1.2.3 did not start within 5 ms; it was stopped (broken, unloaded)",
+            json!({"module": "fx-good@1.2.3", "timeout_ms": 5, "outcome": "broken, unloaded"}),
+        );
+        check(
+            Error::StartTimeout { id: Subject::Module(id()), timeout_ms: 5, outcome: StartOutcome::Pinned },
+            "fx-good@1.2.3 did not start within 5 ms; it was stopped (pinned)",
+            json!({"module": "fx-good@1.2.3", "timeout_ms": 5, "outcome": "pinned"}),
+        );
+        check(
+            Error::NotRunning { id: id(), state: State::Draining },
+            "fx-good@1.2.3 is draining, not running",
+            json!({"module": "fx-good@1.2.3", "state": "draining"}),
+        );
+        check(
+            Error::ModuleUnavailable { id: Subject::Name("fx-good".into()), reason: "restarting".into() },
+            "fx-good is not serving: restarting",
+            json!({"module": "fx-good"}),
+        );
+        check(
+            Error::SpiIncompatible {
+                id: Box::new(id()),
+                spi: "greeter".into(),
+                module: "2.0.0".into(),
+                base: "1.0.0".into(),
+            },
+            "fx-good@1.2.3 implements SPI greeter 2.0.0, which this base (greeter 1.0.0) cannot call: the \
+             major versions differ",
+            json!({"module": "fx-good@1.2.3", "spi": "greeter", "module_spi_version": "2.0.0",
+                   "base_spi_version": "1.0.0"}),
+        );
     }
 }

@@ -22,23 +22,21 @@ use std::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
-use pedestal_module_api::{
-    HealthStatus, HeapCounters, HeapSnapshot, ModuleLimits, SpiError, abi::TaskCounters,
-};
+use pedestal_module_api::{HealthStatus, HeapSnapshot, ModuleLimits, SpiError};
 use semver::Version;
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
 
-pub use crate::ids::ModuleId;
+pub use crate::ids::{ModuleId, State};
 use crate::{
     calls::ModuleCalls,
     crash::{self, CrashSlot},
     doorbell::Doorbell,
-    error::{Error, Result},
+    error::{Error, Result, StartOutcome, Subject},
     host,
     ids::Artifact,
     limits::{Action, Limits},
-    loader::{self, Library, Manifest, Unload},
+    loader::{self, Counters, Library, Manifest, Unload},
     logs::ModuleLog,
     mailbox::{Cancelled, Mailbox},
     settings::RuntimeSettings,
@@ -48,37 +46,6 @@ use crate::{
     },
     sync::{EventFd, lock},
 };
-
-/// Where an instance is in its life. See ARCHITECTURE.md for the state machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// Loading and checking the library.
-    Installing,
-    /// Running the module's start hook.
-    Starting,
-    /// Started and receiving its module's traffic.
-    Active,
-    /// Started but another version of the module receives the traffic.
-    Inactive,
-    /// No new traffic; waiting for in-flight requests.
-    Draining,
-    /// Stop requested; waiting for the module's thread.
-    Stopping,
-    /// Stopped and unmapped.
-    Stopped,
-    /// Failed to start; cleaned up and unmapped.
-    Broken,
-    /// Could not be unloaded; the library (or a thread in it) stays in the process.
-    Pinned,
-}
-
-impl State {
-    /// Whether the instance still occupies its identity.
-    pub fn is_live(self) -> bool {
-        !matches!(self, Self::Stopped | Self::Broken | Self::Pinned)
-    }
-}
 
 /// One state change, with when and why.
 #[derive(Debug, Clone, Serialize)]
@@ -199,11 +166,9 @@ impl fmt::Debug for Instance {
 struct Worker {
     thread: JoinHandle<Option<Library>>,
     done: mpsc::Receiver<()>,
-    /// Points into the library: read only while this `Worker` exists (it is dropped before the
-    /// library is closed, or kept forever when the instance is pinned).
-    heap: &'static HeapCounters,
-    /// Like `heap`; `None` for modules built against an interface older than 1.1.
-    tasks: Option<&'static TaskCounters>,
+    /// The module's heap and task counters. The handle keeps the library open, so it is
+    /// dropped before the library is unloaded (see [`Instance::close_library`]).
+    counters: Counters,
     /// The instance thread's unique name. Linux threads inherit their creator's name, so a
     /// thread the module started (and did not name) carries it too: that is how the base finds
     /// module threads that are still alive before it closes the library.
@@ -429,6 +394,83 @@ fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// A module loaded by [`Instance::load`]: its library is open and checked on its own thread and
+/// its manifest is read (the instance's name, version, declared limits, provided and required
+/// SPIs are known), but none of its code beyond the library's initialisation has run. Its
+/// thread waits for one of the two ways on: [`Loaded::start`] or [`Loaded::abandon`].
+#[must_use = "a loaded module's thread waits until it is started or abandoned"]
+pub struct Loaded {
+    instance: Arc<Instance>,
+    /// `true` runs the module, `false` sends its thread home without running it.
+    go: mpsc::SyncSender<bool>,
+    /// The module's start report.
+    started: mpsc::Receiver<Result<(), String>>,
+    /// When the load began: the install's time counts from there.
+    began: Instant,
+    start_timeout: Duration,
+    stop_timeout: Duration,
+}
+
+impl fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loaded").field("id", &self.instance.id).finish_non_exhaustive()
+    }
+}
+
+impl Loaded {
+    /// The instance, `installing`, to register under its identity before it starts.
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.instance
+    }
+
+    /// Runs the module's start hook, with its log set to `log`, and waits for its report. On a
+    /// start failure the instance is torn down and left `broken` (or `pinned`), and the error
+    /// says why. On success it is still busy: the registry ends the install once it has routed
+    /// the instance.
+    pub fn start(self, log: Arc<ModuleLog>) -> Result<Arc<Instance>> {
+        let Self { instance, go, started, began, start_timeout, stop_timeout } = self;
+        let _ = instance.shared.log.set(log);
+        instance.transition(State::Starting, "install", "running the start hook");
+        let _ = go.send(true);
+
+        let failure = match started.recv_timeout(start_timeout) {
+            Ok(Ok(())) => {
+                let total = began.elapsed().as_micros() as u64;
+                instance.install_micros.store(total, Ordering::Relaxed);
+                instance.start_micros.store(total.saturating_sub(instance.load_micros), Ordering::Relaxed);
+                instance.sample_heap();
+                return Ok(instance);
+            }
+            Ok(Err(message)) => Some(Error::StartFailed { id: instance.id.clone(), message }),
+            Err(RecvTimeoutError::Disconnected) => Some(Error::StartFailed {
+                id: instance.id.clone(),
+                message: "the module returned without reporting its start".into(),
+            }),
+            // A timeout: what became of the instance is known only after the teardown below.
+            Err(RecvTimeoutError::Timeout) => None,
+        };
+        let (state, message) = instance.teardown(stop_timeout);
+        let failure = failure.unwrap_or_else(|| Error::StartTimeout {
+            id: Subject::Module(instance.id.clone()),
+            timeout_ms: start_timeout.as_millis() as u64,
+            outcome: if state == State::Pinned { StartOutcome::Pinned } else { StartOutcome::Unloaded },
+        });
+        let final_state = if state == State::Pinned { State::Pinned } else { State::Broken };
+        let message = if state == State::Pinned { message } else { failure.to_string() };
+        instance.transition(final_state, failure.code(), &message);
+        instance.busy.store(false, Ordering::Release);
+        Err(failure)
+    }
+
+    /// Sends the module's thread home without running the module (its identity was refused)
+    /// and unloads the library exactly as a failed start does, pinning it where that must.
+    /// The instance stays busy and records no further state, as it always did on this path.
+    pub fn abandon(self) {
+        let _ = self.go.send(false);
+        self.instance.teardown(self.stop_timeout);
+    }
+}
+
 /// Sends `()` when the instance thread's closure ends, however it ends.
 struct DoneGuard(mpsc::SyncSender<()>);
 
@@ -439,25 +481,23 @@ impl Drop for DoneGuard {
 }
 
 impl Instance {
-    /// Loads and starts a module from `load_path` on a new thread.
+    /// Opens and checks a module's library from `load_path` on a new thread of its own, and
+    /// reads its manifest; nothing of the module is started. The caller reserves the identity
+    /// the [`Loaded`] names, then [`starts`](Loaded::start) or [`abandons`](Loaded::abandon) it.
     ///
-    /// `reserve` is called once the module's identity is known and before its start hook runs;
-    /// it registers the instance (or refuses it, for example when the identity is taken). On a
-    /// start failure the instance is torn down and left `broken` (or `pinned`), and the error
-    /// says why.
-    pub fn launch(
+    /// A library whose initialisation does not return within the start timeout is pinned (its
+    /// thread can never be joined) and the error says so.
+    pub fn load(
         artifact: Artifact,
         load_path: PathBuf,
         name: Option<&str>,
         config: &RuntimeSettings,
         metrics: &dyn RequestMetrics,
-        log_of: &dyn Fn(&str) -> Arc<ModuleLog>,
-        reserve: impl FnOnce(&Arc<Instance>) -> Result<()>,
-    ) -> Result<Arc<Instance>> {
+    ) -> Result<Loaded> {
         let installed_at = SystemTime::now();
         let began = Instant::now();
         let shared = Arc::new(Shared::new()?);
-        let (manifest_tx, manifest_rx) = mpsc::sync_channel::<Result<(Manifest, LibraryRefs)>>(1);
+        let (manifest_tx, manifest_rx) = mpsc::sync_channel::<Result<(Manifest, Counters)>>(1);
         let (go_tx, go_rx) = mpsc::sync_channel::<bool>(1);
         let (done_tx, done_rx) = mpsc::sync_channel::<()>(1);
         let (started_tx, started_rx) = mpsc::sync_channel(1);
@@ -484,11 +524,11 @@ impl Instance {
                     }
                 };
                 crash_slot.set_library(library.load_base());
-                let _ = manifest_tx.send(Ok((manifest, LibraryRefs(library.heap(), library.tasks()))));
+                let _ = manifest_tx.send(Ok((manifest, library.counters())));
                 if go_rx.recv() == Ok(true) {
                     library.run(host::host_for(&thread_shared, max_level));
                 }
-                // Dropping the sender tells a waiting launcher that no start report will come.
+                // Dropping the sender tells a waiting starter that no start report will come.
                 lock(&thread_shared.started).take();
                 Some(library)
             })
@@ -501,7 +541,7 @@ impl Instance {
             }
         };
 
-        let (manifest, refs) = match manifest_rx.recv_timeout(config.start_timeout) {
+        let (manifest, counters) = match manifest_rx.recv_timeout(config.start_timeout) {
             Ok(Ok(loaded)) => loaded,
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -514,9 +554,9 @@ impl Instance {
                 loader::mark_wedged(&load_path);
                 pin_forever(shared, None, Pin::InitialisationHung);
                 return Err(Error::StartTimeout {
-                    id: load_path.display().to_string(),
+                    id: Subject::Library(load_path),
                     timeout_ms: config.start_timeout.as_millis() as u64,
-                    outcome: "pinned: the library's initialisation never returned".into(),
+                    outcome: StartOutcome::InitialisationHung,
                 });
             }
             Err(RecvTimeoutError::Disconnected) => {
@@ -535,7 +575,6 @@ impl Instance {
         };
         crash_slot.identify(&id.name, &id.version.to_string(), &artifact.sha256, name);
         let _ = shared.tags.set(id.clone());
-        let _ = shared.log.set(log_of(&id.name));
         let instance = Arc::new(Instance {
             duration: metrics.request_duration(&id),
             id,
@@ -555,14 +594,7 @@ impl Instance {
             latency: Latency::new(),
             shared,
             history: Mutex::new(Vec::new()),
-            worker: Mutex::new(Some(Worker {
-                thread,
-                done: done_rx,
-                heap: refs.0,
-                tasks: refs.1,
-                thread_name,
-                crash_slot,
-            })),
+            worker: Mutex::new(Some(Worker { thread, done: done_rx, counters, thread_name, crash_slot })),
             leaked: Mutex::new(None),
             in_flight: Arc::new(AtomicUsize::new(0)),
             busy: AtomicBool::new(true),
@@ -584,47 +616,14 @@ impl Instance {
         });
         let _ = instance.shared.me.set(Arc::downgrade(&instance));
         instance.transition(State::Installing, "install", "library loaded and checked");
-        if let Err(e) = reserve(&instance) {
-            let _ = go_tx.send(false);
-            instance.teardown(config.stop_timeout);
-            return Err(e);
-        }
-        instance.transition(State::Starting, "install", "running the start hook");
-        let _ = go_tx.send(true);
-
-        let failure = match started_rx.recv_timeout(config.start_timeout) {
-            Ok(Ok(())) => {
-                let total = began.elapsed().as_micros() as u64;
-                instance.install_micros.store(total, Ordering::Relaxed);
-                instance.start_micros.store(total.saturating_sub(instance.load_micros), Ordering::Relaxed);
-                instance.sample_heap();
-                // Still `busy`: the registry ends the install once it has routed the instance.
-                return Ok(instance);
-            }
-            Ok(Err(message)) => Error::StartFailed { id: instance.id.to_string(), message },
-            Err(RecvTimeoutError::Disconnected) => Error::StartFailed {
-                id: instance.id.to_string(),
-                message: "the module returned without reporting its start".into(),
-            },
-            Err(RecvTimeoutError::Timeout) => Error::StartTimeout {
-                id: instance.id.to_string(),
-                timeout_ms: config.start_timeout.as_millis() as u64,
-                outcome: String::new(),
-            },
-        };
-        let (state, message) = instance.teardown(config.stop_timeout);
-        let failure = match failure {
-            Error::StartTimeout { id, timeout_ms, .. } => {
-                let outcome = if state == State::Pinned { "pinned" } else { "broken, unloaded" };
-                Error::StartTimeout { id, timeout_ms, outcome: outcome.into() }
-            }
-            other => other,
-        };
-        let final_state = if state == State::Pinned { State::Pinned } else { State::Broken };
-        let message = if state == State::Pinned { message } else { failure.to_string() };
-        instance.transition(final_state, failure.code(), &message);
-        instance.busy.store(false, Ordering::Release);
-        Err(failure)
+        Ok(Loaded {
+            instance,
+            go: go_tx,
+            started: started_rx,
+            began,
+            start_timeout: config.start_timeout,
+            stop_timeout: config.stop_timeout,
+        })
     }
 
     /// The current state.
@@ -678,7 +677,7 @@ impl Instance {
 
     /// The module's heap right now, while its library is loaded. Also updates the peak.
     pub fn heap(&self) -> Option<HeapSnapshot> {
-        let heap = lock(&self.worker).as_ref().map(|worker| worker.heap.snapshot())?;
+        let heap = lock(&self.worker).as_ref().map(|worker| worker.counters.heap())?;
         self.heap_peak.fetch_max(heap.live_bytes, Ordering::Relaxed);
         Some(heap)
     }
@@ -706,7 +705,7 @@ impl Instance {
     /// Tasks alive on the module's runtime, while its library is loaded (`None` for modules built
     /// against an interface older than 1.1).
     pub fn tasks(&self) -> Option<u64> {
-        lock(&self.worker).as_ref().and_then(|worker| worker.tasks).map(|t| t.alive.load(Ordering::Relaxed))
+        lock(&self.worker).as_ref().and_then(|worker| worker.counters.tasks())
     }
 
     /// The limits the base enforces on this instance.
@@ -962,7 +961,7 @@ impl Instance {
             && in_flight > limit as usize
         {
             self.shared.rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(Error::ModuleOverloaded { id: self.id.to_string(), limit });
+            return Err(Error::ModuleOverloaded { id: self.id.clone(), limit });
         }
         let began = Instant::now();
         let timeout = limits.request_timeout();
@@ -1013,10 +1012,10 @@ impl Instance {
                 Ok(response)
             }
             Ok(Ok(Outcome::Failed { code, message })) => {
-                failed(Error::ModuleFailed { id: self.id.to_string(), code, message })
+                failed(Error::ModuleFailed { id: self.id.clone(), code, message })
             }
             Ok(Err(_)) if self.drain_expired.load(Ordering::Acquire) => failed(Error::DrainTimeout {
-                id: self.id.to_string(),
+                id: self.id.clone(),
                 timeout_ms: self.drain_timeout_ms.load(Ordering::Relaxed),
             }),
             Ok(Err(_)) => failed(self.unavailable("the instance stopped before answering")),
@@ -1034,16 +1033,13 @@ impl Instance {
                         }
                     }
                 });
-                failed(Error::ModuleTimeout {
-                    id: self.id.to_string(),
-                    timeout_ms: timeout.as_millis() as u64,
-                })
+                failed(Error::ModuleTimeout { id: self.id.clone(), timeout_ms: timeout.as_millis() as u64 })
             }
         }
     }
 
     fn unavailable(&self, reason: &str) -> Error {
-        Error::ModuleUnavailable { id: self.id.to_string(), reason: reason.to_owned() }
+        Error::ModuleUnavailable { id: Subject::Module(self.id.clone()), reason: reason.to_owned() }
     }
 
     /// Whether the module implements SPI `name` (any version).
@@ -1234,16 +1230,29 @@ impl Instance {
                 ),
             );
         }
-        let library = worker.thread.join().ok().flatten();
+        let Worker { thread, counters, thread_name, .. } = worker;
+        let library = thread.join().ok().flatten();
         // After the join, so what the thread's exit-time destructors free is not counted.
-        let heap = worker.heap.snapshot();
+        let heap = counters.heap();
         *lock(&self.leaked) = Some(heap);
+        // The counters share the library. When the thread handed it back they go now, so its
+        // unload below closes it; when the thread unwound and dropped it on its way out, they
+        // hold the last share, and are closed (or kept) in its place.
+        let orphaned = match library {
+            Some(_) => {
+                drop(counters);
+                None
+            }
+            None => Some(counters),
+        };
         self.shared.close();
-        let pinned = |library: Option<Library>, why: Pin, reason: String| {
+        let pinned = |library: Option<Library>, orphaned: Option<Counters>, why: Pin, reason: String| {
+            // Kept like the library: the thread's code may still run.
+            std::mem::forget(orphaned);
             pin_forever(Arc::clone(&self.shared), library, why);
             (State::Pinned, reason)
         };
-        let stragglers = threads_named(&worker.thread_name);
+        let stragglers = threads_named(&thread_name);
         if stragglers > 0 {
             let message = format!(
                 "{stragglers} thread(s) the module started are still running, so the library \
@@ -1252,16 +1261,16 @@ impl Instance {
             // The one pin that can end by itself: the base looks again every second and
             // finishes the unload once those threads are gone (see `finish_stranded_unloads`).
             if let (Some(library), Some(me)) = (library, self.shared.me.get().and_then(|me| me.upgrade())) {
-                *lock(&self.stranded) =
-                    Some(Stranded { library, thread_name: worker.thread_name.clone(), crash_slot });
+                *lock(&self.stranded) = Some(Stranded { library, thread_name, crash_slot });
                 lock(&STRANDED).push(me);
                 return (State::Pinned, format!("{message}; it is unloaded once they end"));
             }
-            return pinned(None, Pin::ThreadsLeftRunning, message);
+            return pinned(None, orphaned, Pin::ThreadsLeftRunning, message);
         }
         if let Some(wedged) = loader::wedged() {
             return pinned(
                 library,
+                orphaned,
                 Pin::LoaderWedged,
                 format!(
                     "not closed: the initialisation of {} never returned and holds the dynamic \
@@ -1271,8 +1280,10 @@ impl Instance {
             );
         }
         let Some(library) = library else {
-            // The thread unwound: the library was dropped (closed) on its way out.
-            if loader::is_loaded(&self.load_path) {
+            // The thread unwound and dropped the library on its way out; closing the counters'
+            // share closes it, off this thread like any unload.
+            let closed = orphaned.map_or(Unload::Unmapped, |c| c.unload(&self.load_path, stop_timeout));
+            if closed != Unload::Unmapped {
                 pin_forever(Arc::clone(&self.shared), None, Pin::StillLoaded);
                 return (State::Pinned, "the module's thread failed and its library is still loaded".into());
             }
@@ -1582,9 +1593,6 @@ impl Drop for InFlight {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
-
-/// The heap and task counters' addresses, moved from the instance thread to the launcher.
-struct LibraryRefs(&'static HeapCounters, Option<&'static TaskCounters>);
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload

@@ -11,7 +11,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    sync::{Mutex, mpsc},
+    sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
 
@@ -21,7 +21,7 @@ use abi_stable::{
     library::{RawLibrary, lib_header_from_raw_library},
 };
 use pedestal_module_api::{
-    HeapCounters,
+    HeapCounters, HeapSnapshot,
     abi::{
         Host, INTERFACE_VERSION, InterfaceStamp, ModuleLimits, ModuleRootRef, RESERVED_SPI_PREFIX, SpiDecl,
         TaskCounters,
@@ -32,6 +32,7 @@ use semver::Version;
 use crate::{
     error::{Error, Result},
     sync::lock,
+    sys::object_base,
     tls_keys,
 };
 
@@ -56,10 +57,67 @@ pub struct Manifest {
 /// An open module library and its root module.
 ///
 /// Field order matters: fields drop in declaration order, and the library handle must be the
-/// last thing dropped, after everything that points into it.
+/// last thing dropped, after everything that points into it. The handle is shared with the
+/// [`Counters`] handed out for it, so the library stays mapped while any of them lives; it is
+/// closed where its last owner drops it (see [`Library::unload`]).
 pub struct Library {
     root: ModuleRootRef,
-    raw: RawLibrary,
+    raw: Arc<RawLibrary>,
+}
+
+/// A module's heap and task counters, which live in its library's static memory. The handle
+/// owns a share of the library, so reading them is sound for as long as it exists: no safe code
+/// can hold them past an unload. Reading costs what reading a plain reference does.
+///
+/// Ownership: the base's, on any thread. Drop it before [`Library::unload`], which closes the
+/// library only when it holds the last share; a handle that outlives its library's owner closes
+/// it through [`Counters::unload`].
+pub struct Counters {
+    heap: &'static HeapCounters,
+    tasks: Option<&'static TaskCounters>,
+    // Last: it keeps `heap` and `tasks` mapped.
+    library: Arc<RawLibrary>,
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters").finish_non_exhaustive()
+    }
+}
+
+impl Counters {
+    /// # Safety
+    ///
+    /// `heap` and `tasks` must point into the library that `library` keeps open. The
+    /// `'static` lifetimes are a private convenience: the references never leave this handle
+    /// except as values copied out of them, and the handle keeps their memory mapped.
+    unsafe fn new(
+        heap: &'static HeapCounters,
+        tasks: Option<&'static TaskCounters>,
+        library: Arc<RawLibrary>,
+    ) -> Self {
+        Self { heap, tasks, library }
+    }
+
+    /// The module's heap right now.
+    pub fn heap(&self) -> HeapSnapshot {
+        self.heap.snapshot()
+    }
+
+    /// Tasks alive on the module's runtime (`None` when built against an interface older than
+    /// 1.1).
+    pub fn tasks(&self) -> Option<u64> {
+        self.tasks.map(|t| t.alive.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Closes the library this handle keeps open, when the [`Library`] itself is gone already
+    /// (its thread unwound and dropped it), exactly as [`Library::unload`] would: off the
+    /// calling thread, within `timeout`.
+    pub fn unload(self, path: &Path, timeout: Duration) -> Unload {
+        let inside = std::ptr::from_ref(self.heap) as usize;
+        let Self { library, .. } = self;
+        close_elsewhere(library, inside, path, timeout)
+    }
 }
 
 impl std::fmt::Debug for Library {
@@ -119,6 +177,7 @@ pub fn open(path: &Path) -> Result<(Library, Manifest)> {
     let limits = root.limits();
     let provides = spi_decls(root.provides().map(|p| p.as_slice()).unwrap_or_default(), "implements")?;
     let requires = spi_decls(root.requires().map(|p| p.as_slice()).unwrap_or_default(), "requires")?;
+    let raw = Arc::new(raw);
     Ok((Library { root, raw }, Manifest { name, version, interface, limits, provides, requires }))
 }
 
@@ -150,18 +209,11 @@ impl Library {
         (self.root.run())(host);
     }
 
-    /// The module's heap counters.
-    ///
-    /// The reference is only valid while this `Library` is open; the caller keeps it no longer.
-    pub fn heap(&self) -> &'static HeapCounters {
-        self.root.heap()
-    }
-
-    /// The module's task counters (`None` when built against an interface older than 1.1).
-    ///
-    /// The reference is only valid while this `Library` is open; the caller keeps it no longer.
-    pub fn tasks(&self) -> Option<&'static TaskCounters> {
-        self.root.tasks()
+    /// The module's heap and task counters, as a handle that keeps the library open.
+    pub fn counters(&self) -> Counters {
+        // SAFETY: both accessors return addresses of statics inside this library, and the
+        // handle shares `raw`, which keeps it open.
+        unsafe { Counters::new(self.root.heap(), self.root.tasks(), Arc::clone(&self.raw)) }
     }
 
     /// The library's load address.
@@ -178,35 +230,48 @@ impl Library {
     /// `timeout`: a library initialiser stuck in another thread holds that lock, and the base
     /// must answer rather than hang. The keys are deleted only once the library is gone.
     pub fn unload(self, path: &Path, timeout: Duration) -> Unload {
-        let (done, outcome) = mpsc::sync_channel(1);
-        let path = path.to_owned();
-        let (hand_over, library) = mpsc::sync_channel::<Library>(1);
-        let closer = std::thread::Builder::new().name("pedestal-close".into()).spawn(move || {
-            let Ok(library) = library.recv() else { return };
-            let keys = tls_keys::owned_by(library.load_base());
-            // `root` is a plain pointer into the library; nothing to drop before the handle.
-            drop(library.raw);
-            let still_loaded = is_loaded(&path);
-            if !still_loaded {
-                tls_keys::delete_unchanged(&keys);
-            }
-            let _ = done.send(still_loaded);
-        });
-        // If no closer can take the library, keep it open rather than close it on this base
-        // thread.
-        if closer.is_err() {
-            std::mem::forget(self);
-            return Unload::StillLoaded;
+        // Every `Counters` of it must be gone, or `dlclose` would not run here (the caller's
+        // order of drops is wrong): the check below would then only report it still loaded.
+        debug_assert_eq!(Arc::strong_count(&self.raw), 1, "a `Counters` outlives its library's unload");
+        let inside = std::ptr::from_ref(self.root.heap()) as usize;
+        // `root` is a plain pointer into the library; nothing to drop before the handle.
+        let Self { raw, .. } = self;
+        close_elsewhere(raw, inside, path, timeout)
+    }
+}
+
+/// Drops `library` (its last share, normally, which closes it) on a short-lived thread of its
+/// own, and reports what became of it (see [`Library::unload`]). `inside` is an address inside
+/// the library: its load address is looked up on that thread too, since `dladdr` takes the
+/// loader lock.
+fn close_elsewhere(library: Arc<RawLibrary>, inside: usize, path: &Path, timeout: Duration) -> Unload {
+    let (done, outcome) = mpsc::sync_channel(1);
+    let path = path.to_owned();
+    let (hand_over, library_rx) = mpsc::sync_channel::<Arc<RawLibrary>>(1);
+    let closer = std::thread::Builder::new().name("pedestal-close".into()).spawn(move || {
+        let Ok(library) = library_rx.recv() else { return };
+        let keys = object_base(inside).map(tls_keys::owned_by).unwrap_or_default();
+        drop(library);
+        let still_loaded = is_loaded(&path);
+        if !still_loaded {
+            tls_keys::delete_unchanged(&keys);
         }
-        if let Err(mpsc::SendError(library)) = hand_over.send(self) {
-            std::mem::forget(library);
-            return Unload::StillLoaded;
-        }
-        match outcome.recv_timeout(timeout) {
-            Ok(false) => Unload::Unmapped,
-            Ok(true) => Unload::StillLoaded,
-            Err(_) => Unload::LoaderBusy,
-        }
+        let _ = done.send(still_loaded);
+    });
+    // If no closer can take the library, keep it open rather than close it on this base
+    // thread.
+    if closer.is_err() {
+        std::mem::forget(library);
+        return Unload::StillLoaded;
+    }
+    if let Err(mpsc::SendError(library)) = hand_over.send(library) {
+        std::mem::forget(library);
+        return Unload::StillLoaded;
+    }
+    match outcome.recv_timeout(timeout) {
+        Ok(false) => Unload::Unmapped,
+        Ok(true) => Unload::StillLoaded,
+        Err(_) => Unload::LoaderBusy,
     }
 }
 

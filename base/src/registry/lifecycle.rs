@@ -164,7 +164,7 @@ impl Registry {
     ) -> Result<Installed> {
         let name = options.name.as_deref();
         if let Some(existing) = self.live_instance_of(&artifact.sha256, name) {
-            return Err(Error::AlreadyInstalled { id: existing.id.to_string() });
+            return Err(Error::AlreadyInstalled { id: existing.id.clone() });
         }
         // Every load passes here (uploads, boot modules, the watched directory, restores,
         // retries): the stored file is checked again, piecewise, right before `dlopen` runs its
@@ -181,19 +181,23 @@ impl Registry {
         let mut loading = self.loading(&artifact.sha256, name, load);
         // A replace of the same version unloads the running one before the new one starts.
         let mut replaced_same = None;
-        let launched = Instance::launch(
-            artifact,
-            load_path.clone(),
-            name,
-            &self.config.runtime(),
-            &self.metrics,
-            &|name| self.log(name),
-            |instance| {
-                loading.identify(instance);
-                replaced_same = self.reserve(instance, same_identity, requires)?;
-                Ok(())
-            },
-        );
+        // Load (nothing of the module starts), reserve the identity it turned out to have, then
+        // start it, or abandon it when the identity is refused.
+        let launched =
+            Instance::load(artifact, load_path.clone(), name, &self.config.runtime(), &self.metrics)
+                .and_then(|loaded| {
+                    let instance = loaded.instance();
+                    loading.identify(instance);
+                    let log = self.log(&instance.id.name);
+                    match self.reserve(instance, same_identity, requires) {
+                        Ok(replaced) => replaced_same = replaced,
+                        Err(e) => {
+                            loaded.abandon();
+                            return Err(e);
+                        }
+                    }
+                    loaded.start(log)
+                });
         drop(loading);
         let instance = match launched {
             Ok(instance) => instance,
@@ -316,16 +320,13 @@ impl Registry {
     pub fn switch(&self, name: &str, version: &Version) -> Result<(Arc<Instance>, Option<Arc<Instance>>)> {
         let target = self.find(name, version)?;
         if !target.try_begin_operation() {
-            return Err(Error::OperationInProgress { id: target.id.to_string() });
+            return Err(Error::OperationInProgress { id: target.id.clone() });
         }
         let switched = (|| {
             let mut modules = lock(&self.modules);
             let state = target.state();
             if !matches!(state, State::Active | State::Inactive) {
-                return Err(Error::NotRunning {
-                    id: target.id.to_string(),
-                    state: format!("{state:?}").to_lowercase(),
-                });
+                return Err(Error::NotRunning { id: target.id.clone(), state });
             }
             // A started target is live, so it is the instance the table holds at `version`.
             let from = policy::switch_from(&policy::snapshot(&modules), name, version)?;
@@ -410,7 +411,7 @@ impl Registry {
             return Ok(instance);
         }
         if !instance.try_begin_operation() {
-            return Err(Error::OperationInProgress { id: instance.id.to_string() });
+            return Err(Error::OperationInProgress { id: instance.id.clone() });
         }
         if !instance.state().is_live() {
             // A concurrent uninstall finished between the check above and taking the lock.
@@ -529,7 +530,7 @@ impl Registry {
         let versions = modules.entry(instance.id.name.clone()).or_default();
         if let Some(existing) = versions.instances.get(&instance.id.version) {
             if existing.state().is_live() {
-                return Err(Error::AlreadyInstalled { id: instance.id.to_string() });
+                return Err(Error::AlreadyInstalled { id: instance.id.clone() });
             }
             instance.inherit_history(existing.history());
         }
@@ -601,11 +602,11 @@ impl Registry {
     pub fn restart(&self, instance: &Arc<Instance>, reason: &str, message: &str) -> Result<Arc<Instance>> {
         if !instance.try_begin_operation() {
             instance.rearm_memory_limit();
-            return Err(Error::OperationInProgress { id: instance.id.to_string() });
+            return Err(Error::OperationInProgress { id: instance.id.clone() });
         }
         if !instance.state().is_live() {
             instance.end_operation();
-            return Err(Error::NotRunning { id: instance.id.to_string(), state: "stopped".into() });
+            return Err(Error::NotRunning { id: instance.id.clone(), state: State::Stopped });
         }
         {
             // Keep `active` pointing at this version: the fresh instance takes it over. Out of
@@ -648,6 +649,6 @@ impl Registry {
             })
             .collect();
         let facts = policy::Facts::of(instance);
-        policy::check_requires(&instance.id.to_string(), &instance.id.name, &facts, &providers)
+        policy::check_requires(&instance.id, &facts, &providers)
     }
 }

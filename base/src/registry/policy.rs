@@ -13,7 +13,7 @@ use semver::Version;
 use super::{Versions, compatible};
 use crate::{
     error::{Error, Result},
-    instance::State,
+    instance::{ModuleId, State},
 };
 
 /// Whether the active version's traffic goes to another version when it leaves.
@@ -133,17 +133,14 @@ pub(crate) fn restore_fallback(module: &Module) -> Option<Version> {
 /// Refuses to install `name` (with these facts) while an SPI it requires has no compatible
 /// implementation among `providers` (`SPI_MISSING`). An SPI it implements itself counts as
 /// present; another version of the same module does not.
-pub(crate) fn check_requires(id: &str, name: &str, facts: &Facts, providers: &[Provider]) -> Result<()> {
+pub(crate) fn check_requires(id: &ModuleId, facts: &Facts, providers: &[Provider]) -> Result<()> {
+    let name = &id.name;
     for (spi, version) in &facts.requires {
         let own = facts.provides_compatible(spi, version);
         let running =
-            providers.iter().any(|p| p.name != name && p.spi == *spi && compatible(&p.version, version));
+            providers.iter().any(|p| p.name != *name && p.spi == *spi && compatible(&p.version, version));
         if !own && !running {
-            return Err(Error::SpiMissing {
-                id: id.to_owned(),
-                spi: spi.clone(),
-                version: version.to_string(),
-            });
+            return Err(Error::SpiMissing { id: id.clone(), spi: spi.clone(), version: version.to_string() });
         }
     }
     Ok(())
@@ -186,7 +183,7 @@ pub(crate) fn check_dependents(
                     .collect();
                 dependents.sort();
                 return Err(Error::ModuleRequired {
-                    id: format!("{name}@{version}"),
+                    id: ModuleId { name: name.to_owned(), version: version.clone() },
                     spi: spi.clone(),
                     dependents,
                 });
@@ -253,7 +250,7 @@ pub(crate) fn check_weights(table: &Table, name: &str, weights: &BTreeMap<Versio
 }
 
 fn not_running(name: &str, version: &Version, state: State) -> Error {
-    Error::NotRunning { id: format!("{name}@{version}"), state: format!("{state:?}").to_lowercase() }
+    Error::NotRunning { id: ModuleId { name: name.to_owned(), version: version.clone() }, state }
 }
 
 /// `items` with every one after the implementations of the SPIs it requires (a stable
@@ -398,7 +395,8 @@ mod tests {
             "install" => {
                 let (name, version) = id(argument);
                 let facts = &table[&name].versions[&version];
-                match check_requires(argument, &name, facts, &routed(&table)) {
+                let id = ModuleId { name: name.clone(), version: version.clone() };
+                match check_requires(&id, facts, &routed(&table)) {
                     Ok(()) => "ok".to_owned(),
                     Err(e) => refusal(e),
                 }

@@ -69,7 +69,7 @@ impl Registry {
         for (spi, version) in &instance.provides {
             if let Some(base) = declared.get(spi).filter(|base| !compatible(version, base)) {
                 return Err(Error::SpiIncompatible {
-                    id: instance.id.to_string(),
+                    id: Box::new(instance.id.clone()),
                     spi: spi.clone(),
                     module: version.to_string(),
                     base: base.to_string(),
