@@ -19,9 +19,10 @@ use crate::error::Error;
 #[derive(Debug, Clone)]
 pub(crate) struct ErrorCode(pub String);
 
-/// An [`Error`] on its way out as an HTTP answer.
+/// An [`Error`] on its way out as an HTTP answer: what a custom base's native routes return to
+/// answer as the base does (`{code, message, details}`, the status, `Retry-After`).
 #[derive(Debug)]
-pub(crate) struct Refusal(pub(crate) Error);
+pub struct Refusal(pub Error);
 
 impl From<Error> for Refusal {
     fn from(error: Error) -> Self {
@@ -30,7 +31,7 @@ impl From<Error> for Refusal {
 }
 
 /// What a handler returns: its answer, or the refusal of it.
-pub(crate) type Answer<T> = std::result::Result<T, Refusal>;
+pub type Answer<T> = std::result::Result<T, Refusal>;
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {

@@ -109,6 +109,7 @@ pub use crate::{
     config::{Config, MIN_ADMIN_TOKEN_LEN, STRONG_ADMIN_TOKEN_LEN},
     crash::{Crash, CrashRecord, crash_of_process},
     error::{Error, Result},
+    error_response::{Answer, Refusal},
     instance::{Instance, ModuleId, State, Traffic, Transition},
     limits::{Action, LimitDefaults, LimitOverrides, Limits, Source, Sources, UnhealthyAction},
     logs::{LogFormat, LogLine, ModuleLog},

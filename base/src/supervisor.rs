@@ -54,7 +54,8 @@ pub const WORKER_RESTART_EXIT_CODE: i32 = 75;
 const MAX_ESCALATIONS: usize = 3;
 const ESCALATION_WINDOW: Duration = Duration::from_secs(600);
 
-/// Environment the supervisor sets for its worker (besides `PEDESTAL_LISTEN_FDS`).
+/// Environment the supervisor sets for its worker (besides `PEDESTAL_LISTEN_FDS`, which
+/// `pedestal_host::sys` reads).
 const GENERATION: &str = "PEDESTAL_WORKER_GENERATION";
 const SUPERVISOR_PID: &str = "PEDESTAL_SUPERVISOR_PID";
 const ESCALATION: &str = "PEDESTAL_WORKER_ESCALATION";
@@ -70,8 +71,6 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// (then removed from the environment, so processes a module starts do not inherit it).
 #[derive(Debug, Default)]
 pub(crate) struct Handover {
-    /// `PEDESTAL_LISTEN_FDS`: the inherited descriptors, `TRAFFIC,OPERATIONS`.
-    pub(crate) listen_fds: Option<String>,
     generation: Option<u64>,
     supervisor_pid: Option<u32>,
     /// `false` only when the supervisor said `off`.
@@ -86,7 +85,6 @@ pub(crate) fn handover() -> &'static Handover {
     HANDOVER.get_or_init(|| {
         let var = |name| std::env::var(name).ok();
         Handover {
-            listen_fds: var(listeners::LISTEN_FDS),
             generation: var(GENERATION).and_then(|g| g.parse().ok()),
             supervisor_pid: var(SUPERVISOR_PID).and_then(|p| p.parse().ok()),
             escalation: var(ESCALATION).is_none_or(|value| value != "off"),

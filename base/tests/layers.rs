@@ -106,15 +106,34 @@ fn no_file_of_the_base_uses_a_higher_layer() {
             continue;
         };
         let text = fs::read_to_string(root.join(file)).unwrap();
-        for used in crate_paths(&text) {
-            let target = target_of(root, file, &used);
+        let mut uses: Vec<(String, String)> = crate_paths(&text)
+            .into_iter()
+            .map(|used| (format!("crate::{used}"), target_of(root, file, &used)))
+            .collect();
+        // `pedestal-base` names the host's modules by their crate too.
+        if file.starts_with("base/") {
+            uses.extend(
+                paths_after(&text, "pedestal_host::")
+                    .into_iter()
+                    .map(|used| (format!("pedestal_host::{used}"), hosted_target(&used))),
+            );
+        }
+        // `super::` of a nested file is its parent module (outside the file's test module,
+        // whose `super` is the file itself).
+        let outside_tests = text.split("#[cfg(test)]").next().unwrap_or("");
+        uses.extend(
+            paths_after(outside_tests, "super::")
+                .into_iter()
+                .map(|used| (format!("super::{used}"), super_target(root, file, &used))),
+        );
+        for (used, target) in uses {
             let Some(used_layer) = layer_of(&target) else {
-                problems.push(format!("{file} uses crate::{used}, whose file {target} is in no layer"));
+                problems.push(format!("{file} uses {used}, whose file {target} is in no layer"));
                 continue;
             };
             if used_layer > layer {
                 problems.push(format!(
-                    "{file} ({}) uses crate::{used} from {target} ({})",
+                    "{file} ({}) uses {used} from {target} ({})",
                     LAYERS[layer], LAYERS[used_layer]
                 ));
             }
@@ -137,6 +156,45 @@ fn crate_paths_are_found_in_use_groups_and_inline_paths() {
     // An item of the crate root is the root's.
     assert_eq!(target_of(root, "base/src/config.rs", "Base"), "base/src/lib.rs");
     assert_eq!(target_of(root, "host/src/instance.rs", "loader"), "host/src/loader.rs");
+    // `super::` names the parent module, or a sibling file under it.
+    assert_eq!(super_target(root, "host/src/crash/record.rs", "CrashSlot"), "host/src/crash.rs");
+    assert_eq!(super_target(root, "host/src/crash/policy.rs", "record"), "host/src/crash/record.rs");
+    assert_eq!(
+        super_target(root, "base/src/registry/lifecycle.rs", "durable"),
+        "base/src/registry/durable.rs"
+    );
+    assert_eq!(hosted_target("instance"), "host/src/instance.rs");
+    // A `//` inside a string is not a comment.
+    assert_eq!(crate_paths("let u = \"http://x\"; crate::admin::f();"), ["admin"]);
+    assert_eq!(
+        paths_after("use pedestal_host::{instance, error::Error};", "pedestal_host::"),
+        ["instance", "error"]
+    );
+}
+
+/// The file `pedestal_host::<used>` names.
+fn hosted_target(used: &str) -> String {
+    let file = format!("host/src/{used}.rs");
+    if Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join(&file).exists() {
+        file
+    } else {
+        "host/src/lib.rs".to_owned()
+    }
+}
+
+/// The file `super::<used>` in `file` names: a sibling module's file under the parent, else the
+/// parent module's file (`a/b.rs` → `a.rs`; a top-level file's parent is the crate root).
+fn super_target(root: &Path, file: &str, used: &str) -> String {
+    let path = Path::new(file);
+    let dir = path.parent().unwrap();
+    let sibling = dir.join(format!("{used}.rs"));
+    if dir.file_name().is_some_and(|d| d != "src") && root.join(&sibling).exists() {
+        return sibling.to_string_lossy().into_owned();
+    }
+    if dir.file_name().is_some_and(|d| d == "src") {
+        return dir.join("lib.rs").to_string_lossy().into_owned();
+    }
+    format!("{}.rs", dir.to_string_lossy())
 }
 
 /// The file that `crate::<used>` in `file` names: the module's file in the same crate, else (in
@@ -174,13 +232,19 @@ fn rust_files(root: &Path, dir: &Path, found: &mut Vec<String>) {
 /// The first segment of every `crate::` path in `text` outside comments, `use crate::{a, b::c}`
 /// groups included. `$crate::` (in macros) is not a use.
 fn crate_paths(text: &str) -> Vec<String> {
-    let code: String =
-        text.lines().map(|line| line.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    paths_after(text, "crate::")
+}
+
+/// The first segment of every path starting with `prefix` (`crate::`, `super::`,
+/// `pedestal_host::`) in `text` outside comments, groups included, not preceded by an
+/// identifier character or `$`.
+fn paths_after(text: &str, prefix: &str) -> Vec<String> {
+    let code: String = text.lines().map(without_comment).collect::<Vec<_>>().join("\n");
     let mut found = Vec::new();
     let mut rest = code.as_str();
-    while let Some(at) = rest.find("crate::") {
+    while let Some(at) = rest.find(prefix) {
         let before = rest[..at].chars().next_back();
-        let after = &rest[at + "crate::".len()..];
+        let after = &rest[at + prefix.len()..];
         rest = after;
         if before.is_some_and(|c| c == '$' || c == '_' || c.is_alphanumeric()) {
             continue;
@@ -218,4 +282,19 @@ fn group_heads(group: &str) -> Vec<String> {
 
 fn ident(text: &str) -> String {
     text.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
+}
+
+/// `line` without its `//` comment; a `//` inside a string literal (an even number of quotes
+/// before it) is not one.
+fn without_comment(line: &str) -> &str {
+    let mut quotes = 0;
+    let bytes = line.as_bytes();
+    for i in 0..bytes.len() {
+        match bytes[i] {
+            b'"' if i == 0 || bytes[i - 1] != b'\\' => quotes += 1,
+            b'/' if quotes % 2 == 0 && bytes.get(i + 1) == Some(&b'/') => return &line[..i],
+            _ => {}
+        }
+    }
+    line
 }

@@ -1,7 +1,7 @@
 //! The wake-up the base rings when it gives a module work: a "notified" flag in front of an
 //! `eventfd`, so a busy module costs no system call per message.
 //!
-//! The protocol (modelled in `base/tests/loom_mailbox.rs`): a producer first makes its work
+//! The protocol (modelled in `host/tests/loom_mailbox.rs`): a producer first makes its work
 //! visible (pushes to a [`Mailbox`](crate::mailbox::Mailbox), sets a flag), then calls
 //! [`Doorbell::wake`]. The module, finding nothing to do, calls [`Doorbell::idle`] with a check
 //! of every source of work; only when it returns `true` does the module wait on the fd. Since

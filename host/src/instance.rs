@@ -481,6 +481,7 @@ impl Drop for DoneGuard {
 }
 
 impl Instance {
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Opens and checks a module's library from `load_path` on a new thread of its own, and
     /// reads its manifest; nothing of the module is started. The caller reserves the identity
     /// the [`Loaded`] names, then [`starts`](Loaded::start) or [`abandons`](Loaded::abandon) it.
@@ -552,6 +553,13 @@ impl Instance {
                 // A library constructor that never returns: its thread can never be joined,
                 // and it holds the dynamic loader's lock.
                 loader::mark_wedged(&load_path);
+                // Keep both ends of the hand-over channels too: if the initialiser returned
+                // now, the thread's `(manifest, counters)` would sit in the channel, and
+                // dropping the receiver here would drop the last share of the library (a
+                // `dlclose`, and its destructors) on this base thread. Kept, the thread waits
+                // for `go` forever, holding its library, as `InitialisationHung` says.
+                std::mem::forget(manifest_rx);
+                std::mem::forget(go_tx);
                 pin_forever(shared, None, Pin::InitialisationHung);
                 return Err(Error::StartTimeout {
                     id: Subject::Library(load_path),
@@ -636,6 +644,7 @@ impl Instance {
         lock(&self.history).clone()
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Puts an earlier incarnation's history in front of this one's (same identity, reinstalled).
     pub fn inherit_history(&self, earlier: Vec<Transition>) {
         let mut history = lock(&self.history);
@@ -643,6 +652,7 @@ impl Instance {
         history.extend(mine);
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Records a state change.
     pub fn transition(&self, state: State, reason: &str, message: &str) {
         tracing::info!(module = %self.id.name, version = %self.id.version, ?state, reason, "{message}");
@@ -682,6 +692,7 @@ impl Instance {
         Some(heap)
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Reads the heap so the peak stays current (the registry samples every instance).
     pub fn sample_heap(&self) {
         let _ = self.heap();
@@ -713,6 +724,7 @@ impl Instance {
         **self.limits.load()
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Replaces the enforced limits (the next request sees them).
     pub fn set_limits(&self, limits: Limits) {
         self.limits.store(Arc::new(limits));
@@ -720,6 +732,7 @@ impl Instance {
         self.over_memory.store(false, Ordering::Relaxed);
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Checks the live heap against the memory soft limit: `Some` once per upward crossing
     /// (re-armed when the heap falls back under the limit).
     pub fn check_memory(&self) -> Option<MemoryCrossing> {
@@ -742,10 +755,12 @@ impl Instance {
         self.deactivated.load(Ordering::Relaxed)
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     pub fn set_deactivated(&self, deactivated: bool) {
         self.deactivated.store(deactivated, Ordering::Relaxed);
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Lets the memory action fire again at the next sample (its first firing could not act).
     pub fn rearm_memory_limit(&self) {
         self.over_memory.store(false, Ordering::Relaxed);
@@ -761,6 +776,7 @@ impl Instance {
         self.memory_limit_crossings.load(Ordering::Relaxed)
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Requests the module is still running though their caller got `504` long ago: more than
     /// `runaway_after_ms` since they were sent. Returns the newly found ones (and marks them).
     pub fn find_runaways(&self) -> Vec<Runaway> {
@@ -820,6 +836,7 @@ impl Instance {
         }
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// One step of the background health probe behind the unhealthy policy. It never waits for
     /// the module: a step either asks the health hook (at most once per `interval`), or reads
     /// the answer to the check it asked for earlier, counting a check unanswered after
@@ -911,11 +928,13 @@ impl Instance {
         }
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Claims the identity for an operation; `false` when another operation holds it.
     pub fn try_begin_operation(&self) -> bool {
         !self.busy.swap(true, Ordering::AcqRel)
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Ends the operation that holds the identity.
     pub fn end_operation(&self) {
         self.busy.store(false, Ordering::Release);
@@ -1065,6 +1084,7 @@ impl Instance {
             && !self.shared.stop.load(Ordering::SeqCst)
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Queues a message of the base's (`pedestal.config`, `pedestal.events`) for the module,
     /// without waiting for its answer. Returns whether it was queued.
     pub fn notify(&self, spi: &'static str, method: &'static str, payload: Vec<u8>) -> bool {
@@ -1078,6 +1098,7 @@ impl Instance {
         true
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Queues the answer to the module's call `id` (dropped once the instance stopped).
     pub fn complete(&self, id: u64, status: pedestal_module_api::abi::SpiStatus, payload: Vec<u8>) {
         if self.shared.stop.load(Ordering::SeqCst) && !self.state().is_live() {
@@ -1087,6 +1108,7 @@ impl Instance {
         self.shared.wake();
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Keeps the module's metrics from expiring (see `ModuleMetric::touch`).
     pub fn touch_metrics(&self) {
         for metric in lock(&self.shared.module_metrics).iter() {
@@ -1094,6 +1116,7 @@ impl Instance {
         }
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Lets the module's calls reach `calls`. Called before the start hook runs.
     pub fn attach(&self, calls: Weak<dyn ModuleCalls>) {
         let _ = self.shared.calls.set(calls);
@@ -1154,12 +1177,14 @@ impl Instance {
         }
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Drains, stops and unloads the instance, recording each step. Returns the final state:
     /// `stopped`, or `pinned` with the reason in the history.
     pub fn stop(&self, config: &RuntimeSettings, reason: &str) -> State {
         self.stop_draining(config, config.drain_timeout, reason)
     }
 
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// [`Instance::stop`], waiting at most `drain` for the requests in flight (a restart drains
     /// briefly: the instance it stops is misbehaving).
     pub fn stop_draining(&self, config: &RuntimeSettings, drain: Duration, reason: &str) -> State {
@@ -1328,6 +1353,7 @@ impl Instance {
 }
 
 impl Instance {
+    #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Looks again at every instance pinned only because threads the module started were still
     /// running at its unload: once none of them is left, closes the library, checks that it is
     /// gone (as [`Instance::teardown`] does) and records `pinned → stopped`. Returns the

@@ -231,8 +231,14 @@ impl Library {
     /// must answer rather than hang. The keys are deleted only once the library is gone.
     pub fn unload(self, path: &Path, timeout: Duration) -> Unload {
         // Every `Counters` of it must be gone, or `dlclose` would not run here (the caller's
-        // order of drops is wrong): the check below would then only report it still loaded.
+        // order of drops is wrong). In a release build, keep the library for good rather than
+        // let that `Counters` close it later, on whatever thread drops it, after the instance
+        // was reported pinned.
         debug_assert_eq!(Arc::strong_count(&self.raw), 1, "a `Counters` outlives its library's unload");
+        if Arc::strong_count(&self.raw) != 1 {
+            std::mem::forget(self);
+            return Unload::StillLoaded;
+        }
         let inside = std::ptr::from_ref(self.root.heap()) as usize;
         // `root` is a plain pointer into the library; nothing to drop before the handle.
         let Self { raw, .. } = self;

@@ -1,7 +1,7 @@
 //! The synchronisation primitives the runtime's message passing is built from.
 //!
 //! `mailbox.rs` and `doorbell.rs` take their primitives from here and nowhere else, so the loom
-//! model (`base/tests/loom_mailbox.rs`) can compile those two files against a `sync` module of
+//! model (`host/tests/loom_mailbox.rs`) can compile those two files against a `sync` module of
 //! its own, backed by loom's checked types, without building the whole base under `--cfg loom`
 //! (tokio's shim pattern, made cheaper).
 

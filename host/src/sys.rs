@@ -6,7 +6,10 @@
 use std::{
     net::TcpListener,
     os::fd::{FromRawFd, OwnedFd, RawFd},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use rustix::io::{FdFlags, fcntl_setfd};
@@ -23,13 +26,29 @@ pub fn object_base(address: usize) -> Option<usize> {
     Some(unsafe { info.assume_init() }.dli_fbase as usize)
 }
 
+/// The environment variable a supervisor names the descriptors it handed over in:
+/// `TRAFFIC,OPERATIONS`.
+pub const LISTEN_FDS: &str = "PEDESTAL_LISTEN_FDS";
+
+/// [`LISTEN_FDS`] as this process was started with it, read once: the value stays known after
+/// [`forget_environment`] removed the variable (which reads it first).
+pub fn inherited_listen_fds() -> Option<&'static str> {
+    static VALUE: OnceLock<Option<String>> = OnceLock::new();
+    VALUE.get_or_init(|| std::env::var(LISTEN_FDS).ok()).as_deref()
+}
+
 /// Set once the inherited descriptors were taken: a second take would own them twice.
 static TAKEN: AtomicBool = AtomicBool::new(false);
 
-/// Adopts the traffic and operations listeners named by `value` (`PEDESTAL_LISTEN_FDS`, as
-/// `TRAFFIC,OPERATIONS`), once per process. They are close-on-exec again, so processes the
-/// worker (or a module) starts do not hold the base's ports.
-pub fn adopt_listeners(value: &str) -> anyhow::Result<Option<(TcpListener, TcpListener)>> {
+/// Adopts the traffic and operations listeners this process inherited, as named by
+/// [`LISTEN_FDS`] in its environment at start (`None` when it names none), once per process.
+/// They are close-on-exec again, so processes the worker (or a module) starts do not hold the
+/// base's ports. The numbers come only from the environment the process was started with, never
+/// from a caller: that is what lets this be a safe function.
+pub fn adopt_listeners() -> anyhow::Result<Option<(TcpListener, TcpListener)>> {
+    let Some(value) = inherited_listen_fds() else {
+        return Ok(None);
+    };
     if TAKEN.swap(true, Ordering::SeqCst) {
         anyhow::bail!("the inherited listeners (PEDESTAL_LISTEN_FDS) were already taken by this process");
     }
@@ -48,8 +67,10 @@ pub fn adopt_listeners(value: &str) -> anyhow::Result<Option<(TcpListener, TcpLi
 }
 
 fn adopt(fd: RawFd, what: &str) -> anyhow::Result<TcpListener> {
-    // SAFETY: the supervisor set `PEDESTAL_LISTEN_FDS` for this very `exec` and left exactly
-    // these descriptors open; nothing else in this process knows their numbers, and `TAKEN`
+    // SAFETY: `fd` comes from `PEDESTAL_LISTEN_FDS` in the environment this process was
+    // started with (never from a caller): whoever `exec`ed it (the supervisor) set it for this
+    // very `exec` and left exactly these descriptors open for it to own, as systemd's
+    // `LISTEN_FDS` does; nothing else in this process knows their numbers, and `TAKEN`
     // guarantees they are adopted once, so this `OwnedFd` is their only owner.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     fcntl_setfd(&owned, FdFlags::CLOEXEC)
@@ -67,6 +88,8 @@ fn adopt(fd: RawFd, what: &str) -> anyhow::Result<TcpListener> {
 /// top of `main`, where `pedestal_base::supervise` runs); otherwise leaves them, with a
 /// warning naming `what` they are.
 pub fn forget_environment<S: AsRef<str>>(names: &[S], what: &str) {
+    // Read before it can be removed: the inherited descriptors stay adoptable.
+    let _ = inherited_listen_fds();
     let present: Vec<&str> =
         names.iter().map(AsRef::as_ref).filter(|name| std::env::var_os(name).is_some()).collect();
     if present.is_empty() {

@@ -10,8 +10,7 @@ use std::{net::TcpListener, os::fd::RawFd};
 
 use rustix::io::{FdFlags, fcntl_setfd};
 
-/// The environment variable naming the inherited descriptors: `TRAFFIC,OPERATIONS`.
-pub(crate) const LISTEN_FDS: &str = "PEDESTAL_LISTEN_FDS";
+pub(crate) use crate::sys::LISTEN_FDS;
 
 /// Makes `listener` survive `exec` (the supervisor's two sockets are the only descriptors it
 /// leaves open to its worker); returns its number for [`LISTEN_FDS`].
@@ -25,11 +24,7 @@ pub(crate) fn share(listener: &TcpListener) -> std::io::Result<RawFd> {
 /// worker; each once. They are close-on-exec again, so processes the worker (or a module) starts
 /// do not hold the base's ports.
 pub(crate) fn take() -> anyhow::Result<Option<(TcpListener, TcpListener)>> {
-    // As read at the worker's start: the variable itself is gone by now.
-    let Some(value) = super::handover().listen_fds.clone() else {
-        return Ok(None);
-    };
-    crate::sys::adopt_listeners(&value)
+    crate::sys::adopt_listeners()
 }
 
 pub(crate) use crate::sys::forget_environment;
