@@ -52,7 +52,11 @@ fn main() {
         "host/src",
         "host/Cargo.toml",
         "base/Cargo.toml",
-        "base/build.rs",
+        "cli/src",
+        "cli/Cargo.toml",
+        "cli/build.rs",
+        "fleet/src",
+        "fleet/Cargo.toml",
         "signing/src",
         "tests/fixtures",
         "tests/compat",
@@ -64,12 +68,11 @@ fn main() {
     let target_dir = root.join("target").join("fixtures");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build.current_dir(&root).args(["build", "--release", "--target-dir"]).arg(&target_dir).args([
-        "-p",
-        "pedestal-base",
-        "--bin",
-        "pedestal",
-    ]);
+    build
+        .current_dir(&root)
+        .args(["build", "--release", "--target-dir"])
+        .arg(&target_dir)
+        .args(["-p", "pedestal", "--bin", "pedestal"]);
     // `--bin` applies to every package selected alongside it, so build fixtures separately.
     let status = plain(&mut build).status().expect("running cargo");
     assert!(status.success(), "building the pedestal binary failed");

@@ -85,10 +85,6 @@ const FILES: &[(&str, &str)] = &[
     // `Base`, `BaseBuilder` and the public face; the `pedestal` binary (a crate of its own,
     // which reaches the library only through `pedestal_base::`).
     ("base/src/lib.rs", "base"),
-    ("base/src/main.rs", "base"),
-    ("base/src/cli.rs", "base"),
-    ("base/src/cli/install.rs", "base"),
-    ("base/src/cli/keys.rs", "base"),
 ];
 
 #[test]

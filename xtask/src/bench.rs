@@ -26,7 +26,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     } else if args.iter().any(|a| a == "supervision") {
         // The real `pedestal` binary (the supervisor is its `serve`), and `fx-crashy` to crash it
         // from a handler; each in a cargo invocation of its own, like the module.
-        exec(cargo().args(["build", "--release", "-p", "pedestal-base", "--bin", "pedestal"]))?;
+        exec(cargo().args(["build", "--release", "-p", "pedestal", "--bin", "pedestal"]))?;
         exec(cargo().args(["build", "--release", "-p", "fx-crashy"]))?;
         driver
             .arg("--supervision")

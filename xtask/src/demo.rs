@@ -22,7 +22,7 @@ max_notes = 100
 const EXAMPLES: &[&str] = &["examples/greeter", "examples/notes"];
 
 pub fn run(_args: &[String]) -> anyhow::Result<()> {
-    exec(cargo().args(["build", "--release", "-p", "pedestal-base"]))?;
+    exec(cargo().args(["build", "--release", "-p", "pedestal"]))?;
     let libraries = EXAMPLES.iter().map(|e| deploy::build(e)).collect::<anyhow::Result<Vec<_>>>()?;
 
     let root = project_root();

@@ -28,6 +28,10 @@ enum Command {
     Sign(cli::keys::SignArgs),
     /// Upload a module to a running base's operations API.
     Install(cli::install::InstallArgs),
+    /// Run a fleet controller: the scheduler and the fleet API (any number; one leads).
+    Controller(Box<pedestal_fleet::controller::ControllerArgs>),
+    /// Operate a fleet through a controller: apply, status, push, delete, bases.
+    Fleet(Box<pedestal_fleet::cli::FleetArgs>),
 }
 
 #[derive(clap::Args)]
@@ -167,6 +171,8 @@ struct ServeArgs {
     /// signed by one of them are loaded, from anywhere (read at start; restart to change it).
     #[arg(long, env = "PEDESTAL_TRUSTED_KEYS")]
     trusted_keys: Option<PathBuf>,
+    #[command(flatten)]
+    fleet: pedestal_fleet::agent::JoinArgs,
 }
 
 impl From<ServeArgs> for Config {
@@ -218,6 +224,8 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Keygen(args) => return cli::keys::keygen(args),
         Command::Sign(args) => return cli::keys::sign(args),
         Command::Install(args) => return cli::install::run(args),
+        Command::Controller(args) => return pedestal_fleet::controller::run(*args),
+        Command::Fleet(args) => return pedestal_fleet::cli::run(*args),
     };
     let filter = EnvFilter::try_from_env("PEDESTAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let output = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);

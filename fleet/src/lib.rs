@@ -1,0 +1,14 @@
+//! The Pedestal fleet: many bases, one desired state in etcd, a leader-elected scheduler, and
+//! modules placed by what they really use.
+//!
+//! - [`agent`]: `pedestal serve --fleet ...` joins a base to a fleet.
+//! - [`controller`]: `pedestal controller ...`, the scheduler and the fleet API.
+//! - [`cli`]: `pedestal fleet ...`, the operator's client of a controller.
+//! - [`model`] and [`keys`]: what lives in etcd, and where.
+
+pub mod agent;
+pub mod cli;
+pub mod controller;
+pub mod keys;
+pub mod model;
+pub mod store;

@@ -1,0 +1,72 @@
+//! etcd, as every part of the fleet talks to it: one way to connect, fenced writes for the
+//! leader, and what a write that timed out means.
+//!
+//! Facts measured on these machines (DESIGN.md, Tooling): a watch on a member cut off from its
+//! cluster goes silent unless the client sets `require_leader`, so every connection sets it; a
+//! write that timed out during quorum loss may still commit later, so a timed-out write is
+//! [`Outcome::Unknown`], never "failed": the caller reads back (the controller's and agent's
+//! loops are level-triggered: their next pass reads the state again and acts on what is there).
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+
+/// How long one etcd request may take before it counts as unknown.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connects to any of `endpoints` (`http://127.0.0.1:2379`...), leader required on every
+/// request and watch.
+pub async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
+    let options = ConnectOptions::new()
+        .with_require_leader(true)
+        .with_connect_timeout(REQUEST_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+        .with_keep_alive_while_idle(true);
+    Client::connect(endpoints, Some(options)).await
+}
+
+/// What became of a write.
+#[derive(Debug)]
+pub enum Outcome {
+    /// It committed, at this revision.
+    Committed(i64),
+    /// A compare failed: for a fenced write, this controller no longer leads.
+    Refused,
+    /// No answer in time, or the connection broke: it may commit later. Read back.
+    Unknown(etcd_client::Error),
+}
+
+/// The leader's fence: the leader key and the create revision of this controller's term.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The leader key (`<prefix>leader`).
+    pub key: String,
+    /// The create revision of the leader key this controller put when elected.
+    pub term: i64,
+}
+
+impl Fence {
+    /// The compare every leader write starts with.
+    pub fn compare(&self) -> Compare {
+        Compare::create_revision(self.key.clone(), CompareOp::Equal, self.term)
+    }
+
+    /// Commits `ops` if and only if this controller still leads.
+    pub async fn commit(&self, client: &mut Client, ops: Vec<TxnOp>) -> Outcome {
+        commit(client, vec![self.compare()], ops).await
+    }
+}
+
+/// Commits `ops` if every compare holds.
+pub async fn commit(client: &mut Client, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Outcome {
+    let txn = Txn::new().when(compares).and_then(ops);
+    match tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn)).await {
+        Ok(Ok(response)) if response.succeeded() => {
+            Outcome::Committed(response.header().map(|h| h.revision()).unwrap_or_default())
+        }
+        Ok(Ok(_)) => Outcome::Refused,
+        Ok(Err(e)) => Outcome::Unknown(e),
+        Err(_) => Outcome::Unknown(etcd_client::Error::InvalidArgs("etcd did not answer in time".into())),
+    }
+}
