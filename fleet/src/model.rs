@@ -295,3 +295,90 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
 }
+
+/// `GET /api/v1/status`: every spec and where it runs, and what runs unmanaged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// One entry per spec, by name.
+    pub modules: Vec<ModuleView>,
+    /// Modules bases run that no spec names (installed by hand): shown, never deleted.
+    #[serde(default)]
+    pub unmanaged: Vec<UnmanagedView>,
+}
+
+/// One spec and its replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleView {
+    /// Module name.
+    pub name: String,
+    /// The spec's version.
+    pub version: String,
+    /// The spec's generation.
+    pub generation: u64,
+    /// Replicas wanted.
+    pub wanted: u32,
+    /// Replicas reported serving the spec's version and sha256.
+    pub ready: u32,
+    /// The placement's state (`placed`, `unschedulable`, or `pending` before the first one).
+    pub state: String,
+    /// Why it is not placed, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Each assigned base, as it reports the module.
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// One replica: an assigned base and what it reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    /// Base id.
+    pub base_id: String,
+    /// The version it runs (reported), or the one assigned while it has not reported.
+    pub version: String,
+    /// The sha256 it runs.
+    pub sha256: String,
+    /// `active`, `inactive`... as the base says; `pending` before its first report of it;
+    /// `failed` with a NACK.
+    pub state: String,
+    /// Whether it takes traffic.
+    pub serving: bool,
+    /// `healthy`, `unhealthy`, `unknown`.
+    pub health: String,
+    /// The NACK's code, or why it is not serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Heap bytes.
+    pub heap_bytes: u64,
+    /// CPU, thousandths of a core.
+    pub cpu_millis: u64,
+    /// Requests served.
+    pub requests: u64,
+}
+
+/// A module a base runs that no spec names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmanagedView {
+    /// Base id.
+    pub base_id: String,
+    /// Module name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// State.
+    pub state: String,
+}
+
+/// `GET /api/v1/bases`: one live base, its registration, its last report, and what it has
+/// committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaseView {
+    /// As it registered.
+    pub record: BaseRecord,
+    /// Its last report, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<BaseStatus>,
+    /// Memory and CPU its modules use or are expected to (measured where measured).
+    pub used: Resources,
+    /// Modules on it: assigned plus unmanaged.
+    pub modules: u32,
+}
