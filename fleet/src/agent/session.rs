@@ -433,6 +433,10 @@ async fn reconcile(context: &Arc<Context>) {
     let stale: Vec<String> =
         lock(&context.failures).keys().filter(|m| !desired.contains_key(*m)).cloned().collect();
     for module in stale {
+        // Never applied (it only failed): nothing to uninstall, and no longer the fleet's.
+        if !lock(&context.applied).modules.contains_key(&module) {
+            registry.set_owner(&module, None);
+        }
         set_failure(context, &module, None);
     }
 }
