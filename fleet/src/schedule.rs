@@ -25,7 +25,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
-    Assignment, BaseRecord, BaseStatus, Endpoint, Endpoints, Placement, PlacementRecord, Resources, SpecRecord,
+    Assignment, BaseRecord, BaseStatus, Endpoint, Endpoints, Placement, PlacementRecord, Resources,
+    SpecRecord,
 };
 
 /// What the fleet should hold after a pass.
@@ -80,7 +81,12 @@ pub fn place(
                 .copied()
                 .max_by_key(|id| {
                     let load = &loads[id];
-                    (load.modules, std::cmp::Reverse(load.free_memory(&bases[*id])), bases[*id].started_ms, *id)
+                    (
+                        load.modules,
+                        std::cmp::Reverse(load.free_memory(&bases[*id])),
+                        bases[*id].started_ms,
+                        *id,
+                    )
                 })
                 .expect("more replicas than wanted means at least one");
             on.remove(victim);
@@ -123,7 +129,8 @@ pub fn place(
         }
 
         let placed = on.len() as u32;
-        let reason = (placed < wanted).then(|| unfit.reason(placed, wanted, matching.len(), spec, need, bases.is_empty()));
+        let reason = (placed < wanted)
+            .then(|| unfit.reason(placed, wanted, matching.len(), spec, need, bases.is_empty()));
         let (state, reason) = match reason {
             Some(reason) => ("unschedulable", Some(reason)),
             None => ("placed", None),
@@ -133,12 +140,15 @@ pub fn place(
             version: spec.version.clone(),
             sha256: spec.sha256.clone(),
             url: spec.url.clone(),
-            limits: spec.limits.clone(),
+            limits: spec.limits,
             config: spec.config.clone(),
             generation: record.generation,
         };
         for base_id in on.iter() {
-            plan.assignments.entry((*base_id).to_owned()).or_default().insert(name.clone(), assignment.clone());
+            plan.assignments
+                .entry((*base_id).to_owned())
+                .or_default()
+                .insert(name.clone(), assignment.clone());
         }
         plan.placements.insert(
             name.clone(),
@@ -198,7 +208,9 @@ pub fn usage(
 
 /// Whether the base's report shows `module` serving this version and artifact.
 pub fn serves(status: Option<&BaseStatus>, module: &str, version: &str, sha256: &str) -> bool {
-    status.is_some_and(|s| s.modules.iter().any(|m| m.name == module && m.version == version && m.sha256 == sha256 && m.serving))
+    status.is_some_and(|s| {
+        s.modules.iter().any(|m| m.name == module && m.version == version && m.sha256 == sha256 && m.serving)
+    })
 }
 
 /// Why a base cannot take a replica.
@@ -333,7 +345,8 @@ impl Unfit {
         } else {
             spec.selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
         };
-        let mut parts = vec![format!("{matching} {} {selector}", plural(matching as u32, "base matches", "bases match"))];
+        let mut parts =
+            vec![format!("{matching} {} {selector}", plural(matching as u32, "base matches", "bases match"))];
         if self.interface > 0 {
             parts.push(format!(
                 "{} {} an incompatible interface version",
@@ -342,7 +355,11 @@ impl Unfit {
             ));
         }
         if self.max_modules > 0 {
-            parts.push(format!("{} {} at max_modules", self.max_modules, plural(self.max_modules, "is", "are")));
+            parts.push(format!(
+                "{} {} at max_modules",
+                self.max_modules,
+                plural(self.max_modules, "is", "are")
+            ));
         }
         if self.memory > 0 {
             parts.push(format!("{} lack memory (need {})", self.memory, mib(need.memory_bytes)));
@@ -447,9 +464,10 @@ mod tests {
         let b = bases(vec![base("b1", &[], 1024, 8), base("b2", &[], 1024, 8), base("b3", &[], 1024, 8)]);
         let mut first = spec("a", Some(1));
         first.spec.placement = Placement::Pack;
-        let current: BTreeMap<_, _> = [("b2".to_owned(), place_fresh(&specs(vec![first.clone()]), &b).assignments["b1"].clone())]
-            .into_iter()
-            .collect();
+        let current: BTreeMap<_, _> =
+            [("b2".to_owned(), place_fresh(&specs(vec![first.clone()]), &b).assignments["b1"].clone())]
+                .into_iter()
+                .collect();
 
         let mut spread = spec("s", Some(2));
         spread.spec.placement = Placement::Spread;
@@ -471,7 +489,10 @@ mod tests {
         let plan = place_fresh(&specs(vec![s]), &b);
         assert_eq!(hosts(&plan, "web"), ["b1"]);
         assert_eq!(plan.placements["web"].state, "unschedulable");
-        assert_eq!(plan.placements["web"].reason.as_deref(), Some("1 of 2 replicas placed: 1 base matches tier=web"));
+        assert_eq!(
+            plan.placements["web"].reason.as_deref(),
+            Some("1 of 2 replicas placed: 1 base matches tier=web")
+        );
     }
 
     #[test]
@@ -500,10 +521,12 @@ mod tests {
         // Once a is measured at 64 MiB, c no longer fits beside it.
         let statuses = by_id(vec![running("b1", "a", 64 * MIB, true)], |s| s.base_id.clone());
         let current = BTreeMap::from([("b1".to_owned(), plan.assignments["b1"].clone())]);
-        let only_a: BTreeMap<_, _> =
-            [("b1".to_owned(), current["b1"].iter().filter(|(m, _)| *m == "a").map(|(m, a)| (m.clone(), a.clone())).collect())]
-                .into_iter()
-                .collect();
+        let only_a: BTreeMap<_, _> = [(
+            "b1".to_owned(),
+            current["b1"].iter().filter(|(m, _)| *m == "a").map(|(m, a)| (m.clone(), a.clone())).collect(),
+        )]
+        .into_iter()
+        .collect();
         let plan = place(&specs(vec![a, c]), &b, &statuses, &only_a);
         assert_eq!(hosts(&plan, "a"), ["b1"]);
         assert!(hosts(&plan, "c").is_empty());
@@ -529,7 +552,10 @@ mod tests {
         let one = bases(vec![base("b1", &[], 1024, 8)]);
         let plan = place_fresh(&s, &one);
         assert_eq!(plan.placements["a"].state, "unschedulable");
-        assert_eq!(plan.placements["a"].reason.as_deref(), Some("1 of 2 replicas placed: 1 base matches no selector"));
+        assert_eq!(
+            plan.placements["a"].reason.as_deref(),
+            Some("1 of 2 replicas placed: 1 base matches no selector")
+        );
 
         let two = bases(vec![base("b1", &[], 1024, 8), base("b2", &[], 1024, 8)]);
         let plan = place(&s, &two, &BTreeMap::new(), &plan.assignments);
@@ -554,7 +580,8 @@ mod tests {
         assert!(!plan.assignments.contains_key("b1"));
 
         // An empty base joins (sorting before both): nothing moves.
-        let with_b0 = bases(vec![base("b0", &[], 1024, 8), base("b2", &[], 1024, 8), base("b3", &[], 1024, 8)]);
+        let with_b0 =
+            bases(vec![base("b0", &[], 1024, 8), base("b2", &[], 1024, 8), base("b3", &[], 1024, 8)]);
         let plan = place(&s, &with_b0, &BTreeMap::new(), &plan.assignments);
         assert_eq!(hosts(&plan, "a"), ["b2", "b3"]);
     }
@@ -588,9 +615,19 @@ mod tests {
         let b = bases(vec![base("b1", &[], 1024, 8), base("b2", &[], 1024, 8), base("b3", &[], 1024, 8)]);
         let plan = place_fresh(&specs(vec![spec("a", Some(3)), spec("z", Some(1))]), &b);
         assert_eq!(hosts(&plan, "z"), ["b1"]);
-        let plan = place(&specs(vec![spec("a", Some(2)), spec("z", Some(1))]), &b, &BTreeMap::new(), &plan.assignments);
+        let plan = place(
+            &specs(vec![spec("a", Some(2)), spec("z", Some(1))]),
+            &b,
+            &BTreeMap::new(),
+            &plan.assignments,
+        );
         assert_eq!(hosts(&plan, "a"), ["b2", "b3"], "b1 also runs z: it loses the replica");
-        let plan = place(&specs(vec![spec("a", Some(1)), spec("z", Some(1))]), &b, &BTreeMap::new(), &plan.assignments);
+        let plan = place(
+            &specs(vec![spec("a", Some(1)), spec("z", Some(1))]),
+            &b,
+            &BTreeMap::new(),
+            &plan.assignments,
+        );
         assert_eq!(hosts(&plan, "a"), ["b2"], "equal load: the greatest id goes");
     }
 
@@ -607,7 +644,9 @@ mod tests {
         assert_eq!(hosts(&plan, "a"), ["now"]);
         assert_eq!(
             plan.placements["a"].reason.as_deref(),
-            Some("1 of 3 replicas placed: 1 base matches no selector; 2 run an incompatible interface version")
+            Some(
+                "1 of 3 replicas placed: 1 base matches no selector; 2 run an incompatible interface version"
+            )
         );
         assert!(interface_compatible("1.3.0", None));
         assert!(!interface_compatible("garbage", None));
