@@ -126,7 +126,8 @@ async fn serve(args: ControllerArgs, token: String) -> anyhow::Result<ExitCode> 
         .context("serving the fleet API")?;
 
     tasks.abort_all();
-    controller.leadership.step_down("shutting down");
+    let mut client = controller.client.clone();
+    controller.leadership.resign(&mut client).await;
     controller.say("stopped");
     Ok(ExitCode::SUCCESS)
 }

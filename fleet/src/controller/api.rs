@@ -314,7 +314,7 @@ async fn push_artifact(
     // Received into this controller's store first, standby or not: the hash is computed as
     // the bytes arrive, and a standby's copy is one more.
     let internal = |e: std::io::Error| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "STORE_FAILED", format!("the artifact store: {e}"))
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("the artifact store: {e}"))
     };
     let mut receiver = ctl.store.receiver().map_err(internal)?;
     let mut stream = body.into_data_stream();
@@ -523,8 +523,7 @@ pub(crate) fn fleet_status(snapshot: &Snapshot, only: Option<&str>) -> FleetStat
         for (base_id, assigned) in snapshot.assignments.iter().filter_map(|(b, m)| Some((b, m.get(name)?))) {
             let status = snapshot.statuses.get(base_id);
             let reported = status.and_then(|s| {
-                let mut mine = s.modules.iter().filter(|m| &m.name == name);
-                let all: Vec<_> = mine.by_ref().collect();
+                let all: Vec<_> = s.modules.iter().filter(|m| &m.name == name).collect();
                 all.iter()
                     .find(|m| m.version == assigned.version && m.sha256 == assigned.sha256)
                     .or(all.first())
@@ -614,4 +613,39 @@ pub(crate) fn base_views(snapshot: &Snapshot) -> Vec<BaseView> {
             BaseView { record: record.clone(), status: snapshot.statuses.get(id).cloned(), used, modules }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(edit: impl FnOnce(&mut serde_json::Value), expected: Option<&str>) {
+        let mut spec = json!({"name": "greeter", "version": "1.0.0", "sha256": "a".repeat(64), "replicas": 2});
+        edit(&mut spec);
+        let spec: Spec = serde_json::from_value(spec).expect("parses");
+        match (validate(&spec, "greeter"), expected) {
+            (Ok(()), None) => {}
+            (Err(message), Some(part)) => assert!(message.contains(part), "{message:?} lacks {part:?}"),
+            (outcome, expected) => panic!("{outcome:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn specs_are_validated_precisely() {
+        check(|_| {}, None);
+        check(|s| s["name"] = json!("other"), Some("differs from the path's"));
+        check(|s| s["version"] = json!("1.0"), Some("is not semver"));
+        check(|s| s["sha256"] = json!("A".repeat(64)), Some("64 lower-case hex"));
+        check(|s| s["peer"] = json!(true), Some("both replicas and peer"));
+        check(
+            |s| {
+                s.as_object_mut().expect("an object").remove("replicas");
+            },
+            Some("neither replicas nor peer"),
+        );
+        check(|s| s["selector"] = json!({"tier": "web/db"}), Some("labels are 1 to 64"));
+        check(|s| s["url"] = json!("ftp://x"), Some("http:// or https://"));
+        check(|s| s["interface_version"] = json!("x"), Some("interface_version"));
+        check(|s| s["url"] = json!("https://example.com/a.so"), None);
+    }
 }

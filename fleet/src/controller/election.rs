@@ -38,11 +38,13 @@ pub(crate) struct Leadership {
     /// The lease is alive at least until then (the send time of the last answered renewal
     /// plus the TTL).
     valid_until: Mutex<Instant>,
+    /// The current session's lease, revoked at shutdown so a standby need not wait out the TTL.
+    lease: Mutex<Option<i64>>,
 }
 
 impl Leadership {
     pub(crate) fn new() -> Self {
-        Self { term: watch::Sender::new(None), valid_until: Mutex::new(Instant::now()) }
+        Self { term: watch::Sender::new(None), valid_until: Mutex::new(Instant::now()), lease: Mutex::new(None) }
     }
 
     /// The fence to write with, if this controller leads and its lease is safely alive.
@@ -61,6 +63,16 @@ impl Leadership {
             eprintln!("pedestal controller: standing by (term {} ended: {why})", fence.term);
         }
         was.is_some()
+    }
+
+    /// Ends this controller's part: no longer leading, and its lease (leader key, controller
+    /// key) revoked.
+    pub(crate) async fn resign(&self, client: &mut etcd_client::Client) {
+        self.step_down("shutting down");
+        let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(lease) = lease {
+            let _ = tokio::time::timeout(Duration::from_millis(500), client.lease_revoke(lease)).await;
+        }
     }
 
     fn lead(&self, fence: Fence) {
@@ -84,7 +96,6 @@ impl Leadership {
 pub(crate) async fn run(ctl: Arc<Controller>) {
     loop {
         let outcome = session(&ctl).await;
-        ctl.leadership.step_down("the session ended");
         if let Err(e) = outcome {
             ctl.say(&format!("etcd session ended: {e:#}; retrying"));
         }
@@ -97,6 +108,7 @@ async fn session(ctl: &Controller) -> anyhow::Result<()> {
     let granted_at = Instant::now();
     let lease = tokio::time::timeout(REQUEST_TIMEOUT, client.lease_grant(LEASE_TTL_SECS, None)).await??.id();
     ctl.leadership.renewed(granted_at + Duration::from_secs(LEASE_TTL_SECS as u64));
+    *ctl.leadership.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
     let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
     let record = serde_json::to_string(&ControllerRecord { id: ctl.id.clone(), url: ctl.url.clone() })?;
     let options = PutOptions::new().with_lease(lease);
@@ -179,7 +191,10 @@ async fn campaign(ctl: &Controller, lease: i64) -> anyhow::Result<()> {
             announced = None;
             ctl.kick.notify_one();
             ctl.leadership.deposed().await;
-            continue;
+            // Whatever ended the term (a refused write, keep-alives unanswered), the session
+            // ends with it: its lease is revoked, so a leader key it may still hold goes and
+            // every controller (this one with a new lease) campaigns afresh.
+            return Ok(());
         }
         let leader = response.op_responses().into_iter().find_map(|op| match op {
             TxnOpResponse::Get(get) => {
