@@ -5,10 +5,12 @@
 //! - [`controller`]: `pedestal controller ...`, the scheduler and the fleet API.
 //! - [`cli`]: `pedestal fleet ...`, the operator's client of a controller.
 //! - [`model`] and [`keys`]: what lives in etcd, and where.
+//! - [`schedule`]: the pure placement function the leading controller runs.
 
 pub mod agent;
 pub mod cli;
 pub mod controller;
 pub mod keys;
 pub mod model;
+pub mod schedule;
 pub mod store;
