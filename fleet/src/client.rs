@@ -141,7 +141,7 @@ impl Client {
 
     /// `PUT /api/v1/specs/{name}`: stores a spec (idempotent: an identical one is unchanged).
     pub fn apply(&self, spec: &Spec) -> Result<ApplyAnswer> {
-        let path = format!("/api/v1/specs/{}", spec.name);
+        let path = format!("/api/v1/specs/{}", segment(&spec.name));
         self.json(self.request("PUT", &path).send_json(spec))
     }
 
@@ -152,17 +152,17 @@ impl Client {
 
     /// `GET /api/v1/specs/{name}`.
     pub fn spec(&self, name: &str) -> Result<SpecRecord> {
-        self.json(self.request("GET", &format!("/api/v1/specs/{name}")).call())
+        self.json(self.request("GET", &format!("/api/v1/specs/{}", segment(name))).call())
     }
 
     /// `DELETE /api/v1/specs/{name}`.
     pub fn delete(&self, name: &str) -> Result<DeleteAnswer> {
-        self.json(self.request("DELETE", &format!("/api/v1/specs/{name}")).call())
+        self.json(self.request("DELETE", &format!("/api/v1/specs/{}", segment(name))).call())
     }
 
     /// `POST /api/v1/artifacts?sha256=`: pushes a module's bytes, pinned to their sha256.
     pub fn push(&self, bytes: &[u8], sha256: &str) -> Result<PushAnswer> {
-        let path = format!("/api/v1/artifacts?sha256={sha256}");
+        let path = format!("/api/v1/artifacts?sha256={}", segment(sha256));
         let request = self.request("POST", &path).set("content-type", "application/octet-stream");
         self.json(request.send_bytes(bytes))
     }
@@ -170,16 +170,17 @@ impl Client {
     /// Whether the fleet has the artifact (`HEAD /api/v1/artifacts/{sha256}`; the bytes are not
     /// transferred).
     pub fn has_artifact(&self, sha256: &str) -> Result<bool> {
-        match self.request("HEAD", &format!("/api/v1/artifacts/{sha256}")).call() {
+        match self.request("HEAD", &format!("/api/v1/artifacts/{}", segment(sha256))).call() {
             Ok(_) => Ok(true),
-            Err(ureq::Error::Status(404, _)) => Ok(false),
+            // A controller (or a proxy) that does not answer HEAD: the push finds out.
+            Err(ureq::Error::Status(404 | 405 | 501, _)) => Ok(false),
             Err(e) => Err(self.error(e)),
         }
     }
 
     /// `GET /api/v1/artifacts/{sha256}`: the bytes.
     pub fn artifact(&self, sha256: &str) -> Result<Vec<u8>> {
-        let path = format!("/api/v1/artifacts/{sha256}");
+        let path = format!("/api/v1/artifacts/{}", segment(sha256));
         let response = self.request("GET", &path).call().map_err(|e| self.error(e))?;
         let mut bytes = Vec::new();
         response
@@ -192,7 +193,7 @@ impl Client {
     /// `GET /api/v1/status[?module=M]`.
     pub fn status(&self, module: Option<&str>) -> Result<FleetStatus> {
         let path = match module {
-            Some(module) => format!("/api/v1/status?module={module}"),
+            Some(module) => format!("/api/v1/status?module={}", segment(module)),
             None => "/api/v1/status".to_owned(),
         };
         self.json(self.request("GET", &path).call())
@@ -205,7 +206,7 @@ impl Client {
 
     /// `GET /api/v1/endpoints/{module}`.
     pub fn endpoints(&self, module: &str) -> Result<Endpoints> {
-        self.json(self.request("GET", &format!("/api/v1/endpoints/{module}")).call())
+        self.json(self.request("GET", &format!("/api/v1/endpoints/{}", segment(module))).call())
     }
 
     fn request(&self, method: &str, path: &str) -> ureq::Request {
@@ -244,5 +245,37 @@ impl Client {
                 ClientError::Unreachable { url: self.url.clone(), message: transport.to_string() }
             }
         }
+    }
+}
+
+/// `text` as one URL path segment or query value: what a name may not carry as is
+/// (`/`, `?`, `%`, spaces...) percent-encoded, so a typo never reaches another route.
+fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_stay_inside_their_path_segment() {
+        assert_eq!(segment("greeter-1.0_x"), "greeter-1.0_x");
+        assert_eq!(segment("../leader"), "..%2Fleader");
+        assert_eq!(segment("a b?c=d"), "a%20b%3Fc%3Dd");
+    }
+
+    #[test]
+    fn bare_addresses_get_http() {
+        assert_eq!(Client::new("127.0.0.1:7080/", None).url(), "http://127.0.0.1:7080");
+        assert_eq!(Client::new("https://c.example:443", None).url(), "https://c.example:443");
     }
 }
