@@ -298,6 +298,7 @@ impl SpecFile {
             resources: self.resources,
             limits: self.limits,
             config: self.config.clone(),
+            interface_version: None,
         }
     }
 }
