@@ -620,7 +620,8 @@ mod tests {
     use super::*;
 
     fn check(edit: impl FnOnce(&mut serde_json::Value), expected: Option<&str>) {
-        let mut spec = json!({"name": "greeter", "version": "1.0.0", "sha256": "a".repeat(64), "replicas": 2});
+        let mut spec =
+            json!({"name": "greeter", "version": "1.0.0", "sha256": "a".repeat(64), "replicas": 2});
         edit(&mut spec);
         let spec: Spec = serde_json::from_value(spec).expect("parses");
         match (validate(&spec, "greeter"), expected) {

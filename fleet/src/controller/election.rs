@@ -44,7 +44,11 @@ pub(crate) struct Leadership {
 
 impl Leadership {
     pub(crate) fn new() -> Self {
-        Self { term: watch::Sender::new(None), valid_until: Mutex::new(Instant::now()), lease: Mutex::new(None) }
+        Self {
+            term: watch::Sender::new(None),
+            valid_until: Mutex::new(Instant::now()),
+            lease: Mutex::new(None),
+        }
     }
 
     /// The fence to write with, if this controller leads and its lease is safely alive.
@@ -188,7 +192,6 @@ async fn campaign(ctl: &Controller, lease: i64) -> anyhow::Result<()> {
         if response.succeeded() {
             ctl.leadership.lead(Fence { key: key.clone(), term: revision });
             ctl.say(&format!("leading (term {revision})"));
-            announced = None;
             ctl.kick.notify_one();
             ctl.leadership.deposed().await;
             // Whatever ended the term (a refused write, keep-alives unanswered), the session
