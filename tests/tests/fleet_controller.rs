@@ -76,9 +76,9 @@ impl Controller {
             Err(e) => panic!("{method} {path}: {e}"),
         };
         let status = response.status();
-        let mut text = String::new();
-        response.into_reader().read_to_string(&mut text).expect("a body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let mut bytes = Vec::new();
+        response.into_reader().read_to_end(&mut bytes).expect("a body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
     fn get(&self, path: &str) -> Value {
@@ -286,8 +286,13 @@ fn the_standby_forwards_mutations_and_artifacts_are_mirrored() {
     let sha = push(leader, &good)["sha256"].as_str().expect("a hash").to_owned();
     wait_for("the standby's copy", Duration::from_secs(10), || standby.artifact_path(&sha).is_file());
     assert_eq!(std::fs::read(standby.artifact_path(&sha)).expect("the copy"), good);
-    let (status, _) = standby.call("GET", &format!("/api/v1/artifacts/{sha}"), None, Some(TOKEN));
-    assert_eq!(status, 200);
+    let served = ureq::get(&format!("{}/api/v1/artifacts/{sha}", standby.url))
+        .set("authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .expect("the standby serves its copy");
+    let mut bytes = Vec::new();
+    served.into_reader().read_to_end(&mut bytes).expect("the bytes");
+    assert_eq!(bytes, good);
 
     // Pushed to the standby: forwarded, so the leader has it and recorded it.
     let echo = std::fs::read(artifacts::ECHO).expect("the fixture");
