@@ -6,6 +6,7 @@
 //! - `bench`  — run the benchmarks and print their tables (see BENCHMARKS.md).
 
 mod bench;
+mod bench_fleet;
 mod demo;
 mod deploy;
 mod test;
