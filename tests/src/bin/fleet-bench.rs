@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use pedestal_tests::{
     artifacts,
     etcd::Etcd,
-    fleet::{Fleet, fleet_cli, serving_replicas},
+    fleet::{Fleet, TOKEN, serving_replicas},
 };
 use serde_json::json;
 
@@ -137,16 +137,11 @@ fn measure(n: usize, repeats: usize, kills: usize) -> anyhow::Result<Row> {
         ("1.1.0", artifacts::VERSIONED_1_1_0),
         ("2.0.0", artifacts::VERSIONED_2_0_0),
     ];
-    // Push every artifact first (the real CLI), so later applies measure placement and the
-    // switch, and the first one the transfer to every base too.
+    // Push every artifact first, so later applies measure placement and the switch, and the
+    // first one the transfer to every base too.
     let mut shas = BTreeMap::new();
     for (version, path) in versions {
-        let run = fleet_cli(fleet.controller(), &["--output", "json", "push", path]);
-        if run.code != Some(0) {
-            bail!("pedestal fleet push {path}: {run:?}");
-        }
-        let sha = run.json()["sha256"].as_str().context("push answers the sha256")?.to_owned();
-        shas.insert(version, sha);
+        shas.insert(version, push(&fleet, path)?);
     }
     let mut applies = Vec::new();
     let mut first = Duration::ZERO;
@@ -258,13 +253,15 @@ fn measure(n: usize, repeats: usize, kills: usize) -> anyhow::Result<Row> {
     })
 }
 
-/// Pushes an artifact with the real CLI; its sha256.
+/// Pushes an artifact (`POST /api/v1/artifacts`); its sha256.
 fn push(fleet: &Fleet, path: &str) -> anyhow::Result<String> {
-    let run = fleet_cli(fleet.controller(), &["--output", "json", "push", path]);
-    if run.code != Some(0) {
-        bail!("pedestal fleet push {path}: {run:?}");
-    }
-    Ok(run.json()["sha256"].as_str().context("push answers the sha256")?.to_owned())
+    let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+    let answer: serde_json::Value = ureq::post(&format!("{}/api/v1/artifacts", fleet.controller().url()))
+        .set("authorization", &format!("Bearer {TOKEN}"))
+        .send_bytes(&bytes)
+        .with_context(|| format!("pushing {path}"))?
+        .into_json()?;
+    Ok(answer["sha256"].as_str().context("the push answers the sha256")?.to_owned())
 }
 
 /// Polls the fleet status (every 10 ms) until `want` replicas report serving `version`.
