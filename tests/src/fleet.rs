@@ -158,8 +158,10 @@ impl Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        // A stopped process ignores SIGKILL only until continued; continue it to be sure.
-        signal("CONT", self.child.id());
+        // A stopped process dies of SIGKILL too, but continue it anyway so nothing lingers.
+        if let Ok(None) = self.child.try_wait() {
+            signal("CONT", self.child.id());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -550,5 +552,5 @@ fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
 
 /// `kill -<name> <pid>`.
 fn signal(name: &str, pid: u32) {
-    let _ = Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status();
+    let _ = Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).stderr(Stdio::null()).status();
 }
