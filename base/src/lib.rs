@@ -127,6 +127,7 @@ pub use crate::{
     stats::{CpuTime, LatencySummary},
     supervisor::{BaseProcess, CRASH_WINDOW, MAX_CRASHES, WORKER_RESTART_EXIT_CODE, base_process, supervise},
     tls_keys::keys_are_reclaimable,
+    traffic::Fallback,
 };
 
 /// A configured base, ready to serve.
@@ -135,6 +136,8 @@ pub struct Base {
     registry: Arc<Registry>,
     native: Router,
     front: admin::FrontDoor,
+    /// The fallback and headers of module traffic a builder set.
+    extras: Arc<traffic::Extras>,
 }
 
 impl Base {
@@ -174,7 +177,7 @@ impl Base {
         // After the registry made the data directory, which holds the generated token.
         let front = admin::FrontDoor::open(registry.config())?;
         spawn_heap_sampler(Arc::downgrade(&registry));
-        Ok(Self { registry, native: Router::new(), front })
+        Ok(Self { registry, native: Router::new(), front, extras: Arc::default() })
     }
 
     /// A builder for a base of your own: its routes (which may call module SPIs through the
@@ -196,7 +199,14 @@ impl Base {
     /// # }
     /// ```
     pub fn builder(config: Config) -> BaseBuilder {
-        BaseBuilder { config, routes: Vec::new(), spis: Vec::new(), added: Vec::new(), removed: Vec::new() }
+        BaseBuilder {
+            config,
+            routes: Vec::new(),
+            spis: Vec::new(),
+            added: Vec::new(),
+            removed: Vec::new(),
+            extras: traffic::Extras::default(),
+        }
     }
 
     /// Routes compiled into the base itself, served on the traffic port before module routes.
@@ -212,7 +222,7 @@ impl Base {
 
     /// The traffic application (native routes plus `/<module>/...`), usable without a socket.
     pub fn traffic_app(&self) -> Router {
-        traffic::router(Arc::clone(&self.registry), self.native.clone())
+        traffic::router(Arc::clone(&self.registry), self.native.clone(), Arc::clone(&self.extras))
     }
 
     /// The operations API application, usable without a socket (it answers to the `Host`
@@ -247,6 +257,7 @@ impl Base {
             }
         };
         let (traffic_addr, admin_addr) = (traffic.local_addr()?, admin.local_addr()?);
+        self.registry.set_bound_addresses(traffic_addr, admin_addr);
         // Before the restore: a SIGTERM while modules load must stop the base cleanly, not kill
         // it mid-load (which would quarantine the module being loaded).
         let shutdown = shutdown_signal()?;
@@ -346,6 +357,7 @@ pub struct BaseBuilder {
     /// Services added to the built-in ones, and the names of those taken out, in call order.
     added: Vec<Arc<dyn Service>>,
     removed: Vec<String>,
+    extras: traffic::Extras,
 }
 
 impl std::fmt::Debug for BaseBuilder {
@@ -364,6 +376,21 @@ impl BaseBuilder {
     /// ([`Registry::implementations`], [`Registry::implementation`], [`Registry::select`]).
     pub fn routes_with(mut self, routes: impl FnOnce(Arc<Registry>) -> Router + 'static) -> Self {
         self.routes.push(Box::new(routes));
+        self
+    }
+
+    /// What the traffic server does with a request for a module that has no route on this base,
+    /// instead of answering `MODULE_NOT_FOUND` (a fleet agent forwards it to a base running the
+    /// module): see [`Fallback`].
+    pub fn fallback(mut self, fallback: Fallback) -> Self {
+        self.extras.fallback = Some(fallback);
+        self
+    }
+
+    /// A header added to every module answer of the traffic server (a fleet base's
+    /// `x-pedestal-base: <id>`).
+    pub fn module_header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.extras.headers.insert(name, value);
         self
     }
 
@@ -399,7 +426,7 @@ impl BaseBuilder {
                 message: format!("service {:?}: a service's name starts with {reserved:?}", service.name()),
             });
         }
-        let (added, removed) = (self.added, self.removed);
+        let (added, removed, extras) = (self.added, self.removed, self.extras);
         let mut base = Base::with_services(self.config, move |services| {
             for name in &removed {
                 services.remove(name);
@@ -408,6 +435,7 @@ impl BaseBuilder {
                 services.add(service);
             }
         })?;
+        base.extras = Arc::new(extras);
         for (name, version) in self.spis {
             base.registry.declare_spi_version(name, version);
         }

@@ -92,6 +92,9 @@ pub struct InstallOptions {
     /// The artifact's detached signature (a `.sig` file's text, or its signature line), checked
     /// against the trusted keys when the base has them (`--trusted-keys`); ignored otherwise.
     pub signature: Option<String>,
+    /// Refuse the install with `FLEET_OWNED` when the module it turns out to be is owned (see
+    /// [`Registry::set_owner`]): the operations API's installs without `?force=true`.
+    pub refuse_owned: bool,
 }
 
 /// What an install did.
@@ -165,6 +168,11 @@ pub struct Registry {
     crash_ledger: Mutex<crate::crash::Ledger>,
     /// The keys every artifact must be signed with (`--trusted-keys`), read at start.
     trusted_keys: Option<crate::signing::TrustedKeys>,
+    /// The bound traffic and operations addresses, once `Base::serve` bound them.
+    bound: std::sync::OnceLock<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// Modules something other than the operator owns (a fleet agent), by name: the operations
+    /// API refuses to change them unless forced (`FLEET_OWNED`).
+    owners: Mutex<HashMap<String, String>>,
 }
 
 #[derive(Debug, Default)]
@@ -234,6 +242,8 @@ impl Registry {
             installing: Mutex::new(HashMap::new()),
             declared_spis: Mutex::new(declared_spis),
             crash_ledger: Mutex::new(crate::crash::Ledger::default()),
+            bound: std::sync::OnceLock::new(),
+            owners: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -386,6 +396,54 @@ impl Registry {
             None => "no version is active".into(),
         };
         Error::ModuleUnavailable { id: Subject::Name(name.to_owned()), reason }
+    }
+
+    /// The traffic and operations addresses the base listens on (port 0 resolved), once
+    /// [`crate::Base::serve`] bound them (before its `pedestal ready:` line); `None` before.
+    pub fn bound_addresses(&self) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+        self.bound.get().copied()
+    }
+
+    /// Records the bound addresses (the first call wins).
+    pub(crate) fn set_bound_addresses(&self, traffic: std::net::SocketAddr, admin: std::net::SocketAddr) {
+        let _ = self.bound.set((traffic, admin));
+    }
+
+    /// Marks module `name` as owned by `owner` (a fleet agent: `"fleet"`), or as the
+    /// operator's again with `None`. The operations API refuses to install, replace, switch,
+    /// re-weight, uninstall or re-limit an owned module unless asked with `?force=true`
+    /// (`FLEET_OWNED`); this API ([`Registry::install_with`], [`Registry::switch`]...) does not
+    /// check it: the owner drives the module through it.
+    pub fn set_owner(&self, name: &str, owner: Option<&str>) {
+        let mut owners = lock(&self.owners);
+        match owner {
+            Some(owner) => owners.insert(name.to_owned(), owner.to_owned()),
+            None => owners.remove(name),
+        };
+    }
+
+    /// Who owns module `name`, if not the operator (see [`Registry::set_owner`]).
+    pub fn owner(&self, name: &str) -> Option<String> {
+        lock(&self.owners).get(name).cloned()
+    }
+
+    /// `FLEET_OWNED` when module `name` is owned and the operator did not force the change.
+    pub(crate) fn check_owner(&self, name: &str, force: bool) -> Result<()> {
+        match self.owner(name) {
+            Some(owner) if !force => Err(Error::FleetOwned { name: name.to_owned(), owner }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The stored artifact with this sha256 (lower-case hex), if the store holds it: its path
+    /// and size, for a base serving its store to peers.
+    pub fn artifact(&self, sha256: &str) -> Option<crate::artifact::Artifact> {
+        self.store.get(sha256)
+    }
+
+    /// The sha256 of every artifact in the store (those whose bytes are there).
+    pub fn artifact_hashes(&self) -> Vec<String> {
+        self.store.hashes().into_iter().filter(|sha| self.store.get(sha).is_some()).collect()
     }
 
     /// The current routing table.

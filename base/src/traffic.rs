@@ -20,18 +20,69 @@ use crate::{
     routing::VERSION_HEADER,
 };
 
+/// What the traffic server does with a request for a module this base has no route for
+/// (before it answers `MODULE_NOT_FOUND`): a fleet agent forwards it to a base that runs it.
+/// `Ok` takes the request and answers it; `Err` gives it back, for the base's own answer.
+pub type Fallback = Arc<
+    dyn Fn(Request) -> std::result::Result<std::pin::Pin<Box<dyn Future<Output = Response> + Send>>, Request>
+        + Send
+        + Sync,
+>;
+
+/// What a base of its own adds to module traffic (see `BaseBuilder::fallback` and
+/// `BaseBuilder::module_header`).
+#[derive(Clone, Default)]
+pub(crate) struct Extras {
+    /// For requests of modules without a route here.
+    pub(crate) fallback: Option<Fallback>,
+    /// Added to every module answer.
+    pub(crate) headers: http::HeaderMap,
+}
+
+impl std::fmt::Debug for Extras {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extras")
+            .field("fallback", &self.fallback.is_some())
+            .field("headers", &self.headers)
+            .finish()
+    }
+}
+
 /// The traffic router: the `native` routes compiled into the base first, then every module
 /// mounted at `/<name>/`.
-pub fn router(registry: Arc<Registry>, native: Router) -> Router {
-    let modules = Router::new().fallback(dispatch).with_state(registry);
+pub(crate) fn router(registry: Arc<Registry>, native: Router, extras: Arc<Extras>) -> Router {
+    let modules = Router::new().fallback(dispatch).with_state((registry, extras));
     native.merge(modules)
 }
 
-async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Response {
+async fn dispatch(
+    State((registry, extras)): State<(Arc<Registry>, Arc<Extras>)>,
+    request: Request,
+) -> Response {
+    let request = match &extras.fallback {
+        Some(fallback) if registry.routes().get(module_of(request.uri().path())).is_none() => {
+            match fallback(request) {
+                Ok(answer) => return answer.await,
+                Err(request) => request,
+            }
+        }
+        _ => request,
+    };
     match forward(&registry, request).await {
-        Ok(response) => response,
+        Ok(mut response) => {
+            for (name, value) in &extras.headers {
+                response.headers_mut().insert(name.clone(), value.clone());
+            }
+            response
+        }
         Err(e) => Refusal(e).into_response(),
     }
+}
+
+/// The module a traffic path names: its first segment.
+fn module_of(path: &str) -> &str {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    path.split('/').next().unwrap_or_default()
 }
 
 async fn forward(registry: &Registry, request: Request) -> Result<Response> {

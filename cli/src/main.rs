@@ -234,6 +234,11 @@ fn main() -> anyhow::Result<ExitCode> {
         LogFormat::Json => output.json().init(),
     }
     let file = args.config.clone();
+    // Checked before anything starts: a fleet base without its token or id never serves.
+    let join = match args.fleet.resolve() {
+        Ok(join) => join,
+        Err(e) => return Err(anyhow::anyhow!("{e}").context(e.code())),
+    };
     let mut config = Config::from(args);
     if let Some(file) = file {
         config = config.with_file(&file)?;
@@ -242,9 +247,25 @@ fn main() -> anyhow::Result<ExitCode> {
     if let Some(exit) = pedestal_base::supervise(&config).map_err(with_code)? {
         return Ok(exit);
     }
-    let base = Base::new(config).map_err(with_code)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(base.serve()).map_err(with_code)?;
+    match join {
+        None => {
+            let base = Base::new(config).map_err(with_code)?;
+            runtime.block_on(base.serve()).map_err(with_code)?;
+        }
+        Some(join) => {
+            // The agent joins the fleet once the base has bound its ports and restored its
+            // state; the base serves whatever becomes of etcd.
+            let agent = pedestal_fleet::agent::Agent::new(join);
+            let base = agent.prepare(Base::builder(config)).build().map_err(with_code)?;
+            runtime
+                .block_on(async {
+                    agent.spawn(std::sync::Arc::clone(base.registry()));
+                    base.serve().await
+                })
+                .map_err(with_code)?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

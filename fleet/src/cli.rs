@@ -1,14 +1,777 @@
-//! `pedestal fleet ...`: the operator's client of a controller. (Being built.)
+//! `pedestal fleet ...`: the operator's client of a controller (any controller, leader or not).
+//!
+//! `apply FILE`, `status [MODULE]`, `push FILE.so`, `delete MODULE`, `bases`; `--output json`
+//! prints the API's answers as they are. Exit status: 0 done, 1 refused or failed (the API's
+//! `CODE: message` on stderr), 2 the controller could not be reached.
+
+use std::{
+    fmt::Write as _,
+    io::IsTerminal,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest, Sha256};
+
+use crate::{
+    client::{ApplyAnswer, Client, ClientError},
+    model::{BaseView, FleetStatus, ModuleView},
+    spec::{ArtifactSource, Replicas, SpecFile},
+};
 
 /// `pedestal fleet`'s subcommands and flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FleetArgs {
     /// A controller's API, leader or not.
-    #[arg(long, env = "PEDESTAL_CONTROLLER", default_value = "http://127.0.0.1:7080")]
+    #[arg(long, env = "PEDESTAL_CONTROLLER", default_value = "http://127.0.0.1:7080", global = true)]
     pub controller: String,
+    /// The fleet's shared token (at least 16 characters), sent as `authorization: Bearer`.
+    #[arg(long, env = "PEDESTAL_FLEET_TOKEN", hide_env_values = true, global = true)]
+    pub fleet_token: Option<String>,
+    /// A file holding the fleet token (trailing whitespace ignored); wins over --fleet-token.
+    #[arg(long, env = "PEDESTAL_FLEET_TOKEN_FILE", global = true)]
+    pub fleet_token_file: Option<PathBuf>,
+    /// `table` for people, `json` for the API's answers as they are.
+    #[arg(long, value_enum, default_value = "table", global = true)]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: FleetCommand,
 }
 
-/// Runs one `pedestal fleet` command.
-pub fn run(_args: FleetArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("the fleet CLI is being built")
+/// How answers are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned tables and one-line summaries.
+    Table,
+    /// The API's JSON.
+    Json,
+}
+
+/// `pedestal fleet <command>`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum FleetCommand {
+    /// Declare a module deployment from a TOML spec file (pushes its local `artifact` first).
+    Apply {
+        /// The spec file (see README: "Run a fleet").
+        file: PathBuf,
+        /// Wait until every wanted replica reports serving (exit 1 if it is unschedulable).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, default_value_t = 60, requires = "wait")]
+        timeout: u64,
+    },
+    /// Where every module runs: its replicas on each base, their state, health, memory, CPU.
+    Status {
+        /// Only this module.
+        module: Option<String>,
+    },
+    /// Make a module's `.so` available to every base; prints its sha256.
+    Push {
+        /// The module file.
+        file: PathBuf,
+    },
+    /// Delete a module's spec: the bases uninstall it.
+    Delete {
+        /// The module.
+        module: String,
+    },
+    /// The live bases: labels, modules, memory and CPU used of their capacity.
+    Bases,
+}
+
+/// Runs one `pedestal fleet` command, printing its answer; errors go to stderr with their
+/// stable code.
+pub fn run(args: FleetArgs) -> anyhow::Result<ExitCode> {
+    let printer = Printer { output: args.output, color: use_color() };
+    match execute(&args, &printer) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(Failure::Client(ClientError::Unreachable { url, message })) => {
+            eprintln!("cannot reach the controller at {url}: {message} (is pedestal controller running?)");
+            Ok(ExitCode::from(2))
+        }
+        Err(Failure::Client(ClientError::Api { status: 401, code, message })) => {
+            eprintln!(
+                "{code}: {message} (give the fleet's token with --fleet-token, --fleet-token-file or \
+                 PEDESTAL_FLEET_TOKEN)"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Err(Failure::Client(e)) => {
+            eprintln!("{}", e);
+            Ok(ExitCode::FAILURE)
+        }
+        Err(Failure::Local { code, message }) => {
+            eprintln!("{code}: {message}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Why a command did not succeed.
+enum Failure {
+    /// The controller refused or could not be reached.
+    Client(ClientError),
+    /// Something on this side: the spec file, the artifact, a wait that ended unsatisfied.
+    Local { code: &'static str, message: String },
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Self::Client(e)
+    }
+}
+
+fn local(code: &'static str, message: impl Into<String>) -> Failure {
+    Failure::Local { code, message: message.into() }
+}
+
+fn execute(args: &FleetArgs, printer: &Printer) -> Result<(), Failure> {
+    let token = fleet_token(args.fleet_token.clone(), args.fleet_token_file.as_deref())?;
+    let client = Client::new(&args.controller, token);
+    match &args.command {
+        FleetCommand::Apply { file, wait, timeout } => {
+            apply(&client, printer, file, wait.then(|| Duration::from_secs(*timeout)))
+        }
+        FleetCommand::Status { module } => {
+            let status = client.status(module.as_deref())?;
+            if let Some(module) = module
+                && !status.modules.iter().any(|m| &m.name == module)
+                && !status.unmanaged.iter().any(|u| &u.name == module)
+            {
+                return Err(local(
+                    "MODULE_NOT_FOUND",
+                    format!("no spec and no base names module {module:?}"),
+                ));
+            }
+            printer.print(&status, || render_status(&status, printer.color));
+            Ok(())
+        }
+        FleetCommand::Push { file } => {
+            let (bytes, sha256) = read_artifact(file)?;
+            let answer = push(&client, &bytes, &sha256)?;
+            printer.print(&answer, || {
+                let new = if answer.stored { "new" } else { "already in the fleet" };
+                format!(
+                    "pushed {}: sha256 {} ({}, {new})\n",
+                    file.display(),
+                    answer.sha256,
+                    human_bytes(answer.size)
+                )
+            });
+            Ok(())
+        }
+        FleetCommand::Delete { module } => {
+            let answer = client.delete(module)?;
+            printer.print(&answer, || format!("deleted {}\n", answer.name));
+            Ok(())
+        }
+        FleetCommand::Bases => {
+            let bases = client.bases()?;
+            printer.print(&bases, || render_bases(&bases, printer.color));
+            Ok(())
+        }
+    }
+}
+
+fn apply(client: &Client, printer: &Printer, file: &Path, wait: Option<Duration>) -> Result<(), Failure> {
+    let spec_file = SpecFile::load(file).map_err(|e| local(e.code(), e.to_string()))?;
+    let sha256 = match &spec_file.artifact {
+        ArtifactSource::Remote { sha256, .. } => sha256.clone(),
+        ArtifactSource::Local(path) => {
+            let (bytes, sha256) = read_artifact(path)?;
+            let pushed = push(client, &bytes, &sha256)?;
+            if printer.output == Output::Table && pushed.stored {
+                println!(
+                    "pushed {}: sha256 {} ({})",
+                    path.display(),
+                    pushed.sha256,
+                    human_bytes(pushed.size)
+                );
+            }
+            sha256
+        }
+    };
+    let spec = spec_file.to_spec(&sha256);
+    let answer = client.apply(&spec)?;
+    printer.print(&answer, || apply_line(&answer, &spec.version));
+    match wait {
+        Some(timeout) => wait_serving(client, printer, &spec_file, &answer, timeout),
+        None => Ok(()),
+    }
+}
+
+/// `applied greeter@0.1.0 (generation 2, changed)` or `unchanged greeter@0.1.0 (generation 2)`.
+fn apply_line(answer: &ApplyAnswer, version: &str) -> String {
+    if answer.changed {
+        format!("applied {}@{version} (generation {}, changed)\n", answer.name, answer.generation)
+    } else {
+        format!("unchanged {}@{version} (generation {})\n", answer.name, answer.generation)
+    }
+}
+
+/// How long a placement must stay `unschedulable` before `--wait` believes it: the leader
+/// re-places at least every second, so a verdict about the previous generation is gone by then.
+const UNSCHEDULABLE_CONFIRM: Duration = Duration::from_millis(1_500);
+
+/// How often `--wait` asks.
+const WAIT_POLL: Duration = Duration::from_millis(200);
+
+fn wait_serving(
+    client: &Client,
+    printer: &Printer,
+    spec: &SpecFile,
+    applied: &ApplyAnswer,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let start = Instant::now();
+    let mut unschedulable_since: Option<Instant> = None;
+    let mut last: Option<ModuleView> = None;
+    while start.elapsed() < timeout {
+        let status = client.status(Some(&spec.name))?;
+        if let Some(view) = status.modules.into_iter().find(|m| m.name == spec.name) {
+            let current = view.generation >= applied.generation && view.version == spec.version;
+            if current && view.state == "placed" && view.ready >= view.wanted {
+                if printer.output == Output::Table {
+                    let bases: Vec<&str> =
+                        view.replicas.iter().filter(|r| r.serving).map(|r| r.base_id.as_str()).collect();
+                    match (spec.replicas, view.wanted) {
+                        (Replicas::Peer, 0) => println!("no base matches the selector: nothing to wait for"),
+                        _ => println!(
+                            "serving {}@{} on {} of {} bases ({}) after {:.1} s",
+                            view.name,
+                            view.version,
+                            view.ready,
+                            view.wanted,
+                            bases.join(", "),
+                            start.elapsed().as_secs_f64()
+                        ),
+                    }
+                }
+                return Ok(());
+            }
+            if current && view.state == "unschedulable" {
+                let since = *unschedulable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= UNSCHEDULABLE_CONFIRM {
+                    return Err(local(
+                        "UNSCHEDULABLE",
+                        format!(
+                            "{}@{}: {}",
+                            view.name,
+                            view.version,
+                            view.reason.as_deref().unwrap_or("no base fits (the controller gave no reason)")
+                        ),
+                    ));
+                }
+            } else {
+                unschedulable_since = None;
+            }
+            last = Some(view);
+        }
+        std::thread::sleep(WAIT_POLL);
+    }
+    let summary = match &last {
+        Some(view) => {
+            let waiting: Vec<String> = view
+                .replicas
+                .iter()
+                .filter(|r| !r.serving || r.version != spec.version)
+                .map(|r| match &r.reason {
+                    Some(reason) => format!("{} {} ({reason})", r.base_id, r.state),
+                    None => format!("{} {}", r.base_id, r.state),
+                })
+                .collect();
+            let waiting = if waiting.is_empty() {
+                String::new()
+            } else {
+                format!("; not serving: {}", waiting.join(", "))
+            };
+            format!("{} of {} replicas serving, placement {}{waiting}", view.ready, view.wanted, view.state)
+        }
+        None => "the controller does not list it yet".to_owned(),
+    };
+    Err(local(
+        "WAIT_TIMEOUT",
+        format!("{}@{} after {} s: {summary}", spec.name, spec.version, timeout.as_secs()),
+    ))
+}
+
+/// Pushes unless the fleet already has the bytes (a `HEAD` first: no transfer for known ones).
+fn push(client: &Client, bytes: &[u8], sha256: &str) -> Result<crate::client::PushAnswer, Failure> {
+    if client.has_artifact(sha256)? {
+        return Ok(crate::client::PushAnswer {
+            sha256: sha256.to_owned(),
+            size: bytes.len() as u64,
+            stored: false,
+        });
+    }
+    Ok(client.push(bytes, sha256)?)
+}
+
+fn read_artifact(path: &Path) -> Result<(Vec<u8>, String), Failure> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| local("ARTIFACT_UNREADABLE", format!("cannot read {}: {e}", path.display())))?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    Ok((bytes, sha256))
+}
+
+/// The token: the file's (trimmed) when a file is given, else the flag's or the environment's.
+fn fleet_token(token: Option<String>, file: Option<&Path>) -> Result<Option<String>, Failure> {
+    match file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                local(
+                    "FLEET_TOKEN_UNREADABLE",
+                    format!("cannot read the fleet token from {}: {e}", file.display()),
+                )
+            })?;
+            Ok(Some(text.trim_end().to_owned()))
+        }
+        None => Ok(token),
+    }
+}
+
+/// Colours only on a terminal, and never with `NO_COLOR` or `TERM=dumb`.
+fn use_color() -> bool {
+    std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none()
+        && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(true)
+}
+
+struct Printer {
+    output: Output,
+    color: bool,
+}
+
+impl Printer {
+    /// Prints `answer` as JSON, or the text `table` renders.
+    fn print<T: serde::Serialize>(&self, answer: &T, table: impl FnOnce() -> String) {
+        match self.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(answer).expect("answers serialize")),
+            Output::Table => print!("{}", table()),
+        }
+    }
+}
+
+/// `status`: a header line per module (wanted/ready/state/reason), its replicas one per row,
+/// then what bases run unmanaged.
+pub fn render_status(status: &FleetStatus, color: bool) -> String {
+    if status.modules.is_empty() && status.unmanaged.is_empty() {
+        return "no modules: declare one with `pedestal fleet apply FILE`\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        "MODULE", "VERSION", "BASE", "STATE", "SERVING", "HEALTH", "HEAP", "CPU", "REQUESTS", "REASON",
+    ]);
+    for module in &status.modules {
+        let mut note = format!(
+            "{}@{} (generation {}): {}/{} ready, {}",
+            module.name, module.version, module.generation, module.ready, module.wanted, module.state
+        );
+        if let Some(reason) = &module.reason {
+            let _ = write!(note, ": {reason}");
+        }
+        table.note(note, state_style(&module.state));
+        if module.replicas.is_empty() {
+            table.note("  (no replica assigned)".to_owned(), Style::Dim);
+        }
+        for replica in &module.replicas {
+            table.row(vec![
+                Cell::plain(&module.name),
+                Cell::plain(&replica.version),
+                Cell::plain(&replica.base_id),
+                Cell::new(&replica.state, state_style(&replica.state)),
+                Cell::new(
+                    if replica.serving { "yes" } else { "no" },
+                    if replica.serving { Style::Good } else { Style::Warn },
+                ),
+                Cell::new(&replica.health, health_style(&replica.health)),
+                Cell::plain(human_bytes(replica.heap_bytes)),
+                Cell::plain(millicores(replica.cpu_millis)),
+                Cell::plain(replica.requests.to_string()),
+                Cell::new(replica.reason.as_deref().unwrap_or(""), Style::Bad),
+            ]);
+        }
+    }
+    if !status.unmanaged.is_empty() {
+        table.note(
+            "unmanaged (installed on a base by hand; the fleet never deletes them):".to_owned(),
+            Style::Dim,
+        );
+        for module in &status.unmanaged {
+            table.row(vec![
+                Cell::plain(&module.name),
+                Cell::plain(&module.version),
+                Cell::plain(&module.base_id),
+                Cell::new(&module.state, state_style(&module.state)),
+                Cell::plain("-"),
+                Cell::plain("-"),
+                Cell::plain("-"),
+                Cell::plain("-"),
+                Cell::plain("-"),
+                Cell::plain(""),
+            ]);
+        }
+    }
+    table.render(color)
+}
+
+/// `bases`: one row per live base.
+pub fn render_bases(bases: &[BaseView], color: bool) -> String {
+    if bases.is_empty() {
+        return "no bases: join one with `pedestal serve --fleet ETCD_URLS --base-id ID`\n".to_owned();
+    }
+    let mut table = Table::new(&["BASE", "LABELS", "MODULES", "MEMORY", "CPU", "ADDRESS", "APPLIED REV"]);
+    for base in bases {
+        let record = &base.record;
+        let labels: Vec<String> = record.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let full = base.modules >= record.capacity.max_modules
+            || base.used.memory_bytes > record.capacity.memory_bytes
+            || base.used.cpu_millis > record.capacity.cpu_millis;
+        table.row(vec![
+            Cell::new(&record.id, if full { Style::Warn } else { Style::Plain }),
+            Cell::plain(if labels.is_empty() { "-".to_owned() } else { labels.join(",") }),
+            Cell::plain(format!("{}/{}", base.modules, record.capacity.max_modules)),
+            Cell::plain(format!(
+                "{}/{}",
+                human_bytes(base.used.memory_bytes),
+                human_bytes(record.capacity.memory_bytes)
+            )),
+            Cell::plain(format!(
+                "{}/{}",
+                millicores(base.used.cpu_millis),
+                millicores(record.capacity.cpu_millis)
+            )),
+            Cell::plain(&record.traffic_url),
+            Cell::plain(
+                base.status.as_ref().map(|s| s.applied_revision.to_string()).unwrap_or_else(|| "-".into()),
+            ),
+        ]);
+    }
+    table.render(color)
+}
+
+/// Bytes for people: `512 B`, `1.5 KiB`, `64.0 MiB`, `2.0 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Thousandths of a core, as Kubernetes writes them: `150m`.
+pub fn millicores(millis: u64) -> String {
+    format!("{millis}m")
+}
+
+fn state_style(state: &str) -> Style {
+    match state {
+        "active" | "placed" => Style::Good,
+        "failed" | "broken" | "unschedulable" | "pinned" | "quarantined" => Style::Bad,
+        "pending" | "starting" | "installed" | "stopping" => Style::Warn,
+        _ => Style::Plain,
+    }
+}
+
+fn health_style(health: &str) -> Style {
+    match health {
+        "healthy" => Style::Good,
+        "unhealthy" => Style::Bad,
+        _ => Style::Dim,
+    }
+}
+
+/// A terminal colour for a cell or a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Style {
+    Plain,
+    Good,
+    Warn,
+    Bad,
+    Dim,
+}
+
+impl Style {
+    /// The ANSI sequence that starts it (`None` for plain).
+    fn ansi(self) -> Option<&'static str> {
+        match self {
+            Style::Plain => None,
+            Style::Good => Some("\x1b[32m"),
+            Style::Warn => Some("\x1b[33m"),
+            Style::Bad => Some("\x1b[31m"),
+            Style::Dim => Some("\x1b[2m"),
+        }
+    }
+}
+
+struct Cell {
+    text: String,
+    style: Style,
+}
+
+impl Cell {
+    fn new(text: impl Into<String>, style: Style) -> Self {
+        Self { text: text.into(), style }
+    }
+
+    fn plain(text: impl Into<String>) -> Self {
+        Self::new(text, Style::Plain)
+    }
+}
+
+enum Line {
+    Row(Vec<Cell>),
+    Note(String, Style),
+}
+
+/// Columns aligned over every row; notes (a module's header line) span the table.
+struct Table {
+    header: Vec<&'static str>,
+    lines: Vec<Line>,
+}
+
+impl Table {
+    fn new(header: &[&'static str]) -> Self {
+        Self { header: header.to_vec(), lines: Vec::new() }
+    }
+
+    fn row(&mut self, cells: Vec<Cell>) {
+        debug_assert_eq!(cells.len(), self.header.len());
+        self.lines.push(Line::Row(cells));
+    }
+
+    fn note(&mut self, text: String, style: Style) {
+        self.lines.push(Line::Note(text, style));
+    }
+
+    fn render(&self, color: bool) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for line in &self.lines {
+            if let Line::Row(cells) = line {
+                for (width, cell) in widths.iter_mut().zip(cells) {
+                    *width = (*width).max(cell.text.chars().count());
+                }
+            }
+        }
+        let paint = |text: &str, style: Style| match (color, style.ansi()) {
+            (true, Some(start)) if !text.is_empty() => format!("{start}{text}\x1b[0m"),
+            _ => text.to_owned(),
+        };
+        let mut out = String::new();
+        let header: Vec<Cell> = self.header.iter().map(|h| Cell::new(*h, Style::Dim)).collect();
+        let emit = |cells: &[Cell], out: &mut String| {
+            let mut line = String::new();
+            for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                line.push_str(&paint(&cell.text, cell.style));
+                // Padding after the colour's end, so escapes never count as width.
+                let pad = width - cell.text.chars().count();
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        };
+        emit(&header, &mut out);
+        for line in &self.lines {
+            match line {
+                Line::Row(cells) => emit(cells, &mut out),
+                Line::Note(text, style) => {
+                    out.push_str(&paint(text, *style));
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::{BaseRecord, BaseStatus, Capacity, ReplicaView, Resources, UnmanagedView};
+
+    fn replica(base: &str, state: &str, serving: bool, reason: Option<&str>) -> ReplicaView {
+        ReplicaView {
+            base_id: base.into(),
+            version: "0.1.0".into(),
+            sha256: "aa".repeat(32),
+            state: state.into(),
+            serving,
+            health: if serving { "healthy".into() } else { "unknown".into() },
+            reason: reason.map(Into::into),
+            heap_bytes: if serving { 3 << 19 } else { 0 },
+            cpu_millis: if serving { 12 } else { 0 },
+            requests: if serving { 1234 } else { 0 },
+        }
+    }
+
+    fn check(actual: String, expected: &str) {
+        assert_eq!(actual, expected, "\nactual:\n{actual}\nexpected:\n{expected}");
+    }
+
+    #[test]
+    fn status_is_one_aligned_table_with_a_line_per_module() {
+        let status = FleetStatus {
+            modules: vec![
+                ModuleView {
+                    name: "greeter".into(),
+                    version: "0.1.0".into(),
+                    generation: 2,
+                    wanted: 2,
+                    ready: 1,
+                    state: "placed".into(),
+                    reason: None,
+                    replicas: vec![
+                        replica("base-a", "active", true, None),
+                        replica("base-b", "failed", false, Some("SHA256_MISMATCH")),
+                    ],
+                },
+                ModuleView {
+                    name: "notes".into(),
+                    version: "0.1.0".into(),
+                    generation: 1,
+                    wanted: 3,
+                    ready: 0,
+                    state: "unschedulable".into(),
+                    reason: Some("0 of 3 replicas placed: 0 bases match tier=db".into()),
+                    replicas: vec![],
+                },
+            ],
+            unmanaged: vec![UnmanagedView {
+                base_id: "base-c".into(),
+                name: "hand".into(),
+                version: "9.0.0".into(),
+                state: "active".into(),
+            }],
+        };
+        check(
+            render_status(&status, false),
+            "\
+MODULE   VERSION  BASE    STATE   SERVING  HEALTH   HEAP     CPU  REQUESTS  REASON
+greeter@0.1.0 (generation 2): 1/2 ready, placed
+greeter  0.1.0    base-a  active  yes      healthy  1.5 MiB  12m  1234
+greeter  0.1.0    base-b  failed  no       unknown  0 B      0m   0         SHA256_MISMATCH
+notes@0.1.0 (generation 1): 0/3 ready, unschedulable: 0 of 3 replicas placed: 0 bases match tier=db
+  (no replica assigned)
+unmanaged (installed on a base by hand; the fleet never deletes them):
+hand     9.0.0    base-c  active  -        -        -        -    -
+",
+        );
+    }
+
+    #[test]
+    fn colours_do_not_shift_columns() {
+        let status = FleetStatus {
+            modules: vec![ModuleView {
+                name: "g".into(),
+                version: "0.1.0".into(),
+                generation: 1,
+                wanted: 1,
+                ready: 1,
+                state: "placed".into(),
+                reason: None,
+                replicas: vec![replica("b", "active", true, None)],
+            }],
+            unmanaged: vec![],
+        };
+        let coloured = render_status(&status, true);
+        assert!(coloured.contains("\x1b[32mactive\x1b[0m"));
+        let stripped = coloured.replace("\x1b[32m", "").replace("\x1b[2m", "").replace("\x1b[0m", "");
+        check(stripped, &render_status(&status, false));
+    }
+
+    #[test]
+    fn empty_answers_say_what_to_do() {
+        assert!(render_status(&FleetStatus::default(), false).contains("pedestal fleet apply"));
+        assert!(render_bases(&[], false).contains("pedestal serve --fleet"));
+    }
+
+    #[test]
+    fn bases_show_use_of_capacity() {
+        let base =
+            |id: &str, labels: &[(&str, &str)], used: Resources, modules: u32, status: bool| BaseView {
+                record: BaseRecord {
+                    id: id.into(),
+                    traffic_url: format!("http://127.0.0.1:70{}", modules + 70),
+                    admin_url: "http://127.0.0.1:7171".into(),
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect::<BTreeMap<_, _>>(),
+                    capacity: Capacity { memory_bytes: 1 << 30, cpu_millis: 2000, max_modules: 64 },
+                    interface_version: "1.3.0".into(),
+                    started_ms: 0,
+                },
+                status: status.then(|| BaseStatus {
+                    base_id: id.into(),
+                    applied_revision: 42,
+                    ..BaseStatus::default()
+                }),
+                used,
+                modules,
+            };
+        check(
+            render_bases(
+                &[
+                    base(
+                        "base-a",
+                        &[("tier", "web"), ("zone", "a")],
+                        Resources { memory_bytes: 64 << 20, cpu_millis: 150 },
+                        2,
+                        true,
+                    ),
+                    base("b", &[], Resources { memory_bytes: 0, cpu_millis: 0 }, 0, false),
+                ],
+                false,
+            ),
+            "\
+BASE    LABELS           MODULES  MEMORY            CPU         ADDRESS                APPLIED REV
+base-a  tier=web,zone=a  2/64     64.0 MiB/1.0 GiB  150m/2000m  http://127.0.0.1:7072  42
+b       -                0/64     0 B/1.0 GiB       0m/2000m    http://127.0.0.1:7070  -
+",
+        );
+    }
+
+    #[test]
+    fn sizes_for_people() {
+        let check = |bytes: u64, expected: &str| assert_eq!(human_bytes(bytes), expected, "{bytes}");
+        check(0, "0 B");
+        check(1023, "1023 B");
+        check(1024, "1.0 KiB");
+        check(1536, "1.5 KiB");
+        check(64 << 20, "64.0 MiB");
+        check((1 << 30) + (1 << 29), "1.5 GiB");
+        check(5 << 40, "5.0 TiB");
+        assert_eq!(millicores(1250), "1250m");
+    }
+
+    #[test]
+    fn apply_lines() {
+        let answer = |changed| ApplyAnswer { name: "greeter".into(), generation: 2, changed };
+        assert_eq!(apply_line(&answer(true), "0.1.0"), "applied greeter@0.1.0 (generation 2, changed)\n");
+        assert_eq!(apply_line(&answer(false), "0.1.0"), "unchanged greeter@0.1.0 (generation 2)\n");
+    }
+
+    #[test]
+    fn a_token_file_is_trimmed_and_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-the-file-0123456789\n").unwrap();
+        let token = fleet_token(Some("from-the-flag-0123456789".into()), Some(&file)).ok().flatten();
+        assert_eq!(token.as_deref(), Some("from-the-file-0123456789"));
+        assert!(fleet_token(None, Some(&dir.path().join("missing"))).is_err());
+        assert_eq!(fleet_token(Some("t".into()), None).ok().flatten().as_deref(), Some("t"));
+    }
 }

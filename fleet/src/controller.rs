@@ -1,4 +1,34 @@
-//! The controller: the scheduler and the fleet API. (Being built.)
+//! `pedestal controller`: the scheduler and the fleet API. Any number run; one leads.
+//!
+//! - [`election`]: a lease (TTL 2 s, renewed every 500 ms) and a campaign transaction on the
+//!   leader key; the key's create revision is the term every leader write is fenced on.
+//! - [`reconcile`]: the leader's loop: one consistent read of the whole prefix, the pure
+//!   [`crate::schedule::place`], and the diff written in fenced transactions.
+//! - [`api`]: the fleet API (`/api/v1/...`), answered by any controller; mutations on a standby
+//!   are forwarded to the leader.
+//! - [`artifacts`]: each controller's content-addressed store, mirrored from its peers.
+//!
+//! Everything the controller decides from lives in etcd: a controller starting, or a standby
+//! elected, resumes from etcd alone (its artifact store aside, which it refills by mirroring).
+
+mod api;
+mod artifacts;
+mod election;
+mod reconcile;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use anyhow::Context as _;
+
+use crate::keys::{self, Keys};
 
 /// `pedestal controller`'s flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -6,9 +36,233 @@ pub struct ControllerArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "PEDESTAL_ETCD", value_delimiter = ',', required = true)]
     pub etcd: Vec<String>,
+    /// Address of the fleet API (`127.0.0.1:0` picks a free port, printed on the ready line).
+    #[arg(long, env = "PEDESTAL_CONTROLLER_LISTEN", default_value = "127.0.0.1:7080")]
+    pub listen: SocketAddr,
+    /// Directory for this controller's copy of every artifact.
+    #[arg(long, env = "PEDESTAL_CONTROLLER_DATA_DIR", default_value = "pedestal-controller-data")]
+    pub data_dir: PathBuf,
+    /// This controller's id (default: `<hostname>-<port>`): 1 to 64 of `[A-Za-z0-9_.-]`.
+    #[arg(long, env = "PEDESTAL_CONTROLLER_ID")]
+    pub id: Option<String>,
+    /// The fleet's shared secret (at least 16 characters), for the API and for fetching
+    /// artifacts from bases.
+    #[arg(long, env = "PEDESTAL_FLEET_TOKEN", hide_env_values = true)]
+    pub fleet_token: Option<String>,
+    /// A file holding the fleet token (trailing whitespace ignored).
+    #[arg(long, env = "PEDESTAL_FLEET_TOKEN_FILE", conflicts_with = "fleet_token")]
+    pub fleet_token_file: Option<PathBuf>,
+    /// The prefix of every fleet key in etcd.
+    #[arg(long, env = "PEDESTAL_ETCD_PREFIX", default_value = keys::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// The URL other controllers and the CLI reach this one at (default `http://<listen>`,
+    /// with the bound port).
+    #[arg(long, env = "PEDESTAL_CONTROLLER_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Largest accepted artifact upload, in bytes.
+    #[arg(long, env = "PEDESTAL_MAX_UPLOAD_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
 }
 
 /// Runs a controller until SIGTERM or SIGINT.
-pub fn run(_args: ControllerArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("the controller is being built")
+pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let token = match fleet_token(&args) {
+        Ok(token) => token,
+        Err(message) => {
+            eprintln!("FLEET_TOKEN_REQUIRED: {message}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pedestal-controller")
+        .build()
+        .context("starting the controller's runtime")?;
+    runtime.block_on(serve(args, token))
+}
+
+async fn serve(args: ControllerArgs, token: String) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the fleet API to {}", args.listen))?;
+    let addr = listener.local_addr().context("the fleet API's bound address")?;
+    let id = match args.id.clone() {
+        Some(id) => id,
+        None => default_id(addr.port()),
+    };
+    anyhow::ensure!(keys::is_valid_id(&id), "--id {id:?} must be 1 to 64 of [A-Za-z0-9_.-]");
+    let url = args.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let client = crate::store::connect(&args.etcd)
+        .await
+        .with_context(|| format!("connecting to etcd at {}", args.etcd.join(",")))?;
+    let store = artifacts::ArtifactStore::open(args.data_dir.join("artifacts"))?;
+    let controller = Arc::new(Controller {
+        id: id.clone(),
+        url,
+        keys: Keys::new(&args.etcd_prefix),
+        client,
+        token,
+        store,
+        max_upload_bytes: args.max_upload_bytes,
+        leadership: election::Leadership::new(),
+        kick: tokio::sync::Notify::new(),
+        kick_artifacts: tokio::sync::Notify::new(),
+        metrics: Metrics::default(),
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(election::run(controller.clone()));
+    tasks.spawn(reconcile::run(controller.clone()));
+    tasks.spawn(reconcile::watch(controller.clone()));
+    tasks.spawn(artifacts::mirror(controller.clone()));
+
+    let app = api::router(controller.clone());
+    println!("pedestal controller ready: api http://{addr} id {id}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving the fleet API")?;
+
+    tasks.abort_all();
+    let mut client = controller.client.clone();
+    controller.leadership.resign(&mut client).await;
+    controller.say("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What every part of a running controller shares.
+pub(crate) struct Controller {
+    /// `--id`.
+    pub(crate) id: String,
+    /// Where others reach its API.
+    pub(crate) url: String,
+    pub(crate) keys: Keys,
+    /// One connection, cloned per use (the client multiplexes).
+    pub(crate) client: etcd_client::Client,
+    pub(crate) token: String,
+    pub(crate) store: artifacts::ArtifactStore,
+    pub(crate) max_upload_bytes: u64,
+    pub(crate) leadership: election::Leadership,
+    /// Wakes the reconcile loop (a change in etcd, a spec written).
+    pub(crate) kick: tokio::sync::Notify,
+    /// Wakes the artifact mirror.
+    pub(crate) kick_artifacts: tokio::sync::Notify,
+    pub(crate) metrics: Metrics,
+}
+
+impl Controller {
+    /// One line on stderr about this controller's life (leading, standing by, deposed...).
+    pub(crate) fn say(&self, message: &str) {
+        eprintln!("pedestal controller {}: {message}", self.id);
+    }
+}
+
+/// Counters of the leader's etcd traffic, served at `GET /api/v1/controllers` (for the
+/// benchmark's "etcd traffic per placement").
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    /// Reconcile passes run while leading.
+    pub(crate) passes: AtomicU64,
+    /// Fenced transactions those passes committed.
+    pub(crate) txns: AtomicU64,
+    /// Operations in them.
+    pub(crate) ops: AtomicU64,
+}
+
+impl Metrics {
+    fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "passes": self.passes.load(Ordering::Relaxed),
+            "txns": self.txns.load(Ordering::Relaxed),
+            "ops": self.ops.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// The token from `--fleet-token`, `--fleet-token-file` or `PEDESTAL_FLEET_TOKEN`.
+fn fleet_token(args: &ControllerArgs) -> Result<String, String> {
+    let token = match (&args.fleet_token, &args.fleet_token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("reading --fleet-token-file {}: {e}", path.display()))?
+            .trim_end()
+            .to_owned(),
+        (None, None) => {
+            return Err("a controller needs the fleet token: --fleet-token, --fleet-token-file or \
+                        PEDESTAL_FLEET_TOKEN (at least 16 characters)"
+                .to_owned());
+        }
+    };
+    if token.chars().count() < 16 {
+        return Err(format!(
+            "the fleet token has {} characters; at least 16 are required",
+            token.chars().count()
+        ));
+    }
+    Ok(token)
+}
+
+/// `<hostname>-<port>`, the host name reduced to key-safe characters.
+fn default_id(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_else(|_| "controller".to_owned());
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+        .take(50)
+        .collect();
+    let host = if host.is_empty() { "controller".to_owned() } else { host };
+    format!("{host}-{port}")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    fn parse(argv: &[&str]) -> ControllerArgs {
+        Cli::try_parse_from(std::iter::once("controller").chain(argv.iter().copied()))
+            .expect("flags parse")
+            .args
+    }
+
+    #[test]
+    fn the_token_is_required_and_long_enough() {
+        let args = parse(&["--etcd", "http://127.0.0.1:1"]);
+        if std::env::var_os("PEDESTAL_FLEET_TOKEN").is_none() {
+            assert!(fleet_token(&args).unwrap_err().contains("needs the fleet token"));
+        }
+        let short = parse(&["--etcd", "http://127.0.0.1:1", "--fleet-token", "short"]);
+        assert!(fleet_token(&short).unwrap_err().contains("at least 16"));
+        let good = parse(&["--etcd", "a,b", "--fleet-token", "0123456789abcdef"]);
+        assert_eq!(fleet_token(&good).as_deref(), Ok("0123456789abcdef"));
+        assert_eq!(good.etcd, ["a", "b"]);
+        assert_eq!(good.listen.to_string(), "127.0.0.1:7080");
+    }
+
+    #[test]
+    fn the_default_id_is_key_safe() {
+        let id = default_id(7080);
+        assert!(keys::is_valid_id(&id), "{id}");
+        assert!(id.ends_with("-7080"));
+    }
 }

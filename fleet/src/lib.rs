@@ -4,11 +4,16 @@
 //! - [`agent`]: `pedestal serve --fleet ...` joins a base to a fleet.
 //! - [`controller`]: `pedestal controller ...`, the scheduler and the fleet API.
 //! - [`cli`]: `pedestal fleet ...`, the operator's client of a controller.
+//! - [`client`]: a blocking client of the fleet API; [`spec`]: the spec file of `apply`.
 //! - [`model`] and [`keys`]: what lives in etcd, and where.
+//! - [`schedule`]: the pure placement function the leading controller runs.
 
 pub mod agent;
 pub mod cli;
+pub mod client;
 pub mod controller;
 pub mod keys;
 pub mod model;
+pub mod schedule;
+pub mod spec;
 pub mod store;

@@ -44,6 +44,10 @@ pub struct Spec {
     /// The module's configuration (`pedestal.config`), the same on every base.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub config: serde_json::Map<String, serde_json::Value>,
+    /// The module interface version the artifact was built against, when known: bases of
+    /// another major, or an older minor, are not eligible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface_version: Option<String>,
 }
 
 /// How replicas are spread over the bases that fit.

@@ -70,6 +70,17 @@ pub enum Error {
         /// `name@version`.
         id: ModuleId,
     },
+    /// A change through the operations API of a module a fleet (or another owner) manages.
+    #[error(
+        "module {name} is managed by the {owner}: change it through the {owner} (or add ?force=true; \
+         the {owner} may undo the change)"
+    )]
+    FleetOwned {
+        /// The module's name.
+        name: String,
+        /// Who owns it (`fleet`).
+        owner: String,
+    },
     /// No such module or version.
     #[error("{what} not found")]
     NotFound {
@@ -528,6 +539,7 @@ impl Error {
             Self::LoadFailed { .. } => "LOAD_FAILED",
             Self::AlreadyInstalled { .. } => "ALREADY_INSTALLED",
             Self::OperationInProgress { .. } => "OPERATION_IN_PROGRESS",
+            Self::FleetOwned { .. } => "FLEET_OWNED",
             Self::NotFound { .. } => "NOT_FOUND",
             Self::StartFailed { .. } => "START_FAILED",
             Self::StartTimeout { .. } => "START_TIMEOUT",
@@ -585,7 +597,9 @@ impl Error {
             | Self::AbiMismatch { .. }
             | Self::LoadFailed { .. }
             | Self::BadRequest { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::AlreadyInstalled { .. } | Self::OperationInProgress { .. } => StatusCode::CONFLICT,
+            Self::AlreadyInstalled { .. } | Self::OperationInProgress { .. } | Self::FleetOwned { .. } => {
+                StatusCode::CONFLICT
+            }
             Self::NotFound { .. } | Self::ModuleNotMounted { .. } => StatusCode::NOT_FOUND,
             Self::StartFailed { .. } | Self::StartTimeout { .. } | Self::SpiIncompatible { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -665,6 +679,7 @@ impl Error {
             | Self::StateInvalid { path, .. }
             | Self::TrustedKeysInvalid { path, .. } => json!({"path": path}),
             Self::Sha256Mismatch { expected, actual } => json!({"expected": expected, "actual": actual}),
+            Self::FleetOwned { name, owner } => json!({"module": name, "owner": owner}),
             Self::Sha256Invalid { value } => json!({"sha256": value}),
             Self::SignatureRequired { sha256, trusted, .. } => {
                 json!({"sha256": sha256, "trusted_keys": trusted})

@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the main job. Builds the base and the example modules, starts the base on
 //! 127.0.0.1:7070 (traffic) and 127.0.0.1:7071 (operations), deploys the examples and prints
-//! what to try. Runs until Ctrl-C.
+//! what to try. Runs until Ctrl-C. `cargo xtask demo --fleet` runs a fleet instead (see
+//! `demo_fleet.rs`).
 
 use std::{
     io::{BufRead, BufReader},
@@ -21,7 +22,10 @@ max_notes = 100
 /// The example modules the demo deploys.
 const EXAMPLES: &[&str] = &["examples/greeter", "examples/notes"];
 
-pub fn run(_args: &[String]) -> anyhow::Result<()> {
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if args.iter().any(|a| a == "--fleet" || a == "fleet") {
+        return crate::demo_fleet::run();
+    }
     exec(cargo().args(["build", "--release", "-p", "pedestal"]))?;
     let libraries = EXAMPLES.iter().map(|e| deploy::build(e)).collect::<anyhow::Result<Vec<_>>>()?;
 

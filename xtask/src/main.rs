@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the project's developer commands.
 //!
-//! - `demo`   — build the base and the example modules, start the base, deploy the examples, print what to try.
+//! - `demo`   — build the base and the example modules, start the base, deploy the examples, print what to try;
+//!   `demo --fleet`: etcd, a controller and three bases, the examples applied to the fleet.
 //! - `deploy` — build a module in release and install it into a running base.
 //! - `test`   — install the pinned tools the suite needs, then run fmt, clippy and every test (what CI runs).
 //! - `bench`  — run the benchmarks and print their tables (see BENCHMARKS.md).
@@ -8,6 +9,7 @@
 mod bench;
 mod bench_fleet;
 mod demo;
+mod demo_fleet;
 mod deploy;
 mod test;
 
@@ -38,7 +40,7 @@ fn dispatch() -> anyhow::Result<()> {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
-                 demo                         start a base with the example modules deployed\n  \
+                 demo [--fleet]               start a base (or a local fleet) with the example modules deployed\n  \
                  deploy <dir|package> [--admin URL] [--token T] [--sign KEY] [--watch]\n                               \
                  build a module (release) and install it into a running base\n  \
                  test                         install pinned tools, run fmt, clippy and all tests (CI)\n  \

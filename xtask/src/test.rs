@@ -1,5 +1,6 @@
-//! `cargo xtask test`: everything CI runs, on a fresh machine. Installs the pinned tools the
-//! suite needs, then checks formatting and lints, runs every test and a quick benchmark.
+//! `cargo xtask test`: everything CI runs, on a fresh machine. Installs the pinned tools and the
+//! Debian packages the suite needs (etcd for the fleet tests, protoc for the `etcd-client`
+//! crate's build), then checks formatting and lints, runs every test and a quick benchmark.
 
 use std::{
     io::{BufRead, BufReader},
@@ -14,6 +15,7 @@ use crate::{cargo, exec};
 const CARGO_GENERATE_VERSION: &str = "0.23.14";
 
 pub fn run(_args: &[String]) -> anyhow::Result<()> {
+    ensure_debian_packages()?;
     ensure_cargo_generate()?;
     exec(cargo().args(["fmt", "--all", "--check"]))?;
     exec(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
@@ -58,6 +60,80 @@ fn count(result: &str, label: &str) -> u64 {
         })
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The Debian packages the fleet needs, each with what shows it is there without dpkg: etcd 3.4
+/// for the tests' real etcd processes, and protoc with protobuf's well-known types, which the
+/// `etcd-client` crate's build script compiles its protos with (DESIGN.md, Tooling).
+const DEBIAN_PACKAGES: &[(&str, Present)] = &[
+    ("etcd-server", Present::Command("etcd")),
+    ("etcd-client", Present::Command("etcdctl")),
+    ("protobuf-compiler", Present::Command("protoc")),
+    ("libprotobuf-dev", Present::File("/usr/include/google/protobuf/descriptor.proto")),
+];
+
+/// What shows a package's part is on the machine.
+#[derive(Clone, Copy)]
+enum Present {
+    /// A command on `PATH`.
+    Command(&'static str),
+    /// A file it installs.
+    File(&'static str),
+}
+
+/// Installs whichever of [`DEBIAN_PACKAGES`] is missing with apt (as root, or through sudo); a
+/// no-op when all are present. `apt-get update` runs only when a first install failed (a stale
+/// or empty package list), so a machine that has everything never touches the network.
+pub fn ensure_debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(name, present)| !is_present(name, *present))
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if Command::new("apt-get").arg("--version").stdout(Stdio::null()).status().is_err() {
+        bail!("missing {}: install them (Debian's package names; no apt-get here)", missing.join(" "));
+    }
+    eprintln!("installing Debian packages: {}", missing.join(" "));
+    let apt = || {
+        let mut command = if is_root() { Command::new("apt-get") } else { sudo_apt() };
+        command.env("DEBIAN_FRONTEND", "noninteractive");
+        command
+    };
+    let install = || {
+        let mut command = apt();
+        command.args(["install", "-y", "--no-install-recommends"]).args(&missing);
+        command
+    };
+    if install().status().is_ok_and(|s| s.success()) {
+        return Ok(());
+    }
+    eprintln!("apt-get install failed; updating the package lists and trying again");
+    exec(apt().arg("update"))?;
+    exec(&mut install())
+}
+
+fn is_present(package: &str, present: Present) -> bool {
+    let dpkg = Command::new("dpkg-query").args(["-W", "-f=${Status}", package]).output().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).ends_with("install ok installed")
+    });
+    dpkg || match present {
+        Present::Command(command) => std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file())),
+        Present::File(file) => std::path::Path::new(file).is_file(),
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn sudo_apt() -> Command {
+    let mut command = Command::new("sudo");
+    command.arg("apt-get");
+    command
 }
 
 fn ensure_cargo_generate() -> anyhow::Result<()> {

@@ -75,12 +75,13 @@ async fn get_limits(
 /// `0` lifts a count or size limit) and applies them to every version at once.
 async fn set_limits(
     State(registry): State<Arc<Registry>>,
-    _: Params<NoParams>,
+    Params(options): Params<super::traffic::ForceOption>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Answer<Json<Value>> {
     require_json(&headers, &body)?;
+    registry.check_owner(&name, options.force)?;
     let overrides: LimitOverrides = serde_json::from_slice(&body).map_err(|e| Error::BadRequest {
         message: format!(
             "expected a JSON object with any of max_concurrent_requests, request_timeout_ms, \

@@ -210,6 +210,7 @@ async fn uninstall(
 ) -> Answer<Response> {
     let version = parse_version(&version)?;
     let target = format!("{name}@{version}");
+    registry.check_owner(&name, options.force)?;
     let dependents = if options.force { Dependents::Abandon } else { Dependents::Protect };
     run_operation(&registry, "uninstall", &target, options.run_async, StatusCode::OK, move |registry| {
         let instance = registry.uninstall_checked(&name, &version, dependents)?;
@@ -355,6 +356,7 @@ async fn install(
         retry_quarantined: options.retry,
         sha256: pin,
         signature,
+        refuse_owned: !options.force,
     };
     let run_async = query_async;
     let target = format!("upload of {} bytes", bytes.len());

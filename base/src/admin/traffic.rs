@@ -36,6 +36,17 @@ pub(super) fn routes() -> Routes {
 struct AsyncOption {
     #[serde(default, rename = "async")]
     run_async: bool,
+    /// Switch even a module a fleet owns (`FLEET_OWNED` otherwise).
+    #[serde(default)]
+    force: bool,
+}
+
+/// The parameters of a change that only ownership guards.
+#[derive(Deserialize)]
+pub(super) struct ForceOption {
+    /// Change even a module a fleet owns (`FLEET_OWNED` otherwise).
+    #[serde(default)]
+    pub(super) force: bool,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +75,7 @@ async fn switch(
     let SwitchTo { version } = serde_json::from_slice(&body)
         .map_err(|e| Error::BadRequest { message: format!("expected {{\"version\": \"...\"}}: {e}") })?;
     let version = parse_version(&version)?;
+    registry.check_owner(&name, options.force)?;
     let target = format!("{name}@{version}");
     run_operation(&registry, "switch", &target, options.run_async, StatusCode::OK, move |registry| {
         let began = Instant::now();
@@ -93,12 +105,13 @@ struct TrafficView<'a> {
 /// running versions (`{}` goes back to the active version alone).
 async fn set_traffic(
     State(registry): State<Arc<Registry>>,
-    _: Params<NoParams>,
+    Params(options): Params<ForceOption>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Answer<Json<Value>> {
     require_json(&headers, &body)?;
+    registry.check_owner(&name, options.force)?;
     let weights: BTreeMap<String, u32> = serde_json::from_slice(&body).map_err(|e| Error::BadRequest {
         message: format!("expected {{\"<version>\": <weight>, ...}}: {e}"),
     })?;

@@ -96,6 +96,9 @@ impl Registry {
                 message: format!("{name:?} is not a module name (letters, digits, '-' and '_', at most 64)"),
             });
         }
+        if let Some(name) = name {
+            self.check_owner(name, !options.refuse_owned)?;
+        }
         if let Some(wedged) = loader::wedged() {
             return Err(Error::LoadFailed {
                 path: wedged,
@@ -188,6 +191,12 @@ impl Registry {
                 .and_then(|loaded| {
                     let instance = loaded.instance();
                     loading.identify(instance);
+                    // The package's name is known only now: an owned module is refused before
+                    // anything of it starts.
+                    if let Err(e) = self.check_owner(&instance.id.name, !options.refuse_owned) {
+                        loaded.abandon();
+                        return Err(e);
+                    }
                     let log = self.log(&instance.id.name);
                     match self.reserve(instance, same_identity, requires) {
                         Ok(replaced) => replaced_same = replaced,

@@ -1,0 +1,247 @@
+//! Applying assignments with the registry: what runs is made what the assignments say, one
+//! module at a time, on blocking threads (every registry call here blocks).
+//!
+//! Per module: the assigned version and sha256 already active, alone → nothing (its limits
+//! checked). Otherwise fetch the bytes (the store first), install them beside what runs (the
+//! same version with other bytes: the base's replace strategy), make them serve (`switch`),
+//! then drain and unload every other version. A failure leaves nothing new serving: an install
+//! that failed loaded nothing, and a version installed here whose switch failed is unloaded.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use pedestal_base::{Dependents, InstallOptions, Registry, State, Strategy};
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
+use super::artifacts::{self, Source};
+use crate::model::Assignment;
+
+/// The file the applied revisions are kept in, under the data directory.
+pub(crate) const APPLIED_FILE: &str = "fleet-applied.json";
+
+/// An assignment and its etcd mod_revision.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Desired {
+    pub(crate) assignment: Assignment,
+    pub(crate) revision: i64,
+}
+
+/// What the agent applied, per module (`<data-dir>/fleet-applied.json`): an assignment with a
+/// lower revision than the one recorded is never applied, across restarts too.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Applied {
+    pub(crate) modules: BTreeMap<String, AppliedModule>,
+}
+
+/// One module's applied assignment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct AppliedModule {
+    pub(crate) revision: i64,
+    pub(crate) version: String,
+    pub(crate) sha256: String,
+}
+
+impl Applied {
+    /// The file under `data_dir`.
+    pub(crate) fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join(APPLIED_FILE)
+    }
+
+    /// The recorded applications (none when there is no file; an unreadable one is reported
+    /// and treated as none).
+    pub(crate) fn load(path: &Path) -> Self {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::error!(file = %path.display(), "unreadable, starting from no applied assignment: {e}");
+                Self::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::default(),
+            Err(e) => {
+                tracing::error!(file = %path.display(), "cannot read, starting from no applied assignment: {e}");
+                Self::default()
+            }
+        }
+    }
+
+    /// Writes the file (temporary file, then rename).
+    pub(crate) fn save(&self, path: &Path) {
+        let temporary = path.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(self)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&temporary, bytes))
+            .and_then(|()| std::fs::rename(&temporary, path));
+        if let Err(e) = written {
+            tracing::error!(file = %path.display(), "cannot record the applied assignments: {e}");
+        }
+    }
+
+    /// The highest revision applied.
+    pub(crate) fn revision(&self) -> i64 {
+        self.modules.values().map(|m| m.revision).max().unwrap_or_default()
+    }
+
+    /// Whether `desired` is older than what was applied for `module`.
+    pub(crate) fn is_stale(&self, module: &str, desired: &Desired) -> bool {
+        self.modules.get(module).is_some_and(|applied| desired.revision < applied.revision)
+    }
+}
+
+/// Why an assignment was not applied: a stable code and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Nack {
+    pub(crate) code: String,
+    pub(crate) message: String,
+}
+
+impl From<pedestal_base::Error> for Nack {
+    fn from(e: pedestal_base::Error) -> Self {
+        Self { code: e.code().to_owned(), message: e.to_string() }
+    }
+}
+
+fn invalid(message: String) -> Nack {
+    Nack { code: "ASSIGNMENT_INVALID".into(), message }
+}
+
+/// Whether `module` runs exactly what `assignment` says: that version with that sha256 active
+/// and alone, with its limits.
+pub(crate) fn is_satisfied(registry: &Registry, module: &str, assignment: &Assignment) -> bool {
+    let Ok((instances, active)) = registry.module(module) else { return false };
+    let Ok(version) = Version::parse(&assignment.version) else { return false };
+    active.as_ref() == Some(&version)
+        && instances.len() == 1
+        && instances[0].id.version == version
+        && instances[0].artifact.sha256 == assignment.sha256
+        && instances[0].state() == State::Active
+        && registry.limit_overrides(module) == assignment.limits.unwrap_or_default()
+}
+
+/// Makes `module` run `assignment` (see the module docs). Blocking.
+pub(crate) fn apply(
+    registry: &Registry,
+    module: &str,
+    assignment: &Assignment,
+    sources: &[Source],
+    token: &str,
+) -> Result<(), Nack> {
+    let version = Version::parse(&assignment.version)
+        .map_err(|e| invalid(format!("version {:?}: {e}", assignment.version)))?;
+    let digest = pedestal_base::signing::parse_sha256(&assignment.sha256)
+        .map_err(|e| invalid(format!("sha256 {:?}: {e}", assignment.sha256)))?;
+    let (instances, active) = registry.module(module).unwrap_or_default();
+    let present = instances.iter().any(|i| {
+        i.id.version == version
+            && i.artifact.sha256 == assignment.sha256
+            && matches!(i.state(), State::Active | State::Inactive)
+    });
+    let mut installed_here = false;
+    if !present {
+        let bytes = artifacts::fetch(registry, &assignment.sha256, sources, token)
+            .map_err(|u| Nack { code: u.code.into(), message: u.message })?;
+        let same_version = instances.iter().any(|i| i.id.version == version);
+        let options = InstallOptions {
+            name: Some(module.to_owned()),
+            strategy: if same_version { Strategy::Replace } else { Strategy::Install },
+            sha256: Some(digest),
+            ..InstallOptions::default()
+        };
+        let installed = registry.install_with(&bytes, &options)?;
+        if installed.instance.id.version != version {
+            let found = installed.instance.id.version.clone();
+            let _ = registry.uninstall_checked(module, &found, Dependents::Abandon);
+            return Err(invalid(format!(
+                "the artifact {} is {module}@{found}, the assignment says {version}",
+                assignment.sha256
+            )));
+        }
+        installed_here = !same_version;
+        tracing::info!(module, %version, sha256 = %assignment.sha256, "assignment installed");
+    }
+    let (_, now_active) = registry.module(module)?;
+    if now_active.as_ref() != Some(&version) {
+        if let Err(e) = registry.switch(module, &version) {
+            if installed_here {
+                let _ = registry.uninstall_checked(module, &version, Dependents::Abandon);
+            }
+            return Err(e.into());
+        }
+        tracing::info!(module, %version, previous = ?active, "assignment serving");
+    }
+    let (instances, _) = registry.module(module)?;
+    for other in instances.iter().filter(|i| i.id.version != version) {
+        registry.uninstall_checked(module, &other.id.version, Dependents::Protect)?;
+        tracing::info!(module, version = %other.id.version, "unassigned version unloaded");
+    }
+    let limits = assignment.limits.unwrap_or_default();
+    if registry.limit_overrides(module) != limits {
+        registry.set_limit_overrides(module, limits)?;
+    }
+    Ok(())
+}
+
+/// Uninstalls every version of `module` (its assignment was deleted). Blocking.
+pub(crate) fn remove(registry: &Registry, module: &str) -> Result<(), Nack> {
+    let Ok((instances, active)) = registry.module(module) else { return Ok(()) };
+    // The inactive versions first: the active one goes last, so no request finds none.
+    let mut versions: Vec<Version> = instances.iter().map(|i| i.id.version.clone()).collect();
+    versions.sort_by_key(|v| Some(v) == active.as_ref());
+    for version in versions {
+        match registry.uninstall_checked(module, &version, Dependents::Protect) {
+            Ok(_) | Err(pedestal_base::Error::NotFound { .. }) => {
+                tracing::info!(module, %version, "assignment deleted: uninstalled");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(revision: i64) -> Desired {
+        Desired {
+            assignment: Assignment {
+                module: "echo".into(),
+                version: "1.0.0".into(),
+                sha256: "00".repeat(32),
+                url: None,
+                limits: None,
+                config: Default::default(),
+                generation: 1,
+            },
+            revision,
+        }
+    }
+
+    #[test]
+    fn an_older_revision_than_the_applied_one_is_stale_across_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Applied::path(dir.path());
+        assert_eq!(Applied::load(&path), Applied::default());
+        let mut applied = Applied::default();
+        applied.modules.insert(
+            "echo".into(),
+            AppliedModule { revision: 40, version: "1.0.0".into(), sha256: "00".repeat(32) },
+        );
+        applied.save(&path);
+        let applied = Applied::load(&path);
+        assert_eq!(applied.revision(), 40);
+        assert!(applied.is_stale("echo", &desired(39)));
+        assert!(!applied.is_stale("echo", &desired(40)));
+        assert!(!applied.is_stale("echo", &desired(41)));
+        assert!(!applied.is_stale("other", &desired(1)));
+    }
+
+    #[test]
+    fn an_unreadable_record_counts_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Applied::path(dir.path());
+        std::fs::write(&path, "{not json").unwrap();
+        assert_eq!(Applied::load(&path), Applied::default());
+    }
+}

@@ -1,0 +1,512 @@
+//! The agent's tasks: the etcd session (lease, registration, watches), the reconcile loop and
+//! the status reports. They share a [`Context`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use etcd_client::{Client, EventType, GetOptions, KeyValue, PutOptions, WatchOptions};
+use pedestal_base::Registry;
+use tokio::sync::Notify;
+
+use super::{
+    Join, OWNER,
+    apply::{self, Applied, AppliedModule, Desired, Nack},
+    artifacts::Source,
+    forward::EndpointMap,
+    report::{self, CpuMeter},
+};
+use crate::{
+    model::{Assignment, BaseRecord, BaseStatus, ControllerRecord, Endpoints, Failure},
+    store,
+};
+
+/// The base's lease: how long its keys outlive it.
+pub(crate) const LEASE_TTL_SECS: i64 = 3;
+/// How often the lease is kept alive.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts to reach etcd.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How often the status is written even when nothing changed (its measurements move).
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+/// How often the reconcile loop runs even when nothing changed.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// How long a failed assignment waits before it is tried again (a new revision: at once).
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// What the agent's tasks share.
+struct Context {
+    join: Arc<Join>,
+    registry: Arc<Registry>,
+    endpoints: Arc<EndpointMap>,
+    /// The assignments, as last listed and watched; `None` until etcd first answered (until
+    /// then nothing is installed or uninstalled: fail static).
+    desired: Mutex<Option<BTreeMap<String, Desired>>>,
+    /// What was applied, as in `fleet-applied.json`.
+    applied: Mutex<Applied>,
+    /// NACKs, by module.
+    failures: Mutex<BTreeMap<String, Failure>>,
+    /// When each failed assignment (module, revision) was last tried.
+    attempts: Mutex<HashMap<String, (i64, Instant)>>,
+    /// Stale assignments already logged.
+    stale_logged: Mutex<BTreeSet<(String, i64)>>,
+    /// The live session: a client and the lease the base's keys are under.
+    session: Mutex<Option<(Client, i64)>>,
+    /// Wakes the reconcile loop.
+    reconcile: Notify,
+    /// Wakes the reporter.
+    report: Notify,
+    /// The CPU counters of the last report.
+    meter: Mutex<CpuMeter>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The agent: waits for the base, then runs its three loops for ever.
+pub(crate) async fn run(join: Arc<Join>, endpoints: Arc<EndpointMap>, registry: Arc<Registry>) {
+    // The bound addresses are known before the ready line; the restore is done once ready.
+    let (traffic, admin) = loop {
+        if let Some(addresses) = registry.bound_addresses().filter(|_| registry.is_ready()) {
+            break addresses;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let applied = Applied::load(&Applied::path(&registry.config().data_dir));
+    // What the fleet applied before a restart is still the fleet's, even before etcd answers.
+    for module in applied.modules.keys() {
+        registry.set_owner(module, Some(OWNER));
+    }
+    let record = BaseRecord {
+        id: join.base_id.clone(),
+        traffic_url: format!("http://{}:{}", join.advertise_host, traffic.port()),
+        admin_url: format!("http://{}:{}", join.advertise_host, admin.port()),
+        labels: join.labels.clone(),
+        capacity: join.capacity,
+        interface_version: pedestal_module_api::abi::INTERFACE_VERSION.to_owned(),
+        started_ms: crate::model::now_ms(),
+    };
+    let context = Arc::new(Context {
+        join,
+        registry,
+        endpoints,
+        desired: Mutex::new(None),
+        applied: Mutex::new(applied),
+        failures: Mutex::default(),
+        attempts: Mutex::default(),
+        stale_logged: Mutex::default(),
+        session: Mutex::new(None),
+        reconcile: Notify::new(),
+        report: Notify::new(),
+        meter: Mutex::default(),
+    });
+    tokio::spawn(reconcile_loop(Arc::clone(&context)));
+    tokio::spawn(report_loop(Arc::clone(&context)));
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match session(&context, &record, &mut backoff).await {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(base = %context.join.base_id, "fleet session ended: {e}; retrying"),
+        }
+        *lock(&context.session) = None;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+type Failed = Box<dyn std::error::Error + Send + Sync>;
+
+/// One session: connect, lease, register, list and watch, until something breaks.
+async fn session(context: &Context, record: &BaseRecord, backoff: &mut Duration) -> Result<(), Failed> {
+    let keys = &context.join.keys;
+    let mut client = store::connect(&context.join.endpoints).await?;
+    let lease = timed(client.lease_grant(LEASE_TTL_SECS, None)).await?.id();
+    let under_lease = || Some(PutOptions::new().with_lease(lease));
+    timed(client.put(keys.base(&record.id), serde_json::to_vec(record)?, under_lease())).await?;
+    let status = current_status(context);
+    timed(client.put(keys.status(&record.id), serde_json::to_vec(&status)?, under_lease())).await?;
+    let (mut keeper, mut kept) = timed(client.lease_keep_alive(lease)).await?;
+    *lock(&context.session) = Some((client.clone(), lease));
+    tracing::info!(base = %record.id, lease, traffic = %record.traffic_url, "joined the fleet");
+    *backoff = Duration::from_millis(100);
+
+    // Assignments: the list, then every change after it.
+    let prefix = keys.assignments_of(&record.id);
+    let listed = timed(client.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
+    let revision = listed.header().map(|h| h.revision()).unwrap_or_default();
+    let mut desired = BTreeMap::new();
+    for kv in listed.kvs() {
+        if let Some((module, assignment)) = parse_assignment(kv, &prefix) {
+            desired.insert(module, Desired { assignment, revision: kv.mod_revision() });
+        }
+    }
+    *lock(&context.desired) = Some(desired);
+    context.reconcile.notify_one();
+    let watch = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(revision + 1);
+    let mut assignments = timed(client.watch(prefix.as_str(), Some(watch))).await?;
+
+    // Endpoints, for forwarding.
+    let endpoints_prefix = keys.all_endpoints();
+    let listed = timed(client.get(endpoints_prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
+    let revision = listed.header().map(|h| h.revision()).unwrap_or_default();
+    let mut all = HashMap::new();
+    for kv in listed.kvs() {
+        if let Some((module, endpoints)) = parse_endpoints(kv, &endpoints_prefix) {
+            all.insert(module, endpoints.endpoints);
+        }
+    }
+    context.endpoints.replace(all);
+    let watch = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+    let mut endpoints = timed(client.watch(endpoints_prefix.as_str(), Some(watch))).await?;
+
+    let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
+    let mut last_kept = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if last_kept.elapsed() > Duration::from_secs(LEASE_TTL_SECS as u64) {
+                    return Err(format!("no keep-alive answer for {:?}: the lease may be gone", last_kept.elapsed()).into());
+                }
+                timed(keeper.keep_alive()).await?;
+            }
+            answer = kept.message() => match answer? {
+                Some(answer) if answer.ttl() > 0 => last_kept = Instant::now(),
+                Some(_) => return Err(format!("lease {lease} expired").into()),
+                None => return Err("the keep-alive stream ended".into()),
+            },
+            changes = assignments.message() => {
+                let Some(changes) = changes? else { return Err("the assignments watch ended".into()) };
+                if changes.canceled() || changes.compact_revision() > 0 {
+                    return Err(format!("the assignments watch was cancelled ({})", changes.cancel_reason()).into());
+                }
+                let mut guard = lock(&context.desired);
+                let desired = guard.get_or_insert_with(BTreeMap::new);
+                for event in changes.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    match event.event_type() {
+                        EventType::Put => {
+                            if let Some((module, assignment)) = parse_assignment(kv, &prefix) {
+                                desired.insert(module, Desired { assignment, revision: kv.mod_revision() });
+                            }
+                        }
+                        EventType::Delete => {
+                            if let Ok(key) = kv.key_str()
+                                && let Some(module) = crate::keys::Keys::leaf(key, &prefix)
+                            {
+                                desired.remove(module);
+                            }
+                        }
+                    }
+                }
+                drop(guard);
+                context.reconcile.notify_one();
+            }
+            changes = endpoints.message() => {
+                let Some(changes) = changes? else { return Err("the endpoints watch ended".into()) };
+                if changes.canceled() || changes.compact_revision() > 0 {
+                    return Err(format!("the endpoints watch was cancelled ({})", changes.cancel_reason()).into());
+                }
+                for event in changes.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    match event.event_type() {
+                        EventType::Put => {
+                            if let Some((module, endpoints)) = parse_endpoints(kv, &endpoints_prefix) {
+                                context.endpoints.set(&module, Some(endpoints.endpoints));
+                            }
+                        }
+                        EventType::Delete => {
+                            if let Ok(key) = kv.key_str()
+                                && let Some(module) = crate::keys::Keys::leaf(key, &endpoints_prefix)
+                            {
+                                context.endpoints.set(module, None);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An etcd call with the store's deadline: no answer in time is an error (the session starts
+/// over and reads everything again).
+async fn timed<T>(call: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, Failed> {
+    match tokio::time::timeout(store::REQUEST_TIMEOUT, call).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err("etcd did not answer in time".into()),
+    }
+}
+
+fn parse_assignment(kv: &KeyValue, prefix: &str) -> Option<(String, Assignment)> {
+    let module = crate::keys::Keys::leaf(kv.key_str().ok()?, prefix)?.to_owned();
+    match serde_json::from_slice::<Assignment>(kv.value()) {
+        Ok(assignment) if assignment.module == module => Some((module, assignment)),
+        Ok(assignment) => {
+            tracing::error!(key = ?kv.key_str(), named = %assignment.module, "an assignment names another module: ignored");
+            None
+        }
+        Err(e) => {
+            tracing::error!(key = ?kv.key_str(), "an unreadable assignment, ignored: {e}");
+            None
+        }
+    }
+}
+
+fn parse_endpoints(kv: &KeyValue, prefix: &str) -> Option<(String, Endpoints)> {
+    let module = crate::keys::Keys::leaf(kv.key_str().ok()?, prefix)?.to_owned();
+    match serde_json::from_slice::<Endpoints>(kv.value()) {
+        Ok(endpoints) => Some((module, endpoints)),
+        Err(e) => {
+            tracing::warn!(key = ?kv.key_str(), "unreadable endpoints, ignored: {e}");
+            None
+        }
+    }
+}
+
+fn current_status(context: &Context) -> BaseStatus {
+    let managed: BTreeSet<String> = {
+        let desired = lock(&context.desired);
+        let applied = lock(&context.applied);
+        desired.iter().flat_map(|d| d.keys().cloned()).chain(applied.modules.keys().cloned()).collect()
+    };
+    let failures = lock(&context.failures).clone();
+    let revision = lock(&context.applied).revision();
+    report::status(
+        &context.join.base_id,
+        &context.registry,
+        &managed,
+        &failures,
+        revision,
+        &mut lock(&context.meter),
+    )
+}
+
+/// Writes `status/<id>` at each change and every [`REPORT_EVERY`], under the session's lease.
+async fn report_loop(context: Arc<Context>) {
+    let mut last: Option<BaseStatus> = None;
+    let mut written = Instant::now();
+    loop {
+        tokio::select! {
+            _ = context.report.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let Some((mut client, lease)) = lock(&context.session).clone() else { continue };
+        let status = current_status(&context);
+        // Compared without the time and CPU (both always move): a change is written at once.
+        let same = last.as_ref().is_some_and(|l| {
+            let strip = |s: &BaseStatus| {
+                let mut s = s.clone();
+                s.at_ms = 0;
+                s.modules.iter_mut().for_each(|m| m.cpu_millis = 0);
+                s
+            };
+            strip(l) == strip(&status)
+        });
+        if same && written.elapsed() < REPORT_EVERY {
+            continue;
+        }
+        let Ok(value) = serde_json::to_vec(&status) else { continue };
+        let key = context.join.keys.status(&context.join.base_id);
+        match timed(client.put(key, value, Some(PutOptions::new().with_lease(lease)))).await {
+            Ok(_) => {
+                last = Some(status);
+                written = Instant::now();
+            }
+            Err(e) => tracing::debug!("status not written: {e}"),
+        }
+    }
+}
+
+/// Applies the assignments at each change and every [`RECONCILE_EVERY`].
+async fn reconcile_loop(context: Arc<Context>) {
+    loop {
+        tokio::select! {
+            _ = context.reconcile.notified() => {}
+            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+        }
+        reconcile(&context).await;
+    }
+}
+
+/// One pass: every assignment applied, every module whose assignment went uninstalled.
+async fn reconcile(context: &Arc<Context>) {
+    let Some(desired) = lock(&context.desired).clone() else { return };
+    let registry = &context.registry;
+    let data_dir = registry.config().data_dir.clone();
+    for (module, wanted) in &desired {
+        if lock(&context.applied).is_stale(module, wanted) {
+            let applied = lock(&context.applied).modules.get(module).map(|m| m.revision).unwrap_or_default();
+            if lock(&context.stale_logged).insert((module.clone(), wanted.revision)) {
+                tracing::warn!(
+                    module,
+                    revision = wanted.revision,
+                    applied,
+                    "an assignment older than the one applied: not applied"
+                );
+            }
+            let failure = Failure {
+                version: wanted.assignment.version.clone(),
+                sha256: wanted.assignment.sha256.clone(),
+                code: "ASSIGNMENT_STALE".into(),
+                message: format!(
+                    "revision {} is older than revision {applied}, already applied: not applied",
+                    wanted.revision
+                ),
+                revision: wanted.revision,
+            };
+            set_failure(context, module, Some(failure));
+            continue;
+        }
+        registry.set_owner(module, Some(OWNER));
+        let check = (Arc::clone(registry), module.clone(), wanted.assignment.clone());
+        let satisfied =
+            tokio::task::spawn_blocking(move || apply::is_satisfied(&check.0, &check.1, &check.2))
+                .await
+                .unwrap_or(false);
+        if satisfied {
+            record_applied(context, module, wanted, &data_dir);
+            set_failure(context, module, None);
+            continue;
+        }
+        if let Some((revision, at)) = lock(&context.attempts).get(module)
+            && *revision == wanted.revision
+            && at.elapsed() < RETRY_AFTER
+        {
+            continue;
+        }
+        let sources = sources(context, &wanted.assignment).await;
+        let job =
+            (Arc::clone(registry), module.clone(), wanted.assignment.clone(), context.join.token.clone());
+        let outcome =
+            tokio::task::spawn_blocking(move || apply::apply(&job.0, &job.1, &job.2, &sources, &job.3))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(Nack { code: "AGENT_FAILED".into(), message: format!("the apply task: {e}") })
+                });
+        match outcome {
+            Ok(()) => {
+                lock(&context.attempts).remove(module);
+                record_applied(context, module, wanted, &data_dir);
+                set_failure(context, module, None);
+            }
+            Err(nack) => {
+                tracing::warn!(module, revision = wanted.revision, code = %nack.code, "assignment not applied: {}", nack.message);
+                lock(&context.attempts).insert(module.clone(), (wanted.revision, Instant::now()));
+                let failure = Failure {
+                    version: wanted.assignment.version.clone(),
+                    sha256: wanted.assignment.sha256.clone(),
+                    code: nack.code,
+                    message: nack.message,
+                    revision: wanted.revision,
+                };
+                set_failure(context, module, Some(failure));
+            }
+        }
+    }
+    // Assignments deleted: what the fleet applied and no longer wants goes.
+    let gone: Vec<String> =
+        lock(&context.applied).modules.keys().filter(|m| !desired.contains_key(*m)).cloned().collect();
+    for module in gone {
+        let job = (Arc::clone(registry), module.clone());
+        let outcome =
+            tokio::task::spawn_blocking(move || apply::remove(&job.0, &job.1)).await.unwrap_or_else(|e| {
+                Err(Nack { code: "AGENT_FAILED".into(), message: format!("the remove task: {e}") })
+            });
+        match outcome {
+            Ok(()) => {
+                registry.set_owner(&module, None);
+                let mut applied = lock(&context.applied);
+                applied.modules.remove(&module);
+                applied.save(&Applied::path(&data_dir));
+                drop(applied);
+                set_failure(context, &module, None);
+            }
+            Err(nack) => {
+                tracing::warn!(%module, code = %nack.code, "cannot uninstall an unassigned module: {}", nack.message)
+            }
+        }
+    }
+    // NACKs of assignments that are gone are gone too.
+    let stale: Vec<String> =
+        lock(&context.failures).keys().filter(|m| !desired.contains_key(*m)).cloned().collect();
+    for module in stale {
+        // Never applied (it only failed): nothing to uninstall, and no longer the fleet's.
+        if !lock(&context.applied).modules.contains_key(&module) {
+            registry.set_owner(&module, None);
+        }
+        set_failure(context, &module, None);
+    }
+}
+
+fn record_applied(context: &Context, module: &str, wanted: &Desired, data_dir: &std::path::Path) {
+    let record = AppliedModule {
+        revision: wanted.revision,
+        version: wanted.assignment.version.clone(),
+        sha256: wanted.assignment.sha256.clone(),
+    };
+    let mut applied = lock(&context.applied);
+    if applied.modules.get(module) != Some(&record) {
+        applied.modules.insert(module.to_owned(), record);
+        applied.save(&Applied::path(data_dir));
+        drop(applied);
+        context.report.notify_one();
+    }
+}
+
+fn set_failure(context: &Context, module: &str, failure: Option<Failure>) {
+    let mut failures = lock(&context.failures);
+    let changed = match failure {
+        Some(failure) => failures.insert(module.to_owned(), failure.clone()).as_ref() != Some(&failure),
+        None => failures.remove(module).is_some(),
+    };
+    drop(failures);
+    if changed {
+        context.report.notify_one();
+    }
+}
+
+/// Where the bytes of `assignment` may be: peers listing the hash, live controllers, its URL.
+async fn sources(context: &Context, assignment: &Assignment) -> Vec<Source> {
+    let mut sources = Vec::new();
+    let session = lock(&context.session).clone();
+    if let Some((mut client, _)) = session {
+        let keys = &context.join.keys;
+        let prefix = GetOptions::new().with_prefix();
+        let statuses = timed(client.get(keys.statuses(), Some(prefix.clone()))).await;
+        let bases = timed(client.get(keys.bases(), Some(prefix.clone()))).await;
+        if let (Ok(statuses), Ok(bases)) = (statuses, bases) {
+            let urls: HashMap<String, String> = bases
+                .kvs()
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<BaseRecord>(kv.value()).ok())
+                .map(|b| (b.id, b.traffic_url))
+                .collect();
+            for status in
+                statuses.kvs().iter().filter_map(|kv| serde_json::from_slice::<BaseStatus>(kv.value()).ok())
+            {
+                if status.base_id != context.join.base_id
+                    && status.artifacts.contains(&assignment.sha256)
+                    && let Some(url) = urls.get(&status.base_id)
+                {
+                    sources.push(Source::Peer(url.clone()));
+                }
+            }
+        }
+        if let Ok(controllers) = timed(client.get(keys.controllers(), Some(prefix))).await {
+            for controller in controllers
+                .kvs()
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<ControllerRecord>(kv.value()).ok())
+            {
+                sources.push(Source::Controller(controller.url));
+            }
+        }
+    }
+    if let Some(url) = &assignment.url {
+        sources.push(Source::External(url.clone()));
+    }
+    sources
+}

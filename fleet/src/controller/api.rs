@@ -1,0 +1,651 @@
+//! The fleet API (`/api/v1/...`), bearer-authenticated with the fleet token.
+//!
+//! Reads are answered by any controller from etcd. Mutations (specs, artifact uploads) are
+//! made by the leader, fenced; a standby forwards them to the leader's URL from the leader key
+//! and hands back its answer, status and body as they came.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{DefaultBodyLimit, Path, Query, Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use etcd_client::{Compare, CompareOp, TxnOp};
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq as _;
+
+use super::{
+    Controller,
+    artifacts::{self, is_sha256},
+    reconcile::{Snapshot, json},
+};
+use crate::{
+    keys,
+    model::{
+        ArtifactRecord, BaseView, ErrorBody, FleetStatus, LeaderRecord, ModuleView, ReplicaView, Spec,
+        SpecRecord, UnmanagedView, now_ms,
+    },
+    schedule,
+    store::{self, Outcome, REQUEST_TIMEOUT},
+};
+
+/// The header a forwarded request carries: a controller never forwards such a request again.
+const FORWARDED_BY: &str = "x-pedestal-forwarded-by";
+/// Largest spec body.
+const MAX_SPEC_BYTES: usize = 1 << 20;
+
+/// The API's routes.
+pub(crate) fn router(ctl: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/api/v1/leader", get(leader))
+        .route("/api/v1/controllers", get(controllers))
+        .route("/api/v1/specs", get(list_specs))
+        .route("/api/v1/specs/{name}", get(get_spec).put(put_spec).delete(delete_spec))
+        .route("/api/v1/artifacts", post(push_artifact))
+        .route("/api/v1/artifacts/{sha256}", get(get_artifact))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/bases", get(bases))
+        .route("/api/v1/endpoints/{module}", get(endpoints))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route in the fleet API")
+        })
+        .layer(middleware::from_fn_with_state(ctl.clone(), authenticate))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(ctl)
+}
+
+/// An error answer: a status and `{"code", "message"}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "SPEC_INVALID", message)
+    }
+
+    fn etcd(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "ETCD_UNAVAILABLE", format!("etcd: {e}"))
+    }
+
+    fn no_leader(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "NO_LEADER", message)
+    }
+
+    fn module_not_found(name: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "MODULE_NOT_FOUND", format!("no spec named {name:?}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { code: self.code.to_owned(), message: self.message })).into_response()
+    }
+}
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+async fn authenticate(State(ctl): State<Arc<Controller>>, request: Request, next: Next) -> Response {
+    let expected = format!("Bearer {}", ctl.token);
+    let given = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
+    if bool::from(given.ct_eq(expected.as_bytes())) {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "missing or wrong fleet token (authorization: Bearer ...)",
+        )
+        .into_response()
+    }
+}
+
+async fn snapshot(ctl: &Controller) -> ApiResult<Snapshot> {
+    let mut client = ctl.client.clone();
+    Snapshot::read(&mut client, &ctl.keys).await.map_err(ApiError::etcd)
+}
+
+async fn leader(State(ctl): State<Arc<Controller>>) -> ApiResult {
+    let leader = read_leader(&ctl).await?;
+    Ok(Json(json!({
+        "id": ctl.id,
+        "leading": ctl.leadership.fence().is_some(),
+        "leader": leader,
+        "reconcile": ctl.metrics.snapshot(),
+    }))
+    .into_response())
+}
+
+async fn read_leader(ctl: &Controller) -> ApiResult<Option<LeaderRecord>> {
+    let mut client = ctl.client.clone();
+    let got = tokio::time::timeout(REQUEST_TIMEOUT, client.get(ctl.keys.leader(), None))
+        .await
+        .map_err(|_| ApiError::etcd("no answer in time"))?
+        .map_err(ApiError::etcd)?;
+    Ok(got.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+}
+
+async fn controllers(State(ctl): State<Arc<Controller>>) -> ApiResult {
+    let snapshot = snapshot(&ctl).await?;
+    Ok(Json(snapshot.controllers.into_values().collect::<Vec<_>>()).into_response())
+}
+
+async fn list_specs(State(ctl): State<Arc<Controller>>) -> ApiResult {
+    let snapshot = snapshot(&ctl).await?;
+    Ok(Json(snapshot.specs.into_values().collect::<Vec<_>>()).into_response())
+}
+
+async fn get_spec(State(ctl): State<Arc<Controller>>, Path(name): Path<String>) -> ApiResult {
+    let (record, _) = read_spec(&ctl, &name).await?.ok_or_else(|| ApiError::module_not_found(&name))?;
+    Ok(Json(record).into_response())
+}
+
+async fn read_spec(ctl: &Controller, name: &str) -> ApiResult<Option<(SpecRecord, i64)>> {
+    if !keys::is_valid_id(name) {
+        return Ok(None);
+    }
+    let mut client = ctl.client.clone();
+    let got = tokio::time::timeout(REQUEST_TIMEOUT, client.get(ctl.keys.spec(name), None))
+        .await
+        .map_err(|_| ApiError::etcd("no answer in time"))?
+        .map_err(ApiError::etcd)?;
+    Ok(got.kvs().first().and_then(|kv| Some((serde_json::from_slice(kv.value()).ok()?, kv.mod_revision()))))
+}
+
+async fn put_spec(
+    State(ctl): State<Arc<Controller>>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    if ctl.leadership.fence().is_none() {
+        return forward(
+            &ctl,
+            method,
+            &format!("/api/v1/specs/{name}"),
+            &headers,
+            Payload::Bytes(body.to_vec()),
+        )
+        .await;
+    }
+    if body.len() > MAX_SPEC_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            "a spec is at most 1 MiB",
+        ));
+    }
+    let spec: Spec = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("the spec does not parse: {e}")))?;
+    validate(&spec, &name).map_err(ApiError::invalid)?;
+    if spec.url.is_none() && !artifact_known(&ctl, &spec.sha256).await? {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ARTIFACT_NOT_FOUND",
+            format!("no artifact {} was pushed and the spec has no url: push it first", spec.sha256),
+        ));
+    }
+    for _ in 0..3 {
+        let fence =
+            ctl.leadership.fence().ok_or_else(|| ApiError::no_leader("this controller stopped leading"))?;
+        let current = read_spec(&ctl, &name).await?;
+        if let Some((record, _)) = &current
+            && record.spec == spec
+        {
+            return Ok(Json(json!({"name": name, "generation": record.generation, "changed": false}))
+                .into_response());
+        }
+        let generation = current.as_ref().map_or(1, |(r, _)| r.generation + 1);
+        let record = SpecRecord { spec: spec.clone(), generation, changed_ms: now_ms() };
+        let key = ctl.keys.spec(&name);
+        let unchanged = match &current {
+            Some((_, revision)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *revision),
+            None => Compare::version(key.clone(), CompareOp::Equal, 0),
+        };
+        let mut client = ctl.client.clone();
+        let ops = vec![TxnOp::put(key, json(&record), None)];
+        match store::commit(&mut client, vec![fence.compare(), unchanged], ops).await {
+            Outcome::Committed(_) => {
+                ctl.kick.notify_one();
+                return Ok(
+                    Json(json!({"name": name, "generation": generation, "changed": true})).into_response()
+                );
+            }
+            // Another write of this spec, or the end of this term: read again.
+            Outcome::Refused => continue,
+            Outcome::Unknown(e) => {
+                return Err(ApiError::etcd(format!("the write's outcome is unknown ({e}); apply again")));
+            }
+        }
+    }
+    Err(ApiError::no_leader("the spec kept changing or this controller stopped leading; apply again"))
+}
+
+async fn artifact_known(ctl: &Controller, sha256: &str) -> ApiResult<bool> {
+    let mut client = ctl.client.clone();
+    let got = tokio::time::timeout(REQUEST_TIMEOUT, client.get(ctl.keys.artifact(sha256), None))
+        .await
+        .map_err(|_| ApiError::etcd("no answer in time"))?
+        .map_err(ApiError::etcd)?;
+    Ok(!got.kvs().is_empty())
+}
+
+async fn delete_spec(
+    State(ctl): State<Arc<Controller>>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> ApiResult {
+    if ctl.leadership.fence().is_none() {
+        return forward(&ctl, method, &format!("/api/v1/specs/{name}"), &headers, Payload::Bytes(Vec::new()))
+            .await;
+    }
+    for _ in 0..3 {
+        let fence =
+            ctl.leadership.fence().ok_or_else(|| ApiError::no_leader("this controller stopped leading"))?;
+        let Some((_, revision)) = read_spec(&ctl, &name).await? else {
+            return Err(ApiError::module_not_found(&name));
+        };
+        let key = ctl.keys.spec(&name);
+        let mut client = ctl.client.clone();
+        let compares = vec![fence.compare(), Compare::mod_revision(key.clone(), CompareOp::Equal, revision)];
+        match store::commit(&mut client, compares, vec![TxnOp::delete(key, None)]).await {
+            Outcome::Committed(_) => {
+                ctl.kick.notify_one();
+                return Ok(Json(json!({"name": name, "deleted": true})).into_response());
+            }
+            Outcome::Refused => continue,
+            Outcome::Unknown(e) => {
+                return Err(ApiError::etcd(format!("the delete's outcome is unknown ({e})")));
+            }
+        }
+    }
+    Err(ApiError::no_leader("the spec kept changing or this controller stopped leading; delete again"))
+}
+
+#[derive(Deserialize)]
+struct PushQuery {
+    sha256: Option<String>,
+}
+
+async fn push_artifact(
+    State(ctl): State<Arc<Controller>>,
+    Query(query): Query<PushQuery>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    if let Some(sha) = &query.sha256
+        && !is_sha256(sha)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "sha256 must be 64 lower-case hex characters",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("an artifact is at most {} bytes (--max-upload-bytes)", ctl.max_upload_bytes),
+        )
+    };
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > ctl.max_upload_bytes) {
+        return Err(too_large());
+    }
+    // Received into this controller's store first, standby or not: the hash is computed as
+    // the bytes arrive, and a standby's copy is one more.
+    let internal = |e: std::io::Error| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("the artifact store: {e}"))
+    };
+    let mut receiver = ctl.store.receiver().map_err(internal)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", format!("reading the upload: {e}"))
+        })?;
+        if receiver.size() + chunk.len() as u64 > ctl.max_upload_bytes {
+            return Err(too_large());
+        }
+        receiver.write(&chunk).map_err(internal)?;
+    }
+    let received = receiver.finish().map_err(internal)?;
+    if let Some(expected) = &query.sha256
+        && *expected != received.sha256
+    {
+        let actual = received.sha256.clone();
+        ctl.store.discard(received);
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "SHA256_MISMATCH",
+            format!("the bytes hash to {actual}, not {expected}"),
+        ));
+    }
+    let (sha256, size) = (received.sha256.clone(), received.size);
+    let stored = ctl.store.keep(received).map_err(internal)?;
+
+    if ctl.leadership.fence().is_none() {
+        let path = format!("/api/v1/artifacts?sha256={sha256}");
+        return forward(&ctl, method, &path, &headers, Payload::File(ctl.store.path(&sha256))).await;
+    }
+    let key = ctl.keys.artifact(&sha256);
+    for _ in 0..3 {
+        if artifact_known(&ctl, &sha256).await? {
+            return Ok(Json(json!({"sha256": sha256, "size": size, "stored": stored})).into_response());
+        }
+        let fence =
+            ctl.leadership.fence().ok_or_else(|| ApiError::no_leader("this controller stopped leading"))?;
+        let record = ArtifactRecord { sha256: sha256.clone(), size, pushed_ms: now_ms() };
+        let mut client = ctl.client.clone();
+        let compares = vec![fence.compare(), Compare::version(key.clone(), CompareOp::Equal, 0)];
+        match store::commit(&mut client, compares, vec![TxnOp::put(key.clone(), json(&record), None)]).await {
+            Outcome::Committed(_) => {
+                ctl.kick_artifacts.notify_one();
+                return Ok(Json(json!({"sha256": sha256, "size": size, "stored": true})).into_response());
+            }
+            Outcome::Refused => continue,
+            Outcome::Unknown(e) => {
+                return Err(ApiError::etcd(format!("the write's outcome is unknown ({e}); push again")));
+            }
+        }
+    }
+    Err(ApiError::no_leader("this controller stopped leading; push again"))
+}
+
+async fn get_artifact(State(ctl): State<Arc<Controller>>, Path(sha256): Path<String>) -> ApiResult {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ARTIFACT_NOT_FOUND",
+            format!("this controller has no artifact {sha256}"),
+        )
+    };
+    let (_, size) = artifacts::open(&ctl.store, &sha256).ok_or_else(not_found)?;
+    let bytes = tokio::fs::read(ctl.store.path(&sha256)).await.map_err(|_| not_found())?;
+    debug_assert_eq!(bytes.len() as u64, size);
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))], bytes)
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct StatusQuery {
+    module: Option<String>,
+}
+
+async fn status(State(ctl): State<Arc<Controller>>, Query(query): Query<StatusQuery>) -> ApiResult {
+    let snapshot = snapshot(&ctl).await?;
+    if let Some(module) = &query.module
+        && !snapshot.specs.contains_key(module)
+    {
+        return Err(ApiError::module_not_found(module));
+    }
+    Ok(Json(fleet_status(&snapshot, query.module.as_deref())).into_response())
+}
+
+async fn bases(State(ctl): State<Arc<Controller>>) -> ApiResult {
+    let snapshot = snapshot(&ctl).await?;
+    Ok(Json(base_views(&snapshot)).into_response())
+}
+
+async fn endpoints(State(ctl): State<Arc<Controller>>, Path(module): Path<String>) -> ApiResult {
+    let snapshot = snapshot(&ctl).await?;
+    let endpoints = snapshot.endpoints.get(&module).ok_or_else(|| ApiError::module_not_found(&module))?;
+    Ok(Json(endpoints).into_response())
+}
+
+/// What a forwarded request carries.
+enum Payload {
+    Bytes(Vec<u8>),
+    File(std::path::PathBuf),
+}
+
+/// Sends a mutation to the leader and answers what it answered.
+async fn forward(
+    ctl: &Controller,
+    method: Method,
+    path: &str,
+    headers: &HeaderMap,
+    payload: Payload,
+) -> ApiResult {
+    if headers.contains_key(FORWARDED_BY) {
+        return Err(ApiError::no_leader("forwarded here, but this controller does not lead either"));
+    }
+    let leader =
+        read_leader(ctl).await?.ok_or_else(|| ApiError::no_leader("no controller leads the fleet now"))?;
+    if leader.id == ctl.id {
+        return Err(ApiError::no_leader("this controller's term is ending; retry"));
+    }
+    let url = format!("{}{path}", leader.url.trim_end_matches('/'));
+    let token = format!("Bearer {}", ctl.token);
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let id = ctl.id.clone();
+    let answer = tokio::task::spawn_blocking(move || -> Result<(u16, String, Vec<u8>), String> {
+        let mut request = ureq::request(method.as_str(), &url)
+            .timeout(Duration::from_secs(300))
+            .set("authorization", &token)
+            .set(FORWARDED_BY, &id);
+        if let Some(content_type) = &content_type {
+            request = request.set("content-type", content_type);
+        }
+        let sent = match payload {
+            Payload::Bytes(bytes) => request.send_bytes(&bytes),
+            Payload::File(path) => match std::fs::File::open(&path) {
+                Ok(file) => request.send(file),
+                Err(e) => return Err(format!("reading {}: {e}", path.display())),
+            },
+        };
+        let response = match sent {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+            Err(e) => return Err(e.to_string()),
+        };
+        let status = response.status();
+        let content_type = response.content_type().to_owned();
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut response.into_reader(), &mut body).map_err(|e| e.to_string())?;
+        Ok((status, content_type, body))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "LEADER_UNREACHABLE", e.to_string()))?;
+    let (status, content_type, body) = answer.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "LEADER_UNREACHABLE",
+            format!("forwarding to the leader {}: {e}", leader.id),
+        )
+    })?;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type =
+        HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/json"));
+    Ok((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// Checks what serde cannot: names, versions, hashes, the replica mode, the selector.
+pub(crate) fn validate(spec: &Spec, name: &str) -> Result<(), String> {
+    if spec.name != name {
+        return Err(format!("the spec's name {:?} differs from the path's {name:?}", spec.name));
+    }
+    if !keys::is_valid_id(name) {
+        return Err(format!("name {name:?} must be 1 to 64 of [A-Za-z0-9_.-]"));
+    }
+    semver::Version::parse(&spec.version)
+        .map_err(|e| format!("version {:?} is not semver: {e}", spec.version))?;
+    if !is_sha256(&spec.sha256) {
+        return Err(format!("sha256 {:?} must be 64 lower-case hex characters", spec.sha256));
+    }
+    if let Some(url) = &spec.url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(format!("url {url:?} must start with http:// or https://"));
+    }
+    match (spec.replicas, spec.peer) {
+        (Some(_), true) => return Err("both replicas and peer = true: choose one".to_owned()),
+        (None, false) => return Err("neither replicas nor peer = true: say how many bases run it".to_owned()),
+        (Some(n), false) if n > 100_000 => return Err(format!("replicas = {n} is more than 100000")),
+        _ => {}
+    }
+    for (key, value) in &spec.selector {
+        if !keys::is_valid_id(key) || !keys::is_valid_id(value) {
+            return Err(format!("selector {key:?} = {value:?}: labels are 1 to 64 of [A-Za-z0-9_.-]"));
+        }
+    }
+    if let Some(version) = &spec.interface_version {
+        semver::Version::parse(version)
+            .map_err(|e| format!("interface_version {version:?} is not semver: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `GET /api/v1/status`: specs, their placements and assignments, and what bases report.
+pub(crate) fn fleet_status(snapshot: &Snapshot, only: Option<&str>) -> FleetStatus {
+    let mut modules = Vec::new();
+    for (name, record) in snapshot.specs.iter().filter(|(name, _)| only.is_none_or(|m| m == name.as_str())) {
+        let spec = &record.spec;
+        let placement = snapshot.placements.get(name).filter(|p| p.generation == record.generation);
+        let mut replicas = Vec::new();
+        for (base_id, assigned) in snapshot.assignments.iter().filter_map(|(b, m)| Some((b, m.get(name)?))) {
+            let status = snapshot.statuses.get(base_id);
+            let reported = status.and_then(|s| {
+                let all: Vec<_> = s.modules.iter().filter(|m| &m.name == name).collect();
+                all.iter()
+                    .find(|m| m.version == assigned.version && m.sha256 == assigned.sha256)
+                    .or(all.first())
+                    .copied()
+            });
+            let failure = status
+                .and_then(|s| s.failures.get(name))
+                .filter(|f| f.version == assigned.version && f.sha256 == assigned.sha256);
+            let replica = match (failure, reported) {
+                (Some(failure), _) => ReplicaView {
+                    base_id: base_id.clone(),
+                    version: assigned.version.clone(),
+                    sha256: assigned.sha256.clone(),
+                    state: "failed".to_owned(),
+                    serving: false,
+                    health: "unknown".to_owned(),
+                    reason: Some(failure.code.clone()),
+                    heap_bytes: 0,
+                    cpu_millis: 0,
+                    requests: 0,
+                },
+                (None, Some(m)) => ReplicaView {
+                    base_id: base_id.clone(),
+                    version: m.version.clone(),
+                    sha256: m.sha256.clone(),
+                    state: m.state.clone(),
+                    serving: m.serving,
+                    health: m.health.clone(),
+                    reason: m.reason.clone(),
+                    heap_bytes: m.heap_bytes,
+                    cpu_millis: m.cpu_millis,
+                    requests: m.requests,
+                },
+                (None, None) => ReplicaView {
+                    base_id: base_id.clone(),
+                    version: assigned.version.clone(),
+                    sha256: assigned.sha256.clone(),
+                    state: "pending".to_owned(),
+                    serving: false,
+                    health: "unknown".to_owned(),
+                    reason: None,
+                    heap_bytes: 0,
+                    cpu_millis: 0,
+                    requests: 0,
+                },
+            };
+            replicas.push(replica);
+        }
+        let ready = replicas
+            .iter()
+            .filter(|r| r.serving && r.version == spec.version && r.sha256 == spec.sha256)
+            .count();
+        modules.push(ModuleView {
+            name: name.clone(),
+            version: spec.version.clone(),
+            generation: record.generation,
+            wanted: placement.map_or(spec.replicas.unwrap_or(0), |p| p.wanted),
+            ready: ready as u32,
+            state: placement.map_or("pending".to_owned(), |p| p.state.clone()),
+            reason: placement.and_then(|p| p.reason.clone()),
+            replicas,
+        });
+    }
+    let unmanaged = snapshot
+        .statuses
+        .iter()
+        .flat_map(|(base_id, s)| s.modules.iter().filter(|m| !m.managed).map(move |m| (base_id, m)))
+        .filter(|(_, m)| only.is_none_or(|name| name == m.name))
+        .map(|(base_id, m)| UnmanagedView {
+            base_id: base_id.clone(),
+            name: m.name.clone(),
+            version: m.version.clone(),
+            state: m.state.clone(),
+        })
+        .collect();
+    FleetStatus { modules, unmanaged }
+}
+
+/// `GET /api/v1/bases`: each live base with what it uses by the scheduler's need rules.
+pub(crate) fn base_views(snapshot: &Snapshot) -> Vec<BaseView> {
+    snapshot
+        .bases
+        .iter()
+        .map(|(id, record)| {
+            let (used, modules) =
+                schedule::usage(id, &snapshot.specs, &snapshot.statuses, &snapshot.assignments);
+            BaseView { record: record.clone(), status: snapshot.statuses.get(id).cloned(), used, modules }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(edit: impl FnOnce(&mut serde_json::Value), expected: Option<&str>) {
+        let mut spec = json!({"name": "greeter", "version": "1.0.0", "sha256": "a".repeat(64), "replicas": 2});
+        edit(&mut spec);
+        let spec: Spec = serde_json::from_value(spec).expect("parses");
+        match (validate(&spec, "greeter"), expected) {
+            (Ok(()), None) => {}
+            (Err(message), Some(part)) => assert!(message.contains(part), "{message:?} lacks {part:?}"),
+            (outcome, expected) => panic!("{outcome:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn specs_are_validated_precisely() {
+        check(|_| {}, None);
+        check(|s| s["name"] = json!("other"), Some("differs from the path's"));
+        check(|s| s["version"] = json!("1.0"), Some("is not semver"));
+        check(|s| s["sha256"] = json!("A".repeat(64)), Some("64 lower-case hex"));
+        check(|s| s["peer"] = json!(true), Some("both replicas and peer"));
+        check(
+            |s| {
+                s.as_object_mut().expect("an object").remove("replicas");
+            },
+            Some("neither replicas nor peer"),
+        );
+        check(|s| s["selector"] = json!({"tier": "web/db"}), Some("labels are 1 to 64"));
+        check(|s| s["url"] = json!("ftp://x"), Some("http:// or https://"));
+        check(|s| s["interface_version"] = json!("x"), Some("interface_version"));
+        check(|s| s["url"] = json!("https://example.com/a.so"), None);
+    }
+}

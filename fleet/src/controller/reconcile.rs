@@ -1,0 +1,366 @@
+//! The leader's loop: read everything at one revision, plan, write the difference, fenced.
+//!
+//! Level-triggered: a pass reads the whole prefix in one range request (one consistent
+//! snapshot), so what it plans from never mixes two moments; a write whose outcome is unknown
+//! is simply re-read by the next pass. Passes run when a watched key changes (debounced about
+//! 20 ms) and at least every second. A placement whose content did not change is not
+//! rewritten (bases report every two seconds; their `at_ms` moves, the plan does not).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use etcd_client::{GetOptions, TxnOp, WatchOptions};
+
+use super::Controller;
+use crate::{
+    keys::Keys,
+    model::{
+        ArtifactRecord, Assignment, BaseRecord, BaseStatus, ControllerRecord, Endpoints, LeaderRecord,
+        PlacementRecord, SpecRecord, now_ms,
+    },
+    schedule::{self, Plan},
+    store::{Fence, Outcome, REQUEST_TIMEOUT},
+};
+
+/// etcd refuses transactions of more than 128 operations by default.
+const MAX_OPS_PER_TXN: usize = 120;
+/// How long changes gather before a pass.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// A pass at least this often, changes or not.
+const RESYNC: Duration = Duration::from_secs(1);
+
+/// Everything under the prefix, at one revision.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    /// The revision read at.
+    pub(crate) revision: i64,
+    /// The leader key's value and create revision (the term).
+    pub(crate) leader: Option<(LeaderRecord, i64)>,
+    pub(crate) controllers: BTreeMap<String, ControllerRecord>,
+    /// Specs with their key's mod revision.
+    pub(crate) specs: BTreeMap<String, SpecRecord>,
+    pub(crate) spec_revisions: BTreeMap<String, i64>,
+    pub(crate) artifacts: BTreeMap<String, ArtifactRecord>,
+    pub(crate) bases: BTreeMap<String, BaseRecord>,
+    pub(crate) statuses: BTreeMap<String, BaseStatus>,
+    pub(crate) assignments: BTreeMap<String, BTreeMap<String, Assignment>>,
+    /// Every key under `assign/`, parseable or not (a malformed one is deleted by a pass).
+    pub(crate) assignment_keys: BTreeSet<String>,
+    pub(crate) placements: BTreeMap<String, PlacementRecord>,
+    pub(crate) endpoints: BTreeMap<String, Endpoints>,
+}
+
+impl Snapshot {
+    /// Reads the whole prefix in one request.
+    pub(crate) async fn read(
+        client: &mut etcd_client::Client,
+        keys: &Keys,
+    ) -> Result<Self, etcd_client::Error> {
+        let get = client.get(keys.prefix(), Some(GetOptions::new().with_prefix()));
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, get)
+            .await
+            .map_err(|_| etcd_client::Error::InvalidArgs("etcd did not answer in time".into()))??;
+        let mut snapshot = Snapshot {
+            revision: response.header().map(|h| h.revision()).unwrap_or_default(),
+            ..Default::default()
+        };
+        for kv in response.kvs() {
+            let Ok(key) = kv.key_str() else { continue };
+            snapshot.add(keys, key, kv.value(), kv.create_revision(), kv.mod_revision());
+        }
+        Ok(snapshot)
+    }
+
+    fn add(&mut self, keys: &Keys, key: &str, value: &[u8], create_revision: i64, mod_revision: i64) {
+        fn parse<T: serde::de::DeserializeOwned>(value: &[u8]) -> Option<T> {
+            serde_json::from_slice(value).ok()
+        }
+        if key == keys.leader() {
+            self.leader = parse(value).map(|l| (l, create_revision));
+        } else if let Some(id) = Keys::leaf(key, &keys.controllers()) {
+            parse(value).map(|c| self.controllers.insert(id.to_owned(), c));
+        } else if let Some(name) = Keys::leaf(key, &keys.specs()) {
+            if let Some(spec) = parse(value) {
+                self.specs.insert(name.to_owned(), spec);
+                self.spec_revisions.insert(name.to_owned(), mod_revision);
+            }
+        } else if let Some(sha) = Keys::leaf(key, &keys.artifacts()) {
+            parse(value).map(|a| self.artifacts.insert(sha.to_owned(), a));
+        } else if let Some(id) = Keys::leaf(key, &keys.bases()) {
+            parse(value).map(|b| self.bases.insert(id.to_owned(), b));
+        } else if let Some(id) = Keys::leaf(key, &keys.statuses()) {
+            parse(value).map(|s| self.statuses.insert(id.to_owned(), s));
+        } else if let Some(rest) = key.strip_prefix(&keys.assignments()) {
+            self.assignment_keys.insert(key.to_owned());
+            if let Some((base, module)) = rest.split_once('/')
+                && let Some(assignment) = parse(value)
+            {
+                self.assignments.entry(base.to_owned()).or_default().insert(module.to_owned(), assignment);
+            }
+        } else if let Some(module) = Keys::leaf(key, &keys.placements()) {
+            parse(value).map(|p| self.placements.insert(module.to_owned(), p));
+        } else if let Some(module) = Keys::leaf(key, &keys.all_endpoints()) {
+            parse(value).map(|e| self.endpoints.insert(module.to_owned(), e));
+        }
+    }
+
+    /// The plan for this snapshot.
+    pub(crate) fn plan(&self) -> Plan {
+        schedule::place(&self.specs, &self.bases, &self.statuses, &self.assignments)
+    }
+}
+
+/// One write a pass makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    Put(String, String),
+    Delete(String),
+}
+
+/// What must change in etcd to make `snapshot` hold `plan`; placements are stamped `now`.
+pub(crate) fn diff(keys: &Keys, snapshot: &Snapshot, plan: &Plan, now: u64) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let mut planned_keys = BTreeSet::new();
+    for (base, modules) in &plan.assignments {
+        for (module, assignment) in modules {
+            let key = keys.assignment(base, module);
+            planned_keys.insert(key.clone());
+            if snapshot.assignments.get(base).and_then(|m| m.get(module)) != Some(assignment) {
+                changes.push(Change::Put(key, json(assignment)));
+            }
+        }
+    }
+    for key in &snapshot.assignment_keys {
+        if !planned_keys.contains(key) {
+            changes.push(Change::Delete(key.clone()));
+        }
+    }
+
+    for (module, placement) in &plan.placements {
+        let same = snapshot
+            .placements
+            .get(module)
+            .is_some_and(|old| PlacementRecord { at_ms: 0, ..old.clone() } == *placement);
+        if !same {
+            changes.push(Change::Put(
+                keys.placement(module),
+                json(&PlacementRecord { at_ms: now, ..placement.clone() }),
+            ));
+        }
+    }
+    for module in snapshot.placements.keys().filter(|m| !plan.placements.contains_key(*m)) {
+        changes.push(Change::Delete(keys.placement(module)));
+    }
+
+    for (module, endpoints) in &plan.endpoints {
+        if snapshot.endpoints.get(module) != Some(endpoints) {
+            changes.push(Change::Put(keys.endpoints(module), json(endpoints)));
+        }
+    }
+    for module in snapshot.endpoints.keys().filter(|m| !plan.endpoints.contains_key(*m)) {
+        changes.push(Change::Delete(keys.endpoints(module)));
+    }
+    changes
+}
+
+/// A model document as etcd holds it.
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("model types serialise")
+}
+
+/// The loop: waits for a kick or the resync tick, then passes if leading.
+pub(crate) async fn run(ctl: Arc<Controller>) {
+    loop {
+        tokio::select! {
+            _ = ctl.kick.notified() => tokio::time::sleep(DEBOUNCE).await,
+            _ = tokio::time::sleep(RESYNC) => {}
+        }
+        let Some(fence) = ctl.leadership.fence() else { continue };
+        if let Err(e) = pass(&ctl, &fence).await {
+            ctl.say(&format!("reconcile pass failed: {e}"));
+        }
+    }
+}
+
+/// One pass: read, plan, write the diff.
+pub(crate) async fn pass(ctl: &Controller, fence: &Fence) -> Result<(), etcd_client::Error> {
+    let mut client = ctl.client.clone();
+    let snapshot = Snapshot::read(&mut client, &ctl.keys).await?;
+    if snapshot.leader.as_ref().map(|(_, term)| *term) != Some(fence.term) {
+        ctl.leadership.step_down("the leader key is not this term's");
+        return Ok(());
+    }
+    let plan = snapshot.plan();
+    let changes = diff(&ctl.keys, &snapshot, &plan, now_ms());
+    ctl.metrics.passes.fetch_add(1, Ordering::Relaxed);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let (mut txns, mut ops) = (0, 0);
+    for chunk in changes.chunks(MAX_OPS_PER_TXN) {
+        let batch: Vec<TxnOp> = chunk
+            .iter()
+            .map(|change| match change {
+                Change::Put(key, value) => TxnOp::put(key.clone(), value.clone(), None),
+                Change::Delete(key) => TxnOp::delete(key.clone(), None),
+            })
+            .collect();
+        // The fence can have lapsed while the previous chunk was in flight.
+        if ctl.leadership.fence().as_ref() != Some(fence) {
+            return Ok(());
+        }
+        match fence.commit(&mut client, batch).await {
+            Outcome::Committed(_) => {
+                txns += 1;
+                ops += chunk.len();
+            }
+            Outcome::Refused => {
+                ctl.leadership.step_down("a fenced write was refused");
+                return Ok(());
+            }
+            Outcome::Unknown(e) => {
+                ctl.say(&format!("a fenced write's outcome is unknown ({e}); the next pass reads back"));
+                break;
+            }
+        }
+    }
+    ctl.metrics.txns.fetch_add(txns, Ordering::Relaxed);
+    ctl.metrics.ops.fetch_add(ops as u64, Ordering::Relaxed);
+    ctl.say(&format!("pass at revision {}: {ops} ops in {txns} txns", snapshot.revision));
+    Ok(())
+}
+
+/// Watches the prefix and kicks the reconcile loop (specs, bases, status, assign changes) and
+/// the artifact mirror (artifacts, controllers). Re-watches after any break.
+pub(crate) async fn watch(ctl: Arc<Controller>) {
+    let keys = &ctl.keys;
+    let planned = [keys.specs(), keys.bases(), keys.statuses(), keys.assignments(), keys.leader()];
+    let mirrored = [keys.artifacts(), keys.controllers()];
+    loop {
+        let mut client = ctl.client.clone();
+        let Ok(mut stream) = client.watch(keys.prefix(), Some(WatchOptions::new().with_prefix())).await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        while let Ok(Some(message)) = stream.message().await {
+            if message.canceled() {
+                break;
+            }
+            for event in message.events() {
+                let Some(key) = event.kv().and_then(|kv| kv.key_str().ok()) else { continue };
+                if planned.iter().any(|p| key.starts_with(p.as_str())) {
+                    ctl.kick.notify_one();
+                }
+                if mirrored.iter().any(|p| key.starts_with(p.as_str())) {
+                    ctl.kick_artifacts.notify_one();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Capacity, Placement, Resources, Spec};
+
+    fn snapshot_with(keys: &Keys, entries: &[(&str, String)]) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for (key, value) in entries {
+            snapshot.add(keys, &format!("{}{key}", keys.prefix()), value.as_bytes(), 1, 1);
+        }
+        snapshot
+    }
+
+    fn spec() -> SpecRecord {
+        SpecRecord {
+            spec: Spec {
+                name: "a".into(),
+                version: "1.0.0".into(),
+                sha256: "b".repeat(64),
+                url: None,
+                replicas: Some(1),
+                peer: false,
+                selector: BTreeMap::new(),
+                placement: Placement::Spread,
+                resources: Resources::default(),
+                limits: None,
+                config: Default::default(),
+                interface_version: None,
+            },
+            generation: 1,
+            changed_ms: 0,
+        }
+    }
+
+    fn base() -> BaseRecord {
+        BaseRecord {
+            id: "b1".into(),
+            traffic_url: "http://b1".into(),
+            admin_url: "http://b1a".into(),
+            labels: BTreeMap::new(),
+            capacity: Capacity { memory_bytes: 1 << 30, cpu_millis: 1000, max_modules: 8 },
+            interface_version: "1.3.0".into(),
+            started_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_settled_fleet_needs_no_writes_and_placements_ignore_their_stamp() {
+        let keys = Keys::new("/t/");
+        let first = snapshot_with(
+            &keys,
+            &[("specs/a", json(&spec())), ("bases/b1", json(&base())), ("assign/gone/a", "{}".into())],
+        );
+        let changes = diff(&keys, &first, &first.plan(), 5);
+        assert!(
+            changes
+                .contains(&Change::Put("/t/assign/b1/a".into(), json(&first.plan().assignments["b1"]["a"])))
+        );
+        assert!(changes.contains(&Change::Delete("/t/assign/gone/a".into())), "{changes:?}");
+        assert_eq!(changes.len(), 4, "assignment, stale assignment, placement, endpoints: {changes:?}");
+
+        let plan = first.plan();
+        let placement = PlacementRecord { at_ms: 5, ..plan.placements["a"].clone() };
+        let settled = snapshot_with(
+            &keys,
+            &[
+                ("specs/a", json(&spec())),
+                ("bases/b1", json(&base())),
+                ("assign/b1/a", json(&plan.assignments["b1"]["a"])),
+                ("placement/a", json(&placement)),
+                ("endpoints/a", json(&plan.endpoints["a"])),
+            ],
+        );
+        assert_eq!(diff(&keys, &settled, &settled.plan(), 99), []);
+    }
+
+    #[test]
+    fn a_deleted_spec_removes_its_keys() {
+        let keys = Keys::new("/t/");
+        let plan = snapshot_with(&keys, &[("specs/a", json(&spec())), ("bases/b1", json(&base()))]).plan();
+        let orphaned = snapshot_with(
+            &keys,
+            &[
+                ("bases/b1", json(&base())),
+                ("assign/b1/a", json(&plan.assignments["b1"]["a"])),
+                ("placement/a", json(&plan.placements["a"])),
+                ("endpoints/a", json(&plan.endpoints["a"])),
+            ],
+        );
+        let changes = diff(&keys, &orphaned, &orphaned.plan(), 1);
+        assert_eq!(
+            changes,
+            [
+                Change::Delete("/t/assign/b1/a".into()),
+                Change::Delete("/t/placement/a".into()),
+                Change::Delete("/t/endpoints/a".into())
+            ]
+        );
+    }
+}

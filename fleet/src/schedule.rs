@@ -1,0 +1,679 @@
+//! The scheduler: a pure function from what etcd holds (specs, live bases, their reports, the
+//! assignments in force) to what it should hold (assignments, placements, endpoints).
+//!
+//! The rules, in order:
+//! - **Eligible** = a live base (its `bases/<id>` key exists) whose labels carry the spec's
+//!   selector, whose interface version is compatible with the module's (same major, and a minor
+//!   at least the module's when the spec says which it was built against), with room under
+//!   `max_modules`, memory and CPU.
+//! - **Need** of one replica = the largest heap and CPU any base measures for the module, else
+//!   the spec's declared `resources`. **Used** of a base = the needs of what it is assigned plus
+//!   the measured use of what it runs unmanaged.
+//! - **Stability**: a replica already assigned to a base that still matches (live, selector,
+//!   interface) stays there, even when a emptier base joins or its measured use grew. Only scale
+//!   down removes kept replicas: from the base with the most modules, then the least free memory,
+//!   then the newest registration, then the greatest id.
+//! - **New replicas**: `spread` takes the base with the fewest modules, then the most free
+//!   memory, then the smallest id; `pack` the base with the most modules that still fits, then
+//!   the smallest id. `peer` wants every matching base.
+//! - Fewer fit than wanted: `unschedulable`, with a reason counting why the others do not fit;
+//!   what fits is placed, and every pass tries again.
+//!
+//! Deterministic: everything is walked in id order, so two controllers planning the same
+//! snapshot write the same keys.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::{
+    Assignment, BaseRecord, BaseStatus, Endpoint, Endpoints, Placement, PlacementRecord, Resources,
+    SpecRecord,
+};
+
+/// What the fleet should hold after a pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// By base id, then module name.
+    pub assignments: BTreeMap<String, BTreeMap<String, Assignment>>,
+    /// By module name; `at_ms` is left 0 for the caller to stamp when it writes.
+    pub placements: BTreeMap<String, PlacementRecord>,
+    /// By module name.
+    pub endpoints: BTreeMap<String, Endpoints>,
+}
+
+/// Places every spec. `current` is the assignments in force, by base id then module name.
+pub fn place(
+    specs: &BTreeMap<String, SpecRecord>,
+    bases: &BTreeMap<String, BaseRecord>,
+    statuses: &BTreeMap<String, BaseStatus>,
+    current: &BTreeMap<String, BTreeMap<String, Assignment>>,
+) -> Plan {
+    let needs: BTreeMap<&str, Resources> =
+        specs.iter().map(|(name, record)| (name.as_str(), need(record, statuses))).collect();
+    let mut loads: BTreeMap<&str, Load> =
+        bases.keys().map(|id| (id.as_str(), Load::unmanaged(statuses.get(id), specs))).collect();
+    let mut chosen: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+
+    // Phase 1: keep what is assigned and still matches, so no spec's new replicas can take the
+    // room a kept replica of a later spec holds.
+    for (base_id, modules) in current {
+        let Some(base) = bases.get(base_id) else { continue };
+        for module in modules.keys() {
+            let Some(record) = specs.get(module) else { continue };
+            if matches(&record.spec, base).is_ok() {
+                chosen.entry(module.as_str()).or_default().insert(base_id.as_str());
+                loads.get_mut(base_id.as_str()).expect("a load per base").add(needs[module.as_str()]);
+            }
+        }
+    }
+
+    let mut plan = Plan::default();
+    for (name, record) in specs {
+        let spec = &record.spec;
+        let need = needs[name.as_str()];
+        let on = chosen.entry(name.as_str()).or_default();
+        let matching: Vec<&BaseRecord> = bases.values().filter(|b| matches(spec, b).is_ok()).collect();
+        let wanted = if spec.peer { matching.len() as u32 } else { spec.replicas.unwrap_or(0) };
+
+        // Scale down: drop kept replicas beyond what is wanted, the most loaded first.
+        while on.len() > wanted as usize {
+            let victim = on
+                .iter()
+                .copied()
+                .max_by_key(|id| {
+                    let load = &loads[id];
+                    (
+                        load.modules,
+                        std::cmp::Reverse(load.free_memory(&bases[*id])),
+                        bases[*id].started_ms,
+                        *id,
+                    )
+                })
+                .expect("more replicas than wanted means at least one");
+            on.remove(victim);
+            loads.get_mut(victim).expect("a load per base").remove(need);
+        }
+
+        // Scale up: the best bases with room, one replica each.
+        let mut unfit = Unfit::default();
+        if (on.len() as u32) < wanted {
+            let mut candidates: Vec<&BaseRecord> = Vec::new();
+            for base in &matching {
+                if on.contains(base.id.as_str()) {
+                    continue;
+                }
+                match loads[base.id.as_str()].room_for(base, need) {
+                    Ok(()) => candidates.push(base),
+                    Err(why) => unfit.count(why),
+                }
+            }
+            candidates.sort_by(|a, b| {
+                let (la, lb) = (&loads[a.id.as_str()], &loads[b.id.as_str()]);
+                match spec.placement {
+                    Placement::Spread => la
+                        .modules
+                        .cmp(&lb.modules)
+                        .then_with(|| lb.free_memory(b).cmp(&la.free_memory(a)))
+                        .then_with(|| a.id.cmp(&b.id)),
+                    Placement::Pack => lb.modules.cmp(&la.modules).then_with(|| a.id.cmp(&b.id)),
+                }
+            });
+            for base in candidates.into_iter().take(wanted as usize - on.len()) {
+                on.insert(base.id.as_str());
+                loads.get_mut(base.id.as_str()).expect("a load per base").add(need);
+            }
+        }
+        for base in bases.values().filter(|b| !on.contains(b.id.as_str())) {
+            if let Err(why) = matches(spec, base) {
+                unfit.count(why);
+            }
+        }
+
+        let placed = on.len() as u32;
+        let reason = (placed < wanted)
+            .then(|| unfit.reason(placed, wanted, matching.len(), spec, need, bases.is_empty()));
+        let (state, reason) = match reason {
+            Some(reason) => ("unschedulable", Some(reason)),
+            None => ("placed", None),
+        };
+        let assignment = Assignment {
+            module: name.clone(),
+            version: spec.version.clone(),
+            sha256: spec.sha256.clone(),
+            url: spec.url.clone(),
+            limits: spec.limits,
+            config: spec.config.clone(),
+            generation: record.generation,
+        };
+        for base_id in on.iter() {
+            plan.assignments
+                .entry((*base_id).to_owned())
+                .or_default()
+                .insert(name.clone(), assignment.clone());
+        }
+        plan.placements.insert(
+            name.clone(),
+            PlacementRecord {
+                module: name.clone(),
+                generation: record.generation,
+                state: state.to_owned(),
+                reason,
+                wanted,
+                bases: on.iter().map(|b| (*b).to_owned()).collect(),
+                at_ms: 0,
+            },
+        );
+        let endpoints = on
+            .iter()
+            .filter(|base_id| serves(statuses.get(**base_id), name, &spec.version, &spec.sha256))
+            .map(|base_id| Endpoint {
+                base_id: (*base_id).to_owned(),
+                traffic_url: bases[*base_id].traffic_url.clone(),
+                version: spec.version.clone(),
+            })
+            .collect();
+        plan.endpoints.insert(name.clone(), Endpoints { module: name.clone(), endpoints });
+    }
+    plan
+}
+
+/// What one replica of `record`'s module needs: the largest measured on any base, else declared.
+pub fn need(record: &SpecRecord, statuses: &BTreeMap<String, BaseStatus>) -> Resources {
+    let measured = statuses.values().flat_map(|s| &s.modules).filter(|m| m.name == record.spec.name);
+    let mut need: Option<Resources> = None;
+    for module in measured {
+        let n = need.get_or_insert(Resources { memory_bytes: 0, cpu_millis: 0 });
+        n.memory_bytes = n.memory_bytes.max(module.heap_bytes);
+        n.cpu_millis = n.cpu_millis.max(module.cpu_millis);
+    }
+    need.unwrap_or(record.spec.resources)
+}
+
+/// What `base` uses by the need rules: its assignments' needs plus its unmanaged modules'
+/// measured use, and how many modules that is.
+pub fn usage(
+    base: &str,
+    specs: &BTreeMap<String, SpecRecord>,
+    statuses: &BTreeMap<String, BaseStatus>,
+    assignments: &BTreeMap<String, BTreeMap<String, Assignment>>,
+) -> (Resources, u32) {
+    let mut load = Load::unmanaged(statuses.get(base), specs);
+    for module in assignments.get(base).into_iter().flat_map(|m| m.keys()) {
+        match specs.get(module) {
+            Some(record) => load.add(need(record, statuses)),
+            None => load.modules += 1,
+        }
+    }
+    (load.used, load.modules)
+}
+
+/// Whether the base's report shows `module` serving this version and artifact.
+pub fn serves(status: Option<&BaseStatus>, module: &str, version: &str, sha256: &str) -> bool {
+    status.is_some_and(|s| {
+        s.modules.iter().any(|m| m.name == module && m.version == version && m.sha256 == sha256 && m.serving)
+    })
+}
+
+/// Why a base cannot take a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Selector,
+    Interface,
+    MaxModules,
+    Memory,
+    Cpu,
+}
+
+/// Whether `base` may run `spec`'s module at all (room aside).
+fn matches(spec: &crate::model::Spec, base: &BaseRecord) -> Result<(), Why> {
+    if !spec.selector.iter().all(|(k, v)| base.labels.get(k) == Some(v)) {
+        return Err(Why::Selector);
+    }
+    if !interface_compatible(&base.interface_version, spec.interface_version.as_deref()) {
+        return Err(Why::Interface);
+    }
+    Ok(())
+}
+
+/// A base hosting interface `base` can load a module built against `module`: same major, and
+/// (when known) a minor at least the module's. A base reporting no parseable version hosts
+/// nothing.
+pub fn interface_compatible(base: &str, module: Option<&str>) -> bool {
+    let Ok(base) = semver::Version::parse(base) else { return false };
+    match module.map(semver::Version::parse) {
+        None => true,
+        Some(Ok(module)) => base.major == module.major && base.minor >= module.minor,
+        Some(Err(_)) => false,
+    }
+}
+
+/// A base's load while planning.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    used: Resources,
+    modules: u32,
+}
+
+impl Load {
+    /// The load of what a base runs that no spec names or that it reports unmanaged.
+    fn unmanaged(status: Option<&BaseStatus>, specs: &BTreeMap<String, SpecRecord>) -> Self {
+        let mut by_name: BTreeMap<&str, Resources> = BTreeMap::new();
+        for module in status.into_iter().flat_map(|s| &s.modules) {
+            if module.managed && specs.contains_key(&module.name) {
+                continue;
+            }
+            if module.managed {
+                // Fleet-owned but no longer specified: on its way out, counts nothing.
+                continue;
+            }
+            let r = by_name.entry(&module.name).or_insert(Resources { memory_bytes: 0, cpu_millis: 0 });
+            r.memory_bytes += module.heap_bytes;
+            r.cpu_millis += module.cpu_millis;
+        }
+        let mut load = Load { used: Resources { memory_bytes: 0, cpu_millis: 0 }, modules: 0 };
+        for r in by_name.values() {
+            load.add(*r);
+        }
+        load
+    }
+
+    fn add(&mut self, r: Resources) {
+        self.used.memory_bytes += r.memory_bytes;
+        self.used.cpu_millis += r.cpu_millis;
+        self.modules += 1;
+    }
+
+    fn remove(&mut self, r: Resources) {
+        self.used.memory_bytes = self.used.memory_bytes.saturating_sub(r.memory_bytes);
+        self.used.cpu_millis = self.used.cpu_millis.saturating_sub(r.cpu_millis);
+        self.modules = self.modules.saturating_sub(1);
+    }
+
+    fn free_memory(&self, base: &BaseRecord) -> u64 {
+        base.capacity.memory_bytes.saturating_sub(self.used.memory_bytes)
+    }
+
+    fn room_for(&self, base: &BaseRecord, need: Resources) -> Result<(), Why> {
+        if self.modules >= base.capacity.max_modules {
+            Err(Why::MaxModules)
+        } else if self.used.memory_bytes + need.memory_bytes > base.capacity.memory_bytes {
+            Err(Why::Memory)
+        } else if self.used.cpu_millis + need.cpu_millis > base.capacity.cpu_millis {
+            Err(Why::Cpu)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Bases that could not take a replica, by why.
+#[derive(Debug, Default)]
+struct Unfit {
+    selector: u32,
+    interface: u32,
+    max_modules: u32,
+    memory: u32,
+    cpu: u32,
+}
+
+impl Unfit {
+    fn count(&mut self, why: Why) {
+        match why {
+            Why::Selector => self.selector += 1,
+            Why::Interface => self.interface += 1,
+            Why::MaxModules => self.max_modules += 1,
+            Why::Memory => self.memory += 1,
+            Why::Cpu => self.cpu += 1,
+        }
+    }
+
+    /// `2 of 3 replicas placed: 5 bases match tier=web; 3 lack memory (need 64.0 MiB)`.
+    fn reason(
+        &self,
+        placed: u32,
+        wanted: u32,
+        matching: usize,
+        spec: &crate::model::Spec,
+        need: Resources,
+        no_bases: bool,
+    ) -> String {
+        let head = format!("{placed} of {wanted} replicas placed");
+        if no_bases {
+            return format!("{head}: no live base");
+        }
+        let selector = if spec.selector.is_empty() {
+            "no selector".to_owned()
+        } else {
+            spec.selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+        };
+        let mut parts =
+            vec![format!("{matching} {} {selector}", plural(matching as u32, "base matches", "bases match"))];
+        if self.interface > 0 {
+            parts.push(format!(
+                "{} {} an incompatible interface version",
+                self.interface,
+                plural(self.interface, "runs", "run")
+            ));
+        }
+        if self.max_modules > 0 {
+            parts.push(format!(
+                "{} {} at max_modules",
+                self.max_modules,
+                plural(self.max_modules, "is", "are")
+            ));
+        }
+        if self.memory > 0 {
+            parts.push(format!("{} lack memory (need {})", self.memory, mib(need.memory_bytes)));
+        }
+        if self.cpu > 0 {
+            parts.push(format!("{} lack CPU (need {} millicores)", self.cpu, need.cpu_millis));
+        }
+        format!("{head}: {}", parts.join("; "))
+    }
+}
+
+fn plural<'a>(n: u32, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 { one } else { many }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Capacity, ModuleStatus, Spec};
+
+    const MIB: u64 = 1 << 20;
+
+    fn base(id: &str, labels: &[(&str, &str)], memory_mib: u64, max_modules: u32) -> BaseRecord {
+        BaseRecord {
+            id: id.to_owned(),
+            traffic_url: format!("http://{id}"),
+            admin_url: format!("http://{id}-admin"),
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            capacity: Capacity { memory_bytes: memory_mib * MIB, cpu_millis: 4000, max_modules },
+            interface_version: "1.3.0".to_owned(),
+            started_ms: 1,
+        }
+    }
+
+    fn spec(name: &str, replicas: Option<u32>) -> SpecRecord {
+        SpecRecord {
+            spec: Spec {
+                name: name.to_owned(),
+                version: "1.0.0".to_owned(),
+                sha256: "a".repeat(64),
+                url: None,
+                replicas,
+                peer: replicas.is_none(),
+                selector: BTreeMap::new(),
+                placement: Placement::Spread,
+                resources: Resources { memory_bytes: 32 * MIB, cpu_millis: 50 },
+                limits: None,
+                config: Default::default(),
+                interface_version: None,
+            },
+            generation: 1,
+            changed_ms: 0,
+        }
+    }
+
+    fn by_id<T, F: Fn(&T) -> String>(items: Vec<T>, id: F) -> BTreeMap<String, T> {
+        items.into_iter().map(|t| (id(&t), t)).collect()
+    }
+
+    fn specs(items: Vec<SpecRecord>) -> BTreeMap<String, SpecRecord> {
+        by_id(items, |s| s.spec.name.clone())
+    }
+
+    fn bases(items: Vec<BaseRecord>) -> BTreeMap<String, BaseRecord> {
+        by_id(items, |b| b.id.clone())
+    }
+
+    fn hosts(plan: &Plan, module: &str) -> Vec<String> {
+        plan.placements[module].bases.clone()
+    }
+
+    fn running(base_id: &str, module: &str, heap: u64, managed: bool) -> BaseStatus {
+        BaseStatus {
+            base_id: base_id.to_owned(),
+            modules: vec![ModuleStatus {
+                name: module.to_owned(),
+                version: "1.0.0".to_owned(),
+                sha256: "a".repeat(64),
+                state: "active".to_owned(),
+                serving: true,
+                health: "healthy".to_owned(),
+                reason: None,
+                heap_bytes: heap,
+                cpu_millis: 10,
+                requests: 0,
+                managed,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn place_fresh(s: &BTreeMap<String, SpecRecord>, b: &BTreeMap<String, BaseRecord>) -> Plan {
+        place(s, b, &BTreeMap::new(), &BTreeMap::new())
+    }
+
+    #[test]
+    fn spread_takes_the_emptiest_bases_and_pack_the_fullest() {
+        let b = bases(vec![base("b1", &[], 1024, 8), base("b2", &[], 1024, 8), base("b3", &[], 1024, 8)]);
+        let mut first = spec("a", Some(1));
+        first.spec.placement = Placement::Pack;
+        let current: BTreeMap<_, _> =
+            [("b2".to_owned(), place_fresh(&specs(vec![first.clone()]), &b).assignments["b1"].clone())]
+                .into_iter()
+                .collect();
+
+        let mut spread = spec("s", Some(2));
+        spread.spec.placement = Placement::Spread;
+        let plan = place(&specs(vec![first.clone(), spread]), &b, &BTreeMap::new(), &current);
+        assert_eq!(hosts(&plan, "a"), ["b2"]);
+        assert_eq!(hosts(&plan, "s"), ["b1", "b3"], "spread avoids the base that already runs a module");
+
+        let mut pack = spec("p", Some(2));
+        pack.spec.placement = Placement::Pack;
+        let plan = place(&specs(vec![first, pack]), &b, &BTreeMap::new(), &current);
+        assert_eq!(hosts(&plan, "p"), ["b1", "b2"], "pack fills the base that already runs a module");
+    }
+
+    #[test]
+    fn the_selector_limits_the_bases() {
+        let b = bases(vec![base("b1", &[("tier", "web")], 1024, 8), base("b2", &[("tier", "db")], 1024, 8)]);
+        let mut s = spec("web", Some(2));
+        s.spec.selector.insert("tier".into(), "web".into());
+        let plan = place_fresh(&specs(vec![s]), &b);
+        assert_eq!(hosts(&plan, "web"), ["b1"]);
+        assert_eq!(plan.placements["web"].state, "unschedulable");
+        assert_eq!(
+            plan.placements["web"].reason.as_deref(),
+            Some("1 of 2 replicas placed: 1 base matches tier=web")
+        );
+    }
+
+    #[test]
+    fn max_modules_is_respected() {
+        let b = bases(vec![base("b1", &[], 1024, 1), base("b2", &[], 1024, 1)]);
+        let plan = place_fresh(&specs(vec![spec("a", Some(2)), spec("b", Some(1))]), &b);
+        assert_eq!(hosts(&plan, "a"), ["b1", "b2"]);
+        assert_eq!(plan.placements["b"].state, "unschedulable");
+        assert_eq!(
+            plan.placements["b"].reason.as_deref(),
+            Some("0 of 1 replicas placed: 2 bases match no selector; 2 are at max_modules")
+        );
+    }
+
+    #[test]
+    fn declared_then_measured_needs_fill_a_base() {
+        let b = bases(vec![base("b1", &[], 100, 8)]);
+        let mut a = spec("a", Some(1));
+        a.spec.resources.memory_bytes = 40 * MIB;
+        let mut c = spec("c", Some(1));
+        c.spec.resources.memory_bytes = 40 * MIB;
+        let plan = place_fresh(&specs(vec![a.clone(), c.clone()]), &b);
+        assert_eq!(hosts(&plan, "a"), ["b1"]);
+        assert_eq!(hosts(&plan, "c"), ["b1"], "80 of 100 MiB declared: both fit");
+
+        // Once a is measured at 64 MiB, c no longer fits beside it.
+        let statuses = by_id(vec![running("b1", "a", 64 * MIB, true)], |s| s.base_id.clone());
+        let current = BTreeMap::from([("b1".to_owned(), plan.assignments["b1"].clone())]);
+        let only_a: BTreeMap<_, _> = [(
+            "b1".to_owned(),
+            current["b1"].iter().filter(|(m, _)| *m == "a").map(|(m, a)| (m.clone(), a.clone())).collect(),
+        )]
+        .into_iter()
+        .collect();
+        let plan = place(&specs(vec![a, c]), &b, &statuses, &only_a);
+        assert_eq!(hosts(&plan, "a"), ["b1"]);
+        assert!(hosts(&plan, "c").is_empty());
+        assert_eq!(
+            plan.placements["c"].reason.as_deref(),
+            Some("0 of 1 replicas placed: 1 base matches no selector; 1 lack memory (need 40.0 MiB)")
+        );
+    }
+
+    #[test]
+    fn unmanaged_modules_count_with_their_measured_use() {
+        let b = bases(vec![base("b1", &[], 100, 8)]);
+        let statuses = by_id(vec![running("b1", "by-hand", 80 * MIB, false)], |s| s.base_id.clone());
+        let plan = place(&specs(vec![spec("a", Some(1))]), &b, &statuses, &BTreeMap::new());
+        assert!(hosts(&plan, "a").is_empty());
+        let (used, modules) = usage("b1", &BTreeMap::new(), &statuses, &BTreeMap::new());
+        assert_eq!((used.memory_bytes, modules), (80 * MIB, 1));
+    }
+
+    #[test]
+    fn an_unschedulable_spec_is_placed_when_a_base_joins() {
+        let s = specs(vec![spec("a", Some(2))]);
+        let one = bases(vec![base("b1", &[], 1024, 8)]);
+        let plan = place_fresh(&s, &one);
+        assert_eq!(plan.placements["a"].state, "unschedulable");
+        assert_eq!(
+            plan.placements["a"].reason.as_deref(),
+            Some("1 of 2 replicas placed: 1 base matches no selector")
+        );
+
+        let two = bases(vec![base("b1", &[], 1024, 8), base("b2", &[], 1024, 8)]);
+        let plan = place(&s, &two, &BTreeMap::new(), &plan.assignments);
+        assert_eq!(plan.placements["a"].state, "placed");
+        assert_eq!(hosts(&plan, "a"), ["b1", "b2"]);
+
+        let none = place_fresh(&s, &BTreeMap::new());
+        assert_eq!(none.placements["a"].reason.as_deref(), Some("0 of 2 replicas placed: no live base"));
+    }
+
+    #[test]
+    fn a_lost_base_is_replaced_and_a_joining_base_steals_nothing() {
+        let s = specs(vec![spec("a", Some(2))]);
+        let three = bases(vec![base("b1", &[], 1024, 8), base("b2", &[], 1024, 8), base("b3", &[], 1024, 8)]);
+        let plan = place_fresh(&s, &three);
+        assert_eq!(hosts(&plan, "a"), ["b1", "b2"]);
+
+        // b1 is gone: its replica moves to b3, b2's stays.
+        let without_b1 = bases(vec![base("b2", &[], 1024, 8), base("b3", &[], 1024, 8)]);
+        let plan = place(&s, &without_b1, &BTreeMap::new(), &plan.assignments);
+        assert_eq!(hosts(&plan, "a"), ["b2", "b3"]);
+        assert!(!plan.assignments.contains_key("b1"));
+
+        // An empty base joins (sorting before both): nothing moves.
+        let with_b0 =
+            bases(vec![base("b0", &[], 1024, 8), base("b2", &[], 1024, 8), base("b3", &[], 1024, 8)]);
+        let plan = place(&s, &with_b0, &BTreeMap::new(), &plan.assignments);
+        assert_eq!(hosts(&plan, "a"), ["b2", "b3"]);
+    }
+
+    #[test]
+    fn peer_runs_on_every_matching_base() {
+        let b = bases(vec![
+            base("b1", &[("tier", "web")], 1024, 8),
+            base("b2", &[("tier", "web")], 1024, 8),
+            base("b3", &[], 1024, 8),
+        ]);
+        let mut p = spec("p", None);
+        p.spec.selector.insert("tier".into(), "web".into());
+        let plan = place_fresh(&specs(vec![p.clone()]), &b);
+        assert_eq!(hosts(&plan, "p"), ["b1", "b2"]);
+        assert_eq!(plan.placements["p"].wanted, 2);
+        assert_eq!(plan.placements["p"].state, "placed");
+
+        let mut full = b.clone();
+        full.get_mut("b2").expect("b2").capacity.max_modules = 0;
+        let plan = place_fresh(&specs(vec![p]), &full);
+        assert_eq!(hosts(&plan, "p"), ["b1"]);
+        assert_eq!(
+            plan.placements["p"].reason.as_deref(),
+            Some("1 of 2 replicas placed: 2 bases match tier=web; 1 is at max_modules")
+        );
+    }
+
+    #[test]
+    fn scale_down_removes_from_the_most_loaded_base() {
+        let b = bases(vec![base("b1", &[], 1024, 8), base("b2", &[], 1024, 8), base("b3", &[], 1024, 8)]);
+        let plan = place_fresh(&specs(vec![spec("a", Some(3)), spec("z", Some(1))]), &b);
+        assert_eq!(hosts(&plan, "z"), ["b1"]);
+        let plan = place(
+            &specs(vec![spec("a", Some(2)), spec("z", Some(1))]),
+            &b,
+            &BTreeMap::new(),
+            &plan.assignments,
+        );
+        assert_eq!(hosts(&plan, "a"), ["b2", "b3"], "b1 also runs z: it loses the replica");
+        let plan = place(
+            &specs(vec![spec("a", Some(1)), spec("z", Some(1))]),
+            &b,
+            &BTreeMap::new(),
+            &plan.assignments,
+        );
+        assert_eq!(hosts(&plan, "a"), ["b2"], "equal load: the greatest id goes");
+    }
+
+    #[test]
+    fn interface_versions_must_be_compatible() {
+        let mut old = base("old", &[], 1024, 8);
+        old.interface_version = "0.9.0".into();
+        let mut behind = base("behind", &[], 1024, 8);
+        behind.interface_version = "1.2.0".into();
+        let b = bases(vec![old, behind, base("now", &[], 1024, 8)]);
+        let mut s = spec("a", Some(3));
+        s.spec.interface_version = Some("1.3.0".into());
+        let plan = place_fresh(&specs(vec![s]), &b);
+        assert_eq!(hosts(&plan, "a"), ["now"]);
+        assert_eq!(
+            plan.placements["a"].reason.as_deref(),
+            Some(
+                "1 of 3 replicas placed: 1 base matches no selector; 2 run an incompatible interface version"
+            )
+        );
+        assert!(interface_compatible("1.3.0", None));
+        assert!(!interface_compatible("garbage", None));
+    }
+
+    #[test]
+    fn endpoints_are_the_assigned_bases_serving_the_spec() {
+        let b = bases(vec![base("b1", &[], 1024, 8), base("b2", &[], 1024, 8)]);
+        let s = specs(vec![spec("a", Some(2))]);
+        let mut old = running("b2", "a", MIB, true);
+        old.modules[0].version = "0.9.0".into();
+        let statuses = by_id(vec![running("b1", "a", MIB, true), old], |s| s.base_id.clone());
+        let plan = place(&s, &b, &statuses, &BTreeMap::new());
+        let ids: Vec<&str> = plan.endpoints["a"].endpoints.iter().map(|e| e.base_id.as_str()).collect();
+        assert_eq!(ids, ["b1"]);
+        assert_eq!(plan.endpoints["a"].endpoints[0].traffic_url, "http://b1");
+    }
+
+    #[test]
+    fn a_changed_spec_reassigns_in_place() {
+        let b = bases(vec![base("b1", &[], 1024, 8), base("b2", &[], 1024, 8)]);
+        let plan = place_fresh(&specs(vec![spec("a", Some(2))]), &b);
+        let mut v2 = spec("a", Some(2));
+        v2.spec.version = "2.0.0".into();
+        v2.generation = 2;
+        let plan = place(&specs(vec![v2]), &b, &BTreeMap::new(), &plan.assignments);
+        assert_eq!(hosts(&plan, "a"), ["b1", "b2"]);
+        assert!(plan.assignments.values().all(|m| m["a"].version == "2.0.0" && m["a"].generation == 2));
+    }
+}

@@ -1,0 +1,109 @@
+//! The fence against a real etcd: a leader's write commits only while the leader key it put
+//! is still there with its create revision (its term).
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use pedestal_fleet::store::{self, Fence, Outcome};
+
+struct Etcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn etcd() -> Etcd {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (client, peer) = (port(), port());
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new("etcd")
+        .args(["--name", "m0", "--data-dir"])
+        .arg(dir.path().join("m0"))
+        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("m0={peer_url}"), "--pre-vote"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd (Debian's etcd-server) is installed");
+    let etcd = Etcd { child, url, _dir: dir };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ureq::get(&format!("{}/health", etcd.url))
+        .call()
+        .ok()
+        .and_then(|r| r.into_string().ok())
+        .is_none_or(|b| !b.contains("true"))
+    {
+        assert!(Instant::now() < deadline, "etcd did not become healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    etcd
+}
+
+/// Takes the leader key under a fresh lease the way a controller campaigns; its term.
+async fn elect(client: &mut etcd_client::Client, key: &str, who: &str) -> (i64, i64) {
+    let lease = client.lease_grant(30, None).await.expect("a lease").id();
+    let txn = Txn::new().when([Compare::version(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
+        key,
+        who,
+        Some(PutOptions::new().with_lease(lease)),
+    )]);
+    let response = client.txn(txn).await.expect("the campaign answers");
+    assert!(response.succeeded(), "{who} wins a free leader key");
+    (lease, response.header().expect("a header").revision())
+}
+
+async fn value(client: &mut etcd_client::Client, key: &str) -> Option<String> {
+    let got = client.get(key, None).await.expect("a read");
+    got.kvs().first().map(|kv| kv.value_str().expect("utf-8").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_cannot_commit() {
+    let etcd = etcd();
+    let mut client = store::connect(std::slice::from_ref(&etcd.url)).await.expect("connect");
+    let key = "/fence-test/leader";
+
+    let (lease, term) = elect(&mut client, key, "first").await;
+    let first = Fence { key: key.to_owned(), term };
+    let put = |v: &str| vec![TxnOp::put("/fence-test/assign/b1/m", v, None)];
+    assert!(matches!(first.commit(&mut client, put("by-first")).await, Outcome::Committed(_)));
+
+    // Its lease ends (expiry or revoke: the key goes the same way): the first leader is deposed.
+    client.lease_revoke(lease).await.expect("revoke");
+    assert!(matches!(first.commit(&mut client, put("late-first")).await, Outcome::Refused));
+    assert_eq!(value(&mut client, "/fence-test/assign/b1/m").await.as_deref(), Some("by-first"));
+
+    // Another controller leads: its term commits, the old one still does not.
+    let (_, second_term) = elect(&mut client, key, "second").await;
+    assert_ne!(second_term, term);
+    let second = Fence { key: key.to_owned(), term: second_term };
+    assert!(matches!(first.commit(&mut client, put("late-first")).await, Outcome::Refused));
+    assert!(matches!(second.commit(&mut client, put("by-second")).await, Outcome::Committed(_)));
+    assert_eq!(value(&mut client, "/fence-test/assign/b1/m").await.as_deref(), Some("by-second"));
+
+    // Even the same controller's key rewritten (same value, new create revision after a
+    // delete) is a new term.
+    client.delete(key, None).await.expect("delete");
+    let (_, third_term) = elect(&mut client, key, "second").await;
+    assert!(matches!(second.commit(&mut client, put("stale")).await, Outcome::Refused));
+    let third = Fence { key: key.to_owned(), term: third_term };
+    assert!(matches!(third.commit(&mut client, put("third")).await, Outcome::Committed(_)));
+}

@@ -1,0 +1,369 @@
+//! The base agent (`pedestal serve --fleet`) against a real etcd, with assignments written by
+//! the test itself (no controller): registration under a lease, applying, switching, NACKs,
+//! stale revisions, fail static, forwarding and ownership.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Write},
+    net::TcpListener,
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use pedestal_tests::{TestBase, artifacts, etcd::Etcd, eventually};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "fleet-token-for-tests-0123456789";
+const PREFIX: &str = "/pedestal/";
+
+/// A tiny HTTP server handing out artifacts by `/<sha256>`: the assignments' `url`.
+struct ArtifactServer {
+    url: String,
+    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+}
+
+impl ArtifactServer {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the artifact server");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+        let served = Arc::clone(&files);
+        thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let mut reader = BufReader::new(stream);
+                let mut first = String::new();
+                if reader.read_line(&mut first).is_err() {
+                    continue;
+                }
+                // The rest of the head.
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = first.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_owned();
+                let body = served.lock().unwrap().get(&path).cloned();
+                let mut stream = reader.into_inner();
+                let _ = match body {
+                    Some(body) => stream
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .and_then(|()| stream.write_all(&body)),
+                    None => stream.write_all(
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    ),
+                };
+            }
+        });
+        Self { url, files }
+    }
+
+    /// Serves `file` at `/<name>`; returns its URL.
+    fn serve_as(&self, name: &str, file: &str) -> String {
+        let bytes = std::fs::read(file).expect("reading a fixture");
+        self.files.lock().unwrap().insert(name.to_owned(), bytes);
+        format!("{}/{name}", self.url)
+    }
+
+    /// Serves `file` at `/<its sha256>`; returns its sha256 and URL.
+    fn serve(&self, file: &str) -> (String, String) {
+        let sha = sha256_of(file);
+        let url = self.serve_as(&sha, file);
+        (sha, url)
+    }
+}
+
+/// The lower-case hex sha256 of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    pedestal_signing::sha256(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_of(file: &str) -> String {
+    hex(&std::fs::read(file).expect("reading a fixture"))
+}
+
+/// Starts a fleet base `id` on `etcd`, with `extra` flags.
+fn fleet_base(etcd: &Etcd, id: &str, extra: &[&str]) -> TestBase {
+    let endpoints = etcd.endpoints();
+    let mut args = vec!["--fleet", &endpoints, "--base-id", id, "--fleet-token", TOKEN];
+    args.extend_from_slice(extra);
+    TestBase::start_with(&args)
+}
+
+/// Writes an assignment of `module` (`version`, `sha256`, `url`) to `base`; returns its
+/// mod_revision.
+fn assign(etcd: &Etcd, base: &str, module: &str, version: &str, sha256: &str, url: &str) -> i64 {
+    let assignment =
+        json!({"module": module, "version": version, "sha256": sha256, "url": url, "generation": 1});
+    let key = format!("{PREFIX}assign/{base}/{module}");
+    let out = etcd.ctl(&["put", &key, &assignment.to_string()]);
+    assert!(out.contains("OK"), "etcdctl put: {out:?}");
+    mod_revision(etcd, &key)
+}
+
+fn mod_revision(etcd: &Etcd, key: &str) -> i64 {
+    let out = etcd.ctl(&["get", key, "-w", "json"]);
+    let answer: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("etcdctl get -w json: {e}: {out}"));
+    answer["kvs"][0]["mod_revision"].as_i64().unwrap_or_else(|| panic!("no mod_revision in {answer}"))
+}
+
+/// The base's last status report.
+fn status(etcd: &Etcd, base: &str) -> Option<Value> {
+    etcd.get(&format!("{PREFIX}status/{base}")).map(|s| serde_json::from_str(&s).expect("status is JSON"))
+}
+
+/// Waits until `GET /<module>/version` answers `version` on `base`.
+fn wait_serving(base: &TestBase, module: &str, version: &str) {
+    eventually(&format!("{module} to serve {version}"), Duration::from_secs(20), || {
+        let reply = base.get(&format!("/{module}/version"));
+        (reply.status == 200 && reply.body == version).then_some(())
+    });
+}
+
+/// The versions of `module` the base runs.
+fn versions(base: &TestBase, module: &str) -> Vec<String> {
+    let reply = base.admin_get(&format!("/api/v1/modules/{module}"));
+    if reply.status == 404 {
+        return Vec::new();
+    }
+    let mut found: Vec<String> = reply.json["versions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no versions in {}", reply.body))
+        .iter()
+        .map(|v| v["version"].as_str().unwrap().to_owned())
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn a_base_registers_under_a_lease_that_ends_with_it() {
+    let etcd = Etcd::single();
+    let base = fleet_base(
+        &etcd,
+        "b1",
+        &["--labels", "tier=web", "--capacity-memory", "256MiB", "--max-modules", "8"],
+    );
+    let record: Value = eventually("the base's registration", Duration::from_secs(10), || {
+        etcd.get(&format!("{PREFIX}bases/b1")).map(|s| serde_json::from_str(&s).unwrap())
+    });
+    assert_eq!(record["id"], "b1");
+    assert_eq!(record["traffic_url"], base.traffic.as_str(), "the bound traffic port, not 0");
+    assert_eq!(record["admin_url"], base.admin.as_str());
+    assert_eq!(record["labels"], json!({"tier": "web"}));
+    assert_eq!(record["capacity"]["memory_bytes"], 256 << 20);
+    assert_eq!(record["capacity"]["max_modules"], 8);
+    let report = eventually("the base's status", Duration::from_secs(10), || status(&etcd, "b1"));
+    assert_eq!(report["base_id"], "b1");
+
+    // Both keys are under one lease of the base's: kill -9, and they go with it.
+    drop(base);
+    assert!(etcd.get(&format!("{PREFIX}bases/b1")).is_some(), "the lease outlives the process a moment");
+    let killed = Instant::now();
+    eventually("the registration to expire", Duration::from_secs(15), || {
+        etcd.get(&format!("{PREFIX}bases/b1")).is_none().then_some(())
+    });
+    assert!(etcd.get(&format!("{PREFIX}status/b1")).is_none(), "the status went with the lease");
+    assert!(killed.elapsed() >= Duration::from_secs(1), "expired by the lease's TTL, not at once");
+}
+
+#[test]
+fn assignments_are_applied_switched_and_removed() {
+    let etcd = Etcd::single();
+    let files = ArtifactServer::start();
+    let base = fleet_base(&etcd, "b1", &[]);
+    // A module installed by hand is reported unmanaged, and never touched.
+    base.install_ok(artifacts::GOOD);
+
+    let (sha1, url1) = files.serve(artifacts::VERSIONED_1_0_0);
+    let revision = assign(&etcd, "b1", "svc", "1.0.0", &sha1, &url1);
+    wait_serving(&base, "svc", "1.0.0");
+    let reply = base.get("/svc/version");
+    assert_eq!(reply.header("x-pedestal-base"), Some("b1"), "{reply:?}");
+    let report = eventually("the report of svc", Duration::from_secs(10), || {
+        status(&etcd, "b1").filter(|s| s["applied_revision"].as_i64() >= Some(revision))
+    });
+    let modules = report["modules"].as_array().unwrap();
+    let svc = modules.iter().find(|m| m["name"] == "svc").expect("svc reported");
+    assert_eq!((svc["version"].as_str(), svc["sha256"].as_str()), (Some("1.0.0"), Some(sha1.as_str())));
+    assert_eq!((svc["state"].as_str(), svc["serving"].as_bool()), (Some("active"), Some(true)));
+    assert_eq!(svc["managed"], true);
+    let good = modules.iter().find(|m| m["name"] == "fx-good").expect("the hand-installed module reported");
+    assert_eq!(good["managed"], false);
+    assert!(report["artifacts"].as_array().unwrap().iter().any(|a| a == sha1.as_str()), "{report}");
+
+    // A new version: installed beside, switched to, the old one unloaded.
+    let (sha2, url2) = files.serve(artifacts::VERSIONED_1_1_0);
+    assign(&etcd, "b1", "svc", "1.1.0", &sha2, &url2);
+    wait_serving(&base, "svc", "1.1.0");
+    eventually("the old version to be unloaded", Duration::from_secs(10), || {
+        (versions(&base, "svc") == ["1.1.0"]).then_some(())
+    });
+
+    // The assignment deleted: the module goes, the hand-installed one stays.
+    etcd.ctl(&["del", &format!("{PREFIX}assign/b1/svc")]);
+    eventually("svc to be uninstalled", Duration::from_secs(10), || {
+        versions(&base, "svc").is_empty().then_some(())
+    });
+    assert_eq!(base.get("/fx-good/ping").body, "pong");
+}
+
+#[test]
+fn a_wrong_sha256_is_refused_and_nothing_loads() {
+    let etcd = Etcd::single();
+    let files = ArtifactServer::start();
+    let base = fleet_base(&etcd, "b1", &[]);
+    // The URL serves the good module's bytes, but the assignment names other ones.
+    let claimed = hex(b"some other module");
+    let url = files.serve_as("good.so", artifacts::VERSIONED_1_0_0);
+    let revision = assign(&etcd, "b1", "svc", "1.0.0", &claimed, &url);
+    let failure = eventually("a NACK", Duration::from_secs(10), || {
+        status(&etcd, "b1").and_then(|s| s["failures"].get("svc").cloned())
+    });
+    assert_eq!(failure["code"], "SHA256_MISMATCH", "{failure}");
+    assert_eq!(failure["revision"], revision);
+    assert_eq!(failure["sha256"], claimed.as_str());
+    assert!(versions(&base, "svc").is_empty(), "nothing loaded");
+    assert_eq!(base.get("/svc/version").status, 404);
+    assert!(!base.artifact_files().iter().any(|f| f.contains(&sha256_of(artifacts::VERSIONED_1_0_0))));
+
+    // An artifact no one has: a NACK of its own.
+    let missing = hex(b"nowhere");
+    assign(&etcd, "b1", "gone", "1.0.0", &missing, &format!("{}/nowhere", files.url));
+    let failure = eventually("a NACK", Duration::from_secs(10), || {
+        status(&etcd, "b1").and_then(|s| s["failures"].get("gone").cloned())
+    });
+    assert_eq!(failure["code"], "ARTIFACT_UNAVAILABLE", "{failure}");
+}
+
+#[test]
+fn an_assignment_older_than_the_applied_one_is_never_applied() {
+    let etcd = Etcd::single();
+    let files = ArtifactServer::start();
+    let base = fleet_base(&etcd, "b1", &[]);
+    let (sha1, url1) = files.serve(artifacts::VERSIONED_1_0_0);
+    let revision = assign(&etcd, "b1", "svc", "1.0.0", &sha1, &url1);
+    wait_serving(&base, "svc", "1.0.0");
+    let file = base.data_dir().join("fleet-applied.json");
+    let applied: Value = eventually("the applied record", Duration::from_secs(10), || {
+        std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    });
+    assert_eq!(applied["modules"]["svc"]["revision"], revision);
+
+    // As if this base had applied a much later assignment of svc before it restarted.
+    let later = revision + 1_000;
+    let mut record = applied.clone();
+    record["modules"]["svc"]["revision"] = json!(later);
+    std::fs::write(&file, record.to_string()).unwrap();
+    let endpoints = etcd.endpoints();
+    let base = base.kill_and_restart(&["--fleet", &endpoints, "--base-id", "b1", "--fleet-token", TOKEN]);
+    wait_serving(&base, "svc", "1.0.0");
+    let (sha2, url2) = files.serve(artifacts::VERSIONED_1_1_0);
+    let stale = assign(&etcd, "b1", "svc", "1.1.0", &sha2, &url2);
+    assert!(stale < later);
+    let failure = eventually("the stale assignment's NACK", Duration::from_secs(10), || {
+        status(&etcd, "b1").and_then(|s| s["failures"].get("svc").cloned()).filter(|f| f["revision"] == stale)
+    });
+    assert_eq!(failure["code"], "ASSIGNMENT_STALE", "{failure}");
+    // Several reconcile passes later, still the version it had.
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(base.get("/svc/version").body, "1.0.0");
+    assert_eq!(versions(&base, "svc"), ["1.0.0"]);
+    assert!(base.log().contains("older than the one applied"), "logged");
+}
+
+#[test]
+fn a_base_cut_off_from_etcd_keeps_serving_and_catches_up() {
+    let mut etcd = Etcd::single();
+    let files = ArtifactServer::start();
+    let base = fleet_base(&etcd, "b1", &[]);
+    let (sha1, url1) = files.serve(artifacts::VERSIONED_1_0_0);
+    assign(&etcd, "b1", "svc", "1.0.0", &sha1, &url1);
+    wait_serving(&base, "svc", "1.0.0");
+
+    etcd.kill(0);
+    // Well past the lease's TTL: the base serves what it has, and uninstalls nothing.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline {
+        assert_eq!(base.get("/svc/version").body, "1.0.0");
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(versions(&base, "svc"), ["1.0.0"]);
+
+    etcd.restart(0);
+    eventually("the base to register again", Duration::from_secs(20), || {
+        etcd.get(&format!("{PREFIX}bases/b1")).map(|_| ())
+    });
+    let (sha2, url2) = files.serve(artifacts::VERSIONED_1_1_0);
+    assign(&etcd, "b1", "svc", "1.1.0", &sha2, &url2);
+    wait_serving(&base, "svc", "1.1.0");
+}
+
+#[test]
+fn a_base_forwards_requests_for_modules_it_does_not_run() {
+    let etcd = Etcd::single();
+    let files = ArtifactServer::start();
+    let serving = fleet_base(&etcd, "b1", &[]);
+    let forwarding = fleet_base(&etcd, "b2", &[]);
+    let (sha, url) = files.serve(artifacts::VERSIONED_1_0_0);
+    assign(&etcd, "b1", "svc", "1.0.0", &sha, &url);
+    wait_serving(&serving, "svc", "1.0.0");
+    let endpoints = json!({
+        "module": "svc",
+        "endpoints": [{"base_id": "b1", "traffic_url": serving.traffic, "version": "1.0.0"}],
+    });
+    etcd.ctl(&["put", &format!("{PREFIX}endpoints/svc"), &endpoints.to_string()]);
+    let reply = eventually("b2 to forward svc", Duration::from_secs(10), || {
+        let reply = forwarding.get("/svc/version");
+        (reply.status == 200).then_some(reply)
+    });
+    assert_eq!(reply.body, "1.0.0");
+    assert_eq!(reply.header("x-pedestal-base"), Some("b1"), "served by b1: {reply:?}");
+    // The query travels too (fx-versioned's /sleep answers after `ms`).
+    let slept = forwarding.get("/svc/sleep?ms=10");
+    assert_eq!(slept.status, 200, "{slept:?}");
+
+    // Never forwarded twice: a forwarded request meets the base's own answer.
+    let again = forwarding.get_with("/svc/version", &[("x-pedestal-forwarded-by", "b9")]);
+    assert_eq!((again.status, again.code()), (404, "MODULE_NOT_FOUND"), "{again:?}");
+    // A module no endpoint names: the base's own 404.
+    assert_eq!(forwarding.get("/nothing/here").code(), "MODULE_NOT_FOUND");
+
+    // Its endpoints gone, b2 stops forwarding.
+    etcd.ctl(&["del", &format!("{PREFIX}endpoints/svc")]);
+    eventually("b2 to stop forwarding", Duration::from_secs(10), || {
+        (forwarding.get("/svc/version").status == 404).then_some(())
+    });
+}
+
+#[test]
+fn the_operations_api_refuses_changes_to_fleet_modules_unless_forced() {
+    let etcd = Etcd::single();
+    let files = ArtifactServer::start();
+    let base = fleet_base(&etcd, "b1", &[]);
+    let (sha, url) = files.serve(artifacts::VERSIONED_1_0_0);
+    assign(&etcd, "b1", "svc", "1.0.0", &sha, &url);
+    wait_serving(&base, "svc", "1.0.0");
+
+    let refused = base.uninstall("svc", "1.0.0");
+    assert_eq!((refused.status, refused.code()), (409, "FLEET_OWNED"), "{refused:?}");
+    let limits = base.put_limits("svc", &json!({"max_concurrent_requests": 3}));
+    assert_eq!((limits.status, limits.code()), (409, "FLEET_OWNED"), "{limits:?}");
+    let bytes = std::fs::read(artifacts::VERSIONED_1_1_0).unwrap();
+    let install = base.install_with_headers(&bytes, "name=svc", &[]);
+    assert_eq!((install.status, install.code()), (409, "FLEET_OWNED"), "{install:?}");
+    let switch = base.admin_json("POST", "/api/v1/modules/svc/switch", &json!({"version": "1.0.0"}));
+    assert_eq!((switch.status, switch.code()), (409, "FLEET_OWNED"), "{switch:?}");
+    assert_eq!(versions(&base, "svc"), ["1.0.0"]);
+
+    // Forced: it goes, and the fleet puts its assignment back.
+    let forced = base.admin("DELETE", "/api/v1/modules/svc/1.0.0?force=true", &[], None);
+    assert_eq!(forced.status, 200, "{forced:?}");
+    wait_serving(&base, "svc", "1.0.0");
+}
