@@ -7,6 +7,7 @@
 //! - `bench`  — run the benchmarks and print their tables (see BENCHMARKS.md).
 
 mod bench;
+mod bench_fleet;
 mod demo;
 mod demo_fleet;
 mod deploy;
