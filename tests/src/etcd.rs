@@ -95,7 +95,11 @@ impl Etcd {
 
     /// The client URLs of every member, comma-separated (for `--fleet` and `--etcd`).
     pub fn endpoints(&self) -> String {
-        self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect::<Vec<_>>().join(",")
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The client URL of member `i`.
@@ -158,10 +162,12 @@ impl Etcd {
                 .arg(format!("--endpoints={}", self.endpoint(i)))
                 .args(["endpoint", "status", "-w", "json"])
                 .output();
-            out.ok().and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok()).is_some_and(|v| {
-                let status = &v[0]["Status"];
-                status["leader"] == status["header"]["member_id"] && !status["leader"].is_null()
-            })
+            out.ok().and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok()).is_some_and(
+                |v| {
+                    let status = &v[0]["Status"];
+                    status["leader"] == status["header"]["member_id"] && !status["leader"].is_null()
+                },
+            )
         })
     }
 
@@ -179,7 +185,9 @@ impl Etcd {
         self.spawn(i, "existing");
         // The port may take a moment to accept.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.members[i].client_port)).is_err() && Instant::now() < deadline {
+        while TcpStream::connect(("127.0.0.1", self.members[i].client_port)).is_err()
+            && Instant::now() < deadline
+        {
             thread::sleep(Duration::from_millis(20));
         }
     }
