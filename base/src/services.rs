@@ -305,6 +305,23 @@ impl Registry {
         self.config().module_kv_quota.get(module).copied().unwrap_or(self.config().kv_quota_bytes)
     }
 
+    /// Sets module `name`'s configuration from this program (a fleet agent applying its spec's
+    /// `[config]`; `None` takes it away), over the config file's values, and hands the result to
+    /// its running instances (`pedestal.config`'s `changed`) when it changed. Returns whether it
+    /// changed.
+    pub fn set_module_config(
+        &self,
+        name: &str,
+        values: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> bool {
+        let changed = self.module_configs().set_overlay(name, values);
+        if changed {
+            self.services().config_reloaded(self, &[name.to_owned()]);
+            tracing::info!(module = name, "configuration set");
+        }
+        changed
+    }
+
     /// Re-reads the config file and hands each module whose values changed its new values (and
     /// every service the news). Returns the names of those modules.
     pub fn reload_config(&self) -> crate::error::Result<Vec<String>> {

@@ -376,3 +376,35 @@ fn the_operations_api_refuses_changes_to_fleet_modules_unless_forced() {
     assert_eq!(forced.status, 200, "{forced:?}");
     wait_serving(&base, "svc", "1.0.0");
 }
+
+#[test]
+fn an_assignments_config_reaches_the_module_and_follows_changes() {
+    let etcd = Etcd::single();
+    let files = ArtifactServer::start();
+    let base = fleet_base(&etcd, "b1", &[]);
+    let (sha, url) = files.serve(artifacts::SERVICES);
+    let version = sha_version(artifacts::SERVICES);
+    let key = format!("{PREFIX}assign/b1/cfg");
+    let put = |greeting: &str| {
+        let assignment = json!({"module": "cfg", "version": version, "sha256": sha, "url": url,
+            "generation": 1, "config": {"greeting": greeting}});
+        assert!(etcd.ctl(&["put", &key, &assignment.to_string()]).contains("OK"));
+    };
+    put("hello");
+    let read = || base.get("/cfg/config?key=greeting").json["value"].clone();
+    eventually("the module to read its assigned config", Duration::from_secs(20), || {
+        (read() == "hello").then_some(())
+    });
+    // What it read before its start hook ended: the values were set before the install.
+    assert_eq!(base.get("/cfg/config/at-start").json["greeting"], "hello");
+    put("bonjour");
+    eventually("the changed config to reach the running module", Duration::from_secs(20), || {
+        (read() == "bonjour").then_some(())
+    });
+}
+
+/// The version a fixture artifact declares, read from a throwaway base.
+fn sha_version(file: &str) -> String {
+    let base = TestBase::start();
+    base.install_ok(file)["version"].as_str().expect("a version").to_owned()
+}

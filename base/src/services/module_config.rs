@@ -29,6 +29,9 @@ pub struct ModuleConfigs {
     from_file: std::sync::Mutex<BTreeMap<String, Map<String, Value>>>,
     /// `[modules.NAME] secret_keys`, as the file has them now.
     secret_keys: std::sync::Mutex<BTreeMap<String, Vec<String>>>,
+    /// Values set by the embedding program ([`ModuleConfigs::set_overlay`]: a fleet agent
+    /// applying its spec's `[config]`), over the file's; locked after `from_file`.
+    overlay: std::sync::Mutex<BTreeMap<String, Map<String, Value>>>,
     env: Vec<EnvValue>,
 }
 
@@ -123,6 +126,7 @@ impl ModuleConfigs {
             file: config.config_file.clone(),
             from_file: std::sync::Mutex::new(config.module_config.clone()),
             secret_keys: std::sync::Mutex::new(config.module_secret_keys.clone()),
+            overlay: std::sync::Mutex::new(BTreeMap::new()),
             env: environment().to_vec(),
         }
     }
@@ -156,8 +160,33 @@ impl ModuleConfigs {
         send(self.merged(&from_file, module));
     }
 
+    /// Sets module `module`'s values from the embedding program (`None` takes them away): they
+    /// replace the config file's top-level keys of the same name, and the environment's
+    /// `PEDESTAL_CONFIG__*` still win over them. Returns whether the module's values changed;
+    /// [`Registry::set_module_config`] also hands them to its running instances.
+    pub fn set_overlay(&self, module: &str, values: Option<Map<String, Value>>) -> bool {
+        let from_file = lock(&self.from_file);
+        let before = self.merged(&from_file, module);
+        {
+            let mut overlay = lock(&self.overlay);
+            match values {
+                Some(values) if !values.is_empty() => overlay.insert(module.to_owned(), values),
+                _ => overlay.remove(module),
+            };
+        }
+        self.merged(&from_file, module) != before
+    }
+
+    /// The values the embedding program set for module `module` ([`ModuleConfigs::set_overlay`]).
+    pub fn overlay(&self, module: &str) -> Map<String, Value> {
+        lock(&self.overlay).get(module).cloned().unwrap_or_default()
+    }
+
     fn merged(&self, from_file: &BTreeMap<String, Map<String, Value>>, module: &str) -> Map<String, Value> {
         let mut values = from_file.get(module).cloned().unwrap_or_default();
+        if let Some(overlay) = lock(&self.overlay).get(module) {
+            values.extend(overlay.clone());
+        }
         let name = env_name(module);
         for env in self.env.iter().filter(|e| e.module == name) {
             let (last, parents) = env.path.split_last().expect("an environment key has a path");

@@ -117,6 +117,7 @@ pub(crate) fn is_satisfied(registry: &Registry, module: &str, assignment: &Assig
         && instances[0].artifact.sha256 == assignment.sha256
         && instances[0].state() == State::Active
         && registry.limit_overrides(module) == assignment.limits.unwrap_or_default()
+        && registry.module_configs().overlay(module) == assignment.config
 }
 
 /// Makes `module` run `assignment` (see the module docs). Blocking.
@@ -131,6 +132,9 @@ pub(crate) fn apply(
         .map_err(|e| invalid(format!("version {:?}: {e}", assignment.version)))?;
     let digest = pedestal_base::signing::parse_sha256(&assignment.sha256)
         .map_err(|e| invalid(format!("sha256 {:?}: {e}", assignment.sha256)))?;
+    // Before any install: a new instance reads its configuration when it starts. Running
+    // instances of the module get the new values at once.
+    registry.set_module_config(module, Some(assignment.config.clone()));
     let (instances, active) = registry.module(module).unwrap_or_default();
     let present = instances.iter().any(|i| {
         i.id.version == version
@@ -196,6 +200,7 @@ pub(crate) fn remove(registry: &Registry, module: &str) -> Result<(), Nack> {
             Err(e) => return Err(e.into()),
         }
     }
+    registry.set_module_config(module, None);
     Ok(())
 }
 
