@@ -100,7 +100,8 @@ async fn serve(args: ControllerArgs, token: String) -> anyhow::Result<ExitCode> 
         id: id.clone(),
         url,
         keys: Keys::new(&args.etcd_prefix),
-        client,
+        client: std::sync::Mutex::new(client),
+        endpoints: args.etcd.clone(),
         token,
         store,
         max_upload_bytes: args.max_upload_bytes,
@@ -126,7 +127,7 @@ async fn serve(args: ControllerArgs, token: String) -> anyhow::Result<ExitCode> 
         .context("serving the fleet API")?;
 
     tasks.abort_all();
-    let mut client = controller.client.clone();
+    let mut client = controller.client();
     controller.leadership.resign(&mut client).await;
     controller.say("stopped");
     Ok(ExitCode::SUCCESS)
@@ -139,8 +140,11 @@ pub(crate) struct Controller {
     /// Where others reach its API.
     pub(crate) url: String,
     pub(crate) keys: Keys,
-    /// One connection, cloned per use (the client multiplexes).
-    pub(crate) client: etcd_client::Client,
+    /// One connection, cloned per use (the client multiplexes); replaced by
+    /// [`Controller::reconnect`].
+    client: std::sync::Mutex<etcd_client::Client>,
+    /// `--etcd`.
+    endpoints: Vec<String>,
     pub(crate) token: String,
     pub(crate) store: artifacts::ArtifactStore,
     pub(crate) max_upload_bytes: u64,
@@ -153,6 +157,21 @@ pub(crate) struct Controller {
 }
 
 impl Controller {
+    /// The etcd client, cloned (cheap: clones share the connection).
+    pub(crate) fn client(&self) -> etcd_client::Client {
+        self.client.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Connects to etcd again, leaving out members that do not accept connections now (see
+    /// [`crate::store::connect`]); called when requests fail. Streams opened on the old client
+    /// carry on until they break.
+    pub(crate) async fn reconnect(&self) {
+        match crate::store::connect(&self.endpoints).await {
+            Ok(client) => *self.client.lock().unwrap_or_else(|e| e.into_inner()) = client,
+            Err(e) => self.say(&format!("cannot reconnect to etcd: {e}")),
+        }
+    }
+
     /// One line on stderr about this controller's life (leading, standing by, deposed...).
     pub(crate) fn say(&self, message: &str) {
         eprintln!("pedestal controller {}: {message}", self.id);

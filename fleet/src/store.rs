@@ -14,9 +14,29 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
 /// How long one etcd request may take before it counts as unknown.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long [`connect`] waits for each endpoint's TCP handshake.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Connects to any of `endpoints` (`http://127.0.0.1:2379`...), leader required on every
 /// request and watch.
+///
+/// Only the endpoints that accept a TCP connection now are given to the client: its balanced
+/// channel keeps sending a share of the requests to a member that died (measured here: with
+/// one of three members killed, every other request failed with "connection refused" for as
+/// long as the client lived), so callers reconnect when requests fail, and a reconnect leaves
+/// the dead member out. With none reachable, all are tried (the error names them).
 pub async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
+    let probes = endpoints.iter().map(|endpoint| async move {
+        let address = endpoint.split_once("://").map_or(endpoint.as_str(), |(_, rest)| rest);
+        let address = address.trim_end_matches('/');
+        let reachable = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(address)).await,
+            Ok(Ok(_))
+        );
+        reachable.then(|| endpoint.clone())
+    });
+    let reachable: Vec<String> = futures_util::future::join_all(probes).await.into_iter().flatten().collect();
+    let endpoints = if reachable.is_empty() { endpoints.to_vec() } else { reachable };
     let options = ConnectOptions::new()
         .with_require_leader(true)
         .with_connect_timeout(REQUEST_TIMEOUT)

@@ -115,7 +115,7 @@ async fn authenticate(State(ctl): State<Arc<Controller>>, request: Request, next
 }
 
 async fn snapshot(ctl: &Controller) -> ApiResult<Snapshot> {
-    let mut client = ctl.client.clone();
+    let mut client = ctl.client();
     Snapshot::read(&mut client, &ctl.keys).await.map_err(ApiError::etcd)
 }
 
@@ -131,7 +131,7 @@ async fn leader(State(ctl): State<Arc<Controller>>) -> ApiResult {
 }
 
 async fn read_leader(ctl: &Controller) -> ApiResult<Option<LeaderRecord>> {
-    let mut client = ctl.client.clone();
+    let mut client = ctl.client();
     let got = tokio::time::timeout(REQUEST_TIMEOUT, client.get(ctl.keys.leader(), None))
         .await
         .map_err(|_| ApiError::etcd("no answer in time"))?
@@ -158,7 +158,7 @@ async fn read_spec(ctl: &Controller, name: &str) -> ApiResult<Option<(SpecRecord
     if !keys::is_valid_id(name) {
         return Ok(None);
     }
-    let mut client = ctl.client.clone();
+    let mut client = ctl.client();
     let got = tokio::time::timeout(REQUEST_TIMEOUT, client.get(ctl.keys.spec(name), None))
         .await
         .map_err(|_| ApiError::etcd("no answer in time"))?
@@ -217,7 +217,7 @@ async fn put_spec(
             Some((_, revision)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *revision),
             None => Compare::version(key.clone(), CompareOp::Equal, 0),
         };
-        let mut client = ctl.client.clone();
+        let mut client = ctl.client();
         let ops = vec![TxnOp::put(key, json(&record), None)];
         match store::commit(&mut client, vec![fence.compare(), unchanged], ops).await {
             Outcome::Committed(_) => {
@@ -237,7 +237,7 @@ async fn put_spec(
 }
 
 async fn artifact_known(ctl: &Controller, sha256: &str) -> ApiResult<bool> {
-    let mut client = ctl.client.clone();
+    let mut client = ctl.client();
     let got = tokio::time::timeout(REQUEST_TIMEOUT, client.get(ctl.keys.artifact(sha256), None))
         .await
         .map_err(|_| ApiError::etcd("no answer in time"))?
@@ -262,7 +262,7 @@ async fn delete_spec(
             return Err(ApiError::module_not_found(&name));
         };
         let key = ctl.keys.spec(&name);
-        let mut client = ctl.client.clone();
+        let mut client = ctl.client();
         let compares = vec![fence.compare(), Compare::mod_revision(key.clone(), CompareOp::Equal, revision)];
         match store::commit(&mut client, compares, vec![TxnOp::delete(key, None)]).await {
             Outcome::Committed(_) => {
@@ -354,7 +354,7 @@ async fn push_artifact(
         let fence =
             ctl.leadership.fence().ok_or_else(|| ApiError::no_leader("this controller stopped leading"))?;
         let record = ArtifactRecord { sha256: sha256.clone(), size, pushed_ms: now_ms() };
-        let mut client = ctl.client.clone();
+        let mut client = ctl.client();
         let compares = vec![fence.compare(), Compare::version(key.clone(), CompareOp::Equal, 0)];
         match store::commit(&mut client, compares, vec![TxnOp::put(key.clone(), json(&record), None)]).await {
             Outcome::Committed(_) => {

@@ -139,8 +139,12 @@ pub(crate) async fn mirror(ctl: Arc<Controller>) {
             _ = ctl.kick_artifacts.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
-        let mut client = ctl.client.clone();
-        let Ok(snapshot) = Snapshot::read(&mut client, &ctl.keys).await else { continue };
+        let mut client = ctl.client();
+        let Ok(snapshot) = Snapshot::read(&mut client, &ctl.keys).await else {
+            // Every controller runs this loop: a standby's client gets refreshed here too.
+            ctl.reconnect().await;
+            continue;
+        };
         for sha in snapshot.artifacts.keys().filter(|sha| is_sha256(sha) && !ctl.store.has(sha)) {
             let sources = sources(&ctl, &snapshot, sha);
             let ctl2 = ctl.clone();

@@ -102,13 +102,14 @@ pub(crate) async fn run(ctl: Arc<Controller>) {
         let outcome = session(&ctl).await;
         if let Err(e) = outcome {
             ctl.say(&format!("etcd session ended: {e:#}; retrying"));
+            ctl.reconnect().await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 async fn session(ctl: &Controller) -> anyhow::Result<()> {
-    let mut client = ctl.client.clone();
+    let mut client = ctl.client();
     let granted_at = Instant::now();
     let lease = tokio::time::timeout(REQUEST_TIMEOUT, client.lease_grant(LEASE_TTL_SECS, None)).await??.id();
     ctl.leadership.renewed(granted_at + Duration::from_secs(LEASE_TTL_SECS as u64));
@@ -156,7 +157,7 @@ async fn session(ctl: &Controller) -> anyhow::Result<()> {
         r = campaigns => r,
     };
     ctl.leadership.step_down("the lease was lost");
-    let mut client = ctl.client.clone();
+    let mut client = ctl.client();
     let _ = tokio::time::timeout(Duration::from_millis(500), client.lease_revoke(lease)).await;
     result
 }
@@ -164,7 +165,7 @@ async fn session(ctl: &Controller) -> anyhow::Result<()> {
 /// Campaigns while the session lives: leads until deposed, or waits for the leader key to go.
 async fn campaign(ctl: &Controller, lease: i64) -> anyhow::Result<()> {
     let key = ctl.keys.leader();
-    let mut client = ctl.client.clone();
+    let mut client = ctl.client();
     let mut announced: Option<String> = None;
     loop {
         let record = serde_json::to_string(&LeaderRecord {
@@ -217,7 +218,7 @@ async fn campaign(ctl: &Controller, lease: i64) -> anyhow::Result<()> {
 /// Returns when the leader key is deleted after `revision` (or the watch breaks: the caller
 /// campaigns again, which reads the key afresh).
 async fn wait_for_delete(ctl: &Controller, key: &str, revision: i64) {
-    let mut client = ctl.client.clone();
+    let mut client = ctl.client();
     let options = WatchOptions::new().with_start_revision(revision + 1);
     let Ok(mut stream) = client.watch(key, Some(options)).await else {
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -181,13 +181,14 @@ pub(crate) async fn run(ctl: Arc<Controller>) {
         let Some(fence) = ctl.leadership.fence() else { continue };
         if let Err(e) = pass(&ctl, &fence).await {
             ctl.say(&format!("reconcile pass failed: {e}"));
+            ctl.reconnect().await;
         }
     }
 }
 
 /// One pass: read, plan, write the diff.
 pub(crate) async fn pass(ctl: &Controller, fence: &Fence) -> Result<(), etcd_client::Error> {
-    let mut client = ctl.client.clone();
+    let mut client = ctl.client();
     let snapshot = Snapshot::read(&mut client, &ctl.keys).await?;
     if snapshot.leader.as_ref().map(|(_, term)| *term) != Some(fence.term) {
         ctl.leadership.step_down("the leader key is not this term's");
@@ -240,7 +241,7 @@ pub(crate) async fn watch(ctl: Arc<Controller>) {
     let planned = [keys.specs(), keys.bases(), keys.statuses(), keys.assignments(), keys.leader()];
     let mirrored = [keys.artifacts(), keys.controllers()];
     loop {
-        let mut client = ctl.client.clone();
+        let mut client = ctl.client();
         let Ok(mut stream) = client.watch(keys.prefix(), Some(WatchOptions::new().with_prefix())).await
         else {
             tokio::time::sleep(Duration::from_millis(200)).await;
