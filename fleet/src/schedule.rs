@@ -397,7 +397,6 @@ mod tests {
     use super::*;
     use crate::model::{Capacity, ModuleStatus, Spec};
 
-
     fn base(id: &str, labels: &[(&str, &str)], memory_mib: u64, max_modules: u32) -> BaseRecord {
         BaseRecord {
             id: id.to_owned(),
