@@ -229,8 +229,22 @@ fn wait_serving(
     let start = Instant::now();
     let mut unschedulable_since: Option<Instant> = None;
     let mut last: Option<ModuleView> = None;
+    let mut last_error: Option<ClientError> = None;
     while start.elapsed() < timeout {
-        let status = client.status(Some(&spec.name))?;
+        let status = match client.status(Some(&spec.name)) {
+            Ok(status) => {
+                last_error = None;
+                status
+            }
+            // etcd or the leader briefly away (an election, a restart): ask again until the
+            // deadline.
+            Err(e) if transient(&e) => {
+                last_error = Some(e);
+                std::thread::sleep(WAIT_POLL);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let Some(view) = status.modules.into_iter().find(|m| m.name == spec.name) {
             let current = view.generation >= applied.generation && view.version == spec.version;
             if current && view.state == "placed" && view.ready >= view.wanted {
@@ -292,10 +306,27 @@ fn wait_serving(
         }
         None => "the controller does not list it yet".to_owned(),
     };
+    let summary = match &last_error {
+        Some(e) => format!("{summary}; last asked: {e}"),
+        None => summary,
+    };
     Err(local(
         "WAIT_TIMEOUT",
         format!("{}@{} after {} s: {summary}", spec.name, spec.version, timeout.as_secs()),
     ))
+}
+
+/// An error `--wait` outlives: the controller unreachable, etcd unavailable, no leader, the
+/// leader unreachable from a standby.
+fn transient(e: &ClientError) -> bool {
+    match e {
+        ClientError::Unreachable { .. } => true,
+        ClientError::Api { status, code, .. } => {
+            matches!(*status, 502..=504)
+                || matches!(code.as_str(), "ETCD_UNAVAILABLE" | "NO_LEADER" | "LEADER_UNREACHABLE")
+        }
+        ClientError::Protocol { .. } => false,
+    }
 }
 
 /// Pushes unless the fleet already has the bytes (a `HEAD` first: no transfer for known ones).
@@ -600,6 +631,22 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn wait_outlives_transient_errors_only() {
+        let api = |status: u16, code: &str| ClientError::Api {
+            status,
+            code: code.to_owned(),
+            message: String::new(),
+        };
+        assert!(transient(&api(503, "ETCD_UNAVAILABLE")));
+        assert!(transient(&api(503, "NO_LEADER")));
+        assert!(transient(&api(502, "LEADER_UNREACHABLE")));
+        assert!(transient(&ClientError::Unreachable { url: "u".into(), message: "refused".into() }));
+        assert!(!transient(&api(401, "UNAUTHORIZED")));
+        assert!(!transient(&api(404, "MODULE_NOT_FOUND")));
+        assert!(!transient(&ClientError::Protocol { url: "u".into(), message: "junk".into() }));
+    }
     use crate::model::{BaseRecord, BaseStatus, Capacity, ReplicaView, Resources, UnmanagedView};
 
     fn replica(base: &str, state: &str, serving: bool, reason: Option<&str>) -> ReplicaView {

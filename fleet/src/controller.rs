@@ -78,7 +78,10 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         .thread_name("pedestal-controller")
         .build()
         .context("starting the controller's runtime")?;
-    runtime.block_on(serve(args, token))
+    let outcome = runtime.block_on(serve(args, token));
+    // A blocking fetch in flight does not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    outcome
 }
 
 async fn serve(args: ControllerArgs, token: String) -> anyhow::Result<ExitCode> {
@@ -112,25 +115,43 @@ async fn serve(args: ControllerArgs, token: String) -> anyhow::Result<ExitCode> 
     });
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(election::run(controller.clone()));
-    tasks.spawn(reconcile::run(controller.clone()));
-    tasks.spawn(reconcile::watch(controller.clone()));
-    tasks.spawn(artifacts::mirror(controller.clone()));
+    let mut names = std::collections::HashMap::new();
+    names.insert(tasks.spawn(election::run(controller.clone())).id(), "election");
+    names.insert(tasks.spawn(reconcile::run(controller.clone())).id(), "reconcile");
+    names.insert(tasks.spawn(reconcile::watch(controller.clone())).id(), "watch");
+    names.insert(tasks.spawn(artifacts::mirror(controller.clone())).id(), "artifact mirror");
 
     let app = api::router(controller.clone());
     println!("pedestal controller ready: api http://{addr} id {id}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving the fleet API")?;
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    // Every task runs forever: one that ends (or panics) would leave, say, a leader that no
+    // longer reconciles. The process exits instead, and its manager starts it again.
+    let code = tokio::select! {
+        served = server => match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                controller.say(&format!("the fleet API stopped: {e}; exiting"));
+                ExitCode::FAILURE
+            }
+        },
+        Some(ended) = tasks.join_next_with_id() => {
+            let (name, how) = match &ended {
+                Ok((id, ())) => (names.get(id).copied(), "ended".to_owned()),
+                Err(e) if e.is_panic() => (names.get(&e.id()).copied(), "panicked".to_owned()),
+                Err(e) => (names.get(&e.id()).copied(), format!("failed: {e}")),
+            };
+            controller.say(&format!("the {} task {how}; exiting", name.unwrap_or("?")));
+            ExitCode::FAILURE
+        }
+    };
 
     tasks.abort_all();
     let mut client = controller.client();
     controller.leadership.resign(&mut client).await;
     controller.say("stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// What every part of a running controller shares.

@@ -71,7 +71,10 @@ pub fn place(
         let spec = &record.spec;
         let need = needs[name.as_str()];
         let on = chosen.entry(name.as_str()).or_default();
-        let matching: Vec<&BaseRecord> = bases.values().filter(|b| matches(spec, b).is_ok()).collect();
+        // Bases are named by their key's id throughout (`loads`, `chosen`, the plan), never by
+        // the record's own `id` field, so a record disagreeing with its key cannot miss a load.
+        let matching: Vec<(&str, &BaseRecord)> =
+            bases.iter().map(|(id, b)| (id.as_str(), b)).filter(|(_, b)| matches(spec, b).is_ok()).collect();
         let wanted = if spec.peer { matching.len() as u32 } else { spec.replicas.unwrap_or(0) };
 
         // Scale down: drop kept replicas beyond what is wanted, the most loaded first.
@@ -96,33 +99,33 @@ pub fn place(
         // Scale up: the best bases with room, one replica each.
         let mut unfit = Unfit::default();
         if (on.len() as u32) < wanted {
-            let mut candidates: Vec<&BaseRecord> = Vec::new();
-            for base in &matching {
-                if on.contains(base.id.as_str()) {
+            let mut candidates: Vec<(&str, &BaseRecord)> = Vec::new();
+            for &(id, base) in &matching {
+                if on.contains(id) {
                     continue;
                 }
-                match loads[base.id.as_str()].room_for(base, need) {
-                    Ok(()) => candidates.push(base),
+                match loads[id].room_for(base, need) {
+                    Ok(()) => candidates.push((id, base)),
                     Err(why) => unfit.count(why),
                 }
             }
-            candidates.sort_by(|a, b| {
-                let (la, lb) = (&loads[a.id.as_str()], &loads[b.id.as_str()]);
+            candidates.sort_by(|&(ia, a), &(ib, b)| {
+                let (la, lb) = (&loads[ia], &loads[ib]);
                 match spec.placement {
                     Placement::Spread => la
                         .modules
                         .cmp(&lb.modules)
                         .then_with(|| lb.free_memory(b).cmp(&la.free_memory(a)))
-                        .then_with(|| a.id.cmp(&b.id)),
-                    Placement::Pack => lb.modules.cmp(&la.modules).then_with(|| a.id.cmp(&b.id)),
+                        .then_with(|| ia.cmp(ib)),
+                    Placement::Pack => lb.modules.cmp(&la.modules).then_with(|| ia.cmp(ib)),
                 }
             });
-            for base in candidates.into_iter().take(wanted as usize - on.len()) {
-                on.insert(base.id.as_str());
-                loads.get_mut(base.id.as_str()).expect("a load per base").add(need);
+            for (id, _) in candidates.into_iter().take(wanted as usize - on.len()) {
+                on.insert(id);
+                loads.get_mut(id).expect("a load per base").add(need);
             }
         }
-        for base in bases.values().filter(|b| !on.contains(b.id.as_str())) {
+        for (_, base) in bases.iter().filter(|(id, _)| !on.contains(id.as_str())) {
             if let Err(why) = matches(spec, base) {
                 unfit.count(why);
             }
@@ -176,16 +179,22 @@ pub fn place(
     plan
 }
 
-/// What one replica of `record`'s module needs: the largest measured on any base, else declared.
+/// What one replica of `record`'s module needs, per field: the largest measured on any base
+/// when that is above 0, else the declared `resources`. A measured 0 means no measurement (a
+/// missing heap sample; a module that has run has some heap) or an idle moment (CPU), never
+/// that the module needs nothing, so it does not replace what the spec declares.
 pub fn need(record: &SpecRecord, statuses: &BTreeMap<String, BaseStatus>) -> Resources {
     let measured = statuses.values().flat_map(|s| &s.modules).filter(|m| m.name == record.spec.name);
-    let mut need: Option<Resources> = None;
+    let (mut memory_bytes, mut cpu_millis) = (0, 0);
     for module in measured {
-        let n = need.get_or_insert(Resources { memory_bytes: 0, cpu_millis: 0 });
-        n.memory_bytes = n.memory_bytes.max(module.heap_bytes);
-        n.cpu_millis = n.cpu_millis.max(module.cpu_millis);
+        memory_bytes = memory_bytes.max(module.heap_bytes);
+        cpu_millis = cpu_millis.max(module.cpu_millis);
     }
-    need.unwrap_or(record.spec.resources)
+    let declared = record.spec.resources;
+    Resources {
+        memory_bytes: if memory_bytes > 0 { memory_bytes } else { declared.memory_bytes },
+        cpu_millis: if cpu_millis > 0 { cpu_millis } else { declared.cpu_millis },
+    }
 }
 
 /// What `base` uses by the need rules: its assignments' needs plus its unmanaged modules'
@@ -326,7 +335,7 @@ impl Unfit {
         }
     }
 
-    /// `2 of 3 replicas placed: 5 bases match tier=web; 3 lack memory (need 64.0 MiB)`.
+    /// `2 of 3 replicas placed: 5 bases match tier=web; 3 lack memory (need 64 MiB)`.
     fn reason(
         &self,
         placed: u32,
@@ -361,11 +370,17 @@ impl Unfit {
                 plural(self.max_modules, "is", "are")
             ));
         }
+        // The need is rounded up coarsely (whole MiB, tens of millicores): it may be measured,
+        // and a reason that moved with every status report would rewrite the placement.
         if self.memory > 0 {
-            parts.push(format!("{} lack memory (need {})", self.memory, mib(need.memory_bytes)));
+            parts.push(format!("{} lack memory (need {} MiB)", self.memory, need.memory_bytes.div_ceil(MIB)));
         }
         if self.cpu > 0 {
-            parts.push(format!("{} lack CPU (need {} millicores)", self.cpu, need.cpu_millis));
+            parts.push(format!(
+                "{} lack CPU (need {} millicores)",
+                self.cpu,
+                need.cpu_millis.div_ceil(10) * 10
+            ));
         }
         format!("{head}: {}", parts.join("; "))
     }
@@ -375,16 +390,12 @@ fn plural<'a>(n: u32, one: &'a str, many: &'a str) -> &'a str {
     if n == 1 { one } else { many }
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
+const MIB: u64 = 1 << 20;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{Capacity, ModuleStatus, Spec};
-
-    const MIB: u64 = 1 << 20;
 
     fn base(id: &str, labels: &[(&str, &str)], memory_mib: u64, max_modules: u32) -> BaseRecord {
         BaseRecord {
@@ -532,7 +543,7 @@ mod tests {
         assert!(hosts(&plan, "c").is_empty());
         assert_eq!(
             plan.placements["c"].reason.as_deref(),
-            Some("0 of 1 replicas placed: 1 base matches no selector; 1 lack memory (need 40.0 MiB)")
+            Some("0 of 1 replicas placed: 1 base matches no selector; 1 lack memory (need 40 MiB)")
         );
     }
 
@@ -675,5 +686,46 @@ mod tests {
         let plan = place(&specs(vec![v2]), &b, &BTreeMap::new(), &plan.assignments);
         assert_eq!(hosts(&plan, "a"), ["b1", "b2"]);
         assert!(plan.assignments.values().all(|m| m["a"].version == "2.0.0" && m["a"].generation == 2));
+    }
+
+    #[test]
+    fn a_measured_zero_keeps_the_declared_need() {
+        let a = spec("a", Some(1));
+        let mut idle = running("b1", "a", 0, true);
+        idle.modules[0].cpu_millis = 0;
+        let statuses = by_id(vec![idle], |s| s.base_id.clone());
+        assert_eq!(need(&a, &statuses), a.spec.resources, "0 heap and idle CPU: declared");
+
+        let mut busy = running("b1", "a", 0, true);
+        busy.modules[0].cpu_millis = 300;
+        let statuses = by_id(vec![busy, running("b2", "a", 70 * MIB, true)], |s| s.base_id.clone());
+        assert_eq!(need(&a, &statuses), Resources { memory_bytes: 70 * MIB, cpu_millis: 300 }, "per field");
+    }
+
+    #[test]
+    fn an_unschedulable_reason_does_not_move_with_small_measurements() {
+        let b = bases(vec![base("b1", &[], 100, 8)]);
+        let mut filler = spec("filler", Some(1));
+        filler.spec.resources.memory_bytes = 90 * MIB;
+        let current = BTreeMap::from([(
+            "b1".to_owned(),
+            place_fresh(&specs(vec![filler.clone()]), &b).assignments["b1"].clone(),
+        )]);
+        let reason = |heap: u64| {
+            let statuses = by_id(vec![running("b2", "a", heap, true)], |s| s.base_id.clone());
+            let plan = place(&specs(vec![filler.clone(), spec("a", Some(1))]), &b, &statuses, &current);
+            plan.placements["a"].reason.clone().expect("unschedulable")
+        };
+        assert_eq!(reason(40 * MIB + 1000), reason(40 * MIB + 9000));
+        assert!(reason(40 * MIB + 1000).ends_with("1 lack memory (need 41 MiB)"), "{}", reason(40 * MIB + 1));
+    }
+
+    #[test]
+    fn a_base_record_naming_another_id_than_its_key_does_not_panic() {
+        let mut odd = base("b1", &[], 1024, 8);
+        odd.id = "elsewhere".into();
+        let b = BTreeMap::from([("b1".to_owned(), odd)]);
+        let plan = place_fresh(&specs(vec![spec("a", Some(1))]), &b);
+        assert_eq!(hosts(&plan, "a"), ["b1"], "placed by the key's id");
     }
 }

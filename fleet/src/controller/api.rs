@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     body::{Body, Bytes},
-    extract::{DefaultBodyLimit, Path, Query, Request, State},
+    extract::{DefaultBodyLimit, Path, Query, Request, State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq as _;
 
 use super::{
     Controller,
-    artifacts::{self, is_sha256},
+    artifacts::is_sha256,
     reconcile::{Snapshot, json},
 };
 use crate::{
@@ -47,9 +47,12 @@ pub(crate) fn router(ctl: Arc<Controller>) -> Router {
         .route("/api/v1/leader", get(leader))
         .route("/api/v1/controllers", get(controllers))
         .route("/api/v1/specs", get(list_specs))
-        .route("/api/v1/specs/{name}", get(get_spec).put(put_spec).delete(delete_spec))
+        .route(
+            "/api/v1/specs/{name}",
+            get(get_spec).put(put_spec).delete(delete_spec).layer(DefaultBodyLimit::max(MAX_SPEC_BYTES)),
+        )
         .route("/api/v1/artifacts", post(push_artifact))
-        .route("/api/v1/artifacts/{sha256}", get(get_artifact))
+        .route("/api/v1/artifacts/{sha256}", get(get_artifact).head(head_artifact))
         .route("/api/v1/status", get(status))
         .route("/api/v1/bases", get(bases))
         .route("/api/v1/endpoints/{module}", get(endpoints))
@@ -171,8 +174,14 @@ async fn put_spec(
     Path(name): Path<String>,
     method: Method,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
+    let too_large =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "a spec is at most 1 MiB");
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", format!("reading the spec: {e}")),
+    })?;
     if ctl.leadership.fence().is_none() {
         return forward(
             &ctl,
@@ -184,11 +193,7 @@ async fn put_spec(
         .await;
     }
     if body.len() > MAX_SPEC_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PAYLOAD_TOO_LARGE",
-            "a spec is at most 1 MiB",
-        ));
+        return Err(too_large());
     }
     let spec: Spec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("the spec does not parse: {e}")))?;
@@ -316,23 +321,42 @@ async fn push_artifact(
     let internal = |e: std::io::Error| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("the artifact store: {e}"))
     };
-    let mut receiver = ctl.store.receiver().map_err(internal)?;
+    // File work runs on the blocking pool, in writes of about a MiB, never on the runtime.
+    let store = ctl.clone();
+    let mut receiver = blocking(move || store.store.receiver()).await.map_err(internal)?;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut size = 0u64;
+    loop {
+        let chunk = stream.next().await.transpose().map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", format!("reading the upload: {e}"))
         })?;
-        if receiver.size() + chunk.len() as u64 > ctl.max_upload_bytes {
-            return Err(too_large());
+        if let Some(chunk) = &chunk {
+            size += chunk.len() as u64;
+            if size > ctl.max_upload_bytes {
+                return Err(too_large());
+            }
+            buffer.extend_from_slice(chunk);
         }
-        receiver.write(&chunk).map_err(internal)?;
+        if !buffer.is_empty() && (chunk.is_none() || buffer.len() >= WRITE_BYTES) {
+            let bytes = std::mem::take(&mut buffer);
+            receiver = blocking(move || receiver.write(&bytes).map(|()| receiver)).await.map_err(internal)?;
+        }
+        if chunk.is_none() {
+            break;
+        }
     }
-    let received = receiver.finish().map_err(internal)?;
+    let received = blocking(move || receiver.finish()).await.map_err(internal)?;
     if let Some(expected) = &query.sha256
         && *expected != received.sha256
     {
         let actual = received.sha256.clone();
-        ctl.store.discard(received);
+        let store = ctl.clone();
+        let _ = blocking(move || {
+            store.store.discard(received);
+            Ok(())
+        })
+        .await;
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "SHA256_MISMATCH",
@@ -340,7 +364,8 @@ async fn push_artifact(
         ));
     }
     let (sha256, size) = (received.sha256.clone(), received.size);
-    let stored = ctl.store.keep(received).map_err(internal)?;
+    let store = ctl.clone();
+    let stored = blocking(move || store.store.keep(received)).await.map_err(internal)?;
 
     if ctl.leadership.fence().is_none() {
         let path = format!("/api/v1/artifacts?sha256={sha256}");
@@ -370,7 +395,22 @@ async fn push_artifact(
     Err(ApiError::no_leader("this controller stopped leading; push again"))
 }
 
-async fn get_artifact(State(ctl): State<Arc<Controller>>, Path(sha256): Path<String>) -> ApiResult {
+/// Writes to an artifact's temporary file are gathered to about this size.
+const WRITE_BYTES: usize = 1 << 20;
+/// A streamed artifact is read in pieces of this size.
+const READ_BYTES: usize = 64 << 10;
+
+/// Runs file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+/// The artifact's size, when the fleet knows it (its `artifacts/<sha>` record exists: a push
+/// whose record was never written is not known, so the CLI pushes again) and this controller
+/// holds its bytes.
+async fn known_artifact(ctl: &Controller, sha256: &str) -> ApiResult<u64> {
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -378,11 +418,58 @@ async fn get_artifact(State(ctl): State<Arc<Controller>>, Path(sha256): Path<Str
             format!("this controller has no artifact {sha256}"),
         )
     };
-    let (_, size) = artifacts::open(&ctl.store, &sha256).ok_or_else(not_found)?;
-    let bytes = tokio::fs::read(ctl.store.path(&sha256)).await.map_err(|_| not_found())?;
-    debug_assert_eq!(bytes.len() as u64, size);
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))], bytes)
-        .into_response())
+    if !is_sha256(sha256) {
+        return Err(not_found());
+    }
+    let metadata = tokio::fs::metadata(ctl.store.path(sha256)).await.map_err(|_| not_found())?;
+    if !metadata.is_file() || !artifact_known(ctl, sha256).await? {
+        return Err(not_found());
+    }
+    Ok(metadata.len())
+}
+
+fn artifact_headers(size: u64) -> [(header::HeaderName, HeaderValue); 2] {
+    [
+        (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+        (header::CONTENT_LENGTH, HeaderValue::from(size)),
+    ]
+}
+
+/// `HEAD /api/v1/artifacts/{sha256}`: from the record and the file's metadata, no bytes read.
+async fn head_artifact(State(ctl): State<Arc<Controller>>, Path(sha256): Path<String>) -> ApiResult {
+    let size = known_artifact(&ctl, &sha256).await?;
+    Ok((artifact_headers(size), Body::empty()).into_response())
+}
+
+/// `GET /api/v1/artifacts/{sha256}`: the bytes, streamed from the file.
+async fn get_artifact(State(ctl): State<Arc<Controller>>, Path(sha256): Path<String>) -> ApiResult {
+    let size = known_artifact(&ctl, &sha256).await?;
+    let file = tokio::fs::File::open(ctl.store.path(&sha256)).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ARTIFACT_NOT_FOUND",
+            format!("this controller has no artifact {sha256}"),
+        )
+    })?;
+    Ok((artifact_headers(size), Body::from_stream(file_stream(file))).into_response())
+}
+
+/// A file's bytes as a stream of pieces; ends after the first error.
+fn file_stream(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buffer = vec![0; READ_BYTES];
+        match tokio::io::AsyncReadExt::read(&mut file, &mut buffer).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buffer.truncate(n);
+                Some((Ok(Bytes::from(buffer)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
 }
 
 #[derive(Deserialize)]
@@ -648,5 +735,18 @@ mod tests {
         check(|s| s["url"] = json!("ftp://x"), Some("http:// or https://"));
         check(|s| s["interface_version"] = json!("x"), Some("interface_version"));
         check(|s| s["url"] = json!("https://example.com/a.so"), None);
+    }
+
+    #[tokio::test]
+    async fn an_artifact_streams_whole() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("a.so");
+        let bytes: Vec<u8> = (0..(3 * READ_BYTES + 17)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).expect("written");
+        let file = tokio::fs::File::open(&path).await.expect("opened");
+        let pieces: Vec<Bytes> =
+            file_stream(file).map(|piece| piece.expect("read")).collect::<Vec<_>>().await;
+        assert_eq!(pieces.len(), 4);
+        assert_eq!(pieces.concat(), bytes);
     }
 }

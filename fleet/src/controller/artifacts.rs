@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -214,17 +214,6 @@ fn fetch(ctl: &Controller, sha: &str, url: &str) -> anyhow::Result<()> {
     }
     ctl.store.keep(received)?;
     Ok(())
-}
-
-/// Reads a stored artifact (for `GET /api/v1/artifacts/{sha}`).
-pub(crate) fn open(store: &ArtifactStore, sha: &str) -> Option<(std::fs::File, u64)> {
-    if !is_sha256(sha) {
-        return None;
-    }
-    let path: &Path = &store.path(sha);
-    let file = std::fs::File::open(path).ok()?;
-    let size = file.metadata().ok()?.len();
-    Some((file, size))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! as it is deleted.
 
 use std::{
+    collections::VecDeque,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -123,16 +124,21 @@ async fn session(ctl: &Controller) -> anyhow::Result<()> {
     let keepalive = async {
         let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending = Unanswered::default();
         loop {
             tick.tick().await;
-            let sent = Instant::now();
+            pending.sent(Instant::now());
             let answered = match keeper.keep_alive().await {
                 Ok(()) => tokio::time::timeout(KEEPALIVE_EVERY * 2, answers.message()).await,
                 Err(e) => Ok(Err(e)),
             };
             match answered {
                 Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
-                    ctl.leadership.renewed(sent + Duration::from_secs(answer.ttl() as u64));
+                    // Answers come back in order: this one is for the oldest send not yet
+                    // answered (a late answer is never credited to a newer send).
+                    if let Some(until) = pending.answered(Duration::from_secs(answer.ttl() as u64)) {
+                        ctl.leadership.renewed(until);
+                    }
                 }
                 Ok(Ok(Some(_))) => anyhow::bail!("lease {lease:x} expired"),
                 Ok(Ok(None)) => anyhow::bail!("the keep-alive stream closed"),
@@ -200,6 +206,19 @@ async fn campaign(ctl: &Controller, lease: i64) -> anyhow::Result<()> {
             // every controller (this one with a new lease) campaigns afresh.
             return Ok(());
         }
+        let held = response.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| (kv.lease(), kv.create_revision())),
+            _ => None,
+        });
+        if let Some(term) = held.and_then(|(held_lease, created)| our_term(held_lease, created, lease)) {
+            // An earlier campaign of this session committed but its answer was lost (a
+            // timeout, a broken connection): the key is ours, under our live lease.
+            ctl.leadership.lead(Fence { key: key.clone(), term });
+            ctl.say(&format!("leading (term {term}; an earlier campaign's answer was lost)"));
+            ctl.kick.notify_one();
+            ctl.leadership.deposed().await;
+            return Ok(());
+        }
         let leader = response.op_responses().into_iter().find_map(|op| match op {
             TxnOpResponse::Get(get) => {
                 get.kvs().first().and_then(|kv| serde_json::from_slice::<LeaderRecord>(kv.value()).ok())
@@ -212,6 +231,37 @@ async fn campaign(ctl: &Controller, lease: i64) -> anyhow::Result<()> {
             announced = Some(leader_id);
         }
         wait_for_delete(ctl, &key, revision).await;
+    }
+}
+
+/// The term of a leader key this session holds: one put under `lease` (this session's, which
+/// only this session's campaigns use) was a campaign of ours that committed. A key left by an
+/// earlier session of this controller holds another lease, soon revoked or expired: not ours.
+fn our_term(held_lease: i64, create_revision: i64, lease: i64) -> Option<i64> {
+    (held_lease == lease && lease != 0).then_some(create_revision)
+}
+
+/// The send times of keep-alives not yet answered, oldest first.
+#[derive(Debug, Default)]
+struct Unanswered {
+    sends: VecDeque<Instant>,
+}
+
+impl Unanswered {
+    /// At most this many sends are remembered (the lease is long expired by then).
+    const MAX: usize = 64;
+
+    fn sent(&mut self, at: Instant) {
+        if self.sends.len() == Self::MAX {
+            self.sends.pop_back();
+        }
+        self.sends.push_back(at);
+    }
+
+    /// An answer granting `ttl` arrived: the lease lives at least `ttl` past the oldest
+    /// unanswered send (never overestimated).
+    fn answered(&mut self, ttl: Duration) -> Option<Instant> {
+        self.sends.pop_front().map(|sent| sent + ttl)
     }
 }
 
@@ -237,5 +287,41 @@ async fn wait_for_delete(ctl: &Controller, key: &str, revision: i64) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_answer_is_credited_to_the_oldest_send() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(2);
+        let mut pending = Unanswered::default();
+        pending.sent(t0);
+        // No answer in time; another send; then the late answer to the first arrives.
+        pending.sent(t0 + Duration::from_secs(1));
+        assert_eq!(pending.answered(ttl), Some(t0 + ttl));
+        assert_eq!(pending.answered(ttl), Some(t0 + Duration::from_secs(1) + ttl));
+        assert_eq!(pending.answered(ttl), None);
+    }
+
+    #[test]
+    fn unanswered_sends_are_bounded_and_keep_the_oldest() {
+        let t0 = Instant::now();
+        let mut pending = Unanswered::default();
+        for i in 0..100 {
+            pending.sent(t0 + Duration::from_millis(i));
+        }
+        assert_eq!(pending.sends.len(), Unanswered::MAX);
+        assert_eq!(pending.answered(Duration::ZERO), Some(t0));
+    }
+
+    #[test]
+    fn a_leader_key_under_this_sessions_lease_is_ours() {
+        assert_eq!(our_term(7, 42, 7), Some(42));
+        assert_eq!(our_term(8, 42, 7), None, "another session's lease");
+        assert_eq!(our_term(0, 42, 0), None, "no lease at all");
     }
 }

@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
@@ -27,6 +27,13 @@ use crate::{
 
 /// etcd refuses transactions of more than 128 operations by default.
 const MAX_OPS_PER_TXN: usize = 120;
+/// A transaction's keys and values stay under this (etcd refuses requests over 1.5 MiB by
+/// default).
+const MAX_BYTES_PER_TXN: usize = 1 << 20;
+/// The least time from the end of one pass to the start of the next: bases report every two
+/// seconds each, so at 100 bases the status events alone would otherwise run a full read
+/// 50 times a second.
+const MIN_PASS_INTERVAL: Duration = Duration::from_millis(100);
 /// How long changes gather before a pass.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// A pass at least this often, changes or not.
@@ -90,9 +97,21 @@ impl Snapshot {
         } else if let Some(sha) = Keys::leaf(key, &keys.artifacts()) {
             parse(value).map(|a| self.artifacts.insert(sha.to_owned(), a));
         } else if let Some(id) = Keys::leaf(key, &keys.bases()) {
-            parse(value).map(|b| self.bases.insert(id.to_owned(), b));
+            if let Some(base) = parse::<BaseRecord>(value) {
+                if base.id == id {
+                    self.bases.insert(id.to_owned(), base);
+                } else {
+                    mismatched(key, &base.id);
+                }
+            }
         } else if let Some(id) = Keys::leaf(key, &keys.statuses()) {
-            parse(value).map(|s| self.statuses.insert(id.to_owned(), s));
+            if let Some(status) = parse::<BaseStatus>(value) {
+                if status.base_id == id {
+                    self.statuses.insert(id.to_owned(), status);
+                } else {
+                    mismatched(key, &status.base_id);
+                }
+            }
         } else if let Some(rest) = key.strip_prefix(&keys.assignments()) {
             self.assignment_keys.insert(key.to_owned());
             if let Some((base, module)) = rest.split_once('/')
@@ -110,6 +129,16 @@ impl Snapshot {
     /// The plan for this snapshot.
     pub(crate) fn plan(&self) -> Plan {
         schedule::place(&self.specs, &self.bases, &self.statuses, &self.assignments)
+    }
+}
+
+/// A base's record or status naming another base than its key is skipped (everything is
+/// keyed by the key's id): said once per key and id, not on every read.
+fn mismatched(key: &str, id: &str) {
+    static SAID: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if said.len() < 10_000 && said.insert((key.to_owned(), id.to_owned())) {
+        eprintln!("pedestal controller: ignoring {key}: its record names base {id:?}, not its key's");
     }
 }
 
@@ -166,6 +195,28 @@ pub(crate) fn diff(keys: &Keys, snapshot: &Snapshot, plan: &Plan, now: u64) -> V
     changes
 }
 
+/// `changes` cut into transactions of at most [`MAX_OPS_PER_TXN`] operations and about
+/// [`MAX_BYTES_PER_TXN`] of keys and values (a single larger change goes alone).
+pub(crate) fn chunks(changes: &[Change]) -> Vec<&[Change]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, change) in changes.iter().enumerate() {
+        let size = match change {
+            Change::Put(key, value) => key.len() + value.len(),
+            Change::Delete(key) => key.len(),
+        };
+        if i > start && (i - start == MAX_OPS_PER_TXN || bytes + size > MAX_BYTES_PER_TXN) {
+            out.push(&changes[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < changes.len() {
+        out.push(&changes[start..]);
+    }
+    out
+}
+
 /// A model document as etcd holds it.
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("model types serialise")
@@ -173,16 +224,22 @@ pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
 
 /// The loop: waits for a kick or the resync tick, then passes if leading.
 pub(crate) async fn run(ctl: Arc<Controller>) {
+    let mut last_end: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = ctl.kick.notified() => tokio::time::sleep(DEBOUNCE).await,
             _ = tokio::time::sleep(RESYNC) => {}
+        }
+        // Kicks arriving meanwhile leave one permit: one pass after the pause covers them all.
+        if let Some(end) = last_end {
+            tokio::time::sleep_until(end + MIN_PASS_INTERVAL).await;
         }
         let Some(fence) = ctl.leadership.fence() else { continue };
         if let Err(e) = pass(&ctl, &fence).await {
             ctl.say(&format!("reconcile pass failed: {e}"));
             ctl.reconnect().await;
         }
+        last_end = Some(tokio::time::Instant::now());
     }
 }
 
@@ -201,7 +258,7 @@ pub(crate) async fn pass(ctl: &Controller, fence: &Fence) -> Result<(), etcd_cli
         return Ok(());
     }
     let (mut txns, mut ops) = (0, 0);
-    for chunk in changes.chunks(MAX_OPS_PER_TXN) {
+    for chunk in chunks(&changes) {
         let batch: Vec<TxnOp> = chunk
             .iter()
             .map(|change| match change {
@@ -235,7 +292,9 @@ pub(crate) async fn pass(ctl: &Controller, fence: &Fence) -> Result<(), etcd_cli
 }
 
 /// Watches the prefix and kicks the reconcile loop (specs, bases, status, assign changes) and
-/// the artifact mirror (artifacts, controllers). Re-watches after any break.
+/// the artifact mirror (artifacts, controllers). Re-watches after any break. The leader's own
+/// writes to `placement/` and `endpoints/` kick nothing (a pass plans from the inputs; what it
+/// wrote is its output); its `assign/` writes do, harmlessly (the next pass finds no diff).
 pub(crate) async fn watch(ctl: Arc<Controller>) {
     let keys = &ctl.keys;
     let planned = [keys.specs(), keys.bases(), keys.statuses(), keys.assignments(), keys.leader()];
@@ -339,6 +398,32 @@ mod tests {
             ],
         );
         assert_eq!(diff(&keys, &settled, &settled.plan(), 99), []);
+    }
+
+    #[test]
+    fn records_naming_another_base_than_their_key_are_skipped() {
+        let keys = Keys::new("/t/");
+        let status = BaseStatus { base_id: "b2".into(), ..Default::default() };
+        let snapshot = snapshot_with(&keys, &[("bases/b9", json(&base())), ("status/b1", json(&status))]);
+        assert!(snapshot.bases.is_empty(), "bases/b9 holds b1's record");
+        assert!(snapshot.statuses.is_empty(), "status/b1 holds b2's report");
+        let good = snapshot_with(&keys, &[("bases/b1", json(&base()))]);
+        assert_eq!(good.bases.keys().collect::<Vec<_>>(), ["b1"]);
+    }
+
+    #[test]
+    fn transactions_are_cut_by_operations_and_by_bytes() {
+        let small: Vec<Change> = (0..250).map(|i| Change::Delete(format!("/t/assign/b/{i}"))).collect();
+        let cut: Vec<usize> = chunks(&small).iter().map(|c| c.len()).collect();
+        assert_eq!(cut, [MAX_OPS_PER_TXN, MAX_OPS_PER_TXN, 250 - 2 * MAX_OPS_PER_TXN]);
+
+        let big = "x".repeat(400 << 10);
+        let large: Vec<Change> = (0..5).map(|i| Change::Put(format!("/t/k{i}"), big.clone())).collect();
+        let cut = chunks(&large);
+        assert_eq!(cut.iter().map(|c| c.len()).collect::<Vec<_>>(), [2, 2, 1]);
+        let huge = vec![Change::Put("/t/h".into(), "y".repeat(2 << 20)), Change::Delete("/t/d".into())];
+        assert_eq!(chunks(&huge).iter().map(|c| c.len()).collect::<Vec<_>>(), [1, 1]);
+        assert!(chunks(&[]).is_empty());
     }
 
     #[test]
