@@ -119,7 +119,8 @@ fn deploy(registry: &Registry, path: &Path) {
             return;
         }
     };
-    let options = InstallOptions { signature, ..InstallOptions::default() };
+    // A module a fleet owns is the fleet's to change: refused (`FLEET_OWNED`, logged below).
+    let options = InstallOptions { signature, refuse_owned: true, ..InstallOptions::default() };
     let installed = match registry.install_with(&bytes, &options) {
         // The same version, rebuilt: replace the running one.
         Err(Error::AlreadyInstalled { id })

@@ -46,6 +46,7 @@ mod policy;
 mod spis;
 mod watch;
 
+pub(crate) use durable::RetryTarget;
 pub use durable::{Quarantined, Restored};
 pub use lifecycle::Dependents;
 pub use spis::compatible;

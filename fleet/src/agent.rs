@@ -77,6 +77,9 @@ impl Agent {
     /// ports and is ready, then joins the fleet. Never ends on its own.
     pub fn spawn(&self, registry: Arc<Registry>) {
         let (join, endpoints) = (Arc::clone(&self.join), Arc::clone(&self.endpoints));
+        // A forwarded request waits for its answer as long as a module may take, plus a margin
+        // for the other base's own timeout answer to arrive.
+        endpoints.set_response_timeout(registry.config().request_timeout + std::time::Duration::from_secs(5));
         tokio::spawn(session::run(join, endpoints, registry));
     }
 }

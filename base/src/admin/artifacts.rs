@@ -14,10 +14,14 @@ use super::{
     Routes,
     modules::{History, view},
     operations::run_operation,
-    params::{NoParams, Params},
+    params::Params,
     parse_version, to_json,
 };
-use crate::{error::Error, error_response::Answer, registry::Registry};
+use crate::{
+    error::Error,
+    error_response::Answer,
+    registry::{Registry, RetryTarget},
+};
 
 pub(super) fn routes() -> Routes {
     Routes::new()
@@ -25,10 +29,19 @@ pub(super) fn routes() -> Routes {
         .route("/api/v1/artifacts/{sha256}/retry", post(retry_artifact))
 }
 
-/// `POST /api/v1/modules/{name}/{version}/retry`: loads a quarantined module again.
+/// The parameters of a retry of a module's version.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModuleRetry {
+    /// Retry even a module a fleet owns (`FLEET_OWNED` otherwise).
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /api/v1/modules/{name}/{version}/retry[?force=true]`: loads a quarantined module again.
 async fn retry(
     State(registry): State<Arc<Registry>>,
-    _: Params<NoParams>,
+    Params(options): Params<ModuleRetry>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Answer<Response> {
@@ -39,7 +52,8 @@ async fn retry(
         .get(crate::signing::SIGNATURE_HEADER)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     run_operation(&registry, "retry", &target, false, StatusCode::OK, move |registry| {
-        let instance = registry.retry_signed(&name, &version, signature.as_deref())?;
+        let target = RetryTarget::Module(&name, &version);
+        let instance = registry.retry_as_operator(target, signature.as_deref(), options.force)?;
         Ok(to_json(&view(&instance, true, History::Left, &HashMap::new())))
     })
     .await
@@ -50,9 +64,12 @@ async fn retry(
 struct ArtifactRetry {
     /// The install of the artifact under this name (default: under its package's name).
     name: Option<String>,
+    /// Retry even a module a fleet owns (`FLEET_OWNED` otherwise).
+    #[serde(default)]
+    force: bool,
 }
 
-/// `POST /api/v1/artifacts/{sha256}/retry[?name=NAME]`: loads a quarantined artifact again,
+/// `POST /api/v1/artifacts/{sha256}/retry[?name=NAME&force=true]`: loads a quarantined artifact again,
 /// also one that crashed the base in its constructors, before its name and version were known.
 async fn retry_artifact(
     State(registry): State<Arc<Registry>>,
@@ -66,7 +83,8 @@ async fn retry_artifact(
     }
     let target = format!("artifact {sha256}");
     run_operation(&registry, "retry", &target, false, StatusCode::OK, move |registry| {
-        let instance = registry.retry_artifact(&sha256, options.name.as_deref())?;
+        let target = RetryTarget::Artifact(&sha256, options.name.as_deref());
+        let instance = registry.retry_as_operator(target, None, options.force)?;
         Ok(to_json(&view(&instance, true, History::Left, &HashMap::new())))
     })
     .await

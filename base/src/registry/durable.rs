@@ -149,6 +149,15 @@ pub(super) fn retry_hint(
     }
 }
 
+/// What an operator's retry names (see `Registry::retry_as_operator`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RetryTarget<'a> {
+    /// `POST /api/v1/modules/{name}/{version}/retry`.
+    Module(&'a str, &'a Version),
+    /// `POST /api/v1/artifacts/{sha256}/retry[?name=NAME]`.
+    Artifact(&'a str, Option<&'a str>),
+}
+
 /// A module the base will not load until an operator retries it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Quarantined {
@@ -685,24 +694,26 @@ impl Registry {
     /// (`None`: under its package's name, or its only quarantined install): the way to retry a
     /// library that crashed the base before its name and version were known.
     pub fn retry_artifact(&self, sha256: &str, install_name: Option<&str>) -> Result<Arc<Instance>> {
-        let entry = {
-            let quarantined = lock(&self.quarantined);
-            let of_artifact: Vec<&Quarantined> = quarantined.iter().filter(|q| q.sha256 == sha256).collect();
-            let chosen = of_artifact
-                .iter()
-                .find(|q| blocks_install(q, sha256, install_name))
-                .or(match (install_name, of_artifact.as_slice()) {
-                    (None, [only]) => Some(only),
-                    _ => None,
-                })
-                .map(|q| (*q).clone());
-            let what = match install_name {
-                Some(name) => format!("quarantined artifact {sha256} installed as {name}"),
-                None => format!("quarantined artifact {sha256}"),
-            };
-            chosen.ok_or(Error::NotFound { what })?
+        let entry = self.quarantined_artifact(sha256, install_name)?;
+        self.retry_entry(entry, None, false)
+    }
+
+    fn quarantined_artifact(&self, sha256: &str, install_name: Option<&str>) -> Result<Quarantined> {
+        let quarantined = lock(&self.quarantined);
+        let of_artifact: Vec<&Quarantined> = quarantined.iter().filter(|q| q.sha256 == sha256).collect();
+        let chosen = of_artifact
+            .iter()
+            .find(|q| blocks_install(q, sha256, install_name))
+            .or(match (install_name, of_artifact.as_slice()) {
+                (None, [only]) => Some(only),
+                _ => None,
+            })
+            .map(|q| (*q).clone());
+        let what = match install_name {
+            Some(name) => format!("quarantined artifact {sha256} installed as {name}"),
+            None => format!("quarantined artifact {sha256}"),
         };
-        self.retry_entry(entry, None)
+        chosen.ok_or(Error::NotFound { what })
     }
 
     /// Tries a quarantined `name@version` again: loads it from its artifact, and lifts the
@@ -721,7 +732,12 @@ impl Registry {
         version: &Version,
         signature: Option<&str>,
     ) -> Result<Arc<Instance>> {
-        let entry = lock(&self.quarantined)
+        let entry = self.quarantined_module(name, version)?;
+        self.retry_entry(entry, signature, false)
+    }
+
+    fn quarantined_module(&self, name: &str, version: &Version) -> Result<Quarantined> {
+        lock(&self.quarantined)
             .iter()
             .find(|q| match &q.name {
                 Some(quarantined) => {
@@ -732,16 +748,45 @@ impl Registry {
                 None => q.install_name.as_deref() == Some(name),
             })
             .cloned()
-            .ok_or_else(|| Error::NotFound { what: format!("quarantined {name}@{version}") })?;
-        self.retry_entry(entry, signature)
+            .ok_or_else(|| Error::NotFound { what: format!("quarantined {name}@{version}") })
     }
 
-    fn retry_entry(&self, entry: Quarantined, signature: Option<&str>) -> Result<Arc<Instance>> {
+    /// The operations API's retries: as [`Registry::retry_signed`] and
+    /// [`Registry::retry_artifact`], refused with `FLEET_OWNED` when the module the bytes turn
+    /// out to be is owned (see [`Registry::set_owner`]) and `force` is not given.
+    pub(crate) fn retry_as_operator(
+        &self,
+        target: RetryTarget<'_>,
+        signature: Option<&str>,
+        force: bool,
+    ) -> Result<Arc<Instance>> {
+        let entry = match target {
+            RetryTarget::Module(name, version) => {
+                self.check_owner(name, force)?;
+                self.quarantined_module(name, version)?
+            }
+            RetryTarget::Artifact(sha256, install_name) => {
+                if let Some(name) = install_name {
+                    self.check_owner(name, force)?;
+                }
+                self.quarantined_artifact(sha256, install_name)?
+            }
+        };
+        self.retry_entry(entry, signature, !force)
+    }
+
+    fn retry_entry(
+        &self,
+        entry: Quarantined,
+        signature: Option<&str>,
+        refuse_owned: bool,
+    ) -> Result<Arc<Instance>> {
         if let Some(signature) = signature {
             self.keep_signature(&entry.sha256, signature)?;
         }
         let artifact = self.stored_artifact(&entry.sha256)?;
-        let options = InstallOptions { name: entry.install_name.clone(), ..InstallOptions::default() };
+        let options =
+            InstallOptions { name: entry.install_name.clone(), refuse_owned, ..InstallOptions::default() };
         let _in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let installed = self.launch_artifact(artifact, &options, Load::Install)?;
         Ok(installed.instance)

@@ -3,7 +3,8 @@
 //!
 //! Per module: the assigned version and sha256 already active, alone → nothing (its limits
 //! checked). Otherwise fetch the bytes (the store first), install them beside what runs (the
-//! same version with other bytes: the base's replace strategy), make them serve (`switch`),
+//! same version with other bytes: the base's replace strategy, but only once an install beside
+//! was refused because the bytes are that version), make them serve (`switch`),
 //! then drain and unload every other version. A failure leaves nothing new serving: an install
 //! that failed loaded nothing, and a version installed here whose switch failed is unloaded.
 
@@ -50,12 +51,23 @@ impl Applied {
         data_dir.join(APPLIED_FILE)
     }
 
-    /// The recorded applications (none when there is no file; an unreadable one is reported
-    /// and treated as none).
+    /// The recorded applications: none when there is no file. An unreadable (corrupt) file is
+    /// logged as an error and moved aside to `fleet-applied.json.corrupt` (for an operator to
+    /// look at), and the agent starts from no applied assignment: until it applies again, no
+    /// assignment is stale. A file that cannot be read at all is logged and treated as none.
     pub(crate) fn load(path: &Path) -> Self {
         match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::error!(file = %path.display(), "unreadable, starting from no applied assignment: {e}");
+                let aside = path.with_extension("json.corrupt");
+                let moved = match std::fs::rename(path, &aside) {
+                    Ok(()) => format!("moved aside to {}", aside.display()),
+                    Err(e) => format!("could not be moved aside to {}: {e}", aside.display()),
+                };
+                tracing::error!(
+                    file = %path.display(),
+                    "unreadable ({e}); {moved}; starting from no applied assignment: stale \
+                     assignments are not recognised until the agent applies again"
+                );
                 Self::default()
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::default(),
@@ -66,13 +78,23 @@ impl Applied {
         }
     }
 
-    /// Writes the file (temporary file, then rename).
+    /// Writes the file durably: a temporary file, synced, renamed over it, and the directory
+    /// synced.
     pub(crate) fn save(&self, path: &Path) {
+        use std::io::Write;
         let temporary = path.with_extension("json.tmp");
         let written = serde_json::to_vec_pretty(self)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&temporary, bytes))
-            .and_then(|()| std::fs::rename(&temporary, path));
+            .and_then(|bytes| {
+                let mut file = std::fs::File::create(&temporary)?;
+                file.write_all(&bytes)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&temporary, path))
+            .and_then(|()| match path.parent() {
+                Some(dir) => std::fs::File::open(dir).and_then(|d| d.sync_all()),
+                None => Ok(()),
+            });
         if let Err(e) = written {
             tracing::error!(file = %path.display(), "cannot record the applied assignments: {e}");
         }
@@ -145,23 +167,40 @@ pub(crate) fn apply(
     if !present {
         let bytes = artifacts::fetch(registry, &assignment.sha256, sources, token)
             .map_err(|u| Nack { code: u.code.into(), message: u.message })?;
-        let same_version = instances.iter().any(|i| i.id.version == version);
-        let options = InstallOptions {
+        let same_version = instances.iter().any(|i| i.id.version == version && i.state().is_live());
+        let options = |strategy| InstallOptions {
             name: Some(module.to_owned()),
-            strategy: if same_version { Strategy::Replace } else { Strategy::Install },
+            strategy,
             sha256: Some(digest),
             ..InstallOptions::default()
         };
-        let installed = registry.install_with(&bytes, &options)?;
-        if installed.instance.id.version != version {
-            let found = installed.instance.id.version.clone();
-            let _ = registry.uninstall_checked(module, &found, Dependents::Abandon);
-            return Err(invalid(format!(
+        let mismatch = |found: &Version| {
+            invalid(format!(
                 "the artifact {} is {module}@{found}, the assignment says {version}",
                 assignment.sha256
-            )));
+            ))
+        };
+        // Installed beside what runs first, whatever the bytes declare: bytes of another
+        // version than assigned never touch the running ones. Bytes of the assigned version,
+        // which runs with other bytes, are refused before anything of them starts
+        // (`ALREADY_INSTALLED`): only then, their version known, are they the replacement.
+        let (installed, replaced) = match registry.install_with(&bytes, &options(Strategy::Install)) {
+            Err(pedestal_base::Error::AlreadyInstalled { id }) if id.version == version && same_version => {
+                (registry.install_with(&bytes, &options(Strategy::Replace))?, true)
+            }
+            Err(pedestal_base::Error::AlreadyInstalled { id }) if id.version != version => {
+                return Err(mismatch(&id.version));
+            }
+            other => (other?, false),
+        };
+        if installed.instance.id.version != version {
+            let found = installed.instance.id.version.clone();
+            if !replaced {
+                let _ = registry.uninstall_checked(module, &found, Dependents::Abandon);
+            }
+            return Err(mismatch(&found));
         }
-        installed_here = !same_version;
+        installed_here = !replaced;
         tracing::info!(module, %version, sha256 = %assignment.sha256, "assignment installed");
     }
     let (_, now_active) = registry.module(module)?;
@@ -243,10 +282,12 @@ mod tests {
     }
 
     #[test]
-    fn an_unreadable_record_counts_as_none() {
+    fn an_unreadable_record_counts_as_none_and_is_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = Applied::path(dir.path());
         std::fs::write(&path, "{not json").unwrap();
         assert_eq!(Applied::load(&path), Applied::default());
+        assert!(!path.exists(), "moved aside");
+        assert_eq!(std::fs::read_to_string(path.with_extension("json.corrupt")).unwrap(), "{not json");
     }
 }

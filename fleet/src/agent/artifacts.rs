@@ -20,19 +20,23 @@ use crate::model::ErrorBody;
 /// The path peers fetch artifacts at, below a base's traffic URL.
 pub(crate) const PEER_PATH: &str = "/.pedestal/artifacts/";
 
-/// The largest artifact fetched (the base refuses larger uploads anyway).
-const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+/// How long one fetch from one source may take in all (connect, headers and body).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Whether `headers` carry `authorization: Bearer <token>`, compared in constant time.
+/// Whether `headers` carry `authorization: Bearer <token>` (the scheme in any case), compared
+/// in constant time.
 pub(crate) fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers
+    let Some((scheme, given)) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
     else {
         return false;
     };
-    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    bool::from(given.trim_start_matches(' ').as_bytes().ct_eq(token.as_bytes()))
 }
 
 /// The store's route, for [`pedestal_base::BaseBuilder::routes_with`].
@@ -56,8 +60,34 @@ async fn serve(
     let Some(artifact) = registry.artifact(&sha256) else {
         return refusal(StatusCode::NOT_FOUND, "ARTIFACT_NOT_FOUND", format!("no artifact {sha256} here"));
     };
-    match tokio::fs::read(&artifact.path).await {
-        Ok(bytes) => ([(http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+    let opened = match tokio::fs::File::open(&artifact.path).await {
+        Ok(file) => file.metadata().await.map(|m| (file, m.len())),
+        Err(e) => Err(e),
+    };
+    match opened {
+        Ok((file, length)) => {
+            // Streamed: an artifact may be as large as the base accepts.
+            let chunks = futures_util::stream::unfold(file, |mut file| async move {
+                use tokio::io::AsyncReadExt;
+                let mut buffer = vec![0; 64 * 1024];
+                match file.read(&mut buffer).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buffer.truncate(n);
+                        Some((Ok(bytes::Bytes::from(buffer)), file))
+                    }
+                    Err(e) => Some((Err(e), file)),
+                }
+            });
+            (
+                [
+                    (http::header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                    (http::header::CONTENT_LENGTH, length.to_string()),
+                ],
+                axum::body::Body::from_stream(chunks),
+            )
+                .into_response()
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             refusal(StatusCode::NOT_FOUND, "ARTIFACT_NOT_FOUND", format!("no artifact {sha256} here"))
         }
@@ -66,7 +96,7 @@ async fn serve(
 }
 
 /// Where an artifact may be fetched, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Source {
     /// A peer base's store (`<traffic_url>/.pedestal/artifacts/<sha>`, fleet token).
     Peer(String),
@@ -103,10 +133,13 @@ pub(crate) fn fetch(
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(2))
         .timeout_read(Duration::from_secs(30))
+        .timeout(FETCH_TIMEOUT)
         .build();
+    // No artifact is larger than the base accepts.
+    let max_bytes = registry.config().max_upload_bytes;
     let mut tried = Vec::new();
     let mut mismatched = false;
-    for source in sources {
+    for source in &shuffled_peers(sources) {
         let (url, bearer) = match source {
             Source::Peer(base) => (format!("{}{PEER_PATH}{sha256}", base.trim_end_matches('/')), true),
             Source::Controller(url) => {
@@ -121,9 +154,9 @@ pub(crate) fn fetch(
         let bytes = match request.call() {
             Ok(response) => {
                 let mut bytes = Vec::new();
-                match response.into_reader().take(MAX_ARTIFACT_BYTES + 1).read_to_end(&mut bytes) {
-                    Ok(_) if bytes.len() as u64 > MAX_ARTIFACT_BYTES => {
-                        tried.push(format!("{url}: over {MAX_ARTIFACT_BYTES} bytes"));
+                match response.into_reader().take(max_bytes + 1).read_to_end(&mut bytes) {
+                    Ok(_) if bytes.len() as u64 > max_bytes => {
+                        tried.push(format!("{url}: over {max_bytes} bytes (the base's upload limit)"));
                         continue;
                     }
                     Ok(_) => bytes,
@@ -157,6 +190,17 @@ pub(crate) fn fetch(
     Err(Unavailable { code: if mismatched { "SHA256_MISMATCH" } else { "ARTIFACT_UNAVAILABLE" }, message })
 }
 
+/// `sources` with the peers in a random order (still first): the load of a new artifact
+/// spreads over the bases that have it, not on the first in key order.
+fn shuffled_peers(sources: &[Source]) -> Vec<Source> {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new();
+    let (mut peers, others): (Vec<Source>, Vec<Source>) =
+        sources.iter().cloned().partition(|s| matches!(s, Source::Peer(_)));
+    peers.sort_by_cached_key(|peer| seed.hash_one(peer));
+    peers.into_iter().chain(others).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +215,26 @@ mod tests {
         assert!(!authorized(&headers, "0123456789abcdef0"));
         headers.insert("authorization", "Basic 0123456789abcdef".parse().unwrap());
         assert!(!authorized(&headers, "0123456789abcdef"));
+        headers.insert("authorization", "bearer 0123456789abcdef".parse().unwrap());
+        assert!(authorized(&headers, "0123456789abcdef"), "the scheme in any case");
+        headers.insert("authorization", "BEARER  0123456789abcdef".parse().unwrap());
+        assert!(authorized(&headers, "0123456789abcdef"));
+        headers.insert("authorization", "Bearer".parse().unwrap());
+        assert!(!authorized(&headers, "0123456789abcdef"));
+    }
+
+    #[test]
+    fn peers_come_first_in_any_order_then_controllers_then_the_url() {
+        let sources: Vec<Source> = (0..8)
+            .map(|i| Source::Peer(format!("http://peer{i}")))
+            .chain([Source::Controller("http://c".into()), Source::External("http://x".into())])
+            .collect();
+        let orders: std::collections::BTreeSet<Vec<Source>> =
+            (0..20).map(|_| shuffled_peers(&sources)).collect();
+        assert!(orders.len() > 1, "shuffled");
+        for order in orders {
+            assert!(order[..8].iter().all(|s| matches!(s, Source::Peer(_))));
+            assert_eq!(order[8..], sources[8..]);
+        }
     }
 }

@@ -36,6 +36,29 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// How long a failed assignment waits before it is tried again (a new revision: at once).
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// What an assignment key asks for.
+#[derive(Debug, Clone, PartialEq)]
+enum Wanted {
+    /// An assignment to apply.
+    Valid(Desired),
+    /// A value that cannot be an assignment of this key (unreadable, or naming another
+    /// module): never applied, and never a reason to uninstall either. What runs stays, and
+    /// the key is NACKed with `ASSIGNMENT_INVALID`.
+    Invalid {
+        revision: i64,
+        /// What the value says, as far as it can be read (for the NACK).
+        version: String,
+        sha256: String,
+        reason: String,
+    },
+}
+
+/// The modules the fleet applied that no assignment key names any more: those an
+/// unassignment uninstalls. A key whose value is invalid still names its module.
+fn unassigned(applied: &Applied, desired: &BTreeMap<String, Wanted>) -> Vec<String> {
+    applied.modules.keys().filter(|m| !desired.contains_key(*m)).cloned().collect()
+}
+
 /// What the agent's tasks share.
 struct Context {
     join: Arc<Join>,
@@ -43,7 +66,7 @@ struct Context {
     endpoints: Arc<EndpointMap>,
     /// The assignments, as last listed and watched; `None` until etcd first answered (until
     /// then nothing is installed or uninstalled: fail static).
-    desired: Mutex<Option<BTreeMap<String, Desired>>>,
+    desired: Mutex<Option<BTreeMap<String, Wanted>>>,
     /// What was applied, as in `fleet-applied.json`.
     applied: Mutex<Applied>,
     /// NACKs, by module.
@@ -52,6 +75,8 @@ struct Context {
     attempts: Mutex<HashMap<String, (i64, Instant)>>,
     /// Stale assignments already logged.
     stale_logged: Mutex<BTreeSet<(String, i64)>>,
+    /// Uninstalls of unassigned modules that failed: the error (logged once) and when.
+    removal_failures: Mutex<HashMap<String, (String, Instant)>>,
     /// The live session: a client and the lease the base's keys are under.
     session: Mutex<Option<(Client, i64)>>,
     /// Wakes the reconcile loop.
@@ -98,6 +123,7 @@ pub(crate) async fn run(join: Arc<Join>, endpoints: Arc<EndpointMap>, registry: 
         failures: Mutex::default(),
         attempts: Mutex::default(),
         stale_logged: Mutex::default(),
+        removal_failures: Mutex::default(),
         session: Mutex::new(None),
         reconcile: Notify::new(),
         report: Notify::new(),
@@ -120,13 +146,13 @@ pub(crate) async fn run(join: Arc<Join>, endpoints: Arc<EndpointMap>, registry: 
 type Failed = Box<dyn std::error::Error + Send + Sync>;
 
 /// One session: connect, lease, register, list and watch, until something breaks.
-async fn session(context: &Context, record: &BaseRecord, backoff: &mut Duration) -> Result<(), Failed> {
+async fn session(context: &Arc<Context>, record: &BaseRecord, backoff: &mut Duration) -> Result<(), Failed> {
     let keys = &context.join.keys;
     let mut client = store::connect(&context.join.endpoints).await?;
     let lease = timed(client.lease_grant(LEASE_TTL_SECS, None)).await?.id();
     let under_lease = || Some(PutOptions::new().with_lease(lease));
     timed(client.put(keys.base(&record.id), serde_json::to_vec(record)?, under_lease())).await?;
-    let status = current_status(context);
+    let status = built_status(context).await.ok_or("the status could not be built")?;
     timed(client.put(keys.status(&record.id), serde_json::to_vec(&status)?, under_lease())).await?;
     let (mut keeper, mut kept) = timed(client.lease_keep_alive(lease)).await?;
     *lock(&context.session) = Some((client.clone(), lease));
@@ -139,8 +165,8 @@ async fn session(context: &Context, record: &BaseRecord, backoff: &mut Duration)
     let revision = listed.header().map(|h| h.revision()).unwrap_or_default();
     let mut desired = BTreeMap::new();
     for kv in listed.kvs() {
-        if let Some((module, assignment)) = parse_assignment(kv, &prefix) {
-            desired.insert(module, Desired { assignment, revision: kv.mod_revision() });
+        if let Some((module, wanted)) = parse_assignment(kv, &prefix) {
+            desired.insert(module, wanted);
         }
     }
     *lock(&context.desired) = Some(desired);
@@ -188,8 +214,8 @@ async fn session(context: &Context, record: &BaseRecord, backoff: &mut Duration)
                     let Some(kv) = event.kv() else { continue };
                     match event.event_type() {
                         EventType::Put => {
-                            if let Some((module, assignment)) = parse_assignment(kv, &prefix) {
-                                desired.insert(module, Desired { assignment, revision: kv.mod_revision() });
+                            if let Some((module, wanted)) = parse_assignment(kv, &prefix) {
+                                desired.insert(module, wanted);
                             }
                         }
                         EventType::Delete => {
@@ -240,19 +266,26 @@ async fn timed<T>(call: impl Future<Output = Result<T, etcd_client::Error>>) -> 
     }
 }
 
-fn parse_assignment(kv: &KeyValue, prefix: &str) -> Option<(String, Assignment)> {
-    let module = crate::keys::Keys::leaf(kv.key_str().ok()?, prefix)?.to_owned();
-    match serde_json::from_slice::<Assignment>(kv.value()) {
-        Ok(assignment) if assignment.module == module => Some((module, assignment)),
-        Ok(assignment) => {
-            tracing::error!(key = ?kv.key_str(), named = %assignment.module, "an assignment names another module: ignored");
-            None
+fn parse_assignment(kv: &KeyValue, prefix: &str) -> Option<(String, Wanted)> {
+    parse_assignment_value(kv.key_str().ok()?, kv.value(), kv.mod_revision(), prefix)
+}
+
+/// What the assignment key `key` (under `prefix`) holding `value` asks for; `None` for a key
+/// that is no assignment key (not a module name directly under the prefix).
+fn parse_assignment_value(key: &str, value: &[u8], revision: i64, prefix: &str) -> Option<(String, Wanted)> {
+    let module = crate::keys::Keys::leaf(key, prefix)?.to_owned();
+    let reason = match serde_json::from_slice::<Assignment>(value) {
+        Ok(assignment) if assignment.module == module => {
+            return Some((module, Wanted::Valid(Desired { assignment, revision })));
         }
-        Err(e) => {
-            tracing::error!(key = ?kv.key_str(), "an unreadable assignment, ignored: {e}");
-            None
-        }
-    }
+        Ok(assignment) => format!("the assignment under {key:?} names module {:?}", assignment.module),
+        Err(e) => format!("the assignment under {key:?} is unreadable: {e}"),
+    };
+    tracing::error!(key, revision, "{reason}: not applied, and what runs stays");
+    // As much of it as can be read, for the NACK.
+    let loose = serde_json::from_slice::<serde_json::Value>(value).unwrap_or_default();
+    let field = |name: &str| loose.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    Some((module, Wanted::Invalid { revision, version: field("version"), sha256: field("sha256"), reason }))
 }
 
 fn parse_endpoints(kv: &KeyValue, prefix: &str) -> Option<(String, Endpoints)> {
@@ -284,38 +317,36 @@ fn current_status(context: &Context) -> BaseStatus {
     )
 }
 
-/// Writes `status/<id>` at each change and every [`REPORT_EVERY`], under the session's lease.
+/// The status, built on a blocking thread: it reads `/proc` per instance and stats the store.
+async fn built_status(context: &Arc<Context>) -> Option<BaseStatus> {
+    let context = Arc::clone(context);
+    tokio::task::spawn_blocking(move || current_status(&context)).await.ok()
+}
+
+/// Writes `status/<id>` under the session's lease at each change signalled (`report`) and at
+/// least every [`REPORT_EVERY`]; the status is built only when it is about to be written.
 async fn report_loop(context: Arc<Context>) {
-    let mut last: Option<BaseStatus> = None;
-    let mut written = Instant::now();
+    // When the next write is due without a change.
+    let mut due = Instant::now();
     loop {
         tokio::select! {
             _ = context.report.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep_until(due.into()) => {}
         }
-        let Some((mut client, lease)) = lock(&context.session).clone() else { continue };
-        let status = current_status(&context);
-        // Compared without the time and CPU (both always move): a change is written at once.
-        let same = last.as_ref().is_some_and(|l| {
-            let strip = |s: &BaseStatus| {
-                let mut s = s.clone();
-                s.at_ms = 0;
-                s.modules.iter_mut().for_each(|m| m.cpu_millis = 0);
-                s
-            };
-            strip(l) == strip(&status)
-        });
-        if same && written.elapsed() < REPORT_EVERY {
+        let Some((mut client, lease)) = lock(&context.session).clone() else {
+            // No session yet: look again shortly (the session writes a status when it starts).
+            due = Instant::now() + Duration::from_millis(250);
             continue;
-        }
+        };
+        let Some(status) = built_status(&context).await else { continue };
         let Ok(value) = serde_json::to_vec(&status) else { continue };
         let key = context.join.keys.status(&context.join.base_id);
         match timed(client.put(key, value, Some(PutOptions::new().with_lease(lease)))).await {
-            Ok(_) => {
-                last = Some(status);
-                written = Instant::now();
+            Ok(_) => due = Instant::now() + REPORT_EVERY,
+            Err(e) => {
+                tracing::debug!("status not written: {e}");
+                due = Instant::now() + Duration::from_millis(250);
             }
-            Err(e) => tracing::debug!("status not written: {e}"),
         }
     }
 }
@@ -337,6 +368,21 @@ async fn reconcile(context: &Arc<Context>) {
     let registry = &context.registry;
     let data_dir = registry.config().data_dir.clone();
     for (module, wanted) in &desired {
+        let wanted = match wanted {
+            Wanted::Valid(wanted) => wanted,
+            Wanted::Invalid { revision, version, sha256, reason } => {
+                // Bad input never uninstalls: what runs (the fleet's, if it was) stays as is.
+                let failure = Failure {
+                    version: version.clone(),
+                    sha256: sha256.clone(),
+                    code: "ASSIGNMENT_INVALID".into(),
+                    message: format!("{reason}: not applied; what runs stays"),
+                    revision: *revision,
+                };
+                set_failure(context, module, Some(failure));
+                continue;
+            }
+        };
         if lock(&context.applied).is_stale(module, wanted) {
             let applied = lock(&context.applied).modules.get(module).map(|m| m.revision).unwrap_or_default();
             if lock(&context.stale_logged).insert((module.clone(), wanted.revision)) {
@@ -391,6 +437,8 @@ async fn reconcile(context: &Arc<Context>) {
                 lock(&context.attempts).remove(module);
                 record_applied(context, module, wanted, &data_dir);
                 set_failure(context, module, None);
+                // What runs changed: reported at once.
+                context.report.notify_one();
             }
             Err(nack) => {
                 tracing::warn!(module, revision = wanted.revision, code = %nack.code, "assignment not applied: {}", nack.message);
@@ -407,9 +455,13 @@ async fn reconcile(context: &Arc<Context>) {
         }
     }
     // Assignments deleted: what the fleet applied and no longer wants goes.
-    let gone: Vec<String> =
-        lock(&context.applied).modules.keys().filter(|m| !desired.contains_key(*m)).cloned().collect();
+    let gone = unassigned(&lock(&context.applied), &desired);
+    lock(&context.removal_failures).retain(|m, _| gone.contains(m));
     for module in gone {
+        // A failed uninstall is tried again after a while, not at every pass.
+        if lock(&context.removal_failures).get(&module).is_some_and(|(_, at)| at.elapsed() < RETRY_AFTER) {
+            continue;
+        }
         let job = (Arc::clone(registry), module.clone());
         let outcome =
             tokio::task::spawn_blocking(move || apply::remove(&job.0, &job.1)).await.unwrap_or_else(|e| {
@@ -417,15 +469,23 @@ async fn reconcile(context: &Arc<Context>) {
             });
         match outcome {
             Ok(()) => {
+                lock(&context.removal_failures).remove(&module);
                 registry.set_owner(&module, None);
                 let mut applied = lock(&context.applied);
                 applied.modules.remove(&module);
                 applied.save(&Applied::path(&data_dir));
                 drop(applied);
                 set_failure(context, &module, None);
+                context.report.notify_one();
             }
             Err(nack) => {
-                tracing::warn!(%module, code = %nack.code, "cannot uninstall an unassigned module: {}", nack.message)
+                let error = format!("{}: {}", nack.code, nack.message);
+                let mut failures = lock(&context.removal_failures);
+                // Logged once per distinct error; retried every RETRY_AFTER.
+                if failures.get(&module).is_none_or(|(last, _)| *last != error) {
+                    tracing::warn!(%module, code = %nack.code, "cannot uninstall an unassigned module (retrying every {RETRY_AFTER:?}): {}", nack.message);
+                }
+                failures.insert(module, (error, Instant::now()));
             }
         }
     }
@@ -509,4 +569,63 @@ async fn sources(context: &Context, assignment: &Assignment) -> Vec<Source> {
         sources.push(Source::External(url.clone()));
     }
     sources
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFIX: &str = "/pedestal/assign/b1/";
+
+    fn applied(modules: &[&str]) -> Applied {
+        let mut applied = Applied::default();
+        for module in modules {
+            applied.modules.insert(
+                (*module).to_owned(),
+                AppliedModule { revision: 7, version: "1.0.0".into(), sha256: "00".repeat(32) },
+            );
+        }
+        applied
+    }
+
+    fn assignment(module: &str) -> Vec<u8> {
+        serde_json::to_vec(&Assignment {
+            module: module.into(),
+            version: "2.0.0".into(),
+            sha256: "11".repeat(32),
+            url: None,
+            limits: None,
+            config: Default::default(),
+            generation: 1,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_malformed_assignment_is_invalid_and_never_uninstalls_what_runs() {
+        let applied = applied(&["echo", "hello", "gone"]);
+        let mut desired = BTreeMap::new();
+        for (module, value) in
+            [("echo", b"{not json".to_vec()), ("hello", assignment("other")), ("fine", assignment("fine"))]
+        {
+            let key = format!("{PREFIX}{module}");
+            let (name, wanted) = parse_assignment_value(&key, &value, 9, PREFIX).unwrap();
+            assert_eq!(name, module);
+            desired.insert(name, wanted);
+        }
+        assert!(matches!(&desired["echo"], Wanted::Invalid { revision: 9, .. }));
+        match &desired["hello"] {
+            Wanted::Invalid { version, sha256, reason, .. } => {
+                assert_eq!(version, "2.0.0");
+                assert_eq!(*sha256, "11".repeat(32));
+                assert!(reason.contains("\"other\""), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&desired["fine"], Wanted::Valid(d) if d.revision == 9));
+        // Only the module whose key is gone is uninstalled.
+        assert_eq!(unassigned(&applied, &desired), ["gone"]);
+        // A key that is no assignment key is nothing.
+        assert!(parse_assignment_value("/pedestal/assign/b1/a/b", b"{}", 1, PREFIX).is_none());
+    }
 }
