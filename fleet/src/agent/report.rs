@@ -53,6 +53,10 @@ pub(crate) fn status(
     let modules = registry
         .all()
         .into_iter()
+        // A stopped entry stays listed by the base until it is deleted a second time, but it is
+        // unloaded: the fleet's report is of what runs (else a module the fleet removed would
+        // show as unmanaged for as long as the entry stays).
+        .filter(|(instance, _)| instance.state() != State::Stopped)
         .map(|(instance, active)| {
             live.insert((instance.id.to_string(), instance.artifact.sha256.clone()));
             let state = instance.state();
