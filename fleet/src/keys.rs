@@ -12,6 +12,11 @@
 //! | `assign/<base>/<module>` | [`Assignment`](crate::model::Assignment) | the leader (fenced) | until re-placed |
 //! | `placement/<module>` | [`PlacementRecord`](crate::model::PlacementRecord) | the leader (fenced) | with the spec |
 //! | `endpoints/<module>` | [`Endpoints`](crate::model::Endpoints) | the leader (fenced) | with the spec |
+//! | `rollouts/<module>` | [`RolloutRecord`](crate::model::RolloutRecord) | the leader (fenced) | with the spec |
+//! | `rollout-history/<module>/<generation>` | [`RolloutRecord`](crate::model::RolloutRecord) | the leader (fenced) | the last 10 per module |
+//! | `commands/<module>/<id>` | [`RolloutCommand`](crate::model::RolloutCommand) | any controller | until the leader applies it |
+//! | `cordons/<base>` | [`CordonRecord`](crate::model::CordonRecord) | the leader (fenced) | until uncordoned |
+//! | `scale/<module>` | [`ScaleRecord`](crate::model::ScaleRecord) | the leader (fenced) | with the spec |
 //!
 //! Fencing: every write of the leader is a transaction whose first compare is
 //! `create_revision(leader) == term`, the create revision of the leader key it put. A deposed
@@ -139,6 +144,66 @@ impl Keys {
     /// One module's endpoints.
     pub fn endpoints(&self, module: &str) -> String {
         format!("{}{module}", self.all_endpoints())
+    }
+
+    /// All rollouts (a prefix).
+    pub fn rollouts(&self) -> String {
+        format!("{}rollouts/", self.prefix)
+    }
+
+    /// One module's rollout.
+    pub fn rollout(&self, module: &str) -> String {
+        format!("{}{module}", self.rollouts())
+    }
+
+    /// All finished rollouts (a prefix).
+    pub fn all_rollout_history(&self) -> String {
+        format!("{}rollout-history/", self.prefix)
+    }
+
+    /// One module's finished rollouts (a prefix).
+    pub fn rollout_history(&self, module: &str) -> String {
+        format!("{}{module}/", self.all_rollout_history())
+    }
+
+    /// One finished rollout, by the generation that started it (zero-padded: keys sort by it).
+    pub fn rollout_history_entry(&self, module: &str, generation: u64) -> String {
+        format!("{}{generation:020}", self.rollout_history(module))
+    }
+
+    /// All pending rollout commands (a prefix).
+    pub fn all_commands(&self) -> String {
+        format!("{}commands/", self.prefix)
+    }
+
+    /// One module's pending commands (a prefix).
+    pub fn commands(&self, module: &str) -> String {
+        format!("{}{module}/", self.all_commands())
+    }
+
+    /// One command.
+    pub fn command(&self, module: &str, id: &str) -> String {
+        format!("{}{id}", self.commands(module))
+    }
+
+    /// All cordons (a prefix).
+    pub fn cordons(&self) -> String {
+        format!("{}cordons/", self.prefix)
+    }
+
+    /// One base's cordon.
+    pub fn cordon(&self, base: &str) -> String {
+        format!("{}{base}", self.cordons())
+    }
+
+    /// All autoscaled replica counts (a prefix).
+    pub fn scales(&self) -> String {
+        format!("{}scale/", self.prefix)
+    }
+
+    /// One module's autoscaled replica count.
+    pub fn scale(&self, module: &str) -> String {
+        format!("{}{module}", self.scales())
     }
 
     /// The last path segment of `key` under `prefix` (`specs/greeter` → `greeter`), or `None`

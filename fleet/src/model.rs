@@ -48,6 +48,260 @@ pub struct Spec {
     /// another major, or an older minor, are not eligible.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface_version: Option<String>,
+    /// How a new version reaches the bases (`[rollout]`); [`Strategy::default`] without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Strategy>,
+    /// Replicas from measured load (`autoscale = {...}`): then `replicas` is the starting count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+}
+
+impl Spec {
+    /// The rollout strategy in force: the spec's, or the default.
+    pub fn strategy(&self) -> Strategy {
+        self.rollout.clone().unwrap_or_default()
+    }
+
+    /// The release the spec asks for.
+    pub fn release(&self) -> Release {
+        Release { version: self.version.clone(), sha256: self.sha256.clone(), url: self.url.clone() }
+    }
+}
+
+/// One build of a module: what a rollout goes from and to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// Semver version.
+    pub version: String,
+    /// Lower-case hex sha256 of the `.so`.
+    pub sha256: String,
+    /// The spec's external URL for these bytes, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// How a new version (or new bytes of the same version) replaces the running one (`[rollout]`
+/// in the spec file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Strategy {
+    /// The steps, in order; each moves more bases. A last step short of every base is followed
+    /// by an implicit `{ bases = "100%" }`.
+    pub steps: Vec<Step>,
+    /// Bases moving to the new version at once (upgrading in place, not yet reporting it
+    /// serving). At least 1.
+    pub max_unavailable: Amount,
+    /// How each step's health is judged.
+    #[serde(default)]
+    pub analysis: Analysis,
+}
+
+impl Default for Strategy {
+    /// Every base in one step, 25% of them at a time, judged by the default analysis.
+    fn default() -> Self {
+        Self {
+            steps: vec![Step { bases: Amount::Percent(100), weight: 100, pause: Pause::None }],
+            max_unavailable: Amount::Percent(25),
+            analysis: Analysis::default(),
+        }
+    }
+}
+
+/// A number of bases: a count, or a percentage of the module's replicas (rounded up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Amount {
+    /// `bases = 1`.
+    Count(u32),
+    /// `bases = "25%"` (1 to 100).
+    Percent(u32),
+}
+
+impl Amount {
+    /// How many of `n` bases: a count capped at `n`, a percentage rounded up; at least 1 when
+    /// `n > 0`.
+    pub fn of(self, n: u32) -> u32 {
+        let wanted = match self {
+            Self::Count(count) => count,
+            Self::Percent(percent) => (u64::from(n) * u64::from(percent)).div_ceil(100) as u32,
+        };
+        wanted.clamp(n.min(1), n)
+    }
+}
+
+impl Serialize for Amount {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Count(count) => serializer.serialize_u32(*count),
+            Self::Percent(percent) => serializer.serialize_str(&format!("{percent}%")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u32),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Count(count) if count >= 1 => Ok(Self::Count(count)),
+            Raw::Count(_) => Err(serde::de::Error::custom("a number of bases is at least 1")),
+            Raw::Text(text) => match text.trim().strip_suffix('%').map(|p| p.trim().parse::<u32>()) {
+                Some(Ok(percent)) if (1..=100).contains(&percent) => Ok(Self::Percent(percent)),
+                _ => Err(serde::de::Error::custom(format!(
+                    "{text:?} is not a number of bases (say 2) or a percentage from 1% to 100%"
+                ))),
+            },
+        }
+    }
+}
+
+/// One step of a rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// How many of the module's bases run the new version once this step is reached (counted
+    /// from the start, not added to the previous step's).
+    pub bases: Amount,
+    /// The share of each of those bases' traffic the new version takes, 1 to 100; below 100
+    /// the base keeps the old version beside it for the rest (not possible when both are the
+    /// same version: then 100).
+    #[serde(default = "full_weight")]
+    pub weight: u32,
+    /// How long the step holds once reached (besides its analysis window), or `manual`: until
+    /// `pedestal fleet rollout promote`.
+    #[serde(default, skip_serializing_if = "Pause::is_none")]
+    pub pause: Pause,
+}
+
+fn full_weight() -> u32 {
+    100
+}
+
+/// How long a reached step holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Pause {
+    /// Not at all (its analysis window aside).
+    #[default]
+    None,
+    /// This many milliseconds (`pause = "30s"`).
+    For(u64),
+    /// Until promoted (`pause = "manual"`).
+    Manual,
+}
+
+impl Pause {
+    /// Whether there is no pause.
+    pub fn is_none(&self) -> bool {
+        *self == Self::None
+    }
+}
+
+impl Serialize for Pause {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::None => serializer.serialize_str("0s"),
+            Self::For(ms) => serializer.serialize_str(&format_duration(*ms)),
+            Self::Manual => serializer.serialize_str("manual"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Pause {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.trim() == "manual" {
+            return Ok(Self::Manual);
+        }
+        match parse_duration(&text).map_err(serde::de::Error::custom)? {
+            0 => Ok(Self::None),
+            ms => Ok(Self::For(ms)),
+        }
+    }
+}
+
+/// How a step's health is judged: the new version's error rate and p99 latency against the old
+/// version's, from the bases' own accounting, over a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Analysis {
+    /// How long each reached step is measured, in milliseconds (0: not measured; the step is
+    /// judged on its bases' health and NACKs alone).
+    pub window_ms: u64,
+    /// The new version fails the step when its 5xx rate exceeds the old one's by more than
+    /// this (0.05 = five points).
+    pub max_error_rate_increase: f64,
+    /// ... or when its p99 latency is more than this many times the old one's, and more than
+    /// [`Analysis::min_latency_increase_us`] above it.
+    pub max_latency_ratio: f64,
+    /// The least p99 increase that counts as slower, in microseconds (latency is measured in
+    /// power-of-two buckets: sub-millisecond moves are noise).
+    pub min_latency_increase_us: u64,
+    /// Fewer requests to the new version than this in a window judge nothing: the step passes
+    /// on health alone (and the analysis says it was inconclusive).
+    pub min_requests: u64,
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Self {
+            window_ms: 10_000,
+            max_error_rate_increase: 0.05,
+            max_latency_ratio: 2.0,
+            min_latency_increase_us: 5_000,
+            min_requests: 20,
+        }
+    }
+}
+
+/// Replicas from measured load (`autoscale = { min = 1, max = 20, target_cpu = 0.6 }`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscale {
+    /// The fewest replicas (at least 1).
+    pub min: u32,
+    /// The most replicas (at least `min`).
+    pub max: u32,
+    /// CPU per replica to aim at, in cores (0.6 = 600m): more replicas when the replicas'
+    /// mean is above, fewer when below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_cpu: Option<f64>,
+    /// Requests per second per replica to aim at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_rps: Option<f64>,
+    /// The least time between a change and a scale-down, in milliseconds (scale-up is not
+    /// held back: load is served first).
+    #[serde(default = "default_cooldown_ms")]
+    pub cooldown_ms: u64,
+}
+
+fn default_cooldown_ms() -> u64 {
+    30_000
+}
+
+/// Parses a duration: `"250ms"`, `"10s"`, `"2m"`, `"1h"`, or `"0"`.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration (say 250ms, 10s, 2m or 1h)"))?;
+    let scale = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "" if number == 0 => 0,
+        other => return Err(format!("unknown unit {other:?} in {text:?} (ms, s, m, h)")),
+    };
+    number.checked_mul(scale).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// `ms` as [`parse_duration`] reads it back: whole seconds as `"10s"`, else `"250ms"`.
+pub fn format_duration(ms: u64) -> String {
+    if ms > 0 && ms % 1_000 == 0 { format!("{}s", ms / 1_000) } else { format!("{ms}ms") }
 }
 
 /// How replicas are spread over the bases that fit.
@@ -184,6 +438,19 @@ pub struct ModuleStatus {
     pub requests: u64,
     /// Whether an assignment of the fleet names it (otherwise: installed by hand, unmanaged).
     pub managed: bool,
+    /// Of `requests`, answers with a 5xx status, since it started.
+    #[serde(default)]
+    pub server_errors: u64,
+    /// Latency of its answered requests since it started: `latency_us[i]` requests took at
+    /// most 2^i microseconds (and more than 2^(i-1)); trailing zeros left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_us: Vec<u64>,
+    /// Requests per second over the last report interval.
+    #[serde(default)]
+    pub rps: f64,
+    /// Its share of the module's traffic on this base when the base splits it by weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 /// What one base must run of one module (`/pedestal/assign/<base>/<module>`), written by the
@@ -207,6 +474,19 @@ pub struct Assignment {
     pub config: serde_json::Map<String, serde_json::Value>,
     /// The spec generation it comes from.
     pub generation: u64,
+    /// During a rollout step with a weight below 100: the version this base keeps beside
+    /// `version`, and the share `version` takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// A base splitting a module's traffic between the old release and the new one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    /// The old release, kept running and active for the rest of the traffic.
+    pub previous: Release,
+    /// The new version's share, 1 to 99 (the old one takes the rest).
+    pub weight: u32,
 }
 
 /// The scheduler's answer for one spec (`/pedestal/placement/<module>`).
@@ -239,7 +519,8 @@ pub struct Endpoints {
     pub endpoints: Vec<Endpoint>,
 }
 
-/// One base serving a module.
+/// One base serving one version of a module (a base serving two versions, during a canary
+/// step, is listed once for each).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// Base id.
@@ -385,4 +666,199 @@ pub struct BaseView {
     pub used: Resources,
     /// Modules on it: assigned plus unmanaged.
     pub modules: u32,
+}
+
+/// A module's rollout (`/pedestal/rollouts/<module>`), written by the leader (fenced): where a
+/// change of version (or of bytes) stands. Everything a controller needs to carry it on is
+/// here, so a standby elected mid-step resumes it from etcd alone; the step index and the set
+/// of upgraded bases only grow, so no step is applied twice and none is skipped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    /// Module name.
+    pub module: String,
+    /// The spec generation that started it (its id).
+    pub generation: u64,
+    /// What ran before (`None` for a first deploy: nothing to roll from, complete at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Release>,
+    /// What it rolls to.
+    pub to: Release,
+    /// The strategy, as the spec said when it started.
+    pub strategy: Strategy,
+    /// Where it stands.
+    pub state: RolloutState,
+    /// The current step (0-based, into the strategy's steps with the implicit last one).
+    pub step: u32,
+    /// Where the current step stands.
+    pub phase: StepPhase,
+    /// The bases assigned `to` so far, in the order they were moved.
+    #[serde(default)]
+    pub upgraded: Vec<String>,
+    /// When it started, in milliseconds since the epoch.
+    pub started_ms: u64,
+    /// When the current phase began.
+    pub phase_ms: u64,
+    /// When it ended (complete, rolled back or aborted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+    /// Who paused it, while paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_by: Option<String>,
+    /// `from`'s error rate and latency over the window before the rollout started, when
+    /// measured: what the last step (no old version left to compare with) is judged against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Measure>,
+    /// The latest judgement of the current (or last) step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisResult>,
+    /// Why it stopped, when it did (rolled back, aborted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What happened, oldest first (the last [`RolloutRecord::MAX_HISTORY`] events).
+    #[serde(default)]
+    pub history: Vec<RolloutEvent>,
+}
+
+impl RolloutRecord {
+    /// Events kept in a record.
+    pub const MAX_HISTORY: usize = 100;
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    /// Moving bases, measuring or holding a step.
+    Progressing,
+    /// Held by `pedestal fleet rollout pause` (analysis still runs: a regression still rolls
+    /// back).
+    Paused,
+    /// Every base runs `to`.
+    Complete,
+    /// A measured regression (or a failed step) returned every base to `from`.
+    RolledBack,
+    /// `pedestal fleet rollout abort` returned every base to `from`.
+    Aborted,
+}
+
+impl RolloutState {
+    /// Whether it has ended.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Complete | Self::RolledBack | Self::Aborted)
+    }
+}
+
+/// Where the current step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepPhase {
+    /// Bases are being moved to the step's count (at most `max_unavailable` at once).
+    Moving,
+    /// Reached: measuring the analysis window and holding the step's pause.
+    Holding,
+    /// Reached, measured, waiting for `promote` (`pause = "manual"`).
+    AwaitingPromotion,
+    /// The rollout has ended.
+    Done,
+}
+
+/// Requests, 5xx answers and p99 latency of one version over a window, summed over bases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Measure {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of them, 5xx.
+    pub server_errors: u64,
+    /// p99 latency in microseconds (a power-of-two bucket's upper bound), if any request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_us: Option<u64>,
+}
+
+impl Measure {
+    /// The share of requests that failed (0 without requests).
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 { 0.0 } else { self.server_errors as f64 / self.requests as f64 }
+    }
+}
+
+/// One judgement of a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisResult {
+    /// When it was made, in milliseconds since the epoch.
+    pub at_ms: u64,
+    /// The step judged.
+    pub step: u32,
+    /// `pass`, `fail` or `inconclusive` (too few requests to judge).
+    pub verdict: String,
+    /// The old version over the window (or the baseline).
+    pub old: Measure,
+    /// The new version over the window.
+    pub new: Measure,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// One thing that happened to a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutEvent {
+    /// When, in milliseconds since the epoch.
+    pub at_ms: u64,
+    /// Who: `controller <id>` for the controller's own decisions, else the actor of a command.
+    pub actor: String,
+    /// The step it happened at.
+    pub step: u32,
+    /// What: `started`, `moving`, `step_reached`, `analysis_passed`, `promoted`, `paused`,
+    /// `resumed`, `rolled_back`, `aborted`, `complete`, `superseded`.
+    pub event: String,
+    /// Why, in words.
+    pub message: String,
+}
+
+/// A command to a rollout (`/pedestal/commands/<module>/<id>`), written by whichever
+/// controller the CLI asked, applied and deleted by the leader in one transaction with the
+/// record it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutCommand {
+    /// Unique, key-safe (the key's last segment).
+    pub id: String,
+    /// `pause`, `resume`, `promote` or `abort`.
+    pub action: String,
+    /// Who asked (the CLI sends the user and host).
+    pub actor: String,
+    /// Why, if they said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When, in milliseconds since the epoch.
+    pub at_ms: u64,
+}
+
+/// A cordoned base (`/pedestal/cordons/<base>`), written by the leader: no new replicas go
+/// there; with `drain`, its replicas move to other bases (each new one serving before the
+/// old one goes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CordonRecord {
+    /// Base id.
+    pub base_id: String,
+    /// Whether its replicas are moved off.
+    pub drain: bool,
+    /// Who cordoned it.
+    pub actor: String,
+    /// Why, if they said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When, in milliseconds since the epoch.
+    pub at_ms: u64,
+}
+
+/// An autoscaled module's replica count (`/pedestal/scale/<module>`), written by the leader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleRecord {
+    /// Module name.
+    pub module: String,
+    /// Replicas wanted now.
+    pub replicas: u32,
+    /// When it last changed, in milliseconds since the epoch.
+    pub changed_ms: u64,
+    /// Why, in words (the measured load and the target).
+    pub reason: String,
 }

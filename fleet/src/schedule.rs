@@ -146,6 +146,7 @@ pub fn place(
             limits: spec.limits,
             config: spec.config.clone(),
             generation: record.generation,
+            canary: None,
         };
         for base_id in on.iter() {
             plan.assignments
@@ -424,6 +425,8 @@ mod tests {
                 limits: None,
                 config: Default::default(),
                 interface_version: None,
+                rollout: None,
+                autoscale: None,
             },
             generation: 1,
             changed_ms: 0,
@@ -461,6 +464,10 @@ mod tests {
                 cpu_millis: 10,
                 requests: 0,
                 managed,
+                server_errors: 0,
+                latency_us: Vec::new(),
+                rps: 0.0,
+                weight: None,
             }],
             ..Default::default()
         }

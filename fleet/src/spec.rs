@@ -299,6 +299,8 @@ impl SpecFile {
             limits: self.limits,
             config: self.config.clone(),
             interface_version: None,
+            rollout: None,
+            autoscale: None,
         }
     }
 }

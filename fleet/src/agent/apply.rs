@@ -257,6 +257,7 @@ mod tests {
                 limits: None,
                 config: Default::default(),
                 generation: 1,
+                canary: None,
             },
             revision,
         }

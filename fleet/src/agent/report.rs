@@ -85,6 +85,12 @@ pub(crate) fn status(
                 cpu_millis: meter.millicores(&instance, now),
                 requests: instance.traffic().requests,
                 managed: managed.contains(&instance.id.name),
+                server_errors: instance.traffic().server_errors,
+                latency_us: Vec::new(),
+                rps: 0.0,
+                weight: registry
+                    .weights(&instance.id.name)
+                    .and_then(|w| w.get(&instance.id.version).copied()),
             }
         })
         .collect();

@@ -597,6 +597,7 @@ mod tests {
             limits: None,
             config: Default::default(),
             generation: 1,
+            canary: None,
         })
         .unwrap()
     }

@@ -352,6 +352,8 @@ mod tests {
                 limits: None,
                 config: Default::default(),
                 interface_version: None,
+                rollout: None,
+                autoscale: None,
             },
             generation: 1,
             changed_ms: 0,
