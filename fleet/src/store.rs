@@ -90,3 +90,66 @@ pub async fn commit(client: &mut Client, compares: Vec<Compare>, ops: Vec<TxnOp>
         Err(_) => Outcome::Unknown(etcd_client::Error::InvalidArgs("etcd did not answer in time".into())),
     }
 }
+
+#[doc(hidden)]
+/// A throwaway single-member etcd on free loopback ports, for this crate's tests against a
+/// real etcd (Debian's `etcd-server`). Not part of the fleet's API.
+pub mod local_etcd {
+    use std::{
+        net::TcpListener,
+        path::PathBuf,
+        process::{Child, Command, Stdio},
+        time::{Duration, Instant},
+    };
+
+    /// A running etcd, killed and its data removed on drop.
+    pub struct Etcd {
+        child: Child,
+        /// Its client URL.
+        pub url: String,
+        dir: PathBuf,
+    }
+
+    impl Drop for Etcd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn port() -> u16 {
+        TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    }
+
+    /// Starts one and waits until it is healthy (20 s at most).
+    pub fn start() -> Etcd {
+        let (client, peer) = (port(), port());
+        let dir = std::env::temp_dir().join(format!("pedestal-fleet-etcd-{}-{client}", std::process::id()));
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "m0", "--data-dir"])
+            .arg(dir.join("m0"))
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("m0={peer_url}"), "--pre-vote"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian's etcd-server) is installed");
+        let etcd = Etcd { child, url, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ureq::get(&format!("{}/health", etcd.url))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .is_none_or(|b| !b.contains("true"))
+        {
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        etcd
+    }
+}

@@ -1,61 +1,10 @@
 //! The fence against a real etcd: a leader's write commits only while the leader key it put
 //! is still there with its create revision (its term).
 
-use std::{
-    net::TcpListener,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
-use pedestal_fleet::store::{self, Fence, Outcome};
-
-struct Etcd {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-fn etcd() -> Etcd {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let (client, peer) = (port(), port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .args(["--name", "m0", "--data-dir"])
-        .arg(dir.path().join("m0"))
-        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("m0={peer_url}"), "--pre-vote"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd (Debian's etcd-server) is installed");
-    let etcd = Etcd { child, url, _dir: dir };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ureq::get(&format!("{}/health", etcd.url))
-        .call()
-        .ok()
-        .and_then(|r| r.into_string().ok())
-        .is_none_or(|b| !b.contains("true"))
-    {
-        assert!(Instant::now() < deadline, "etcd did not become healthy");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    etcd
-}
+use pedestal_fleet::store::{self, Fence, Outcome, local_etcd::start as etcd};
 
 /// Takes the leader key under a fresh lease the way a controller campaigns; its term.
 async fn elect(client: &mut etcd_client::Client, key: &str, who: &str) -> (i64, i64) {

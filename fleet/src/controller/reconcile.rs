@@ -58,25 +58,72 @@ pub(crate) struct Snapshot {
     pub(crate) assignment_keys: BTreeSet<String>,
     pub(crate) placements: BTreeMap<String, PlacementRecord>,
     pub(crate) endpoints: BTreeMap<String, Endpoints>,
+    /// Range requests the read took.
+    pub(crate) pages: u32,
+}
+
+/// Keys per range request of a snapshot read.
+const PAGE_KEYS: i64 = 1000;
+/// The largest range answer accepted (a page of 1000 keys of large base reports).
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// The end of the range of keys starting with `prefix`: its last byte below 0xff, plus one.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 impl Snapshot {
-    /// Reads the whole prefix in one request.
+    /// Reads the whole prefix at one revision, in pages of [`PAGE_KEYS`] keys: the first page
+    /// fixes the revision, the others read at it, so the snapshot is one moment however large
+    /// the fleet (a single range of 1000 modules' keys outgrows gRPC's 4 MiB default answer).
     pub(crate) async fn read(
         client: &mut etcd_client::Client,
         keys: &Keys,
     ) -> Result<Self, etcd_client::Error> {
-        let get = client.get(keys.prefix(), Some(GetOptions::new().with_prefix()));
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, get)
-            .await
-            .map_err(|_| etcd_client::Error::InvalidArgs("etcd did not answer in time".into()))??;
-        let mut snapshot = Snapshot {
-            revision: response.header().map(|h| h.revision()).unwrap_or_default(),
-            ..Default::default()
-        };
-        for kv in response.kvs() {
-            let Ok(key) = kv.key_str() else { continue };
-            snapshot.add(keys, key, kv.value(), kv.create_revision(), kv.mod_revision());
+        Self::read_paged(client, keys, PAGE_KEYS).await
+    }
+
+    /// [`Snapshot::read`] with `page` keys per range request.
+    async fn read_paged(
+        client: &mut etcd_client::Client,
+        keys: &Keys,
+        page: i64,
+    ) -> Result<Self, etcd_client::Error> {
+        let mut kv = client.kv_client().max_decoding_message_size(MAX_ANSWER_BYTES);
+        let end = prefix_end(keys.prefix());
+        let mut snapshot = Snapshot::default();
+        let mut from = keys.prefix().as_bytes().to_vec();
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
+            if snapshot.revision > 0 {
+                options = options.with_revision(snapshot.revision);
+            }
+            let response = tokio::time::timeout(REQUEST_TIMEOUT, kv.get(from.clone(), Some(options)))
+                .await
+                .map_err(|_| etcd_client::Error::InvalidArgs("etcd did not answer in time".into()))??;
+            if snapshot.revision == 0 {
+                snapshot.revision = response.header().map(|h| h.revision()).unwrap_or_default();
+            }
+            for kv in response.kvs() {
+                let Ok(key) = kv.key_str() else { continue };
+                snapshot.add(keys, key, kv.value(), kv.create_revision(), kv.mod_revision());
+            }
+            snapshot.pages += 1;
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    // The next page starts just after the last key read.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
         }
         Ok(snapshot)
     }
@@ -411,6 +458,45 @@ mod tests {
         assert!(snapshot.statuses.is_empty(), "status/b1 holds b2's report");
         let good = snapshot_with(&keys, &[("bases/b1", json(&base()))]);
         assert_eq!(good.bases.keys().collect::<Vec<_>>(), ["b1"]);
+    }
+
+    #[test]
+    fn a_prefix_range_ends_after_its_last_byte() {
+        assert_eq!(prefix_end("/p/"), b"/p0");
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_paged_read_is_one_snapshot_of_the_prefix_only() {
+        let etcd = crate::store::local_etcd::start();
+        let mut client = crate::store::connect(std::slice::from_ref(&etcd.url)).await.expect("etcd");
+        let keys = Keys::new("/t/");
+        for i in 0..25 {
+            let mut record = spec();
+            record.spec.name = format!("m{i:02}");
+            client.put(keys.spec(&record.spec.name), json(&record), None).await.expect("a put");
+        }
+        // Beside the prefix, on both sides of its range: never read.
+        client.put("/t", "x", None).await.expect("a put");
+        client.put("/t0", "x", None).await.expect("a put");
+        client.put(keys.base("b1"), json(&base()), None).await.expect("a put");
+        let paged = Snapshot::read_paged(&mut client, &keys, 7).await.expect("a paged read");
+        let whole = Snapshot::read_paged(&mut client, &keys, 0).await.expect("one read");
+        assert_eq!(paged.pages, 4, "26 keys in pages of 7");
+        assert_eq!(whole.pages, 1);
+        assert_eq!(paged.specs, whole.specs);
+        assert_eq!(paged.specs.len(), 25);
+        assert_eq!(paged.bases.keys().collect::<Vec<_>>(), ["b1"]);
+        assert_eq!(paged.revision, whole.revision);
+        // Pages after the first read at the first one's revision: a later write is not in it.
+        let revision = paged.revision;
+        client.put(keys.base("b2"), json(&BaseRecord { id: "b2".into(), ..base() }), None).await.unwrap();
+        let mut kv = client.kv_client();
+        let at = kv
+            .get(keys.prefix(), Some(GetOptions::new().with_prefix().with_revision(revision)))
+            .await
+            .expect("a read at the snapshot's revision");
+        assert_eq!(at.kvs().len(), 26);
     }
 
     #[test]
