@@ -38,6 +38,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// What an assignment key asks for.
 #[derive(Debug, Clone, PartialEq)]
+#[expect(clippy::large_enum_variant, reason = "a few per base, short-lived: boxing buys nothing")]
 enum Wanted {
     /// An assignment to apply.
     Valid(Desired),
