@@ -1,8 +1,6 @@
 //! The fence against a real etcd: a leader's write commits only while the leader key it put
 //! is still there with its create revision (its term).
 
-use std::time::Duration;
-
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use pedestal_fleet::store::{self, Fence, Outcome, local_etcd::start as etcd};
 
