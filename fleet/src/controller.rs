@@ -209,6 +209,12 @@ pub(crate) struct Metrics {
     pub(crate) txns: AtomicU64,
     /// Operations in them.
     pub(crate) ops: AtomicU64,
+    /// The most operations in one of them.
+    pub(crate) max_txn_ops: AtomicU64,
+    /// The most bytes of keys and values in one of them.
+    pub(crate) max_txn_bytes: AtomicU64,
+    /// The range requests the last pass's snapshot read took.
+    pub(crate) snapshot_pages: AtomicU64,
 }
 
 impl Metrics {
@@ -217,6 +223,9 @@ impl Metrics {
             "passes": self.passes.load(Ordering::Relaxed),
             "txns": self.txns.load(Ordering::Relaxed),
             "ops": self.ops.load(Ordering::Relaxed),
+            "max_txn_ops": self.max_txn_ops.load(Ordering::Relaxed),
+            "max_txn_bytes": self.max_txn_bytes.load(Ordering::Relaxed),
+            "snapshot_pages": self.snapshot_pages.load(Ordering::Relaxed),
         })
     }
 }

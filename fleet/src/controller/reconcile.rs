@@ -242,16 +242,28 @@ pub(crate) fn diff(keys: &Keys, snapshot: &Snapshot, plan: &Plan, now: u64) -> V
     changes
 }
 
+/// The bytes of keys and values `changes` send.
+fn bytes_of(changes: &[Change]) -> usize {
+    changes.iter().map(Change::size).sum()
+}
+
+impl Change {
+    /// Its key's and value's bytes.
+    fn size(&self) -> usize {
+        match self {
+            Change::Put(key, value) => key.len() + value.len(),
+            Change::Delete(key) => key.len(),
+        }
+    }
+}
+
 /// `changes` cut into transactions of at most [`MAX_OPS_PER_TXN`] operations and about
 /// [`MAX_BYTES_PER_TXN`] of keys and values (a single larger change goes alone).
 pub(crate) fn chunks(changes: &[Change]) -> Vec<&[Change]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, change) in changes.iter().enumerate() {
-        let size = match change {
-            Change::Put(key, value) => key.len() + value.len(),
-            Change::Delete(key) => key.len(),
-        };
+        let size = change.size();
         if i > start && (i - start == MAX_OPS_PER_TXN || bytes + size > MAX_BYTES_PER_TXN) {
             out.push(&changes[start..i]);
             (start, bytes) = (i, 0);
@@ -301,6 +313,7 @@ pub(crate) async fn pass(ctl: &Controller, fence: &Fence) -> Result<(), etcd_cli
     let plan = snapshot.plan();
     let changes = diff(&ctl.keys, &snapshot, &plan, now_ms());
     ctl.metrics.passes.fetch_add(1, Ordering::Relaxed);
+    ctl.metrics.snapshot_pages.store(u64::from(snapshot.pages), Ordering::Relaxed);
     if changes.is_empty() {
         return Ok(());
     }
@@ -321,6 +334,8 @@ pub(crate) async fn pass(ctl: &Controller, fence: &Fence) -> Result<(), etcd_cli
             Outcome::Committed(_) => {
                 txns += 1;
                 ops += chunk.len();
+                ctl.metrics.max_txn_ops.fetch_max(chunk.len() as u64, Ordering::Relaxed);
+                ctl.metrics.max_txn_bytes.fetch_max(bytes_of(chunk) as u64, Ordering::Relaxed);
             }
             Outcome::Refused => {
                 ctl.leadership.step_down("a fenced write was refused");

@@ -9,7 +9,13 @@
 //! - etcd traffic per placement: etcd's put/txn/delete counters and gRPC bytes around each
 //!   apply, and the idle rate (status reports) over the same time for comparison.
 //!
-//! Usage: `fleet-bench [--quick] [--sizes 10,50,100] [--repeats N] [--out FILE]`.
+//! - metadata at scale ([`scale`]): 1000 one-replica modules over 100 bases (`--quick`: 50
+//!   over 5), the largest transaction and value, etcd's database size and watchers.
+//!
+//! Usage: `fleet-bench [--quick] [--sizes 10,50,100] [--repeats N] [--scale BASES,MODULES]
+//! [--no-scale] [--out FILE]`.
+
+mod scale;
 
 use std::{
     collections::BTreeMap,
@@ -39,7 +45,12 @@ fn main() -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let sizes: Vec<usize> = match value("--sizes") {
-        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>().context("--sizes")?,
+        Some(list) => list
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .context("--sizes")?,
         None if quick => vec![10],
         None => vec![10, 50, 100],
     };
@@ -53,18 +64,27 @@ fn main() -> anyhow::Result<()> {
         "{} CPUs; etcd 1 node; 2 controllers; bases `--supervisor off`; {repeats} applies and {kills} base kills per size.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )?;
+    let scale_size: Option<(usize, usize)> = match value("--scale") {
+        _ if args.iter().any(|a| a == "--no-scale") => None,
+        Some(pair) => {
+            let (b, m) = pair.split_once(',').context("--scale BASES,MODULES")?;
+            Some((b.parse().context("--scale bases")?, m.parse().context("--scale modules")?))
+        }
+        None if quick => Some((5, 50)),
+        None => Some((100, 1000)),
+    };
     let mut rows = Vec::new();
     for n in sizes {
         eprintln!("== {n} bases");
         rows.push(measure(n, repeats, kills)?);
     }
-    writeln!(
-        report,
-        "| bases | start all (s) | first apply, with transfer (ms) | apply → all serving p50 (ms) | p99 (ms) | max (ms) | kill -9 → re-placed p50 (ms) | max (ms) | failover (ms) | etcd puts+txns / apply | per replica | gRPC KiB / apply | idle puts+txns over the same time |"
-    )?;
-    writeln!(report, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
-    for row in &rows {
-        writeln!(report, "{row}")?;
+    if !rows.is_empty() {
+        write_rows(&mut report, &rows)?;
+    }
+    if let Some((bases, modules)) = scale_size {
+        eprintln!("== metadata: {modules} modules over {bases} bases");
+        writeln!(report)?;
+        scale::measure(bases, modules)?.render(&mut report)?;
     }
     print!("{report}");
     let out = value("--out").unwrap_or_else(|| "target/release/bench-fleet-results.md".into());
@@ -73,6 +93,19 @@ fn main() -> anyhow::Result<()> {
     }
     std::fs::write(&out, &report).with_context(|| format!("writing {out}"))?;
     eprintln!("written to {out}");
+    Ok(())
+}
+
+/// The sizes' table.
+fn write_rows(report: &mut String, rows: &[Row]) -> std::fmt::Result {
+    writeln!(
+        report,
+        "| bases | start all (s) | first apply, with transfer (ms) | apply → all serving p50 (ms) | p99 (ms) | max (ms) | kill -9 → re-placed p50 (ms) | max (ms) | failover (ms) | etcd puts+txns / apply | per replica | gRPC KiB / apply | idle puts+txns over the same time |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+    for row in rows {
+        writeln!(report, "{row}")?;
+    }
     Ok(())
 }
 
