@@ -102,8 +102,11 @@ impl Haproxy {
 
     /// The names of the backends HAProxy holds up now (from its stats page).
     pub fn up(&self) -> Vec<String> {
-        let Ok(csv) =
-            ureq::get(&self.stats).timeout(Duration::from_secs(2)).call().and_then(|r| Ok(r.into_string()?))
+        let Some(csv) = ureq::get(&self.stats)
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
         else {
             return Vec::new();
         };
