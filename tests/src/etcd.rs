@@ -1,6 +1,9 @@
 //! Real etcd for fleet tests: one node or a 3-member cluster of Debian's `etcd` 3.4, on free
 //! loopback ports with their own data directories, `--pre-vote` as DESIGN.md recommends;
-//! killed when dropped.
+//! killed when dropped. Faults for tests: [`Etcd::kill`]/[`Etcd::restart`] a member,
+//! [`Etcd::kill_leader`], [`Etcd::freeze`]/[`Etcd::thaw`] one (SIGSTOP/SIGCONT: alive to its
+//! peers' TCP, silent to raft), [`Etcd::lose_quorum`], and [`Etcd::compact_now`] (watchers on
+//! an older revision must re-list).
 
 use std::{
     net::{TcpListener, TcpStream},
@@ -193,9 +196,89 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// How many members it has.
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// `kill -9` of the member that leads now (waiting up to 10 s for one to), and its index.
+    pub fn kill_leader(&mut self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let leader = loop {
+            if let Some(leader) = self.leader() {
+                break leader;
+            }
+            assert!(Instant::now() < deadline, "no etcd member leads");
+            thread::sleep(Duration::from_millis(100));
+        };
+        self.kill(leader);
+        leader
+    }
+
+    /// SIGSTOP to member `i`: its sockets stay open but it answers nothing (a hung host).
+    pub fn freeze(&self, i: usize) {
+        assert!(self.signal(i, "STOP"), "kill -STOP of etcd member {i}");
+    }
+
+    /// SIGCONT to member `i` after [`Etcd::freeze`].
+    pub fn thaw(&self, i: usize) {
+        assert!(self.signal(i, "CONT"), "kill -CONT of etcd member {i}");
+    }
+
+    /// `kill -<name>` of member `i`'s process; whether it was sent.
+    fn signal(&self, i: usize, name: &str) -> bool {
+        let Some(child) = self.members[i].child.as_ref() else { return false };
+        Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Kills every member but `keep` (a majority of three), waits `outage`, starts them again on
+    /// their data and waits until the cluster is healthy: `outage` without quorum.
+    pub fn lose_quorum(&mut self, keep: usize, outage: Duration) {
+        let lost: Vec<usize> = (0..self.members.len()).filter(|&i| i != keep).collect();
+        for &i in &lost {
+            self.kill(i);
+        }
+        thread::sleep(outage);
+        for &i in &lost {
+            self.restart(i);
+        }
+        self.wait_healthy(Duration::from_secs(30));
+    }
+
+    /// The cluster's current revision.
+    pub fn revision(&self) -> i64 {
+        let out = self.ctl(&["endpoint", "status", "-w", "json"]);
+        let status: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("etcdctl endpoint status: {e}: {out}"));
+        status
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|member| member["Status"]["header"]["revision"].as_i64())
+            .max()
+            .unwrap_or_else(|| panic!("no revision in {out}"))
+    }
+
+    /// Compacts the history up to the current revision (and returns it): a watch resuming from
+    /// an older revision is refused and its owner must re-list.
+    pub fn compact_now(&self) -> i64 {
+        let revision = self.revision();
+        let out = self.ctl(&["compact", &revision.to_string(), "--physical"]);
+        assert!(out.contains("compacted revision"), "etcdctl compact {revision}: {out:?}");
+        revision
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         for i in 0..self.members.len() {
+            // A frozen member dies of SIGKILL too; continue it anyway so nothing lingers.
+            self.signal(i, "CONT");
             self.kill(i);
         }
     }

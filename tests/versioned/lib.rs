@@ -9,10 +9,23 @@
 //! exists in the base's working directory (the data directory in tests), the start hook takes
 //! a second, so a test can kill the base while a start runs; when `fail-start-<crate name>`
 //! exists (say `fail-start-fx_versioned_1_0_0_b`), that build's start hook fails.
+//!
+//! `/work` is the route load tests drive: it answers the version at once, unless a marker file
+//! in the working directory says otherwise. With `flaky-<crate name>` (say
+//! `flaky-fx_versioned_1_1_0`) every fifth request of that build answers 500 (a deterministic
+//! counter: exactly 20%); with `slow-<crate name>` every request takes 50 ms more. The markers
+//! are looked at most every 200 ms (cached), so load tests measure the module, not `stat`.
 
-use std::time::Duration;
+use std::{
+    path::Path,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
-use axum::{Router, extract::Query, routing::get};
+use axum::{Router, extract::Query, http::StatusCode, routing::get};
 use pedestal_module_api::{Module, StartError, export_module};
 use serde::Deserialize;
 
@@ -26,6 +39,7 @@ impl Module for Versioned {
             .route("/version", get(|| async { VERSION }))
             .route("/sleep", get(sleep))
             .route("/build", get(|| async { env!("CARGO_CRATE_NAME") }))
+            .route("/work", get(work))
     }
 
     async fn start(&self) -> Result<(), StartError> {
@@ -49,4 +63,42 @@ struct Millis {
 async fn sleep(Query(Millis { ms }): Query<Millis>) -> &'static str {
     tokio::time::sleep(Duration::from_millis(ms)).await;
     VERSION
+}
+
+/// Every `/work` request of this build, counted (the flaky marker fails each fifth).
+static WORK_REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// How often the marker files are looked at.
+const MARKER_CHECK: Duration = Duration::from_millis(200);
+
+/// The markers as last seen, and when.
+struct Markers {
+    checked: Option<Instant>,
+    flaky: bool,
+    slow: bool,
+}
+
+static MARKERS: Mutex<Markers> = Mutex::new(Markers { checked: None, flaky: false, slow: false });
+
+/// `(flaky, slow)`: whether each marker file exists, looked at most every [`MARKER_CHECK`].
+fn markers() -> (bool, bool) {
+    let mut markers = MARKERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if markers.checked.is_none_or(|at| at.elapsed() >= MARKER_CHECK) {
+        markers.flaky = Path::new(concat!("flaky-", env!("CARGO_CRATE_NAME"))).exists();
+        markers.slow = Path::new(concat!("slow-", env!("CARGO_CRATE_NAME"))).exists();
+        markers.checked = Some(Instant::now());
+    }
+    (markers.flaky, markers.slow)
+}
+
+async fn work() -> (StatusCode, &'static str) {
+    let (flaky, slow) = markers();
+    let n = WORK_REQUESTS.fetch_add(1, Ordering::Relaxed);
+    if slow {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if flaky && n % 5 == 4 {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "flaky: every fifth request fails");
+    }
+    (StatusCode::OK, VERSION)
 }

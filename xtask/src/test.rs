@@ -68,6 +68,7 @@ fn count(result: &str, label: &str) -> u64 {
 const DEBIAN_PACKAGES: &[(&str, Present)] = &[
     ("etcd-server", Present::Command("etcd")),
     ("etcd-client", Present::Command("etcdctl")),
+    ("haproxy", Present::Command("haproxy")),
     ("protobuf-compiler", Present::Command("protoc")),
     ("libprotobuf-dev", Present::File("/usr/include/google/protobuf/descriptor.proto")),
 ];
