@@ -505,4 +505,37 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn a_scale_record_is_written_on_change_only_and_deleted_with_its_spec() {
+        let keys = Keys::new("/t/");
+        let mut scaled = spec();
+        scaled.spec.autoscale = Some(crate::model::Autoscale {
+            min: 1,
+            max: 3,
+            target_cpu: Some(0.5),
+            target_rps: None,
+            cooldown_ms: 1_000,
+        });
+        let first = snapshot_with(&keys, &[("specs/a", json(&scaled)), ("bases/b1", json(&base()))]);
+        let plan = first.plan_at(10);
+        let record = plan.scales["a"].clone();
+        assert_eq!(record.replicas, 1);
+        assert!(diff(&keys, &first, &plan, 10).contains(&Change::Put("/t/scale/a".into(), json(&record))));
+
+        let settled = snapshot_with(
+            &keys,
+            &[("specs/a", json(&scaled)), ("bases/b1", json(&base())), ("scale/a", json(&record))],
+        );
+        let later = settled.plan_at(99_000);
+        assert!(
+            !diff(&keys, &settled, &later, 99_000)
+                .iter()
+                .any(|c| matches!(c, Change::Put(k, _) if k == "/t/scale/a")),
+            "nothing measured, nothing changed: no write"
+        );
+
+        let orphaned = snapshot_with(&keys, &[("bases/b1", json(&base())), ("scale/a", json(&record))]);
+        assert_eq!(diff(&keys, &orphaned, &orphaned.plan_at(1), 1), [Change::Delete("/t/scale/a".into())]);
+    }
 }
