@@ -78,8 +78,36 @@ pub enum FleetCommand {
         /// The module.
         module: String,
     },
-    /// The live bases: labels, modules, memory and CPU used of their capacity.
+    /// The live bases: labels, modules, memory and CPU used of their capacity, cordons.
     Bases,
+    /// Cordon a base: no new replicas go there (what it runs stays).
+    Cordon {
+        /// The base id (it need not be live: a restarting base stays cordoned).
+        base: String,
+        /// Why, for whoever looks at `pedestal fleet bases`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Drain a base: cordon it and move its replicas off, each replacement serving before the
+    /// old replica goes.
+    Drain {
+        /// The base id.
+        base: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Wait until no fleet module is left on it (it can then be stopped).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (`60s`, `2m`).
+        #[arg(long, default_value = "60s", requires = "wait", value_parser = crate::model::parse_duration)]
+        timeout: u64,
+    },
+    /// Uncordon a base: it is eligible again (nothing moves back by itself).
+    Uncordon {
+        /// The base id.
+        base: String,
+    },
 }
 
 /// Runs one `pedestal fleet` command, printing its answer; errors go to stderr with their
@@ -173,7 +201,73 @@ fn execute(args: &FleetArgs, printer: &Printer) -> Result<(), Failure> {
             printer.print(&bases, || render_bases(&bases, printer.color));
             Ok(())
         }
+        FleetCommand::Cordon { base, reason } => {
+            let answer = client.cordon(base, false, &actor(), reason.as_deref())?;
+            printer.print(&answer, || format!("{}\n", answer.message));
+            Ok(())
+        }
+        FleetCommand::Drain { base, reason, wait, timeout } => {
+            let answer = client.cordon(base, true, &actor(), reason.as_deref())?;
+            printer.print(&answer, || format!("{}\n", answer.message));
+            if *wait { wait_drained(&client, printer, base, Duration::from_millis(*timeout)) } else { Ok(()) }
+        }
+        FleetCommand::Uncordon { base } => {
+            let answer = client.uncordon(base)?;
+            printer.print(&answer, || format!("{}\n", answer.message));
+            Ok(())
+        }
     }
+}
+
+/// Who runs the CLI, for cordon records: `user@host`.
+fn actor() -> String {
+    let user =
+        std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_else(|_| "someone".into());
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    if host.is_empty() { user } else { format!("{user}@{host}") }
+}
+
+/// `drain --wait`: polls `GET /api/v1/bases` until the base shows drained (no fleet module
+/// assigned or reported), outliving transient errors.
+fn wait_drained(client: &Client, printer: &Printer, base: &str, timeout: Duration) -> Result<(), Failure> {
+    let start = Instant::now();
+    let mut left = String::from("the controller does not list the base");
+    while start.elapsed() < timeout {
+        match client.bases() {
+            Ok(bases) => match bases.iter().find(|b| b.record.id == base) {
+                Some(view) if view.drained => {
+                    if printer.output == Output::Table {
+                        println!(
+                            "drained {base} after {:.1} s: it can be stopped",
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                    return Ok(());
+                }
+                Some(view) => {
+                    let managed: Vec<String> = view
+                        .status
+                        .iter()
+                        .flat_map(|s| &s.modules)
+                        .filter(|m| m.managed)
+                        .map(|m| format!("{}@{}", m.name, m.version))
+                        .collect();
+                    left = format!("{} fleet modules left ({})", managed.len(), managed.join(", "));
+                }
+                None => {
+                    // Not live: nothing of the fleet runs there.
+                    if printer.output == Output::Table {
+                        println!("{base} is not live: nothing to drain");
+                    }
+                    return Ok(());
+                }
+            },
+            Err(e) if transient(&e) => left = format!("last asked: {e}"),
+            Err(e) => return Err(e.into()),
+        }
+        std::thread::sleep(WAIT_POLL);
+    }
+    Err(local("WAIT_TIMEOUT", format!("{base} not drained after {} s: {left}", timeout.as_secs())))
 }
 
 fn apply(client: &Client, printer: &Printer, file: &Path, wait: Option<Duration>) -> Result<(), Failure> {
@@ -404,6 +498,9 @@ pub fn render_status(status: &FleetStatus, color: bool) -> String {
             let _ = write!(note, ": {reason}");
         }
         table.note(note, state_style(&module.state));
+        if let Some(scale) = &module.autoscale {
+            table.note(format!("  autoscale: {}", scale_line(scale)), Style::Dim);
+        }
         if module.replicas.is_empty() {
             table.note("  (no replica assigned)".to_owned(), Style::Dim);
         }
@@ -448,12 +545,46 @@ pub fn render_status(status: &FleetStatus, color: bool) -> String {
     table.render(color)
 }
 
+/// `3 replicas (cpu 1.4 cores / target 0.6 per replica)`: an autoscaled count and its load.
+pub fn scale_line(scale: &crate::model::ScaleView) -> String {
+    let mut load = Vec::new();
+    if let Some(target) = scale.target_cpu {
+        load.push(format!("cpu {:.1} cores / target {target} per replica", scale.cpu));
+    }
+    if let Some(target) = scale.target_rps {
+        load.push(format!("{:.1} rps / target {target} per replica", scale.rps));
+    }
+    format!(
+        "{} {} ({}; {} to {})",
+        scale.replicas,
+        plural_word(scale.replicas, "replica", "replicas"),
+        load.join(", "),
+        scale.min,
+        scale.max
+    )
+}
+
+fn plural_word<'a>(n: u32, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 { one } else { many }
+}
+
+/// A base's cordon state for `bases`: `-`, `cordoned`, `draining` or `drained`.
+pub fn cordon_state(base: &BaseView) -> &'static str {
+    match &base.cordon {
+        None => "-",
+        Some(cordon) if !cordon.drain => "cordoned",
+        Some(_) if base.drained => "drained",
+        Some(_) => "draining",
+    }
+}
+
 /// `bases`: one row per live base.
 pub fn render_bases(bases: &[BaseView], color: bool) -> String {
     if bases.is_empty() {
         return "no bases: join one with `pedestal serve --fleet ETCD_URLS --base-id ID`\n".to_owned();
     }
-    let mut table = Table::new(&["BASE", "LABELS", "MODULES", "MEMORY", "CPU", "ADDRESS", "APPLIED REV"]);
+    let mut table =
+        Table::new(&["BASE", "LABELS", "MODULES", "MEMORY", "CPU", "ADDRESS", "APPLIED REV", "CORDON"]);
     for base in bases {
         let record = &base.record;
         let labels: Vec<String> = record.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -477,6 +608,13 @@ pub fn render_bases(bases: &[BaseView], color: bool) -> String {
             Cell::plain(&record.traffic_url),
             Cell::plain(
                 base.status.as_ref().map(|s| s.applied_revision.to_string()).unwrap_or_else(|| "-".into()),
+            ),
+            Cell::new(
+                match base.cordon.as_ref().and_then(|c| c.reason.as_deref()) {
+                    Some(reason) => format!("{} ({reason})", cordon_state(base)),
+                    None => cordon_state(base).to_owned(),
+                },
+                if base.cordon.is_some() { Style::Warn } else { Style::Plain },
             ),
         ]);
     }
@@ -684,6 +822,15 @@ mod tests {
                         replica("base-a", "active", true, None),
                         replica("base-b", "failed", false, Some("SHA256_MISMATCH")),
                     ],
+                    autoscale: Some(crate::model::ScaleView {
+                        replicas: 2,
+                        min: 1,
+                        max: 4,
+                        cpu: 1.4,
+                        rps: 0.0,
+                        target_cpu: Some(0.6),
+                        target_rps: None,
+                    }),
                 },
                 ModuleView {
                     name: "notes".into(),
@@ -694,6 +841,7 @@ mod tests {
                     state: "unschedulable".into(),
                     reason: Some("0 of 3 replicas placed: 0 bases match tier=db".into()),
                     replicas: vec![],
+                    autoscale: None,
                 },
             ],
             unmanaged: vec![UnmanagedView {
@@ -708,6 +856,7 @@ mod tests {
             "\
 MODULE   VERSION  BASE    STATE   SERVING  HEALTH   HEAP     CPU  REQUESTS  REASON
 greeter@0.1.0 (generation 2): 1/2 ready, placed
+  autoscale: 2 replicas (cpu 1.4 cores / target 0.6 per replica; 1 to 4)
 greeter  0.1.0    base-a  active  yes      healthy  1.5 MiB  12m  1234
 greeter  0.1.0    base-b  failed  no       unknown  0 B      0m   0         SHA256_MISMATCH
 notes@0.1.0 (generation 1): 0/3 ready, unschedulable: 0 of 3 replicas placed: 0 bases match tier=db
@@ -730,6 +879,7 @@ hand     9.0.0    base-c  active  -        -        -        -    -
                 state: "placed".into(),
                 reason: None,
                 replicas: vec![replica("b", "active", true, None)],
+                autoscale: None,
             }],
             unmanaged: vec![],
         };
@@ -768,6 +918,8 @@ hand     9.0.0    base-c  active  -        -        -        -    -
                 }),
                 used,
                 modules,
+                cordon: None,
+                drained: false,
             };
         check(
             render_bases(
@@ -779,14 +931,24 @@ hand     9.0.0    base-c  active  -        -        -        -    -
                         2,
                         true,
                     ),
-                    base("b", &[], Resources { memory_bytes: 0, cpu_millis: 0 }, 0, false),
+                    BaseView {
+                        cordon: Some(crate::model::CordonRecord {
+                            base_id: "b".into(),
+                            drain: true,
+                            actor: "ops".into(),
+                            reason: Some("kernel".into()),
+                            at_ms: 1,
+                        }),
+                        drained: true,
+                        ..base("b", &[], Resources { memory_bytes: 0, cpu_millis: 0 }, 0, false)
+                    },
                 ],
                 false,
             ),
             "\
-BASE    LABELS           MODULES  MEMORY            CPU         ADDRESS                APPLIED REV
-base-a  tier=web,zone=a  2/64     64.0 MiB/1.0 GiB  150m/2000m  http://127.0.0.1:7072  42
-b       -                0/64     0 B/1.0 GiB       0m/2000m    http://127.0.0.1:7070  -
+BASE    LABELS           MODULES  MEMORY            CPU         ADDRESS                APPLIED REV  CORDON
+base-a  tier=web,zone=a  2/64     64.0 MiB/1.0 GiB  150m/2000m  http://127.0.0.1:7072  42           -
+b       -                0/64     0 B/1.0 GiB       0m/2000m    http://127.0.0.1:7070  -            drained (kernel)
 ",
         );
     }

@@ -107,6 +107,30 @@ pub struct DeleteAnswer {
     pub deleted: bool,
 }
 
+/// `POST /api/v1/bases/{id}/cordon`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CordonAnswer {
+    /// The base.
+    pub base_id: String,
+    /// Whether its replicas move off.
+    pub drain: bool,
+    /// Whether a live base has that id (a cordon of one that is not is kept all the same).
+    pub registered: bool,
+    /// What happened, for people.
+    pub message: String,
+}
+
+/// `DELETE /api/v1/bases/{id}/cordon`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UncordonAnswer {
+    /// The base.
+    pub base_id: String,
+    /// False when it was not cordoned.
+    pub changed: bool,
+    /// What happened, for people.
+    pub message: String,
+}
+
 /// A client of one controller.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -202,6 +226,19 @@ impl Client {
     /// `GET /api/v1/bases`.
     pub fn bases(&self) -> Result<Vec<BaseView>> {
         self.json(self.request("GET", "/api/v1/bases").call())
+    }
+
+    /// `POST /api/v1/bases/{id}/cordon`: no new replicas on the base; with `drain`, its
+    /// replicas move off (each replacement serving before the old one goes).
+    pub fn cordon(&self, base: &str, drain: bool, actor: &str, reason: Option<&str>) -> Result<CordonAnswer> {
+        let path = format!("/api/v1/bases/{}/cordon", segment(base));
+        let body = serde_json::json!({"drain": drain, "actor": actor, "reason": reason});
+        self.json(self.request("POST", &path).send_json(body))
+    }
+
+    /// `DELETE /api/v1/bases/{id}/cordon`: the base is eligible again.
+    pub fn uncordon(&self, base: &str) -> Result<UncordonAnswer> {
+        self.json(self.request("DELETE", &format!("/api/v1/bases/{}/cordon", segment(base))).call())
     }
 
     /// `GET /api/v1/endpoints/{module}`.

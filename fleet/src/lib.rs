@@ -6,9 +6,11 @@
 //! - [`cli`]: `pedestal fleet ...`, the operator's client of a controller.
 //! - [`client`]: a blocking client of the fleet API; [`spec`]: the spec file of `apply`.
 //! - [`model`] and [`keys`]: what lives in etcd, and where.
-//! - [`schedule`]: the pure placement function the leading controller runs.
+//! - [`schedule`]: the pure placement function the leading controller runs; [`autoscale`]: the
+//!   pure replica-count decision of autoscaled specs.
 
 pub mod agent;
+pub mod autoscale;
 pub mod cli;
 pub mod client;
 pub mod controller;

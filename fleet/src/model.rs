@@ -611,6 +611,30 @@ pub struct ModuleView {
     pub reason: Option<String>,
     /// Each assigned base, as it reports the module.
     pub replicas: Vec<ReplicaView>,
+    /// The autoscaler's view, when the spec autoscales.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<ScaleView>,
+}
+
+/// An autoscaled module's count and the load it is measured from, now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleView {
+    /// Replicas wanted (the scale record's count, or the starting count before one).
+    pub replicas: u32,
+    /// The fewest replicas.
+    pub min: u32,
+    /// The most replicas.
+    pub max: u32,
+    /// CPU of the serving replicas, summed, in cores.
+    pub cpu: f64,
+    /// Requests per second of the serving replicas, summed.
+    pub rps: f64,
+    /// The spec's CPU target per replica, in cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_cpu: Option<f64>,
+    /// The spec's requests-per-second target per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_rps: Option<f64>,
 }
 
 /// One replica: an assigned base and what it reports.
@@ -666,6 +690,13 @@ pub struct BaseView {
     pub used: Resources,
     /// Modules on it: assigned plus unmanaged.
     pub modules: u32,
+    /// Its cordon, while cordoned (`pedestal fleet cordon` or `drain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cordon: Option<CordonRecord>,
+    /// Draining and no fleet-managed module left on it (assigned or reported): it can be
+    /// stopped.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// A module's rollout (`/pedestal/rollouts/<module>`), written by the leader (fenced): where a
@@ -861,4 +892,11 @@ pub struct ScaleRecord {
     pub changed_ms: u64,
     /// Why, in words (the measured load and the target).
     pub reason: String,
+    /// Since when the load has asked for fewer replicas than `replicas`, without a break
+    /// (a scale-down waits for this to be a whole cooldown old).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_since_ms: Option<u64>,
+    /// The most replicas the load asked for since `lower_since_ms`: what a scale-down goes to.
+    #[serde(default)]
+    pub lower_peak: u32,
 }

@@ -18,6 +18,14 @@
 //!   the smallest id. `peer` wants every matching base.
 //! - Fewer fit than wanted: `unschedulable`, with a reason counting why the others do not fit;
 //!   what fits is placed, and every pass tries again.
+//! - **Cordoned** bases (`cordons/<base>`) take no new replica; what they run stays. **Draining**
+//!   bases' replicas move make-before-break: a replacement is placed on another base (a surge
+//!   beyond `wanted`), and a serving replica on the draining base is dropped only while at
+//!   least `wanted` replicas serve without it, so a module never has fewer serving replicas
+//!   than before (one that does not serve is dropped once replaced). With nowhere to go, it
+//!   stays, and the placement's reason says so. `peer` modules want every matching base but
+//!   the cordoned ones, so a draining base's replica just goes once the others serve.
+//! - **Autoscaled** specs want their scale record's count (see [`crate::autoscale`]).
 //!
 //! Deterministic: everything is walked in id order, so two controllers planning the same
 //! snapshot write the same keys.
@@ -25,9 +33,41 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
-    Assignment, BaseRecord, BaseStatus, Endpoint, Endpoints, Placement, PlacementRecord, Resources,
-    SpecRecord,
+    Assignment, BaseRecord, BaseStatus, CordonRecord, Endpoint, Endpoints, Placement, PlacementRecord,
+    Resources, ScaleRecord, SpecRecord,
 };
+
+/// What operators and the autoscaler decided, besides the specs: cordoned bases and autoscaled
+/// counts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Directives {
+    /// By base id (a cordon may name a base that is not live).
+    pub cordons: BTreeMap<String, CordonRecord>,
+    /// By module name: the count an autoscaled spec wants.
+    pub scales: BTreeMap<String, ScaleRecord>,
+}
+
+impl Directives {
+    fn cordoned(&self, base: &str) -> bool {
+        self.cordons.contains_key(base)
+    }
+
+    fn draining(&self, base: &str) -> bool {
+        self.cordons.get(base).is_some_and(|c| c.drain)
+    }
+
+    /// The replicas `record` wants: its autoscaled count, else `replicas`; `peer` aside.
+    fn wanted(&self, record: &SpecRecord) -> u32 {
+        let spec = &record.spec;
+        match &spec.autoscale {
+            Some(autoscale) => match self.scales.get(&spec.name) {
+                Some(scale) => scale.replicas.clamp(autoscale.min, autoscale.max.max(autoscale.min)),
+                None => crate::autoscale::starting_count(autoscale, spec),
+            },
+            None => spec.replicas.unwrap_or(0),
+        }
+    }
+}
 
 /// What the fleet should hold after a pass.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,14 +78,29 @@ pub struct Plan {
     pub placements: BTreeMap<String, PlacementRecord>,
     /// By module name.
     pub endpoints: BTreeMap<String, Endpoints>,
+    /// Autoscaled specs' scale records, by module name (the caller fills them in: see
+    /// [`crate::autoscale::decide`]).
+    pub scales: BTreeMap<String, ScaleRecord>,
 }
 
-/// Places every spec. `current` is the assignments in force, by base id then module name.
+/// Places every spec, with no cordon and no autoscaled count. `current` is the assignments in
+/// force, by base id then module name.
 pub fn place(
     specs: &BTreeMap<String, SpecRecord>,
     bases: &BTreeMap<String, BaseRecord>,
     statuses: &BTreeMap<String, BaseStatus>,
     current: &BTreeMap<String, BTreeMap<String, Assignment>>,
+) -> Plan {
+    place_directed(specs, bases, statuses, current, &Directives::default())
+}
+
+/// Places every spec under `directives` (cordons, autoscaled counts).
+pub fn place_directed(
+    specs: &BTreeMap<String, SpecRecord>,
+    bases: &BTreeMap<String, BaseRecord>,
+    statuses: &BTreeMap<String, BaseStatus>,
+    current: &BTreeMap<String, BTreeMap<String, Assignment>>,
+    directives: &Directives,
 ) -> Plan {
     let needs: BTreeMap<&str, Resources> =
         specs.iter().map(|(name, record)| (name.as_str(), need(record, statuses))).collect();
@@ -75,7 +130,20 @@ pub fn place(
         // the record's own `id` field, so a record disagreeing with its key cannot miss a load.
         let matching: Vec<(&str, &BaseRecord)> =
             bases.iter().map(|(id, b)| (id.as_str(), b)).filter(|(_, b)| matches(spec, b).is_ok()).collect();
-        let wanted = if spec.peer { matching.len() as u32 } else { spec.replicas.unwrap_or(0) };
+        // A peer module runs on every matching base that is not cordoned, and stays on the
+        // cordoned ones that run it and are not draining.
+        let wanted = if spec.peer {
+            matching
+                .iter()
+                .filter(|(id, _)| !directives.cordoned(id) || (on.contains(id) && !directives.draining(id)))
+                .count() as u32
+        } else {
+            directives.wanted(record)
+        };
+        // Replicas on draining bases are set aside while the rest is planned, then kept as
+        // long as they are needed.
+        let moving: BTreeSet<&str> = on.iter().copied().filter(|id| directives.draining(id)).collect();
+        on.retain(|id| !moving.contains(id));
 
         // Scale down: drop kept replicas beyond what is wanted, the most loaded first.
         while on.len() > wanted as usize {
@@ -102,6 +170,10 @@ pub fn place(
             let mut candidates: Vec<(&str, &BaseRecord)> = Vec::new();
             for &(id, base) in &matching {
                 if on.contains(id) {
+                    continue;
+                }
+                if directives.cordoned(id) {
+                    unfit.count(Why::Cordoned);
                     continue;
                 }
                 match loads[id].room_for(base, need) {
@@ -131,13 +203,65 @@ pub fn place(
             }
         }
 
-        let placed = on.len() as u32;
-        let reason = (placed < wanted)
-            .then(|| unfit.reason(placed, wanted, matching.len(), spec, need, bases.is_empty()));
-        let (state, reason) = match reason {
-            Some(reason) => ("unschedulable", Some(reason)),
-            None => ("placed", None),
+        // Draining replicas: those still needed to make up `wanted` stay (nowhere else fits);
+        // the others have a replacement and go once enough replicas serve without them.
+        let elsewhere = on.len() as u32;
+        let is_serving = |id: &str| serves(statuses.get(id), name, &spec.version, &spec.sha256);
+        let mut serving_count = on.iter().chain(moving.iter()).filter(|id| is_serving(id)).count() as u32;
+        let mut staying: Vec<&str> = Vec::new();
+        let mut waiting = 0u32;
+        let mut surplus = (elsewhere + moving.len() as u32).saturating_sub(wanted);
+        // Non-serving draining replicas first: dropping them costs no serving replica.
+        let mut order: Vec<&str> = moving.iter().copied().collect();
+        order.sort_by_key(|id| (is_serving(id), *id));
+        for id in order {
+            if surplus == 0 {
+                staying.push(id);
+                continue;
+            }
+            if !is_serving(id) {
+                surplus -= 1;
+            } else if serving_count > wanted {
+                serving_count -= 1;
+                surplus -= 1;
+            } else {
+                waiting += 1;
+                staying.push(id);
+            }
+        }
+        let stuck = staying.len() as u32 - waiting;
+        for id in &staying {
+            on.insert(id);
+        }
+        for id in moving.iter().filter(|id| !on.contains(*id)) {
+            loads.get_mut(id).expect("a load per base").remove(need);
+        }
+
+        let placed = elsewhere + stuck;
+        let reason = if placed < wanted {
+            Some(unfit.reason(placed, wanted, matching.len(), spec, need, bases.is_empty()))
+        } else if stuck > 0 {
+            Some(format!(
+                "{stuck} {} on draining {}: no other base fits{}",
+                plural(stuck, "replica stays", "replicas stay"),
+                plural(stuck, "base", "bases"),
+                unfit
+                    .reason(elsewhere, wanted, matching.len(), spec, need, bases.is_empty())
+                    .split_once(':')
+                    .map(|(_, why)| format!(" ({})", why.trim()))
+                    .unwrap_or_default()
+            ))
+        } else if waiting > 0 {
+            Some(format!(
+                "moving {waiting} {} off draining {}: waiting for {} serving elsewhere",
+                plural(waiting, "replica", "replicas"),
+                plural(waiting, "base", "bases"),
+                plural(waiting, "its replacement", "their replacements"),
+            ))
+        } else {
+            None
         };
+        let state = if placed < wanted { "unschedulable" } else { "placed" };
         let assignment = Assignment {
             module: name.clone(),
             version: spec.version.clone(),
@@ -228,6 +352,7 @@ pub fn serves(status: Option<&BaseStatus>, module: &str, version: &str, sha256: 
 enum Why {
     Selector,
     Interface,
+    Cordoned,
     MaxModules,
     Memory,
     Cpu,
@@ -320,6 +445,7 @@ impl Load {
 struct Unfit {
     selector: u32,
     interface: u32,
+    cordoned: u32,
     max_modules: u32,
     memory: u32,
     cpu: u32,
@@ -330,6 +456,7 @@ impl Unfit {
         match why {
             Why::Selector => self.selector += 1,
             Why::Interface => self.interface += 1,
+            Why::Cordoned => self.cordoned += 1,
             Why::MaxModules => self.max_modules += 1,
             Why::Memory => self.memory += 1,
             Why::Cpu => self.cpu += 1,
@@ -363,6 +490,9 @@ impl Unfit {
                 self.interface,
                 plural(self.interface, "runs", "run")
             ));
+        }
+        if self.cordoned > 0 {
+            parts.push(format!("{} {} cordoned", self.cordoned, plural(self.cordoned, "is", "are")));
         }
         if self.max_modules > 0 {
             parts.push(format!(
@@ -734,5 +864,215 @@ mod tests {
         let b = BTreeMap::from([("b1".to_owned(), odd)]);
         let plan = place_fresh(&specs(vec![spec("a", Some(1))]), &b);
         assert_eq!(hosts(&plan, "a"), ["b1"], "placed by the key's id");
+    }
+
+    fn cordons(items: &[(&str, bool)]) -> Directives {
+        let cordons = items
+            .iter()
+            .map(|&(id, drain)| {
+                let record = CordonRecord {
+                    base_id: id.to_owned(),
+                    drain,
+                    actor: "ops".to_owned(),
+                    reason: None,
+                    at_ms: 1,
+                };
+                (id.to_owned(), record)
+            })
+            .collect();
+        Directives { cordons, scales: BTreeMap::new() }
+    }
+
+    /// Statuses of each base serving module `a`.
+    fn serving_a(ids: &[&str]) -> BTreeMap<String, BaseStatus> {
+        by_id(ids.iter().map(|id| running(id, "a", MIB, true)).collect(), |s| s.base_id.clone())
+    }
+
+    fn three() -> BTreeMap<String, BaseRecord> {
+        bases(vec![base("b1", &[], 1024, 8), base("b2", &[], 1024, 8), base("b3", &[], 1024, 8)])
+    }
+
+    #[test]
+    fn a_cordoned_base_gets_no_new_replica_and_is_counted_in_the_reason() {
+        let d = cordons(&[("b1", false)]);
+        let plan = place_directed(
+            &specs(vec![spec("a", Some(2))]),
+            &three(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &d,
+        );
+        assert_eq!(hosts(&plan, "a"), ["b2", "b3"]);
+        let plan = place_directed(
+            &specs(vec![spec("a", Some(3))]),
+            &three(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &d,
+        );
+        assert_eq!(hosts(&plan, "a"), ["b2", "b3"]);
+        assert_eq!(
+            plan.placements["a"].reason.as_deref(),
+            Some("2 of 3 replicas placed: 3 bases match no selector; 1 is cordoned")
+        );
+    }
+
+    #[test]
+    fn a_cordoned_base_keeps_what_it_runs() {
+        let s = specs(vec![spec("a", Some(2))]);
+        let before = place_fresh(&s, &three());
+        assert_eq!(hosts(&before, "a"), ["b1", "b2"]);
+        let plan = place_directed(
+            &s,
+            &three(),
+            &serving_a(&["b1", "b2"]),
+            &before.assignments,
+            &cordons(&[("b1", false)]),
+        );
+        assert_eq!(hosts(&plan, "a"), ["b1", "b2"]);
+        assert_eq!(plan.placements["a"].state, "placed");
+        assert_eq!(plan.placements["a"].reason, None);
+    }
+
+    #[test]
+    fn a_drain_moves_make_before_break() {
+        let s = specs(vec![spec("a", Some(2))]);
+        let b = three();
+        let drain = cordons(&[("b1", true)]);
+        let before = place_fresh(&s, &b);
+        assert_eq!(hosts(&before, "a"), ["b1", "b2"]);
+
+        // The replacement on b3 is placed beside b1's, which stays until b3 serves.
+        let surge = place_directed(&s, &b, &serving_a(&["b1", "b2"]), &before.assignments, &drain);
+        assert_eq!(hosts(&surge, "a"), ["b1", "b2", "b3"]);
+        assert_eq!(surge.placements["a"].wanted, 2);
+        assert_eq!(
+            surge.placements["a"].reason.as_deref(),
+            Some("moving 1 replica off draining base: waiting for its replacement serving elsewhere")
+        );
+        let endpoints: Vec<&str> =
+            surge.endpoints["a"].endpoints.iter().map(|e| e.base_id.as_str()).collect();
+        assert_eq!(endpoints, ["b1", "b2"], "b1 serves until it goes");
+
+        // b3 reports it still starting: nothing changes.
+        let again = place_directed(&s, &b, &serving_a(&["b1", "b2"]), &surge.assignments, &drain);
+        assert_eq!(hosts(&again, "a"), ["b1", "b2", "b3"]);
+
+        // b3 serves: b1's replica goes.
+        let done = place_directed(&s, &b, &serving_a(&["b1", "b2", "b3"]), &surge.assignments, &drain);
+        assert_eq!(hosts(&done, "a"), ["b2", "b3"]);
+        assert!(!done.assignments.contains_key("b1"));
+        assert_eq!(
+            (done.placements["a"].state.as_str(), done.placements["a"].reason.as_deref()),
+            ("placed", None)
+        );
+    }
+
+    #[test]
+    fn a_draining_replica_that_does_not_serve_goes_once_replaced() {
+        let s = specs(vec![spec("a", Some(2))]);
+        let b = three();
+        let before = place_fresh(&s, &b);
+        // b1 does not serve a (failed): dropping it costs nothing.
+        let plan =
+            place_directed(&s, &b, &serving_a(&["b2"]), &before.assignments, &cordons(&[("b1", true)]));
+        assert_eq!(hosts(&plan, "a"), ["b2", "b3"]);
+    }
+
+    #[test]
+    fn a_drain_with_nowhere_to_go_keeps_the_replica() {
+        let s = specs(vec![spec("a", Some(2))]);
+        let two = bases(vec![base("b1", &[], 1024, 8), base("b2", &[], 1024, 8)]);
+        let before = place_fresh(&s, &two);
+        let plan = place_directed(
+            &s,
+            &two,
+            &serving_a(&["b1", "b2"]),
+            &before.assignments,
+            &cordons(&[("b1", true)]),
+        );
+        assert_eq!(hosts(&plan, "a"), ["b1", "b2"]);
+        assert_eq!(plan.placements["a"].state, "placed");
+        assert_eq!(
+            plan.placements["a"].reason.as_deref(),
+            Some(
+                "1 replica stays on draining base: no other base fits (2 bases match no selector; 1 is cordoned)"
+            )
+        );
+    }
+
+    #[test]
+    fn uncordon_makes_a_base_eligible_and_moves_nothing_back() {
+        let s = specs(vec![spec("a", Some(2))]);
+        let b = three();
+        let drain = cordons(&[("b1", true)]);
+        let before = place_fresh(&s, &b);
+        let surge = place_directed(&s, &b, &serving_a(&["b1", "b2"]), &before.assignments, &drain);
+        let done = place_directed(&s, &b, &serving_a(&["b1", "b2", "b3"]), &surge.assignments, &drain);
+        assert_eq!(hosts(&done, "a"), ["b2", "b3"]);
+
+        let after = place(&s, &b, &serving_a(&["b2", "b3"]), &done.assignments);
+        assert_eq!(hosts(&after, "a"), ["b2", "b3"], "stability: nothing moves back");
+        let more = place(
+            &specs(vec![spec("a", Some(2)), spec("z", Some(1))]),
+            &b,
+            &BTreeMap::new(),
+            &done.assignments,
+        );
+        assert_eq!(hosts(&more, "z"), ["b1"], "b1 is eligible again, and the emptiest");
+    }
+
+    #[test]
+    fn a_peer_module_leaves_a_draining_base_once_the_others_serve() {
+        let s = specs(vec![spec("a", None)]);
+        let b = three();
+        let before = place_fresh(&s, &b);
+        assert_eq!(hosts(&before, "a"), ["b1", "b2", "b3"]);
+        let drain = cordons(&[("b1", true)]);
+        let waiting = place_directed(&s, &b, &serving_a(&["b1"]), &before.assignments, &drain);
+        assert_eq!(hosts(&waiting, "a"), ["b1", "b2", "b3"], "b2 and b3 do not serve yet");
+        let done = place_directed(&s, &b, &serving_a(&["b1", "b2", "b3"]), &before.assignments, &drain);
+        assert_eq!(hosts(&done, "a"), ["b2", "b3"]);
+        assert_eq!(done.placements["a"].wanted, 2);
+        // Cordoned only: it keeps its replica, and a base that joins later gets one.
+        let cordoned =
+            place_directed(&s, &b, &BTreeMap::new(), &before.assignments, &cordons(&[("b1", false)]));
+        assert_eq!(hosts(&cordoned, "a"), ["b1", "b2", "b3"]);
+    }
+
+    #[test]
+    fn an_autoscaled_spec_wants_its_scale_record() {
+        let mut a = spec("a", Some(1));
+        a.spec.autoscale = Some(crate::model::Autoscale {
+            min: 1,
+            max: 2,
+            target_cpu: Some(0.5),
+            target_rps: None,
+            cooldown_ms: 1_000,
+        });
+        let s = specs(vec![a]);
+        let scale = |replicas| ScaleRecord {
+            module: "a".into(),
+            replicas,
+            changed_ms: 0,
+            reason: String::new(),
+            lower_since_ms: None,
+            lower_peak: 0,
+        };
+        let with = |replicas| Directives {
+            cordons: BTreeMap::new(),
+            scales: BTreeMap::from([("a".to_owned(), scale(replicas))]),
+        };
+        assert_eq!(
+            hosts(&place_directed(&s, &three(), &BTreeMap::new(), &BTreeMap::new(), &with(2)), "a").len(),
+            2
+        );
+        // A record beyond the spec's bounds (the spec changed since) is clamped.
+        assert_eq!(
+            hosts(&place_directed(&s, &three(), &BTreeMap::new(), &BTreeMap::new(), &with(3)), "a").len(),
+            2
+        );
+        // No record yet: the starting count.
+        assert_eq!(hosts(&place(&s, &three(), &BTreeMap::new(), &BTreeMap::new()), "a").len(), 1);
     }
 }

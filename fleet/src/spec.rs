@@ -5,6 +5,7 @@
 //! version = "0.1.0"
 //! artifact = "target/release/libgreeter.so"   # or sha256 = "…" with url = "https://…"
 //! replicas = 2                                  # or peer = true
+//! # autoscale = { min = 1, max = 20, target_cpu = 0.6, target_rps = 50, cooldown = "30s" }
 //! placement = "spread"                          # or "pack"
 //! [selector]
 //! tier = "web"
@@ -101,6 +102,8 @@ pub struct SpecFile {
     pub limits: Option<LimitOverrides>,
     /// The module's configuration.
     pub config: serde_json::Map<String, serde_json::Value>,
+    /// Replicas from measured load; `replicas` is then the starting count (clamped).
+    pub autoscale: Option<model::Autoscale>,
 }
 
 /// Where a module's bytes come from.
@@ -205,7 +208,37 @@ impl SpecFile {
             }
         };
 
-        let replicas = match (raw.replicas, raw.peer) {
+        let autoscale = match raw.autoscale {
+            None => None,
+            Some(table) => {
+                let span = table.span();
+                let table = table.into_inner();
+                let cooldown_ms = match &table.cooldown {
+                    None => 30_000,
+                    Some(text) => model::parse_duration(text)
+                        .map_err(|e| at(span.clone(), format!("autoscale cooldown: {e}")))?,
+                };
+                let autoscale = model::Autoscale {
+                    min: table.min,
+                    max: table.max,
+                    target_cpu: table.target_cpu,
+                    target_rps: table.target_rps,
+                    cooldown_ms,
+                };
+                let peer = raw.peer.as_ref().is_some_and(|p| *p.get_ref());
+                crate::autoscale::validate(&autoscale, peer).map_err(|e| at(span, e))?;
+                Some(autoscale)
+            }
+        };
+        let raw_replicas = match (&autoscale, raw.replicas) {
+            // The starting count: `replicas` if given, clamped to the bounds, else `min`.
+            (Some(a), replicas) => Some(Spanned::new(
+                replicas.as_ref().map_or(0..0, |r| r.span()),
+                replicas.map_or(a.min, |r| r.into_inner().clamp(a.min, a.max)),
+            )),
+            (None, replicas) => replicas,
+        };
+        let replicas = match (raw_replicas, raw.peer) {
             (Some(_), Some(peer)) if *peer.get_ref() => {
                 return Err(at(peer.span(), "give either `replicas = N` or `peer = true`, not both".into()));
             }
@@ -272,6 +305,7 @@ impl SpecFile {
             resources,
             limits: raw.limits,
             config,
+            autoscale,
         })
     }
 
@@ -300,7 +334,7 @@ impl SpecFile {
             config: self.config.clone(),
             interface_version: None,
             rollout: None,
-            autoscale: None,
+            autoscale: self.autoscale.clone(),
         }
     }
 }
@@ -356,6 +390,18 @@ struct RawSpec {
     limits: Option<LimitOverrides>,
     #[serde(default)]
     config: toml::Table,
+    autoscale: Option<Spanned<RawAutoscale>>,
+}
+
+/// `autoscale = { min = 1, max = 20, target_cpu = 0.6, target_rps = 50, cooldown = "30s" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAutoscale {
+    min: u32,
+    max: u32,
+    target_cpu: Option<f64>,
+    target_rps: Option<f64>,
+    cooldown: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -461,6 +507,45 @@ mod tests {
         assert_eq!(spec.config["max"], 3);
         assert_eq!(spec.config["db"]["dsn"], "x");
         assert_eq!(file.artifact, ArtifactSource::Remote { sha256: SHA.into(), url: spec.url.clone() });
+    }
+
+    #[test]
+    fn autoscale_parses_with_replicas_as_the_starting_count() {
+        let head = "name = \"burn\"\nversion = \"1.0.0\"\nartifact = \"b.so\"\n";
+        let file = parse(&format!(
+            "{head}autoscale = {{ min = 2, max = 20, target_cpu = 0.6, target_rps = 50, cooldown = \"3s\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(file.replicas, Replicas::Count(2), "no replicas: start at min");
+        let spec = file.to_spec(SHA);
+        let autoscale = spec.autoscale.expect("autoscaled");
+        assert_eq!((autoscale.min, autoscale.max, autoscale.cooldown_ms), (2, 20, 3_000));
+        assert_eq!((autoscale.target_cpu, autoscale.target_rps), (Some(0.6), Some(50.0)));
+        let file =
+            parse(&format!("{head}replicas = 9\nautoscale = {{ min = 1, max = 3, target_rps = 5 }}\n"))
+                .unwrap();
+        assert_eq!(file.replicas, Replicas::Count(3), "clamped to max");
+        assert_eq!(file.autoscale.expect("autoscaled").cooldown_ms, 30_000);
+
+        refused(
+            &format!("{head}autoscale = {{ min = 0, max = 3, target_cpu = 1 }}\n"),
+            &["line 4", "at least 1"],
+        );
+        refused(&format!("{head}autoscale = {{ min = 3, max = 2, target_cpu = 1 }}\n"), &["below min"]);
+        refused(&format!("{head}autoscale = {{ min = 1, max = 2 }}\n"), &["needs a target"]);
+        refused(&format!("{head}autoscale = {{ min = 1, max = 2, target_cpu = 0 }}\n"), &["above 0"]);
+        refused(
+            &format!("{head}peer = true\nautoscale = {{ min = 1, max = 2, target_cpu = 1 }}\n"),
+            &["peer"],
+        );
+        refused(
+            &format!("{head}autoscale = {{ min = 1, max = 2, target_cpu = 1, cooldown = \"3 weeks\" }}\n"),
+            &["cooldown"],
+        );
+        refused(
+            &format!("{head}autoscale = {{ min = 1, max = 2, target_cpu = 1, target = 3 }}\n"),
+            &["target"],
+        );
     }
 
     #[test]

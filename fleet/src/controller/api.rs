@@ -27,10 +27,10 @@ use super::{
     reconcile::{Snapshot, json},
 };
 use crate::{
-    keys,
+    autoscale, keys,
     model::{
-        ArtifactRecord, BaseView, ErrorBody, FleetStatus, LeaderRecord, ModuleView, ReplicaView, Spec,
-        SpecRecord, UnmanagedView, now_ms,
+        ArtifactRecord, BaseView, CordonRecord, ErrorBody, FleetStatus, LeaderRecord, ModuleView,
+        ReplicaView, ScaleView, Spec, SpecRecord, UnmanagedView, now_ms,
     },
     schedule,
     store::{self, Outcome, REQUEST_TIMEOUT},
@@ -55,6 +55,7 @@ pub(crate) fn router(ctl: Arc<Controller>) -> Router {
         .route("/api/v1/artifacts/{sha256}", get(get_artifact).head(head_artifact))
         .route("/api/v1/status", get(status))
         .route("/api/v1/bases", get(bases))
+        .route("/api/v1/bases/{id}/cordon", post(cordon).delete(uncordon))
         .route("/api/v1/endpoints/{module}", get(endpoints))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route in the fleet API")
@@ -498,6 +499,120 @@ async fn endpoints(State(ctl): State<Arc<Controller>>, Path(module): Path<String
     Ok(Json(endpoints).into_response())
 }
 
+/// `POST /api/v1/bases/{id}/cordon`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CordonBody {
+    #[serde(default)]
+    drain: bool,
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/bases/{id}/cordon`: the leader writes `cordons/<id>` (fenced). A base that is
+/// not registered may be cordoned (it may be restarting); the answer says it is not.
+async fn cordon(
+    State(ctl): State<Arc<Controller>>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    if ctl.leadership.fence().is_none() {
+        let path = format!("/api/v1/bases/{id}/cordon");
+        return forward(&ctl, method, &path, &headers, Payload::Bytes(body.to_vec())).await;
+    }
+    let id = base_id(&id)?;
+    let body: CordonBody =
+        serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", format!("the cordon body: {e}"))
+        })?;
+    let record = CordonRecord {
+        base_id: id.clone(),
+        drain: body.drain,
+        actor: body.actor.filter(|a| !a.is_empty()).unwrap_or_else(|| "unknown".to_owned()),
+        reason: body.reason.filter(|r| !r.is_empty()),
+        at_ms: now_ms(),
+    };
+    let registered = key_exists(&ctl, ctl.keys.base(&id)).await?;
+    let fence =
+        ctl.leadership.fence().ok_or_else(|| ApiError::no_leader("this controller stopped leading"))?;
+    let mut client = ctl.client();
+    let ops = vec![TxnOp::put(ctl.keys.cordon(&id), json(&record), None)];
+    match store::commit(&mut client, vec![fence.compare()], ops).await {
+        Outcome::Committed(_) => {
+            ctl.kick.notify_one();
+            let what = if record.drain { "draining" } else { "cordoned" };
+            let message = if registered {
+                format!("base {id} is {what}")
+            } else {
+                format!("base {id} is {what}, but no live base has that id (it may be restarting)")
+            };
+            Ok(Json(json!({
+                "base_id": id, "drain": record.drain, "registered": registered, "message": message,
+            }))
+            .into_response())
+        }
+        Outcome::Refused => Err(ApiError::no_leader("this controller stopped leading; cordon again")),
+        Outcome::Unknown(e) => {
+            Err(ApiError::etcd(format!("the write's outcome is unknown ({e}); cordon again")))
+        }
+    }
+}
+
+/// `DELETE /api/v1/bases/{id}/cordon`: the base is eligible again (nothing moves back by
+/// itself). Uncordoning a base that is not cordoned changes nothing and says so.
+async fn uncordon(
+    State(ctl): State<Arc<Controller>>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> ApiResult {
+    if ctl.leadership.fence().is_none() {
+        let path = format!("/api/v1/bases/{id}/cordon");
+        return forward(&ctl, method, &path, &headers, Payload::Bytes(Vec::new())).await;
+    }
+    let id = base_id(&id)?;
+    let key = ctl.keys.cordon(&id);
+    if !key_exists(&ctl, key.clone()).await? {
+        return Ok(Json(
+            json!({"base_id": id, "changed": false, "message": format!("base {id} is not cordoned")}),
+        )
+        .into_response());
+    }
+    let fence =
+        ctl.leadership.fence().ok_or_else(|| ApiError::no_leader("this controller stopped leading"))?;
+    let mut client = ctl.client();
+    match store::commit(&mut client, vec![fence.compare()], vec![TxnOp::delete(key, None)]).await {
+        Outcome::Committed(_) => {
+            ctl.kick.notify_one();
+            Ok(Json(json!({"base_id": id, "changed": true, "message": format!("base {id} is uncordoned")}))
+                .into_response())
+        }
+        Outcome::Refused => Err(ApiError::no_leader("this controller stopped leading; uncordon again")),
+        Outcome::Unknown(e) => Err(ApiError::etcd(format!("the delete's outcome is unknown ({e})"))),
+    }
+}
+
+fn base_id(id: &str) -> ApiResult<String> {
+    if keys::is_valid_id(id) {
+        Ok(id.to_owned())
+    } else {
+        Err(ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", format!("{id:?} is not a base id")))
+    }
+}
+
+async fn key_exists(ctl: &Controller, key: String) -> ApiResult<bool> {
+    let mut client = ctl.client();
+    let got = tokio::time::timeout(REQUEST_TIMEOUT, client.get(key, None))
+        .await
+        .map_err(|_| ApiError::etcd("no answer in time"))?
+        .map_err(ApiError::etcd)?;
+    Ok(!got.kvs().is_empty())
+}
+
 /// What a forwarded request carries.
 enum Payload {
     Bytes(Vec<u8>),
@@ -582,9 +697,14 @@ pub(crate) fn validate(spec: &Spec, name: &str) -> Result<(), String> {
     {
         return Err(format!("url {url:?} must start with http:// or https://"));
     }
+    if let Some(autoscale) = &spec.autoscale {
+        crate::autoscale::validate(autoscale, spec.peer)?;
+    }
     match (spec.replicas, spec.peer) {
         (Some(_), true) => return Err("both replicas and peer = true: choose one".to_owned()),
-        (None, false) => return Err("neither replicas nor peer = true: say how many bases run it".to_owned()),
+        (None, false) if spec.autoscale.is_none() => {
+            return Err("neither replicas nor peer = true: say how many bases run it".to_owned());
+        }
         (Some(n), false) if n > 100_000 => return Err(format!("replicas = {n} is more than 100000")),
         _ => {}
     }
@@ -672,6 +792,7 @@ pub(crate) fn fleet_status(snapshot: &Snapshot, only: Option<&str>) -> FleetStat
             state: placement.map_or("pending".to_owned(), |p| p.state.clone()),
             reason: placement.and_then(|p| p.reason.clone()),
             replicas,
+            autoscale: scale_view(snapshot, record),
         });
     }
     let unmanaged = snapshot
@@ -697,9 +818,51 @@ pub(crate) fn base_views(snapshot: &Snapshot) -> Vec<BaseView> {
         .map(|(id, record)| {
             let (used, modules) =
                 schedule::usage(id, &snapshot.specs, &snapshot.statuses, &snapshot.assignments);
-            BaseView { record: record.clone(), status: snapshot.statuses.get(id).cloned(), used, modules }
+            let cordon = snapshot.cordons.get(id).cloned();
+            let drained = cordon.as_ref().is_some_and(|c| c.drain) && !runs_fleet_modules(snapshot, id);
+            BaseView {
+                record: record.clone(),
+                status: snapshot.statuses.get(id).cloned(),
+                used,
+                modules,
+                cordon,
+                drained,
+            }
         })
         .collect()
+}
+
+/// Whether any fleet-managed module is on `base`: assigned, or reported (the base may still
+/// be unloading one the fleet took away).
+fn runs_fleet_modules(snapshot: &Snapshot, base: &str) -> bool {
+    snapshot.assignments.get(base).is_some_and(|m| !m.is_empty())
+        || snapshot.statuses.get(base).is_some_and(|s| s.modules.iter().any(|m| m.managed))
+}
+
+/// An autoscaled spec's count and the load it is measured from.
+fn scale_view(snapshot: &Snapshot, record: &SpecRecord) -> Option<ScaleView> {
+    let spec = &record.spec;
+    let autoscale = spec.autoscale.as_ref()?;
+    let placed: std::collections::BTreeSet<String> = snapshot
+        .assignments
+        .iter()
+        .filter(|(_, modules)| modules.contains_key(&spec.name))
+        .map(|(base, _)| base.clone())
+        .collect();
+    let load = autoscale::measure(spec, &snapshot.statuses, &placed);
+    let replicas = snapshot
+        .scales
+        .get(&spec.name)
+        .map_or_else(|| autoscale::starting_count(autoscale, spec), |s| s.replicas);
+    Some(ScaleView {
+        replicas,
+        min: autoscale.min,
+        max: autoscale.max,
+        cpu: load.cpu_cores(),
+        rps: load.rps,
+        target_cpu: autoscale.target_cpu,
+        target_rps: autoscale.target_rps,
+    })
 }
 
 #[cfg(test)]

@@ -18,10 +18,10 @@ use super::Controller;
 use crate::{
     keys::Keys,
     model::{
-        ArtifactRecord, Assignment, BaseRecord, BaseStatus, ControllerRecord, Endpoints, LeaderRecord,
-        PlacementRecord, SpecRecord, now_ms,
+        ArtifactRecord, Assignment, BaseRecord, BaseStatus, ControllerRecord, CordonRecord, Endpoints,
+        LeaderRecord, PlacementRecord, ScaleRecord, SpecRecord, now_ms,
     },
-    schedule::{self, Plan},
+    schedule::{self, Directives, Plan},
     store::{Fence, Outcome, REQUEST_TIMEOUT},
 };
 
@@ -60,6 +60,10 @@ pub(crate) struct Snapshot {
     pub(crate) endpoints: BTreeMap<String, Endpoints>,
     /// Range requests the read took.
     pub(crate) pages: u32,
+    /// Cordoned bases, by id (live or not).
+    pub(crate) cordons: BTreeMap<String, CordonRecord>,
+    /// Autoscaled counts, by module.
+    pub(crate) scales: BTreeMap<String, ScaleRecord>,
 }
 
 /// Keys per range request of a snapshot read.
@@ -170,12 +174,50 @@ impl Snapshot {
             parse(value).map(|p| self.placements.insert(module.to_owned(), p));
         } else if let Some(module) = Keys::leaf(key, &keys.all_endpoints()) {
             parse(value).map(|e| self.endpoints.insert(module.to_owned(), e));
+        } else if let Some(base) = Keys::leaf(key, &keys.cordons()) {
+            parse(value).map(|c| self.cordons.insert(base.to_owned(), c));
+        } else if let Some(module) = Keys::leaf(key, &keys.scales()) {
+            parse(value).map(|r| self.scales.insert(module.to_owned(), r));
         }
     }
 
-    /// The plan for this snapshot.
+    /// The plan for this snapshot, now.
     pub(crate) fn plan(&self) -> Plan {
-        schedule::place(&self.specs, &self.bases, &self.statuses, &self.assignments)
+        self.plan_at(now_ms())
+    }
+
+    /// The plan for this snapshot at `now` (which the autoscaler's cooldowns count from).
+    pub(crate) fn plan_at(&self, now: u64) -> Plan {
+        let directives = Directives { cordons: self.cordons.clone(), scales: self.decide_scales(now) };
+        let mut plan = schedule::place_directed(
+            &self.specs,
+            &self.bases,
+            &self.statuses,
+            &self.assignments,
+            &directives,
+        );
+        plan.scales = directives.scales;
+        plan
+    }
+
+    /// Every autoscaled spec's scale record after this pass (see [`crate::autoscale::decide`]),
+    /// measured on the bases it is assigned to now.
+    pub(crate) fn decide_scales(&self, now: u64) -> BTreeMap<String, ScaleRecord> {
+        let mut scales = BTreeMap::new();
+        for (name, record) in &self.specs {
+            let placed: BTreeSet<String> = self
+                .assignments
+                .iter()
+                .filter(|(_, modules)| modules.contains_key(name))
+                .map(|(base, _)| base.clone())
+                .collect();
+            let decided =
+                crate::autoscale::decide(&record.spec, self.scales.get(name), &self.statuses, &placed, now);
+            if let Some(decided) = decided {
+                scales.insert(name.clone(), decided);
+            }
+        }
+        scales
     }
 }
 
@@ -238,6 +280,17 @@ pub(crate) fn diff(keys: &Keys, snapshot: &Snapshot, plan: &Plan, now: u64) -> V
     }
     for module in snapshot.endpoints.keys().filter(|m| !plan.endpoints.contains_key(*m)) {
         changes.push(Change::Delete(keys.endpoints(module)));
+    }
+
+    // Scale records: written when a decision changed one, deleted with their spec (or when the
+    // spec stops autoscaling).
+    for (module, scale) in &plan.scales {
+        if snapshot.scales.get(module) != Some(scale) {
+            changes.push(Change::Put(keys.scale(module), json(scale)));
+        }
+    }
+    for module in snapshot.scales.keys().filter(|m| !plan.scales.contains_key(*m)) {
+        changes.push(Change::Delete(keys.scale(module)));
     }
     changes
 }
@@ -359,7 +412,8 @@ pub(crate) async fn pass(ctl: &Controller, fence: &Fence) -> Result<(), etcd_cli
 /// wrote is its output); its `assign/` writes do, harmlessly (the next pass finds no diff).
 pub(crate) async fn watch(ctl: Arc<Controller>) {
     let keys = &ctl.keys;
-    let planned = [keys.specs(), keys.bases(), keys.statuses(), keys.assignments(), keys.leader()];
+    let planned =
+        [keys.specs(), keys.bases(), keys.statuses(), keys.assignments(), keys.leader(), keys.cordons()];
     let mirrored = [keys.artifacts(), keys.controllers()];
     loop {
         let mut client = ctl.client();
@@ -551,5 +605,38 @@ mod tests {
                 Change::Delete("/t/endpoints/a".into())
             ]
         );
+    }
+
+    #[test]
+    fn a_scale_record_is_written_on_change_only_and_deleted_with_its_spec() {
+        let keys = Keys::new("/t/");
+        let mut scaled = spec();
+        scaled.spec.autoscale = Some(crate::model::Autoscale {
+            min: 1,
+            max: 3,
+            target_cpu: Some(0.5),
+            target_rps: None,
+            cooldown_ms: 1_000,
+        });
+        let first = snapshot_with(&keys, &[("specs/a", json(&scaled)), ("bases/b1", json(&base()))]);
+        let plan = first.plan_at(10);
+        let record = plan.scales["a"].clone();
+        assert_eq!(record.replicas, 1);
+        assert!(diff(&keys, &first, &plan, 10).contains(&Change::Put("/t/scale/a".into(), json(&record))));
+
+        let settled = snapshot_with(
+            &keys,
+            &[("specs/a", json(&scaled)), ("bases/b1", json(&base())), ("scale/a", json(&record))],
+        );
+        let later = settled.plan_at(99_000);
+        assert!(
+            !diff(&keys, &settled, &later, 99_000)
+                .iter()
+                .any(|c| matches!(c, Change::Put(k, _) if k == "/t/scale/a")),
+            "nothing measured, nothing changed: no write"
+        );
+
+        let orphaned = snapshot_with(&keys, &[("bases/b1", json(&base())), ("scale/a", json(&record))]);
+        assert_eq!(diff(&keys, &orphaned, &orphaned.plan_at(1), 1), [Change::Delete("/t/scale/a".into())]);
     }
 }
