@@ -7,6 +7,7 @@
 //! - [`client`]: a blocking client of the fleet API; [`spec`]: the spec file of `apply`.
 //! - [`model`] and [`keys`]: what lives in etcd, and where.
 //! - [`schedule`]: the pure placement function the leading controller runs.
+//! - [`rollout`]: the pure rollout state machine: which release each placed base runs.
 
 pub mod agent;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod client;
 pub mod controller;
 pub mod keys;
 pub mod model;
+pub mod rollout;
 pub mod schedule;
 pub mod spec;
 pub mod store;
