@@ -268,7 +268,8 @@ fn rollout_command(client: &Client, printer: &Printer, command: &RolloutAction) 
 
 /// `$USER@host`, who a rollout command says asked.
 fn operator() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let user =
+        std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
@@ -284,7 +285,11 @@ pub fn render_rollout(record: &RolloutRecord, now: u64) -> String {
     let steps = rollout::steps(&record.strategy);
     let index = (record.step as usize).min(steps.len() - 1);
     let from = record.from.as_ref().map_or("nothing".to_owned(), |f| f.version.clone());
-    let _ = writeln!(out, "rollout {} {from} → {} (generation {})", record.module, record.to.version, record.generation);
+    let _ = writeln!(
+        out,
+        "rollout {} {from} → {} (generation {})",
+        record.module, record.to.version, record.generation
+    );
     let _ = writeln!(out, "state    {}", rollout::state_name(record.state));
     if let Some(who) = &record.paused_by {
         let _ = writeln!(out, "paused by {who}");
@@ -305,7 +310,8 @@ pub fn render_rollout(record: &RolloutRecord, now: u64) -> String {
             StepPhase::Done => "done".to_owned(),
         };
         let _ = writeln!(out, "step     {} of {}: {phase}", index + 1, steps.len());
-        let _ = writeln!(out, "bases    {} upgraded, step wants {}", record.upgraded.len(), step.bases_text());
+        let _ =
+            writeln!(out, "bases    {} upgraded, step wants {}", record.upgraded.len(), step.bases_text());
         let _ = writeln!(out, "weight   {}%", rollout::weight(record, step));
     }
     if let Some(a) = &record.analysis {
@@ -334,14 +340,34 @@ pub fn render_rollout(record: &RolloutRecord, now: u64) -> String {
 fn render_rollout_history(view: &RolloutView) -> String {
     let mut out = String::new();
     let record = &view.rollout;
-    let _ = writeln!(out, "rollout {} → {} ({})", record.module, record.to.version, rollout::state_name(record.state));
+    let _ = writeln!(
+        out,
+        "rollout {} → {} ({})",
+        record.module,
+        record.to.version,
+        rollout::state_name(record.state)
+    );
     for event in &record.history {
-        let _ = writeln!(out, "  {} step {} {} by {}: {}", event.at_ms, event.step + 1, event.event, event.actor, event.message);
+        let _ = writeln!(
+            out,
+            "  {} step {} {} by {}: {}",
+            event.at_ms,
+            event.step + 1,
+            event.event,
+            event.actor,
+            event.message
+        );
     }
     for past in &view.history {
         let from = past.from.as_ref().map_or("nothing".to_owned(), |f| f.version.clone());
         let why = past.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
-        let _ = writeln!(out, "earlier: generation {} {from} → {} {}{why}", past.generation, past.to.version, rollout::state_name(past.state));
+        let _ = writeln!(
+            out,
+            "earlier: generation {} {from} → {} {}{why}",
+            past.generation,
+            past.to.version,
+            rollout::state_name(past.state)
+        );
     }
     out
 }

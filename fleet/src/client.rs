@@ -218,7 +218,12 @@ impl Client {
 
     /// `POST /api/v1/rollouts/{module}/{action}` (`pause`, `resume`, `promote`, `abort`):
     /// answers the record once the leader applied it (or as it stands after 5 s).
-    pub fn rollout_command(&self, module: &str, action: &str, command: &CommandRequest) -> Result<RolloutView> {
+    pub fn rollout_command(
+        &self,
+        module: &str,
+        action: &str,
+        command: &CommandRequest,
+    ) -> Result<RolloutView> {
         let path = format!("/api/v1/rollouts/{}/{}", segment(module), segment(action));
         self.json(self.request("POST", &path).send_json(command))
     }

@@ -100,7 +100,8 @@ pub fn advance(input: &Input) -> Decision {
             if let Some(old) = old {
                 let mut old = old.clone();
                 if !old.state.is_finished() {
-                    let message = format!("superseded by generation {} ({})", input.spec.generation, spec.version);
+                    let message =
+                        format!("superseded by generation {} ({})", input.spec.generation, spec.version);
                     push_event(&mut old, input.now_ms, &actor(input), "superseded", message);
                     old.finished_ms = Some(input.now_ms);
                     old.phase = StepPhase::Done;
@@ -170,9 +171,12 @@ fn running_release(input: &Input, target: &Release) -> Option<Release> {
     let module = &input.spec.spec.name;
     let mut counts: BTreeMap<(String, String), (u32, Option<String>)> = BTreeMap::new();
     for base in input.placed {
-        let reported = input.statuses.get(base).into_iter().flat_map(|s| &s.modules).filter(|m| {
-            m.name == *module && !(m.version == target.version && m.sha256 == target.sha256)
-        });
+        let reported = input
+            .statuses
+            .get(base)
+            .into_iter()
+            .flat_map(|s| &s.modules)
+            .filter(|m| m.name == *module && !(m.version == target.version && m.sha256 == target.sha256));
         let mut found = false;
         for m in reported {
             found = true;
@@ -198,8 +202,7 @@ fn start(input: &Input, from: Option<Release>, to: Release) -> RolloutRecord {
     let now = input.now_ms;
     let baseline = from.as_ref().and_then(|from| {
         let window = strategy.analysis.window_ms.max(1);
-        let measure =
-            input.metrics.window(&input.spec.spec.name, from, now.saturating_sub(window), now);
+        let measure = input.metrics.window(&input.spec.spec.name, from, now.saturating_sub(window), now);
         (measure.requests > 0).then_some(measure)
     });
     let mut record = RolloutRecord {
@@ -224,7 +227,13 @@ fn start(input: &Input, from: Option<Release>, to: Release) -> RolloutRecord {
     let who = actor(input);
     match &from {
         Some(from) if !same(from, &to) => {
-            let message = format!("{} ({}) → {} ({})", from.version, short(&from.sha256), to.version, short(&to.sha256));
+            let message = format!(
+                "{} ({}) → {} ({})",
+                from.version,
+                short(&from.sha256),
+                to.version,
+                short(&to.sha256)
+            );
             push_event(&mut record, now, &who, "started", message);
         }
         _ => {
@@ -243,7 +252,14 @@ fn short(sha256: &str) -> &str {
     &sha256[..sha256.len().min(12)]
 }
 
-fn finish(record: &mut RolloutRecord, now: u64, actor: &str, state: RolloutState, event: &str, message: String) {
+fn finish(
+    record: &mut RolloutRecord,
+    now: u64,
+    actor: &str,
+    state: RolloutState,
+    event: &str,
+    message: String,
+) {
     record.state = state;
     record.phase = StepPhase::Done;
     record.phase_ms = now;
@@ -359,13 +375,18 @@ fn step(record: &mut RolloutRecord, input: &Input) {
             && failure.version == record.to.version
             && failure.sha256 == record.to.sha256
         {
-            let message = format!("base {base} could not run {}: {} ({})", record.to.version, failure.code, failure.message);
+            let message = format!(
+                "base {base} could not run {}: {} ({})",
+                record.to.version, failure.code, failure.message
+            );
             finish(record, now, &who, RolloutState::RolledBack, "rolled_back", message);
             return;
         }
-        if let Some(m) = status.into_iter().flat_map(|s| &s.modules).find(|m| {
-            m.name == module && m.version == record.to.version && m.sha256 == record.to.sha256
-        }) && m.health == "unhealthy"
+        if let Some(m) = status
+            .into_iter()
+            .flat_map(|s| &s.modules)
+            .find(|m| m.name == module && m.version == record.to.version && m.sha256 == record.to.sha256)
+            && m.health == "unhealthy"
         {
             let code = m.reason.as_deref().unwrap_or("UNHEALTHY");
             let message = format!("base {base} reports {} unhealthy ({code})", record.to.version);
@@ -446,7 +467,8 @@ fn step(record: &mut RolloutRecord, input: &Input) {
                 if current.pause == Pause::Manual {
                     record.phase = StepPhase::AwaitingPromotion;
                     record.phase_ms = now;
-                    let message = format!("step {} waits for `pedestal fleet rollout promote`", record.step + 1);
+                    let message =
+                        format!("step {} waits for `pedestal fleet rollout promote`", record.step + 1);
                     push_event(record, now, &who, "awaiting_promotion", message);
                 } else {
                     next_step(record, now, &who);
@@ -471,7 +493,13 @@ fn serves(status: Option<&BaseStatus>, module: &str, to: &Release, weight: u32) 
 }
 
 /// The analysis of the current step over `[from_ms, to_ms]`.
-fn judge(record: &RolloutRecord, input: &Input, analysis: &Analysis, from_ms: u64, to_ms: u64) -> AnalysisResult {
+fn judge(
+    record: &RolloutRecord,
+    input: &Input,
+    analysis: &Analysis,
+    from_ms: u64,
+    to_ms: u64,
+) -> AnalysisResult {
     let module = input.spec.spec.name.as_str();
     let new = input.metrics.window(module, &record.to, from_ms, to_ms);
     let measured_old = match &record.from {
@@ -495,7 +523,10 @@ pub fn verdict(analysis: &Analysis, old: &Measure, new: &Measure, against: &str)
     if new.requests < analysis.min_requests {
         return (
             "inconclusive",
-            format!("{} requests to the new version, fewer than {} to judge", new.requests, analysis.min_requests),
+            format!(
+                "{} requests to the new version, fewer than {} to judge",
+                new.requests, analysis.min_requests
+            ),
         );
     }
     let increase = new.error_rate() - old.error_rate();
@@ -516,7 +547,10 @@ pub fn verdict(analysis: &Analysis, old: &Measure, new: &Measure, against: &str)
     {
         return (
             "fail",
-            format!("p99 {new_p99}µs against {old_p99}µs for {against} (more than {}×)", analysis.max_latency_ratio),
+            format!(
+                "p99 {new_p99}µs against {old_p99}µs for {against} (more than {}×)",
+                analysis.max_latency_ratio
+            ),
         );
     }
     ("pass", format!("error rate {:.1}% and p99 within bounds of {against}", new.error_rate() * 100.0))
@@ -666,9 +700,16 @@ mod tests {
             for (base, a) in &decision.assignments {
                 let mut modules = vec![module(&a.version, &a.sha256, a.canary.as_ref().map(|c| c.weight))];
                 if let Some(canary) = &a.canary {
-                    modules.push(module(&canary.previous.version, &canary.previous.sha256, Some(100 - canary.weight)));
+                    modules.push(module(
+                        &canary.previous.version,
+                        &canary.previous.sha256,
+                        Some(100 - canary.weight),
+                    ));
                 }
-                self.statuses.insert(base.clone(), BaseStatus { base_id: base.clone(), modules, ..Default::default() });
+                self.statuses.insert(
+                    base.clone(),
+                    BaseStatus { base_id: base.clone(), modules, ..Default::default() },
+                );
             }
         }
 
@@ -707,11 +748,21 @@ mod tests {
     }
 
     fn command(id: &str, action: &str) -> RolloutCommand {
-        RolloutCommand { id: id.into(), action: action.into(), actor: "ann@host".into(), reason: None, at_ms: 0 }
+        RolloutCommand {
+            id: id.into(),
+            action: action.into(),
+            actor: "ann@host".into(),
+            reason: None,
+            at_ms: 0,
+        }
     }
 
     fn versions(decision: &Decision) -> Vec<(String, Option<u32>)> {
-        decision.assignments.values().map(|a| (a.version.clone(), a.canary.as_ref().map(|c| c.weight))).collect()
+        decision
+            .assignments
+            .values()
+            .map(|a| (a.version.clone(), a.canary.as_ref().map(|c| c.weight)))
+            .collect()
     }
 
     fn measure(requests: u64, server_errors: u64, p99_us: u64) -> Measure {
@@ -727,7 +778,12 @@ mod tests {
         assert_eq!(fleet.record().upgraded, ["b1"]);
         assert_eq!(
             versions(&moving),
-            [("1.1.0".into(), Some(50)), ("1.0.0".into(), None), ("1.0.0".into(), None), ("1.0.0".into(), None)]
+            [
+                ("1.1.0".into(), Some(50)),
+                ("1.0.0".into(), None),
+                ("1.0.0".into(), None),
+                ("1.0.0".into(), None)
+            ]
         );
         assert_eq!(moving.assignments["b1"].canary.as_ref().unwrap().previous, release("1.0.0"));
         // Not reported yet: still moving, nothing more moved.
@@ -794,7 +850,11 @@ mod tests {
         fleet.now += 5_000;
         fleet.metrics.since = Some(fleet.now);
         let again = fleet.pass(&[]);
-        assert_eq!((fleet.record().step, fleet.record().phase), (0, StepPhase::Holding), "its window restarts");
+        assert_eq!(
+            (fleet.record().step, fleet.record().phase),
+            (0, StepPhase::Holding),
+            "its window restarts"
+        );
         assert_eq!(fleet.record().history, holding.history, "no event repeated");
         assert_eq!(again.assignments, moving.assignments);
         fleet.now += 2_000;
@@ -827,7 +887,8 @@ mod tests {
     #[test]
     fn slower_p99_fails_only_past_ratio_and_minimum() {
         let analysis = Analysis::default();
-        let check = |old: u64, new: u64| verdict(&analysis, &measure(100, 0, old), &measure(100, 0, new), "x").0;
+        let check =
+            |old: u64, new: u64| verdict(&analysis, &measure(100, 0, old), &measure(100, 0, new), "x").0;
         assert_eq!(check(1_024, 4_096), "pass", "four times, but only 3 ms more");
         assert_eq!(check(4_096, 16_384), "fail");
         assert_eq!(check(16_384, 32_768), "pass", "twice is not more than twice");
@@ -846,7 +907,8 @@ mod tests {
         fleet.pass(&[]);
         assert_eq!(fleet.record().step, 1);
         assert_eq!(fleet.record().state, RolloutState::Progressing);
-        let analyses: Vec<_> = fleet.record().history.iter().filter(|e| e.event == "analysis_passed").collect();
+        let analyses: Vec<_> =
+            fleet.record().history.iter().filter(|e| e.event == "analysis_passed").collect();
         assert!(analyses[0].message.contains("inconclusive"), "{analyses:?}");
     }
 
@@ -891,7 +953,13 @@ mod tests {
                 let to = release("1.1.0");
                 status.failures.insert(
                     "m".into(),
-                    Failure { version: to.version, sha256: to.sha256, code: "START_FAILED".into(), message: "no".into(), revision: 9 },
+                    Failure {
+                        version: to.version,
+                        sha256: to.sha256,
+                        code: "START_FAILED".into(),
+                        message: "no".into(),
+                        revision: 9,
+                    },
                 );
             } else {
                 let mut sick = module("1.1.0", &release("1.1.0").sha256, Some(50));

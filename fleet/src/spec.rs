@@ -346,7 +346,10 @@ fn strategy(
             if fewer {
                 return Err(at(
                     span,
-                    format!("rollout step {}: its bases are fewer than the step before's (they count from the start)", i + 1),
+                    format!(
+                        "rollout step {}: its bases are fewer than the step before's (they count from the start)",
+                        i + 1
+                    ),
                 ));
             }
         }
@@ -362,7 +365,10 @@ fn strategy(
         if let Some(increase) = raw.max_error_rate_increase {
             let value = *increase.get_ref();
             if !(0.0..=1.0).contains(&value) {
-                return Err(at(increase.span(), format!("max_error_rate_increase = {value}: a share, 0 to 1")));
+                return Err(at(
+                    increase.span(),
+                    format!("max_error_rate_increase = {value}: a share, 0 to 1"),
+                ));
             }
             analysis.max_error_rate_increase = value;
         }
@@ -685,7 +691,12 @@ mod tests {
         assert_eq!(strategy.max_unavailable, Amount::Percent(50));
         assert_eq!(
             strategy.analysis,
-            Analysis { window_ms: 2_000, min_requests: 5, min_latency_increase_us: 10_000, ..Analysis::default() }
+            Analysis {
+                window_ms: 2_000,
+                min_requests: 5,
+                min_latency_increase_us: 10_000,
+                ..Analysis::default()
+            }
         );
         assert_eq!(parse(text).unwrap().to_spec(&"a".repeat(64)).rollout, Some(strategy));
         let plain = "name = \"g\"\nversion = \"0.1.0\"\nartifact = \"a.so\"\nreplicas = 3\n";
@@ -698,10 +709,16 @@ mod tests {
         refused(&format!("{head}steps = [{{ bases = 1, weight = 0 }}]\n"), &["line 6", "weight 0"]);
         refused(&format!("{head}steps = [{{ bases = 1, weight = 101 }}]\n"), &["line 6", "1 to 100"]);
         refused(&format!("{head}steps = []\n"), &["line 5", "at least one step"]);
-        refused(&format!("{head}steps = [\n  {{ bases = 2 }},\n  {{ bases = 1 }},\n]\n"), &["line 8", "fewer"]);
+        refused(
+            &format!("{head}steps = [\n  {{ bases = 2 }},\n  {{ bases = 1 }},\n]\n"),
+            &["line 8", "fewer"],
+        );
         refused(&format!("{head}steps = [{{ bases = \"150%\" }}]\n"), &["line 6", "percentage"]);
         refused(&format!("{head}steps = [{{ bases = 1, pause = \"soon\" }}]\n"), &["line 6", "duration"]);
-        refused(&format!("{head}steps = [{{ bases = 1 }}]\n[rollout.analysis]\nwindow = \"2 weeks\"\n"), &["line 8", "window"]);
+        refused(
+            &format!("{head}steps = [{{ bases = 1 }}]\n[rollout.analysis]\nwindow = \"2 weeks\"\n"),
+            &["line 8", "window"],
+        );
         refused(&format!("{head}steps = [{{ bases = 1, weigth = 5 }}]\n"), &["line 6", "weigth"]);
     }
 

@@ -509,7 +509,8 @@ fn rollout_view(snapshot: &Snapshot, module: &str) -> ApiResult<RolloutView> {
     let rollout = snapshot.rollouts.get(module).cloned().ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "ROLLOUT_NOT_FOUND", format!("module {module:?} has no rollout"))
     })?;
-    let history = snapshot.past_rollouts.get(module).map(|p| p.values().rev().cloned().collect()).unwrap_or_default();
+    let history =
+        snapshot.past_rollouts.get(module).map(|p| p.values().rev().cloned().collect()).unwrap_or_default();
     Ok(RolloutView { rollout, history })
 }
 
@@ -541,7 +542,8 @@ async fn command_rollout(
     let now = now_ms();
     let sequence = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let id = format!("{now:013}-{}-{sequence}", ctl.id);
-    let command = RolloutCommand { id: id.clone(), action, actor: request.actor, reason: request.reason, at_ms: now };
+    let command =
+        RolloutCommand { id: id.clone(), action, actor: request.actor, reason: request.reason, at_ms: now };
     let key = ctl.keys.command(&module, &id);
     let mut client = ctl.client();
     tokio::time::timeout(REQUEST_TIMEOUT, client.put(key.clone(), json(&command), None))

@@ -82,8 +82,7 @@ impl Samples {
                 self.first_ms.get_or_insert(status.at_ms);
             }
         }
-        self.series
-            .retain(|_, s| s.samples.back().is_some_and(|last| last.at_ms + FORGET_MS >= now_ms));
+        self.series.retain(|_, s| s.samples.back().is_some_and(|last| last.at_ms + FORGET_MS >= now_ms));
     }
 
     /// Series held (for tests and bounds).
@@ -115,7 +114,11 @@ impl rollout::Metrics for Samples {
             total.server_errors += last.server_errors.saturating_sub(start.server_errors);
             total.latency_us = add(&total.latency_us, &sub(&last.latency_us, &start.latency_us));
         }
-        Measure { requests: total.requests, server_errors: total.server_errors, p99_us: p99(&total.latency_us) }
+        Measure {
+            requests: total.requests,
+            server_errors: total.server_errors,
+            p99_us: p99(&total.latency_us),
+        }
     }
 
     fn observed_since(&self) -> Option<u64> {
@@ -156,7 +159,14 @@ mod tests {
     use super::*;
     use crate::{model::ModuleStatus, rollout::Metrics as _};
 
-    fn status(base: &str, at_ms: u64, version: &str, requests: u64, errors: u64, latency: &[u64]) -> BaseStatus {
+    fn status(
+        base: &str,
+        at_ms: u64,
+        version: &str,
+        requests: u64,
+        errors: u64,
+        latency: &[u64],
+    ) -> BaseStatus {
         BaseStatus {
             base_id: base.into(),
             at_ms,
@@ -189,9 +199,15 @@ mod tests {
     fn windows_sum_deltas_over_bases_and_survive_restarts() {
         let mut samples = Samples::default();
         samples.ingest([&status("b1", 1_000, "1", 100, 1, &[100])], 1_000);
-        samples.ingest([&status("b1", 3_000, "1", 150, 2, &[140, 10]), &status("b2", 3_000, "1", 0, 0, &[])], 3_000);
+        samples.ingest(
+            [&status("b1", 3_000, "1", 150, 2, &[140, 10]), &status("b2", 3_000, "1", 0, 0, &[])],
+            3_000,
+        );
         // b1 restarted (counters back near 0), b2 served 40 with 10 errors.
-        samples.ingest([&status("b1", 5_000, "1", 20, 0, &[20]), &status("b2", 5_000, "1", 40, 10, &[0, 0, 40])], 5_000);
+        samples.ingest(
+            [&status("b1", 5_000, "1", 20, 0, &[20]), &status("b2", 5_000, "1", 40, 10, &[0, 0, 40])],
+            5_000,
+        );
         let whole = samples.window("m", &release("1"), 2_000, 5_000);
         assert_eq!(whole.requests, 50 + 20 + 40, "{whole:?}");
         assert_eq!(whole.server_errors, 1 + 10);
