@@ -1,6 +1,7 @@
 //! `pedestal fleet ...`: the operator's client of a controller (any controller, leader or not).
 //!
-//! `apply FILE`, `status [MODULE]`, `push FILE.so`, `delete MODULE`, `bases`; `--output json`
+//! `apply FILE`, `status [MODULE]`, `push FILE.so`, `delete MODULE`, `bases`,
+//! `rollout status|history|pause|resume|promote|abort MODULE`; `--output json`
 //! prints the API's answers as they are. Exit status: 0 done, 1 refused or failed (the API's
 //! `CODE: message` on stderr), 2 the controller could not be reached.
 
@@ -16,7 +17,11 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     client::{ApplyAnswer, Client, ClientError},
-    model::{BaseView, FleetStatus, ModuleView},
+    model::{
+        BaseView, CommandRequest, FleetStatus, ModuleView, Pause, RolloutRecord, RolloutState, RolloutView,
+        StepPhase, format_duration, now_ms,
+    },
+    rollout,
     spec::{ArtifactSource, Replicas, SpecFile},
 };
 
@@ -108,6 +113,46 @@ pub enum FleetCommand {
         /// The base id.
         base: String,
     },
+    /// A module's rollout: where it stands, its history, and the operator's commands.
+    Rollout {
+        /// What to do.
+        #[command(subcommand)]
+        command: RolloutAction,
+    },
+}
+
+/// `pedestal fleet rollout <action> MODULE`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum RolloutAction {
+    /// State, step, bases upgraded, weight, phase and time left, the last analysis, and why
+    /// it stopped when it did.
+    Status {
+        /// The module.
+        module: String,
+    },
+    /// The current rollout's events and the finished rollouts before it.
+    History {
+        /// The module.
+        module: String,
+    },
+    /// Hold the rollout where it is (a regression still rolls back).
+    Pause(CommandArgs),
+    /// Carry on a paused rollout, or restart a rolled-back or aborted one from its first step.
+    Resume(CommandArgs),
+    /// Skip the rest of the current step's hold and analysis.
+    Promote(CommandArgs),
+    /// Return every base to the old version.
+    Abort(CommandArgs),
+}
+
+/// A rollout command's module and reason.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommandArgs {
+    /// The module.
+    pub module: String,
+    /// Why (kept in the rollout's history).
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 /// Runs one `pedestal fleet` command, printing its answer; errors go to stderr with their
@@ -174,7 +219,28 @@ fn execute(args: &FleetArgs, printer: &Printer) -> Result<(), Failure> {
                     format!("no spec and no base names module {module:?}"),
                 ));
             }
-            printer.print(&status, || render_status(&status, printer.color));
+            printer.print(&status, || {
+                let mut text = render_status(&status, printer.color);
+                for view in &status.modules {
+                    if let Ok(rollout) = client.rollout(&view.name)
+                        && !rollout.rollout.state.is_finished()
+                    {
+                        let r = &rollout.rollout;
+                        let steps = rollout::steps(&r.strategy).len();
+                        let from = r.from.as_ref().map_or("nothing", |f| f.version.as_str());
+                        let _ = writeln!(
+                            text,
+                            "rollout {} {from} → {}: {}, step {} of {steps}, {} bases upgraded",
+                            r.module,
+                            r.to.version,
+                            rollout::state_name(r.state),
+                            r.step + 1,
+                            r.upgraded.len()
+                        );
+                    }
+                }
+                text
+            });
             Ok(())
         }
         FleetCommand::Push { file } => {
@@ -202,12 +268,12 @@ fn execute(args: &FleetArgs, printer: &Printer) -> Result<(), Failure> {
             Ok(())
         }
         FleetCommand::Cordon { base, reason } => {
-            let answer = client.cordon(base, false, &actor(), reason.as_deref())?;
+            let answer = client.cordon(base, false, &operator(), reason.as_deref())?;
             printer.print(&answer, || format!("{}\n", answer.message));
             Ok(())
         }
         FleetCommand::Drain { base, reason, wait, timeout } => {
-            let answer = client.cordon(base, true, &actor(), reason.as_deref())?;
+            let answer = client.cordon(base, true, &operator(), reason.as_deref())?;
             printer.print(&answer, || format!("{}\n", answer.message));
             if *wait { wait_drained(&client, printer, base, Duration::from_millis(*timeout)) } else { Ok(()) }
         }
@@ -216,15 +282,8 @@ fn execute(args: &FleetArgs, printer: &Printer) -> Result<(), Failure> {
             printer.print(&answer, || format!("{}\n", answer.message));
             Ok(())
         }
+        FleetCommand::Rollout { command } => rollout_command(&client, printer, command),
     }
-}
-
-/// Who runs the CLI, for cordon records: `user@host`.
-fn actor() -> String {
-    let user =
-        std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_else(|_| "someone".into());
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
-    if host.is_empty() { user } else { format!("{user}@{host}") }
 }
 
 /// `drain --wait`: polls `GET /api/v1/bases` until the base shows drained (no fleet module
@@ -268,6 +327,135 @@ fn wait_drained(client: &Client, printer: &Printer, base: &str, timeout: Duratio
         std::thread::sleep(WAIT_POLL);
     }
     Err(local("WAIT_TIMEOUT", format!("{base} not drained after {} s: {left}", timeout.as_secs())))
+}
+
+fn rollout_command(client: &Client, printer: &Printer, command: &RolloutAction) -> Result<(), Failure> {
+    let (action, args) = match command {
+        RolloutAction::Status { module } => {
+            let view = client.rollout(module)?;
+            printer.print(&view, || render_rollout(&view.rollout, now_ms()));
+            return Ok(());
+        }
+        RolloutAction::History { module } => {
+            let view = client.rollout(module)?;
+            printer.print(&view, || render_rollout_history(&view));
+            return Ok(());
+        }
+        RolloutAction::Pause(args) => ("pause", args),
+        RolloutAction::Resume(args) => ("resume", args),
+        RolloutAction::Promote(args) => ("promote", args),
+        RolloutAction::Abort(args) => ("abort", args),
+    };
+    let request = CommandRequest { actor: operator(), reason: args.reason.clone() };
+    let view = client.rollout_command(&args.module, action, &request)?;
+    printer.print(&view, || render_rollout(&view.rollout, now_ms()));
+    Ok(())
+}
+
+/// `$USER@host`, who a rollout command says asked.
+fn operator() -> String {
+    let user =
+        std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{user}@{host}")
+}
+
+/// `rollout status`: what a person needs to know of one rollout, one fact a line.
+pub fn render_rollout(record: &RolloutRecord, now: u64) -> String {
+    let mut out = String::new();
+    let steps = rollout::steps(&record.strategy);
+    let index = (record.step as usize).min(steps.len() - 1);
+    let from = record.from.as_ref().map_or("nothing".to_owned(), |f| f.version.clone());
+    let _ = writeln!(
+        out,
+        "rollout {} {from} → {} (generation {})",
+        record.module, record.to.version, record.generation
+    );
+    let _ = writeln!(out, "state    {}", rollout::state_name(record.state));
+    if let Some(who) = &record.paused_by {
+        let _ = writeln!(out, "paused by {who}");
+    }
+    if !record.state.is_finished() {
+        let step = &steps[index];
+        let phase = match record.phase {
+            StepPhase::Moving => "moving bases".to_owned(),
+            StepPhase::Holding => {
+                let hold = record.strategy.analysis.window_ms.max(match step.pause {
+                    Pause::For(ms) => ms,
+                    _ => 0,
+                });
+                let left = (record.phase_ms + hold).saturating_sub(now);
+                format!("holding, about {} left", format_duration(left / 100 * 100))
+            }
+            StepPhase::AwaitingPromotion => "waiting for `pedestal fleet rollout promote`".to_owned(),
+            StepPhase::Done => "done".to_owned(),
+        };
+        let _ = writeln!(out, "step     {} of {}: {phase}", index + 1, steps.len());
+        let _ =
+            writeln!(out, "bases    {} upgraded, step wants {}", record.upgraded.len(), step.bases_text());
+        let _ = writeln!(out, "weight   {}%", rollout::weight(record, step));
+    }
+    if let Some(a) = &record.analysis {
+        let p99 = |m: &crate::model::Measure| m.p99_us.map_or("-".to_owned(), |p| format!("{p}µs"));
+        let _ = writeln!(
+            out,
+            "analysis step {}: {} — old {:.1}% errors p99 {} ({} req), new {:.1}% errors p99 {} ({} req): {}",
+            a.step + 1,
+            a.verdict,
+            a.old.error_rate() * 100.0,
+            p99(&a.old),
+            a.old.requests,
+            a.new.error_rate() * 100.0,
+            p99(&a.new),
+            a.new.requests,
+            a.reason
+        );
+    }
+    if matches!(record.state, RolloutState::RolledBack | RolloutState::Aborted) {
+        let _ = writeln!(out, "why      {}", record.reason.as_deref().unwrap_or("(no reason recorded)"));
+    }
+    out
+}
+
+/// `rollout history`: the current rollout's events, then the earlier rollouts.
+fn render_rollout_history(view: &RolloutView) -> String {
+    let mut out = String::new();
+    let record = &view.rollout;
+    let _ = writeln!(
+        out,
+        "rollout {} → {} ({})",
+        record.module,
+        record.to.version,
+        rollout::state_name(record.state)
+    );
+    for event in &record.history {
+        let _ = writeln!(
+            out,
+            "  {} step {} {} by {}: {}",
+            event.at_ms,
+            event.step + 1,
+            event.event,
+            event.actor,
+            event.message
+        );
+    }
+    for past in &view.history {
+        let from = past.from.as_ref().map_or("nothing".to_owned(), |f| f.version.clone());
+        let why = past.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "earlier: generation {} {from} → {} {}{why}",
+            past.generation,
+            past.to.version,
+            rollout::state_name(past.state)
+        );
+    }
+    out
 }
 
 fn apply(client: &Client, printer: &Printer, file: &Path, wait: Option<Duration>) -> Result<(), Failure> {
@@ -339,9 +527,21 @@ fn wait_serving(
             }
             Err(e) => return Err(e.into()),
         };
+        // A rollout of this version must also have completed; rolled back, it never will.
+        let rolled = match client.rollout(&spec.name) {
+            Ok(view) if view.rollout.to.version == spec.version => Some(view.rollout),
+            _ => None,
+        };
+        if let Some(record) = &rolled
+            && matches!(record.state, RolloutState::RolledBack | RolloutState::Aborted)
+        {
+            let code = if record.state == RolloutState::RolledBack { "ROLLED_BACK" } else { "ABORTED" };
+            return Err(local(code, record.reason.clone().unwrap_or_else(|| "no reason recorded".into())));
+        }
+        let rolled_out = rolled.as_ref().is_none_or(|r| r.state == RolloutState::Complete);
         if let Some(view) = status.modules.into_iter().find(|m| m.name == spec.name) {
             let current = view.generation >= applied.generation && view.version == spec.version;
-            if current && view.state == "placed" && view.ready >= view.wanted {
+            if current && view.state == "placed" && view.ready >= view.wanted && rolled_out {
                 if printer.output == Output::Table {
                     let bases: Vec<&str> =
                         view.replicas.iter().filter(|r| r.serving).map(|r| r.base_id.as_str()).collect();

@@ -17,7 +17,9 @@ use std::{io::Read, time::Duration};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::model::{BaseView, Endpoints, ErrorBody, FleetStatus, LeaderRecord, Spec, SpecRecord};
+use crate::model::{
+    BaseView, CommandRequest, Endpoints, ErrorBody, FleetStatus, LeaderRecord, RolloutView, Spec, SpecRecord,
+};
 
 /// What a call to the controller can end in besides its answer.
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +246,23 @@ impl Client {
     /// `GET /api/v1/endpoints/{module}`.
     pub fn endpoints(&self, module: &str) -> Result<Endpoints> {
         self.json(self.request("GET", &format!("/api/v1/endpoints/{}", segment(module))).call())
+    }
+
+    /// `GET /api/v1/rollouts/{module}`: the rollout and the ones before it.
+    pub fn rollout(&self, module: &str) -> Result<RolloutView> {
+        self.json(self.request("GET", &format!("/api/v1/rollouts/{}", segment(module))).call())
+    }
+
+    /// `POST /api/v1/rollouts/{module}/{action}` (`pause`, `resume`, `promote`, `abort`):
+    /// answers the record once the leader applied it (or as it stands after 5 s).
+    pub fn rollout_command(
+        &self,
+        module: &str,
+        action: &str,
+        command: &CommandRequest,
+    ) -> Result<RolloutView> {
+        let path = format!("/api/v1/rollouts/{}/{}", segment(module), segment(action));
+        self.json(self.request("POST", &path).send_json(command))
     }
 
     fn request(&self, method: &str, path: &str) -> ureq::Request {

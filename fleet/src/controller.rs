@@ -14,6 +14,7 @@
 mod api;
 mod artifacts;
 mod election;
+mod metrics;
 mod reconcile;
 
 use std::{
@@ -112,6 +113,7 @@ async fn serve(args: ControllerArgs, token: String) -> anyhow::Result<ExitCode> 
         kick: tokio::sync::Notify::new(),
         kick_artifacts: tokio::sync::Notify::new(),
         metrics: Metrics::default(),
+        samples: std::sync::Mutex::new(metrics::Samples::default()),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -175,6 +177,8 @@ pub(crate) struct Controller {
     /// Wakes the artifact mirror.
     pub(crate) kick_artifacts: tokio::sync::Notify,
     pub(crate) metrics: Metrics,
+    /// The bases' measurements, for rollout analysis (taken by the leader's passes).
+    pub(crate) samples: std::sync::Mutex<metrics::Samples>,
 }
 
 impl Controller {

@@ -8,6 +8,7 @@
 //! - [`model`] and [`keys`]: what lives in etcd, and where.
 //! - [`schedule`]: the pure placement function the leading controller runs; [`autoscale`]: the
 //!   pure replica-count decision of autoscaled specs.
+//! - [`rollout`]: the pure rollout state machine: which release each placed base runs.
 
 pub mod agent;
 pub mod autoscale;
@@ -16,6 +17,7 @@ pub mod client;
 pub mod controller;
 pub mod keys;
 pub mod model;
+pub mod rollout;
 pub mod schedule;
 pub mod spec;
 pub mod store;

@@ -176,6 +176,16 @@ pub struct Step {
     pub pause: Pause,
 }
 
+impl Step {
+    /// `bases` as the spec says it: `2` or `"25%"`.
+    pub fn bases_text(&self) -> String {
+        match self.bases {
+            Amount::Count(n) => n.to_string(),
+            Amount::Percent(p) => format!("{p}%"),
+        }
+    }
+}
+
 fn full_weight() -> u32 {
     100
 }
@@ -843,6 +853,26 @@ pub struct RolloutEvent {
     pub event: String,
     /// Why, in words.
     pub message: String,
+}
+
+/// `GET /api/v1/rollouts/<module>`: the module's rollout and the finished ones before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutView {
+    /// The current (or last) rollout.
+    pub rollout: RolloutRecord,
+    /// Earlier rollouts (superseded or replaced by a newer one), newest first, at most 10.
+    #[serde(default)]
+    pub history: Vec<RolloutRecord>,
+}
+
+/// `POST /api/v1/rollouts/<module>/<action>`'s body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRequest {
+    /// Who asks (the CLI sends `$USER@host`); required.
+    pub actor: String,
+    /// Why, if they say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A command to a rollout (`/pedestal/commands/<module>/<id>`), written by whichever

@@ -16,6 +16,12 @@
 //! max_concurrent_requests = 64
 //! [config]
 //! greeting = "hello"
+//! [rollout]                                     # how a new version reaches the bases
+//! steps = [{ bases = 1, weight = 10, pause = "30s" }, { bases = "50%" }]
+//! max_unavailable = 1                           # or "25%"
+//! [rollout.analysis]
+//! window = "10s"
+//! max_error_rate_increase = 0.05
 //! ```
 //!
 //! [`SpecFile::load`] parses and validates it (an unknown key is an error naming the key and its
@@ -45,7 +51,7 @@ use pedestal_base::LimitOverrides;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{self, Placement, Resources};
+use crate::model::{self, Amount, Analysis, Pause, Placement, Resources, Step, Strategy, parse_duration};
 
 /// The stable code of every spec file error (the controller answers the same for a bad spec).
 pub const SPEC_INVALID: &str = "SPEC_INVALID";
@@ -104,6 +110,8 @@ pub struct SpecFile {
     pub config: serde_json::Map<String, serde_json::Value>,
     /// Replicas from measured load; `replicas` is then the starting count (clamped).
     pub autoscale: Option<model::Autoscale>,
+    /// `[rollout]`: how a new version reaches the bases (`None`: the default strategy).
+    pub rollout: Option<Strategy>,
 }
 
 /// Where a module's bytes come from.
@@ -295,7 +303,13 @@ impl SpecFile {
             Err(e) => return Err(invalid(format!("[config]: {e}"))),
         };
 
+        let rollout = match raw.rollout {
+            None => None,
+            Some(rollout) => Some(strategy(rollout, &at)?),
+        };
+
         Ok(Self {
+            rollout,
             name: raw.name.into_inner(),
             version: raw.version.into_inner(),
             artifact,
@@ -333,10 +347,82 @@ impl SpecFile {
             limits: self.limits,
             config: self.config.clone(),
             interface_version: None,
-            rollout: None,
+            rollout: self.rollout.clone(),
             autoscale: self.autoscale.clone(),
         }
     }
+}
+
+/// `[rollout]` validated: weights 1 to 100, at least one step, steps' bases non-decreasing.
+fn strategy(
+    raw: Spanned<RawRollout>,
+    at: &dyn Fn(Range<usize>, String) -> SpecError,
+) -> Result<Strategy, SpecError> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    if raw.steps.is_empty() {
+        return Err(at(span, "[rollout] needs at least one step (steps = [{ bases = 1 }, ...])".into()));
+    }
+    let mut steps = Vec::new();
+    let mut previous: Option<Amount> = None;
+    for (i, step) in raw.steps.into_iter().enumerate() {
+        let span = step.span();
+        let step = step.into_inner();
+        if !(1..=100).contains(&step.weight) {
+            return Err(at(span, format!("rollout step {}: weight {} is not 1 to 100", i + 1, step.weight)));
+        }
+        if let Some(previous) = previous {
+            let fewer = match (previous, step.bases) {
+                (Amount::Count(a), Amount::Count(b)) | (Amount::Percent(a), Amount::Percent(b)) => b < a,
+                (Amount::Percent(100), Amount::Count(_)) => true,
+                _ => false,
+            };
+            if fewer {
+                return Err(at(
+                    span,
+                    format!(
+                        "rollout step {}: its bases are fewer than the step before's (they count from the start)",
+                        i + 1
+                    ),
+                ));
+            }
+        }
+        previous = Some(step.bases);
+        steps.push(Step { bases: step.bases, weight: step.weight, pause: step.pause.unwrap_or_default() });
+    }
+    let mut analysis = Analysis::default();
+    if let Some(raw) = raw.analysis {
+        if let Some(window) = raw.window {
+            analysis.window_ms =
+                parse_duration(window.get_ref()).map_err(|e| at(window.span(), format!("window: {e}")))?;
+        }
+        if let Some(increase) = raw.max_error_rate_increase {
+            let value = *increase.get_ref();
+            if !(0.0..=1.0).contains(&value) {
+                return Err(at(
+                    increase.span(),
+                    format!("max_error_rate_increase = {value}: a share, 0 to 1"),
+                ));
+            }
+            analysis.max_error_rate_increase = value;
+        }
+        if let Some(ratio) = raw.max_latency_ratio {
+            let value = *ratio.get_ref();
+            if !value.is_finite() || value < 1.0 {
+                return Err(at(ratio.span(), format!("max_latency_ratio = {value}: at least 1")));
+            }
+            analysis.max_latency_ratio = value;
+        }
+        if let Some(increase) = raw.min_latency_increase {
+            let ms = parse_duration(increase.get_ref())
+                .map_err(|e| at(increase.span(), format!("min_latency_increase: {e}")))?;
+            analysis.min_latency_increase_us = ms * 1_000;
+        }
+        if let Some(min) = raw.min_requests {
+            analysis.min_requests = min;
+        }
+    }
+    Ok(Strategy { steps, max_unavailable: raw.max_unavailable.unwrap_or(Amount::Percent(25)), analysis })
 }
 
 /// Parses a size: plain bytes (`1048576`) or a number with a unit, binary (`KiB`, `MiB`, `GiB`,
@@ -391,6 +477,7 @@ struct RawSpec {
     #[serde(default)]
     config: toml::Table,
     autoscale: Option<Spanned<RawAutoscale>>,
+    rollout: Option<Spanned<RawRollout>>,
 }
 
 /// `autoscale = { min = 1, max = 20, target_cpu = 0.6, target_rps = 50, cooldown = "30s" }`.
@@ -402,6 +489,38 @@ struct RawAutoscale {
     target_cpu: Option<f64>,
     target_rps: Option<f64>,
     cooldown: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    #[serde(default)]
+    steps: Vec<Spanned<RawStep>>,
+    max_unavailable: Option<Amount>,
+    analysis: Option<RawAnalysis>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    bases: Amount,
+    #[serde(default = "full_weight")]
+    weight: u32,
+    pause: Option<Pause>,
+}
+
+fn full_weight() -> u32 {
+    100
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnalysis {
+    window: Option<Spanned<String>>,
+    max_error_rate_increase: Option<Spanned<f64>>,
+    max_latency_ratio: Option<Spanned<f64>>,
+    min_latency_increase: Option<Spanned<String>>,
+    min_requests: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -639,6 +758,53 @@ mod tests {
         assert!(parse_size("MiB").is_err());
         assert!(parse_size("1 furlong").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn a_rollout_table_becomes_the_strategy() {
+        let text = "name = \"g\"\nversion = \"0.1.0\"\nartifact = \"a.so\"\nreplicas = 3\n\
+            [rollout]\nsteps = [{ bases = 1, weight = 10, pause = \"30s\" }, { bases = \"50%\", pause = \"manual\" }]\n\
+            max_unavailable = \"50%\"\n[rollout.analysis]\nwindow = \"2s\"\nmin_requests = 5\nmin_latency_increase = \"10ms\"\n";
+        let strategy = parse(text).unwrap().rollout.unwrap();
+        assert_eq!(
+            strategy.steps,
+            [
+                Step { bases: Amount::Count(1), weight: 10, pause: Pause::For(30_000) },
+                Step { bases: Amount::Percent(50), weight: 100, pause: Pause::Manual },
+            ]
+        );
+        assert_eq!(strategy.max_unavailable, Amount::Percent(50));
+        assert_eq!(
+            strategy.analysis,
+            Analysis {
+                window_ms: 2_000,
+                min_requests: 5,
+                min_latency_increase_us: 10_000,
+                ..Analysis::default()
+            }
+        );
+        assert_eq!(parse(text).unwrap().to_spec(&"a".repeat(64)).rollout, Some(strategy));
+        let plain = "name = \"g\"\nversion = \"0.1.0\"\nartifact = \"a.so\"\nreplicas = 3\n";
+        assert_eq!(parse(plain).unwrap().rollout, None);
+    }
+
+    #[test]
+    fn bad_rollouts_are_refused_with_their_line() {
+        let head = "name = \"g\"\nversion = \"0.1.0\"\nartifact = \"a.so\"\nreplicas = 3\n[rollout]\n";
+        refused(&format!("{head}steps = [{{ bases = 1, weight = 0 }}]\n"), &["line 6", "weight 0"]);
+        refused(&format!("{head}steps = [{{ bases = 1, weight = 101 }}]\n"), &["line 6", "1 to 100"]);
+        refused(&format!("{head}steps = []\n"), &["line 5", "at least one step"]);
+        refused(
+            &format!("{head}steps = [\n  {{ bases = 2 }},\n  {{ bases = 1 }},\n]\n"),
+            &["line 8", "fewer"],
+        );
+        refused(&format!("{head}steps = [{{ bases = \"150%\" }}]\n"), &["line 6", "percentage"]);
+        refused(&format!("{head}steps = [{{ bases = 1, pause = \"soon\" }}]\n"), &["line 6", "duration"]);
+        refused(
+            &format!("{head}steps = [{{ bases = 1 }}]\n[rollout.analysis]\nwindow = \"2 weeks\"\n"),
+            &["line 8", "window"],
+        );
+        refused(&format!("{head}steps = [{{ bases = 1, weigth = 5 }}]\n"), &["line 6", "weigth"]);
     }
 
     #[test]

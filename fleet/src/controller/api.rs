@@ -29,8 +29,9 @@ use super::{
 use crate::{
     autoscale, keys,
     model::{
-        ArtifactRecord, BaseView, CordonRecord, ErrorBody, FleetStatus, LeaderRecord, ModuleView,
-        ReplicaView, ScaleView, Spec, SpecRecord, UnmanagedView, now_ms,
+        ArtifactRecord, BaseView, CommandRequest, CordonRecord, ErrorBody, FleetStatus, LeaderRecord,
+        ModuleView, ReplicaView, RolloutCommand, RolloutView, ScaleView, Spec, SpecRecord, UnmanagedView,
+        now_ms,
     },
     schedule,
     store::{self, Outcome, REQUEST_TIMEOUT},
@@ -57,6 +58,8 @@ pub(crate) fn router(ctl: Arc<Controller>) -> Router {
         .route("/api/v1/bases", get(bases))
         .route("/api/v1/bases/{id}/cordon", post(cordon).delete(uncordon))
         .route("/api/v1/endpoints/{module}", get(endpoints))
+        .route("/api/v1/rollouts/{module}", get(get_rollout))
+        .route("/api/v1/rollouts/{module}/{action}", post(command_rollout))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route in the fleet API")
         })
@@ -611,6 +614,72 @@ async fn key_exists(ctl: &Controller, key: String) -> ApiResult<bool> {
         .map_err(|_| ApiError::etcd("no answer in time"))?
         .map_err(ApiError::etcd)?;
     Ok(!got.kvs().is_empty())
+}
+
+async fn get_rollout(State(ctl): State<Arc<Controller>>, Path(module): Path<String>) -> ApiResult {
+    let snapshot = snapshot(&ctl).await?;
+    Ok(Json(rollout_view(&snapshot, &module)?).into_response())
+}
+
+fn rollout_view(snapshot: &Snapshot, module: &str) -> ApiResult<RolloutView> {
+    let rollout = snapshot.rollouts.get(module).cloned().ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "ROLLOUT_NOT_FOUND", format!("module {module:?} has no rollout"))
+    })?;
+    let history =
+        snapshot.past_rollouts.get(module).map(|p| p.values().rev().cloned().collect()).unwrap_or_default();
+    Ok(RolloutView { rollout, history })
+}
+
+/// Writes a [`RolloutCommand`] for the leader to apply. Any controller writes it (it is an
+/// input, like a base's report, not a leader decision: the leader applies and deletes it in
+/// the fenced transaction that changes the record), so a command given while no controller
+/// leads waits in etcd for the next leader. Answers the record once the command was
+/// consumed, or 202 with the record as it stands after 5 s.
+async fn command_rollout(
+    State(ctl): State<Arc<Controller>>,
+    Path((module, action)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message);
+    if !["pause", "resume", "promote", "abort"].contains(&action.as_str()) {
+        return Err(bad(format!("{action:?} is not pause, resume, promote or abort")));
+    }
+    let body = body.map_err(|e| bad(format!("reading the command: {e}")))?;
+    let request: CommandRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("the body is not {{\"actor\": \"...\", \"reason\": \"...\"}}: {e}")))?;
+    if request.actor.trim().is_empty() {
+        return Err(bad("`actor` is required: who asks".into()));
+    }
+    if !keys::is_valid_id(&module) {
+        return Err(rollout_view(&Snapshot::default(), &module).unwrap_err());
+    }
+    rollout_view(&snapshot(&ctl).await?, &module)?;
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = now_ms();
+    let sequence = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("{now:013}-{}-{sequence}", ctl.id);
+    let command =
+        RolloutCommand { id: id.clone(), action, actor: request.actor, reason: request.reason, at_ms: now };
+    let key = ctl.keys.command(&module, &id);
+    let mut client = ctl.client();
+    tokio::time::timeout(REQUEST_TIMEOUT, client.put(key.clone(), json(&command), None))
+        .await
+        .map_err(|_| ApiError::etcd("no answer in time"))?
+        .map_err(ApiError::etcd)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = tokio::time::timeout(REQUEST_TIMEOUT, client.get(key.clone(), None))
+            .await
+            .map_err(|_| ApiError::etcd("no answer in time"))?
+            .map_err(ApiError::etcd)?;
+        let consumed = got.kvs().is_empty();
+        if consumed || tokio::time::Instant::now() >= deadline {
+            let view = rollout_view(&snapshot(&ctl).await?, &module)?;
+            let status = if consumed { StatusCode::OK } else { StatusCode::ACCEPTED };
+            return Ok((status, Json(view)).into_response());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// What a forwarded request carries.

@@ -18,9 +18,11 @@ use super::Controller;
 use crate::{
     keys::Keys,
     model::{
-        ArtifactRecord, Assignment, BaseRecord, BaseStatus, ControllerRecord, CordonRecord, Endpoints,
-        LeaderRecord, PlacementRecord, ScaleRecord, SpecRecord, now_ms,
+        ArtifactRecord, Assignment, BaseRecord, BaseStatus, ControllerRecord, CordonRecord, Endpoint,
+        Endpoints, LeaderRecord, PlacementRecord, RolloutCommand, RolloutRecord, ScaleRecord, SpecRecord,
+        now_ms,
     },
+    rollout,
     schedule::{self, Directives, Plan},
     store::{Fence, Outcome, REQUEST_TIMEOUT},
 };
@@ -64,6 +66,14 @@ pub(crate) struct Snapshot {
     pub(crate) cordons: BTreeMap<String, CordonRecord>,
     /// Autoscaled counts, by module.
     pub(crate) scales: BTreeMap<String, ScaleRecord>,
+    /// Rollout records, by module.
+    pub(crate) rollouts: BTreeMap<String, RolloutRecord>,
+    /// Finished rollouts, by module then the generation that started them.
+    pub(crate) past_rollouts: BTreeMap<String, BTreeMap<u64, RolloutRecord>>,
+    /// Pending rollout commands, by module, oldest first.
+    pub(crate) commands: BTreeMap<String, Vec<RolloutCommand>>,
+    /// Every key under `commands/`, parseable or not, by module.
+    pub(crate) command_keys: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Keys per range request of a snapshot read.
@@ -178,10 +188,28 @@ impl Snapshot {
             parse(value).map(|c| self.cordons.insert(base.to_owned(), c));
         } else if let Some(module) = Keys::leaf(key, &keys.scales()) {
             parse(value).map(|r| self.scales.insert(module.to_owned(), r));
+        } else if let Some(module) = Keys::leaf(key, &keys.rollouts()) {
+            parse(value).map(|r| self.rollouts.insert(module.to_owned(), r));
+        } else if let Some(rest) = key.strip_prefix(&keys.all_rollout_history()) {
+            if let Some((module, _)) = rest.split_once('/')
+                && let Some(record) = parse::<RolloutRecord>(value)
+            {
+                self.past_rollouts.entry(module.to_owned()).or_default().insert(record.generation, record);
+            }
+        } else if let Some(rest) = key.strip_prefix(&keys.all_commands()) {
+            if let Some((module, _)) = rest.split_once('/') {
+                self.command_keys.entry(module.to_owned()).or_default().insert(key.to_owned());
+                if let Some(command) = parse::<RolloutCommand>(value) {
+                    let pending = self.commands.entry(module.to_owned()).or_default();
+                    pending.push(command);
+                    pending.sort_by(|a, b| (a.at_ms, &a.id).cmp(&(b.at_ms, &b.id)));
+                }
+            }
         }
     }
 
     /// The plan for this snapshot, now.
+    #[cfg(test)]
     pub(crate) fn plan(&self) -> Plan {
         self.plan_at(now_ms())
     }
@@ -219,6 +247,81 @@ impl Snapshot {
         }
         scales
     }
+}
+
+/// Runs every spec's rollout over `plan` (which bases) and makes it say which release each base
+/// runs and where each release is served. Returns the rollout writes: records, history,
+/// consumed commands, and the keys of deleted specs' rollouts; they go in one fenced
+/// transaction of their own, before the assignments, so a command is applied exactly once.
+pub(crate) fn roll(
+    keys: &Keys,
+    snapshot: &Snapshot,
+    plan: &mut Plan,
+    metrics: &dyn rollout::Metrics,
+    now: u64,
+    controller: &str,
+) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for (module, spec) in &snapshot.specs {
+        let placed: Vec<String> = plan.placements.get(module).map(|p| p.bases.clone()).unwrap_or_default();
+        let decision = rollout::advance(&rollout::Input {
+            spec,
+            record: snapshot.rollouts.get(module),
+            placed: &placed,
+            statuses: &snapshot.statuses,
+            current: &snapshot.assignments,
+            commands: snapshot.commands.get(module).map_or(&[], Vec::as_slice),
+            metrics,
+            now_ms: now,
+            controller,
+        });
+        if snapshot.rollouts.get(module) != Some(&decision.record) {
+            changes.push(Change::Put(keys.rollout(module), json(&decision.record)));
+        }
+        if let Some(retired) = &decision.retired {
+            changes.push(Change::Put(keys.rollout_history_entry(module, retired.generation), json(retired)));
+            let mut kept: BTreeSet<u64> =
+                snapshot.past_rollouts.get(module).map(|p| p.keys().copied().collect()).unwrap_or_default();
+            kept.insert(retired.generation);
+            let excess = kept.len().saturating_sub(rollout::MAX_PAST_ROLLOUTS);
+            for generation in kept.into_iter().take(excess) {
+                changes.push(Change::Delete(keys.rollout_history_entry(module, generation)));
+            }
+        }
+        for id in &decision.consumed {
+            changes.push(Change::Delete(keys.command(module, id)));
+        }
+        for modules in plan.assignments.values_mut() {
+            modules.remove(module);
+        }
+        for (base, assignment) in decision.assignments {
+            plan.assignments.entry(base).or_default().insert(module.clone(), assignment);
+        }
+        let mut endpoints = Vec::new();
+        for base in &placed {
+            let Some(record) = snapshot.bases.get(base) else { continue };
+            for release in rollout::releases(&decision.record) {
+                if schedule::serves(snapshot.statuses.get(base), module, &release.version, &release.sha256) {
+                    endpoints.push(Endpoint {
+                        base_id: base.clone(),
+                        traffic_url: record.traffic_url.clone(),
+                        version: release.version.clone(),
+                    });
+                }
+            }
+        }
+        plan.endpoints.insert(module.clone(), Endpoints { module: module.clone(), endpoints });
+    }
+    plan.assignments.retain(|_, modules| !modules.is_empty());
+    for module in snapshot.rollouts.keys().filter(|m| !snapshot.specs.contains_key(*m)) {
+        changes.push(Change::Delete(keys.rollout(module)));
+    }
+    for (module, command_keys) in &snapshot.command_keys {
+        if !snapshot.specs.contains_key(module) {
+            changes.extend(command_keys.iter().cloned().map(Change::Delete));
+        }
+    }
+    changes
 }
 
 /// A base's record or status naming another base than its key is skipped (everything is
@@ -329,6 +432,16 @@ pub(crate) fn chunks(changes: &[Change]) -> Vec<&[Change]> {
     out
 }
 
+fn ops_of(changes: &[Change]) -> Vec<TxnOp> {
+    changes
+        .iter()
+        .map(|change| match change {
+            Change::Put(key, value) => TxnOp::put(key.clone(), value.clone(), None),
+            Change::Delete(key) => TxnOp::delete(key.clone(), None),
+        })
+        .collect()
+}
+
 /// A model document as etcd holds it.
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("model types serialise")
@@ -363,22 +476,43 @@ pub(crate) async fn pass(ctl: &Controller, fence: &Fence) -> Result<(), etcd_cli
         ctl.leadership.step_down("the leader key is not this term's");
         return Ok(());
     }
-    let plan = snapshot.plan();
-    let changes = diff(&ctl.keys, &snapshot, &plan, now_ms());
+    let now = now_ms();
+    let mut plan = snapshot.plan_at(now);
+    let rollout_changes = {
+        let mut samples = ctl.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples.ingest(snapshot.statuses.values(), now);
+        roll(&ctl.keys, &snapshot, &mut plan, &*samples, now, &ctl.id)
+    };
+    let changes = diff(&ctl.keys, &snapshot, &plan, now);
     ctl.metrics.passes.fetch_add(1, Ordering::Relaxed);
     ctl.metrics.snapshot_pages.store(u64::from(snapshot.pages), Ordering::Relaxed);
-    if changes.is_empty() {
+    let (mut txns, mut ops) = (0, 0);
+    // The rollout records first, alone: the assignments below follow from them, and a command
+    // is deleted in the same transaction that applies it.
+    if !rollout_changes.is_empty() {
+        if ctl.leadership.fence().as_ref() != Some(fence) {
+            return Ok(());
+        }
+        match fence.commit(&mut client, ops_of(&rollout_changes)).await {
+            Outcome::Committed(_) => {
+                txns += 1;
+                ops += rollout_changes.len();
+            }
+            Outcome::Refused => {
+                ctl.leadership.step_down("a fenced write was refused");
+                return Ok(());
+            }
+            Outcome::Unknown(e) => {
+                ctl.say(&format!("a rollout write's outcome is unknown ({e}); the next pass reads back"));
+                return Ok(());
+            }
+        }
+    }
+    if changes.is_empty() && rollout_changes.is_empty() {
         return Ok(());
     }
-    let (mut txns, mut ops) = (0, 0);
     for chunk in chunks(&changes) {
-        let batch: Vec<TxnOp> = chunk
-            .iter()
-            .map(|change| match change {
-                Change::Put(key, value) => TxnOp::put(key.clone(), value.clone(), None),
-                Change::Delete(key) => TxnOp::delete(key.clone(), None),
-            })
-            .collect();
+        let batch = ops_of(chunk);
         // The fence can have lapsed while the previous chunk was in flight.
         if ctl.leadership.fence().as_ref() != Some(fence) {
             return Ok(());
@@ -412,8 +546,15 @@ pub(crate) async fn pass(ctl: &Controller, fence: &Fence) -> Result<(), etcd_cli
 /// wrote is its output); its `assign/` writes do, harmlessly (the next pass finds no diff).
 pub(crate) async fn watch(ctl: Arc<Controller>) {
     let keys = &ctl.keys;
-    let planned =
-        [keys.specs(), keys.bases(), keys.statuses(), keys.assignments(), keys.leader(), keys.cordons()];
+    let planned = [
+        keys.specs(),
+        keys.bases(),
+        keys.statuses(),
+        keys.assignments(),
+        keys.leader(),
+        keys.cordons(),
+        keys.all_commands(),
+    ];
     let mirrored = [keys.artifacts(), keys.controllers()];
     loop {
         let mut client = ctl.client();
