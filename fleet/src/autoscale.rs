@@ -264,8 +264,11 @@ mod tests {
         }
     }
 
+    /// Per-base load at one moment: (base, cpu millis, rps).
+    type Loads<'a> = &'a [(&'a str, u64, f64)];
+
     /// Runs `decide` at each of `steps` (time, per-base load), from `start`; the counts after each.
-    fn run(spec: &Spec, start: ScaleRecord, steps: &[(u64, &[(&str, u64, f64)])]) -> Vec<u32> {
+    fn run(spec: &Spec, start: ScaleRecord, steps: &[(u64, Loads)]) -> Vec<u32> {
         let mut current = start;
         let mut counts = Vec::new();
         for (now, load) in steps {
@@ -349,12 +352,12 @@ mod tests {
         let s = spec(Some(0.5), None);
         let low: &[(&str, u64, f64)] = &[("b1", 200, 0.0), ("b2", 200, 0.0)];
         let high: &[(&str, u64, f64)] = &[("b1", 500, 0.0), ("b2", 500, 0.0)];
-        let steps: Vec<(u64, &[(&str, u64, f64)])> =
+        let steps: Vec<(u64, Loads)> =
             (1..40).map(|i| (i * 1_000, if i % 8 == 0 { high } else { low })).collect();
         let counts = run(&s, record(2, 0), &steps);
         assert!(counts.iter().all(|&c| c == 2), "a high moment every 8 s restarts the 10 s wait: {counts:?}");
         // Once the load stays low for a cooldown, it goes down.
-        let settle: Vec<(u64, &[(&str, u64, f64)])> = (41..60).map(|i| (i * 1_000, low)).collect();
+        let settle: Vec<(u64, Loads)> = (41..60).map(|i| (i * 1_000, low)).collect();
         assert_eq!(run(&s, record(2, 0), &settle).last(), Some(&1));
     }
 

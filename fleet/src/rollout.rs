@@ -566,7 +566,7 @@ fn assignment_for(record: &RolloutRecord, spec: &SpecRecord, base: &String) -> A
             let all_steps = steps(&record.strategy);
             let current = &all_steps[(record.step as usize).min(all_steps.len() - 1)];
             let weight = weight(record, current);
-            let canary = (weight < 100).then(|| Canary { previous: from, weight });
+            let canary = (weight < 100).then_some(Canary { previous: from, weight });
             (record.to.clone(), canary)
         }
         RolloutState::Progressing | RolloutState::Paused => (from, None),

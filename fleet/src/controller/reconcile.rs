@@ -196,14 +196,14 @@ impl Snapshot {
             {
                 self.past_rollouts.entry(module.to_owned()).or_default().insert(record.generation, record);
             }
-        } else if let Some(rest) = key.strip_prefix(&keys.all_commands()) {
-            if let Some((module, _)) = rest.split_once('/') {
-                self.command_keys.entry(module.to_owned()).or_default().insert(key.to_owned());
-                if let Some(command) = parse::<RolloutCommand>(value) {
-                    let pending = self.commands.entry(module.to_owned()).or_default();
-                    pending.push(command);
-                    pending.sort_by(|a, b| (a.at_ms, &a.id).cmp(&(b.at_ms, &b.id)));
-                }
+        } else if let Some(rest) = key.strip_prefix(&keys.all_commands())
+            && let Some((module, _)) = rest.split_once('/')
+        {
+            self.command_keys.entry(module.to_owned()).or_default().insert(key.to_owned());
+            if let Some(command) = parse::<RolloutCommand>(value) {
+                let pending = self.commands.entry(module.to_owned()).or_default();
+                pending.push(command);
+                pending.sort_by(|a, b| (a.at_ms, &a.id).cmp(&(b.at_ms, &b.id)));
             }
         }
     }
