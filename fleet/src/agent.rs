@@ -33,6 +33,7 @@ use pedestal_base::{BaseBuilder, Registry};
 mod apply;
 mod args;
 mod artifacts;
+mod delivery;
 mod forward;
 mod report;
 mod session;
