@@ -56,6 +56,7 @@ pub(crate) fn router(ctl: Arc<Controller>) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/bases", get(bases))
         .route("/api/v1/endpoints/{module}", get(endpoints))
+        .route("/api/v1/logs/{module}", get(super::logs::module_logs))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route in the fleet API")
         })
