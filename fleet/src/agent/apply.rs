@@ -187,12 +187,14 @@ pub(crate) fn is_satisfied(registry: &Registry, module: &str, assignment: &Assig
     }
 }
 
-/// Makes `module` run `assignment` (see the module docs). Blocking.
+/// Makes `module` run `assignment` (see the module docs): its bytes fetched from `sources`,
+/// a canary's previous release's from `previous_sources`. Blocking.
 pub(crate) fn apply(
     registry: &Registry,
     module: &str,
     assignment: &Assignment,
     sources: &[Source],
+    previous_sources: &[Source],
     token: &str,
 ) -> Result<(), Nack> {
     let release = Release {
@@ -216,7 +218,7 @@ pub(crate) fn apply(
     let mut installed_here = Vec::new();
     if let Some((canary, previous)) = &canary {
         // The old release first: it is what serves. Usually it runs already.
-        if install(registry, module, &canary.previous, previous, sources, token)? {
+        if install(registry, module, &canary.previous, previous, previous_sources, token)? {
             installed_here.push(previous.clone());
         }
     }

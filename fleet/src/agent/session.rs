@@ -471,15 +471,23 @@ async fn reconcile(context: &Arc<Context>) {
         {
             continue;
         }
-        let sources = sources(context, &wanted.assignment).await;
+        let assignment = &wanted.assignment;
+        let sources = sources_of(context, &assignment.sha256, assignment.url.as_deref()).await;
+        let previous_sources = match apply::canary_of(assignment) {
+            Some(canary) => {
+                sources_of(context, &canary.previous.sha256, canary.previous.url.as_deref()).await
+            }
+            None => Vec::new(),
+        };
         let job =
             (Arc::clone(registry), module.clone(), wanted.assignment.clone(), context.join.token.clone());
-        let outcome =
-            tokio::task::spawn_blocking(move || apply::apply(&job.0, &job.1, &job.2, &sources, &job.3))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(Nack { code: "AGENT_FAILED".into(), message: format!("the apply task: {e}") })
-                });
+        let outcome = tokio::task::spawn_blocking(move || {
+            apply::apply(&job.0, &job.1, &job.2, &sources, &previous_sources, &job.3)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Nack { code: "AGENT_FAILED".into(), message: format!("the apply task: {e}") })
+        });
         match outcome {
             Ok(()) => {
                 lock(&context.attempts).remove(module);
@@ -600,8 +608,8 @@ fn set_failure(context: &Context, module: &str, failure: Option<Failure>) {
     }
 }
 
-/// Where the bytes of `assignment` may be: peers listing the hash, live controllers, its URL.
-async fn sources(context: &Context, assignment: &Assignment) -> Vec<Source> {
+/// Where the bytes with `sha256` may be: peers listing the hash, live controllers, `url`.
+async fn sources_of(context: &Context, sha256: &str, url: Option<&str>) -> Vec<Source> {
     let mut sources = Vec::new();
     let session = lock(&context.session).clone();
     if let Some((mut client, _)) = session {
@@ -620,7 +628,7 @@ async fn sources(context: &Context, assignment: &Assignment) -> Vec<Source> {
                 statuses.kvs().iter().filter_map(|kv| serde_json::from_slice::<BaseStatus>(kv.value()).ok())
             {
                 if status.base_id != context.join.base_id
-                    && status.artifacts.contains(&assignment.sha256)
+                    && status.artifacts.iter().any(|a| a == sha256)
                     && let Some(url) = urls.get(&status.base_id)
                 {
                     sources.push(Source::Peer(url.clone()));
@@ -637,8 +645,8 @@ async fn sources(context: &Context, assignment: &Assignment) -> Vec<Source> {
             }
         }
     }
-    if let Some(url) = &assignment.url {
-        sources.push(Source::External(url.clone()));
+    if let Some(url) = url {
+        sources.push(Source::External(url.to_owned()));
     }
     sources
 }
