@@ -17,11 +17,13 @@ use crate::{
     error_response::Refusal,
     instance::ModuleId,
     registry::Registry,
-    routing::VERSION_HEADER,
+    routing::{RoutingTable, VERSION_HEADER},
 };
 
-/// What the traffic server does with a request for a module this base has no route for
-/// (before it answers `MODULE_NOT_FOUND`): a fleet agent forwards it to a base that runs it.
+/// What the traffic server does with a request this base cannot answer itself: one for a module
+/// it has no route for (before it answers `MODULE_NOT_FOUND`), or one pinning (with
+/// `x-pedestal-version`) a version the module's route here does not run (before it answers
+/// `VERSION_NOT_FOUND`). A fleet agent forwards it to a base that runs it.
 /// `Ok` takes the request and answers it; `Err` gives it back, for the base's own answer.
 pub type Fallback = Arc<
     dyn Fn(Request) -> std::result::Result<std::pin::Pin<Box<dyn Future<Output = Response> + Send>>, Request>
@@ -33,7 +35,7 @@ pub type Fallback = Arc<
 /// `BaseBuilder::module_header`).
 #[derive(Clone, Default)]
 pub(crate) struct Extras {
-    /// For requests of modules without a route here.
+    /// For requests of modules without a route here, or pinning a version not running here.
     pub(crate) fallback: Option<Fallback>,
     /// Added to every module answer.
     pub(crate) headers: http::HeaderMap,
@@ -60,12 +62,10 @@ async fn dispatch(
     request: Request,
 ) -> Response {
     let request = match &extras.fallback {
-        Some(fallback) if registry.routes().get(module_of(request.uri().path())).is_none() => {
-            match fallback(request) {
-                Ok(answer) => return answer.await,
-                Err(request) => request,
-            }
-        }
+        Some(fallback) if !served_here(&registry.routes(), &request) => match fallback(request) {
+            Ok(answer) => return answer.await,
+            Err(request) => request,
+        },
         _ => request,
     };
     match forward(&registry, request).await {
@@ -76,6 +76,18 @@ async fn dispatch(
             response
         }
         Err(e) => Refusal(e).into_response(),
+    }
+}
+
+/// Whether this base's table can answer `request` itself: it has a route for the module, and
+/// runs the version the request pins, if it pins one.
+fn served_here(routes: &RoutingTable, request: &Request) -> bool {
+    let Some(route) = routes.get(module_of(request.uri().path())) else { return false };
+    match request.headers().get(VERSION_HEADER).map(HeaderValue::to_str) {
+        None => true,
+        Some(Ok(pinned)) => route.running.iter().any(|i| i.id.version.to_string() == pinned),
+        // Not text: no base runs such a version; the base's own answer says so.
+        Some(Err(_)) => true,
     }
 }
 

@@ -13,6 +13,8 @@
 //!   the assignment's URL) and serves this base's store to peers.
 //! - [`forward`]: sends requests for modules this base does not run to a base that does.
 //! - [`report`]: what `status/<id>` says.
+//! - [`delivery`]: the revision-monotonic desired map (and the chaos layer, a testing aid).
+//! - [`logs`]: a module's log on this base, for `fleet logs`.
 //!
 //! ```no_run
 //! # async fn run(join: pedestal_fleet::agent::JoinArgs) -> anyhow::Result<()> {
@@ -33,11 +35,14 @@ use pedestal_base::{BaseBuilder, Registry};
 mod apply;
 mod args;
 mod artifacts;
+mod delivery;
 mod forward;
+mod logs;
 mod report;
 mod session;
 
 pub use args::{Join, JoinArgs, JoinError, parse_labels, parse_size};
+pub(crate) use logs::LOGS_PATH;
 
 /// The owner the agent marks the modules it applies with ([`Registry::set_owner`]).
 pub const OWNER: &str = "fleet";
@@ -62,13 +67,16 @@ impl Agent {
     }
 
     /// What the agent adds to the base: `GET /.pedestal/artifacts/{sha256}` on the traffic port
-    /// (its store, for peers; fleet token required), the forwarding of requests for modules it
+    /// (its store, for peers; fleet token required), `GET /.pedestal/logs/{module}` (a module's
+    /// log, for the controllers' `fleet logs`; fleet token required), the forwarding of requests for modules it
     /// does not run, and the `x-pedestal-base` header on module answers.
     pub fn prepare(&self, builder: BaseBuilder) -> BaseBuilder {
         let token = self.join.token.clone();
+        let logs_token = token.clone();
         let header = http::HeaderValue::from_str(&self.join.base_id).expect("a valid id is a header value");
         builder
             .routes_with(move |registry| artifacts::routes(registry, token))
+            .routes_with(move |registry| logs::routes(registry, logs_token))
             .fallback(forward::fallback(Arc::clone(&self.join), Arc::clone(&self.endpoints)))
             .module_header(http::HeaderName::from_static(BASE_HEADER), header)
     }

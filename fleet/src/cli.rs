@@ -1,7 +1,8 @@
 //! `pedestal fleet ...`: the operator's client of a controller (any controller, leader or not).
 //!
-//! `apply FILE`, `status [MODULE]`, `push FILE.so`, `delete MODULE`, `bases`,
-//! `rollout status|history|pause|resume|promote|abort MODULE`; `--output json`
+//! `apply FILE`, `status [MODULE]`, `push FILE.so`, `delete MODULE`, `bases`, `logs MODULE`,
+//! `cordon|drain|uncordon BASE`, `rollout status|history|pause|resume|promote|abort MODULE`;
+//! `--output json`
 //! prints the API's answers as they are. Exit status: 0 done, 1 refused or failed (the API's
 //! `CODE: message` on stderr), 2 the controller could not be reached.
 
@@ -112,6 +113,21 @@ pub enum FleetCommand {
     Uncordon {
         /// The base id.
         base: String,
+    },
+    /// Every base's log of a module, each line tagged with its base (`[base-a] time level
+    /// message`; `--output json`: one `{"base", "line"}` object per line).
+    Logs {
+        /// The module.
+        module: String,
+        /// Only the lines of this version.
+        #[arg(long)]
+        version: Option<String>,
+        /// Keep printing new lines as the bases write them.
+        #[arg(long, short)]
+        follow: bool,
+        /// How many recent lines of each base (default 100).
+        #[arg(long)]
+        tail: Option<usize>,
     },
     /// A module's rollout: where it stands, its history, and the operator's commands.
     Rollout {
@@ -283,6 +299,10 @@ fn execute(args: &FleetArgs, printer: &Printer) -> Result<(), Failure> {
             Ok(())
         }
         FleetCommand::Rollout { command } => rollout_command(&client, printer, command),
+        FleetCommand::Logs { module, version, follow, tail } => {
+            let lines = client.logs(module, version.as_deref(), *tail, *follow)?;
+            print_logs(lines, printer.output)
+        }
     }
 }
 
@@ -456,6 +476,51 @@ fn render_rollout_history(view: &RolloutView) -> String {
         );
     }
     out
+}
+
+/// Prints the fan-in's NDJSON as it arrives: as is (`json`), or as `[base] time level
+/// message fields`.
+fn print_logs(mut lines: Box<dyn std::io::BufRead + Send>, output: Output) -> Result<(), Failure> {
+    use std::io::{BufRead as _, Write as _};
+    let mut stdout = std::io::stdout().lock();
+    for line in (&mut lines).lines() {
+        let line = line.map_err(|e| local("LOGS_INTERRUPTED", format!("the log stream broke off: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let text = match output {
+            Output::Json => line,
+            Output::Table => match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(object) => render_log_line(&object),
+                Err(_) => line,
+            },
+        };
+        // A closed pipe (`| head`) ends the command quietly.
+        if writeln!(stdout, "{text}").and_then(|()| stdout.flush()).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// One fan-in object as `[base] time level message fields` (or `[base] -- why` for a part's end).
+pub fn render_log_line(object: &serde_json::Value) -> String {
+    let text = |value: &serde_json::Value, key: &str| {
+        value.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_owned()
+    };
+    let base = text(object, "base");
+    if let Some(end) = object.get("end").and_then(|v| v.as_str()) {
+        return format!("[{base}] -- {end}");
+    }
+    let line = object.get("line").cloned().unwrap_or_default();
+    let mut rendered =
+        format!("[{base}] {} {:<5} {}", text(&line, "at"), text(&line, "level"), text(&line, "message"));
+    let fields = text(&line, "fields");
+    if !fields.is_empty() {
+        rendered.push(' ');
+        rendered.push_str(&fields);
+    }
+    rendered
 }
 
 fn apply(client: &Client, printer: &Printer, file: &Path, wait: Option<Duration>) -> Result<(), Failure> {

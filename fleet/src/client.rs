@@ -265,6 +265,43 @@ impl Client {
         self.json(self.request("POST", &path).send_json(command))
     }
 
+    /// `GET /api/v1/logs/{module}[?version=V][&tail=N][&follow=true]`: every base's lines of
+    /// the module, as NDJSON (`{"base", "line"}` or `{"base", "end"}` per line). Read as they
+    /// come; with `follow` the answer has no end, and no read timeout.
+    pub fn logs(
+        &self,
+        module: &str,
+        version: Option<&str>,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> Result<Box<dyn std::io::BufRead + Send>> {
+        let mut path = format!("/api/v1/logs/{}", segment(module));
+        let mut query = Vec::new();
+        if let Some(version) = version {
+            query.push(format!("version={}", segment(version)));
+        }
+        if let Some(tail) = tail {
+            query.push(format!("tail={tail}"));
+        }
+        if follow {
+            query.push("follow=true".to_owned());
+        }
+        if !query.is_empty() {
+            path = format!("{path}?{}", query.join("&"));
+        }
+        let agent = if follow {
+            ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).build()
+        } else {
+            self.agent.clone()
+        };
+        let mut request = agent.request("GET", &format!("{}{path}", self.url));
+        if let Some(token) = &self.token {
+            request = request.set("authorization", &format!("Bearer {token}"));
+        }
+        let response = request.call().map_err(|e| self.error(e))?;
+        Ok(Box::new(std::io::BufReader::new(response.into_reader())))
+    }
+
     fn request(&self, method: &str, path: &str) -> ureq::Request {
         let request = self.agent.request(method, &format!("{}{path}", self.url));
         match &self.token {

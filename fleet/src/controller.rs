@@ -14,6 +14,7 @@
 mod api;
 mod artifacts;
 mod election;
+mod logs;
 mod metrics;
 mod reconcile;
 

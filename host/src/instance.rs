@@ -928,6 +928,12 @@ impl Instance {
         }
     }
 
+    /// The cumulative latency histogram of its answered requests: `[i]` requests took at most
+    /// 2^i microseconds (and more than 2^(i-1)). See [`crate::stats::Latency::counts`].
+    pub fn latency_histogram(&self) -> [u64; 40] {
+        self.latency.counts()
+    }
+
     #[doc(hidden)] // for pedestal-base only: not part of the public face
     /// Claims the identity for an operation; `false` when another operation holds it.
     pub fn try_begin_operation(&self) -> bool {

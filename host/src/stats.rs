@@ -124,6 +124,12 @@ impl Latency {
         self.buckets[bucket].fetch_add(1, Relaxed);
     }
 
+    /// Every bucket's count: `counts()[i]` requests took at most 2^i microseconds (and more
+    /// than 2^(i-1)), cumulative since the instance started.
+    pub fn counts(&self) -> [u64; 40] {
+        std::array::from_fn(|i| self.buckets[i].load(Relaxed))
+    }
+
     /// p50 and p99, or `None` before the first request.
     pub fn summary(&self) -> Option<LatencySummary> {
         let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
@@ -301,6 +307,10 @@ mod tests {
         let summary = latency.summary().unwrap();
         assert_eq!(summary.p50_us, 128);
         assert_eq!(summary.p99_us, 8192);
+        // 100 µs is in (64, 128]: bucket 7; 5 ms in (4096, 8192]: bucket 13.
+        let counts = latency.counts();
+        assert_eq!((counts[7], counts[13]), (98, 2));
+        assert_eq!(counts.iter().sum::<u64>(), 100);
     }
 
     #[test]

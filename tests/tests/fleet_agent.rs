@@ -408,3 +408,81 @@ fn sha_version(file: &str) -> String {
     let base = TestBase::start();
     base.install_ok(file)["version"].as_str().expect("a version").to_owned()
 }
+
+/// A canary assignment runs the previous release beside the new one and splits the traffic by
+/// weight; a request pinned to a version another base runs is forwarded there; the canary's
+/// end goes back to one version; a deleted assignment keeps serving through its removal grace,
+/// reported `UNASSIGNED`, then goes.
+#[test]
+fn canaries_split_traffic_pins_reach_their_version_and_removals_wait_out_a_grace() {
+    let etcd = Etcd::single();
+    let files = ArtifactServer::start();
+    let old = fleet_base(&etcd, "b1", &[]);
+    let split = fleet_base(&etcd, "b2", &[]);
+    let (sha1, url1) = files.serve(artifacts::VERSIONED_1_0_0);
+    let (sha11, url11) = files.serve(artifacts::VERSIONED_1_1_0);
+    assign(&etcd, "b1", "svc", "1.0.0", &sha1, &url1);
+    let canary = json!({
+        "module": "svc", "version": "1.1.0", "sha256": sha11, "url": url11, "generation": 2,
+        "canary": {"previous": {"version": "1.0.0", "sha256": sha1, "url": url1}, "weight": 25},
+    });
+    etcd.ctl(&["put", &format!("{PREFIX}assign/b2/svc"), &canary.to_string()]);
+    wait_serving(&old, "svc", "1.0.0");
+    let weights = eventually("b2 to split svc 75/25", Duration::from_secs(20), || {
+        let reply = split.admin_get("/api/v1/modules/svc/traffic");
+        let weights = reply.json["weights"].clone();
+        (versions(&split, "svc") == ["1.0.0", "1.1.0"] && weights == json!({"1.0.0": 75, "1.1.0": 25}))
+            .then_some(weights)
+    });
+    assert_eq!(weights, json!({"1.0.0": 75, "1.1.0": 25}));
+    // Exactly 1 request in 4 reaches the canary over a cycle of the total weight.
+    let answers: Vec<String> = (0..100).map(|_| split.get("/svc/version").body).collect();
+    assert_eq!(answers.iter().filter(|a| *a == "1.1.0").count(), 25, "{answers:?}");
+    // The status says each version's share.
+    let report = eventually("b2's status to show the weights", Duration::from_secs(10), || {
+        let report = status(&etcd, "b2")?;
+        let modules = report["modules"].as_array()?.clone();
+        (modules.len() == 2 && modules.iter().all(|m| m["weight"].is_u64())).then_some(modules)
+    });
+    assert!(report.iter().any(|m| m["version"] == "1.1.0" && m["weight"] == 25), "{report:?}");
+
+    // Endpoints as the rollout engine writes them: one entry per base and version.
+    let endpoints = json!({"module": "svc", "endpoints": [
+        {"base_id": "b1", "traffic_url": old.traffic, "version": "1.0.0"},
+        {"base_id": "b2", "traffic_url": split.traffic, "version": "1.0.0"},
+        {"base_id": "b2", "traffic_url": split.traffic, "version": "1.1.0"},
+    ]});
+    etcd.ctl(&["put", &format!("{PREFIX}endpoints/svc"), &endpoints.to_string()]);
+    let pinned = eventually("b1 to forward a request pinned to 1.1.0", Duration::from_secs(10), || {
+        let reply = old.get_with("/svc/version", &[("x-pedestal-version", "1.1.0")]);
+        (reply.status == 200).then_some(reply)
+    });
+    assert_eq!(pinned.body, "1.1.0");
+    assert_eq!(pinned.header("x-pedestal-base"), Some("b2"), "{pinned:?}");
+    // Pinned to what b1 runs: b1 answers itself. Pinned to what nobody runs: b1's own answer.
+    let here = old.get_with("/svc/version", &[("x-pedestal-version", "1.0.0")]);
+    assert_eq!((here.body.as_str(), here.header("x-pedestal-base")), ("1.0.0", Some("b1")));
+    let nowhere = old.get_with("/svc/version", &[("x-pedestal-version", "9.9.9")]);
+    assert_eq!((nowhere.status, nowhere.code()), (404, "VERSION_NOT_FOUND"), "{nowhere:?}");
+
+    // The canary's end: 1.1.0 alone, no weights left.
+    assign(&etcd, "b2", "svc", "1.1.0", &sha11, &url11);
+    eventually("b2 to run 1.1.0 alone", Duration::from_secs(20), || {
+        let reply = split.admin_get("/api/v1/modules/svc/traffic");
+        (versions(&split, "svc") == ["1.1.0"] && reply.json["weights"].is_null()).then_some(())
+    });
+    wait_serving(&split, "svc", "1.1.0");
+
+    // Unassigned: still serving a moment, reported as on its way out, then gone.
+    etcd.ctl(&["del", &format!("{PREFIX}assign/b1/svc")]);
+    let leaving = eventually("b1 to report svc UNASSIGNED", Duration::from_secs(10), || {
+        let report = status(&etcd, "b1")?;
+        let module = report["modules"].as_array()?.iter().find(|m| m["name"] == "svc")?.clone();
+        (module["reason"] == "UNASSIGNED").then_some(module)
+    });
+    assert_eq!(leaving["version"], "1.0.0");
+    eventually("b1 to unload svc after the grace", Duration::from_secs(10), || {
+        versions(&old, "svc").is_empty().then_some(())
+    });
+    assert!(old.log().contains("serving for 1s more, then unloaded"), "the grace is logged");
+}

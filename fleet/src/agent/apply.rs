@@ -7,6 +7,14 @@
 //! was refused because the bytes are that version), make them serve (`switch`),
 //! then drain and unload every other version. A failure leaves nothing new serving: an install
 //! that failed loaded nothing, and a version installed here whose switch failed is unloaded.
+//!
+//! With a canary (`Assignment::canary`): the previous release and the new version both run,
+//! the previous one active, and the traffic is split by weight (`Registry::set_weights`). The
+//! order keeps every request answered: the new version is installed (started) before it gets
+//! weight, and the weights are set before any other version is unloaded. Without one, a base
+//! that split its traffic goes back to one version (a switch, or empty weights, clears the
+//! split). A canary whose previous release is of the assigned version (other bytes) cannot
+//! apply, a base holding one instance per version: it is treated as no canary.
 
 use std::{
     collections::BTreeMap,
@@ -18,7 +26,7 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use super::artifacts::{self, Source};
-use crate::model::Assignment;
+use crate::model::{Assignment, Canary, Release};
 
 /// The file the applied revisions are kept in, under the data directory.
 pub(crate) const APPLIED_FILE: &str = "fleet-applied.json";
@@ -128,93 +136,123 @@ fn invalid(message: String) -> Nack {
     Nack { code: "ASSIGNMENT_INVALID".into(), message }
 }
 
+/// The canary an assignment asks for, when it can apply: a `previous` release of the same
+/// version as the new one (other bytes of one version) cannot run beside it, since a base holds
+/// one instance per version; such an assignment is applied as if it had no canary (the new
+/// bytes replace the old ones).
+pub(crate) fn canary_of(assignment: &Assignment) -> Option<&Canary> {
+    assignment.canary.as_ref().filter(|c| c.previous.version != assignment.version)
+}
+
+/// The traffic weights `canary` splits a module into: `previous` takes what the new version
+/// does not.
+fn weights_of(canary: &Canary, version: &Version, previous: &Version) -> BTreeMap<Version, u32> {
+    let weight = canary.weight.min(100);
+    BTreeMap::from([(previous.clone(), 100 - weight), (version.clone(), weight)])
+}
+
 /// Whether `module` runs exactly what `assignment` says: that version with that sha256 active
-/// and alone, with its limits.
+/// and alone, with its limits; with a canary, the previous release active beside the new one,
+/// both started, and the traffic split by the canary's weight.
 pub(crate) fn is_satisfied(registry: &Registry, module: &str, assignment: &Assignment) -> bool {
     let Ok((instances, active)) = registry.module(module) else { return false };
     let Ok(version) = Version::parse(&assignment.version) else { return false };
-    active.as_ref() == Some(&version)
-        && instances.len() == 1
-        && instances[0].id.version == version
-        && instances[0].artifact.sha256 == assignment.sha256
-        && instances[0].state() == State::Active
-        && registry.limit_overrides(module) == assignment.limits.unwrap_or_default()
-        && registry.module_configs().overlay(module) == assignment.config
+    let runs = |version: &Version, sha256: &str| {
+        instances.iter().any(|i| {
+            i.id.version == *version
+                && i.artifact.sha256 == sha256
+                && matches!(i.state(), State::Active | State::Inactive)
+        })
+    };
+    let settings = registry.limit_overrides(module) == assignment.limits.unwrap_or_default()
+        && registry.module_configs().overlay(module) == assignment.config;
+    match canary_of(assignment) {
+        None => {
+            active.as_ref() == Some(&version)
+                && instances.len() == 1
+                && runs(&version, &assignment.sha256)
+                && instances[0].state() == State::Active
+                && registry.weights(module).is_none()
+                && settings
+        }
+        Some(canary) => {
+            let Ok(previous) = Version::parse(&canary.previous.version) else { return false };
+            active.as_ref() == Some(&previous)
+                && instances.len() == 2
+                && runs(&previous, &canary.previous.sha256)
+                && runs(&version, &assignment.sha256)
+                && registry.weights(module) == Some(weights_of(canary, &version, &previous))
+                && settings
+        }
+    }
 }
 
-/// Makes `module` run `assignment` (see the module docs). Blocking.
+/// Makes `module` run `assignment` (see the module docs): its bytes fetched from `sources`,
+/// a canary's previous release's from `previous_sources`. Blocking.
 pub(crate) fn apply(
     registry: &Registry,
     module: &str,
     assignment: &Assignment,
     sources: &[Source],
+    previous_sources: &[Source],
     token: &str,
 ) -> Result<(), Nack> {
-    let version = Version::parse(&assignment.version)
-        .map_err(|e| invalid(format!("version {:?}: {e}", assignment.version)))?;
-    let digest = pedestal_base::signing::parse_sha256(&assignment.sha256)
-        .map_err(|e| invalid(format!("sha256 {:?}: {e}", assignment.sha256)))?;
+    let release = Release {
+        version: assignment.version.clone(),
+        sha256: assignment.sha256.clone(),
+        url: assignment.url.clone(),
+    };
+    let version = parse_release(&release)?.0;
+    let canary = canary_of(assignment)
+        .map(|canary| parse_release(&canary.previous).map(|(previous, _)| (canary, previous)))
+        .transpose()?;
     // Before any install: a new instance reads its configuration when it starts. Running
     // instances of the module get the new values at once.
     registry.set_module_config(module, Some(assignment.config.clone()));
-    let (instances, active) = registry.module(module).unwrap_or_default();
-    let present = instances.iter().any(|i| {
-        i.id.version == version
-            && i.artifact.sha256 == assignment.sha256
-            && matches!(i.state(), State::Active | State::Inactive)
-    });
-    let mut installed_here = false;
-    if !present {
-        let bytes = artifacts::fetch(registry, &assignment.sha256, sources, token)
-            .map_err(|u| Nack { code: u.code.into(), message: u.message })?;
-        let same_version = instances.iter().any(|i| i.id.version == version && i.state().is_live());
-        let options = |strategy| InstallOptions {
-            name: Some(module.to_owned()),
-            strategy,
-            sha256: Some(digest),
-            ..InstallOptions::default()
-        };
-        let mismatch = |found: &Version| {
-            invalid(format!(
-                "the artifact {} is {module}@{found}, the assignment says {version}",
-                assignment.sha256
-            ))
-        };
-        // Installed beside what runs first, whatever the bytes declare: bytes of another
-        // version than assigned never touch the running ones. Bytes of the assigned version,
-        // which runs with other bytes, are refused before anything of them starts
-        // (`ALREADY_INSTALLED`): only then, their version known, are they the replacement.
-        let (installed, replaced) = match registry.install_with(&bytes, &options(Strategy::Install)) {
-            Err(pedestal_base::Error::AlreadyInstalled { id }) if id.version == version && same_version => {
-                (registry.install_with(&bytes, &options(Strategy::Replace))?, true)
-            }
-            Err(pedestal_base::Error::AlreadyInstalled { id }) if id.version != version => {
-                return Err(mismatch(&id.version));
-            }
-            other => (other?, false),
-        };
-        if installed.instance.id.version != version {
-            let found = installed.instance.id.version.clone();
-            if !replaced {
-                let _ = registry.uninstall_checked(module, &found, Dependents::Abandon);
-            }
-            return Err(mismatch(&found));
+    let (_, active) = registry.module(module).unwrap_or_default();
+    // The version that keeps (or takes) the module's traffic, and those that stay.
+    let (serving, kept) = match &canary {
+        None => (version.clone(), vec![version.clone()]),
+        Some((_, previous)) => (previous.clone(), vec![previous.clone(), version.clone()]),
+    };
+    let mut installed_here = Vec::new();
+    if let Some((canary, previous)) = &canary {
+        // The old release first: it is what serves. Usually it runs already.
+        if install(registry, module, &canary.previous, previous, previous_sources, token)? {
+            installed_here.push(previous.clone());
         }
-        installed_here = !replaced;
-        tracing::info!(module, %version, sha256 = %assignment.sha256, "assignment installed");
+    }
+    // The new version is installed (started) before it gets any traffic.
+    match install(registry, module, &release, &version, sources, token) {
+        Ok(true) => installed_here.push(version.clone()),
+        Ok(false) => {}
+        Err(nack) => {
+            undo(registry, module, &installed_here);
+            return Err(nack);
+        }
     }
     let (_, now_active) = registry.module(module)?;
-    if now_active.as_ref() != Some(&version) {
-        if let Err(e) = registry.switch(module, &version) {
-            if installed_here {
-                let _ = registry.uninstall_checked(module, &version, Dependents::Abandon);
-            }
+    if now_active.as_ref() != Some(&serving) {
+        // A switch clears the module's weights: a base that split its traffic goes back to one
+        // version.
+        if let Err(e) = registry.switch(module, &serving) {
+            undo(registry, module, &installed_here);
             return Err(e.into());
         }
-        tracing::info!(module, %version, previous = ?active, "assignment serving");
+        tracing::info!(module, version = %serving, previous = ?active, "assignment serving");
+    }
+    // The weights are set before anything is unloaded: no request is routed to a version on
+    // its way out.
+    let weights = match &canary {
+        Some((canary, previous)) => weights_of(canary, &version, previous),
+        None => BTreeMap::new(),
+    };
+    if registry.weights(module).unwrap_or_default() != weights {
+        registry.set_weights(module, weights.clone())?;
+        tracing::info!(module, ?weights, "assignment traffic split");
     }
     let (instances, _) = registry.module(module)?;
-    for other in instances.iter().filter(|i| i.id.version != version) {
+    for other in instances.iter().filter(|i| !kept.contains(&i.id.version)) {
         registry.uninstall_checked(module, &other.id.version, Dependents::Protect)?;
         tracing::info!(module, version = %other.id.version, "unassigned version unloaded");
     }
@@ -223,6 +261,80 @@ pub(crate) fn apply(
         registry.set_limit_overrides(module, limits)?;
     }
     Ok(())
+}
+
+/// A release's version and digest, or why it is no release.
+fn parse_release(release: &Release) -> Result<(Version, [u8; 32]), Nack> {
+    let version = Version::parse(&release.version)
+        .map_err(|e| invalid(format!("version {:?}: {e}", release.version)))?;
+    let digest = pedestal_base::signing::parse_sha256(&release.sha256)
+        .map_err(|e| invalid(format!("sha256 {:?}: {e}", release.sha256)))?;
+    Ok((version, digest))
+}
+
+/// Unloads the versions this apply installed (it failed: nothing new stays).
+fn undo(registry: &Registry, module: &str, installed_here: &[Version]) {
+    for version in installed_here {
+        let _ = registry.uninstall_checked(module, version, Dependents::Abandon);
+    }
+}
+
+/// Makes `release` (of version `version`) run beside what runs, fetching its bytes if needed:
+/// whether it was installed here (`false`: it ran already, or replaced other bytes of its
+/// version). The same version with other bytes is replaced (a canary's two releases are of two
+/// versions, so this never replaces the other one).
+fn install(
+    registry: &Registry,
+    module: &str,
+    release: &Release,
+    version: &Version,
+    sources: &[Source],
+    token: &str,
+) -> Result<bool, Nack> {
+    let (_, digest) = parse_release(release)?;
+    let (instances, _) = registry.module(module).unwrap_or_default();
+    let present = instances.iter().any(|i| {
+        i.id.version == *version
+            && i.artifact.sha256 == release.sha256
+            && matches!(i.state(), State::Active | State::Inactive)
+    });
+    if present {
+        return Ok(false);
+    }
+    let bytes = artifacts::fetch(registry, &release.sha256, sources, token)
+        .map_err(|u| Nack { code: u.code.into(), message: u.message })?;
+    let same_version = instances.iter().any(|i| i.id.version == *version && i.state().is_live());
+    let options = |strategy| InstallOptions {
+        name: Some(module.to_owned()),
+        strategy,
+        sha256: Some(digest),
+        ..InstallOptions::default()
+    };
+    let mismatch = |found: &Version| {
+        invalid(format!("the artifact {} is {module}@{found}, the assignment says {version}", release.sha256))
+    };
+    // Installed beside what runs first, whatever the bytes declare: bytes of another version
+    // than assigned never touch the running ones. Bytes of the assigned version, which runs
+    // with other bytes, are refused before anything of them starts (`ALREADY_INSTALLED`): only
+    // then, their version known, are they the replacement.
+    let (installed, replaced) = match registry.install_with(&bytes, &options(Strategy::Install)) {
+        Err(pedestal_base::Error::AlreadyInstalled { id }) if id.version == *version && same_version => {
+            (registry.install_with(&bytes, &options(Strategy::Replace))?, true)
+        }
+        Err(pedestal_base::Error::AlreadyInstalled { id }) if id.version != *version => {
+            return Err(mismatch(&id.version));
+        }
+        other => (other?, false),
+    };
+    if installed.instance.id.version != *version {
+        let found = installed.instance.id.version.clone();
+        if !replaced {
+            let _ = registry.uninstall_checked(module, &found, Dependents::Abandon);
+        }
+        return Err(mismatch(&found));
+    }
+    tracing::info!(module, %version, sha256 = %release.sha256, "assignment installed");
+    Ok(!replaced)
 }
 
 /// Uninstalls every version of `module` (its assignment was deleted). Blocking.

@@ -1,4 +1,5 @@
-//! Forwarding: a request for a module this base does not run goes to a base that does, from
+//! Forwarding: a request for a module this base does not run (or pinning, with
+//! `x-pedestal-version`, a version it does not run) goes to a base that does, from
 //! `endpoints/<module>` (watched into an [`EndpointMap`]), round-robin, the body streamed both
 //! ways over pooled keep-alive connections. The next endpoint is tried when a connection cannot
 //! be made (2 s) and nothing of the request was sent; an answer's head must arrive within the
@@ -30,7 +31,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use pedestal_base::Fallback;
+use pedestal_base::{Fallback, VERSION_HEADER};
 
 use super::{FORWARDED_BY, Join};
 use crate::model::{Endpoint, ErrorBody};
@@ -78,13 +79,20 @@ impl EndpointMap {
         };
     }
 
-    /// The traffic URLs serving `module` other than `me`'s, starting at the next in turn.
-    fn targets(&self, module: &str, me: &str) -> Vec<String> {
+    /// The traffic URLs serving `module` other than `me`'s, starting at the next in turn: for a
+    /// request `pinned` to a version, only the bases serving that version; otherwise each base
+    /// once (a base serving two versions is listed once per version).
+    fn targets(&self, module: &str, me: &str, pinned: Option<&str>) -> Vec<String> {
         let modules = self.modules.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let urls: Vec<String> = modules
-            .get(module)
-            .map(|e| e.iter().filter(|e| e.base_id != me).map(|e| e.traffic_url.clone()).collect())
-            .unwrap_or_default();
+        let mut urls: Vec<String> = Vec::new();
+        for endpoint in modules.get(module).into_iter().flatten() {
+            if endpoint.base_id != me
+                && pinned.is_none_or(|v| endpoint.version == v)
+                && !urls.contains(&endpoint.traffic_url)
+            {
+                urls.push(endpoint.traffic_url.clone());
+            }
+        }
         if urls.is_empty() {
             return urls;
         }
@@ -119,7 +127,8 @@ pub(crate) fn fallback(join: Arc<Join>, endpoints: Arc<EndpointMap>) -> Fallback
         }
         let path = request.uri().path();
         let module = path.strip_prefix('/').unwrap_or(path).split('/').next().unwrap_or_default();
-        let targets = endpoints.targets(module, &join.base_id);
+        let pinned = request.headers().get(VERSION_HEADER).and_then(|v| v.to_str().ok());
+        let targets = endpoints.targets(module, &join.base_id, pinned);
         if targets.is_empty() {
             return Err(request);
         }
@@ -305,21 +314,48 @@ mod tests {
     use super::*;
 
     fn endpoint(id: &str) -> Endpoint {
-        Endpoint { base_id: id.into(), traffic_url: format!("http://{id}"), version: "1.0.0".into() }
+        versioned(id, "1.0.0")
+    }
+
+    fn versioned(id: &str, version: &str) -> Endpoint {
+        Endpoint { base_id: id.into(), traffic_url: format!("http://{id}"), version: version.into() }
     }
 
     #[test]
     fn targets_rotate_and_never_include_this_base() {
         let map = EndpointMap::default();
         map.set("echo", Some(vec![endpoint("a"), endpoint("me"), endpoint("b")]));
-        let first = map.targets("echo", "me");
-        let second = map.targets("echo", "me");
+        let first = map.targets("echo", "me", None);
+        let second = map.targets("echo", "me", None);
         assert_eq!(first.len(), 2);
         assert!(!first.contains(&"http://me".to_owned()));
         assert_ne!(first[0], second[0], "round-robin");
-        assert!(map.targets("other", "me").is_empty());
+        assert!(map.targets("other", "me", None).is_empty());
         map.set("echo", None);
-        assert!(map.targets("echo", "me").is_empty());
+        assert!(map.targets("echo", "me", None).is_empty());
+    }
+
+    #[test]
+    fn a_pinned_request_goes_only_to_bases_serving_its_version_and_others_to_each_base_once() {
+        let map = EndpointMap::default();
+        // `b` splits between two versions (a canary): listed once per version.
+        map.set(
+            "echo",
+            Some(vec![
+                versioned("a", "1.0.0"),
+                versioned("b", "1.0.0"),
+                versioned("b", "1.1.0"),
+                versioned("me", "1.1.0"),
+            ]),
+        );
+        assert_eq!(map.targets("echo", "me", Some("1.1.0")), ["http://b"]);
+        let mut old = map.targets("echo", "me", Some("1.0.0"));
+        old.sort();
+        assert_eq!(old, ["http://a", "http://b"]);
+        assert!(map.targets("echo", "me", Some("2.0.0")).is_empty(), "no base runs it");
+        let mut any = map.targets("echo", "me", None);
+        any.sort();
+        assert_eq!(any, ["http://a", "http://b"], "each base once");
     }
 
     #[test]

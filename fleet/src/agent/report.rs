@@ -9,27 +9,41 @@ use pedestal_base::{CpuTime, Instance, Registry, State};
 
 use crate::model::{BaseStatus, Failure, ModuleStatus};
 
-/// The CPU counters of the last report, per instance, to turn them into a rate.
+/// The CPU and request counters of the last report, per instance, to turn them into rates.
 #[derive(Debug, Default)]
-pub(crate) struct CpuMeter {
-    last: HashMap<(String, String), (u64, Instant)>,
+pub(crate) struct Meter {
+    last: HashMap<(String, String), Reading>,
 }
 
-impl CpuMeter {
-    /// Thousandths of a core `instance` used since the last call for it (0 the first time).
-    fn millicores(&mut self, instance: &Instance, now: Instant) -> u64 {
+/// One instance's counters when last reported.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    cpu_ms: u64,
+    requests: u64,
+    at: Instant,
+}
+
+/// What an instance used since the last report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Rates {
+    /// Thousandths of a core.
+    millicores: u64,
+    /// Requests per second.
+    rps: f64,
+}
+
+impl Meter {
+    /// What `instance` used since the last call for it (nothing the first time).
+    fn rates(&mut self, instance: &Instance, now: Instant) -> Rates {
         let CpuTime { user_ms, system_ms, .. } = instance.cpu();
-        let used = user_ms + system_ms;
         let key = (instance.id.to_string(), instance.artifact.sha256.clone());
-        let rate = match self.last.get(&key) {
-            Some((before, at)) if used >= *before => {
-                let elapsed = now.duration_since(*at).as_millis().max(1) as u64;
-                (used - before) * 1000 / elapsed
-            }
-            _ => 0,
-        };
-        self.last.insert(key, (used, now));
-        rate
+        let reading = Reading { cpu_ms: user_ms + system_ms, requests: instance.traffic().requests, at: now };
+        let rates = self
+            .last
+            .get(&key)
+            .map_or(Rates { millicores: 0, rps: 0.0 }, |before| rates_between(before, &reading));
+        self.last.insert(key, reading);
+        rates
     }
 
     /// Forgets instances that are gone.
@@ -38,14 +52,35 @@ impl CpuMeter {
     }
 }
 
-/// The report: `managed` names the modules an assignment names.
+/// The rates between two readings of one instance; a counter that went back (it cannot, but
+/// a restart under the same key would) counts as nothing used.
+fn rates_between(before: &Reading, now: &Reading) -> Rates {
+    let elapsed_ms = now.at.duration_since(before.at).as_millis().max(1) as u64;
+    let millicores = now.cpu_ms.checked_sub(before.cpu_ms).map_or(0, |used| used * 1000 / elapsed_ms);
+    let rps = now.requests.checked_sub(before.requests).map_or(0.0, |served| {
+        // Two decimals are enough, and keep the report short.
+        (served as f64 * 1000.0 / elapsed_ms as f64 * 100.0).round() / 100.0
+    });
+    Rates { millicores, rps }
+}
+
+/// A latency histogram as reported: trailing empty buckets left out.
+fn trimmed(counts: [u64; 40]) -> Vec<u64> {
+    let len = counts.iter().rposition(|c| *c > 0).map_or(0, |last| last + 1);
+    counts[..len].to_vec()
+}
+
+/// The report: `managed` names the modules an assignment names, `leaving` those whose
+/// assignment is gone and which serve out their removal grace (reported with `reason:
+/// "UNASSIGNED"`).
 pub(crate) fn status(
     base_id: &str,
     registry: &Registry,
     managed: &BTreeSet<String>,
+    leaving: &BTreeSet<String>,
     failures: &BTreeMap<String, Failure>,
     applied_revision: i64,
-    meter: &mut CpuMeter,
+    meter: &mut Meter,
 ) -> BaseStatus {
     let now = Instant::now();
     let routes = registry.routes();
@@ -70,9 +105,14 @@ pub(crate) fn status(
                         }))
             });
             let (health, unhealthy) = health(&instance, state);
-            let reason = unhealthy.or_else(|| {
-                (!serving).then(|| instance.history().last().map(|t| t.reason.clone())).flatten()
-            });
+            let reason = if leaving.contains(&instance.id.name) {
+                Some(super::session::UNASSIGNED.to_owned())
+            } else {
+                unhealthy.or_else(|| {
+                    (!serving).then(|| instance.history().last().map(|t| t.reason.clone())).flatten()
+                })
+            };
+            let rates = meter.rates(&instance, now);
             ModuleStatus {
                 name: instance.id.name.clone(),
                 version: instance.id.version.to_string(),
@@ -82,12 +122,12 @@ pub(crate) fn status(
                 health: health.into(),
                 reason,
                 heap_bytes: instance.heap().map(|h| h.live_bytes).unwrap_or_default(),
-                cpu_millis: meter.millicores(&instance, now),
+                cpu_millis: rates.millicores,
                 requests: instance.traffic().requests,
                 managed: managed.contains(&instance.id.name),
                 server_errors: instance.traffic().server_errors,
-                latency_us: Vec::new(),
-                rps: 0.0,
+                latency_us: trimmed(instance.latency_histogram()),
+                rps: rates.rps,
                 weight: registry
                     .weights(&instance.id.name)
                     .and_then(|w| w.get(&instance.id.version).copied()),
@@ -128,4 +168,30 @@ fn health(instance: &Instance, state: State) -> (&'static str, Option<String>) {
         return ("unhealthy", Some("SERVER_ERRORS".into()));
     }
     ("healthy", None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn rates_are_per_second_between_two_readings() {
+        let at = Instant::now();
+        let before = Reading { cpu_ms: 1000, requests: 10, at };
+        let now = Reading { cpu_ms: 1500, requests: 30, at: at + Duration::from_secs(2) };
+        assert_eq!(rates_between(&before, &now), Rates { millicores: 250, rps: 10.0 });
+        let back = Reading { cpu_ms: 0, requests: 0, at: at + Duration::from_secs(4) };
+        assert_eq!(rates_between(&now, &back), Rates { millicores: 0, rps: 0.0 });
+    }
+
+    #[test]
+    fn a_histogram_is_reported_without_its_trailing_empty_buckets() {
+        let mut counts = [0; 40];
+        assert!(trimmed(counts).is_empty());
+        counts[3] = 2;
+        counts[7] = 5;
+        assert_eq!(trimmed(counts), [0, 0, 0, 2, 0, 0, 0, 5]);
+    }
 }

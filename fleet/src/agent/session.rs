@@ -15,8 +15,9 @@ use super::{
     Join, OWNER,
     apply::{self, Applied, AppliedModule, Desired, Nack},
     artifacts::Source,
+    delivery::{Chaos, Delivery, DesiredMap},
     forward::EndpointMap,
-    report::{self, CpuMeter},
+    report::{self, Meter},
 };
 use crate::{
     model::{Assignment, BaseRecord, BaseStatus, ControllerRecord, Endpoints, Failure},
@@ -35,6 +36,12 @@ const REPORT_EVERY: Duration = Duration::from_secs(2);
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// How long a failed assignment waits before it is tried again (a new revision: at once).
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// How long a module whose assignment was deleted keeps serving before it is drained and
+/// unloaded: the other bases' endpoint maps stop naming this base in that time, so requests
+/// they forward here meanwhile are still answered.
+pub(crate) const REMOVE_GRACE: Duration = Duration::from_secs(1);
+/// The `reason` a module in its removal grace is reported with.
+pub(crate) const UNASSIGNED: &str = "UNASSIGNED";
 
 /// What an assignment key asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,9 +72,13 @@ struct Context {
     join: Arc<Join>,
     registry: Arc<Registry>,
     endpoints: Arc<EndpointMap>,
-    /// The assignments, as last listed and watched; `None` until etcd first answered (until
-    /// then nothing is installed or uninstalled: fail static).
-    desired: Mutex<Option<BTreeMap<String, Wanted>>>,
+    /// The assignments, as last listed and watched (revision-monotonic); `None` until etcd
+    /// first answered (until then nothing is installed or uninstalled: fail static).
+    desired: Mutex<Option<DesiredMap<Wanted>>>,
+    /// The chaos layer between the watch and `desired`, when `PEDESTAL_FLEET_CHAOS` is set.
+    chaos: Mutex<Option<Chaos<Wanted>>>,
+    /// Modules whose assignment is gone, in their removal grace: since when.
+    leaving: Mutex<HashMap<String, Instant>>,
     /// What was applied, as in `fleet-applied.json`.
     applied: Mutex<Applied>,
     /// NACKs, by module.
@@ -84,8 +95,8 @@ struct Context {
     reconcile: Notify,
     /// Wakes the reporter.
     report: Notify,
-    /// The CPU counters of the last report.
-    meter: Mutex<CpuMeter>,
+    /// The CPU and request counters of the last report.
+    meter: Mutex<Meter>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -120,6 +131,8 @@ pub(crate) async fn run(join: Arc<Join>, endpoints: Arc<EndpointMap>, registry: 
         registry,
         endpoints,
         desired: Mutex::new(None),
+        chaos: Mutex::new(Chaos::from_env()),
+        leaving: Mutex::default(),
         applied: Mutex::new(applied),
         failures: Mutex::default(),
         attempts: Mutex::default(),
@@ -164,13 +177,18 @@ async fn session(context: &Arc<Context>, record: &BaseRecord, backoff: &mut Dura
     let prefix = keys.assignments_of(&record.id);
     let listed = timed(client.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
     let revision = listed.header().map(|h| h.revision()).unwrap_or_default();
-    let mut desired = BTreeMap::new();
-    for kv in listed.kvs() {
-        if let Some((module, wanted)) = parse_assignment(kv, &prefix) {
-            desired.insert(module, wanted);
-        }
+    let listed = listed
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            parse_assignment(kv, &prefix).map(|(module, wanted)| (module, kv.mod_revision(), wanted))
+        })
+        .collect();
+    // What the previous session queued is older than this list.
+    if let Some(chaos) = lock(&context.chaos).as_mut() {
+        chaos.clear();
     }
-    *lock(&context.desired) = Some(desired);
+    lock(&context.desired).get_or_insert_with(DesiredMap::default).relist(listed, revision);
     context.reconcile.notify_one();
     let watch = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(revision + 1);
     let mut assignments = timed(client.watch(prefix.as_str(), Some(watch))).await?;
@@ -192,7 +210,22 @@ async fn session(context: &Arc<Context>, record: &BaseRecord, backoff: &mut Dura
     let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
     let mut last_kept = Instant::now();
     loop {
+        let chaos_due = lock(&context.chaos).as_ref().and_then(Chaos::next_due);
         tokio::select! {
+            () = async {
+                match chaos_due {
+                    Some(due) => tokio::time::sleep_until(due.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut chaos = lock(&context.chaos);
+                let mut desired = lock(&context.desired);
+                if let (Some(chaos), Some(desired)) = (chaos.as_mut(), desired.as_mut())
+                    && chaos.deliver_due(desired, Instant::now())
+                {
+                    context.reconcile.notify_one();
+                }
+            }
             _ = tick.tick() => {
                 if last_kept.elapsed() > Duration::from_secs(LEASE_TTL_SECS as u64) {
                     return Err(format!("no keep-alive answer for {:?}: the lease may be gone", last_kept.elapsed()).into());
@@ -209,27 +242,36 @@ async fn session(context: &Arc<Context>, record: &BaseRecord, backoff: &mut Dura
                 if changes.canceled() || changes.compact_revision() > 0 {
                     return Err(format!("the assignments watch was cancelled ({})", changes.cancel_reason()).into());
                 }
-                let mut guard = lock(&context.desired);
-                let desired = guard.get_or_insert_with(BTreeMap::new);
-                for event in changes.events() {
-                    let Some(kv) = event.kv() else { continue };
+                let deliveries = changes.events().iter().filter_map(|event| {
+                    let kv = event.kv()?;
                     match event.event_type() {
-                        EventType::Put => {
-                            if let Some((module, wanted)) = parse_assignment(kv, &prefix) {
-                                desired.insert(module, wanted);
-                            }
-                        }
+                        EventType::Put => parse_assignment(kv, &prefix).map(|(module, wanted)| Delivery {
+                            module,
+                            revision: kv.mod_revision(),
+                            wanted: Some(wanted),
+                        }),
                         EventType::Delete => {
-                            if let Ok(key) = kv.key_str()
-                                && let Some(module) = crate::keys::Keys::leaf(key, &prefix)
-                            {
-                                desired.remove(module);
-                            }
+                            let module = crate::keys::Keys::leaf(kv.key_str().ok()?, &prefix)?;
+                            Some(Delivery { module: module.to_owned(), revision: kv.mod_revision(), wanted: None })
+                        }
+                    }
+                });
+                let mut chaos = lock(&context.chaos);
+                let mut changed = false;
+                match chaos.as_mut() {
+                    Some(chaos) => deliveries.for_each(|d| chaos.push(d, Instant::now())),
+                    None => {
+                        let mut guard = lock(&context.desired);
+                        let desired = guard.get_or_insert_with(DesiredMap::default);
+                        for delivery in deliveries {
+                            changed |= desired.deliver(delivery);
                         }
                     }
                 }
-                drop(guard);
-                context.reconcile.notify_one();
+                drop(chaos);
+                if changed {
+                    context.reconcile.notify_one();
+                }
             }
             changes = endpoints.message() => {
                 let Some(changes) = changes? else { return Err("the endpoints watch ended".into()) };
@@ -304,14 +346,20 @@ fn current_status(context: &Context) -> BaseStatus {
     let managed: BTreeSet<String> = {
         let desired = lock(&context.desired);
         let applied = lock(&context.applied);
-        desired.iter().flat_map(|d| d.keys().cloned()).chain(applied.modules.keys().cloned()).collect()
+        desired
+            .iter()
+            .flat_map(|d| d.entries.keys().cloned())
+            .chain(applied.modules.keys().cloned())
+            .collect()
     };
     let failures = lock(&context.failures).clone();
     let revision = lock(&context.applied).revision();
+    let leaving: BTreeSet<String> = lock(&context.leaving).keys().cloned().collect();
     report::status(
         &context.join.base_id,
         &context.registry,
         &managed,
+        &leaving,
         &failures,
         revision,
         &mut lock(&context.meter),
@@ -365,7 +413,7 @@ async fn reconcile_loop(context: Arc<Context>) {
 
 /// One pass: every assignment applied, every module whose assignment went uninstalled.
 async fn reconcile(context: &Arc<Context>) {
-    let Some(desired) = lock(&context.desired).clone() else { return };
+    let Some(desired) = lock(&context.desired).as_ref().map(|d| d.entries.clone()) else { return };
     let registry = &context.registry;
     let data_dir = registry.config().data_dir.clone();
     for (module, wanted) in &desired {
@@ -424,15 +472,23 @@ async fn reconcile(context: &Arc<Context>) {
         {
             continue;
         }
-        let sources = sources(context, &wanted.assignment).await;
+        let assignment = &wanted.assignment;
+        let sources = sources_of(context, &assignment.sha256, assignment.url.as_deref()).await;
+        let previous_sources = match apply::canary_of(assignment) {
+            Some(canary) => {
+                sources_of(context, &canary.previous.sha256, canary.previous.url.as_deref()).await
+            }
+            None => Vec::new(),
+        };
         let job =
             (Arc::clone(registry), module.clone(), wanted.assignment.clone(), context.join.token.clone());
-        let outcome =
-            tokio::task::spawn_blocking(move || apply::apply(&job.0, &job.1, &job.2, &sources, &job.3))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(Nack { code: "AGENT_FAILED".into(), message: format!("the apply task: {e}") })
-                });
+        let outcome = tokio::task::spawn_blocking(move || {
+            apply::apply(&job.0, &job.1, &job.2, &sources, &previous_sources, &job.3)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Nack { code: "AGENT_FAILED".into(), message: format!("the apply task: {e}") })
+        });
         match outcome {
             Ok(()) => {
                 lock(&context.attempts).remove(module);
@@ -458,7 +514,30 @@ async fn reconcile(context: &Arc<Context>) {
     // Assignments deleted: what the fleet applied and no longer wants goes.
     let gone = unassigned(&lock(&context.applied), &desired);
     lock(&context.removal_failures).retain(|m, _| gone.contains(m));
-    for module in gone {
+    let in_grace = {
+        let mut leaving = lock(&context.leaving);
+        leaving.retain(|m, _| gone.contains(m));
+        let now = Instant::now();
+        let mut in_grace = BTreeSet::new();
+        for module in &gone {
+            let since = *leaving.entry(module.clone()).or_insert_with(|| {
+                tracing::info!(%module, "assignment deleted: serving for {REMOVE_GRACE:?} more, then unloaded");
+                // Reported as leaving at once; looked at again when the grace ends.
+                context.report.notify_one();
+                let context = Arc::clone(context);
+                tokio::spawn(async move {
+                    tokio::time::sleep(REMOVE_GRACE).await;
+                    context.reconcile.notify_one();
+                });
+                now
+            });
+            if now.duration_since(since) < REMOVE_GRACE {
+                in_grace.insert(module.clone());
+            }
+        }
+        in_grace
+    };
+    for module in gone.into_iter().filter(|m| !in_grace.contains(m)) {
         // A failed uninstall is tried again after a while, not at every pass.
         if lock(&context.removal_failures).get(&module).is_some_and(|(_, at)| at.elapsed() < RETRY_AFTER) {
             continue;
@@ -471,6 +550,7 @@ async fn reconcile(context: &Arc<Context>) {
         match outcome {
             Ok(()) => {
                 lock(&context.removal_failures).remove(&module);
+                lock(&context.leaving).remove(&module);
                 registry.set_owner(&module, None);
                 let mut applied = lock(&context.applied);
                 applied.modules.remove(&module);
@@ -529,8 +609,8 @@ fn set_failure(context: &Context, module: &str, failure: Option<Failure>) {
     }
 }
 
-/// Where the bytes of `assignment` may be: peers listing the hash, live controllers, its URL.
-async fn sources(context: &Context, assignment: &Assignment) -> Vec<Source> {
+/// Where the bytes with `sha256` may be: peers listing the hash, live controllers, `url`.
+async fn sources_of(context: &Context, sha256: &str, url: Option<&str>) -> Vec<Source> {
     let mut sources = Vec::new();
     let session = lock(&context.session).clone();
     if let Some((mut client, _)) = session {
@@ -549,7 +629,7 @@ async fn sources(context: &Context, assignment: &Assignment) -> Vec<Source> {
                 statuses.kvs().iter().filter_map(|kv| serde_json::from_slice::<BaseStatus>(kv.value()).ok())
             {
                 if status.base_id != context.join.base_id
-                    && status.artifacts.contains(&assignment.sha256)
+                    && status.artifacts.iter().any(|a| a == sha256)
                     && let Some(url) = urls.get(&status.base_id)
                 {
                     sources.push(Source::Peer(url.clone()));
@@ -566,8 +646,8 @@ async fn sources(context: &Context, assignment: &Assignment) -> Vec<Source> {
             }
         }
     }
-    if let Some(url) = &assignment.url {
-        sources.push(Source::External(url.clone()));
+    if let Some(url) = url {
+        sources.push(Source::External(url.to_owned()));
     }
     sources
 }

@@ -60,6 +60,7 @@ pub(crate) fn router(ctl: Arc<Controller>) -> Router {
         .route("/api/v1/endpoints/{module}", get(endpoints))
         .route("/api/v1/rollouts/{module}", get(get_rollout))
         .route("/api/v1/rollouts/{module}/{action}", post(command_rollout))
+        .route("/api/v1/logs/{module}", get(super::logs::module_logs))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route in the fleet API")
         })
