@@ -134,7 +134,7 @@ fn a_drained_base_hands_over_its_replicas_without_a_failed_request() {
     {
         let (left, right) = fleet.bases.split_at_mut(index);
         let (victim, rest) = right.split_first_mut().expect("the drained base");
-        let remaining: Vec<&FleetBase> = left.iter().chain(rest.iter()).map(|b| &*b).collect();
+        let remaining: Vec<&FleetBase> = left.iter().chain(rest.iter()).collect();
         under_load("killing the drained base", &remaining, || victim.kill9());
     }
 
