@@ -301,7 +301,7 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
 
 /// `ms` as [`parse_duration`] reads it back: whole seconds as `"10s"`, else `"250ms"`.
 pub fn format_duration(ms: u64) -> String {
-    if ms > 0 && ms % 1_000 == 0 { format!("{}s", ms / 1_000) } else { format!("{ms}ms") }
+    if ms > 0 && ms.is_multiple_of(1_000) { format!("{}s", ms / 1_000) } else { format!("{ms}ms") }
 }
 
 /// How replicas are spread over the bases that fit.
