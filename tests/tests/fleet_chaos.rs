@@ -46,7 +46,9 @@ fn chaotic_deliveries_still_converge_on_the_final_specs() {
         })
         .collect();
     for base in &bases {
-        assert!(base.log().contains("PEDESTAL_FLEET_CHAOS is set"), "the loud warning");
+        eventually("the chaos layer's loud warning", Duration::from_secs(10), || {
+            base.log().contains("PEDESTAL_FLEET_CHAOS is set").then_some(())
+        });
     }
     let releases: Vec<(&str, String)> = [
         ("1.0.0", artifacts::VERSIONED_1_0_0),
