@@ -13,6 +13,7 @@
 
 mod api;
 mod artifacts;
+mod chaos;
 mod election;
 mod logs;
 mod metrics;
@@ -115,6 +116,7 @@ async fn serve(args: ControllerArgs, token: String) -> anyhow::Result<ExitCode> 
         kick_artifacts: tokio::sync::Notify::new(),
         metrics: Metrics::default(),
         samples: std::sync::Mutex::new(metrics::Samples::default()),
+        chaos: chaos::WriteChaos::from_env(),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -180,6 +182,8 @@ pub(crate) struct Controller {
     pub(crate) metrics: Metrics,
     /// The bases' measurements, for rollout analysis (taken by the leader's passes).
     pub(crate) samples: std::sync::Mutex<metrics::Samples>,
+    /// The write chaos layer, when `PEDESTAL_FLEET_CHAOS` is set (a testing aid).
+    pub(crate) chaos: Option<chaos::WriteChaos>,
 }
 
 impl Controller {
@@ -220,6 +224,8 @@ pub(crate) struct Metrics {
     pub(crate) max_txn_bytes: AtomicU64,
     /// The range requests the last pass's snapshot read took.
     pub(crate) snapshot_pages: AtomicU64,
+    /// Passes cut short because a write was stale (planned from a state that changed since).
+    pub(crate) stale: AtomicU64,
 }
 
 impl Metrics {
@@ -231,6 +237,7 @@ impl Metrics {
             "max_txn_ops": self.max_txn_ops.load(Ordering::Relaxed),
             "max_txn_bytes": self.max_txn_bytes.load(Ordering::Relaxed),
             "snapshot_pages": self.snapshot_pages.load(Ordering::Relaxed),
+            "stale": self.stale.load(Ordering::Relaxed),
         })
     }
 }

@@ -17,11 +17,15 @@
 //! | `commands/<module>/<id>` | [`RolloutCommand`](crate::model::RolloutCommand) | any controller | until the leader applies it |
 //! | `cordons/<base>` | [`CordonRecord`](crate::model::CordonRecord) | the leader (fenced) | until uncordoned |
 //! | `scale/<module>` | [`ScaleRecord`](crate::model::ScaleRecord) | the leader (fenced) | with the spec |
+//! | `sequence` | the term of the leader that last wrote | the leader (fenced), with each pass write | for good |
 //!
 //! Fencing: every write of the leader is a transaction whose first compare is
 //! `create_revision(leader) == term`, the create revision of the leader key it put. A deposed
 //! leader's key is gone (its lease expired) or is another controller's (another create
-//! revision), so its transaction fails and nothing it wrote after losing commits.
+//! revision), so its transaction fails and nothing it wrote after losing commits. A reconcile
+//! pass's transactions also compare and put `sequence` (its mod revision must be the one the
+//! pass read, or its previous transaction left), so a stale write of the leader itself —
+//! delayed, duplicated, or landing after its answer was lost — commits nothing either.
 
 /// The default prefix.
 pub const DEFAULT_PREFIX: &str = "/pedestal/";
@@ -59,6 +63,11 @@ impl Keys {
     /// The leader key.
     pub fn leader(&self) -> String {
         format!("{}{LEADER}", self.prefix)
+    }
+
+    /// The leader's write sequence (see the module docs).
+    pub fn sequence(&self) -> String {
+        format!("{}sequence", self.prefix)
     }
 
     /// All controllers (a prefix).

@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod autoscale;
+mod chaos;
 pub mod cli;
 pub mod client;
 pub mod controller;

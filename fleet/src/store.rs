@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp, TxnOpResponse};
 
 /// How long one etcd request may take before it counts as unknown.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,6 +53,9 @@ pub enum Outcome {
     Committed(i64),
     /// A compare failed: for a fenced write, this controller no longer leads.
     Refused,
+    /// The fence held but the write's sequence had moved on (see [`Fence::commit_in_sequence`]):
+    /// another write of the leader's committed since this one was planned, so it is stale.
+    Stale,
     /// No answer in time, or the connection broke: it may commit later. Read back.
     Unknown(etcd_client::Error),
 }
@@ -75,6 +78,43 @@ impl Fence {
     /// Commits `ops` if and only if this controller still leads.
     pub async fn commit(&self, client: &mut Client, ops: Vec<TxnOp>) -> Outcome {
         commit(client, vec![self.compare()], ops).await
+    }
+
+    /// Commits `ops` if this controller still leads **and** the sequence key `sequence` was last
+    /// written at revision `after` (0: never), writing it in the same transaction: the
+    /// leader's writes form one chain, each planned from the state the previous one left.
+    ///
+    /// The fence alone stops a deposed leader; the sequence also stops the leader's own stale
+    /// writes: one delayed, duplicated or retried after its answer was lost, landing after a
+    /// later pass wrote. Such a write finds the sequence moved and is [`Outcome::Stale`];
+    /// the caller plans again from a fresh read. One compare and one put per transaction.
+    /// The failure branch reads the leader key, so a refusal tells a lost term from a stale
+    /// write in the same round trip.
+    pub async fn commit_in_sequence(
+        &self,
+        client: &mut Client,
+        sequence: &str,
+        after: i64,
+        mut ops: Vec<TxnOp>,
+    ) -> Outcome {
+        let compares =
+            vec![self.compare(), Compare::mod_revision(sequence.to_owned(), CompareOp::Equal, after)];
+        ops.push(TxnOp::put(sequence.to_owned(), self.term.to_string(), None));
+        let txn = Txn::new().when(compares).and_then(ops).or_else(vec![TxnOp::get(self.key.clone(), None)]);
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn)).await {
+            Ok(Ok(response)) if response.succeeded() => {
+                Outcome::Committed(response.header().map(|h| h.revision()).unwrap_or_default())
+            }
+            Ok(Ok(response)) => {
+                let still_leading = response.op_responses().iter().any(|op| match op {
+                    TxnOpResponse::Get(get) => get.kvs().iter().any(|kv| kv.create_revision() == self.term),
+                    _ => false,
+                });
+                if still_leading { Outcome::Stale } else { Outcome::Refused }
+            }
+            Ok(Err(e)) => Outcome::Unknown(e),
+            Err(_) => Outcome::Unknown(etcd_client::Error::InvalidArgs("etcd did not answer in time".into())),
+        }
     }
 }
 

@@ -54,3 +54,58 @@ async fn a_deposed_leader_cannot_commit() {
     let third = Fence { key: key.to_owned(), term: third_term };
     assert!(matches!(third.commit(&mut client, put("third")).await, Outcome::Committed(_)));
 }
+
+/// The write sequence: a leader's write planned from an older state (a duplicate, a delayed
+/// copy, one retried after its answer was lost) is `Stale`, not committed, and a deposed
+/// leader's is still `Refused`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaders_stale_writes_cannot_commit() {
+    let etcd = etcd();
+    let mut client = store::connect(std::slice::from_ref(&etcd.url)).await.expect("connect");
+    let (key, sequence, assign) = ("/seq-test/leader", "/seq-test/sequence", "/seq-test/assign/b1/m");
+    let (lease, term) = elect(&mut client, key, "first").await;
+    let leader = Fence { key: key.to_owned(), term };
+    let put = |v: &str| vec![TxnOp::put(assign, v, None)];
+
+    // A pass that read the sequence never written (0) commits its first write and chains the
+    // second on the first's revision.
+    let Outcome::Committed(first) = leader.commit_in_sequence(&mut client, sequence, 0, put("pass-1a")).await
+    else {
+        panic!("the first write in sequence commits")
+    };
+    let Outcome::Committed(second) =
+        leader.commit_in_sequence(&mut client, sequence, first, put("pass-1b")).await
+    else {
+        panic!("the next write in sequence commits")
+    };
+    assert!(second > first);
+
+    // The same transaction again (a duplicate), or a write planned from before them (a delayed
+    // pass): stale, and the value stays.
+    assert!(matches!(
+        leader.commit_in_sequence(&mut client, sequence, first, put("pass-1b")).await,
+        Outcome::Stale
+    ));
+    assert!(matches!(
+        leader.commit_in_sequence(&mut client, sequence, 0, put("pass-0")).await,
+        Outcome::Stale
+    ));
+    assert_eq!(value(&mut client, assign).await.as_deref(), Some("pass-1b"));
+
+    // Writes by others to other keys do not break the chain; a spec written meanwhile is read
+    // by the next pass, not guarded by this compare.
+    client.put("/seq-test/specs/m", "{}", None).await.expect("a spec put");
+    assert!(matches!(
+        leader.commit_in_sequence(&mut client, sequence, second, put("pass-2")).await,
+        Outcome::Committed(_)
+    ));
+
+    // Deposed: refused (not stale), whatever the sequence says.
+    client.lease_revoke(lease).await.expect("revoke");
+    let now = client.get(sequence, None).await.expect("read").kvs()[0].mod_revision();
+    assert!(matches!(
+        leader.commit_in_sequence(&mut client, sequence, now, put("deposed")).await,
+        Outcome::Refused
+    ));
+    assert_eq!(value(&mut client, assign).await.as_deref(), Some("pass-2"));
+}

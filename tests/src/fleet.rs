@@ -45,6 +45,11 @@ impl Controller {
 
     /// Starts a controller with extra `pedestal controller` arguments (`--id`...).
     pub fn start_with(etcd: &Etcd, token: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(etcd, token, extra, &[])
+    }
+
+    /// [`Controller::start_with`] with extra environment variables.
+    pub fn start_with_env(etcd: &Etcd, token: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
         let mut child = Command::new(artifacts::PEDESTAL)
             .current_dir(data.path())
@@ -54,6 +59,7 @@ impl Controller {
             .args(extra)
             .env("PEDESTAL_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

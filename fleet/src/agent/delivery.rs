@@ -11,8 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The hidden environment variable that turns the chaos layer on: its value seeds it.
-pub(crate) const CHAOS_ENV: &str = "PEDESTAL_FLEET_CHAOS";
+use crate::chaos::{CHAOS_ENV, SplitMix, seed_from_env};
 
 /// The longest a chaos delivery is delayed.
 const CHAOS_MAX_DELAY_MS: u64 = 50;
@@ -89,10 +88,7 @@ pub(crate) struct Chaos<W> {
 impl<W: Clone> Chaos<W> {
     /// The layer if [`CHAOS_ENV`] is set (a loud warning then), seeded with its value.
     pub(crate) fn from_env() -> Option<Self> {
-        let seed = std::env::var(CHAOS_ENV).ok()?;
-        let seed = seed.parse::<u64>().unwrap_or_else(|_| {
-            seed.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-        });
+        let seed = seed_from_env()?;
         tracing::warn!(
             seed,
             "{CHAOS_ENV} is set: assignment deliveries are delayed, duplicated and reordered on \
@@ -159,25 +155,6 @@ impl<W: Clone> Chaos<W> {
     /// Forgets what is queued (the session that received it ended; the next one relists).
     pub(crate) fn clear(&mut self) {
         self.pending.clear();
-    }
-}
-
-/// A small seeded generator (SplitMix64): chaos needs to be reproducible, not secure.
-#[derive(Debug)]
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform enough in `0..bound`.
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
     }
 }
 

@@ -237,7 +237,7 @@ async fn put_spec(
                 );
             }
             // Another write of this spec, or the end of this term: read again.
-            Outcome::Refused => continue,
+            Outcome::Refused | Outcome::Stale => continue,
             Outcome::Unknown(e) => {
                 return Err(ApiError::etcd(format!("the write's outcome is unknown ({e}); apply again")));
             }
@@ -279,7 +279,7 @@ async fn delete_spec(
                 ctl.kick.notify_one();
                 return Ok(Json(json!({"name": name, "deleted": true})).into_response());
             }
-            Outcome::Refused => continue,
+            Outcome::Refused | Outcome::Stale => continue,
             Outcome::Unknown(e) => {
                 return Err(ApiError::etcd(format!("the delete's outcome is unknown ({e})")));
             }
@@ -391,7 +391,7 @@ async fn push_artifact(
                 ctl.kick_artifacts.notify_one();
                 return Ok(Json(json!({"sha256": sha256, "size": size, "stored": true})).into_response());
             }
-            Outcome::Refused => continue,
+            Outcome::Refused | Outcome::Stale => continue,
             Outcome::Unknown(e) => {
                 return Err(ApiError::etcd(format!("the write's outcome is unknown ({e}); push again")));
             }
@@ -559,7 +559,9 @@ async fn cordon(
             }))
             .into_response())
         }
-        Outcome::Refused => Err(ApiError::no_leader("this controller stopped leading; cordon again")),
+        Outcome::Refused | Outcome::Stale => {
+            Err(ApiError::no_leader("this controller stopped leading; cordon again"))
+        }
         Outcome::Unknown(e) => {
             Err(ApiError::etcd(format!("the write's outcome is unknown ({e}); cordon again")))
         }
@@ -595,7 +597,9 @@ async fn uncordon(
             Ok(Json(json!({"base_id": id, "changed": true, "message": format!("base {id} is uncordoned")}))
                 .into_response())
         }
-        Outcome::Refused => Err(ApiError::no_leader("this controller stopped leading; uncordon again")),
+        Outcome::Refused | Outcome::Stale => {
+            Err(ApiError::no_leader("this controller stopped leading; uncordon again"))
+        }
         Outcome::Unknown(e) => Err(ApiError::etcd(format!("the delete's outcome is unknown ({e})"))),
     }
 }

@@ -27,7 +27,8 @@ use crate::{
     store::{Fence, Outcome, REQUEST_TIMEOUT},
 };
 
-/// etcd refuses transactions of more than 128 operations by default.
+/// etcd refuses transactions of more than 128 operations by default (each of a pass's also
+/// puts the write sequence: 121 at most).
 const MAX_OPS_PER_TXN: usize = 120;
 /// A transaction's keys and values stay under this (etcd refuses requests over 1.5 MiB by
 /// default).
@@ -62,6 +63,8 @@ pub(crate) struct Snapshot {
     pub(crate) endpoints: BTreeMap<String, Endpoints>,
     /// Range requests the read took.
     pub(crate) pages: u32,
+    /// The mod revision of the leader's write sequence key (0: never written).
+    pub(crate) sequence: i64,
     /// Cordoned bases, by id (live or not).
     pub(crate) cordons: BTreeMap<String, CordonRecord>,
     /// Autoscaled counts, by module.
@@ -148,6 +151,8 @@ impl Snapshot {
         }
         if key == keys.leader() {
             self.leader = parse(value).map(|l| (l, create_revision));
+        } else if key == keys.sequence() {
+            self.sequence = mod_revision;
         } else if let Some(id) = Keys::leaf(key, &keys.controllers()) {
             parse(value).map(|c| self.controllers.insert(id.to_owned(), c));
         } else if let Some(name) = Keys::leaf(key, &keys.specs()) {
@@ -487,46 +492,40 @@ pub(crate) async fn pass(ctl: &Controller, fence: &Fence) -> Result<(), etcd_cli
     ctl.metrics.passes.fetch_add(1, Ordering::Relaxed);
     ctl.metrics.snapshot_pages.store(u64::from(snapshot.pages), Ordering::Relaxed);
     let (mut txns, mut ops) = (0, 0);
-    // The rollout records first, alone: the assignments below follow from them, and a command
-    // is deleted in the same transaction that applies it.
-    if !rollout_changes.is_empty() {
-        if ctl.leadership.fence().as_ref() != Some(fence) {
-            return Ok(());
-        }
-        match fence.commit(&mut client, ops_of(&rollout_changes)).await {
-            Outcome::Committed(_) => {
-                txns += 1;
-                ops += rollout_changes.len();
-            }
-            Outcome::Refused => {
-                ctl.leadership.step_down("a fenced write was refused");
-                return Ok(());
-            }
-            Outcome::Unknown(e) => {
-                ctl.say(&format!("a rollout write's outcome is unknown ({e}); the next pass reads back"));
-                return Ok(());
-            }
-        }
-    }
     if changes.is_empty() && rollout_changes.is_empty() {
         return Ok(());
     }
-    for chunk in chunks(&changes) {
-        let batch = ops_of(chunk);
+    // The rollout records first, alone: the assignments below follow from them, and a command
+    // is deleted in the same transaction that applies it. Every transaction continues the
+    // write sequence from the one before (the first from what the snapshot read), so a pass
+    // planned from a state another write has since changed commits nothing more.
+    let mut after = snapshot.sequence;
+    let batches = std::iter::once(rollout_changes.as_slice())
+        .filter(|c| !c.is_empty())
+        .chain(chunks(&changes))
+        .collect::<Vec<_>>();
+    for chunk in batches {
         // The fence can have lapsed while the previous chunk was in flight.
         if ctl.leadership.fence().as_ref() != Some(fence) {
             return Ok(());
         }
-        match fence.commit(&mut client, batch).await {
-            Outcome::Committed(_) => {
+        match write(ctl, &mut client, fence, after, ops_of(chunk)).await {
+            Outcome::Committed(revision) => {
+                after = revision;
                 txns += 1;
                 ops += chunk.len();
-                ctl.metrics.max_txn_ops.fetch_max(chunk.len() as u64, Ordering::Relaxed);
+                ctl.metrics.max_txn_ops.fetch_max(chunk.len() as u64 + 1, Ordering::Relaxed);
                 ctl.metrics.max_txn_bytes.fetch_max(bytes_of(chunk) as u64, Ordering::Relaxed);
             }
             Outcome::Refused => {
                 ctl.leadership.step_down("a fenced write was refused");
                 return Ok(());
+            }
+            Outcome::Stale => {
+                ctl.metrics.stale.fetch_add(1, Ordering::Relaxed);
+                ctl.say("a write was planned from a state that has changed since; planning again");
+                ctl.kick.notify_one();
+                break;
             }
             Outcome::Unknown(e) => {
                 ctl.say(&format!("a fenced write's outcome is unknown ({e}); the next pass reads back"));
@@ -538,6 +537,22 @@ pub(crate) async fn pass(ctl: &Controller, fence: &Fence) -> Result<(), etcd_cli
     ctl.metrics.ops.fetch_add(ops as u64, Ordering::Relaxed);
     ctl.say(&format!("pass at revision {}: {ops} ops in {txns} txns", snapshot.revision));
     Ok(())
+}
+
+/// One transaction of a pass, in the leader's write sequence (through the chaos layer when it
+/// is on).
+async fn write(
+    ctl: &Controller,
+    client: &mut etcd_client::Client,
+    fence: &Fence,
+    after: i64,
+    ops: Vec<TxnOp>,
+) -> Outcome {
+    let sequence = ctl.keys.sequence();
+    match &ctl.chaos {
+        Some(chaos) => chaos.commit(client, fence, &sequence, after, ops).await,
+        None => fence.commit_in_sequence(client, &sequence, after, ops).await,
+    }
 }
 
 /// Watches the prefix and kicks the reconcile loop (specs, bases, status, assign changes) and
