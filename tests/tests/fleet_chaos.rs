@@ -80,7 +80,7 @@ fn chaotic_deliveries_still_converge_on_the_final_specs() {
     ]
     .into_iter()
     .map(|(version, file)| {
-        fleet_cli(&controller, &["push", file]).ok();
+        fleet_cli(controller, &["push", file]).ok();
         (version, sha256_of(file))
     })
     .collect();
