@@ -218,7 +218,7 @@ fn local(code: &'static str, message: impl Into<String>) -> Failure {
 }
 
 fn execute(args: &FleetArgs, printer: &Printer) -> Result<(), Failure> {
-    let token = fleet_token(args.fleet_token.clone(), args.fleet_token_file.as_deref())?;
+    let token = fleet_token(args.fleet_token.as_deref(), args.fleet_token_file.as_deref())?;
     let client = Client::new(&args.controller, token);
     match &args.command {
         FleetCommand::Apply { file, wait, timeout } => {
@@ -707,20 +707,9 @@ fn read_artifact(path: &Path) -> Result<(Vec<u8>, String), Failure> {
     Ok((bytes, sha256))
 }
 
-/// The token: the file's (trimmed) when a file is given, else the flag's or the environment's.
-fn fleet_token(token: Option<String>, file: Option<&Path>) -> Result<Option<String>, Failure> {
-    match file {
-        Some(file) => {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                local(
-                    "FLEET_TOKEN_UNREADABLE",
-                    format!("cannot read the fleet token from {}: {e}", file.display()),
-                )
-            })?;
-            Ok(Some(text.trim_end().to_owned()))
-        }
-        None => Ok(token),
-    }
+/// The token (see [`crate::token::read`]: a file wins over the flag and the environment).
+fn fleet_token(token: Option<&str>, file: Option<&Path>) -> Result<Option<String>, Failure> {
+    crate::token::read(token, file).map_err(|e| local("FLEET_TOKEN_UNREADABLE", e.to_string()))
 }
 
 /// Colours only on a terminal, and never with `NO_COLOR` or `TERM=dumb`.
@@ -1236,16 +1225,5 @@ b       -                0/64     0 B/1.0 GiB       0m/2000m    http://127.0.0.1
         let answer = |changed| ApplyAnswer { name: "greeter".into(), generation: 2, changed };
         assert_eq!(apply_line(&answer(true), "0.1.0"), "applied greeter@0.1.0 (generation 2, changed)\n");
         assert_eq!(apply_line(&answer(false), "0.1.0"), "unchanged greeter@0.1.0 (generation 2)\n");
-    }
-
-    #[test]
-    fn a_token_file_is_trimmed_and_wins() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("token");
-        std::fs::write(&file, "from-the-file-0123456789\n").unwrap();
-        let token = fleet_token(Some("from-the-flag-0123456789".into()), Some(&file)).ok().flatten();
-        assert_eq!(token.as_deref(), Some("from-the-file-0123456789"));
-        assert!(fleet_token(None, Some(&dir.path().join("missing"))).is_err());
-        assert_eq!(fleet_token(Some("t".into()), None).ok().flatten().as_deref(), Some("t"));
     }
 }

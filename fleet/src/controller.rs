@@ -242,27 +242,18 @@ impl Metrics {
     }
 }
 
-/// The token from `--fleet-token`, `--fleet-token-file` or `PEDESTAL_FLEET_TOKEN`.
+/// The token from `--fleet-token-file`, `--fleet-token` or `PEDESTAL_FLEET_TOKEN`.
 fn fleet_token(args: &ControllerArgs) -> Result<String, String> {
-    let token = match (&args.fleet_token, &args.fleet_token_file) {
-        (Some(token), _) => token.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| format!("reading --fleet-token-file {}: {e}", path.display()))?
-            .trim_end()
-            .to_owned(),
-        (None, None) => {
-            return Err("a controller needs the fleet token: --fleet-token, --fleet-token-file or \
-                        PEDESTAL_FLEET_TOKEN (at least 16 characters)"
-                .to_owned());
-        }
-    };
-    if token.chars().count() < 16 {
-        return Err(format!(
-            "the fleet token has {} characters; at least 16 are required",
-            token.chars().count()
-        ));
-    }
-    Ok(token)
+    let token = crate::token::read(args.fleet_token.as_deref(), args.fleet_token_file.as_deref())
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "a controller needs the fleet token: --fleet-token, --fleet-token-file or \
+                 PEDESTAL_FLEET_TOKEN (at least {} characters)",
+                crate::token::MIN_TOKEN_LEN
+            )
+        })?;
+    crate::token::long_enough(token).map_err(|e| e.to_string())
 }
 
 /// `<hostname>-<port>`, the host name reduced to key-safe characters.

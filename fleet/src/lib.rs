@@ -22,3 +22,4 @@ pub mod rollout;
 pub mod schedule;
 pub mod spec;
 pub mod store;
+pub mod token;

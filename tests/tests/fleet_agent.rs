@@ -314,6 +314,44 @@ fn a_base_cut_off_from_etcd_keeps_serving_and_catches_up() {
     wait_serving(&base, "svc", "1.1.0");
 }
 
+/// A watch cancelled by compaction: the base's session relists and converges. The hidden
+/// `PEDESTAL_FLEET_WATCH_DELAY_MS` holds each session's watch 3 s after its list (the lease kept
+/// alive), so the test can, in that gap, assign a module and compact etcd past the list's
+/// revision: etcd then cancels the watch as it starts (`compact_revision`), and only a relist
+/// shows the base the new assignment.
+#[test]
+fn a_watch_cancelled_by_compaction_relists_and_converges() {
+    const LISTED: &str = "assignments listed at revision";
+    let mut etcd = Etcd::single();
+    let files = ArtifactServer::start();
+    let endpoints = etcd.endpoints();
+    let args = ["--fleet", &endpoints, "--base-id", "b1", "--fleet-token", TOKEN];
+    let base = TestBase::start_with_env(&args, &[("PEDESTAL_FLEET_WATCH_DELAY_MS", "3000")]);
+    let (sha1, url1) = files.serve(artifacts::VERSIONED_1_0_0);
+    assign(&etcd, "b1", "svc", "1.0.0", &sha1, &url1);
+    wait_serving(&base, "svc", "1.0.0");
+
+    // A new session: etcd restarted under the base. It lists, then waits 3 s to watch.
+    let sessions = base.log().matches(LISTED).count();
+    etcd.kill(0);
+    etcd.restart(0);
+    eventually("the base to list its assignments again", Duration::from_secs(20), || {
+        (base.log().matches(LISTED).count() > sessions).then_some(())
+    });
+    // In the gap: a new assignment, another write, and the history compacted past them both.
+    let (sha2, url2) = files.serve(artifacts::VERSIONED_1_1_0);
+    let assigned = assign(&etcd, "b1", "svc", "1.1.0", &sha2, &url2);
+    etcd.ctl(&["put", "/unrelated/key", "moves the revision on"]);
+    let compacted = etcd.compact_now();
+    assert!(compacted > assigned, "compacted at {compacted}, past the assignment at {assigned}");
+
+    base.wait_for_log("history compacted at revision");
+    wait_serving(&base, "svc", "1.1.0");
+    assert_eq!(versions(&base, "svc"), ["1.1.0"]);
+    let log = base.log();
+    assert!(log.matches(LISTED).count() > sessions + 1, "a relist after the cancelled watch:\n{log}");
+}
+
 #[test]
 fn a_base_forwards_requests_for_modules_it_does_not_run() {
     let etcd = Etcd::single();

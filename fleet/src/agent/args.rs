@@ -7,9 +7,6 @@ use crate::{
     model::Capacity,
 };
 
-/// The shortest fleet token accepted.
-pub const MIN_TOKEN_LEN: usize = 16;
-
 /// `pedestal serve`'s fleet flags.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct JoinArgs {
@@ -126,17 +123,10 @@ impl JoinArgs {
         if self.max_modules == 0 {
             return Err(invalid("--max-modules", "at least 1".into()));
         }
-        let token = match (&self.fleet_token, &self.fleet_token_file) {
-            (Some(token), _) => token.clone(),
-            (None, Some(file)) => std::fs::read_to_string(file)
-                .map_err(|e| invalid("--fleet-token-file", format!("cannot read {}: {e}", file.display())))?
-                .trim_end()
-                .to_owned(),
-            (None, None) => return Err(JoinError::TokenRequired),
-        };
-        if token.chars().count() < MIN_TOKEN_LEN {
-            return Err(invalid("--fleet-token", format!("at least {MIN_TOKEN_LEN} characters")));
-        }
+        let token = crate::token::read(self.fleet_token.as_deref(), self.fleet_token_file.as_deref())
+            .map_err(|e| invalid("--fleet-token-file", e.to_string()))?
+            .ok_or(JoinError::TokenRequired)?;
+        let token = crate::token::long_enough(token).map_err(|e| invalid("--fleet-token", e.to_string()))?;
         if self.advertise_host.is_empty() || self.advertise_host.contains(['/', ' ', '@']) {
             return Err(invalid("--advertise-host", format!("{:?} is not a host", self.advertise_host)));
         }
@@ -256,7 +246,7 @@ mod tests {
         check(&[fleet, TOKEN], "FLEET_ARGS_INVALID", "--base-id: required");
         check(&[fleet, "--base-id=a/b", TOKEN], "FLEET_ARGS_INVALID", "not an id");
         check(&[fleet, "--base-id=b"], "FLEET_TOKEN_REQUIRED", "fleet token");
-        check(&[fleet, "--base-id=b", "--fleet-token=short"], "FLEET_ARGS_INVALID", "16 characters");
+        check(&[fleet, "--base-id=b", "--fleet-token=short"], "FLEET_ARGS_INVALID", "at least 16");
         check(&[fleet, "--base-id=b", TOKEN, "--labels=tier"], "FLEET_ARGS_INVALID", "key=value");
         check(&[fleet, "--base-id=b", TOKEN, "--labels=a=1,a=2"], "FLEET_ARGS_INVALID", "twice");
         check(&[fleet, "--base-id=b", TOKEN, "--capacity-memory=1PB"], "FLEET_ARGS_INVALID", "unknown unit");

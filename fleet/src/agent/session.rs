@@ -193,6 +193,15 @@ async fn session(context: &Arc<Context>, record: &BaseRecord, backoff: &mut Dura
     }
     lock(&context.desired).get_or_insert_with(DesiredMap::default).relist(listed, revision);
     context.reconcile.notify_one();
+    if let Some(delay) = crate::chaos::watch_delay() {
+        tracing::warn!(
+            base = %record.id,
+            revision,
+            "assignments listed at revision {revision}; their watch starts in {delay:?} ({})",
+            crate::chaos::WATCH_DELAY_ENV
+        );
+        keep_alive_for(&mut keeper, &mut kept, delay).await?;
+    }
     let watch = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(revision + 1);
     let mut assignments = timed(client.watch(prefix.as_str(), Some(watch))).await?;
 
@@ -242,7 +251,11 @@ async fn session(context: &Arc<Context>, record: &BaseRecord, backoff: &mut Dura
             },
             changes = assignments.message() => {
                 let Some(changes) = changes? else { return Err("the assignments watch ended".into()) };
-                if changes.canceled() || changes.compact_revision() > 0 {
+                if changes.compact_revision() > 0 {
+                    let compacted = changes.compact_revision();
+                    return Err(format!("the assignments watch was cancelled: history compacted at revision {compacted} (relisting)").into());
+                }
+                if changes.canceled() {
                     return Err(format!("the assignments watch was cancelled ({})", changes.cancel_reason()).into());
                 }
                 let deliveries = changes.events().iter().filter_map(|event| {
@@ -278,7 +291,11 @@ async fn session(context: &Arc<Context>, record: &BaseRecord, backoff: &mut Dura
             }
             changes = endpoints.message() => {
                 let Some(changes) = changes? else { return Err("the endpoints watch ended".into()) };
-                if changes.canceled() || changes.compact_revision() > 0 {
+                if changes.compact_revision() > 0 {
+                    let compacted = changes.compact_revision();
+                    return Err(format!("the endpoints watch was cancelled: history compacted at revision {compacted} (relisting)").into());
+                }
+                if changes.canceled() {
                     return Err(format!("the endpoints watch was cancelled ({})", changes.cancel_reason()).into());
                 }
                 for event in changes.events() {
@@ -301,6 +318,25 @@ async fn session(context: &Arc<Context>, record: &BaseRecord, backoff: &mut Dura
             }
         }
     }
+}
+
+/// Keeps the session's lease alive for `delay` and does nothing else (the testing aid
+/// [`crate::chaos::watch_delay`] between the list and the watch).
+async fn keep_alive_for(
+    keeper: &mut etcd_client::LeaseKeeper,
+    kept: &mut etcd_client::LeaseKeepAliveStream,
+    delay: Duration,
+) -> Result<(), Failed> {
+    let until = tokio::time::Instant::now() + delay;
+    while tokio::time::Instant::now() < until {
+        timed(keeper.keep_alive()).await?;
+        match timed(kept.message()).await? {
+            Some(answer) if answer.ttl() > 0 => {}
+            _ => return Err("the lease ended while the watch waited".into()),
+        }
+        tokio::time::sleep_until(until.min(tokio::time::Instant::now() + KEEPALIVE_EVERY)).await;
+    }
+    Ok(())
 }
 
 /// An etcd call with the store's deadline: no answer in time is an error (the session starts
