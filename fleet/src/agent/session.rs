@@ -30,8 +30,6 @@ pub(crate) const LEASE_TTL_SECS: i64 = 3;
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// How often the status is written even when nothing changed (its measurements move).
-const REPORT_EVERY: Duration = Duration::from_secs(2);
 /// How often the reconcile loop runs even when nothing changed.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// How long a failed assignment waits before it is tried again (a new revision: at once).
@@ -412,7 +410,8 @@ async fn built_status(context: &Arc<Context>) -> Option<BaseStatus> {
 }
 
 /// Writes `status/<id>` under the session's lease at each change signalled (`report`) and at
-/// least every [`REPORT_EVERY`]; the status is built only when it is about to be written.
+/// least every `--report-every` ([`super::args::REPORT_EVERY`] by default); the status is
+/// built only when it is about to be written.
 async fn report_loop(context: Arc<Context>) {
     // When the next write is due without a change.
     let mut due = Instant::now();
@@ -430,7 +429,7 @@ async fn report_loop(context: Arc<Context>) {
         let Ok(value) = serde_json::to_vec(&status) else { continue };
         let key = context.join.keys.status(&context.join.base_id);
         match timed(client.put(key, value, Some(PutOptions::new().with_lease(lease)))).await {
-            Ok(_) => due = Instant::now() + REPORT_EVERY,
+            Ok(_) => due = Instant::now() + context.join.report_every,
             Err(e) => {
                 tracing::debug!("status not written: {e}");
                 due = Instant::now() + Duration::from_millis(250);

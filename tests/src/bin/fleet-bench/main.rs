@@ -11,10 +11,15 @@
 //!
 //! - metadata at scale ([`scale`]): 1000 one-replica modules over 100 bases (`--quick`: 50
 //!   over 5), the largest transaction and value, etcd's database size and watchers.
+//! - rollouts ([`rollout`]) over 100 bases (`--quick`: 5): a rollout 1 → 25% → 100% with no
+//!   pauses, timed per step from the record's events; the rollback of a version failing a
+//!   fifth of its requests under load; the autoscaler's reaction to a load step, with bases
+//!   reporting every 2 s and every 1 s side by side.
 //!
 //! Usage: `fleet-bench [--quick] [--sizes 10,50,100] [--repeats N] [--scale BASES,MODULES]
-//! [--no-scale] [--out FILE]`.
+//! [--no-scale] [--rollout BASES] [--rollout-repeats N] [--no-rollout] [--out FILE]`.
 
+mod rollout;
 mod scale;
 
 use std::{
@@ -30,6 +35,9 @@ use pedestal_tests::{
     fleet::{Fleet, TOKEN, serving_replicas},
 };
 use serde_json::json;
+
+/// Every base's extra `serve` arguments: small connection caps, so 100 bases fit the machine.
+const BASE_ARGS: &[&str] = &["--max-connections", "64", "--admin-max-connections", "32"];
 
 /// The etcd counters read around each apply.
 const COUNTERS: &[&str] = &[
@@ -73,6 +81,17 @@ fn main() -> anyhow::Result<()> {
         None if quick => Some((5, 50)),
         None => Some((100, 1000)),
     };
+    let rollout_bases: Option<usize> = match value("--rollout") {
+        _ if args.iter().any(|a| a == "--no-rollout") => None,
+        Some(n) => Some(n.parse().context("--rollout BASES")?),
+        None if quick => Some(5),
+        None => Some(100),
+    };
+    let rollout_repeats: usize = value("--rollout-repeats")
+        .map(|r| r.parse())
+        .transpose()
+        .context("--rollout-repeats")?
+        .unwrap_or(if quick { 2 } else { 5 });
     let mut rows = Vec::new();
     for n in sizes {
         eprintln!("== {n} bases");
@@ -85,6 +104,16 @@ fn main() -> anyhow::Result<()> {
         eprintln!("== metadata: {modules} modules over {bases} bases");
         writeln!(report)?;
         scale::measure(bases, modules)?.render(&mut report)?;
+    }
+    if let Some(bases) = rollout_bases {
+        eprintln!("== rollouts over {bases} bases");
+        let repeats = rollout::Repeats {
+            rollouts: rollout_repeats,
+            rollbacks: if quick { 1 } else { 3 },
+            scales: rollout_repeats,
+        };
+        writeln!(report)?;
+        rollout::measure(bases, &repeats, BASE_ARGS)?.render(&mut report)?;
     }
     print!("{report}");
     let out = value("--out").unwrap_or_else(|| "target/release/bench-fleet-results.md".into());
@@ -158,8 +187,7 @@ fn percentile(samples: &[Duration], p: f64) -> Duration {
 
 fn measure(n: usize, repeats: usize, kills: usize) -> anyhow::Result<Row> {
     let started = Instant::now();
-    let extra = ["--max-connections", "64", "--admin-max-connections", "32"];
-    let mut fleet = Fleet::start_on(Etcd::single(), 2, n, |_| Vec::new(), &extra);
+    let mut fleet = Fleet::start_on(Etcd::single(), 2, n, |_| Vec::new(), BASE_ARGS);
     let start = started.elapsed();
     eprintln!("{n} bases registered in {start:?}");
     let metrics_url = format!("{}/metrics", fleet.etcd.endpoint(0));
