@@ -5,7 +5,8 @@
 //! names) upgraded in place from 1.0.0 to 1.1.0 while load runs through HAProxy and straight
 //! at the bases, without one failed request. With `PEDESTAL_SLOW_TESTS=1` also: bases keep
 //! serving through etcd losing its leader, a frozen member and ten seconds without quorum, and
-//! a spec change applies afterwards. The same upgrade with 2 replicas on 3 bases goes through a
+//! a spec change applies afterwards; and a rollout holding a step rides out the same faults
+//! and completes by itself. The same upgrade with 2 replicas on 3 bases goes through a
 //! base that forwards. One test is pending, run only with `PEDESTAL_PENDING_TESTS=1`, because
 //! today's code fails it (its doc says how): 200 upgrade cycles leaving each base's RSS within
 //! 5% of what it was after a warm-up (a leak check). Latencies are printed, never asserted.
@@ -19,7 +20,7 @@ use pedestal_tests::{
     artifacts,
     etcd::Etcd,
     eventually,
-    fleet::{Controller, Fleet, SpecDir, fleet_cli},
+    fleet::{Controller, Fleet, SpecDir, fleet_cli, fleet_json},
     lb::{Backend, Haproxy},
     load::{Load, LoadReport},
 };
@@ -213,14 +214,102 @@ fn bases_serve_through_etcd_faults_and_apply_afterwards() {
     stop_without_failures(loads, "etcd faults");
 }
 
+/// etcd faults while a rollout step holds (slow): `m0` rolls from 1.0.0 to 1.1.0 with a first
+/// step of one base at weight 50 held 20 s, on two controllers, three bases and a 3-member etcd,
+/// under load through HAProxy and straight at the bases. While the step holds, etcd loses its
+/// leader, has a member frozen and is without quorum for 10 s (the pause runs out in the
+/// outage, when no controller can write). The rollout then completes by itself: each step
+/// reached once, none skipped, not rolled back, and no request failed.
+#[test]
+fn a_rollout_holding_a_step_rides_out_etcd_faults_and_completes() {
+    if !slow_tests() {
+        return;
+    }
+    let _serial = serial();
+    let mut fleet = Fleet::start_on(Etcd::cluster3(), 2, 3, |_| Vec::new(), &[]);
+    let specs = SpecDir::new();
+    let rollout = "[rollout]\nsteps = [{ bases = 1, weight = 50, pause = \"20s\" }, { bases = \"100%\" }]\n\
+                   [rollout.analysis]\nwindow = \"5s\"\n";
+    let apply = |fleet: &Fleet, version: &str, wait: bool| {
+        let file = specs.write("m0", &format!("{}{rollout}", spec("m0", version, 3)));
+        let mut args = vec!["apply", file.to_str().expect("a UTF-8 path")];
+        if wait {
+            args.extend(["--wait", "--timeout", WAIT]);
+        }
+        fleet_cli(fleet.controller(), &args).ok();
+    };
+    let status = |fleet: &Fleet| fleet_json(fleet.controller(), &["rollout", "status", "m0"]);
+    apply(&fleet, "1.0.0", true);
+    let lb = haproxy(&fleet);
+    let loads = load_on(&["m0".to_owned()], &lb, &fleet);
+    std::thread::sleep(Duration::from_secs(1));
+
+    apply(&fleet, "1.1.0", false);
+    let holding = eventually("step 1 to hold", Duration::from_secs(60), || {
+        let view = status(&fleet);
+        (view["rollout"]["phase"] == "holding").then_some(view)
+    });
+    assert_eq!(holding["rollout"]["step"], 0, "{holding}");
+    let faults = Instant::now();
+
+    let killed = fleet.etcd.kill_leader();
+    println!("killed etcd leader m{killed}");
+    std::thread::sleep(Duration::from_secs(4));
+    fleet.etcd.restart(killed);
+    fleet.etcd.wait_healthy(Duration::from_secs(30));
+    let frozen = (killed + 1) % 3;
+    fleet.etcd.freeze(frozen);
+    println!("froze etcd member m{frozen}");
+    std::thread::sleep(Duration::from_secs(4));
+    fleet.etcd.thaw(frozen);
+    fleet.etcd.wait_healthy(Duration::from_secs(30));
+    let outage = faults.elapsed();
+    println!("etcd without quorum for 10 s, from {outage:.1?} after the step began to hold");
+    fleet.etcd.lose_quorum(0, Duration::from_secs(10));
+    let faults = faults.elapsed();
+
+    let done = eventually("the rollout to complete after the faults", Duration::from_secs(120), || {
+        let view = status(&fleet);
+        (view["rollout"]["state"] != "progressing").then_some(view)
+    });
+    let record = &done["rollout"];
+    assert_eq!(record["state"], "complete", "{done}");
+    let history = record["history"].as_array().expect("a history");
+    let reached: Vec<(u64, u64)> = history
+        .iter()
+        .filter(|e| e["event"] == "step_reached")
+        .map(|e| (e["step"].as_u64().unwrap(), e["at_ms"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(reached.iter().map(|r| r.0).collect::<Vec<_>>(), [0, 1], "each step reached once: {done}");
+    let held = Duration::from_millis(reached[1].1 - reached[0].1);
+    assert!(held >= Duration::from_secs(20), "step 1 held its 20 s pause (held {held:.1?}): {done}");
+    println!(
+        "faults took {faults:.1?} from the hold; step 2 reached {held:.1?} after step 1; events: {}",
+        history.iter().map(|e| format!("{}@{}", e["event"], e["step"])).collect::<Vec<_>>().join(" ")
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let _rolling = windows(&loads);
+    std::thread::sleep(Duration::from_secs(1));
+    let (after, _) = windows(&loads);
+    for report in &after {
+        assert!(report.by_version.keys().eq(["1.1.0"]), "m0 after the rollout: {report}");
+    }
+    stop_without_failures(loads, "a rollout through etcd faults");
+}
+
 /// The resident set of process `pid` in KiB (`VmRSS` in `/proc/<pid>/status`).
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`, such as `VmRSS:` or `RssAnon:`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/<pid>/status");
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmRSS line")
+        .unwrap_or_else(|| panic!("no {field} line"))
 }
 
 /// 200 upgrade cycles of one module on 2 bases (slow), alternating 1.0.0 and 1.1.0 with
@@ -252,13 +341,20 @@ fn two_hundred_upgrade_cycles_keep_each_bases_memory() {
         apply_wait(controller, &specs, "m", version(cycle), 2);
     }
     let warm: Vec<u64> = pids.iter().map(|&pid| rss_kib(pid)).collect();
+    let mut series = Vec::new();
     for cycle in WARM_UP..CYCLES {
         apply_wait(controller, &specs, "m", version(cycle), 2);
+        if cycle % 20 == 0 {
+            series.push(
+                pids.iter().map(|&pid| (rss_kib(pid), status_kib(pid, "RssAnon:"))).collect::<Vec<_>>(),
+            );
+        }
     }
     let end: Vec<u64> = pids.iter().map(|&pid| rss_kib(pid)).collect();
     let elapsed = started.elapsed();
     println!(
-        "{CYCLES} upgrade cycles in {elapsed:.1?} ({:.2?} each); RSS KiB after warm-up {warm:?}, at the end {end:?}",
+        "{CYCLES} upgrade cycles in {elapsed:.1?} ({:.2?} each); RSS KiB after warm-up {warm:?}, \
+         every 20 cycles (RSS, anonymous) {series:?}, at the end {end:?}",
         elapsed / CYCLES as u32
     );
     for (i, (warm, end)) in warm.iter().zip(&end).enumerate() {
