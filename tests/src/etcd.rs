@@ -122,11 +122,31 @@ impl Etcd {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Member `i`'s process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
     /// The value of `key`, if any.
     pub fn get(&self, key: &str) -> Option<String> {
         let out = self.ctl(&["get", "--print-value-only", key]);
         let value = out.trim_end_matches('\n');
         (!value.is_empty()).then(|| value.to_owned())
+    }
+
+    /// The value of `key` at `revision`, or etcdctl's error (say, the revision was compacted).
+    pub fn get_at(&self, key: &str, revision: i64) -> Result<String, String> {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints()))
+            .args(["--command-timeout=3s", "get", "--print-value-only", &format!("--rev={revision}"), key])
+            .output()
+            .expect("running etcdctl");
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim_end().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
     }
 
     /// Every key under `prefix`, with its value.

@@ -26,12 +26,17 @@ struct Controller {
 
 impl Controller {
     fn start(etcd: &Etcd, id: &str) -> Self {
+        Self::start_with_env(etcd, id, &[])
+    }
+
+    fn start_with_env(etcd: &Etcd, id: &str, env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().expect("a data directory");
         let mut child = Command::new(artifacts::PEDESTAL)
             .args(["controller", "--etcd", &etcd.endpoints(), "--listen", "127.0.0.1:0", "--id", id])
             .arg("--data-dir")
             .arg(data.path())
             .env("PEDESTAL_FLEET_TOKEN", TOKEN)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -147,6 +152,48 @@ fn push(controller: &Controller, bytes: &[u8]) -> Value {
     let (status, body) = controller.call("POST", "/api/v1/artifacts", Some(bytes), Some(TOKEN));
     assert_eq!(status, 200, "{body}");
     body
+}
+
+#[test]
+fn the_leader_compacts_etcd_history_one_interval_behind() {
+    let etcd = Etcd::single();
+    let every = [("PEDESTAL_CONTROLLER_COMPACT_EVERY", "1s")];
+    let first = Controller::start_with_env(&etcd, "c1", &every);
+    let second = Controller::start_with_env(&etcd, "c2", &every);
+    wait_for("one leader", Duration::from_secs(10), || first.leading() || second.leading());
+    let (leader, standby) = if first.leading() { (&first, &second) } else { (&second, &first) };
+    let before = etcd.revision();
+    for i in 0..5 {
+        etcd.ctl(&["put", "/unrelated/churn", &i.to_string()]);
+    }
+    let written = etcd.revision();
+    let reconcile = |c: &Controller| c.get("/api/v1/leader")["reconcile"].clone();
+    wait_for("a compaction past the writes", Duration::from_secs(15), || {
+        reconcile(leader)["compacted_revision"].as_i64().unwrap_or(0) >= written
+    });
+    assert!(reconcile(leader)["compactions"].as_u64().unwrap_or(0) >= 1, "{}", reconcile(leader));
+    let old = etcd.get_at("/unrelated/churn", before + 1);
+    assert!(old.as_ref().is_err_and(|e| e.contains("compacted")), "reading revision {}: {old:?}", before + 1);
+    assert_eq!(etcd.get("/unrelated/churn").as_deref(), Some("4"), "the current value stays");
+    assert!(leader.log().contains("compacted etcd's history up to revision"), "{}", leader.log());
+    assert_eq!(reconcile(standby)["compactions"], 0, "only the leader compacts");
+
+    let refused = Command::new(artifacts::PEDESTAL)
+        .args([
+            "controller",
+            "--etcd",
+            &etcd.endpoints(),
+            "--listen",
+            "127.0.0.1:0",
+            "--compact-every",
+            "100ms",
+        ])
+        .env("PEDESTAL_FLEET_TOKEN", TOKEN)
+        .output()
+        .expect("running pedestal controller");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("--compact-every \"100ms\": at least 1s"), "{stderr}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use crate::{
 
 /// How often a base writes its status when nothing changed (its measurements move), unless
 /// `--report-every` says otherwise.
-pub const REPORT_EVERY: Duration = Duration::from_secs(2);
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// `pedestal serve`'s fleet flags.
 #[derive(Debug, Clone, Default, clap::Args)]

@@ -33,9 +33,9 @@ const MAX_OPS_PER_TXN: usize = 120;
 /// A transaction's keys and values stay under this (etcd refuses requests over 1.5 MiB by
 /// default).
 const MAX_BYTES_PER_TXN: usize = 1 << 20;
-/// The least time from the end of one pass to the start of the next: bases report every two
-/// seconds each, so at 100 bases the status events alone would otherwise run a full read
-/// 50 times a second.
+/// The least time from the end of one pass to the start of the next: bases report every
+/// second each, so at 100 bases the status events alone would otherwise run a full read
+/// 100 times a second.
 const MIN_PASS_INTERVAL: Duration = Duration::from_millis(100);
 /// How long changes gather before a pass.
 const DEBOUNCE: Duration = Duration::from_millis(20);

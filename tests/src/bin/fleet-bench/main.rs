@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     writeln!(report, "# Fleet benchmark\n")?;
     writeln!(
         report,
-        "{} CPUs; etcd 1 node; 2 controllers; bases `--supervisor off`; {repeats} applies and {kills} base kills per size.\n",
+        "{} CPUs; etcd 1 node; 2 controllers; bases `--supervisor off`; {repeats} applies and {kills} base kills per size (`--sizes`).\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )?;
     let scale_size: Option<(usize, usize)> = match value("--scale") {

@@ -11,11 +11,12 @@
 //!   a 3 s window, `min_requests = 20`; from the `PUT` to `rolled_back`, from the end of the
 //!   analysis window to it, and from it to every base reporting 1.0.0 alone.
 //! - **Autoscale**: `fx-cpu-burner` with `autoscale = { min = 1, max = 3, target_cpu = 0.2,
-//!   cooldown = "3s" }` on five more bases, twice side by side: bases reporting every 2 s (the
-//!   default) and every 1 s (`--report-every 1s`); from the first burning request to two
+//!   cooldown = "3s" }` on five more bases, twice side by side: bases reporting every 2 s
+//!   (`--report-every 2s`, the default until these figures) and every 1 s (the default); from the first burning request to two
 //!   replicas serving, the shrink awaited between repeats.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     time::{Duration, Instant},
 };
@@ -60,7 +61,7 @@ pub struct Repeats {
 pub struct Rollouts {
     bases: usize,
     start: Duration,
-    idle_puts_per_s: f64,
+    idle: Usage,
     rollouts: Vec<Rollout>,
     rollbacks: Vec<Rollback>,
     scales: Vec<(String, Vec<Reaction>)>,
@@ -93,7 +94,8 @@ struct Rollback {
     upgraded: usize,
     /// The step it stopped at (0-based).
     step: u64,
-    /// Requests the canary answered on its base over its share, measured by the load.
+    /// The new version's share of its base's requests over the analysis window: its judged
+    /// requests over a fifth of all judged (the load is round-robin over the loaded bases).
     canary_share: f64,
     /// The analysis' words.
     reason: String,
@@ -101,6 +103,8 @@ struct Rollback {
     new: (u64, u64),
     /// The load over the whole repeat.
     load: LoadReport,
+    /// What the fleet used meanwhile.
+    usage: Usage,
 }
 
 /// One autoscale reaction.
@@ -119,11 +123,11 @@ impl Rollouts {
         writeln!(out, "## Rollouts, rollbacks, autoscale: {} bases\n", self.bases)?;
         writeln!(
             out,
-            "{} bases (`replicas = {}`) started and registered in {:.1} s; etcd puts while idle (status reports): {:.1}/s.\n",
+            "{} bases (`replicas = {}`) started and registered in {:.1} s. Idle over 4 s (the status reports): {}.\n",
             self.bases,
             self.bases,
             self.start.as_secs_f64(),
-            self.idle_puts_per_s
+            self.idle,
         )?;
 
         let n = self.rollouts.len();
@@ -172,7 +176,7 @@ impl Rollouts {
         )?;
         writeln!(
             out,
-            "| repeat | apply → `rolled_back` (ms) | `step_reached` → `rolled_back` (ms) | `rolled_back` − window end (ms) | `rolled_back` → every base on 1.0.0 alone (ms) | bases reached | step | canary share of its base | canary requests / 5xx judged | analysis |"
+            "| repeat | apply → `rolled_back` (ms) | `step_reached` → `rolled_back` (ms) | `rolled_back` − window end (ms) | `rolled_back` → every base on 1.0.0 alone (ms) | bases reached | step | new version's share of its base over the window | canary requests / 5xx judged | analysis |"
         )?;
         writeln!(out, "|---|---|---|---|---|---|---|---|---|---|")?;
         for (i, r) in self.rollbacks.iter().enumerate() {
@@ -193,7 +197,7 @@ impl Rollouts {
             )?;
         }
         for (i, r) in self.rollbacks.iter().enumerate() {
-            writeln!(out, "\nLoad of repeat {}: {}", i + 1, one_line(&r.load))?;
+            writeln!(out, "\nLoad of repeat {}: {}; meanwhile {}", i + 1, one_line(&r.load), r.usage)?;
         }
         writeln!(out)?;
 
@@ -245,8 +249,8 @@ pub fn measure(bases: usize, repeats: &Repeats, extra: &[&str]) -> anyhow::Resul
         Fleet::start_on(Etcd::single(), 2, bases, |_| vec![("pool".into(), "roll".into())], extra);
     let start = started.elapsed();
     eprintln!("{bases} bases registered in {start:?}");
-    let idle_puts_per_s = idle_puts(&fleet)?;
-    eprintln!("idle: {idle_puts_per_s:.1} etcd puts/s");
+    let idle = idle(&fleet)?;
+    eprintln!("idle: {idle}");
 
     let shas = [push(&fleet, artifacts::VERSIONED_1_0_0)?, push(&fleet, artifacts::VERSIONED_1_1_0)?];
     let versions = ["1.0.0", "1.1.0"];
@@ -315,7 +319,7 @@ pub fn measure(bases: usize, repeats: &Repeats, extra: &[&str]) -> anyhow::Resul
         }
     }
     drop(fleet);
-    Ok(Rollouts { bases, start, idle_puts_per_s, rollouts, rollbacks, scales })
+    Ok(Rollouts { bases, start, idle, rollouts, rollbacks, scales })
 }
 
 /// The spec of `version` on every base of the `roll` pool with `strategy`.
@@ -444,6 +448,7 @@ fn rollbacks(
             apply(fleet, &spec("1.0.0", &shas[0], bases, &canaried))?;
             wait_rolled(fleet, "1.0.0", "complete", Duration::from_secs(60))?;
         }
+        let meter = Meter::start(fleet)?;
         let load = Load::start(targets.clone(), &format!("/{MODULE}/work"), 4, &[]);
         // Old-version traffic in the metrics before the canary starts.
         std::thread::sleep(Duration::from_millis(2500));
@@ -456,6 +461,7 @@ fn rollbacks(
         wait_old_alone(fleet, "1.0.0", bases, Duration::from_secs(60))?;
         let alone_ms = now_ms();
         let report = load.stop();
+        let usage = meter.finish()?;
         let events = events(&record);
         let reached = at(&events, "step_reached", 0).context("the canary step was reached")?;
         let rolled =
@@ -463,11 +469,13 @@ fn rollbacks(
         let upgraded: Vec<&str> =
             record["upgraded"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         let canary_base = upgraded.first().copied().unwrap_or("-");
-        let served_new = report.by_version.get("1.1.0").copied().unwrap_or(0)
-            + report.by_status.get(&500).copied().unwrap_or(0);
-        let on_canary = report.by_base.get(canary_base).copied().unwrap_or(0)
-            + report.by_status.get(&500).copied().unwrap_or(0);
         let analysis = &record["analysis"];
+        // Over the window the load is even over the loaded bases (round-robin), so the canary
+        // base answered (new + old) / LOADED_BASES of the judged requests, `new` of them by the
+        // new version.
+        let judged_new = analysis["new"]["requests"].as_u64().unwrap_or(0);
+        let judged_old = analysis["old"]["requests"].as_u64().unwrap_or(0);
+        let per_base = (judged_new + judged_old) as f64 / LOADED_BASES as f64;
         let rollback = Rollback {
             to_rolled_back,
             reached_to_rolled_back: ms_between(reached, rolled),
@@ -475,13 +483,14 @@ fn rollbacks(
             to_old_alone: ms_between(rolled.max(put_ms), alone_ms),
             upgraded: upgraded.len(),
             step: record["step"].as_u64().unwrap_or(0),
-            canary_share: served_new as f64 / on_canary.max(1) as f64,
+            canary_share: judged_new as f64 / per_base.max(1.0),
             reason: record["reason"].as_str().unwrap_or("-").to_owned(),
             new: (
                 analysis["new"]["requests"].as_u64().unwrap_or(0),
                 analysis["new"]["server_errors"].as_u64().unwrap_or(0),
             ),
             load: report,
+            usage,
         };
         eprintln!(
             "rollback: apply → rolled_back {:?}, reached → rolled_back {:?}, after window {} ms, → old alone {:?}, {} base(s) reached ({canary_base}): {}",
@@ -606,13 +615,77 @@ fn wait_grown(fleet: &Fleet, module: &str, t0: Instant, load_ms: u64) -> anyhow:
     }
 }
 
-/// etcd puts per second over 4 s with nothing changing: the bases' status reports.
-fn idle_puts(fleet: &Fleet) -> anyhow::Result<f64> {
-    let url = format!("{}/metrics", fleet.etcd.endpoint(0));
-    let names = ["etcd_mvcc_put_total", "etcd_mvcc_txn_total"];
-    let before = super::counters(&url)?;
-    let t0 = Instant::now();
+/// What a fleet cost over a stretch of time: etcd writes and CPU.
+struct Usage {
+    /// etcd puts and transactions per second.
+    puts_per_s: f64,
+    /// CPU used, in cores: every base together, both controllers, etcd.
+    cores: [f64; 3],
+}
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} etcd puts/s; CPU, in cores: all bases {:.2}, both controllers {:.2}, etcd {:.2}",
+            self.puts_per_s, self.cores[0], self.cores[1], self.cores[2]
+        )
+    }
+}
+
+/// The counters [`Usage`] is the difference of.
+struct Meter {
+    url: String,
+    groups: [Vec<u32>; 3],
+    puts: BTreeMap<String, f64>,
+    cpu: [f64; 3],
+    at: Instant,
+}
+
+const PUT_COUNTERS: [&str; 2] = ["etcd_mvcc_put_total", "etcd_mvcc_txn_total"];
+
+impl Meter {
+    fn start(fleet: &Fleet) -> anyhow::Result<Self> {
+        let url = format!("{}/metrics", fleet.etcd.endpoint(0));
+        let groups: [Vec<u32>; 3] = [
+            fleet.bases.iter().map(|b| b.pid()).collect(),
+            fleet.controllers.iter().map(|c| c.pid()).collect(),
+            fleet.etcd.pid(0).into_iter().collect(),
+        ];
+        let cpu = groups.each_ref().map(|g| cpu_of(g));
+        Ok(Self { puts: super::counters(&url)?, url, groups, cpu, at: Instant::now() })
+    }
+
+    fn finish(self) -> anyhow::Result<Usage> {
+        let puts = super::counters(&self.url)?;
+        let cpu = self.groups.each_ref().map(|g| cpu_of(g));
+        let elapsed = self.at.elapsed().as_secs_f64();
+        Ok(Usage {
+            puts_per_s: super::delta(&self.puts, &puts, &PUT_COUNTERS) / elapsed,
+            cores: std::array::from_fn(|i| (cpu[i] - self.cpu[i]) / elapsed),
+        })
+    }
+}
+
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().map(|&pid| cpu_seconds(pid)).sum()
+}
+
+/// What the fleet costs over 4 s with nothing changing (the bases' status reports).
+fn idle(fleet: &Fleet) -> anyhow::Result<Usage> {
+    let meter = Meter::start(fleet)?;
     std::thread::sleep(Duration::from_secs(4));
-    let after = super::counters(&url)?;
-    Ok(super::delta(&before, &after, &names) / t0.elapsed().as_secs_f64())
+    meter.finish()
+}
+
+/// User and system CPU seconds a process used so far (`/proc/<pid>/stat`, 100 ticks a second
+/// on Linux/x86-64), 0 when it is gone.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
