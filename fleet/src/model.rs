@@ -254,6 +254,13 @@ pub struct Analysis {
     pub min_requests: u64,
 }
 
+impl Analysis {
+    /// The longest window accepted: the leader keeps the last 120 samples of each series
+    /// (`controller/metrics.rs`), two minutes of reports every second, and a window longer than
+    /// what is kept could not be measured.
+    pub const MAX_WINDOW_MS: u64 = 120_000;
+}
+
 impl Default for Analysis {
     fn default() -> Self {
         Self {
@@ -385,7 +392,7 @@ pub struct Capacity {
 }
 
 /// What a base reports (`/pedestal/status/<id>`, under its lease), each time something changed
-/// and at least every two seconds (its measurements move).
+/// and at least every second (its measurements move).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BaseStatus {
     /// `--base-id`.

@@ -395,6 +395,15 @@ fn strategy(
         if let Some(window) = raw.window {
             analysis.window_ms =
                 parse_duration(window.get_ref()).map_err(|e| at(window.span(), format!("window: {e}")))?;
+            if analysis.window_ms > Analysis::MAX_WINDOW_MS {
+                return Err(at(
+                    window.span(),
+                    format!(
+                        "window = {:?}: at most 2m (the leader keeps two minutes of reports)",
+                        window.get_ref()
+                    ),
+                ));
+            }
         }
         if let Some(increase) = raw.max_error_rate_increase {
             let value = *increase.get_ref();
@@ -803,6 +812,10 @@ mod tests {
         refused(
             &format!("{head}steps = [{{ bases = 1 }}]\n[rollout.analysis]\nwindow = \"2 weeks\"\n"),
             &["line 8", "window"],
+        );
+        refused(
+            &format!("{head}steps = [{{ bases = 1 }}]\n[rollout.analysis]\nwindow = \"5m\"\n"),
+            &["line 8", "at most 2m"],
         );
         refused(&format!("{head}steps = [{{ bases = 1, weigth = 5 }}]\n"), &["line 6", "weigth"]);
     }

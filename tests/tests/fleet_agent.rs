@@ -315,7 +315,7 @@ fn a_base_cut_off_from_etcd_keeps_serving_and_catches_up() {
 }
 
 /// A watch cancelled by compaction: the base's session relists and converges. The hidden
-/// `PEDESTAL_FLEET_WATCH_DELAY_MS` holds each session's watch 3 s after its list (the lease kept
+/// `PEDESTAL_FLEET_WATCH_DELAY_MS` holds each session's watch 8 s after its list (the lease kept
 /// alive), so the test can, in that gap, assign a module and compact etcd past the list's
 /// revision: etcd then cancels the watch as it starts (`compact_revision`), and only a relist
 /// shows the base the new assignment.
@@ -326,12 +326,12 @@ fn a_watch_cancelled_by_compaction_relists_and_converges() {
     let files = ArtifactServer::start();
     let endpoints = etcd.endpoints();
     let args = ["--fleet", &endpoints, "--base-id", "b1", "--fleet-token", TOKEN];
-    let base = TestBase::start_with_env(&args, &[("PEDESTAL_FLEET_WATCH_DELAY_MS", "3000")]);
+    let base = TestBase::start_with_env(&args, &[("PEDESTAL_FLEET_WATCH_DELAY_MS", "8000")]);
     let (sha1, url1) = files.serve(artifacts::VERSIONED_1_0_0);
     assign(&etcd, "b1", "svc", "1.0.0", &sha1, &url1);
     wait_serving(&base, "svc", "1.0.0");
 
-    // A new session: etcd restarted under the base. It lists, then waits 3 s to watch.
+    // A new session: etcd restarted under the base. It lists, then waits 8 s to watch.
     let sessions = base.log().matches(LISTED).count();
     etcd.kill(0);
     etcd.restart(0);
@@ -345,7 +345,10 @@ fn a_watch_cancelled_by_compaction_relists_and_converges() {
     let compacted = etcd.compact_now();
     assert!(compacted > assigned, "compacted at {compacted}, past the assignment at {assigned}");
 
-    base.wait_for_log("history compacted at revision");
+    // The watch starts 8 s after the list, and is refused then.
+    eventually("the watch to be cancelled by the compaction", Duration::from_secs(30), || {
+        base.log().contains("history compacted at revision").then_some(())
+    });
     wait_serving(&base, "svc", "1.1.0");
     assert_eq!(versions(&base, "svc"), ["1.1.0"]);
     let log = base.log();

@@ -20,7 +20,7 @@ use pedestal_tests::{
     artifacts,
     etcd::Etcd,
     eventually,
-    fleet::{Controller, Fleet, SpecDir, fleet_cli, fleet_json},
+    fleet::{Controller, Fleet, SpecDir, fleet_cli},
     lb::{Backend, Haproxy},
     load::{Load, LoadReport},
 };
@@ -215,10 +215,10 @@ fn bases_serve_through_etcd_faults_and_apply_afterwards() {
 }
 
 /// etcd faults while a rollout step holds (slow): `m0` rolls from 1.0.0 to 1.1.0 with a first
-/// step of one base at weight 50 held 20 s, on two controllers, three bases and a 3-member etcd,
+/// step of one base at weight 50 held 30 s, on two controllers, three bases and a 3-member etcd,
 /// under load through HAProxy and straight at the bases. While the step holds, etcd loses its
-/// leader, has a member frozen and is without quorum for 10 s (the pause runs out in the
-/// outage, when no controller can write). The rollout then completes by itself: each step
+/// leader, has a member frozen and is without quorum for 10 s (all inside the pause: the
+/// leader must keep the step's timing across losing and regaining etcd). The rollout then completes by itself: each step
 /// reached once, none skipped, not rolled back, and no request failed.
 #[test]
 fn a_rollout_holding_a_step_rides_out_etcd_faults_and_completes() {
@@ -228,8 +228,10 @@ fn a_rollout_holding_a_step_rides_out_etcd_faults_and_completes() {
     let _serial = serial();
     let mut fleet = Fleet::start_on(Etcd::cluster3(), 2, 3, |_| Vec::new(), &[]);
     let specs = SpecDir::new();
-    let rollout = "[rollout]\nsteps = [{ bases = 1, weight = 50, pause = \"20s\" }, { bases = \"100%\" }]\n\
-                   [rollout.analysis]\nwindow = \"5s\"\n";
+    // Errors are judged, latency hardly (the faults starve the two cores, and a p99 over a few
+    // hundred requests is what this test is not about).
+    let rollout = "[rollout]\nsteps = [{ bases = 1, weight = 50, pause = \"30s\" }, { bases = \"100%\" }]\n\
+                   [rollout.analysis]\nwindow = \"5s\"\nmax_latency_ratio = 100.0\n";
     let apply = |fleet: &Fleet, version: &str, wait: bool| {
         let file = specs.write("m0", &format!("{}{rollout}", spec("m0", version, 3)));
         let mut args = vec!["apply", file.to_str().expect("a UTF-8 path")];
@@ -238,7 +240,11 @@ fn a_rollout_holding_a_step_rides_out_etcd_faults_and_completes() {
         }
         fleet_cli(fleet.controller(), &args).ok();
     };
-    let status = |fleet: &Fleet| fleet_json(fleet.controller(), &["rollout", "status", "m0"]);
+    // `None` while the controller cannot answer (etcd is being faulted): asked again.
+    let status = |fleet: &Fleet| {
+        let run = fleet_cli(fleet.controller(), &["--output", "json", "rollout", "status", "m0"]);
+        if run.code == Some(0) { serde_json::from_str::<serde_json::Value>(&run.stdout).ok() } else { None }
+    };
     apply(&fleet, "1.0.0", true);
     let lb = haproxy(&fleet);
     let loads = load_on(&["m0".to_owned()], &lb, &fleet);
@@ -246,7 +252,7 @@ fn a_rollout_holding_a_step_rides_out_etcd_faults_and_completes() {
 
     apply(&fleet, "1.1.0", false);
     let holding = eventually("step 1 to hold", Duration::from_secs(60), || {
-        let view = status(&fleet);
+        let view = status(&fleet)?;
         (view["rollout"]["phase"] == "holding").then_some(view)
     });
     assert_eq!(holding["rollout"]["step"], 0, "{holding}");
@@ -265,11 +271,15 @@ fn a_rollout_holding_a_step_rides_out_etcd_faults_and_completes() {
     fleet.etcd.wait_healthy(Duration::from_secs(30));
     let outage = faults.elapsed();
     println!("etcd without quorum for 10 s, from {outage:.1?} after the step began to hold");
+    assert!(
+        outage < Duration::from_secs(30),
+        "the quorum loss must begin inside the 30 s hold ({outage:.1?})"
+    );
     fleet.etcd.lose_quorum(0, Duration::from_secs(10));
     let faults = faults.elapsed();
 
     let done = eventually("the rollout to complete after the faults", Duration::from_secs(120), || {
-        let view = status(&fleet);
+        let view = status(&fleet)?;
         (view["rollout"]["state"] != "progressing").then_some(view)
     });
     let record = &done["rollout"];
@@ -282,7 +292,7 @@ fn a_rollout_holding_a_step_rides_out_etcd_faults_and_completes() {
         .collect();
     assert_eq!(reached.iter().map(|r| r.0).collect::<Vec<_>>(), [0, 1], "each step reached once: {done}");
     let held = Duration::from_millis(reached[1].1 - reached[0].1);
-    assert!(held >= Duration::from_secs(20), "step 1 held its 20 s pause (held {held:.1?}): {done}");
+    assert!(held >= Duration::from_secs(30), "step 1 held its 30 s pause (held {held:.1?}): {done}");
     println!(
         "faults took {faults:.1?} from the hold; step 2 reached {held:.1?} after step 1; events: {}",
         history.iter().map(|e| format!("{}@{}", e["event"], e["step"])).collect::<Vec<_>>().join(" ")
@@ -348,11 +358,13 @@ fn two_hundred_upgrade_cycles_keep_each_bases_memory() {
             .ok();
     };
     let pids: Vec<u32> = fleet.bases.iter().map(|b| b.pid()).collect();
-    let load = Load::start(fleet.bases.iter().map(|b| b.traffic.clone()).collect(), "/m/work", 1, &[]);
     let started = Instant::now();
     const WARM_UP: usize = 100;
     const CYCLES: usize = 200;
-    for cycle in 0..WARM_UP {
+    apply_wait(controller, &specs, "m", version(0), 2);
+    // Load from the first deploy on (before it, every request would be a 404).
+    let load = Load::start(fleet.bases.iter().map(|b| b.traffic.clone()).collect(), "/m/work", 1, &[]);
+    for cycle in 1..WARM_UP {
         apply_wait(controller, &specs, "m", version(cycle), 2);
     }
     let warm: Vec<u64> = pids.iter().map(|&pid| rss_kib(pid)).collect();

@@ -774,6 +774,15 @@ pub(crate) fn validate(spec: &Spec, name: &str) -> Result<(), String> {
     if let Some(autoscale) = &spec.autoscale {
         crate::autoscale::validate(autoscale, spec.peer)?;
     }
+    if let Some(strategy) = &spec.rollout
+        && strategy.analysis.window_ms > crate::model::Analysis::MAX_WINDOW_MS
+    {
+        return Err(format!(
+            "rollout.analysis.window_ms = {}: at most {} (the leader keeps two minutes of reports)",
+            strategy.analysis.window_ms,
+            crate::model::Analysis::MAX_WINDOW_MS
+        ));
+    }
     match (spec.replicas, spec.peer) {
         (Some(_), true) => return Err("both replicas and peer = true: choose one".to_owned()),
         (None, false) if spec.autoscale.is_none() => {

@@ -15,7 +15,8 @@ use crate::{
     rollout,
 };
 
-/// Samples kept per series (bases report every two seconds: about four minutes).
+/// Samples kept per series (bases report every second: about two minutes, less while reports
+/// on change come faster; [`crate::model::Analysis::MAX_WINDOW_MS`] follows from it).
 pub(crate) const MAX_SAMPLES: usize = 120;
 /// A series not reported for this long is forgotten.
 pub(crate) const FORGET_MS: u64 = 5 * 60_000;
@@ -33,6 +34,8 @@ struct Sample {
 #[derive(Debug, Default)]
 struct Series {
     samples: VecDeque<Sample>,
+    /// Whether older samples were dropped ([`MAX_SAMPLES`]): the first kept is not its start.
+    trimmed: bool,
     last_raw: Sample,
     offset: Sample,
 }
@@ -78,6 +81,7 @@ impl Samples {
                 series.samples.push_back(adjusted);
                 if series.samples.len() > MAX_SAMPLES {
                     series.samples.pop_front();
+                    series.trimmed = true;
                 }
                 self.first_ms.get_or_insert(status.at_ms);
             }
@@ -106,8 +110,11 @@ impl rollout::Metrics for Samples {
             let start = match before {
                 Some(before) => before.clone(),
                 // First seen inside the window while this controller was already watching: a
-                // new instance, counted from 0.
-                None if self.first_ms.is_some_and(|first| first < inside[0].at_ms) => Sample::default(),
+                // new instance, counted from 0 (unless what came before was dropped: then the
+                // window is measured from its oldest kept sample, never over a lifetime).
+                None if !series.trimmed && self.first_ms.is_some_and(|first| first < inside[0].at_ms) => {
+                    Sample::default()
+                }
                 None => inside[0].clone(),
             };
             total.requests += last.requests.saturating_sub(start.requests);
@@ -226,6 +233,10 @@ mod tests {
             samples.ingest([&status("b1", i * 10, "1", i, 0, &[i])], i * 10);
         }
         assert_eq!(samples.series.values().next().unwrap().samples.len(), MAX_SAMPLES);
+        // A window older than what is kept is measured from the oldest kept sample, not from 0.
+        let last = MAX_SAMPLES as u64 * 2 - 1;
+        let oldest = last - MAX_SAMPLES as u64 + 1;
+        assert_eq!(samples.window("m", &release("1"), 0, last * 10).requests, last - oldest);
         samples.ingest([&status("b2", FORGET_MS * 3, "1", 1, 0, &[])], FORGET_MS * 3);
         assert_eq!(samples.len(), 1, "b1 went quiet and is forgotten");
     }
