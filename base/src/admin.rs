@@ -83,6 +83,7 @@ pub(crate) fn router(registry: Arc<Registry>, door: &FrontDoor, listen: SocketAd
         token: door.token.clone(),
         hosts: AllowedHosts::new(listen, &door.allowed_hosts),
         throttle: Arc::clone(&door.throttle),
+        metrics_public: registry.config().metrics_public,
     });
     Router::new()
         .merge(modules::routes())

@@ -138,6 +138,9 @@ pub struct Config {
     /// artifact the base loads needs a valid signature by one of them. Read when the base (each
     /// worker) starts.
     pub trusted_keys: Option<PathBuf>,
+    /// Whether `GET /metrics` on the operations port answers without the token
+    /// (`--metrics-public`): a Prometheus scraper then needs no secret. Off by default.
+    pub metrics_public: bool,
 }
 
 impl fmt::Debug for Config {
@@ -187,6 +190,7 @@ impl fmt::Debug for Config {
             admin_max_connections,
             allow_path_install,
             trusted_keys,
+            metrics_public,
         } = self;
         f.debug_struct("Config")
             .field("listen", listen)
@@ -238,6 +242,7 @@ impl fmt::Debug for Config {
             .field("admin_max_connections", admin_max_connections)
             .field("allow_path_install", allow_path_install)
             .field("trusted_keys", trusted_keys)
+            .field("metrics_public", metrics_public)
             .finish()
     }
 }
@@ -305,6 +310,7 @@ impl Default for Config {
             admin_max_connections: None,
             connection_drain_timeout: Duration::from_secs(30),
             allow_path_install: Vec::new(),
+            metrics_public: false,
             trusted_keys: None,
         }
     }

@@ -103,6 +103,8 @@ use tokio::net::TcpListener;
 
 use crate::accounting::Port;
 
+pub use pedestal_host::loader::limit_malloc_arenas;
+
 pub use crate::{
     admin::{AUDIT_FILE, TOKEN_FILE as ADMIN_TOKEN_FILE},
     artifact::Artifact,

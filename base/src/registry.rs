@@ -43,6 +43,8 @@ mod crashes;
 mod durable;
 mod lifecycle;
 mod policy;
+mod rollback;
+mod seats;
 mod spis;
 mod watch;
 
@@ -127,6 +129,9 @@ pub struct Registry {
     /// Modules the base is restarting (memory limit, unhealthy), with the reason: between the
     /// old instance's stop and the fresh one's start their requests get 503, not 404.
     restarting: Mutex<HashMap<String, String>>,
+    /// Modules whose build a same-version replace is swapping (`registry/seats.rs`): their
+    /// requests wait for the new build.
+    seats: Mutex<HashMap<String, Arc<tokio::sync::watch::Sender<bool>>>>,
     /// Actions the unhealthy policy took, per module name and action, for `/metrics`.
     unhealthy_actions: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Operations run in the background for the API.
@@ -182,6 +187,22 @@ pub(crate) struct Versions {
     pub(crate) active: Option<Version>,
     /// Traffic weights across versions (a canary), when set.
     weights: Option<BTreeMap<Version, u32>>,
+    /// The build that had the traffic before the last switch, replace or hand-over: what a
+    /// rollback returns to (`Registry::rollback`).
+    pub(crate) previous: Option<Previous>,
+}
+
+/// A build that had a module's traffic: its version and artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Previous {
+    pub(crate) version: Version,
+    pub(crate) sha256: String,
+}
+
+impl Previous {
+    pub(crate) fn of(instance: &Instance) -> Self {
+        Self { version: instance.id.version.clone(), sha256: instance.artifact.sha256.clone() }
+    }
 }
 
 impl Registry {
@@ -228,6 +249,7 @@ impl Registry {
             limit_overrides: Mutex::new(HashMap::new()),
             restarts: Mutex::new(HashMap::new()),
             restarting: Mutex::new(HashMap::new()),
+            seats: Mutex::new(HashMap::new()),
             unhealthy_actions: Mutex::new(BTreeMap::new()),
             operations: crate::operations::Operations::default(),
             persisting: Mutex::new(()),

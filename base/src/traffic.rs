@@ -53,8 +53,24 @@ impl std::fmt::Debug for Extras {
 /// The traffic router: the `native` routes compiled into the base first, then every module
 /// mounted at `/<name>/`.
 pub(crate) fn router(registry: Arc<Registry>, native: Router, extras: Arc<Extras>) -> Router {
-    let modules = Router::new().fallback(dispatch).with_state((registry, extras));
+    let modules = Router::new()
+        .route(READY_PATH, axum::routing::get(ready))
+        .fallback(dispatch)
+        .with_state((registry, extras));
     native.merge(modules)
+}
+
+/// The traffic port's readiness probe, for load balancers: `.` is in no module name, so no
+/// module is ever mounted here.
+pub const READY_PATH: &str = "/.well-known/pedestal/ready";
+
+/// `GET /.well-known/pedestal/ready`: `200 {"ready": true}` once the base restored its state
+/// (and, with `--ready-requires-modules`, installed its boot modules), `503 {"ready": false}`
+/// before; no token, nothing else told.
+async fn ready(State((registry, _)): State<(Arc<Registry>, Arc<Extras>)>) -> Response {
+    let ready = registry.is_ready();
+    let status = if ready { http::StatusCode::OK } else { http::StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(serde_json::json!({ "ready": ready }))).into_response()
 }
 
 async fn dispatch(
@@ -113,13 +129,29 @@ async fn forward(registry: &Registry, request: Request) -> Result<Response> {
     let pinned = parts.headers.get(VERSION_HEADER).map(|v| v.to_str().unwrap_or("(not text)").to_owned());
     // A request can pick an instance just as a switch or uninstall drains it: then pick again
     // from the new table (a few times at most; the table changes only through operations).
+    let mut waited_for_seat = false;
     for _ in 0..8 {
-        let instance = {
+        let picked = {
             let routes = registry.routes();
-            let Some(route) = routes.get(&name) else {
-                return Err(registry.why_unrouted(&name));
-            };
-            route.pick(&name, pinned.as_deref())?
+            match routes.get(&name) {
+                Some(route) => route.pick(&name, pinned.as_deref()),
+                None => Err(registry.why_unrouted(&name)),
+            }
+        };
+        let instance = match picked {
+            Ok(instance) => instance,
+            Err(e) if waited_for_seat => return Err(e),
+            // A same-version replace may be swapping the build: wait for its seat, then look
+            // once more (also when it was released between the lookup and now).
+            Err(_) => {
+                waited_for_seat = true;
+                if let Some(seat) = registry.held_seat(&name) {
+                    let config = registry.config();
+                    let limit = config.drain_timeout + config.stop_timeout + config.start_timeout;
+                    wait_for_seat(seat, limit).await;
+                }
+                continue;
+            }
         };
         if let Some(admission) = instance.admit() {
             let read = |limit| read_body(body, limit);
@@ -132,6 +164,12 @@ async fn forward(registry: &Registry, request: Request) -> Result<Response> {
         id: Subject::Name(name),
         reason: "its versions kept changing while this request was being routed".into(),
     })
+}
+
+/// Waits until a held seat is released, at most `limit` (a replacing build that never starts is
+/// put back or given up within the start timeout).
+async fn wait_for_seat(mut seat: tokio::sync::watch::Receiver<bool>, limit: std::time::Duration) {
+    let _ = tokio::time::timeout(limit, seat.wait_for(|released| *released)).await;
 }
 
 /// A module's response as the client gets it: tagged with the instance that answered

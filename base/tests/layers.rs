@@ -48,6 +48,8 @@ const FILES: &[(&str, &str)] = &[
     ("base/src/registry/durable.rs", "control"),
     ("base/src/registry/lifecycle.rs", "control"),
     ("base/src/registry/policy.rs", "control"),
+    ("base/src/registry/rollback.rs", "control"),
+    ("base/src/registry/seats.rs", "control"),
     ("base/src/registry/spis.rs", "control"),
     ("base/src/registry/watch.rs", "control"),
     ("base/src/routing.rs", "control"),

@@ -143,6 +143,11 @@ struct ServeArgs {
     /// the module's statics) escalates to a worker restart when supervised; 0 = never.
     #[arg(long, env = "PEDESTAL_WORKER_RESTART_LEAK_BYTES", default_value_t = 64 * 1024 * 1024)]
     worker_restart_leak_bytes: u64,
+    /// glibc malloc arenas at most (0: glibc's default, eight per core). Module threads that
+    /// come and go with installs make glibc add arenas it never gives back; a cap keeps a
+    /// long-lived base's memory flat (ARCHITECTURE.md, "Memory over many upgrades").
+    #[arg(long, env = "PEDESTAL_MALLOC_ARENAS", default_value_t = 2)]
+    malloc_arenas: u32,
     /// How long a client has to send a whole request head, in milliseconds: from the accept for
     /// a connection's first request, from the head's first byte for the next ones (both ports).
     #[arg(long, env = "PEDESTAL_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
@@ -171,6 +176,10 @@ struct ServeArgs {
     /// signed by one of them are loaded, from anywhere (read at start; restart to change it).
     #[arg(long, env = "PEDESTAL_TRUSTED_KEYS")]
     trusted_keys: Option<PathBuf>,
+    /// Let `GET /metrics` on the operations port answer without the token (for a Prometheus
+    /// scraper that should hold no secret; the rest of the API still needs it).
+    #[arg(long, env = "PEDESTAL_METRICS_PUBLIC")]
+    metrics_public: bool,
     #[command(flatten)]
     fleet: pedestal_fleet::agent::JoinArgs,
 }
@@ -213,12 +222,25 @@ impl From<ServeArgs> for Config {
             connection_drain_timeout: Duration::from_millis(args.connection_drain_timeout_ms),
             allow_path_install: args.allow_path_install,
             trusted_keys: args.trusted_keys,
+            metrics_public: args.metrics_public,
             ..Config::default()
         }
     }
 }
 
-fn main() -> anyhow::Result<ExitCode> {
+/// Errors are printed whole (`error: CODE: context: cause`), never with a backtrace: a
+/// configuration mistake is the operator's to fix, not a crash to debug.
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
     let args = match Cli::parse().command {
         Command::Serve(args) => *args,
         Command::Keygen(args) => return cli::keys::keygen(args),
@@ -228,12 +250,21 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Fleet(args) => return pedestal_fleet::cli::run(*args),
     };
     let filter = EnvFilter::try_from_env("PEDESTAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let output = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: redirected logs stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let output =
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => output.init(),
         LogFormat::Json => output.json().init(),
     }
     let file = args.config.clone();
+    if !pedestal_base::limit_malloc_arenas(args.malloc_arenas) {
+        tracing::warn!(
+            arenas = args.malloc_arenas,
+            "glibc refused the malloc arena cap; running with its default"
+        );
+    }
     // Checked before anything starts: a fleet base without its token or id never serves.
     let join = match args.fleet.resolve() {
         Ok(join) => join,

@@ -64,6 +64,39 @@ pub enum Error {
         /// `name@version`.
         id: ModuleId,
     },
+    /// A rollback of a module with no earlier build on record.
+    #[error(
+        "{name} has no earlier build to roll back to (one is recorded when a switch, replace or \
+         uninstall moves the traffic)"
+    )]
+    NoPreviousVersion {
+        /// The module's name.
+        name: String,
+    },
+    /// An uninstall that names a module but not which of its versions.
+    #[error(
+        "say which version of {name} to uninstall: DELETE /api/v1/modules/{name}/VERSION (running: {})",
+        if running.is_empty() { "none".to_owned() } else { running.join(", ") }
+    )]
+    VersionRequired {
+        /// The module's name.
+        name: String,
+        /// Its live versions.
+        running: Vec<String>,
+        /// The one with the traffic.
+        active: Option<String>,
+    },
+    /// An uninstall with `keep_active=true` of the version with the traffic while others run.
+    #[error(
+        "{id} has the traffic and {others} other version(s) run: switch first, or uninstall \
+         without keep_active=true to hand the traffic over"
+    )]
+    VersionActive {
+        /// `name@version`.
+        id: String,
+        /// How many other versions run.
+        others: usize,
+    },
     /// Another operation on the same identity is running.
     #[error("an operation on {id} is already in progress")]
     OperationInProgress {
@@ -538,6 +571,9 @@ impl Error {
             Self::AbiMismatch { .. } => "ABI_MISMATCH",
             Self::LoadFailed { .. } => "LOAD_FAILED",
             Self::AlreadyInstalled { .. } => "ALREADY_INSTALLED",
+            Self::NoPreviousVersion { .. } => "NO_PREVIOUS_VERSION",
+            Self::VersionRequired { .. } => "VERSION_REQUIRED",
+            Self::VersionActive { .. } => "VERSION_ACTIVE",
             Self::OperationInProgress { .. } => "OPERATION_IN_PROGRESS",
             Self::FleetOwned { .. } => "FLEET_OWNED",
             Self::NotFound { .. } => "NOT_FOUND",
@@ -597,9 +633,12 @@ impl Error {
             | Self::AbiMismatch { .. }
             | Self::LoadFailed { .. }
             | Self::BadRequest { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::AlreadyInstalled { .. } | Self::OperationInProgress { .. } | Self::FleetOwned { .. } => {
-                StatusCode::CONFLICT
-            }
+            Self::AlreadyInstalled { .. }
+            | Self::OperationInProgress { .. }
+            | Self::FleetOwned { .. }
+            | Self::NoPreviousVersion { .. }
+            | Self::VersionActive { .. } => StatusCode::CONFLICT,
+            Self::VersionRequired { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } | Self::ModuleNotMounted { .. } => StatusCode::NOT_FOUND,
             Self::StartFailed { .. } | Self::StartTimeout { .. } | Self::SpiIncompatible { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -680,6 +719,11 @@ impl Error {
             | Self::TrustedKeysInvalid { path, .. } => json!({"path": path}),
             Self::Sha256Mismatch { expected, actual } => json!({"expected": expected, "actual": actual}),
             Self::FleetOwned { name, owner } => json!({"module": name, "owner": owner}),
+            Self::NoPreviousVersion { name } => json!({"module": name}),
+            Self::VersionActive { id, others } => json!({"module": id, "others": others}),
+            Self::VersionRequired { name, running, active } => {
+                json!({"module": name, "running": running, "active_version": active})
+            }
             Self::Sha256Invalid { value } => json!({"sha256": value}),
             Self::SignatureRequired { sha256, trusted, .. } => {
                 json!({"sha256": sha256, "trusted_keys": trusted})

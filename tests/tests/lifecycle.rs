@@ -170,6 +170,56 @@ fn no_request_fails_across_100_switches_and_20_replace_deploys_under_load() {
     assert!(served.iter().any(|v| v == "1.0.0") && served.iter().any(|v| v == "1.1.0"));
 }
 
+/// A rebuild of the running version (a developer's every edit) replaces it in its own seat:
+/// requests arriving between the old build's drain and the new one's routing wait for the seat
+/// instead of getting `503`.
+#[test]
+fn same_version_rebuilds_replace_under_load_without_a_failed_request() {
+    let base = TestBase::start();
+    base.install_ok(artifacts::VERSIONED_1_0_0);
+    let stop = AtomicBool::new(false);
+    let replies = thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut replies = Vec::new();
+                    while !stop.load(Ordering::Relaxed) && replies.len() < 20_000 {
+                        replies.push(base.get("/fx-versioned/build"));
+                    }
+                    replies
+                })
+            })
+            .collect();
+        for i in 0..20 {
+            let artifact = if i % 2 == 0 { artifacts::VERSIONED_1_0_0_B } else { artifacts::VERSIONED_1_0_0 };
+            let reply = base.install_query(artifact, "strategy=replace");
+            assert_eq!(reply.status, 201, "replace {i}: {reply:?}");
+            assert_eq!(
+                reply.json["replaced"],
+                json!({"version": "1.0.0", "state": "stopped"}),
+                "replace {i}"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        clients.into_iter().flat_map(|c| c.join().unwrap()).collect::<Vec<Reply>>()
+    });
+    let failed: Vec<&Reply> = replies.iter().filter(|r| r.status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, first: {:?}",
+        failed.len(),
+        replies.len(),
+        failed[0]
+    );
+    let builds: std::collections::BTreeSet<&str> = replies.iter().map(|r| r.body.as_str()).collect();
+    assert_eq!(
+        builds,
+        ["fx_versioned_1_0_0", "fx_versioned_1_0_0_b"].into_iter().collect(),
+        "both builds served {} requests",
+        replies.len()
+    );
+}
+
 #[test]
 fn requests_still_running_at_the_drain_timeout_get_a_clear_503() {
     let base = TestBase::start_with(&["--drain-timeout-ms", "200"]);

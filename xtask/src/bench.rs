@@ -1,4 +1,4 @@
-//! `cargo xtask bench [density|lifecycle|supervision|fleet] [--quick]`: builds the benchmark base, the benchmark module, the
+//! `cargo xtask bench [density|lifecycle|supervision|fleet|devloop] [--quick]`: builds the benchmark base, the benchmark module, the
 //! stand-alone native service and the driver in release, then runs the driver (see
 //! `bench/driver`). Results go to stdout and to `target/release/bench-*results.md`;
 //! BENCHMARKS.md records them with the machine.
@@ -12,6 +12,9 @@ use crate::{cargo, exec, project_root};
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     if args.iter().any(|a| a == "fleet") {
         return crate::bench_fleet::run(args);
+    }
+    if args.iter().any(|a| a == "devloop") {
+        return crate::bench_devloop::run(args);
     }
     exec(cargo().args(["build", "--release", "-p", "pedestal-bench"]))?;
     // Separately: built together, cargo would unify the base's tokio features (`signal`) into

@@ -1,16 +1,19 @@
-//! `cargo xtask demo`: the main job. Builds the base and the example modules, starts the base on
-//! 127.0.0.1:7070 (traffic) and 127.0.0.1:7071 (operations), deploys the examples and prints
-//! what to try. Runs until Ctrl-C. `cargo xtask demo --fleet` runs a fleet instead (see
+//! `cargo xtask demo [--listen ADDR] [--admin-listen ADDR] [--data-dir DIR] [--fresh]`: the main
+//! job. Builds the base and the example modules, starts the base on 127.0.0.1:7070 (traffic) and
+//! 127.0.0.1:7071 (operations) unless told otherwise, deploys the examples (unchanged ones stay
+//! as they are) and prints what to try. State in `target/demo-data` is kept across runs unless
+//! `--fresh`. Runs until Ctrl-C. `cargo xtask demo --fleet` runs a fleet instead (see
 //! `demo_fleet.rs`).
 
 use std::{
     io::{BufRead, BufReader},
+    path::PathBuf,
     process::{Command, Stdio},
 };
 
 use anyhow::{Context, bail};
 
-use crate::{cargo, deploy, exec, project_root};
+use crate::{cargo, deploy, exec, flag, project_root};
 
 /// The demo base's config file.
 const DEMO_CONFIG: &str = "\
@@ -26,19 +29,35 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if args.iter().any(|a| a == "--fleet" || a == "fleet") {
         return crate::demo_fleet::run();
     }
-    exec(cargo().args(["build", "--release", "-p", "pedestal"]))?;
-    let libraries = EXAMPLES.iter().map(|e| deploy::build(e)).collect::<anyhow::Result<Vec<_>>>()?;
-
     let root = project_root();
-    let data_dir = root.join("target").join("demo-data");
-    let _ = std::fs::remove_dir_all(&data_dir);
+    if !root.join("target/release/pedestal").exists() {
+        eprintln!(
+            "first run: building the base and the example modules in release (about 7–8 minutes on \
+             two cores; later runs take seconds)"
+        );
+    }
+    exec(cargo().args(["build", "--release", "-p", "pedestal"]))?;
+    let builds = EXAMPLES
+        .iter()
+        .map(|e| deploy::build(&deploy::Target::Dir(root.join(e))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let listen = flag(args, "--listen").unwrap_or_else(|| "127.0.0.1:7070".into());
+    let admin_listen = flag(args, "--admin-listen").unwrap_or_else(|| "127.0.0.1:7071".into());
+    let data_dir = flag(args, "--data-dir").map_or_else(|| root.join("target/demo-data"), PathBuf::from);
+    // State (notes, installed modules) is kept across demo runs unless asked to start over.
+    if args.iter().any(|a| a == "--fresh") {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
     std::fs::create_dir_all(&data_dir)?;
     // The modules' configuration; edit it while the demo runs: the base hands the new values
-    // to the modules without a restart.
+    // to the modules without a restart. Kept when it exists (it may have been edited).
     let config = data_dir.join("pedestal.toml");
-    std::fs::write(&config, DEMO_CONFIG)?;
+    if !config.exists() {
+        std::fs::write(&config, DEMO_CONFIG)?;
+    }
     let mut base = Command::new(root.join("target/release/pedestal"))
-        .args(["serve", "--data-dir"])
+        .args(["serve", "--listen", &listen, "--admin-listen", &admin_listen, "--data-dir"])
         .arg(&data_dir)
         .arg("--config")
         .arg(&config)
@@ -49,48 +68,50 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     BufReader::new(base.stdout.take().unwrap()).read_line(&mut ready)?;
     if !ready.starts_with("pedestal ready") {
         let _ = base.kill();
-        bail!("the base did not start (is something else listening on 127.0.0.1:7070/7071?)");
+        bail!(
+            "the base did not start (is something else listening on {listen} or {admin_listen}? \
+             --listen and --admin-listen choose other addresses)"
+        );
     }
     // The worker wrote it before it reported ready.
     let token_file = data_dir.join("admin-token");
     let token = deploy::read_token(&token_file)?;
-    for library in &libraries {
-        let reply = deploy::install("http://127.0.0.1:7071", Some(&token), library, "")?;
-        println!(
-            "deployed {}@{} in {:.2} ms",
-            reply["name"].as_str().unwrap_or("?"),
-            reply["version"].as_str().unwrap_or("?"),
-            reply["install_ms"].as_f64().unwrap_or(f64::NAN)
-        );
+    let upload = deploy::Upload::new(&format!("http://{admin_listen}"), Some(token));
+    for build in &builds {
+        println!("{}", deploy::deploy_build(build, &upload)?);
     }
+    let (t, a) = (listen.as_str(), admin_listen.as_str());
     println!(
         "\n{}\nThe operations API takes the token the base generated into {token}:\n  \
          T=\"Authorization: Bearer $(cat {token})\"; J='content-type: application/json'\n\
          Try:\n  \
-         curl '127.0.0.1:7070/greeter/hello?name=Ada'\n  \
-         curl '127.0.0.1:7070/greeter/slow?ms=200'\n  \
-         curl -XPOST 127.0.0.1:7070/notes/notes -d 'buy milk'\n  \
-         curl 127.0.0.1:7070/notes/notes\n  \
-         curl 127.0.0.1:7070/notes/title   (then edit {config} and ask again)\n  \
-         curl -H \"$T\" 127.0.0.1:7071/api/v1/modules/notes/kv\n  \
-         curl -H \"$T\" -H \"$J\" -XPOST 127.0.0.1:7071/api/v1/events/notes.added -d '{{\"from\": \"curl\"}}'\n  \
-         curl -s -H \"$T\" 127.0.0.1:7071/metrics | grep notes_added_total\n  \
-         curl -H \"$T\" 127.0.0.1:7071/api/v1/modules\n  \
-         curl -H \"$T\" 127.0.0.1:7071/api/v1/modules/greeter\n  \
-         curl -H \"$T\" -XDELETE 127.0.0.1:7071/api/v1/modules/notes/0.1.0\n  \
-         curl -H \"$T\" 127.0.0.1:7071/api/v1/health\n  \
-         curl -H \"$T\" 127.0.0.1:7071/api/v1/base   (the worker process; a module crash restarts it)\n  \
-         curl -H \"$T\" 127.0.0.1:7071/api/v1/modules/notes/limits\n  \
-         curl -H \"$T\" -H \"$J\" -XPUT 127.0.0.1:7071/api/v1/modules/greeter/limits -d '{{\"max_concurrent_requests\": 1}}'\n  \
+         curl '{t}/greeter/hello?name=Ada'\n  \
+         curl '{t}/greeter/slow?ms=200'\n  \
+         curl -XPOST {t}/notes/notes -d 'buy milk'\n  \
+         curl {t}/notes/notes   (kept across demo runs; --fresh starts over)\n  \
+         curl {t}/notes/title   (then edit {config} and ask again)\n  \
+         curl {t}/.well-known/pedestal/ready   (for load balancers; no token)\n  \
+         curl -H \"$T\" {a}/api/v1/modules/notes/kv\n  \
+         curl -H \"$T\" -H \"$J\" -XPOST {a}/api/v1/events/notes.added -d '{{\"from\": \"curl\"}}'\n  \
+         curl -s -H \"$T\" {a}/metrics | grep notes_added_total\n  \
+         curl -H \"$T\" {a}/api/v1/modules\n  \
+         curl -H \"$T\" {a}/api/v1/modules/greeter\n  \
+         curl -H \"$T\" {a}/api/v1/health\n  \
+         curl -H \"$T\" {a}/api/v1/base   (the worker process; a module crash restarts it)\n  \
+         curl -H \"$T\" {a}/api/v1/modules/notes/limits\n  \
+         curl -H \"$T\" -H \"$J\" -XPUT {a}/api/v1/modules/greeter/limits -d '{{\"max_concurrent_requests\": 1}}'\n  \
+         curl -H \"$T\" -XDELETE {a}/api/v1/modules/notes/0.1.0   (then {t}/notes/notes answers 404)\n  \
          tail -f {audit}   (every operation, and every refused request)\n\
-         New module: cargo generate --path module-template --name hello --destination modules --vcs none\n             \
-         cargo xtask deploy modules/hello --data-dir {data} && curl 127.0.0.1:7070/hello/hello\n\
+         New module, a project of its own anywhere (here in ~/pedestal-modules):\n  \
+         cargo generate --path {root}/module-template --name hello --destination ~/pedestal-modules --vcs none --define sdk_path={root}/module-api\n  \
+         cargo xtask deploy ~/pedestal-modules/hello --admin http://{a} --data-dir {data} && curl {t}/hello/hello\n\
          Module logs appear below, tagged module=... version=...; Ctrl-C stops the base.\n",
         ready.trim(),
         token = token_file.display(),
         config = config.display(),
         audit = data_dir.join("audit.log").display(),
         data = data_dir.display(),
+        root = root.display(),
     );
     let status = base.wait()?;
     if !status.success() {

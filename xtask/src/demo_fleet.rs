@@ -27,8 +27,8 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 
 pub fn run() -> anyhow::Result<()> {
     exec(cargo().args(["build", "--release", "-p", "pedestal"]))?;
-    let greeter = deploy::build("examples/greeter")?;
-    let notes = deploy::build("examples/notes")?;
+    let greeter = deploy::build(&deploy::Target::Dir(project_root().join("examples/greeter")))?.library;
+    let notes = deploy::build(&deploy::Target::Dir(project_root().join("examples/notes")))?.library;
 
     let root = project_root();
     let pedestal = root.join("target/release/pedestal");

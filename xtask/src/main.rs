@@ -7,6 +7,7 @@
 //! - `bench`  — run the benchmarks and print their tables (see BENCHMARKS.md).
 
 mod bench;
+mod bench_devloop;
 mod bench_fleet;
 mod demo;
 mod demo_fleet;
@@ -34,6 +35,7 @@ fn dispatch() -> anyhow::Result<()> {
     match command.as_str() {
         "demo" => demo::run(&rest),
         "deploy" => deploy::run(&rest),
+        "rollback" => deploy::rollback(&rest),
         "test" => test::run(&rest),
         "bench" => bench::run(&rest),
         _ => {
@@ -41,8 +43,10 @@ fn dispatch() -> anyhow::Result<()> {
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  demo [--fleet]               start a base (or a local fleet) with the example modules deployed\n  \
-                 deploy <dir|package> [--admin URL] [--token T] [--sign KEY] [--watch]\n                               \
-                 build a module (release) and install it into a running base\n  \
+                 deploy <dir|package> [--admin URL] [--token T] [--sign KEY] [--inactive] [--allow-downgrade] [--watch]\n                               \
+                 build a module (release) and deploy it into a running base (see deploy.rs)\n  \
+                 deploy --sha256 HEX [--name N]  install an artifact still in the base's store again\n  \
+                 rollback NAME                return a module to the build it ran before the last switch or replace\n  \
                  test                         install pinned tools, run fmt, clippy and all tests (CI)\n  \
                  bench                        run the benchmarks"
             );

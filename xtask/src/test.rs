@@ -137,7 +137,7 @@ fn sudo_apt() -> Command {
     command
 }
 
-fn ensure_cargo_generate() -> anyhow::Result<()> {
+pub fn ensure_cargo_generate() -> anyhow::Result<()> {
     let installed = Command::new("cargo")
         .args(["generate", "--version"])
         .output()

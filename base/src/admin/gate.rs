@@ -56,6 +56,8 @@ pub(crate) struct Gate {
     pub(crate) token: AdminToken,
     pub(crate) hosts: AllowedHosts,
     pub(crate) throttle: Arc<Throttle>,
+    /// `GET /metrics` answers without the token (`--metrics-public`).
+    pub(crate) metrics_public: bool,
 }
 
 /// The middleware: refuses what must not reach a handler, and tags the answer with who asked.
@@ -92,7 +94,7 @@ impl Gate {
         if let Err(refusal) = self.check_origin(request) {
             return (Identity::Anonymous, Err(refusal));
         }
-        let identity = if is_open(request) {
+        let identity = if is_open(request, self.metrics_public) {
             Identity::Anonymous
         } else {
             match self.authenticate(request.headers(), client) {
@@ -161,9 +163,11 @@ impl Gate {
 }
 
 /// `GET /api/v1/ready` answers without a token: probes (a kubelet's, a load balancer's) cannot
-/// read the token file, and it tells no more than whether the base is ready.
-fn is_open(request: &Request) -> bool {
-    *request.method() == Method::GET && request.uri().path() == "/api/v1/ready"
+/// read the token file, and it tells no more than whether the base is ready. So does
+/// `GET /metrics` when the operator chose so (`--metrics-public`).
+fn is_open(request: &Request, metrics_public: bool) -> bool {
+    let path = request.uri().path();
+    *request.method() == Method::GET && (path == "/api/v1/ready" || metrics_public && path == "/metrics")
 }
 
 /// The credentials of an `Authorization: Bearer <token>` header (the scheme in any case).
@@ -554,6 +558,7 @@ mod tests {
             token: AdminToken::resolve(&config).unwrap(),
             hosts: AllowedHosts::new("127.0.0.1:7071".parse().unwrap(), &[]),
             throttle: Arc::default(),
+            metrics_public: false,
         }
     }
 

@@ -38,8 +38,9 @@ use crate::{
 pub(super) fn routes() -> Routes {
     Routes::new()
         .route("/api/v1/modules", get(list).post(install))
-        .route("/api/v1/modules/{name}", get(describe))
+        .route("/api/v1/modules/{name}", get(describe).delete(uninstall_which))
         .route("/api/v1/modules/{name}/{version}", delete(uninstall))
+        .route("/api/v1/modules/{name}/rollback", axum::routing::post(rollback))
 }
 
 /// One instance as the API shows it.
@@ -199,6 +200,66 @@ struct UninstallOptions {
     /// Unload even the last implementation of an SPI running modules require.
     #[serde(default)]
     force: bool,
+    /// Refuse (`VERSION_ACTIVE`) to uninstall the version with the traffic while other
+    /// versions run, instead of handing the traffic to one of them.
+    #[serde(default)]
+    keep_active: bool,
+}
+
+/// `DELETE /api/v1/modules/{name}`: which version? `400 VERSION_REQUIRED` with the running
+/// versions to choose from.
+async fn uninstall_which(
+    State(registry): State<Arc<Registry>>,
+    Path(name): Path<String>,
+    _: Params<NoParams>,
+) -> Answer<Response> {
+    let (instances, active) = registry.module(&name)?;
+    let running =
+        instances.iter().filter(|i| i.state().is_live()).map(|i| i.id.version.to_string()).collect();
+    Err(Error::VersionRequired { name, running, active: active.map(|v| v.to_string()) }.into())
+}
+
+/// What a rollback answers.
+#[derive(Serialize)]
+struct RolledBackView {
+    name: String,
+    /// The version that now takes the traffic, and its artifact.
+    active_version: String,
+    sha256: String,
+    /// The one that had it.
+    previous_version: Option<String>,
+    /// What became of it: `inactive` (a switch) or `stopped` (a reinstall replaced it).
+    previous_state: Option<InstanceState>,
+    /// `switched` (the build was still loaded) or `reinstalled` (from the artifact store).
+    how: &'static str,
+    rollback_ms: f64,
+}
+
+/// `POST /api/v1/modules/{name}/rollback[?force=true][&async=true]`: returns the module to the
+/// build that had its traffic before the last switch, replace or hand-over, reinstalling it
+/// from the artifact store when it was unloaded.
+async fn rollback(
+    State(registry): State<Arc<Registry>>,
+    Path(name): Path<String>,
+    Params(options): Params<UninstallOptions>,
+) -> Answer<Response> {
+    registry.check_owner(&name, options.force)?;
+    let target = name.clone();
+    let started = Instant::now();
+    run_operation(&registry, "rollback", &target, options.run_async, StatusCode::OK, move |registry| {
+        let done = registry.rollback(&name)?;
+        tracing::info!(module = %done.instance.id, how = done.how, "rolled back");
+        Ok(to_json(&RolledBackView {
+            name,
+            active_version: done.instance.id.version.to_string(),
+            sha256: done.instance.artifact.sha256.clone(),
+            previous_version: done.from.as_ref().map(|f| f.id.version.to_string()),
+            previous_state: done.from.as_ref().map(|f| f.state()),
+            how: done.how,
+            rollback_ms: started.elapsed().as_secs_f64() * 1e3,
+        }))
+    })
+    .await
 }
 
 /// `DELETE /api/v1/modules/{name}/{version}[?force=true][&async=true]`: drains and unloads one
@@ -212,16 +273,51 @@ async fn uninstall(
     let target = format!("{name}@{version}");
     registry.check_owner(&name, options.force)?;
     let dependents = if options.force { Dependents::Abandon } else { Dependents::Protect };
+    if options.keep_active {
+        let (instances, active) = registry.module(&name)?;
+        let others = instances.iter().filter(|i| i.state().is_live() && i.id.version != version).count();
+        if active.as_ref() == Some(&version) && others > 0 {
+            return Err(Error::VersionActive { id: format!("{name}@{version}"), others }.into());
+        }
+    }
     run_operation(&registry, "uninstall", &target, options.run_async, StatusCode::OK, move |registry| {
         let instance = registry.uninstall_checked(&name, &version, dependents)?;
-        Ok(to_json(&view(&instance, false, History::Included, &HashMap::new())))
+        let mut answer = to_json(&view(&instance, false, History::Included, &HashMap::new()));
+        // Who has the traffic now (another version took it over, or none).
+        let now_active = registry.module(&name).ok().and_then(|(_, active)| active).map(|v| v.to_string());
+        if let Some(object) = answer.as_object_mut() {
+            object.insert("active_version".into(), now_active.into());
+        }
+        Ok(answer)
     })
     .await
 }
 
+/// A JSON install body: a file on the base's disk, or an artifact already in its store.
 #[derive(Deserialize)]
-struct InstallFromPath {
-    path: PathBuf,
+#[serde(deny_unknown_fields)]
+struct InstallFromJson {
+    path: Option<PathBuf>,
+    sha256: Option<String>,
+}
+
+/// Where a JSON install takes its bytes from.
+enum JsonSource {
+    Path(PathBuf),
+    Stored(String),
+}
+
+impl InstallFromJson {
+    fn parse(body: &[u8]) -> Result<JsonSource, Error> {
+        let expected = "expected {\"path\": \"...\"} or {\"sha256\": \"...\"} (an artifact in the store)";
+        let parsed: Self = serde_json::from_slice(body)
+            .map_err(|e| Error::BadRequest { message: format!("{expected}: {e}") })?;
+        match (parsed.path, parsed.sha256) {
+            (Some(path), None) => Ok(JsonSource::Path(path)),
+            (None, Some(sha256)) => Ok(JsonSource::Stored(sha256)),
+            _ => Err(Error::BadRequest { message: format!("{expected}: exactly one of the two") }),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -317,37 +413,90 @@ async fn install(
     let body =
         read_body_at_min_rate(request.into_body(), if is_json { 64 * 1024 } else { limit }, UPLOAD_RATE)
             .await?;
-    let bytes = if is_json {
-        let InstallFromPath { path } = serde_json::from_slice(&body)
-            .map_err(|e| Error::BadRequest { message: format!("expected {{\"path\": \"...\"}}: {e}") })?;
-        // Confined, bounded and blocking (a slow disk, a network file system, a FIFO): off the
-        // runtime, and so is the signature beside it, under the same rules.
-        let allowed = registry.path_install_dirs();
-        let wants_signature = signature.is_none() && registry.requires_signatures();
-        let (bytes, beside) = tokio::task::spawn_blocking(move || {
-            let bytes = crate::path_install::read_confined(&path, &allowed, limit)?;
-            let beside = if wants_signature {
-                let sig = crate::signing::signature_path(&path);
-                match crate::path_install::read_confined(&sig, &allowed, SIGNATURE_FILE_LIMIT) {
-                    Ok(text) => Some(String::from_utf8_lossy(&text).into_owned()),
-                    Err(Error::NotFound { .. }) => None,
-                    Err(e) => return Err(e),
-                }
-            } else {
-                None
-            };
-            Ok::<_, Error>((bytes, beside))
-        })
-        .await
-        .map_err(|e| Error::Io { context: "path install".into(), source: std::io::Error::other(e) })??;
-        if beside.is_some() {
-            signature = beside;
-        }
-        bytes.into()
-    } else {
-        body
-    };
     let received = Instant::now();
+    let stored = match is_json.then(|| InstallFromJson::parse(&body)).transpose()? {
+        Some(JsonSource::Stored(sha256)) => Some(sha256),
+        Some(JsonSource::Path(path)) => {
+            let bytes = read_path_install(&registry, path, &mut signature, limit).await?;
+            return install_bytes(registry, bytes, options, pin, signature, received, client).await;
+        }
+        None => None,
+    };
+    if let Some(sha256) = stored {
+        let options = Options {
+            name: options.name,
+            activate: options.activate,
+            strategy: options.strategy,
+            force: options.force,
+            retry_quarantined: options.retry,
+            sha256: None,
+            signature: None,
+            refuse_owned: !options.force,
+        };
+        let target = format!("reinstall of {sha256}");
+        return run_operation(
+            &registry,
+            "install",
+            &target,
+            query_async,
+            StatusCode::CREATED,
+            move |registry| {
+                let done = registry.install_stored(&sha256, &options).inspect_err(
+                    |e| tracing::warn!(code = e.code(), %client, sha256, "reinstall refused: {e}"),
+                )?;
+                Ok(to_json(&installed_view(&done, received, &client)))
+            },
+        )
+        .await;
+    }
+    install_bytes(registry, body, options, pin, signature, received, client).await
+}
+
+/// Reads a path install's file (and the signature beside it, when one is needed), confined to
+/// the allowed directories, off the runtime.
+async fn read_path_install(
+    registry: &Arc<Registry>,
+    path: PathBuf,
+    signature: &mut Option<String>,
+    limit: u64,
+) -> Result<axum::body::Bytes, Error> {
+    // Confined, bounded and blocking (a slow disk, a network file system, a FIFO): off the
+    // runtime, and so is the signature beside it, under the same rules.
+    let allowed = registry.path_install_dirs();
+    let wants_signature = signature.is_none() && registry.requires_signatures();
+    let (bytes, beside) = tokio::task::spawn_blocking(move || {
+        let bytes = crate::path_install::read_confined(&path, &allowed, limit)?;
+        let beside = if wants_signature {
+            let sig = crate::signing::signature_path(&path);
+            match crate::path_install::read_confined(&sig, &allowed, SIGNATURE_FILE_LIMIT) {
+                Ok(text) => Some(String::from_utf8_lossy(&text).into_owned()),
+                Err(Error::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        Ok::<_, Error>((bytes, beside))
+    })
+    .await
+    .map_err(|e| Error::Io { context: "path install".into(), source: std::io::Error::other(e) })??;
+    if beside.is_some() {
+        *signature = beside;
+    }
+    Ok(bytes.into())
+}
+
+/// Installs uploaded (or path-read) bytes.
+async fn install_bytes(
+    registry: Arc<Registry>,
+    bytes: axum::body::Bytes,
+    options: InstallOptions,
+    pin: Option<crate::signing::Digest>,
+    signature: Option<String>,
+    received: Instant,
+    client: String,
+) -> Answer<Response> {
+    let run_async = options.run_async;
     let options = Options {
         name: options.name,
         activate: options.activate,
@@ -358,27 +507,35 @@ async fn install(
         signature,
         refuse_owned: !options.force,
     };
-    let run_async = query_async;
     let target = format!("upload of {} bytes", bytes.len());
     run_operation(&registry, "install", &target, run_async, StatusCode::CREATED, move |registry| {
-        let done = registry.install_with(&bytes, &options)?;
-        let instance = &done.instance;
-        let install_ms = received.elapsed().as_secs_f64() * 1000.0;
-        let signed_by = instance.artifact.signed_by.clone();
-        tracing::info!(module = %instance.id.name, version = %instance.id.version, sha256 = %instance.artifact.sha256, signed_by, install_ms, %client, "installed");
-        let installed = Installed {
-            name: instance.id.name.clone(),
-            package: instance.package.clone(),
-            version: instance.id.version.to_string(),
-            interface_version: instance.interface.to_string(),
-            sha256: instance.artifact.sha256.clone(),
-            size: instance.artifact.size,
-            signed_by,
-            state: instance.state(),
-            install_ms,
-            replaced: done.replaced.map(|r| Replaced { version: r.id.version.to_string(), state: r.state() }),
-        };
-        Ok(to_json(&installed))
+        let done = registry.install_with(&bytes, &options).inspect_err(
+            |e| tracing::warn!(code = e.code(), %client, size = bytes.len(), "install refused: {e}"),
+        )?;
+        Ok(to_json(&installed_view(&done, received, &client)))
     })
     .await
+}
+
+/// What an install answers, logged as it is answered.
+fn installed_view(done: &crate::registry::Installed, received: Instant, client: &str) -> Installed {
+    let instance = &done.instance;
+    let install_ms = received.elapsed().as_secs_f64() * 1000.0;
+    let signed_by = instance.artifact.signed_by.clone();
+    tracing::info!(module = %instance.id.name, version = %instance.id.version, sha256 = %instance.artifact.sha256, signed_by, install_ms, %client, "installed");
+    Installed {
+        name: instance.id.name.clone(),
+        package: instance.package.clone(),
+        version: instance.id.version.to_string(),
+        interface_version: instance.interface.to_string(),
+        sha256: instance.artifact.sha256.clone(),
+        size: instance.artifact.size,
+        signed_by,
+        state: instance.state(),
+        install_ms,
+        replaced: done
+            .replaced
+            .as_ref()
+            .map(|r| Replaced { version: r.id.version.to_string(), state: r.state() }),
+    }
 }

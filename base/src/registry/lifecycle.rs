@@ -19,7 +19,7 @@ use std::{
 use semver::Version;
 
 use super::{
-    InstallOptions, Installed, Registry, Strategy,
+    InstallOptions, Installed, Previous, Registry, Strategy,
     durable::Load,
     policy::{self, Activation, HandOver},
 };
@@ -184,6 +184,9 @@ impl Registry {
         let mut loading = self.loading(&artifact.sha256, name, load);
         // A replace of the same version unloads the running one before the new one starts.
         let mut replaced_same = None;
+        // Held from the old build's drain until the new one is routed (or put back): requests
+        // wait for the seat meanwhile.
+        let mut seat = None;
         // Load (nothing of the module starts), reserve the identity it turned out to have, then
         // start it, or abandon it when the identity is refused.
         let launched =
@@ -199,7 +202,11 @@ impl Registry {
                     }
                     let log = self.log(&instance.id.name);
                     match self.reserve(instance, same_identity, requires) {
-                        Ok(replaced) => replaced_same = replaced,
+                        Ok(Some((replaced, hold))) => {
+                            replaced_same = Some(replaced);
+                            seat = Some(hold);
+                        }
+                        Ok(None) => {}
                         Err(e) => {
                             loaded.abandon();
                             return Err(e);
@@ -248,6 +255,7 @@ impl Registry {
                 Activation::Take { from } => {
                     let current = from.and_then(|v| versions.instances.get(&v)).cloned();
                     if let Some(current) = &current {
+                        versions.previous = Some(Previous::of(current));
                         current.transition(
                             State::Inactive,
                             "switch",
@@ -265,6 +273,7 @@ impl Registry {
             self.publish(&modules);
             previous
         };
+        drop(seat);
         // The new build is routed: from now on `state.json` records it instead of the one it
         // replaced (the next write below).
         if replaced_same.is_some() {
@@ -344,6 +353,7 @@ impl Registry {
             let previous = from.and_then(|v| versions.instances.get(&v)).cloned();
             if let Some(previous) = &previous {
                 previous.transition(State::Inactive, "switch", &format!("switched to {}", target.id));
+                versions.previous = Some(Previous::of(previous));
             }
             target.set_deactivated(false);
             versions.active = Some(version.clone());
@@ -452,6 +462,9 @@ impl Registry {
                 && versions.active.as_ref() == Some(version)
             {
                 versions.active = successor.as_ref().map(|(v, _)| v.clone());
+                if successor.is_some() {
+                    versions.previous = Some(Previous::of(&instance));
+                }
                 if let Some((_, next)) = successor {
                     next.transition(State::Active, "uninstall", &format!("took over from {}", instance.id));
                 }
@@ -511,7 +524,7 @@ impl Registry {
         instance: &Arc<Instance>,
         same_identity: SameIdentity,
         requires: Requires,
-    ) -> Result<Option<Arc<Instance>>> {
+    ) -> Result<Option<(Arc<Instance>, super::seats::SeatHold<'_>)>> {
         self.check_spis(instance)?;
         if requires == Requires::Check {
             self.check_requires(instance)?;
@@ -522,12 +535,18 @@ impl Registry {
                 self.find(&instance.id.name, &instance.id.version).ok().filter(|i| i.state().is_live());
             if let Some(same) = same {
                 // The new instance takes this version's seat: no other version takes the traffic
-                // in between (requests meanwhile get 503 MODULE_UNAVAILABLE). `state.json` keeps
-                // the old build until the new one is routed (or failed).
+                // in between (requests meanwhile wait for the seat). `state.json` keeps the old
+                // build until the new one is routed (or failed).
                 self.hold_record(&same);
+                let seat = self.hold_seat(&same.id.name);
+                if let Some(versions) = lock(&self.modules).get_mut(&same.id.name)
+                    && versions.active.as_ref() == Some(&same.id.version)
+                {
+                    versions.previous = Some(Previous::of(&same));
+                }
                 match self.take_down(&same.id.name, &same.id.version, HandOver::KeepSeat, Dependents::Abandon)
                 {
-                    Ok(same) => replaced = Some(same),
+                    Ok(same) => replaced = Some((same, seat)),
                     Err(e) => {
                         self.release_record(&same.id);
                         return Err(e);
