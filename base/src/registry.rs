@@ -131,7 +131,7 @@ pub struct Registry {
     restarting: Mutex<HashMap<String, String>>,
     /// Modules whose build a same-version replace is swapping (`registry/seats.rs`): their
     /// requests wait for the new build.
-    seats: Mutex<HashMap<String, Arc<tokio::sync::watch::Sender<bool>>>>,
+    seats: Mutex<seats::Seats>,
     /// Actions the unhealthy policy took, per module name and action, for `/metrics`.
     unhealthy_actions: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Operations run in the background for the API.

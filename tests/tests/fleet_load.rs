@@ -340,7 +340,8 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 /// - 100 warm-up cycles, then 200, glibc's default arenas: +1.8% and +12%, all of b1's growth one
 ///   1.7 MiB step (glibc adding a malloc arena for a thread, kept for good);
 /// - the same with `MALLOC_ARENA_MAX=2`: +4.0% and +3.4%, 0 failed of 347k requests. The base
-///   now caps its arenas at 2 itself (`--malloc-arenas`), so the test runs by default.
+///   now caps its arenas at 2 itself (`--malloc-arenas`), so the test runs by default: +3.1% and
+///   +3.5% (20144 → 20768 KiB, 20200 → 20904 KiB), 300 cycles in 131 s.
 #[test]
 fn two_hundred_upgrade_cycles_keep_each_bases_memory() {
     if !slow_tests() {

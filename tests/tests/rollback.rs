@@ -110,6 +110,11 @@ fn an_artifact_in_the_store_installs_again_by_its_sha256() {
     );
     assert_eq!(served(&base, "/fx-versioned/version"), "1.0.0");
 
+    // The name a reinstall asks for is checked like an upload's: it names files and a mount point.
+    let escape = json_post("?name=../../escape", &json!({"sha256": sha256}));
+    assert_eq!((escape.status, escape.code()), (422, "BAD_REQUEST"), "{escape:?}");
+    let pinned_twice = json_post(&format!("?sha256={sha256}"), &json!({"sha256": sha256}));
+    assert_eq!((pinned_twice.status, pinned_twice.code()), (422, "BAD_REQUEST"), "{pinned_twice:?}");
     let unknown = json_post("", &json!({"sha256": "ab".repeat(32)}));
     assert_eq!((unknown.status, unknown.code()), (404, "NOT_FOUND"), "{unknown:?}");
     let malformed = json_post("", &json!({"sha256": "not-a-hash"}));

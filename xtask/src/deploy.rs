@@ -273,14 +273,42 @@ fn deploy(build: &Build, upload: &Upload, intent: Intent) -> anyhow::Result<Outc
     let active = running.iter().find(|r| r.active);
     let same = running.iter().find(|r| r.version == build.version);
     let id = format!("{}@{}", build.name, build.version);
-    let query = match (same, active) {
-        (Some(same), _) if same.sha256 == sha256 && same.active => {
+    // cargo names a cdylib without a hash: going back to a version whose sources did not change
+    // can leave the later build in the file. Those bytes run under their own version.
+    if let Some(other) = running.iter().find(|r| r.sha256 == sha256 && r.version != build.version) {
+        bail!(
+            "{} holds the build of {}@{}, not {id}: a stale file (cargo reused it); `cargo clean -p {}` \
+             and deploy again",
+            build.library.display(),
+            build.name,
+            other.version,
+            build.name
+        );
+    }
+    // Whatever would move the traffic to an older version than the one that has it is refused
+    // unless asked for.
+    let older = active.filter(|a| build.version < a.version);
+    let refuse_older = |active: &Running| {
+        anyhow::anyhow!(
+            "refused: {id} is older than {}@{}, which takes the traffic; pass --allow-downgrade to deploy \
+             it anyway (or --inactive to install it beside)",
+            build.name,
+            active.version
+        )
+    };
+    let takes_traffic = !intent.inactive;
+    if let Some(active) = older
+        && takes_traffic
+        && !intent.downgrade
+    {
+        return Err(refuse_older(active));
+    }
+    let other_active = active.filter(|a| a.version != build.version);
+    let query = match same {
+        Some(same) if same.sha256 == sha256 && (same.active || intent.inactive) => {
             return Ok(Outcome::Unchanged { id, since: same.installed_at.clone() });
         }
-        (Some(same), _) if same.sha256 == sha256 => {
-            if intent.inactive {
-                return Ok(Outcome::Unchanged { id, since: same.installed_at.clone() });
-            }
+        Some(same) if same.sha256 == sha256 => {
             let switched = upload.switch(&build.name, &build.version)?;
             let previous = switched["previous_version"].as_str().map(|v| format!("{}@{v}", build.name));
             return Ok(Outcome::Switched {
@@ -289,44 +317,51 @@ fn deploy(build: &Build, upload: &Upload, intent: Intent) -> anyhow::Result<Outc
                 switch_ms: switched["switch_ms"].as_f64().unwrap_or(f64::NAN),
             });
         }
-        (Some(same), _) if intent.inactive && !same.active => bail!(
+        Some(same) if intent.inactive && !same.active => bail!(
             "{id} is installed inactive with other bytes: uninstall it first, or deploy without --inactive"
         ),
-        // The same version rebuilt: it takes its own seat.
-        (Some(_), _) => "strategy=replace",
-        (None, Some(active)) if build.version < active.version && !intent.downgrade => bail!(
-            "refused: {id} is older than {}@{}, which takes the traffic; pass --allow-downgrade to deploy it anyway",
-            build.name,
-            active.version
-        ),
-        (None, Some(_)) if intent.inactive => "",
-        (None, Some(_)) => "strategy=replace",
-        (None, None) if intent.inactive => "",
-        (None, None) => "activate=true",
+        // The same version rebuilt: it takes its own seat (and the traffic).
+        Some(_) => "strategy=replace",
+        None if intent.inactive => "",
+        None if active.is_some() => "strategy=replace",
+        None => "activate=true",
     };
-    let reply = upload.send(&build.library, &bytes, query)?;
+    let reply = upload.send(&build.library, &bytes, &sha256, query)?;
     if reply["version"].as_str() != Some(build.version.to_string().as_str()) {
         bail!(
-            "{} holds {}@{}, not {id}: a stale build (cargo names a cdylib without a hash, so going \
-             back to a version with unchanged sources can keep the later build); `cargo clean -p {}` and deploy again",
+            "{} held {}@{}, not {id}, and the base now runs it ({}); `cargo xtask rollback {}` goes back",
             build.library.display(),
             reply["name"].as_str().unwrap_or("?"),
             reply["version"].as_str().unwrap_or("?"),
+            reply["state"].as_str().unwrap_or("?"),
             build.name
         );
     }
-    let previous = match (same, active) {
-        (Some(_), _) if query == "strategy=replace" => {
-            Some((format!("{id} (its previous build)"), "drained and unloaded"))
+    let unloaded = reply["replaced"]["state"].as_str().unwrap_or("still loaded");
+    let previous = match (same, other_active) {
+        // A rebuild of the active version: its earlier build made way.
+        (Some(same), _) if same.active => Some((format!("{id} (its previous build)"), unloaded_or(unloaded))),
+        // A rebuild of an inactive version took the traffic from another one, which stays.
+        (Some(_), Some(other)) => {
+            Some((format!("{}@{}", build.name, other.version), "still loaded, inactive"))
         }
-        (None, Some(active)) if query == "strategy=replace" => {
-            Some((format!("{}@{}", build.name, active.version), "drained and unloaded"))
+        (None, Some(other)) if query == "strategy=replace" => {
+            Some((format!("{}@{}", build.name, other.version), unloaded_or(unloaded)))
         }
-        (None, Some(active)) => Some((format!("{}@{}", build.name, active.version), "")),
+        (None, Some(other)) => Some((format!("{}@{}", build.name, other.version), "")),
         _ => None,
     };
     let active = reply["state"] == "active";
     Ok(Outcome::Deployed { reply, active, previous })
+}
+
+/// What became of a replaced build, as the base's answer says (`stopped`: drained and unloaded).
+fn unloaded_or(state: &str) -> &'static str {
+    match state {
+        "stopped" => "drained and unloaded",
+        "pinned" => "drained; pinned: its library stays in the process",
+        _ => "still loaded",
+    }
 }
 
 /// The operations token (see the module docs); `None` when none is found (the base then
@@ -361,7 +396,11 @@ fn token(args: &[String]) -> anyhow::Result<Option<String>> {
 /// Whether the operations URL names this machine (a loopback address or `localhost`).
 fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split('/').next().unwrap_or_default();
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // `http://127.0.0.1:7071@elsewhere/` names `elsewhere`: credentials in the URL never count.
+    if authority.contains('@') {
+        return false;
+    }
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
@@ -564,8 +603,8 @@ impl Upload {
         }
     }
 
-    /// Signs (with `--sign`) and uploads a built module's bytes.
-    fn send(&self, library: &Path, bytes: &[u8], query: &str) -> anyhow::Result<Value> {
+    /// Signs (with `--sign`) and uploads a built module's bytes (whose sha256 is `sha256`).
+    fn send(&self, library: &Path, bytes: &[u8], sha256: &str, query: &str) -> anyhow::Result<Value> {
         let signature = match &self.key {
             Some(key) => {
                 let signed = pedestal_signing::sign_file(key, library)?;
@@ -577,7 +616,7 @@ impl Upload {
         upload_bytes(
             &self.admin,
             self.token.as_deref(),
-            bytes,
+            (bytes, sha256),
             &library.display().to_string(),
             query,
             signature.as_deref(),
@@ -612,17 +651,17 @@ fn refusal(admin: &str, had_token: bool, status: u16, body: &Value, what: &str) 
     anyhow::anyhow!("the base refused {what} ({status} {code}): {message}")
 }
 
-/// Uploads `bytes` pinned to their sha256, with an optional signature line for the
-/// `X-Pedestal-Signature` header.
+/// Uploads `bytes` pinned to their sha256 (hashed once, by the caller), with an optional
+/// signature line for the `X-Pedestal-Signature` header.
 fn upload_bytes(
     admin: &str,
     token: Option<&str>,
-    bytes: &[u8],
+    (bytes, sha256): (&[u8], &str),
     what: &str,
     query: &str,
     signature: Option<&str>,
 ) -> anyhow::Result<Value> {
-    let pin = format!("sha256={}", hex(&pedestal_signing::sha256(bytes)));
+    let pin = format!("sha256={sha256}");
     let query = if query.is_empty() { pin } else { format!("{query}&{pin}") };
     let mut request = ureq::post(&format!("{admin}/api/v1/modules?{query}"))
         .set("content-type", "application/octet-stream");

@@ -219,6 +219,15 @@ async fn uninstall_which(
     Err(Error::VersionRequired { name, running, active: active.map(|v| v.to_string()) }.into())
 }
 
+#[derive(Deserialize)]
+struct AsyncForce {
+    #[serde(default, rename = "async")]
+    run_async: bool,
+    /// Roll back even a module a fleet owns (`FLEET_OWNED` otherwise).
+    #[serde(default)]
+    force: bool,
+}
+
 /// What a rollback answers.
 #[derive(Serialize)]
 struct RolledBackView {
@@ -241,7 +250,7 @@ struct RolledBackView {
 async fn rollback(
     State(registry): State<Arc<Registry>>,
     Path(name): Path<String>,
-    Params(options): Params<UninstallOptions>,
+    Params(options): Params<AsyncForce>,
 ) -> Answer<Response> {
     registry.check_owner(&name, options.force)?;
     let target = name.clone();
@@ -423,6 +432,12 @@ async fn install(
         None => None,
     };
     if let Some(sha256) = stored {
+        if pin.is_some() {
+            return Err(Error::BadRequest {
+                message: "a reinstall by {\"sha256\"} is already pinned: leave out ?sha256=".into(),
+            }
+            .into());
+        }
         let options = Options {
             name: options.name,
             activate: options.activate,

@@ -87,26 +87,10 @@ impl Registry {
     /// logged and accounted as `<name>`): the same artifact can serve many tenants, each its own
     /// instance.
     pub fn install_with(&self, bytes: &[u8], options: &InstallOptions) -> Result<Installed> {
-        let name = options.name.as_deref();
         if bytes.is_empty() {
             return Err(Error::EmptyUpload);
         }
-        if let Some(name) = name.filter(|n| !crate::ids::is_valid_name(n)) {
-            return Err(Error::BadRequest {
-                message: format!("{name:?} is not a module name (letters, digits, '-' and '_', at most 64)"),
-            });
-        }
-        if let Some(name) = name {
-            self.check_owner(name, !options.refuse_owned)?;
-        }
-        if let Some(wedged) = loader::wedged() {
-            return Err(Error::LoadFailed {
-                path: wedged,
-                message: "the initialisation of this library never returned and still holds the \
-                          dynamic loader's lock, so no module can be loaded; restart the base"
-                    .into(),
-            });
-        }
+        self.check_install(options)?;
         if bytes.len() as u64 > self.config.max_upload_bytes {
             return Err(Error::PayloadTooLarge {
                 size: bytes.len() as u64,
@@ -125,7 +109,7 @@ impl Registry {
         check_module(bytes)?;
         let sha256 = hex::encode(digest);
         if !options.retry_quarantined {
-            self.refuse_quarantined(&sha256, name)?;
+            self.refuse_quarantined(&sha256, options.name.as_deref())?;
         }
         let in_use = self.artifacts_in_use.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         *lock(&self.installing).entry(sha256.clone()).or_default() += 1;
@@ -154,6 +138,30 @@ impl Registry {
             self.remove_refused(&sha256);
         }
         launched
+    }
+
+    /// What every install from the API checks before it stores or loads anything: the name it
+    /// asks for (`?name=`: it names files and a mount point), its owner, and that the dynamic
+    /// loader is not wedged.
+    pub(super) fn check_install(&self, options: &InstallOptions) -> Result<()> {
+        let name = options.name.as_deref();
+        if let Some(name) = name.filter(|n| !crate::ids::is_valid_name(n)) {
+            return Err(Error::BadRequest {
+                message: format!("{name:?} is not a module name (letters, digits, '-' and '_', at most 64)"),
+            });
+        }
+        if let Some(name) = name {
+            self.check_owner(name, !options.refuse_owned)?;
+        }
+        if let Some(wedged) = loader::wedged() {
+            return Err(Error::LoadFailed {
+                path: wedged,
+                message: "the initialisation of this library never returned and still holds the \
+                          dynamic loader's lock, so no module can be loaded; restart the base"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// Loads, starts and routes a stored artifact, records it in `state.json` and lifts a
@@ -253,6 +261,11 @@ impl Registry {
                     None
                 }
                 Activation::Take { from } => {
+                    // A same-version replace routed its new build: the one it replaced is what a
+                    // rollback returns to (recorded only now, once the replace succeeded).
+                    if let Some(replaced) = replaced_same.as_ref().filter(|_| from.is_none()) {
+                        versions.previous = Some(Previous::of(replaced));
+                    }
                     let current = from.and_then(|v| versions.instances.get(&v)).cloned();
                     if let Some(current) = &current {
                         versions.previous = Some(Previous::of(current));
@@ -538,12 +551,7 @@ impl Registry {
                 // in between (requests meanwhile wait for the seat). `state.json` keeps the old
                 // build until the new one is routed (or failed).
                 self.hold_record(&same);
-                let seat = self.hold_seat(&same.id.name);
-                if let Some(versions) = lock(&self.modules).get_mut(&same.id.name)
-                    && versions.active.as_ref() == Some(&same.id.version)
-                {
-                    versions.previous = Some(Previous::of(&same));
-                }
+                let seat = self.hold_seat(&same.id.name, &same.id.version);
                 match self.take_down(&same.id.name, &same.id.version, HandOver::KeepSeat, Dependents::Abandon)
                 {
                     Ok(same) => replaced = Some((same, seat)),

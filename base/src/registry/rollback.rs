@@ -30,9 +30,7 @@ impl Registry {
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::Sha256Invalid { value: sha256 });
         }
-        if let Some(name) = options.name.as_deref() {
-            self.check_owner(name, !options.refuse_owned)?;
-        }
+        self.check_install(options)?;
         if !options.retry_quarantined {
             self.refuse_quarantined(&sha256, options.name.as_deref())?;
         }
