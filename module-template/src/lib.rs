@@ -1,7 +1,7 @@
 //! {{project-name}}: a Pedestal module.
 //!
-//! Deploy it into a running base (`cargo xtask demo`, or `cargo run -p pedestal-base -- serve`)
-//! with `cargo xtask deploy modules/{{project-name}}`, then:
+//! Deploy it into a running base (`cargo xtask demo` in a Pedestal checkout) with
+//! `cargo xtask deploy /path/to/{{project-name}}` run from that checkout, then:
 //!
 //! ```text
 //! curl '127.0.0.1:7070/{{project-name}}/hello?name=you'

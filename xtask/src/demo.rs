@@ -1,4 +1,4 @@
-//! `cargo xtask demo [--listen ADDR] [--admin-listen ADDR] [--data-dir DIR] [--fresh]`: the main
+//! `cargo xtask demo [--listen ADDR] [--admin-listen ADDR] [--data-dir DIR] [--fresh] [--verbose]`: the main
 //! job. Builds the base and the example modules, starts the base on 127.0.0.1:7070 (traffic) and
 //! 127.0.0.1:7071 (operations) unless told otherwise, deploys the examples (unchanged ones stay
 //! as they are) and prints what to try. State in `target/demo-data` is kept across runs unless
@@ -56,7 +56,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if !config.exists() {
         std::fs::write(&config, DEMO_CONFIG)?;
     }
-    let mut base = Command::new(root.join("target/release/pedestal"))
+    let mut base = Command::new(root.join("target/release/pedestal"));
+    // Quiet unless asked: the modules' lines and the base's warnings; `--verbose` (or
+    // `PEDESTAL_LOG`) shows the base's own info lines too.
+    if std::env::var_os("PEDESTAL_LOG").is_none() && !args.iter().any(|a| a == "--verbose") {
+        base.env("PEDESTAL_LOG", "warn,module=info");
+    }
+    let mut base = base
         .args(["serve", "--listen", &listen, "--admin-listen", &admin_listen, "--data-dir"])
         .arg(&data_dir)
         .arg("--config")
