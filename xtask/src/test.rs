@@ -42,6 +42,7 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
         crate::bench::run(&["lifecycle".to_owned(), "--quick".to_owned()])?;
         crate::bench::run(&["supervision".to_owned(), "--quick".to_owned()])?;
         crate::bench::run(&["fleet".to_owned(), "--quick".to_owned()])?;
+        crate::bench::run(&["devloop".to_owned(), "--quick".to_owned()])?;
     }
     // One closing line for the whole workspace, rather than the last crate's.
     println!("summary: {passed} passed, {failed} failed");
