@@ -128,8 +128,12 @@ async fn forward(registry: &Registry, request: Request) -> Result<Response> {
     let (parts, body) = request.into_parts();
     let pinned = parts.headers.get(VERSION_HEADER).map(|v| v.to_str().unwrap_or("(not text)").to_owned());
     // A request can pick an instance just as a switch or uninstall drains it: then pick again
-    // from the new table (a few times at most; the table changes only through operations).
-    let mut waited_for_seat = false;
+    // from the new table (a few times at most; the table changes only through operations). A
+    // same-version replace empties its version's seat for a moment: a request that finds no
+    // instance, or one already draining, while a seat is held waits for it (bounded, a few
+    // times: back-to-back rebuilds hold one seat after another).
+    let mut seat_waits = 0;
+    let mut rechecked = false;
     for _ in 0..8 {
         let picked = {
             let routes = registry.routes();
@@ -140,17 +144,17 @@ async fn forward(registry: &Registry, request: Request) -> Result<Response> {
         };
         let instance = match picked {
             Ok(instance) => instance,
-            Err(e) if waited_for_seat => return Err(e),
-            // A same-version replace may be swapping the build: wait for its seat, then look
-            // once more (also when it was released between the lookup and now).
-            Err(_) => {
-                waited_for_seat = true;
-                if let Some(seat) = registry.held_seat(&name) {
-                    let config = registry.config();
-                    let limit = config.drain_timeout + config.stop_timeout + config.start_timeout;
-                    wait_for_seat(seat, limit).await;
+            Err(e) => {
+                if seat_waits < MAX_SEAT_WAITS && wait_for_held_seat(registry, &name).await {
+                    seat_waits += 1;
+                    continue;
                 }
-                continue;
+                // The seat may have been released between the lookup and now: look once more.
+                if !rechecked {
+                    rechecked = true;
+                    continue;
+                }
+                return Err(e);
             }
         };
         if let Some(admission) = instance.admit() {
@@ -159,6 +163,9 @@ async fn forward(registry: &Registry, request: Request) -> Result<Response> {
                 instance.call(admission, parts.method, parts.headers, path_and_query, read).await?;
             return Ok(tagged(&instance.id, response));
         }
+        if seat_waits < MAX_SEAT_WAITS && wait_for_held_seat(registry, &name).await {
+            seat_waits += 1;
+        }
     }
     Err(Error::ModuleUnavailable {
         id: Subject::Name(name),
@@ -166,10 +173,20 @@ async fn forward(registry: &Registry, request: Request) -> Result<Response> {
     })
 }
 
-/// Waits until a held seat is released, at most `limit` (a replacing build that never starts is
-/// put back or given up within the start timeout).
-async fn wait_for_seat(mut seat: tokio::sync::watch::Receiver<bool>, limit: std::time::Duration) {
+/// How many held seats one request waits for at most.
+const MAX_SEAT_WAITS: u32 = 3;
+
+/// When a seat of module `name` is held (a same-version replace), waits until it is released,
+/// at most the drain, stop and start timeouts together (a replacing build that never starts is
+/// given up, and the old one put back, within them), and says so; `false` when none is held.
+async fn wait_for_held_seat(registry: &Registry, name: &str) -> bool {
+    let Some(mut seat) = registry.held_seat(name) else {
+        return false;
+    };
+    let config = registry.config();
+    let limit = config.drain_timeout + config.stop_timeout + config.start_timeout;
     let _ = tokio::time::timeout(limit, seat.wait_for(|released| *released)).await;
+    true
 }
 
 /// A module's response as the client gets it: tagged with the instance that answered
