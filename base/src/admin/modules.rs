@@ -353,6 +353,22 @@ struct InstallOptions {
     sha256: Option<String>,
 }
 
+impl InstallOptions {
+    /// The registry's options for this request, with the pin and signature it came with.
+    fn into_registry(self, sha256: Option<crate::signing::Digest>, signature: Option<String>) -> Options {
+        Options {
+            name: self.name,
+            activate: self.activate,
+            strategy: self.strategy,
+            force: self.force,
+            retry_quarantined: self.retry,
+            sha256,
+            signature,
+            refuse_owned: !self.force,
+        }
+    }
+}
+
 /// What an install answers.
 #[derive(Serialize)]
 struct Installed {
@@ -438,16 +454,7 @@ async fn install(
             }
             .into());
         }
-        let options = Options {
-            name: options.name,
-            activate: options.activate,
-            strategy: options.strategy,
-            force: options.force,
-            retry_quarantined: options.retry,
-            sha256: None,
-            signature: None,
-            refuse_owned: !options.force,
-        };
+        let options = options.into_registry(None, None);
         let target = format!("reinstall of {sha256}");
         return run_operation(
             &registry,
@@ -512,16 +519,7 @@ async fn install_bytes(
     client: String,
 ) -> Answer<Response> {
     let run_async = options.run_async;
-    let options = Options {
-        name: options.name,
-        activate: options.activate,
-        strategy: options.strategy,
-        force: options.force,
-        retry_quarantined: options.retry,
-        sha256: pin,
-        signature,
-        refuse_owned: !options.force,
-    };
+    let options = options.into_registry(pin, signature);
     let target = format!("upload of {} bytes", bytes.len());
     run_operation(&registry, "install", &target, run_async, StatusCode::CREATED, move |registry| {
         let done = registry.install_with(&bytes, &options).inspect_err(
