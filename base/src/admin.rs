@@ -37,6 +37,7 @@ mod metrics;
 mod modules;
 mod operations;
 mod params;
+mod samples;
 mod services;
 mod spis;
 pub(crate) mod token;
@@ -89,6 +90,7 @@ pub(crate) fn router(registry: Arc<Registry>, door: &FrontDoor, listen: SocketAd
         .merge(modules::routes())
         .merge(artifacts::routes())
         .merge(logs::routes())
+        .merge(samples::routes())
         .merge(limits::routes())
         .merge(traffic::routes())
         .merge(operations::routes())

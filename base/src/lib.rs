@@ -116,7 +116,10 @@ pub use crate::{
     limits::{Action, LimitDefaults, LimitOverrides, Limits, Source, Sources, UnhealthyAction},
     logs::{LogFormat, LogLine, ModuleLog},
     operations::{Operation, Operations, Status as OperationStatus},
-    registry::{Dependents, InstallOptions, Installed, Quarantined, Registry, Restored, Strategy},
+    registry::{
+        Dependents, InstallOptions, Installed, InstanceSamples, Quarantined, Registry, Restored, Retired,
+        Sample, Strategy,
+    },
     routing::{Route, RoutingTable, Split, VERSION_HEADER},
     services::{
         Call, Service, Services,

@@ -44,6 +44,7 @@ mod durable;
 mod lifecycle;
 mod policy;
 mod rollback;
+mod samples;
 mod seats;
 mod spis;
 mod watch;
@@ -51,6 +52,10 @@ mod watch;
 pub(crate) use durable::RetryTarget;
 pub use durable::{Quarantined, Restored};
 pub use lifecycle::Dependents;
+pub use samples::{InstanceSamples, Sample};
+/// How far apart an instance's samples are, and how many it keeps.
+pub(crate) const SAMPLE_INTERVAL_MS: u64 = samples::TICKS_PER_SAMPLE * 100;
+pub(crate) use samples::KEPT as SAMPLES_KEPT;
 pub use spis::compatible;
 
 use crate::{
@@ -64,6 +69,47 @@ use crate::{
     routing::{Route, RoutingTable, Split},
     sync::lock,
 };
+
+/// How many uninstalled instances the base remembers (with their history): per module, and
+/// across modules.
+const RETIRED_PER_MODULE: usize = 8;
+const RETIRED: usize = 64;
+
+/// An uninstalled instance as the base remembers it: what it was, what it served, and its
+/// history.
+#[derive(Debug, Clone, Serialize)]
+pub struct Retired {
+    pub name: String,
+    pub package: String,
+    pub version: String,
+    pub sha256: String,
+    pub state: State,
+    pub installed_at: String,
+    pub retired_at: String,
+    /// Heap the module still held when it stopped (what its unload freed on its behalf).
+    pub leaked_bytes: Option<u64>,
+    pub heap_peak_bytes: u64,
+    pub traffic: crate::instance::Traffic,
+    pub history: Vec<crate::instance::Transition>,
+}
+
+impl Retired {
+    fn of(instance: &Instance) -> Self {
+        Retired {
+            name: instance.id.name.clone(),
+            package: instance.package.clone(),
+            version: instance.id.version.to_string(),
+            sha256: instance.artifact.sha256.clone(),
+            state: instance.state(),
+            installed_at: humantime::format_rfc3339_millis(instance.installed_at).to_string(),
+            retired_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            leaked_bytes: instance.heap_at_stop().map(|h| h.live_bytes),
+            heap_peak_bytes: instance.heap_peak(),
+            traffic: instance.traffic(),
+            history: instance.history(),
+        }
+    }
+}
 
 /// How an install treats the versions of the module already installed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +218,12 @@ pub struct Registry {
     services: crate::services::Services,
     /// Crash records processed and the crashes of the window (`registry/crashes.rs`).
     crash_ledger: Mutex<crate::crash::Ledger>,
+    /// Uninstalled instances, newest last: out of the listing, their history still reachable
+    /// (`GET /api/v1/modules/{name}`'s `retired`). At most [`RETIRED_PER_MODULE`] per module
+    /// and [`RETIRED`] in all.
+    retired: Mutex<VecDeque<Retired>>,
+    /// The recent samples of every live instance (`registry/samples.rs`).
+    samples: Mutex<samples::Samples>,
     /// The keys every artifact must be signed with (`--trusted-keys`), read at start.
     trusted_keys: Option<crate::signing::TrustedKeys>,
     /// The bound traffic and operations addresses, once `Base::serve` bound them.
@@ -265,6 +317,8 @@ impl Registry {
             installing: Mutex::new(HashMap::new()),
             declared_spis: Mutex::new(declared_spis),
             crash_ledger: Mutex::new(crate::crash::Ledger::default()),
+            retired: Mutex::new(VecDeque::new()),
+            samples: Mutex::new(samples::Samples::default()),
             bound: std::sync::OnceLock::new(),
             owners: Mutex::new(HashMap::new()),
         }))
@@ -535,6 +589,51 @@ impl Registry {
             .flat_map(|versions| {
                 versions.instances.iter().map(|(v, i)| (Arc::clone(i), versions.active.as_ref() == Some(v)))
             })
+            .collect()
+    }
+
+    /// Module `name`'s uninstalled instances that the base still remembers, newest first.
+    pub fn retired(&self, name: &str) -> Vec<Retired> {
+        lock(&self.retired).iter().rev().filter(|r| r.name == name).cloned().collect()
+    }
+
+    /// Takes `instance`, which ended (uninstalled, or forgotten once broken), out of its
+    /// module's versions, when it is still the one recorded there (a concurrent reinstall may
+    /// have put a new instance in its place), and remembers what it was among the retired (a
+    /// record only: nothing of the instance itself is kept). A module left without instances is
+    /// forgotten (its weights and rollback record with it).
+    fn retire(&self, instance: &Arc<Instance>) {
+        let mut modules = lock(&self.modules);
+        let name = &instance.id.name;
+        let Some(versions) = modules.get_mut(name) else { return };
+        if !versions.instances.get(&instance.id.version).is_some_and(|current| Arc::ptr_eq(current, instance))
+        {
+            return;
+        }
+        versions.instances.remove(&instance.id.version);
+        if versions.instances.is_empty() {
+            modules.remove(name);
+        }
+        drop(modules);
+        let mut retired = lock(&self.retired);
+        retired.push_back(Retired::of(instance));
+        if retired.iter().filter(|r| r.name == *name).count() > RETIRED_PER_MODULE
+            && let Some(oldest) = retired.iter().position(|r| r.name == *name)
+        {
+            retired.remove(oldest);
+        }
+        while retired.len() > RETIRED {
+            retired.pop_front();
+        }
+    }
+
+    /// The artifacts of instances still loaded or mapped (live or pinned): garbage collection
+    /// keeps them.
+    fn artifacts_loaded(&self) -> HashSet<String> {
+        self.all()
+            .into_iter()
+            .filter(|(i, _)| i.state().is_live() || i.is_mapped())
+            .map(|(i, _)| i.artifact.sha256.clone())
             .collect()
     }
 

@@ -50,6 +50,7 @@ const FILES: &[(&str, &str)] = &[
     ("base/src/registry/policy.rs", "control"),
     ("base/src/registry/rollback.rs", "control"),
     ("base/src/registry/seats.rs", "control"),
+    ("base/src/registry/samples.rs", "control"),
     ("base/src/registry/spis.rs", "control"),
     ("base/src/registry/watch.rs", "control"),
     ("base/src/routing.rs", "control"),
@@ -84,6 +85,7 @@ const FILES: &[(&str, &str)] = &[
     ("base/src/admin/spis.rs", "edge"),
     ("base/src/admin/token.rs", "edge"),
     ("base/src/admin/traffic.rs", "edge"),
+    ("base/src/admin/samples.rs", "edge"),
     // `Base`, `BaseBuilder` and the public face; the `pedestal` binary (a crate of its own,
     // which reaches the library only through `pedestal_base::`).
     ("base/src/lib.rs", "base"),

@@ -482,6 +482,16 @@ impl TestBase {
         self.admin_get(&format!("/api/v1/modules/{name}")).json["versions"][0].clone()
     }
 
+    /// [`TestBase::module`], or when no instance of `name` is left, the one uninstalled last
+    /// (`retired[0]`): the instance to follow through an uninstall.
+    pub fn module_or_retired(&self, name: &str) -> Value {
+        let described = self.admin_get(&format!("/api/v1/modules/{name}")).json;
+        match &described["versions"][0] {
+            Value::Null => described["retired"][0].clone(),
+            first => first.clone(),
+        }
+    }
+
     /// The health entry of `name` in `GET /api/v1/health`, and the whole answer.
     pub fn health_of(&self, name: &str) -> (Value, Value) {
         let health = self.admin_get("/api/v1/health").json;

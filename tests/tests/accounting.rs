@@ -81,3 +81,58 @@ fn status_classes_latency_and_durations_are_counted_and_exported() {
     assert!(text.contains(r#"pedestal_module_heap_live_bytes{module="fx-good",version="0.1.0"}"#), "{text}");
     assert!(text.contains(r#"pedestal_module_cpu_user_seconds{module="fx-good",version="0.1.0"}"#), "{text}");
 }
+
+/// The ring of recent samples behind the console's charts and `pedestal top`: one per second
+/// per live instance, each that second's rates (not the lifetime's), CPU charged to the module
+/// that burned it, and a module's filter.
+#[test]
+fn recent_samples_show_each_seconds_rates_per_instance() {
+    let base = TestBase::start();
+    base.install_ok(artifacts::CPU_BURNER);
+    base.install_ok(artifacts::GOOD);
+    let first = base.admin_get("/api/v1/samples").json;
+    assert_eq!((first["interval_ms"].as_u64(), first["kept"].as_u64()), (Some(1000), Some(300)), "{first}");
+    let seen = pedestal_tests::eventually(
+        "a busy second in the samples",
+        std::time::Duration::from_secs(10),
+        || {
+            for _ in 0..20 {
+                assert_eq!(base.get("/fx-good/ping").body, "pong");
+            }
+            assert_eq!(base.get("/fx-cpu-burner/burn?ms=300").body, "burned 300 ms");
+            let samples = base.admin_get("/api/v1/samples").json;
+            let of = |name: &str| -> Vec<serde_json::Value> {
+                let instance =
+                    samples["instances"].as_array().unwrap().iter().find(|i| i["name"] == name).cloned();
+                instance.map(|i| i["samples"].as_array().unwrap().clone()).unwrap_or_default()
+            };
+            let good = of("fx-good").into_iter().find(|s| s["requests_per_s"].as_f64().unwrap() >= 5.0)?;
+            let burner =
+                of("fx-cpu-burner").into_iter().find(|s| s["cpu_percent"].as_f64().unwrap() >= 10.0)?;
+            Some((good, burner))
+        },
+    );
+    let (good, burner) = seen;
+    assert!(good["p50_us"].as_u64().is_some() && good["p99_us"].as_u64().is_some(), "{good}");
+    assert!(good["heap_bytes"].as_u64().unwrap() > 0, "{good}");
+    assert!(good["cpu_percent"].as_f64().unwrap() < 50.0, "ping is cheap: {good}");
+    assert!(burner["cpu_percent"].as_f64().unwrap() <= 100.0 * 1.5, "{burner}");
+    let only = base.admin_get("/api/v1/samples?module=fx-good").json;
+    let names: Vec<_> = only["instances"].as_array().unwrap().iter().map(|i| i["name"].clone()).collect();
+    assert_eq!(names, [serde_json::json!("fx-good")]);
+    let newest = good["at_ms"].as_u64().unwrap();
+    let later = base.admin_get(&format!("/api/v1/samples?module=fx-good&since_ms={newest}")).json;
+    assert!(
+        later["instances"][0]["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["at_ms"].as_u64().unwrap() > newest)
+    );
+    // An uninstalled instance's ring goes with it.
+    base.uninstall("fx-good", "0.1.0");
+    pedestal_tests::eventually("the ring dropped", std::time::Duration::from_secs(5), || {
+        let samples = base.admin_get("/api/v1/samples?module=fx-good").json;
+        samples["instances"].as_array().unwrap().is_empty().then_some(())
+    });
+}

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 /// The states of module `name`'s first version, oldest first, and its history.
 fn states(base: &TestBase, name: &str) -> (Vec<String>, Value) {
-    let history = base.module(name)["history"].clone();
+    let history = base.module_or_retired(name)["history"].clone();
     let states = history
         .as_array()
         .map(|h| h.iter().map(|t| t["state"].as_str().unwrap_or("").to_owned()).collect())
@@ -42,7 +42,7 @@ fn send_raw(base: &TestBase, path: &str) -> TcpStream {
 }
 
 fn in_flight(base: &TestBase, name: &str) -> Option<u64> {
-    base.module(name)["traffic"]["in_flight"].as_u64()
+    base.module_or_retired(name)["traffic"]["in_flight"].as_u64()
 }
 
 #[test]

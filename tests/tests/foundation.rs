@@ -54,7 +54,8 @@ fn a_module_installs_serves_logs_and_unloads_for_real() {
     assert!(!base.maps_contain(&artifact_name(&sha)), "the library is still mapped after uninstall");
     assert_eq!(base.get("/fx-good/ping").code(), "MODULE_NOT_FOUND");
     let described = base.admin_get("/api/v1/modules/fx-good").json;
-    assert_eq!(described["versions"][0]["state"], "stopped");
+    assert_eq!(described["versions"], serde_json::json!([]), "{described}");
+    assert_eq!(described["retired"][0]["state"], "stopped", "{described}");
 }
 
 #[test]

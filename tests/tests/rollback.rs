@@ -147,6 +147,17 @@ fn uninstall_names_the_versions_to_choose_from_and_who_took_over() {
         "the answer names the version that took over: {removed:?}"
     );
     assert_eq!(served(&base, "/fx-versioned/version"), "1.1.0");
+    // Gone from the listing; its history stays reachable with the module's description.
+    let listed = base.admin_get("/api/v1/modules").json;
+    let listed: Vec<_> = listed["modules"].as_array().unwrap().iter().map(|m| m["version"].clone()).collect();
+    assert_eq!(listed, [json!("1.1.0")], "an uninstalled instance leaves the listing");
+    let described = base.admin_get("/api/v1/modules/fx-versioned").json;
+    assert_eq!(described["versions"].as_array().unwrap().len(), 1, "{described}");
+    let retired = &described["retired"][0];
+    assert_eq!((retired["version"].as_str(), retired["state"].as_str()), (Some("1.0.0"), Some("stopped")));
+    let reasons: Vec<_> =
+        retired["history"].as_array().unwrap().iter().map(|t| t["reason"].clone()).collect();
+    assert_eq!(reasons.last(), Some(&json!("uninstall")), "{retired}");
     // The last one: nothing takes over, and keep_active does not stand in the way.
     let last = base.admin("DELETE", "/api/v1/modules/fx-versioned/1.1.0?keep_active=true", &[], None);
     assert_eq!(
@@ -154,6 +165,34 @@ fn uninstall_names_the_versions_to_choose_from_and_who_took_over() {
         (200, serde_json::Value::Null),
         "{last:?}"
     );
+    // The module has no instance left: the listing has none of it, its description only what
+    // was retired, newest first; a second uninstall finds nothing to remove.
+    assert!(base.admin_get("/api/v1/modules").json["modules"].as_array().unwrap().is_empty());
+    let described = base.admin_get("/api/v1/modules/fx-versioned").json;
+    let retired: Vec<_> =
+        described["retired"].as_array().unwrap().iter().map(|r| r["version"].clone()).collect();
+    assert_eq!((described["versions"].clone(), retired), (json!([]), vec![json!("1.1.0"), json!("1.0.0")]));
+    let again = base.admin("DELETE", "/api/v1/modules/fx-versioned/1.1.0", &[], None);
+    assert_eq!((again.status, again.code()), (404, "NOT_FOUND"), "{again:?}");
+}
+
+#[test]
+fn the_rollback_record_and_its_artifact_survive_a_restart() {
+    let base = TestBase::start();
+    let first = base.install_ok(artifacts::VERSIONED_1_0_0);
+    let replaced = base.install_query(artifacts::VERSIONED_1_1_0, "strategy=replace");
+    assert_eq!(replaced.status, 201, "{replaced:?}");
+    // A restart collects every unreferenced artifact at once: the one a rollback needs is kept.
+    let base = base.kill_and_restart(&[]);
+    assert_eq!(served(&base, "/fx-versioned/version"), "1.1.0");
+    let back = rollback(&base);
+    assert_eq!(
+        (back.status, back.json["active_version"].as_str(), back.json["how"].as_str()),
+        (200, Some("1.0.0"), Some("reinstalled")),
+        "{back:?}"
+    );
+    assert_eq!(back.json["sha256"], first["sha256"]);
+    assert_eq!(served(&base, "/fx-versioned/version"), "1.0.0");
 }
 
 #[test]

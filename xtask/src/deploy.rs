@@ -532,15 +532,22 @@ pub fn build(target: &Target) -> anyhow::Result<Build> {
     Ok(Build { library, name, version })
 }
 
-/// A package id's name and version: `path+file:///dir/my-mod#0.1.0` (the directory named like
-/// the package) or `path+file:///dir#my-mod@0.1.0`, as cargo spells them.
+/// A package id's name and version, in cargo's package id spec: `path+file:///dir/my-mod#0.1.0`
+/// (the package named like the last segment of its URL), `path+file:///dir#my-mod@0.1.0`, and
+/// the same for `git+https://host/repo.git?branch=main#…` and `registry+…` sources, whose URL
+/// may carry a query and a `.git` suffix.
 fn parse_package_id(id: &str) -> Option<(String, semver::Version)> {
     let (source, fragment) = id.rsplit_once('#')?;
     let (name, version) = match fragment.split_once('@') {
         Some((name, version)) => (name.to_owned(), version),
-        None => (source.rsplit('/').next()?.to_owned(), fragment),
+        None => {
+            let url = source.split_once('?').map_or(source, |(url, _)| url).trim_end_matches('/');
+            let last = url.rsplit('/').next()?;
+            (last.strip_suffix(".git").unwrap_or(last).to_owned(), fragment)
+        }
     };
     Some((name, semver::Version::parse(version).ok()?))
+        .filter(|(name, _)| !name.is_empty() && !name.contains(':'))
 }
 
 impl Upload {
@@ -687,4 +694,27 @@ fn upload_bytes(
 
 fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_package_id;
+
+    #[test]
+    fn package_ids_of_every_source_kind_give_the_name_and_version() {
+        let cases = [
+            ("path+file:///home/me/hello#0.1.0", "hello", "0.1.0"),
+            ("path+file:///home/me/dir#hello@0.2.0", "hello", "0.2.0"),
+            ("git+https://github.com/me/hello.git?branch=main#0.3.0", "hello", "0.3.0"),
+            ("git+https://github.com/me/mods?rev=abc123#hello@1.0.0-rc.1", "hello", "1.0.0-rc.1"),
+            ("registry+https://github.com/rust-lang/crates.io-index#hello@0.4.0", "hello", "0.4.0"),
+        ];
+        for (id, name, version) in cases {
+            let parsed = parse_package_id(id).unwrap_or_else(|| panic!("{id} did not parse"));
+            assert_eq!((parsed.0.as_str(), parsed.1.to_string().as_str()), (name, version), "{id}");
+        }
+        for id in ["hello 0.1.0 (path+file:///x)", "path+file:///x#not-a-version", "file:///#0.1.0"] {
+            assert_eq!(parse_package_id(id), None, "{id}");
+        }
+    }
 }

@@ -30,7 +30,7 @@ use crate::{
     error_response::Answer,
     instance::{Instance, Runaway, State as InstanceState, Traffic, Transition},
     limits::Limits,
-    registry::{Dependents, InstallOptions as Options, Quarantined, Registry, Strategy},
+    registry::{Dependents, InstallOptions as Options, Quarantined, Registry, Retired, Strategy},
     stats::{CpuTime, cpu_by_thread_name},
     traffic::{MinRate, read_body_at_min_rate},
 };
@@ -156,10 +156,13 @@ struct ModuleDescription {
     versions: Vec<InstanceView>,
     quarantined: Vec<Quarantined>,
     crashes: Vec<Crash>,
+    /// Uninstalled instances the base still remembers, newest first, with their history.
+    retired: Vec<Retired>,
 }
 
 /// `GET /api/v1/modules/{name}`: every version of one module with its history, its
-/// quarantined artifacts and its crashes. A module known only from its quarantine is found.
+/// quarantined artifacts, its crashes and its retired (uninstalled) instances. A module known
+/// only from its quarantine or its retired instances is found.
 async fn describe(
     State(registry): State<Arc<Registry>>,
     _: Params<NoParams>,
@@ -170,8 +173,9 @@ async fn describe(
         .into_iter()
         .filter(|q| q.name.as_deref() == Some(&name) || q.install_name.as_deref() == Some(&name))
         .collect();
+    let retired = registry.retired(&name);
     let (instances, active) = match registry.module(&name) {
-        Err(Error::NotFound { .. }) if !quarantined.is_empty() => (Vec::new(), None),
+        Err(Error::NotFound { .. }) if !quarantined.is_empty() || !retired.is_empty() => (Vec::new(), None),
         other => other?,
     };
     let cpu = cpu_by_thread_name();
@@ -190,6 +194,7 @@ async fn describe(
         versions,
         quarantined,
         crashes,
+        retired,
     }))
 }
 
@@ -282,15 +287,13 @@ async fn uninstall(
     let target = format!("{name}@{version}");
     registry.check_owner(&name, options.force)?;
     let dependents = if options.force { Dependents::Abandon } else { Dependents::Protect };
-    if options.keep_active {
-        let (instances, active) = registry.module(&name)?;
-        let others = instances.iter().filter(|i| i.state().is_live() && i.id.version != version).count();
-        if active.as_ref() == Some(&version) && others > 0 {
-            return Err(Error::VersionActive { id: format!("{name}@{version}"), others }.into());
-        }
-    }
+    let keep_active = options.keep_active;
     run_operation(&registry, "uninstall", &target, options.run_async, StatusCode::OK, move |registry| {
-        let instance = registry.uninstall_checked(&name, &version, dependents)?;
+        let instance = if keep_active {
+            registry.uninstall_unless_active(&name, &version, dependents)?
+        } else {
+            registry.uninstall_checked(&name, &version, dependents)?
+        };
         let mut answer = to_json(&view(&instance, false, History::Included, &HashMap::new()));
         // Who has the traffic now (another version took it over, or none).
         let now_active = registry.module(&name).ok().and_then(|(_, active)| active).map(|v| v.to_string());

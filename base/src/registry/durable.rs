@@ -56,6 +56,17 @@ struct StateFile {
     /// `sha256/install name`: cleared by the first restore that completes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     restore_deaths: BTreeMap<String, u32>,
+    /// Per module, what a rollback returns to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    previous: BTreeMap<String, PreviousRecord>,
+}
+
+/// A module's rollback record (`Versions::previous`): the build that had its traffic before
+/// the last switch, replace or hand-over. Its artifact is kept in the store while recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PreviousRecord {
+    version: String,
+    sha256: String,
 }
 
 /// Restores in a row that may die inside one module's load, with no crash record, before the
@@ -300,6 +311,13 @@ impl Registry {
                     let weights = weights.iter().map(|(v, w)| (v.to_string(), *w)).collect();
                     file.weights.insert(name.clone(), weights);
                 }
+                if let Some(previous) = &versions.previous {
+                    let record = PreviousRecord {
+                        version: previous.version.to_string(),
+                        sha256: previous.sha256.clone(),
+                    };
+                    file.previous.insert(name.clone(), record);
+                }
             }
         }
         // A same-version replace in progress: until the new build is routed, the file keeps the
@@ -538,6 +556,11 @@ impl Registry {
             if !weights.is_empty() {
                 versions.weights = Some(weights);
             }
+        }
+        for (name, record) in &file.previous {
+            let Some(versions) = modules.get_mut(name) else { continue };
+            let Ok(version) = Version::parse(&record.version) else { continue };
+            versions.previous = Some(super::Previous { version, sha256: record.sha256.clone() });
         }
         self.publish(&modules);
     }
@@ -827,10 +850,8 @@ impl Registry {
             || lock(&self.started).contains(sha256)
             || lock(&self.quarantined).iter().any(|q| q.sha256 == sha256)
             || lock(&self.held.0).iter().any(|r| r.sha256 == sha256)
-            || self
-                .all()
-                .iter()
-                .any(|(i, _)| i.artifact.sha256 == sha256 && (i.is_mapped() || i.state().is_live()))
+            || self.artifacts_loaded().contains(sha256)
+            || lock(&self.modules).values().any(|v| v.previous.as_ref().is_some_and(|p| p.sha256 == sha256))
         {
             return;
         }
@@ -845,11 +866,9 @@ impl Registry {
         let mut keep: HashSet<String> = lock(&self.quarantined).iter().map(|q| q.sha256.clone()).collect();
         // The build a same-version replace unloaded stays recorded (and may be started again).
         keep.extend(lock(&self.held.0).iter().map(|r| r.sha256.clone()));
-        for (instance, _) in self.all() {
-            if instance.is_mapped() || instance.state().is_live() {
-                keep.insert(instance.artifact.sha256.clone());
-            }
-        }
+        keep.extend(self.artifacts_loaded());
+        // What a rollback returns to stays reinstallable for as long as it is recorded.
+        keep.extend(lock(&self.modules).values().filter_map(|v| Some(v.previous.as_ref()?.sha256.clone())));
         let mut unreferenced = lock(&self.unreferenced);
         let stored = self.store.hashes();
         unreferenced.retain(|sha256, _| !keep.contains(sha256) && stored.contains(sha256));

@@ -416,6 +416,18 @@ impl Registry {
         self.take_down(name, version, HandOver::ToSuccessor, dependents)
     }
 
+    /// [`Registry::uninstall_checked`], refused (`VERSION_ACTIVE`) when `name@version` has the
+    /// traffic while other versions run, rather than handing it over: checked under the
+    /// registry's lock, so a concurrent switch cannot slip between the check and the uninstall.
+    pub fn uninstall_unless_active(
+        &self,
+        name: &str,
+        version: &Version,
+        dependents: Dependents,
+    ) -> Result<Arc<Instance>> {
+        self.take_down(name, version, HandOver::RefuseActive, dependents)
+    }
+
     /// Drains, stops and unloads `name@version` (or forgets it when it already ended).
     /// `hand_over` says whether another version takes the traffic of an active one. With
     /// [`Dependents::Protect`], refuses (`MODULE_REQUIRED`) to remove the last implementation of
@@ -430,16 +442,8 @@ impl Registry {
     ) -> Result<Arc<Instance>> {
         let instance = self.find(name, version)?;
         if !instance.state().is_live() {
-            let mut modules = lock(&self.modules);
-            if let Some(versions) = modules.get_mut(name) {
-                // Only this record: a concurrent reinstall may have put a new instance here.
-                if versions.instances.get(version).is_some_and(|current| Arc::ptr_eq(current, &instance)) {
-                    versions.instances.remove(version);
-                }
-                if versions.instances.is_empty() {
-                    modules.remove(name);
-                }
-            }
+            // Already ended (broken, or pinned by its threads): out of the listing now.
+            self.retire(&instance);
             return Ok(instance);
         }
         if !instance.try_begin_operation() {
@@ -453,6 +457,10 @@ impl Registry {
         {
             let mut modules = lock(&self.modules);
             let table = policy::snapshot(&modules);
+            if let Err(e) = policy::check_keep_active(&table, name, version, hand_over) {
+                instance.end_operation();
+                return Err(e);
+            }
             let successor = policy::successor(&table, name, version, hand_over);
             if dependents == Dependents::Protect
                 && let Err(e) = policy::check_dependents(&table, name, version, successor.as_ref())
@@ -466,7 +474,7 @@ impl Registry {
             });
             // Without a hand-over (a same-version replace) the new build takes this version's
             // seat, its share of a split included.
-            if hand_over == HandOver::ToSuccessor
+            if hand_over != HandOver::KeepSeat
                 && let Some(weights) = modules.get_mut(name).and_then(|v| v.weights.as_mut())
             {
                 weights.remove(version);
@@ -490,6 +498,11 @@ impl Registry {
         self.services().instance_stopped(&instance);
         if !instance.is_mapped() {
             self.release_load_path(&instance.load_path);
+        }
+        // Uninstalled and unloaded: out of the listing (a pinned one stays there, standing out,
+        // until its threads end; a same-version replace puts the new build in its place).
+        if hand_over != HandOver::KeepSeat && instance.state() == State::Stopped {
+            self.retire(&instance);
         }
         self.persist_or_warn();
         self.collect_garbage();

@@ -24,6 +24,9 @@ pub(crate) enum HandOver {
     /// Nobody takes it: a new build of the same version takes the seat (a same-version replace),
     /// its share of a split included.
     KeepSeat,
+    /// As [`HandOver::ToSuccessor`], but the active version does not leave while another
+    /// version runs (`VERSION_ACTIVE`): an uninstall with `keep_active`.
+    RefuseActive,
 }
 
 /// What an instance is, as far as the lifecycle's decisions go.
@@ -117,6 +120,22 @@ pub(crate) fn successor(
         .rev()
         .find(|(v, f)| *v != version && f.state == State::Inactive && !f.busy && !f.deactivated)
         .map(|(v, _)| v.clone())
+}
+
+/// Refuses (`VERSION_ACTIVE`) to take down module `name`'s active `version` while other
+/// versions of it run, with [`HandOver::RefuseActive`].
+pub(crate) fn check_keep_active(
+    table: &Table,
+    name: &str,
+    version: &Version,
+    hand_over: HandOver,
+) -> Result<()> {
+    let Some(module) = table.get(name).filter(|m| m.active.as_ref() == Some(version)) else { return Ok(()) };
+    let others = module.versions.iter().filter(|(v, f)| *v != version && f.state.is_live()).count();
+    if hand_over == HandOver::RefuseActive && others > 0 {
+        return Err(Error::VersionActive { id: format!("{name}@{version}"), others });
+    }
+    Ok(())
 }
 
 /// The version a restore hands module's traffic to when the version recorded as active did not
@@ -384,6 +403,16 @@ mod tests {
                 let hand_over = if verb == "successor" { HandOver::ToSuccessor } else { HandOver::KeepSeat };
                 or_none(successor(&table, &name, &version, hand_over))
             }
+            "keep-active" => {
+                let (name, version) = id(argument);
+                match check_keep_active(&table, &name, &version, HandOver::RefuseActive) {
+                    Ok(()) => format!(
+                        "ok, {} takes over",
+                        or_none(successor(&table, &name, &version, HandOver::RefuseActive))
+                    ),
+                    Err(e) => refusal(e),
+                }
+            }
             "uninstall" => {
                 let (name, version) = id(argument);
                 let next = successor(&table, &name, &version, HandOver::ToSuccessor);
@@ -466,6 +495,13 @@ mod tests {
     #[test]
     fn no_successor_when_keeping_the_seat() {
         check("a 1.0.0 active\na 1.1.0 inactive", "keep-seat a@1.0.0", "none");
+    }
+
+    #[test]
+    fn keep_active_refuses_only_the_active_version_while_others_run() {
+        check("a 1.0.0 active\na 1.1.0 inactive deactivated", "keep-active a@1.0.0", "VERSION_ACTIVE");
+        check("a 1.0.0 active\na 1.1.0 inactive", "keep-active a@1.1.0", "ok, none takes over");
+        check("a 1.0.0 active\na 1.1.0 stopped", "keep-active a@1.0.0", "ok, none takes over");
     }
 
     #[test]

@@ -55,6 +55,9 @@ impl Registry {
         if tick % 600 == 599 {
             self.collect_garbage();
         }
+        if tick.is_multiple_of(super::samples::TICKS_PER_SAMPLE) {
+            self.take_samples();
+        }
         if tick.is_multiple_of(10) {
             self.finish_stranded_unloads();
             self.report_unechoed_log_lines();
@@ -101,6 +104,11 @@ impl Registry {
             // Only paths this registry handed out (a process may hold more than one registry).
             if lock(&self.loaded_paths).contains(&instance.load_path) {
                 self.release_load_path(&instance.load_path);
+            }
+            // An uninstalled one leaves the listing now (one a replace or restart superseded is
+            // no longer recorded there, and is left alone).
+            if instance.state() == crate::instance::State::Stopped {
+                self.retire(&instance);
             }
         }
     }
