@@ -5,19 +5,27 @@
 //! retries), `limits`, `traffic` (switch, weights), `spis`, `services` (config, kv, events),
 //! `health` (health, readiness, the base process), `logs`, `metrics` and `operations` (how a
 //! blocking change runs, and its status). The front door every request passes first is in
-//! `token`, `gate`, `params`, `audit` and `json_errors`.
+//! `token`, `gate`, `params`, `audit` and `json_errors`. `openapi` describes all of it
+//! (`GET /api/v1/openapi.json`), from the routes as [`Routes`] collects them.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    sync::Arc,
+};
 
 use axum::{
     Json, Router,
     extract::{Request, State},
     middleware::{self, Next},
     response::Response,
+    routing::MethodRouter,
 };
 use semver::Version;
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::openapi::{OpenApi, RefOr, schema::Schema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
 use crate::{
     config::Config,
@@ -28,6 +36,7 @@ use crate::{
 
 mod artifacts;
 mod audit;
+pub(crate) mod console;
 mod gate;
 mod health;
 mod json_errors;
@@ -35,6 +44,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod modules;
+mod openapi;
 mod operations;
 mod params;
 mod samples;
@@ -73,20 +83,79 @@ impl FrontDoor {
     }
 }
 
-/// The routes of one resource, sharing the registry as their state.
-type Routes = Router<Arc<Registry>>;
+/// The routes of one resource, sharing the registry as their state. An API route comes in only
+/// with its description: [`Routes::route`] takes what `utoipa_axum::routes!` makes of handlers
+/// annotated with `#[utoipa::path]`, the router's entry and the document's operation from one
+/// declaration. The console's files, which are no part of the API, come in as pages.
+#[derive(Clone)]
+struct Routes {
+    api: OpenApiRouter<Arc<Registry>>,
+    /// The paths handed to the router, API routes and pages: what the test that the document
+    /// names exactly the routes asks the router about.
+    paths: BTreeSet<String>,
+    pages: BTreeSet<String>,
+}
 
-/// The operations API router, answering on `listen` (its bound address: the `Host` values it
-/// accepts depend on the port). Every request but `GET /api/v1/ready` requires
-/// `Authorization: Bearer <token>`.
-pub(crate) fn router(registry: Arc<Registry>, door: &FrontDoor, listen: SocketAddr) -> Router {
-    let gate = Arc::new(Gate {
-        token: door.token.clone(),
-        hosts: AllowedHosts::new(listen, &door.allowed_hosts),
-        throttle: Arc::clone(&door.throttle),
-        metrics_public: registry.config().metrics_public,
-    });
-    Router::new()
+impl Routes {
+    fn new() -> Self {
+        Self { api: OpenApiRouter::default(), paths: BTreeSet::new(), pages: BTreeSet::new() }
+    }
+
+    /// The handlers of one path, `routes!(get_handler, post_handler)`, and their operations.
+    fn route(mut self, handlers: UtoipaMethodRouter<Arc<Registry>>) -> Self {
+        let (schemas, paths, _) = &handlers;
+        self.check_schema_names(schemas.iter().map(|(name, schema)| (name, schema)));
+        self.paths.extend(paths.paths.keys().cloned());
+        Self { api: self.api.routes(handlers), ..self }
+    }
+
+    /// A file of the console: served, but not described (an API client has no use for it). The
+    /// gate lets pages through without a token, so a page must hold no data.
+    fn page(mut self, path: &str, page: MethodRouter<Arc<Registry>>) -> Self {
+        self.paths.insert(path.to_owned());
+        self.pages.insert(path.to_owned());
+        Self { api: self.api.route(path, page), ..self }
+    }
+
+    fn merge(mut self, other: Self) -> Self {
+        if let Some(components) = &other.api.get_openapi().components {
+            self.check_schema_names(components.schemas.iter());
+        }
+        self.paths.extend(other.paths);
+        self.pages.extend(other.pages);
+        Self { api: self.api.merge(other.api), ..self }
+    }
+
+    /// The document names schemas by type name alone: two different views of one name would
+    /// silently become one.
+    fn check_schema_names<'a>(&self, incoming: impl Iterator<Item = (&'a String, &'a RefOr<Schema>)>) {
+        let mut known: BTreeMap<&String, &RefOr<Schema>> =
+            self.api.get_openapi().components.iter().flat_map(|c| &c.schemas).collect();
+        for (name, schema) in incoming {
+            let same = *known.entry(name).or_insert(schema) == schema;
+            assert!(same, "two different schemas are named {name}: rename one (`#[schema(as = ..)]`)");
+        }
+    }
+
+    /// The router, answering what no route takes as the API answers everything (JSON `404`,
+    /// `405`).
+    fn into_router(self) -> Router<Arc<Registry>> {
+        self.api
+            .split_for_parts()
+            .0
+            .fallback(|| async { Refusal(Error::NotFound { what: "route".into() }) })
+            .method_not_allowed_fallback(|| async { Refusal(Error::MethodNotAllowed) })
+    }
+
+    /// The OpenAPI document of these routes.
+    fn into_document(self) -> OpenApi {
+        openapi::completed(self.api.into_openapi())
+    }
+}
+
+/// Every route of the operations API.
+fn routes() -> Routes {
+    Routes::new()
         .merge(modules::routes())
         .merge(artifacts::routes())
         .merge(logs::routes())
@@ -98,8 +167,22 @@ pub(crate) fn router(registry: Arc<Registry>, door: &FrontDoor, listen: SocketAd
         .merge(spis::routes())
         .merge(health::routes())
         .merge(metrics::routes())
-        .fallback(|| async { Refusal(Error::NotFound { what: "route".into() }) })
-        .method_not_allowed_fallback(|| async { Refusal(Error::MethodNotAllowed) })
+        .merge(console::routes())
+        .merge(openapi::routes())
+}
+
+/// The operations API router, answering on `listen` (its bound address: the `Host` values it
+/// accepts depend on the port). Every request but `GET /api/v1/ready` requires
+/// `Authorization: Bearer <token>`.
+pub(crate) fn router(registry: Arc<Registry>, door: &FrontDoor, listen: SocketAddr) -> Router {
+    let gate = Arc::new(Gate {
+        token: door.token.clone(),
+        hosts: AllowedHosts::new(listen, &door.allowed_hosts),
+        throttle: Arc::clone(&door.throttle),
+        metrics_public: registry.config().metrics_public,
+    });
+    routes()
+        .into_router()
         .layer(middleware::from_fn(json_errors::as_json))
         .layer(middleware::from_fn_with_state(Arc::clone(&registry), refuse_changes_until_restored))
         .layer(middleware::from_fn_with_state(gate, gate::guard))

@@ -105,6 +105,10 @@ use crate::accounting::Port;
 
 pub use pedestal_host::loader::limit_malloc_arenas;
 
+/// The web console's shared files, for the fleet controller's own console.
+pub mod console {
+    pub use crate::admin::console::{COMMON_SCRIPT, STYLE, file};
+}
 pub use crate::{
     admin::{AUDIT_FILE, TOKEN_FILE as ADMIN_TOKEN_FILE},
     artifact::Artifact,

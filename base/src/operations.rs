@@ -19,7 +19,7 @@ use crate::{error::Error, sync::lock};
 const KEEP_FINISHED: usize = 1000;
 
 /// Where an operation is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Still running.
@@ -31,7 +31,7 @@ pub enum Status {
 }
 
 /// One operation as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Operation {
     /// Its id.
     pub id: u64,

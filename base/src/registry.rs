@@ -77,7 +77,7 @@ const RETIRED: usize = 64;
 
 /// An uninstalled instance as the base remembers it: what it was, what it served, and its
 /// history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Retired {
     pub name: String,
     pub package: String,
@@ -112,7 +112,7 @@ impl Retired {
 }
 
 /// How an install treats the versions of the module already installed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Add the version next to the others (Koupleless's "install").

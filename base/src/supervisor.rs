@@ -94,7 +94,7 @@ pub(crate) fn handover() -> &'static Handover {
 }
 
 /// This process, as `GET /api/v1/base` shows it: which worker is serving.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BaseProcess {
     /// This process's id (the worker's, when supervised).
     pub pid: u32,

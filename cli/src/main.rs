@@ -28,6 +28,13 @@ enum Command {
     Sign(cli::keys::SignArgs),
     /// Upload a module to a running base's operations API.
     Install(cli::install::InstallArgs),
+    #[command(flatten)]
+    Ops(cli::ops::OpsCommand),
+    /// Print a shell completion script: `pedestal completions bash > /etc/bash_completion.d/pedestal`.
+    Completions {
+        /// `bash`, `zsh`, `fish`, `elvish` or `powershell`.
+        shell: clap_complete::Shell,
+    },
     /// Run a fleet controller: the scheduler and the fleet API (any number; one leads).
     Controller(Box<pedestal_fleet::controller::ControllerArgs>),
     /// Operate a fleet through a controller: apply, status, push, delete, bases.
@@ -229,13 +236,17 @@ impl From<ServeArgs> for Config {
 }
 
 /// Errors are printed whole (`error: CODE: context: cause`), never with a backtrace: a
-/// configuration mistake is the operator's to fix, not a crash to debug.
+/// configuration mistake is the operator's to fix, not a crash to debug. A base that cannot be
+/// reached exits 2, anything else refused or failed 1.
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<cli::admin::ApiError>() {
+                Some(api) => ExitCode::from(api.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -246,6 +257,18 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Keygen(args) => return cli::keys::keygen(args),
         Command::Sign(args) => return cli::keys::sign(args),
         Command::Install(args) => return cli::install::run(args),
+        Command::Ops(command) => return cli::ops::run(command),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "pedestal",
+                &mut script,
+            );
+            pedestal_fleet::render::emit(&String::from_utf8_lossy(&script));
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Controller(args) => return pedestal_fleet::controller::run(*args),
         Command::Fleet(args) => return pedestal_fleet::cli::run(*args),
     };

@@ -8,7 +8,6 @@
 
 use std::{
     fmt::Write as _,
-    io::IsTerminal,
     path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant},
@@ -22,6 +21,7 @@ use crate::{
         BaseView, CommandRequest, FleetStatus, ModuleView, Pause, RolloutRecord, RolloutState, RolloutView,
         StepPhase, format_duration, now_ms,
     },
+    render::{Cell, Printer, Style, Table, health_style, human_bytes, millicores, state_style},
     rollout,
     spec::{ArtifactSource, Replicas, SpecFile},
 };
@@ -46,14 +46,8 @@ pub struct FleetArgs {
     pub command: FleetCommand,
 }
 
-/// How answers are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// Aligned tables and one-line summaries.
-    Table,
-    /// The API's JSON.
-    Json,
-}
+/// How answers are printed (shared with the base's own commands).
+pub use crate::render::Output;
 
 /// `pedestal fleet <command>`.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -174,7 +168,7 @@ pub struct CommandArgs {
 /// Runs one `pedestal fleet` command, printing its answer; errors go to stderr with their
 /// stable code.
 pub fn run(args: FleetArgs) -> anyhow::Result<ExitCode> {
-    let printer = Printer { output: args.output, color: use_color() };
+    let printer = Printer::new(args.output);
     match execute(&args, &printer) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(Failure::Client(ClientError::Unreachable { url, message })) => {
@@ -712,28 +706,6 @@ fn fleet_token(token: Option<&str>, file: Option<&Path>) -> Result<Option<String
     crate::token::read(token, file).map_err(|e| local("FLEET_TOKEN_UNREADABLE", e.to_string()))
 }
 
-/// Colours only on a terminal, and never with `NO_COLOR` or `TERM=dumb`.
-fn use_color() -> bool {
-    std::io::stdout().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none()
-        && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(true)
-}
-
-struct Printer {
-    output: Output,
-    color: bool,
-}
-
-impl Printer {
-    /// Prints `answer` as JSON, or the text `table` renders.
-    fn print<T: serde::Serialize>(&self, answer: &T, table: impl FnOnce() -> String) {
-        match self.output {
-            Output::Json => println!("{}", serde_json::to_string_pretty(answer).expect("answers serialize")),
-            Output::Table => print!("{}", table()),
-        }
-    }
-}
-
 /// `status`: a header line per module (wanted/ready/state/reason), its replicas one per row,
 /// then what bases run unmanaged.
 pub fn render_status(status: &FleetStatus, color: bool) -> String {
@@ -873,149 +845,6 @@ pub fn render_bases(bases: &[BaseView], color: bool) -> String {
         ]);
     }
     table.render(color)
-}
-
-/// Bytes for people: `512 B`, `1.5 KiB`, `64.0 MiB`, `2.0 GiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-/// Thousandths of a core, as Kubernetes writes them: `150m`.
-pub fn millicores(millis: u64) -> String {
-    format!("{millis}m")
-}
-
-fn state_style(state: &str) -> Style {
-    match state {
-        "active" | "placed" => Style::Good,
-        "failed" | "broken" | "unschedulable" | "pinned" | "quarantined" => Style::Bad,
-        "pending" | "starting" | "installed" | "stopping" => Style::Warn,
-        _ => Style::Plain,
-    }
-}
-
-fn health_style(health: &str) -> Style {
-    match health {
-        "healthy" => Style::Good,
-        "unhealthy" => Style::Bad,
-        _ => Style::Dim,
-    }
-}
-
-/// A terminal colour for a cell or a line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Style {
-    Plain,
-    Good,
-    Warn,
-    Bad,
-    Dim,
-}
-
-impl Style {
-    /// The ANSI sequence that starts it (`None` for plain).
-    fn ansi(self) -> Option<&'static str> {
-        match self {
-            Style::Plain => None,
-            Style::Good => Some("\x1b[32m"),
-            Style::Warn => Some("\x1b[33m"),
-            Style::Bad => Some("\x1b[31m"),
-            Style::Dim => Some("\x1b[2m"),
-        }
-    }
-}
-
-struct Cell {
-    text: String,
-    style: Style,
-}
-
-impl Cell {
-    fn new(text: impl Into<String>, style: Style) -> Self {
-        Self { text: text.into(), style }
-    }
-
-    fn plain(text: impl Into<String>) -> Self {
-        Self::new(text, Style::Plain)
-    }
-}
-
-enum Line {
-    Row(Vec<Cell>),
-    Note(String, Style),
-}
-
-/// Columns aligned over every row; notes (a module's header line) span the table.
-struct Table {
-    header: Vec<&'static str>,
-    lines: Vec<Line>,
-}
-
-impl Table {
-    fn new(header: &[&'static str]) -> Self {
-        Self { header: header.to_vec(), lines: Vec::new() }
-    }
-
-    fn row(&mut self, cells: Vec<Cell>) {
-        debug_assert_eq!(cells.len(), self.header.len());
-        self.lines.push(Line::Row(cells));
-    }
-
-    fn note(&mut self, text: String, style: Style) {
-        self.lines.push(Line::Note(text, style));
-    }
-
-    fn render(&self, color: bool) -> String {
-        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
-        for line in &self.lines {
-            if let Line::Row(cells) = line {
-                for (width, cell) in widths.iter_mut().zip(cells) {
-                    *width = (*width).max(cell.text.chars().count());
-                }
-            }
-        }
-        let paint = |text: &str, style: Style| match (color, style.ansi()) {
-            (true, Some(start)) if !text.is_empty() => format!("{start}{text}\x1b[0m"),
-            _ => text.to_owned(),
-        };
-        let mut out = String::new();
-        let header: Vec<Cell> = self.header.iter().map(|h| Cell::new(*h, Style::Dim)).collect();
-        let emit = |cells: &[Cell], out: &mut String| {
-            let mut line = String::new();
-            for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
-                if i > 0 {
-                    line.push_str("  ");
-                }
-                line.push_str(&paint(&cell.text, cell.style));
-                // Padding after the colour's end, so escapes never count as width.
-                let pad = width - cell.text.chars().count();
-                line.extend(std::iter::repeat_n(' ', pad));
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        };
-        emit(&header, &mut out);
-        for line in &self.lines {
-            match line {
-                Line::Row(cells) => emit(cells, &mut out),
-                Line::Note(text, style) => {
-                    out.push_str(&paint(text, *style));
-                    out.push('\n');
-                }
-            }
-        }
-        out
-    }
 }
 
 #[cfg(test)]
@@ -1205,19 +1034,6 @@ base-a  tier=web,zone=a  2/64     64.0 MiB/1.0 GiB  150m/2000m  http://127.0.0.1
 b       -                0/64     0 B/1.0 GiB       0m/2000m    http://127.0.0.1:7070  -            drained (kernel)
 ",
         );
-    }
-
-    #[test]
-    fn sizes_for_people() {
-        let check = |bytes: u64, expected: &str| assert_eq!(human_bytes(bytes), expected, "{bytes}");
-        check(0, "0 B");
-        check(1023, "1023 B");
-        check(1024, "1.0 KiB");
-        check(1536, "1.5 KiB");
-        check(64 << 20, "64.0 MiB");
-        check((1 << 30) + (1 << 29), "1.5 GiB");
-        check(5 << 40, "5.0 TiB");
-        assert_eq!(millicores(1250), "1250m");
     }
 
     #[test]

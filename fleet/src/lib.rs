@@ -3,7 +3,8 @@
 //!
 //! - [`agent`]: `pedestal serve --fleet ...` joins a base to a fleet.
 //! - [`controller`]: `pedestal controller ...`, the scheduler and the fleet API.
-//! - [`cli`]: `pedestal fleet ...`, the operator's client of a controller.
+//! - [`cli`]: `pedestal fleet ...`, the operator's client of a controller; [`render`]: the
+//!   tables, colours and units it prints with (the base's own commands use them too).
 //! - [`client`]: a blocking client of the fleet API; [`spec`]: the spec file of `apply`.
 //! - [`model`] and [`keys`]: what lives in etcd, and where.
 //! - [`schedule`]: the pure placement function the leading controller runs; [`autoscale`]: the
@@ -18,6 +19,7 @@ pub mod client;
 pub mod controller;
 pub mod keys;
 pub mod model;
+pub mod render;
 pub mod rollout;
 pub mod schedule;
 pub mod spec;

@@ -86,7 +86,7 @@ pub fn needs_operator(state: State) -> bool {
 }
 
 /// The base's health as `GET /api/v1/health` states it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BaseHealth {
     /// Every running instance is healthy and nothing needs an operator.

@@ -43,7 +43,7 @@ pub struct Artifact {
 }
 
 /// Where an instance is in its life. See ARCHITECTURE.md for the state machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Loading and checking the library.

@@ -48,7 +48,7 @@ use crate::{
 };
 
 /// One state change, with when and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Transition {
     /// The new state.
     pub state: State,
@@ -74,7 +74,7 @@ fn keep_recent(history: &mut Vec<Transition>) {
 }
 
 /// Request counters kept by the base at the boundary.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct Traffic {
     /// Requests handed to the module.
     pub requests: u64,
@@ -319,7 +319,7 @@ impl PendingReply {
 const MAX_TRACKED_TIMEOUTS: usize = 1024;
 
 /// A request that ran far past its timeout, as health and the API show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Runaway {
     /// The request's method and path.
     pub request: String,
@@ -328,7 +328,7 @@ pub struct Runaway {
 }
 
 /// What a health check of one instance found out from its hook.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum HookHealth {
     /// The module answered.
@@ -352,7 +352,7 @@ pub enum HookHealth {
 }
 
 /// A health status, as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ModuleHealth {
     /// Working normally.

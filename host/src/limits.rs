@@ -11,7 +11,7 @@ use pedestal_module_api::{MemoryAction, ModuleLimits};
 use serde::{Deserialize, Serialize};
 
 /// What the base does when an instance's live heap crosses its memory soft limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Log a warning (base and module log) and count it.
@@ -25,7 +25,7 @@ pub enum Action {
 /// What the base does with an instance that stayed unhealthy for its grace period (its health
 /// hook said so or did not answer within the health timeout, or most of its recent requests
 /// failed with 5xx; see ARCHITECTURE.md, "Limits").
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UnhealthyAction {
     /// Nothing: health only reports it.
@@ -55,7 +55,7 @@ impl std::str::FromStr for UnhealthyAction {
 
 /// Overrides of a module's limits, from the config file or the operations API. `None` leaves a
 /// limit to the next source; `0` for a count or size means "no limit".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
     /// Most requests inside the module at once.
@@ -90,7 +90,7 @@ impl LimitOverrides {
 }
 
 /// Where an effective limit came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// The base's default.
@@ -104,7 +104,7 @@ pub enum Source {
 }
 
 /// The limits the base enforces on one instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Limits {
     /// Most requests inside the module at once (`None`: no limit).
     pub max_concurrent_requests: Option<u32>,
@@ -127,7 +127,7 @@ pub struct Limits {
 }
 
 /// The source of each limit in [`Limits`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Sources {
     /// Of `max_concurrent_requests`.
     pub max_concurrent_requests: Source,

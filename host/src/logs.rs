@@ -45,7 +45,7 @@ impl FromStr for LogFormat {
 }
 
 /// One line a module logged.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LogLine {
     /// RFC 3339 time.
     pub at: String,

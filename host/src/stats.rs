@@ -31,7 +31,7 @@ pub trait RequestMetrics {
 }
 
 /// User and system CPU time of a group of threads.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CpuTime {
     /// Milliseconds in user mode.
     pub user_ms: u64,
@@ -103,7 +103,7 @@ pub struct Latency {
 }
 
 /// Latency quantiles, in microseconds (each the upper bound of its bucket).
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct LatencySummary {
     /// Median.
     pub p50_us: u64,
@@ -174,7 +174,7 @@ struct RateSlot {
 }
 
 /// Requests and server errors over the recent window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RecentWindow {
     /// The window's length.
     pub seconds: u64,

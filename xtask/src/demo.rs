@@ -88,8 +88,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let (t, a) = (listen.as_str(), admin_listen.as_str());
     println!(
-        "\n{}\nThe operations API takes the token the base generated into {token}:\n  \
-         T=\"Authorization: Bearer $(cat {token})\"; J='content-type: application/json'\n\
+        "\n{}\nOperate it with the CLI (the token is read from {token}) or in a browser at http://{a}/console:\n  \
+         export PEDESTAL_ADMIN=http://{a} PEDESTAL_DATA_DIR={data}; P={bin}\n  \
+         T=\"Authorization: Bearer $(cat {token})\"; J='content-type: application/json'   (for curl)\n\
          Try:\n  \
          curl '{t}/greeter/hello?name=Ada'\n  \
          curl '{t}/greeter/slow?ms=200'\n  \
@@ -97,16 +98,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
          curl {t}/notes/notes   (kept across demo runs; --fresh starts over)\n  \
          curl {t}/notes/title   (then edit {config} and ask again)\n  \
          curl {t}/.well-known/pedestal/ready   (for load balancers; no token)\n  \
+         $P ls\n  \
+         $P show greeter\n  \
+         $P top   (live requests/s, latency, heap and CPU per module; q quits)\n  \
+         $P health\n  \
+         $P logs notes -f\n  \
+         $P limits greeter --max-concurrent 1\n  \
+         $P rm notes@0.1.0   (then {t}/notes/notes answers 404)\n  \
          curl -H \"$T\" {a}/api/v1/modules/notes/kv\n  \
          curl -H \"$T\" -H \"$J\" -XPOST {a}/api/v1/events/notes.added -d '{{\"from\": \"curl\"}}'\n  \
          curl -s -H \"$T\" {a}/metrics | grep notes_added_total\n  \
-         curl -H \"$T\" {a}/api/v1/modules\n  \
-         curl -H \"$T\" {a}/api/v1/modules/greeter\n  \
-         curl -H \"$T\" {a}/api/v1/health\n  \
-         curl -H \"$T\" {a}/api/v1/base   (the worker process; a module crash restarts it)\n  \
-         curl -H \"$T\" {a}/api/v1/modules/notes/limits\n  \
-         curl -H \"$T\" -H \"$J\" -XPUT {a}/api/v1/modules/greeter/limits -d '{{\"max_concurrent_requests\": 1}}'\n  \
-         curl -H \"$T\" -XDELETE {a}/api/v1/modules/notes/0.1.0   (then {t}/notes/notes answers 404)\n  \
+         curl -H \"$T\" {a}/api/v1/openapi.json   (every route of the API)\n  \
          tail -f {audit}   (every operation, and every refused request)\n\
          New module, a project of its own anywhere (here in ~/pedestal-modules):\n  \
          cargo generate --path {root}/module-template --name hello --destination ~/pedestal-modules --vcs none --define sdk_path={root}/module-api\n  \
@@ -118,6 +120,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         audit = data_dir.join("audit.log").display(),
         data = data_dir.display(),
         root = root.display(),
+        bin = root.join("target/release/pedestal").display(),
     );
     let status = base.wait()?;
     if !status.success() {

@@ -63,15 +63,21 @@ fn count(result: &str, label: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The Debian packages the fleet needs, each with what shows it is there without dpkg: etcd 3.4
-/// for the tests' real etcd processes, and protoc with protobuf's well-known types, which the
-/// `etcd-client` crate's build script compiles its protos with (DESIGN.md, Tooling).
+/// The Debian packages the suite needs, each with what shows it is there without dpkg: etcd 3.4
+/// for the tests' real etcd processes, protoc with protobuf's well-known types, which the
+/// `etcd-client` crate's build script compiles its protos with (DESIGN.md, Tooling), haproxy for
+/// the fleet's load balancer test, promtool to lint `/metrics`, Chromium and ChromeDriver for
+/// the console's browser tests, and tmux for `pedestal top`'s.
 const DEBIAN_PACKAGES: &[(&str, Present)] = &[
     ("etcd-server", Present::Command("etcd")),
     ("etcd-client", Present::Command("etcdctl")),
     ("haproxy", Present::Command("haproxy")),
     ("protobuf-compiler", Present::Command("protoc")),
     ("libprotobuf-dev", Present::File("/usr/include/google/protobuf/descriptor.proto")),
+    ("prometheus", Present::Command("promtool")),
+    ("chromium", Present::File("/usr/bin/chromium")),
+    ("chromium-driver", Present::File("/usr/bin/chromedriver")),
+    ("tmux", Present::Command("tmux")),
 ];
 
 /// What shows a package's part is on the machine.

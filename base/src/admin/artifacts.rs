@@ -6,13 +6,15 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, StatusCode},
     response::Response,
-    routing::post,
 };
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::routes;
 
 use super::{
     Routes,
-    modules::{History, view},
+    json_errors::ErrorBody,
+    modules::{History, InstanceView, view},
     operations::run_operation,
     params::Params,
     parse_version, to_json,
@@ -24,13 +26,12 @@ use crate::{
 };
 
 pub(super) fn routes() -> Routes {
-    Routes::new()
-        .route("/api/v1/modules/{name}/{version}/retry", post(retry))
-        .route("/api/v1/artifacts/{sha256}/retry", post(retry_artifact))
+    Routes::new().route(routes!(retry)).route(routes!(retry_artifact))
 }
 
 /// The parameters of a retry of a module's version.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ModuleRetry {
     /// Retry even a module a fleet owns (`FLEET_OWNED` otherwise).
@@ -39,6 +40,16 @@ struct ModuleRetry {
 }
 
 /// `POST /api/v1/modules/{name}/{version}/retry[?force=true]`: loads a quarantined module again.
+#[utoipa::path(post, path = "/api/v1/modules/{name}/{version}/retry", tag = "artifacts", operation_id = "retry_module",
+    params(ModuleRetry, ("name", description = "The module's name."), ("version", description = "Its quarantined version (semver)."),
+        ("X-Pedestal-Signature" = Option<String>, Header, description = "A new signature of the quarantined artifact (`--trusted-keys`).")),
+    responses(
+        (status = 200, description = "Loaded and started: the instance, active.", body = InstanceView),
+        (status = 403, description = "`SIGNATURE_REQUIRED`, `SIGNATURE_INVALID` (with `--trusted-keys`).", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`: nothing of that name and version is quarantined.", body = ErrorBody),
+        (status = 409, description = "`FLEET_OWNED` (without `force=true`), `ALREADY_INSTALLED`, `OPERATION_IN_PROGRESS`.", body = ErrorBody),
+        (status = 422, description = "`BAD_REQUEST`: the version is not semver; or it failed to load or start again (`LOAD_FAILED`, `START_FAILED`...).", body = ErrorBody),
+    ))]
 async fn retry(
     State(registry): State<Arc<Registry>>,
     Params(options): Params<ModuleRetry>,
@@ -59,7 +70,8 @@ async fn retry(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ArtifactRetry {
     /// The install of the artifact under this name (default: under its package's name).
@@ -71,6 +83,14 @@ struct ArtifactRetry {
 
 /// `POST /api/v1/artifacts/{sha256}/retry[?name=NAME&force=true]`: loads a quarantined artifact again,
 /// also one that crashed the base in its constructors, before its name and version were known.
+#[utoipa::path(post, path = "/api/v1/artifacts/{sha256}/retry", tag = "artifacts",
+    params(("sha256", description = "The quarantined artifact's sha256 (64 lower-case hex digits)."), ArtifactRetry),
+    responses(
+        (status = 200, description = "Loaded and started: the instance, active.", body = InstanceView),
+        (status = 404, description = "`NOT_FOUND`: no quarantined artifact with that sha256.", body = ErrorBody),
+        (status = 409, description = "`FLEET_OWNED` (without `force=true`), `ALREADY_INSTALLED`, `OPERATION_IN_PROGRESS`.", body = ErrorBody),
+        (status = 422, description = "`BAD_REQUEST`: not a lower-case hex sha256; or it failed to load or start again (`LOAD_FAILED`, `START_FAILED`...).", body = ErrorBody),
+    ))]
 async fn retry_artifact(
     State(registry): State<Arc<Registry>>,
     Path(sha256): Path<String>,

@@ -164,10 +164,15 @@ impl Gate {
 
 /// `GET /api/v1/ready` answers without a token: probes (a kubelet's, a load balancer's) cannot
 /// read the token file, and it tells no more than whether the base is ready. So does
-/// `GET /metrics` when the operator chose so (`--metrics-public`).
-fn is_open(request: &Request, metrics_public: bool) -> bool {
+/// `GET /metrics` when the operator chose so (`--metrics-public`), and the console's static
+/// files, which hold no data (the page asks for the token and calls the API with it). The
+/// OpenAPI document asks it too, for each operation's `security`.
+pub(super) fn is_open(request: &Request, metrics_public: bool) -> bool {
     let path = request.uri().path();
-    *request.method() == Method::GET && (path == "/api/v1/ready" || metrics_public && path == "/metrics")
+    *request.method() == Method::GET
+        && (path == "/api/v1/ready"
+            || metrics_public && path == "/metrics"
+            || super::console::OPEN_PATHS.contains(&path))
 }
 
 /// The credentials of an `Authorization: Bearer <token>` header (the scheme in any case).

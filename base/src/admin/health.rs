@@ -9,10 +9,11 @@ use axum::{
     extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::get,
 };
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::{
     Routes, answer,
@@ -27,20 +28,22 @@ use crate::{
 };
 
 pub(super) fn routes() -> Routes {
-    Routes::new()
-        .route("/api/v1/ready", get(ready))
-        .route("/api/v1/base", get(base_process))
-        .route("/api/v1/health", get(health))
+    Routes::new().route(routes!(ready)).route(routes!(base_process)).route(routes!(health))
 }
 
 /// `GET /api/v1/ready`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Readiness {
     ready: bool,
 }
 
 /// `GET /api/v1/ready`: `200 {"ready": true}` once the base restored its state (and, with
 /// `--ready-requires-modules`, installed every boot module); `503 {"ready": false}` before.
+#[utoipa::path(get, path = "/api/v1/ready", tag = "health",
+    responses(
+        (status = 200, description = "Ready.", body = Readiness),
+        (status = 503, description = "Not ready yet.", body = Readiness),
+    ))]
 async fn ready(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Response {
     let ready = registry.is_ready();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -48,12 +51,14 @@ async fn ready(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Re
 }
 
 /// `GET /api/v1/base`: which process serves (the worker's pid and generation when supervised).
+#[utoipa::path(get, path = "/api/v1/base", tag = "health",
+    responses((status = 200, description = "The process that serves.", body = crate::supervisor::BaseProcess)))]
 async fn base_process(_: Params<NoParams>) -> Json<crate::supervisor::BaseProcess> {
     Json(crate::supervisor::base_process().clone())
 }
 
 /// One running instance's health, as `GET /api/v1/health` lists it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct InstanceHealth {
     module: String,
     version: String,
@@ -69,7 +74,7 @@ struct InstanceHealth {
 }
 
 /// The requests of the recent window, and the share of them that failed.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct RecentRequests {
     seconds: u64,
     requests: u64,
@@ -109,7 +114,7 @@ async fn instance_health(instance: Arc<Instance>, active: bool, timeout: Duratio
 }
 
 /// Something that needs an operator, as `GET /api/v1/health` lists it under `problems`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 enum Problem {
     /// A broken or pinned instance the registry lists.
@@ -170,7 +175,7 @@ impl Problem {
 }
 
 /// `GET /api/v1/health`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct BaseHealthView {
     status: BaseHealth,
     interface_version: &'static str,
@@ -185,7 +190,7 @@ struct BaseHealthView {
 }
 
 /// How full the crash handler's table of loaded libraries is.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct CrashTable {
     in_use: usize,
     capacity: usize,
@@ -193,6 +198,8 @@ struct CrashTable {
 
 /// `GET /api/v1/health`: the base, each running instance's health (its hook plus its recent
 /// error rate), and the instances that need an operator (broken, pinned) with their reasons.
+#[utoipa::path(get, path = "/api/v1/health", tag = "health",
+    responses((status = 200, description = "The base's health, each running instance's, and what needs an operator.", body = BaseHealthView)))]
 async fn health(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Json<Value> {
     let all = registry.all();
     let timeout = registry.config().health_timeout;

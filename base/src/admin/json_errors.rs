@@ -8,9 +8,23 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use crate::error_response::ErrorCode;
+
+/// The body of every error answer, as `Error::to_json` and [`rejection`] make it: the schema
+/// the OpenAPI document gives every error status.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ErrorBody {
+    /// A stable machine-readable code (`NOT_FOUND`, `VERSION_ACTIVE`...); README.md lists them.
+    code: String,
+    /// What happened, for a person.
+    message: String,
+    /// The error's particulars (`module`, `running`, `unknown_parameters`...), `{}` without any.
+    #[schema(value_type = Object)]
+    details: Map<String, Value>,
+}
 
 /// How much of a plain-text error body becomes the message.
 const MESSAGE_BYTES: usize = 4096;
@@ -73,8 +87,8 @@ pub(crate) fn rejection(status: StatusCode, text: &str) -> Response {
     } else {
         text.to_owned()
     };
-    let body = json!({"code": code, "message": message, "details": {}});
-    let mut response = (status, axum::Json(body)).into_response();
+    let body = ErrorBody { code: code.to_owned(), message, details: Map::new() };
+    let mut response = (status, super::answer(&body)).into_response();
     response.extensions_mut().insert(ErrorCode(code.to_owned()));
     response
 }

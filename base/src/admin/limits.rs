@@ -7,14 +7,16 @@ use axum::{
     Json,
     extract::{Path, State},
     http::HeaderMap,
-    routing::put,
 };
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::{
     Routes, answer,
     gate::require_json,
+    json_errors::ErrorBody,
     params::{NoParams, Params},
 };
 use crate::{
@@ -26,11 +28,11 @@ use crate::{
 };
 
 pub(super) fn routes() -> Routes {
-    Routes::new().route("/api/v1/modules/{name}/limits", put(set_limits).get(get_limits))
+    Routes::new().route(routes!(set_limits, get_limits))
 }
 
 /// A module's limits as the API shows them.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct LimitsView<'a> {
     module: &'a str,
     overrides: LimitOverrides,
@@ -39,7 +41,7 @@ struct LimitsView<'a> {
 }
 
 /// One version's effective limits.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct VersionLimits {
     version: String,
     /// Whether its manifest declares limits.
@@ -61,6 +63,12 @@ fn limits_view(name: &str, overrides: LimitOverrides, instances: &[Arc<Instance>
 }
 
 /// `GET /api/v1/modules/{name}/limits`: the API's overrides and each version's effective limits.
+#[utoipa::path(get, path = "/api/v1/modules/{name}/limits", tag = "limits",
+    params(("name", description = "The module's name.")),
+    responses(
+        (status = 200, description = "The overrides, and each live version's effective limits with their sources.", body = LimitsView),
+        (status = 404, description = "`NOT_FOUND`: no module of that name.", body = ErrorBody),
+    ))]
 async fn get_limits(
     State(registry): State<Arc<Registry>>,
     _: Params<NoParams>,
@@ -73,6 +81,16 @@ async fn get_limits(
 /// `PUT /api/v1/modules/{name}/limits`: replaces the API's overrides of the module's limits
 /// (a field left out or `null` falls back to the config file, the manifest, then the default;
 /// `0` lifts a count or size limit) and applies them to every version at once.
+#[utoipa::path(put, path = "/api/v1/modules/{name}/limits", tag = "limits",
+    params(super::traffic::ForceOption, ("name", description = "The module's name.")),
+    request_body = LimitOverrides,
+    responses(
+        (status = 200, description = "The new overrides, applied: each live version's effective limits.", body = LimitsView),
+        (status = 404, description = "`NOT_FOUND`: no module of that name.", body = ErrorBody),
+        (status = 409, description = "`FLEET_OWNED` (without `force=true`).", body = ErrorBody),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: a body that is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "`BAD_REQUEST`: not an object of known limits.", body = ErrorBody),
+    ))]
 async fn set_limits(
     State(registry): State<Arc<Registry>>,
     Params(options): Params<super::traffic::ForceOption>,

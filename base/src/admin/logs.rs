@@ -8,14 +8,15 @@ use axum::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
-    routing::get,
 };
 use futures_util::{StreamExt, stream};
 use pedestal_module_api::abi::LogLevel;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
-use super::{Routes, answer, params::Params};
+use super::{Routes, answer, json_errors::ErrorBody, params::Params};
 use crate::{
     error::Error,
     error_response::Answer,
@@ -24,10 +25,11 @@ use crate::{
 };
 
 pub(super) fn routes() -> Routes {
-    Routes::new().route("/api/v1/modules/{name}/logs", get(module_logs))
+    Routes::new().route(routes!(module_logs))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogQuery {
     /// How many recent lines (default 100, at most [`RECENT_LINES`]).
     tail: Option<usize>,
@@ -38,18 +40,28 @@ struct LogQuery {
 }
 
 /// A module's recent log lines.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct RecentLines<'a> {
     module: &'a str,
     /// The module's log file.
+    #[schema(value_type = String)]
     file: &'a FilePath,
     /// Oldest first.
+    #[schema(value_type = Vec<LogLine>)]
     lines: &'a [LogLine],
 }
 
 /// `GET /api/v1/modules/{name}/logs[?tail=N][&level=L][&follow=true]`: a module's recent log
 /// lines, or with `?follow=true` a stream of them (server-sent events,
 /// event name `log`, data = the line as JSON), starting with the requested tail.
+#[utoipa::path(get, path = "/api/v1/modules/{name}/logs", tag = "logs",
+    params(("name", description = "The module's name."), LogQuery),
+    responses(
+        (status = 200, description = "The recent lines; with `follow=true`, server-sent events named `log`, each line as JSON.",
+            content((RecentLines = "application/json"), (LogLine = "text/event-stream"))),
+        (status = 404, description = "`NOT_FOUND`: no log of that module.", body = ErrorBody),
+        (status = 422, description = "`BAD_REQUEST`: an unknown log level.", body = ErrorBody),
+    ))]
 async fn module_logs(
     State(registry): State<Arc<Registry>>,
     Path(name): Path<String>,

@@ -6,7 +6,6 @@ use axum::{
     extract::State,
     http::header,
     response::{IntoResponse, Response},
-    routing::get,
 };
 
 use super::{
@@ -16,11 +15,12 @@ use super::{
 use crate::{error::Error, error_response::Answer, registry::Registry};
 
 pub(super) fn routes() -> Routes {
-    Routes::new().route("/metrics", get(metrics))
+    Routes::new().route(utoipa_axum::routes!(metrics))
 }
 
 /// `GET /metrics`: every series in Prometheus' text format, rendered on a blocking thread
 /// because it walks every module and instance.
+#[utoipa::path(get, path = "/metrics", tag = "metrics", responses((status = 200, body = String, content_type = "text/plain; version=0.0.4", description = "Prometheus text.")))]
 async fn metrics(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Answer<Response> {
     let text = tokio::task::spawn_blocking(move || registry.render_metrics())
         .await

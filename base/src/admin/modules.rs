@@ -13,14 +13,16 @@ use axum::{
     extract::{Path, Request, State},
     http::{HeaderMap, StatusCode, header},
     response::Response,
-    routing::{delete, get},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use super::{
     Routes, answer, gate,
-    operations::run_operation,
+    json_errors::ErrorBody,
+    operations::{Accepted, run_operation},
     params::{NoParams, Params},
     parse_version, to_json,
 };
@@ -37,14 +39,14 @@ use crate::{
 
 pub(super) fn routes() -> Routes {
     Routes::new()
-        .route("/api/v1/modules", get(list).post(install))
-        .route("/api/v1/modules/{name}", get(describe).delete(uninstall_which))
-        .route("/api/v1/modules/{name}/{version}", delete(uninstall))
-        .route("/api/v1/modules/{name}/rollback", axum::routing::post(rollback))
+        .route(routes!(list, install))
+        .route(routes!(describe, uninstall_which))
+        .route(routes!(uninstall))
+        .route(routes!(rollback))
 }
 
 /// One instance as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(super) struct InstanceView {
     name: String,
     package: String,
@@ -77,7 +79,7 @@ pub(super) struct InstanceView {
 }
 
 /// The instance's heap as its counting allocator sees it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct HeapView {
     live_bytes: u64,
     allocated_bytes: u64,
@@ -135,13 +137,15 @@ pub(super) fn view(
 }
 
 /// `GET /api/v1/modules`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ModuleList {
     modules: Vec<InstanceView>,
     quarantined: Vec<Quarantined>,
 }
 
 /// `GET /api/v1/modules`: every instance (without history), and the quarantined artifacts.
+#[utoipa::path(get, path = "/api/v1/modules", tag = "modules", operation_id = "list_modules",
+    responses((status = 200, description = "Every instance, and the quarantined artifacts.", body = ModuleList)))]
 async fn list(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Json<Value> {
     let cpu = cpu_by_thread_name();
     let modules = registry.all().iter().map(|(i, active)| view(i, *active, History::Left, &cpu)).collect();
@@ -149,7 +153,7 @@ async fn list(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Jso
 }
 
 /// `GET /api/v1/modules/{name}`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ModuleDescription {
     name: String,
     active_version: Option<String>,
@@ -163,6 +167,12 @@ struct ModuleDescription {
 /// `GET /api/v1/modules/{name}`: every version of one module with its history, its
 /// quarantined artifacts, its crashes and its retired (uninstalled) instances. A module known
 /// only from its quarantine or its retired instances is found.
+#[utoipa::path(get, path = "/api/v1/modules/{name}", tag = "modules", operation_id = "describe_module",
+    params(("name", description = "The module's name (as installed).")),
+    responses(
+        (status = 200, description = "The module's versions, quarantined artifacts, crashes and retired instances.", body = ModuleDescription),
+        (status = 404, description = "`NOT_FOUND`: no module of that name.", body = ErrorBody),
+    ))]
 async fn describe(
     State(registry): State<Arc<Registry>>,
     _: Params<NoParams>,
@@ -198,8 +208,10 @@ async fn describe(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UninstallOptions {
+    /// Answer `202` with an operation id at once instead of waiting.
     #[serde(default, rename = "async")]
     run_async: bool,
     /// Unload even the last implementation of an SPI running modules require.
@@ -213,6 +225,12 @@ struct UninstallOptions {
 
 /// `DELETE /api/v1/modules/{name}`: which version? `400 VERSION_REQUIRED` with the running
 /// versions to choose from.
+#[utoipa::path(delete, path = "/api/v1/modules/{name}", tag = "modules", operation_id = "uninstall_without_version",
+    params(("name", description = "The module's name.")),
+    responses(
+        (status = 400, description = "`VERSION_REQUIRED`: `details.running` lists the versions to choose from, `details.active_version` the one with the traffic.", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`: no module of that name.", body = ErrorBody),
+    ))]
 async fn uninstall_which(
     State(registry): State<Arc<Registry>>,
     Path(name): Path<String>,
@@ -224,8 +242,10 @@ async fn uninstall_which(
     Err(Error::VersionRequired { name, running, active: active.map(|v| v.to_string()) }.into())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AsyncForce {
+    /// Answer `202` with an operation id at once instead of waiting.
     #[serde(default, rename = "async")]
     run_async: bool,
     /// Roll back even a module a fleet owns (`FLEET_OWNED` otherwise).
@@ -234,7 +254,7 @@ struct AsyncForce {
 }
 
 /// What a rollback answers.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct RolledBackView {
     name: String,
     /// The version that now takes the traffic, and its artifact.
@@ -252,6 +272,15 @@ struct RolledBackView {
 /// `POST /api/v1/modules/{name}/rollback[?force=true][&async=true]`: returns the module to the
 /// build that had its traffic before the last switch, replace or hand-over, reinstalling it
 /// from the artifact store when it was unloaded.
+#[utoipa::path(post, path = "/api/v1/modules/{name}/rollback", tag = "modules", operation_id = "rollback_module",
+    params(("name", description = "The module's name."), AsyncForce),
+    responses(
+        (status = 200, description = "The module is back on its previous build.", body = RolledBackView),
+        (status = 202, description = "With `async=true`: the operation, to follow at `status_url`.", body = Accepted),
+        (status = 404, description = "`NOT_FOUND`: no module of that name.", body = ErrorBody),
+        (status = 409, description = "`NO_PREVIOUS_VERSION`: none is recorded; `FLEET_OWNED` (without `force=true`); `OPERATION_IN_PROGRESS`.", body = ErrorBody),
+        (status = 422, description = "The previous build failed to load or start again (`LOAD_FAILED`, `START_FAILED`, `START_TIMEOUT`...).", body = ErrorBody),
+    ))]
 async fn rollback(
     State(registry): State<Arc<Registry>>,
     Path(name): Path<String>,
@@ -278,6 +307,15 @@ async fn rollback(
 
 /// `DELETE /api/v1/modules/{name}/{version}[?force=true][&async=true]`: drains and unloads one
 /// version, answering its last view (with history).
+#[utoipa::path(delete, path = "/api/v1/modules/{name}/{version}", tag = "modules", operation_id = "uninstall_version",
+    params(("name", description = "The module's name."), ("version", description = "The version to uninstall (semver)."), UninstallOptions),
+    responses(
+        (status = 200, description = "The instance's final view (`stopped`, or `pinned` with the reason), and who has the traffic now.", body = Uninstalled),
+        (status = 202, description = "With `async=true`: the operation, to follow at `status_url`.", body = Accepted),
+        (status = 404, description = "`NOT_FOUND`: no such module or version.", body = ErrorBody),
+        (status = 409, description = "`MODULE_REQUIRED`: the last implementation of an SPI running modules require (`details.dependents`; or `force=true`); `VERSION_ACTIVE` (with `keep_active=true`); `FLEET_OWNED`; `OPERATION_IN_PROGRESS`.", body = ErrorBody),
+        (status = 422, description = "`BAD_REQUEST`: the version is not semver.", body = ErrorBody),
+    ))]
 async fn uninstall(
     State(registry): State<Arc<Registry>>,
     Path((name, version)): Path<(String, String)>,
@@ -294,22 +332,34 @@ async fn uninstall(
         } else {
             registry.uninstall_checked(&name, &version, dependents)?
         };
-        let mut answer = to_json(&view(&instance, false, History::Included, &HashMap::new()));
-        // Who has the traffic now (another version took it over, or none).
-        let now_active = registry.module(&name).ok().and_then(|(_, active)| active).map(|v| v.to_string());
-        if let Some(object) = answer.as_object_mut() {
-            object.insert("active_version".into(), now_active.into());
-        }
-        Ok(answer)
+        let active_version =
+            registry.module(&name).ok().and_then(|(_, active)| active).map(|v| v.to_string());
+        Ok(to_json(&Uninstalled {
+            instance: view(&instance, false, History::Included, &HashMap::new()),
+            active_version,
+        }))
     })
     .await
 }
 
-/// A JSON install body: a file on the base's disk, or an artifact already in its store.
-#[derive(Deserialize)]
+/// What an uninstall answers: the instance's last view, and who has the traffic now.
+#[derive(Serialize, ToSchema)]
+struct Uninstalled {
+    #[serde(flatten)]
+    instance: InstanceView,
+    /// The version that took the traffic over, or none.
+    active_version: Option<String>,
+}
+
+/// A JSON install body: a file on the base's disk, or an artifact already in its store (exactly
+/// one of the two).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InstallFromJson {
+    /// An absolute path inside `<data-dir>/incoming/` or an `--allow-path-install` directory.
+    #[schema(value_type = Option<String>)]
     path: Option<PathBuf>,
+    /// The sha256 of an artifact still in the base's store: a reinstall.
     sha256: Option<String>,
 }
 
@@ -332,7 +382,8 @@ impl InstallFromJson {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct InstallOptions {
     /// Install under this name instead of the package's (one artifact, many tenants).
     name: Option<String>,
@@ -341,6 +392,7 @@ struct InstallOptions {
     activate: bool,
     /// `install` (default) or `replace`.
     #[serde(default)]
+    #[param(inline)]
     strategy: Strategy,
     /// Install even when a required SPI has no implementation running.
     #[serde(default)]
@@ -373,7 +425,7 @@ impl InstallOptions {
 }
 
 /// What an install answers.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Installed {
     name: String,
     package: String,
@@ -390,7 +442,7 @@ struct Installed {
 }
 
 /// The version an install with `strategy=replace` unloaded.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Replaced {
     version: String,
     state: InstanceState,
@@ -408,6 +460,24 @@ const UPLOAD_RATE: MinRate =
 /// `POST /api/v1/modules`: installs the module whose bytes are the body
 /// (`application/octet-stream`), or whose file on the base's disk the body names
 /// (`application/json`, `{"path": ...}`, with `--allow-path-install`).
+#[utoipa::path(post, path = "/api/v1/modules", tag = "modules", operation_id = "install_module",
+    params(InstallOptions,
+        ("X-Pedestal-Signature" = Option<String>, Header, description = "A signature of the artifact by a trusted key (`--trusted-keys`); a path install also finds `<file>.sig`.")),
+    request_body(description = "The module's bytes, or JSON naming a file on the base's disk or an artifact in its store.",
+        content(("application/octet-stream"), (InstallFromJson = "application/json"))),
+    responses(
+        (status = 201, description = "Installed (and started).", body = Installed),
+        (status = 202, description = "With `async=true`: the operation, to follow at `status_url`.", body = Accepted),
+        (status = 400, description = "`BAD_REQUEST`: a malformed `sha256`; `PATH_NOT_ABSOLUTE`.", body = ErrorBody),
+        (status = 403, description = "`PATH_NOT_ALLOWED`; `SIGNATURE_REQUIRED`, `SIGNATURE_INVALID` (with `--trusted-keys`).", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`: the path install's file, or the reinstall's artifact.", body = ErrorBody),
+        (status = 408, description = "`REQUEST_TIMEOUT`: the upload arrived slower than 64 KiB/s on average after 10 s.", body = ErrorBody),
+        (status = 409, description = "`ALREADY_INSTALLED`, `QUARANTINED`, `SHA256_MISMATCH`, `FLEET_OWNED`, `OPERATION_IN_PROGRESS`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`: over `--max-upload-bytes`.", body = ErrorBody),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: neither `application/octet-stream` nor `application/json`.", body = ErrorBody),
+        (status = 422, description = "Not loadable: `EMPTY_UPLOAD`, `NOT_A_MODULE`, `INTERFACE_MISMATCH`, `ABI_MISMATCH`, `LOAD_FAILED`, `START_FAILED`, `START_TIMEOUT`, `SPI_INCOMPATIBLE`, `NOT_A_REGULAR_FILE`; `BAD_REQUEST` for a JSON body that does not parse, or a reinstall by `{\"sha256\"}` pinned again.", body = ErrorBody),
+        (status = 424, description = "`SPI_MISSING`: a required SPI has no compatible implementation running (or `force=true`).", body = ErrorBody),
+    ))]
 async fn install(
     State(registry): State<Arc<Registry>>,
     Params(options): Params<InstallOptions>,

@@ -8,12 +8,13 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::get,
 };
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
-use super::{Routes, answer, audit, params::NoParams, params::Params};
+use super::{Routes, answer, audit, json_errors::ErrorBody, params::NoParams, params::Params};
 use crate::{
     error::{Error, Result},
     error_response::Answer,
@@ -22,12 +23,12 @@ use crate::{
 };
 
 pub(super) fn routes() -> Routes {
-    Routes::new().route("/api/v1/operations/{id}", get(operation))
+    Routes::new().route(routes!(operation))
 }
 
 /// What an operation run in the background answers at once.
-#[derive(Serialize)]
-struct Accepted {
+#[derive(Serialize, ToSchema)]
+pub(super) struct Accepted {
     operation: u64,
     status_url: String,
 }
@@ -71,6 +72,12 @@ pub(super) async fn run_operation(
 }
 
 /// `GET /api/v1/operations/{id}`: a background operation's status, and its result or error.
+#[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "operations", operation_id = "get_operation",
+    params(("id", description = "The id a `202` answer gave.")),
+    responses(
+        (status = 200, description = "Its status, and its result or error once it ended.", body = Operation),
+        (status = 404, description = "`NOT_FOUND`: no operation with that id.", body = ErrorBody),
+    ))]
 async fn operation(
     State(registry): State<Arc<Registry>>,
     _: Params<NoParams>,

@@ -3,17 +3,20 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, routing::get};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use super::{Routes, answer, params::Params};
 use crate::registry::{InstanceSamples, Registry};
 
 pub(super) fn routes() -> Routes {
-    Routes::new().route("/api/v1/samples", get(samples))
+    Routes::new().route(routes!(samples))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SampleQuery {
     /// Only this module's instances.
     module: Option<String>,
@@ -23,7 +26,7 @@ struct SampleQuery {
 }
 
 /// What `GET /api/v1/samples` answers.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct SamplesView {
     /// How far apart the samples are.
     interval_ms: u64,
@@ -34,6 +37,8 @@ struct SamplesView {
 
 /// `GET /api/v1/samples[?module=NAME][&since_ms=T]`: every live instance (or one module's), each
 /// with its samples oldest first.
+#[utoipa::path(get, path = "/api/v1/samples", tag = "samples", operation_id = "list_samples", params(SampleQuery),
+    responses((status = 200, description = "Each live instance's recent per-second samples.", body = SamplesView)))]
 async fn samples(
     State(registry): State<Arc<Registry>>,
     Params(query): Params<SampleQuery>,

@@ -7,41 +7,48 @@ use axum::{
     Json,
     extract::{Path, State},
     http::HeaderMap,
-    routing::{get, post},
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::{
     Routes, answer,
     gate::require_json,
+    json_errors::ErrorBody,
     params::{NoParams, Params},
 };
 use crate::{error::Error, error_response::Answer, registry::Registry, services::kv::Usage};
 
 pub(super) fn routes() -> Routes {
     Routes::new()
-        .route("/api/v1/modules/{name}/config", get(module_config))
-        .route("/api/v1/modules/{name}/kv", get(module_kv))
-        .route("/api/v1/config/reload", post(reload_config))
-        .route("/api/v1/events", get(list_events))
-        .route("/api/v1/events/{topic}", post(publish_event))
+        .route(routes!(module_config))
+        .route(routes!(module_kv))
+        .route(routes!(reload_config))
+        .route(routes!(list_events))
+        .route(routes!(publish_event))
 }
 
 /// `GET /api/v1/modules/{name}/config`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ModuleConfigView<'a> {
     module: &'a str,
     /// The values, with secrets replaced.
+    #[schema(value_type = Object)]
     values: Map<String, Value>,
     /// The keys whose values were replaced.
     redacted: Vec<String>,
     /// The config file, if the base has one.
+    #[schema(value_type = Option<String>)]
     file: Option<&'a FilePath>,
 }
 
 /// `GET /api/v1/modules/{name}/config`: the values module `name` reads (the config file's
 /// section with the environment's on top) with secrets redacted, and where the file is.
+#[utoipa::path(get, path = "/api/v1/modules/{name}/config", tag = "services",
+    params(("name", description = "The module's name.")),
+    responses((status = 200, description = "The values the module reads, secrets shown `\"(redacted)\"`.", body = ModuleConfigView)))]
 async fn module_config(
     State(registry): State<Arc<Registry>>,
     _: Params<NoParams>,
@@ -54,13 +61,19 @@ async fn module_config(
 }
 
 /// `GET /api/v1/modules/{name}/kv`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct KvView<'a> {
     module: &'a str,
     usage: Usage,
 }
 
 /// `GET /api/v1/modules/{name}/kv`: how much of its key-value quota module `name` uses.
+#[utoipa::path(get, path = "/api/v1/modules/{name}/kv", tag = "services",
+    params(("name", description = "The module's name.")),
+    responses(
+        (status = 200, description = "The module's use of its key-value quota.", body = KvView),
+        (status = 500, description = "`INTERNAL`: the store could not be read.", body = ErrorBody),
+    ))]
 async fn module_kv(
     State(registry): State<Arc<Registry>>,
     _: Params<NoParams>,
@@ -71,7 +84,7 @@ async fn module_kv(
 }
 
 /// `POST /api/v1/config/reload`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Reloaded {
     /// The modules whose values changed.
     changed: Vec<String>,
@@ -79,6 +92,11 @@ struct Reloaded {
 
 /// `POST /api/v1/config/reload`: re-reads the config file now (it is also watched) and hands
 /// the modules whose values changed their new values.
+#[utoipa::path(post, path = "/api/v1/config/reload", tag = "services",
+    responses(
+        (status = 200, description = "Reloaded: the modules whose values changed.", body = Reloaded),
+        (status = 500, description = "`CONFIG_INVALID`: the config file cannot be read or has a mistake.", body = ErrorBody),
+    ))]
 async fn reload_config(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Answer<Json<Value>> {
     let changed = tokio::task::spawn_blocking(move || registry.reload_config())
         .await
@@ -87,7 +105,7 @@ async fn reload_config(State(registry): State<Arc<Registry>>, _: Params<NoParams
 }
 
 /// `GET /api/v1/events`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct EventTotals {
     /// Topic → subscribers.
     topics: BTreeMap<String, usize>,
@@ -96,6 +114,8 @@ struct EventTotals {
 }
 
 /// `GET /api/v1/events`: the topics with subscribers, and totals.
+#[utoipa::path(get, path = "/api/v1/events", tag = "services",
+    responses((status = 200, description = "The topics with their subscriber counts, and totals.", body = EventTotals)))]
 async fn list_events(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Json<Value> {
     let events = registry.events();
     let topics = events.topics().into_iter().collect();
@@ -104,7 +124,7 @@ async fn list_events(State(registry): State<Arc<Registry>>, _: Params<NoParams>)
 }
 
 /// `POST /api/v1/events/{topic}`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Published<'a> {
     topic: &'a str,
     /// Deliveries queued, one per subscriber.
@@ -112,6 +132,14 @@ struct Published<'a> {
 }
 
 /// `POST /api/v1/events/{topic}` with a JSON body: publishes it as `base`.
+#[utoipa::path(post, path = "/api/v1/events/{topic}", tag = "services",
+    params(("topic", description = "The topic to publish on.")),
+    request_body(content = Object, description = "Any JSON value: the event's data."),
+    responses(
+        (status = 200, description = "Published: one delivery queued per subscriber.", body = Published),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: a body that is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "`BAD_REQUEST`: an invalid topic, or a body that is not JSON.", body = ErrorBody),
+    ))]
 async fn publish_event(
     State(registry): State<Arc<Registry>>,
     _: Params<NoParams>,

@@ -7,25 +7,30 @@ use axum::{
     Json,
     extract::{Path, State},
     http::HeaderMap,
-    routing::{get, post},
 };
 use pedestal_module_api::SpiError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{
+    IntoParams, ToSchema,
+    openapi::{ObjectBuilder, Type},
+};
+use utoipa_axum::routes;
 
 use super::{
     Routes, answer,
     gate::require_json,
+    json_errors::ErrorBody,
     params::{NoParams, Params},
 };
 use crate::{error::Error, error_response::Answer, instance::State as InstanceState, registry::Registry};
 
 pub(super) fn routes() -> Routes {
-    Routes::new().route("/api/v1/spis", get(list_spis)).route("/api/v1/spis/{spi}/{method}", post(call_spi))
+    Routes::new().route(routes!(list_spis)).route(routes!(call_spi))
 }
 
 /// `GET /api/v1/spis`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct SpiList {
     /// The SPIs the base declares, `name` → version.
     declared: BTreeMap<String, String>,
@@ -36,7 +41,7 @@ struct SpiList {
 }
 
 /// A running module implementing an SPI.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Implementation {
     module: String,
     spi_version: String,
@@ -44,13 +49,15 @@ struct Implementation {
 }
 
 /// A running module calling an SPI.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Requirement {
     module: String,
     spi_version: String,
 }
 
 /// `GET /api/v1/spis`: the SPIs the base declares, and which running modules implement what.
+#[utoipa::path(get, path = "/api/v1/spis", tag = "spis",
+    responses((status = 200, description = "The declared SPIs, and the running modules that implement and require them.", body = SpiList)))]
 async fn list_spis(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -> Json<Value> {
     let declared = registry.declared_spis().into_iter().map(|(n, v)| (n, v.to_string())).collect();
     let mut implemented: BTreeMap<String, Vec<Implementation>> = BTreeMap::new();
@@ -76,26 +83,42 @@ async fn list_spis(State(registry): State<Arc<Registry>>, _: Params<NoParams>) -
     answer(&SpiList { declared, implemented, required })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SpiTarget {
     /// Only this module's implementation (default: every implementation).
     module: Option<String>,
 }
 
 /// One implementation's answer to an SPI call: its result, or (in a fan-out) its typed error.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct SpiAnswer {
     /// `name@version` of the implementation.
     module: String,
     /// The result as JSON (`null` when it is not JSON).
     #[serde(skip_serializing_if = "Option::is_none")]
     result: Option<Value>,
+    /// The implementation's typed error (in a fan-out).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = spi_error_schema)]
     error: Option<SpiError>,
 }
 
+/// `SpiError`'s schema: the type is `pedestal-module-api`'s, which modules link, so it carries
+/// no OpenAPI derive of its own.
+fn spi_error_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .property("code", ObjectBuilder::new().schema_type(Type::String).description(Some("A stable code.")))
+        .property(
+            "message",
+            ObjectBuilder::new().schema_type(Type::String).description(Some("What happened.")),
+        )
+        .required("code")
+        .required("message")
+}
+
 /// A fan-out's answers, in module order.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct SpiAnswers {
     results: Vec<SpiAnswer>,
 }
@@ -104,6 +127,19 @@ struct SpiAnswers {
 /// the method on one module's implementation, or on every implementation (fan-out, answered in
 /// module order). Errors are the SPI's typed errors (`MODULE_GONE`, `SPI_PANICKED`, the
 /// implementation's own code...); in a fan-out each implementation's error is in its answer.
+#[utoipa::path(post, path = "/api/v1/spis/{spi}/{method}", tag = "spis",
+    params(("spi", description = "The SPI's name."), ("method", description = "The method to call."), SpiTarget),
+    request_body(content = Vec<Value>, description = "The method's arguments, as a JSON array (none: `[]`)."),
+    responses(
+        (status = 200, description = "With `module`: that implementation's answer; without: every implementation's, in module order.",
+            content((SpiAnswer = "application/json"), (SpiAnswers = "application/json"))),
+        (status = 400, description = "`BAD_PAYLOAD`: the arguments or the result do not (de)serialize as the method's types.", body = ErrorBody),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: a body that is not `application/json`.", body = ErrorBody),
+        (status = 501, description = "`UNKNOWN_METHOD`: the module does not implement that method.", body = ErrorBody),
+        (status = 502, description = "`SPI_PANICKED`, or the implementation's own error code.", body = ErrorBody),
+        (status = 503, description = "`SPI_NOT_IMPLEMENTED`: no running module implements it; `MODULE_GONE`.", body = ErrorBody),
+        (status = 504, description = "`SPI_TIMEOUT`: no answer within the implementation's request timeout.", body = ErrorBody),
+    ))]
 async fn call_spi(
     State(registry): State<Arc<Registry>>,
     Path((spi, method)): Path<(String, String)>,

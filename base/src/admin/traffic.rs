@@ -8,14 +8,17 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, StatusCode},
     response::Response,
-    routing::{post, put},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use super::{
     Routes, answer,
     gate::require_json,
+    json_errors::ErrorBody,
+    operations::Accepted,
     operations::run_operation,
     params::{NoParams, Params},
     parse_version, to_json,
@@ -27,13 +30,13 @@ use crate::{
 };
 
 pub(super) fn routes() -> Routes {
-    Routes::new()
-        .route("/api/v1/modules/{name}/switch", post(switch))
-        .route("/api/v1/modules/{name}/traffic", put(set_traffic).get(get_traffic))
+    Routes::new().route(routes!(switch)).route(routes!(set_traffic, get_traffic))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AsyncOption {
+    /// Answer `202` with an operation id at once instead of waiting.
     #[serde(default, rename = "async")]
     run_async: bool,
     /// Switch even a module a fleet owns (`FLEET_OWNED` otherwise).
@@ -42,20 +45,23 @@ struct AsyncOption {
 }
 
 /// The parameters of a change that only ownership guards.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ForceOption {
     /// Change even a module a fleet owns (`FLEET_OWNED` otherwise).
     #[serde(default)]
     pub(super) force: bool,
 }
 
-#[derive(Deserialize)]
+/// The body of a switch.
+#[derive(Deserialize, ToSchema)]
 struct SwitchTo {
+    /// The running version to make active.
     version: String,
 }
 
 /// What a switch answers.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Switched {
     name: String,
     active_version: String,
@@ -64,6 +70,17 @@ struct Switched {
 }
 
 /// `POST /api/v1/modules/{name}/switch {"version": "..."}`: one routing-table swap.
+#[utoipa::path(post, path = "/api/v1/modules/{name}/switch", tag = "traffic", operation_id = "switch_version",
+    params(("name", description = "The module's name."), AsyncOption),
+    request_body = SwitchTo,
+    responses(
+        (status = 200, description = "Switched.", body = Switched),
+        (status = 202, description = "With `async=true`: the operation, to follow at `status_url`.", body = Accepted),
+        (status = 404, description = "`NOT_FOUND`: no such module or version.", body = ErrorBody),
+        (status = 409, description = "`NOT_RUNNING`: that version is not running; `FLEET_OWNED` (without `force=true`); `OPERATION_IN_PROGRESS`.", body = ErrorBody),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: a body that is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "`BAD_REQUEST`: not `{\"version\": \"...\"}`, or not a semver version.", body = ErrorBody),
+    ))]
 async fn switch(
     State(registry): State<Arc<Registry>>,
     Path(name): Path<String>,
@@ -93,7 +110,7 @@ async fn switch(
 }
 
 /// How a module's traffic is split, as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct TrafficView<'a> {
     module: &'a str,
     active_version: Option<String>,
@@ -103,6 +120,16 @@ struct TrafficView<'a> {
 
 /// `PUT /api/v1/modules/{name}/traffic {"1.0.0": 90, "1.1.0": 10}`: a weighted split across
 /// running versions (`{}` goes back to the active version alone).
+#[utoipa::path(put, path = "/api/v1/modules/{name}/traffic", tag = "traffic",
+    params(ForceOption, ("name", description = "The module's name.")),
+    request_body(content = BTreeMap<String, u32>, description = "`version` → weight, across running versions; `{}` goes back to the active version alone."),
+    responses(
+        (status = 200, description = "The new split.", body = TrafficView),
+        (status = 404, description = "`NOT_FOUND`: no such module.", body = ErrorBody),
+        (status = 409, description = "`NOT_RUNNING`: a weighted version is not running; `FLEET_OWNED` (without `force=true`).", body = ErrorBody),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: a body that is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "`BAD_REQUEST`: not an object of versions and weights.", body = ErrorBody),
+    ))]
 async fn set_traffic(
     State(registry): State<Arc<Registry>>,
     Params(options): Params<ForceOption>,
@@ -126,6 +153,12 @@ async fn set_traffic(
 }
 
 /// `GET /api/v1/modules/{name}/traffic`: the active version and the weighted split, if any.
+#[utoipa::path(get, path = "/api/v1/modules/{name}/traffic", tag = "traffic",
+    params(("name", description = "The module's name.")),
+    responses(
+        (status = 200, description = "The active version and the split, if any.", body = TrafficView),
+        (status = 404, description = "`NOT_FOUND`: no such module.", body = ErrorBody),
+    ))]
 async fn get_traffic(
     State(registry): State<Arc<Registry>>,
     _: Params<NoParams>,

@@ -170,7 +170,7 @@ pub(crate) enum RetryTarget<'a> {
 }
 
 /// A module the base will not load until an operator retries it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Quarantined {
     /// Its name, when it was known (a crash inside the library's constructors comes before it).
     pub name: Option<String>,

@@ -243,6 +243,7 @@ impl Registry {
         // instance and still quarantine it.
         self.lift_quarantine(&instance.artifact.sha256, &instance.id.name, name);
         self.mark_started(&instance.artifact.sha256);
+        self.metrics.count_install();
         if load == Load::Restore {
             // Restoring: `restore` sets the recorded active versions and weights in one step.
             instance.transition(State::Inactive, "restore", "started; restoring the recorded routing");
@@ -496,6 +497,9 @@ impl Registry {
         }
         instance.stop(&self.config.runtime(), "uninstall");
         self.services().instance_stopped(&instance);
+        if instance.state() == State::Stopped {
+            self.metrics.count_unload();
+        }
         if !instance.is_mapped() {
             self.release_load_path(&instance.load_path);
         }
@@ -669,6 +673,9 @@ impl Registry {
         lock(&self.restarting).insert(instance.id.name.clone(), reason.to_owned());
         instance.stop_draining(&self.config.runtime(), self.config.restart_drain_timeout, reason);
         self.services().instance_stopped(instance);
+        if instance.state() == State::Stopped {
+            self.metrics.count_unload();
+        }
         if !instance.is_mapped() {
             self.release_load_path(&instance.load_path);
         }

@@ -28,7 +28,7 @@ pub(crate) const KEPT: usize = 300;
 pub(crate) const TICKS_PER_SAMPLE: u64 = 10;
 
 /// One second of one instance.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Sample {
     /// When it was taken, in milliseconds since the Unix epoch.
     pub at_ms: u64,
@@ -45,7 +45,7 @@ pub struct Sample {
 }
 
 /// The recent samples of one instance, oldest first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InstanceSamples {
     pub name: String,
     pub version: String,

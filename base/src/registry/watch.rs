@@ -101,6 +101,7 @@ impl Registry {
     /// unload's own thread, and this one waits for it at most the stop timeout.
     fn finish_stranded_unloads(&self) {
         for instance in Instance::finish_stranded_unloads(self.config.stop_timeout) {
+            self.metrics.count_unload();
             // Only paths this registry handed out (a process may hold more than one registry).
             if lock(&self.loaded_paths).contains(&instance.load_path) {
                 self.release_load_path(&instance.load_path);

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
 
 /// One module's use of the store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     /// Bytes of keys and values stored.
     pub used_bytes: u64,

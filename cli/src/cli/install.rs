@@ -1,19 +1,17 @@
 //! `pedestal install FILE.so [--name N] [--activate] [--replace] [--sha256 HEX] [--sign KEY]
-//! [--admin URL] [--token T] [--data-dir DIR]`: uploads a module to a running base.
+//! [--admin URL] [--token T] [--data-dir DIR] [--output json]`: uploads a module to a running base.
 //!
 //! It always pins the upload to the sha256 of the bytes it read (`?sha256=`, or the one given
 //! with `--sha256`), and sends a signature when it has one: made on the fly with `--sign KEY`,
 //! else `FILE.so.sig` when it exists.
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-    time::Duration,
-};
+use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use pedestal_base::signing::{SIGNATURE_HEADER, SecretKey, Signature, sha256, signature_beside};
 use serde_json::Value;
+
+use super::admin::{ApiArgs, encode};
 
 #[derive(clap::Args)]
 pub struct InstallArgs {
@@ -35,18 +33,12 @@ pub struct InstallArgs {
     /// Sign the file with this secret key now (otherwise FILE.sig is sent when it exists).
     #[arg(long, value_name = "KEY")]
     sign: Option<PathBuf>,
-    /// The base's operations API.
-    #[arg(long, env = "PEDESTAL_ADMIN_URL", value_name = "URL", default_value = "http://127.0.0.1:7071")]
-    admin: String,
-    /// Bearer token (default: `<data-dir>/admin-token`, when that file exists).
-    #[arg(long, env = "PEDESTAL_ADMIN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// The base's data directory, to read its `admin-token` from (default: `./pedestal-data`).
-    #[arg(long, env = "PEDESTAL_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
+    let client = args.api.client()?;
     let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let digest = sha256(&bytes);
     let signature = match &args.sign {
@@ -67,36 +59,14 @@ pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
         query.push(("strategy", "replace".into()));
     }
     let query: Vec<String> = query.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
-    let admin =
-        if args.admin.contains("://") { args.admin.clone() } else { format!("http://{}", args.admin) };
-    let url = format!("{}/api/v1/modules?{}", admin.trim_end_matches('/'), query.join("&"));
-
-    let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(10)).build();
-    let mut request = agent.post(&url).set("content-type", "application/octet-stream");
-    if let Some(token) = token(&args)? {
-        request = request.set("authorization", &format!("Bearer {token}"));
-    }
-    if let Some(signature) = &signature {
-        request = request.set(SIGNATURE_HEADER, &signature.to_line());
-    }
-    match request.send_bytes(&bytes) {
-        Ok(response) => {
-            let reply: Value = response.into_json().context("reading the base's answer")?;
-            report(&reply, signature.as_ref());
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(ureq::Error::Status(status, response)) => {
-            let body: Value = response.into_json().unwrap_or(Value::Null);
-            let code = body["code"].as_str().unwrap_or("?");
-            let message = body["message"].as_str().unwrap_or("");
-            eprintln!("error: {code}: {message} (HTTP {status})");
-            Ok(ExitCode::FAILURE)
-        }
-        Err(e) => bail!("cannot reach the base at {admin}: {e} (is `pedestal serve` running?)"),
-    }
+    let line = signature.as_ref().map(Signature::to_line);
+    let headers: Vec<(&str, &str)> = line.iter().map(|line| (SIGNATURE_HEADER, line.as_str())).collect();
+    let reply: Value = client.upload(&format!("/api/v1/modules?{}", query.join("&")), &bytes, &headers)?;
+    args.api.printer().print(&reply, || report(&reply, signature.as_ref()));
+    Ok(ExitCode::SUCCESS)
 }
 
-fn report(reply: &Value, signature: Option<&Signature>) {
+fn report(reply: &Value, signature: Option<&Signature>) -> String {
     let text = |key: &str| reply[key].as_str().unwrap_or("?").to_owned();
     let signed = match (reply["signed_by"].as_str(), signature) {
         (Some(key), _) => format!("signed by {key}"),
@@ -105,8 +75,8 @@ fn report(reply: &Value, signature: Option<&Signature>) {
         }
         (None, None) => "unsigned".into(),
     };
-    println!(
-        "installed {}@{} ({}) sha256 {}, {signed}, in {:.2} ms",
+    let mut out = format!(
+        "installed {}@{} ({}) sha256 {}, {signed}, in {:.2} ms\n",
         text("name"),
         text("version"),
         text("state"),
@@ -114,63 +84,7 @@ fn report(reply: &Value, signature: Option<&Signature>) {
         reply["install_ms"].as_f64().unwrap_or(f64::NAN)
     );
     if let Some(replaced) = reply["replaced"]["version"].as_str() {
-        println!("  replaced {replaced} (drained and unloaded)");
+        out.push_str(&format!("  replaced {replaced} (drained and unloaded)\n"));
     }
-}
-
-/// `--token`, else `PEDESTAL_ADMIN_TOKEN` (both through clap), else the data directory's
-/// `admin-token` file: `--data-dir`'s, or `./pedestal-data`'s when it exists.
-fn token(args: &InstallArgs) -> anyhow::Result<Option<String>> {
-    if let Some(token) = &args.token {
-        return Ok(Some(token.clone()));
-    }
-    // A token found on this machine is only sent to a base on this machine: `--admin` pointing
-    // elsewhere (over plain HTTP) must not carry the local base's token there.
-    if !is_loopback_url(&args.admin) {
-        return Ok(None);
-    }
-    let file = args.data_dir.as_deref().unwrap_or(Path::new("pedestal-data")).join("admin-token");
-    match std::fs::read_to_string(&file) {
-        Ok(token) => Ok(Some(token.trim().to_owned()).filter(|t| !t.is_empty())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
-    }
-}
-
-/// Whether the operations URL (`http://host:port`, or `host:port`) names this machine.
-pub(crate) fn is_loopback_url(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Percent-encodes a query value (everything but the unreserved characters).
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_loopback_url;
-
-    #[test]
-    fn only_this_machine_is_loopback() {
-        for url in ["http://127.0.0.1:7071", "127.0.0.2:7071", "http://[::1]:7071/", "http://LOCALHOST:1"] {
-            assert!(is_loopback_url(url), "{url}");
-        }
-        for url in ["http://10.0.0.1:7071", "http://example.com", "http://127.0.0.1.evil.example:7071"] {
-            assert!(!is_loopback_url(url), "{url}");
-        }
-    }
+    out
 }

@@ -67,6 +67,23 @@ pub(crate) fn router(ctl: Arc<Controller>) -> Router {
         .layer(middleware::from_fn_with_state(ctl.clone(), authenticate))
         .layer(DefaultBodyLimit::disable())
         .with_state(ctl)
+        .merge(console())
+}
+
+/// The fleet's web console at `/console`: its files hold no data and answer without the token
+/// (a browser cannot send one with a navigation); the page asks for the fleet token and calls
+/// this API with it. It shares its script and look with the base's console.
+fn console() -> Router {
+    use pedestal_base::console::{COMMON_SCRIPT, STYLE, file};
+    const INDEX: &str = include_str!("../../console/index.html");
+    const SCRIPT: &str = include_str!("../../console/fleet.js");
+    const JS: &str = "text/javascript; charset=utf-8";
+    Router::new()
+        .route("/console", get(|| async { axum::response::Redirect::permanent("/console/") }))
+        .route("/console/", get(|| async { file(INDEX, "text/html; charset=utf-8") }))
+        .route("/console/common.js", get(|| async { file(COMMON_SCRIPT, JS) }))
+        .route("/console/fleet.js", get(|| async { file(SCRIPT, JS) }))
+        .route("/console/console.css", get(|| async { file(STYLE, "text/css; charset=utf-8") }))
 }
 
 /// An error answer: a status and `{"code", "message"}`.

@@ -21,7 +21,7 @@ pub struct Policy {
 }
 
 /// One crash tied to a module, as the ledger keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Crash {
     /// The module's name as installed, when known.
     pub name: Option<String>,
