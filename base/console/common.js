@@ -112,8 +112,10 @@ async function connect() {
     await api("GET", state.page.probe);
   } catch (e) {
     if (e.status === 401) return;
+    // Not a refusal of the token (the base restarting, etcd briefly away): ask again.
     showMessage(e.message, true);
-    scheduleRefresh();
+    stopTimer();
+    state.timer = setTimeout(connect, REFRESH_MS);
     return;
   }
   $("login").hidden = true;

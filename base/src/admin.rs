@@ -172,8 +172,8 @@ fn routes() -> Routes {
 }
 
 /// The operations API router, answering on `listen` (its bound address: the `Host` values it
-/// accepts depend on the port). Every request but `GET /api/v1/ready` requires
-/// `Authorization: Bearer <token>`.
+/// accepts depend on the port). Every request but `GET /api/v1/ready`, the console's files and
+/// (with `--metrics-public`) `GET /metrics` requires `Authorization: Bearer <token>`.
 pub(crate) fn router(registry: Arc<Registry>, door: &FrontDoor, listen: SocketAddr) -> Router {
     let gate = Arc::new(Gate {
         token: door.token.clone(),

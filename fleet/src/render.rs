@@ -125,10 +125,25 @@ pub struct Cell {
     style: Style,
 }
 
+/// `text` with its control characters (an escape sequence a module logged, a newline in a
+/// reason) written as `\u{1b}`-style escapes, so what a base reports cannot drive the
+/// operator's terminal. The CLIs' own colours are added after.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() })
+            .collect(),
+    )
+}
+
 impl Cell {
-    /// A cell in `style`.
+    /// A cell in `style` (its text made [`printable`]).
     pub fn new(text: impl Into<String>, style: Style) -> Self {
-        Self { text: text.into(), style }
+        let text = text.into();
+        Self { text: printable(&text).into_owned(), style }
     }
 
     /// A cell without colour.
@@ -306,5 +321,17 @@ mod tests {
             .fold(coloured, |text, e| text.replace(e, ""));
         assert_eq!(stripped, table.render(false));
         assert_eq!(stripped, "A   STATE\nxx  active\ny   quarantined\n");
+    }
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::{Cell, printable};
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert_eq!(printable("plain text, µs"), "plain text, µs");
+        assert_eq!(printable("a\u{1b}]0;owned\u{7}b\nc"), "a\\u{1b}]0;owned\\u{7}b\\u{a}c");
+        assert!(!Cell::plain("x\u{1b}[2J").text.contains('\u{1b}'));
     }
 }

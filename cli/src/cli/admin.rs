@@ -267,10 +267,15 @@ pub fn encode(text: &str) -> String {
         .collect()
 }
 
-/// Whether the operations URL (`http://host:port`, or `host:port`) names this machine.
+/// Whether the operations URL (`http://host:port`, or `host:port`) names this machine. A URL
+/// with a user part (`http://localhost:1@elsewhere/`) never does: its host is after the `@`, and
+/// the local token must not leave for it.
 pub fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split('/').next().unwrap_or_default();
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return false;
+    }
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
@@ -287,6 +292,11 @@ mod tests {
     fn only_this_machine_is_loopback() {
         for url in ["http://127.0.0.1:7071", "127.0.0.2:7071", "http://[::1]:7071/", "http://LOCALHOST:1"] {
             assert!(is_loopback_url(url), "{url}");
+        }
+        for url in
+            ["http://localhost:1@192.0.2.2:17999", "localhost@192.0.2.2", "http://127.0.0.1@example.com/"]
+        {
+            assert!(!is_loopback_url(url), "{url}: the host is after the user part");
         }
         for url in ["http://10.0.0.1:7071", "http://example.com", "http://127.0.0.1.evil.example:7071"] {
             assert!(!is_loopback_url(url), "{url}");

@@ -9,7 +9,9 @@ use std::{
 
 use pedestal_fleet::{
     model::format_duration,
-    render::{Cell, Style, Table, health_style, human_bytes, human_duration, human_micros, state_style},
+    render::{
+        Cell, Style, Table, health_style, human_bytes, human_duration, human_micros, printable, state_style,
+    },
 };
 
 use super::answers::{
@@ -216,13 +218,14 @@ pub fn render_module(
                 let reasons = if verdict.reasons.is_empty() {
                     String::new()
                 } else {
-                    format!(": {}", verdict.reasons.join("; "))
+                    format!(": {}", printable(&verdict.reasons.join("; ")))
                 };
                 let _ = writeln!(out, "  health    {}{reasons}", style.paint(&verdict.status, color));
             }
             (None, Some(problem)) => {
                 let why =
                     problem.message.as_deref().or(problem.reason.as_deref()).unwrap_or("no reason recorded");
+                let why = printable(why);
                 let _ = writeln!(out, "  health    {}: {why}", Style::Bad.paint(&problem.state, color));
             }
             (None, None) => {}
@@ -416,7 +419,8 @@ pub fn render_health(health: &Health, color: bool) -> String {
         for problem in &health.problems {
             let why =
                 problem.message.as_deref().or(problem.reason.as_deref()).unwrap_or("no reason recorded");
-            let _ = writeln!(out, "  {} {}: {why}", problem.module, Style::Bad.paint(&problem.state, color));
+            let (module, why) = (printable(&problem.module), printable(why));
+            let _ = writeln!(out, "  {module} {}: {why}", Style::Bad.paint(&problem.state, color));
         }
     }
     if !health.crashes.is_empty() {
@@ -475,10 +479,10 @@ pub fn render_log_line(line: &LogLine, color: bool) -> String {
         _ => Style::Plain,
     };
     let level = style.paint(&format!("{:<5}", line.level), color);
-    let mut text = format!("{} {level} [{}] {}", line.at, line.version, line.message);
+    let mut text = format!("{} {level} [{}] {}", line.at, printable(&line.version), printable(&line.message));
     if !line.fields.is_empty() {
         text.push(' ');
-        text.push_str(&line.fields);
+        text.push_str(&printable(&line.fields));
     }
     text
 }
