@@ -388,10 +388,9 @@ mod tests {
         // Accepts connections (the kernel does) but never answers, like a stopped process.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let silent_url = format!("http://{}", silent.local_addr().unwrap());
-        // Nothing listens there.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let closed_url = format!("http://{}", closed.local_addr().unwrap());
-        drop(closed);
+        // Nothing listens there: port 1 (tcpmux) is privileged and never served here. A port
+        // freed by dropping a listener could be bound again by a concurrent test meanwhile.
+        let closed_url = "http://127.0.0.1:1".to_owned();
         let client = forwarder();
         let request = || Request::builder().uri("/echo/x").body(Body::from("hello")).unwrap();
         let started = std::time::Instant::now();
