@@ -25,6 +25,8 @@ struct Driver {
 }
 
 impl Driver {
+    /// Starts chromedriver on a free port, again on another one when it exits at once (the port
+    /// it was given was taken meanwhile), and fails with what it said.
     fn start() -> Self {
         for program in [CHROMIUM, CHROMEDRIVER] {
             assert!(
@@ -32,19 +34,41 @@ impl Driver {
                 "{program} is missing: `cargo xtask test` installs Debian's chromium and chromium-driver"
             );
         }
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(CHROMEDRIVER)
-            .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting chromedriver");
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "chromedriver did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
+        let mut said = String::new();
+        for _attempt in 0..3 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let log = tempfile::NamedTempFile::new().unwrap();
+            let mut child = Command::new(CHROMEDRIVER)
+                .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
+                .stdout(log.reopen().unwrap())
+                .stderr(log.reopen().unwrap())
+                .spawn()
+                .expect("starting chromedriver");
+            let started = Instant::now();
+            loop {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Driver { child, url: format!("http://127.0.0.1:{port}") };
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    said = format!(
+                        "chromedriver on {port} exited with {status}: {}",
+                        std::fs::read_to_string(log.path()).unwrap_or_default()
+                    );
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    said = format!(
+                        "chromedriver did not listen on {port} in 60 s: {}",
+                        std::fs::read_to_string(log.path()).unwrap_or_default()
+                    );
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        Driver { child, url: format!("http://127.0.0.1:{port}") }
+        panic!("{said}");
     }
 }
 
