@@ -61,7 +61,6 @@ impl Side {
 impl Drop for Side {
     fn drop(&mut self) {
         let _ = self.base.uninstall(&self.name, &self.version);
-        let _ = self.base.uninstall(&self.name, &self.version);
     }
 }
 

@@ -54,7 +54,6 @@ fn many_instances(options: &Density) -> anyhow::Result<String> {
         if removed["state"] != "stopped" {
             bail!("d-{i} ended {} instead of stopped", removed["state"]);
         }
-        base.uninstall(&format!("d-{i}"), "0.1.0")?;
     }
     let uninstall_s = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(1));

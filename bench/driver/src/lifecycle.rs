@@ -173,7 +173,6 @@ fn install_while_serving(options: &Lifecycle, old: &[u8], new: &[u8]) -> anyhow:
             let took = sent.elapsed().as_secs_f64() * 1000.0;
             let version = other["version"].as_str().context("version")?.to_owned();
             base.uninstall(&name, &version)?;
-            base.uninstall(&name, &version)?;
             thread::sleep(Duration::from_millis(100));
             Ok(took)
         })?;

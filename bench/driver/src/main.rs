@@ -388,7 +388,6 @@ fn throughput(base: &BaseProcess, module: &[u8], options: &Options) -> anyhow::R
         );
     }
     base.uninstall(&name, installed["version"].as_str().unwrap_or("0.1.0"))?;
-    base.uninstall(&name, installed["version"].as_str().unwrap_or("0.1.0"))?;
     Ok(out + "\n")
 }
 
@@ -412,7 +411,6 @@ fn install_latency(base: &BaseProcess, module: &[u8], options: &Options) -> anyh
         end_to_end.push(sent.elapsed().as_secs_f64() * 1000.0);
         server.push(installed["install_ms"].as_f64().context("install_ms")?);
         base.uninstall(&name, &version)?;
-        base.uninstall(&name, &version)?;
     }
     Ok(format!(
         "## Install latency ({} installs of a {:.1} MiB module)\n\n\
@@ -435,7 +433,6 @@ fn cycles(base: &BaseProcess, module: &[u8], options: &Options) -> anyhow::Resul
         let version = installed["version"].as_str().context("version")?.to_owned();
         ureq::get(&format!("{}/{name}/empty", base.traffic)).call()?;
         let removed = base.uninstall(&name, &version)?;
-        base.uninstall(&name, &version)?;
         Ok(removed["state"] == "stopped" && removed["mapped"] == false)
     };
     for _ in 0..20 {
