@@ -69,9 +69,7 @@ pub fn run(base: &BaseProcess, module: &std::path::Path, calls: usize) -> anyhow
     for i in 1..10 {
         let name = format!("bench-fan-{i}");
         base.uninstall(&name, "0.1.0")?;
-        base.uninstall(&name, "0.1.0")?;
     }
-    base.uninstall("bench-module", "0.1.0")?;
     base.uninstall("bench-module", "0.1.0")?;
     Ok(out + "\n")
 }
