@@ -35,8 +35,8 @@ impl Driver {
             );
         }
         let mut said = String::new();
-        for _attempt in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        for _attempt in 0..5 {
+            let port = free_port();
             let log = tempfile::NamedTempFile::new().unwrap();
             let mut child = Command::new(CHROMEDRIVER)
                 .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
@@ -70,6 +70,27 @@ impl Driver {
         }
         panic!("{said}");
     }
+}
+
+/// A port free on both 127.0.0.1 and [::1] (chromedriver listens on both and exits when either
+/// is taken), chosen below the kernel's ephemeral range so that the tests' own outgoing
+/// connections, which take ephemeral ports on either stack, cannot take it meanwhile.
+fn free_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000);
+        let v4 = TcpListener::bind(("127.0.0.1", port));
+        let v6 = TcpListener::bind(("::1", port));
+        let v6_free = match &v6 {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::AddrNotAvailable,
+        };
+        if v4.is_ok() && v6_free {
+            return port;
+        }
+    }
+    panic!("no loopback port free on both IPv4 and IPv6 in 20000..32000");
 }
 
 impl Drop for Driver {
